@@ -1,0 +1,146 @@
+"""Function definitions: `functions/NAME.toml`, decoded strictly, reloaded when they change."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class AsyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `[async]` table: retries, expiry and destinations."""
+
+    max_retries: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+    max_event_age: float = 86400.0
+    on_success: str = ""
+    on_failure: str = "destinations/dead-letter"
+
+
+class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `[lifecycle]` table: instance hooks and their timeouts."""
+
+    initializer: str | bool = ""
+    initializer_timeout: float = 30.0
+    pre_freeze: str | bool = ""
+    pre_freeze_timeout: float = 10.0
+    pre_stop: str | bool = ""
+    pre_stop_timeout: float = 10.0
+
+
+class FunctionDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One function's definition, as written in its TOML file (paths resolved on load)."""
+
+    runtime: Literal["python", "http", "exec"] = "python"
+    handler: str = "index.handler"
+    python: str = ""
+    code: str = ""
+    command: list[str] = msgspec.field(default_factory=list)
+    timeout: float = 60.0
+    memory_mb: int = 512
+    concurrency: int = 1
+    max_instances: int = 4
+    idle_timeout: float = 300.0
+    min_instances: int = 0
+    max_events_per_instance: int = 0
+    freeze: bool = True
+    environment: dict[str, str] = msgspec.field(default_factory=dict)
+    async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
+    lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
+    # filled in by load_function, never read from the file
+    name: str = ""
+    path: str = ""
+    code_dir: str = ""
+    interpreter: str = ""
+
+
+class DefinitionError(msgspec.Struct, frozen=True, kw_only=True):
+    """Why one definition file could not be loaded."""
+
+    name: str
+    path: str
+    message: str
+
+
+class Catalog(msgspec.Struct, kw_only=True):
+    """Every definition in `functions/`: the good ones by name, and the errors."""
+
+    functions: dict[str, FunctionDef] = msgspec.field(default_factory=dict)
+    errors: dict[str, DefinitionError] = msgspec.field(default_factory=dict)
+
+
+_POSITIVE = ("timeout", "memory_mb", "concurrency", "max_instances")
+_NOT_NEGATIVE = ("idle_timeout", "min_instances", "max_events_per_instance")
+
+
+def _check_values(d: FunctionDef) -> None:
+    """Range checks msgspec's types cannot express; ValueError naming the key."""
+    for key in _POSITIVE:
+        if getattr(d, key) <= 0:
+            raise ValueError(f"`{key}` must be greater than 0, got {getattr(d, key)!r}")
+    for key in _NOT_NEGATIVE:
+        if getattr(d, key) < 0:
+            raise ValueError(f"`{key}` must not be negative, got {getattr(d, key)!r}")
+    if d.min_instances > d.max_instances:
+        raise ValueError("`min_instances` must not exceed `max_instances`")
+    if d.async_.max_retries < 0:
+        raise ValueError("`async.max_retries` must not be negative")
+    if d.runtime in ("http", "exec") and not d.command:
+        raise ValueError(f"`command` is required for the {d.runtime} runtime")
+    if d.runtime == "python" and "." not in d.handler:
+        raise ValueError(f"`handler` must be module.function, got {d.handler!r}")
+
+
+def load_function(path: Path) -> FunctionDef:
+    """Decode one definition strictly; ValueError with a message naming the key on any fault."""
+    name = path.stem
+    if not NAME_RE.match(name):
+        raise ValueError(f"bad function name {name!r}: use [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+    for key in ("name", "path", "code_dir", "interpreter"):
+        if key in data:
+            raise ValueError(f"Object contains unknown field `{key}`")
+    try:
+        d = msgspec.convert(data, FunctionDef)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    _check_values(d)
+    code_dir = (path.parent / (d.code or name)).resolve()
+    interpreter = d.python or sys.executable
+    if not os.path.isabs(interpreter):
+        raise ValueError(f"`python` must be an absolute path, got {interpreter!r}")
+    return msgspec.structs.replace(
+        d, name=name, path=str(path), code_dir=str(code_dir), interpreter=interpreter
+    )
+
+
+def load_catalog(functions_dir: Path) -> Catalog:
+    """Load every `*.toml` in `functions_dir`; a bad file is an error entry, never an exception."""
+    catalog = Catalog()
+    try:
+        paths = sorted(functions_dir.glob("*.toml"))
+    except OSError as exc:
+        log.error("cannot list %s: %s", functions_dir, exc)
+        return catalog
+    for path in paths:
+        try:
+            catalog.functions[path.stem] = load_function(path)
+        except (ValueError, OSError) as exc:
+            message = str(exc)
+            catalog.errors[path.stem] = DefinitionError(name=path.stem, path=str(path), message=message)
+            log.error("function definition %s: %s", path, message)
+    return catalog
