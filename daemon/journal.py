@@ -122,17 +122,23 @@ class SegmentReader:
     def __init__(self, path: Path, first_seq: int) -> None:
         self.path = path
         self.first_seq = first_seq
-        self._file = open(path, "rb")  # noqa: SIM115 - kept open to follow the file
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # kept open to follow the file
         self.offset = 0  # end of the last whole line consumed
+        self._read_pos = 0
         self._pending = b""
 
     def close(self) -> None:
         """Close the file."""
-        self._file.close()
+        os.close(self._fd)
+
+    def _read(self) -> bytes:
+        chunk = os.pread(self._fd, _READ_CHUNK, self._read_pos)
+        self._read_pos += len(chunk)
+        return chunk
 
     def lines(self) -> Iterator[tuple[int, bytes | None, str]]:
         """Yield (offset, line, reason) for each new whole line; line is None for an overlong one."""
-        while chunk := self._file.read(_READ_CHUNK):
+        while chunk := self._read():
             data = self._pending + chunk
             start = 0
             while (end := data.find(b"\n", start)) >= 0:
@@ -148,7 +154,7 @@ class SegmentReader:
         """Drop bytes up to the next newline (resynchronise after an overlong line)."""
         skipped = len(self._pending)
         self._pending = b""
-        while chunk := self._file.read(_READ_CHUNK):
+        while chunk := self._read():
             end = chunk.find(b"\n")
             if end >= 0:
                 self._pending = chunk[end + 1 :]
@@ -273,11 +279,13 @@ class JournalFollower:
         self.state = JournalState()
         self.reloads = 0  # bumped when compaction forced a re-read: consumers refresh everything
         self._reader: SegmentReader | None = None
+        self._finished = 0  # first sequence number of the last segment read to its end
 
     def load(self) -> JournalState:
         """(Re)read everything from the newest snapshot on."""
         self.close()
         self.state = JournalState()
+        self._finished = 0
         self.reloads += 1
         load_snapshot(self.directory, self.state)
         self.poll()
@@ -292,6 +300,7 @@ class JournalFollower:
             if not self._writer_moved_on():
                 break
             new += self._drain()  # what was appended before the switch
+            self._finished = self._reader.first_seq
             self._reader.close()
             self._reader = None
         return new
@@ -302,7 +311,7 @@ class JournalFollower:
 
     def _open_next(self) -> bool:
         """Open the first segment holding records after the last one read."""
-        segments = list_segments(self.directory)
+        segments = [(s, p) for s, p in list_segments(self.directory) if s > self._finished]
         if not segments:
             return False
         after = self.state.last_seq

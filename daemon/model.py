@@ -91,6 +91,14 @@ def check_transition(request_id: str, old: State | None, new: State) -> None:
         raise IllegalTransition(request_id, old, new)
 
 
+NO_RAW = msgspec.Raw(b"")  # an absent JSON value (msgspec cannot decode `Raw | None`)
+
+
+def has_raw(value: msgspec.Raw) -> bool:
+    """Whether a Raw field holds a value."""
+    return len(value) > 0
+
+
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Why an attempt or an event failed."""
 
@@ -138,11 +146,11 @@ class Transition(Record, tag="state"):
     attempt: int = 0
     instance: str | None = None
     reason: str | None = None
-    payload: msgspec.Raw | None = None  # Enqueued: the payload, compact JSON
+    payload: msgspec.Raw = NO_RAW  # Enqueued: the payload, compact JSON
     source: Source | None = None  # Enqueued
     retry_of: str | None = None  # Enqueued by a re-invoke
     not_before: float | None = None  # Enqueued with a delay, Retrying: wall-clock time to wait for
-    result: msgspec.Raw | None = None  # Succeeded, Stopped gracefully
+    result: msgspec.Raw = NO_RAW  # Succeeded, Stopped gracefully
     error: ErrorInfo | None = None
     usage: Usage | None = None  # an ended attempt
 
@@ -197,7 +205,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     started_at: float | None = None
     ended_at: float | None = None
     duration_ms: float | None = None
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = NO_RAW
     error: ErrorInfo | None = None
     retry_of: str | None = None
     not_before: float | None = None
@@ -221,7 +229,7 @@ def apply(events: dict[str, Event], rec: Transition) -> Event:
             function=rec.function,
             state=rec.state,
             enqueued_at=rec.at,
-            payload=rec.payload if rec.payload is not None else msgspec.Raw(b"null"),
+            payload=rec.payload if has_raw(rec.payload) else msgspec.Raw(b"null"),
             retry_of=rec.retry_of,
             not_before=rec.not_before,
             source=rec.source,
@@ -242,7 +250,7 @@ def _fold(event: Event, rec: Transition) -> None:
         event.not_before = rec.not_before
     if rec.error is not None:
         event.error = rec.error
-    if rec.result is not None:
+    if has_raw(rec.result):
         event.result = rec.result
     if rec.state in TERMINAL_STATES:
         event.ended_at = rec.at

@@ -1,0 +1,253 @@
+"""The daemon's side of the journal: start-up recovery and the group-commit segment writer.
+
+Records are appended to an in-memory buffer; one flusher writes and fdatasyncs whatever has
+accumulated in a dedicated thread, so one fsync covers every record appended meanwhile. A failed
+write or fsync is fatal: it is never retried and nothing after it is acknowledged (fsyncgate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from daemon.journal import (
+    Damage,
+    JournalState,
+    SegmentReader,
+    encode_record,
+    fold,
+    fsync_dir,
+    list_segments,
+    load_snapshot,
+    segment_name,
+)
+from daemon.model import Record
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Record)
+
+
+class JournalFailed(Exception):
+    """The journal could not be written durably; the daemon must stop taking work."""
+
+
+def recover(directory: Path) -> JournalState:
+    """Replay snapshot + segments; cut a torn tail (kept in a `.broken` file) and set damage aside."""
+    state = JournalState()
+    load_snapshot(directory, state)
+    for first_seq, path in list_segments(directory):
+        if first_seq <= state.snapshot_seq and _covered(directory, first_seq, state.snapshot_seq):
+            continue
+        reader = SegmentReader(path, first_seq)
+        try:
+            seen = len(state.damages)
+            for rec in reader.records(state.damages):
+                fold(state, rec)
+            _set_aside_damage(path, state.damages[seen:])
+            if reader.torn_bytes:
+                state.damages.append(_cut_torn_tail(path, reader.offset))
+        finally:
+            reader.close()
+    return state
+
+
+def _covered(directory: Path, first_seq: int, snapshot_seq: int) -> bool:
+    """Whether the segment starting at `first_seq` ends at or before `snapshot_seq`."""
+    later = [s for s, _ in list_segments(directory) if s > first_seq]
+    return bool(later) and later[0] <= snapshot_seq + 1
+
+
+def _set_aside_damage(path: Path, damages: list[Damage]) -> None:
+    """Copy each damaged line into `SEGMENT.broken` for inspection; the segment stays as it is."""
+    if not damages:
+        return
+    with open(path, "rb") as src, open(f"{path}.broken", "ab") as out:
+        for damage in damages:
+            src.seek(damage.offset)
+            out.write(b"# offset %d: %s\n" % (damage.offset, damage.reason.encode()))
+            out.write(src.read(min(damage.length, 1 << 20)))
+            log.error("journal damage in %s at offset %d: %s", path, damage.offset, damage.reason)
+
+
+def _cut_torn_tail(path: Path, good_end: int) -> Damage:
+    """Truncate a segment after its last whole record, keeping the cut bytes in `.broken`."""
+    with open(path, "r+b") as f:
+        f.seek(good_end)
+        torn = f.read()
+        with open(f"{path}.broken", "ab") as out:
+            out.write(b"# torn tail cut at offset %d\n" % good_end)
+            out.write(torn + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        f.truncate(good_end)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("journal %s: torn tail of %d bytes cut at offset %d", path, len(torn), good_end)
+    return Damage(path=str(path), offset=good_end, length=len(torn), reason="torn tail cut")
+
+
+class JournalWriter:
+    """Appends records to the current segment with group-committed fdatasync."""
+
+    def __init__(
+        self,
+        directory: Path,
+        next_seq: int,
+        *,
+        segment_bytes: int = 64 << 20,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self._on_fatal = on_fatal
+        self._next_seq = next_seq
+        self._durable_seq = next_seq - 1
+        self._buffer = bytearray()
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._wake = asyncio.Event()
+        self._failed: BaseException | None = None
+        self._closing = False
+        self._fd = -1
+        self._size = 0
+        self.segment_first_seq = 0
+        self._open_segment()
+        self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="journal")
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last record appended."""
+        return self._next_seq - 1
+
+    def append(self, rec: R) -> R:
+        """Number and time-stamp `rec`, buffer it for the next flush, and return it."""
+        if self._failed is not None:
+            raise JournalFailed(str(self._failed))
+        rec = msgspec.structs.replace(rec, seq=self._next_seq, at=rec.at or time.time())
+        self._next_seq += 1
+        self._buffer += encode_record(rec)
+        self._wake.set()
+        return rec
+
+    async def sync(self) -> None:
+        """Wait until every record appended so far is on disk."""
+        if self._failed is not None:
+            raise JournalFailed(str(self._failed))
+        target = self._next_seq - 1
+        if target <= self._durable_seq:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        await future
+
+    async def commit(self, rec: R) -> R:
+        """Append `rec` and wait until it is durable."""
+        rec = self.append(rec)
+        await self.sync()
+        return rec
+
+    async def rotate(self) -> int:
+        """Start a new segment after everything appended so far; return its first sequence number."""
+        await self.sync()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._rotate_sync)
+        return self.segment_first_seq
+
+    async def close(self) -> None:
+        """Flush what is buffered and close the segment."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+        self._executor.submit(self._close_fd).result()
+        self._executor.shutdown()
+
+    def _open_segment(self) -> None:
+        """Append to the newest segment when it has room, else start one at the next sequence."""
+        segments = list_segments(self.directory)
+        if segments:
+            first_seq, path = segments[-1]
+            size = path.stat().st_size
+            if size < self.segment_bytes:
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                self._size, self.segment_first_seq = size, first_seq
+                return
+        self._create_segment(self._next_seq)
+
+    def _create_segment(self, first_seq: int) -> None:
+        path = self.directory / segment_name(first_seq)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self._fd = os.open(path, flags, 0o644)
+        self._size, self.segment_first_seq = 0, first_seq
+        fsync_dir(self.directory)
+
+    def _rotate_sync(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._create_segment(self._durable_seq + 1)
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._buffer:
+                if self._closing:
+                    return
+                continue
+            data, upto = bytes(self._buffer), self._next_seq - 1
+            self._buffer.clear()
+            try:
+                await loop.run_in_executor(self._executor, self._write_sync, data, upto)
+            except BaseException as exc:
+                self._fail(exc)
+                return
+            self._durable_seq = upto
+            while self._waiters and self._waiters[0][0] <= upto:
+                _, future = self._waiters.popleft()
+                if not future.done():
+                    future.set_result(None)
+            if self._closing and not self._buffer:
+                return
+
+    def _write_sync(self, data: bytes, upto: int) -> None:
+        """Write and fdatasync one batch; on a short or failed write cut back to the last record."""
+        start = self._size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            os.ftruncate(self._fd, start)
+            raise
+        self._size += len(data)
+        os.fdatasync(self._fd)
+        if self._size >= self.segment_bytes:
+            os.close(self._fd)
+            self._create_segment(upto + 1)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Refuse everything from now on; wake every waiter with the failure."""
+        log.critical("journal write failed, refusing further work: %s", exc)
+        self._failed = exc
+        while self._waiters:
+            _, future = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(JournalFailed(str(exc)))
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
