@@ -1,0 +1,104 @@
+"""The `fnspool` command: argument parsing, errors for people, the one place the loop is made."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from daemon import commands
+from daemon.errors import FnspoolError
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--spool", metavar="DIR", help="the spool (default: $FNSPOOL_SPOOL or ./spool)")
+    parser = argparse.ArgumentParser(
+        prog="fnspool", description="Stateful asynchronous function invocation on one machine."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    daemon = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
+    daemon.add_argument("--drain-timeout", type=float, default=30.0, metavar="S")
+    daemon.add_argument("--max-payload-bytes", type=int, default=1 << 20, metavar="N")
+    daemon.add_argument("--retention", default="3d", metavar="T", help="keep ended events this long")
+    daemon.add_argument("-v", "--verbose", action="store_true")
+    daemon.set_defaults(run=commands.daemon)
+
+    sub.add_parser("tui", parents=[common], help="the dashboard").set_defaults(run=commands.tui)
+
+    invoke = sub.add_parser("invoke", parents=[common], help="submit an event")
+    invoke.add_argument("function", metavar="NAME")
+    source = invoke.add_mutually_exclusive_group()
+    source.add_argument("--payload", metavar="JSON", help="the payload (default: {})")
+    source.add_argument("--payload-file", metavar="F", help="read the payload from F (- for stdin)")
+    invoke.add_argument("--id", help="an explicit request id (an idempotency key)")
+    invoke.add_argument("--delay", type=float, metavar="S", help="run no sooner than S seconds from now")
+    invoke.add_argument("--wait", action="store_true", help="wait until the event ends")
+    invoke.add_argument("--json", action="store_true")
+    invoke.set_defaults(run=commands.invoke)
+
+    _events_parser(sub, common)
+
+    functions = sub.add_parser("functions", help="function definitions")
+    fsub = functions.add_subparsers(dest="action", required=True, metavar="ACTION")
+    flist = fsub.add_parser("list", parents=[common], help="definitions, errors and instances")
+    flist.add_argument("--json", action="store_true")
+    flist.set_defaults(run=commands.functions_list)
+
+    status = sub.add_parser("status", parents=[common], help="daemon health (exit 3 when down)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=commands.status)
+    return parser
+
+
+def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    events = sub.add_parser("events", help="list, inspect and follow events")
+    esub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    elist = esub.add_parser("list", parents=[common], help="events, newest first")
+    elist.add_argument("--function", metavar="F")
+    elist.add_argument("--status", metavar="S[,S..]", help="states, e.g. Failed,Expired")
+    elist.add_argument("--id-prefix", metavar="P")
+    elist.add_argument("--since", metavar="T", help="ISO 8601 or relative: 15m, 2h, 3d")
+    elist.add_argument("--until", metavar="T")
+    elist.add_argument("--limit", type=int, metavar="N")
+    elist.add_argument("--order", choices=("asc", "desc"), default="desc")
+    elist.add_argument("--json", action="store_true")
+    elist.set_defaults(run=commands.events_list)
+
+    eget = esub.add_parser("get", parents=[common], help="one event in full")
+    eget.add_argument("id")
+    eget.add_argument("--json", action="store_true")
+    eget.set_defaults(run=commands.events_get)
+
+    elogs = esub.add_parser("logs", parents=[common], help="an event's log")
+    elogs.add_argument("id")
+    elogs.add_argument("--follow", "-f", action="store_true", help="follow until the event ends")
+    elogs.set_defaults(run=commands.events_logs)
+
+    ewait = esub.add_parser("wait", parents=[common], help="block until events end")
+    ewait.add_argument("ids", nargs="+", metavar="ID")
+    ewait.add_argument("--timeout", type=float, metavar="S")
+    ewait.set_defaults(run=commands.events_wait)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `fnspool` console script."""
+    args = _parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        code = run(args)
+    except FnspoolError as exc:
+        print(f"fnspool: {exc.title}: {exc.msg}" if exc.title else f"fnspool: {exc.msg}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,323 @@
+"""What each `fnspool` command does (the CLI's parser lives in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from daemon import lock
+from daemon.errors import FnspoolError
+from daemon.functions import NAME_RE, load_catalog
+from daemon.journal import JournalFollower
+from daemon.model import Event, State
+from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, select, summary
+from daemon.spool import Spool
+
+POLL = 0.05
+EXIT_NOT_RUNNING = 3
+
+
+def _spool(args: argparse.Namespace) -> Spool:
+    return Spool.resolve(args.spool)
+
+
+def _events(spool: Spool) -> dict[str, Event]:
+    return JournalFollower(spool.journal).load().events
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _find(events: dict[str, Event], request_id: str) -> Event:
+    event = events.get(request_id)
+    if event is None:
+        raise FnspoolError(f"no event with id {request_id!r}", title="not found", exit_code=4)
+    return event
+
+
+# -- daemon and tui -----------------------------------------------------------------------
+
+
+def daemon(args: argparse.Namespace) -> int:
+    """Run the daemon in the foreground until SIGTERM."""
+    import uvloop
+
+    from daemon.service import Daemon, Settings
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = Settings(
+        drain_timeout=args.drain_timeout,
+        max_payload_bytes=args.max_payload_bytes,
+        retention=time.time() - parse_time(args.retention),
+    )
+    try:
+        return uvloop.run(Daemon(_spool(args), settings).run())
+    except lock.LockHeld as exc:
+        raise FnspoolError(str(exc), title="spool busy") from None
+
+
+def tui(args: argparse.Namespace) -> int:
+    """Start the dashboard."""
+    raise FnspoolError("the dashboard is not built yet; use `fnspool events list`", title="tui")
+
+
+# -- invoke -------------------------------------------------------------------------------
+
+
+def _payload(args: argparse.Namespace) -> Any:
+    if args.payload_file:
+        try:
+            text = sys.stdin.read() if args.payload_file == "-" else open(args.payload_file).read()
+        except OSError as exc:
+            raise FnspoolError(f"cannot read {args.payload_file}: {exc.strerror}") from None
+    else:
+        text = args.payload if args.payload is not None else "{}"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FnspoolError(f"the payload is not JSON: {exc}", title="bad payload", exit_code=2) from None
+
+
+def invoke(args: argparse.Namespace) -> int:
+    """Drop an envelope into incoming/ the maildir way (write in tmp/, rename in)."""
+    from daemon.store import new_request_id
+
+    spool = _spool(args)
+    if not NAME_RE.match(args.function):
+        raise FnspoolError(f"bad function name {args.function!r}", exit_code=2)
+    if not (spool.functions / f"{args.function}.toml").exists():
+        raise FnspoolError(f"no function {args.function!r} in {spool.functions}", title="not found", exit_code=4)
+    request_id = args.id or new_request_id()
+    envelope: dict[str, Any] = {"function": args.function, "payload": _payload(args), "id": request_id}
+    if args.delay:
+        envelope["delay"] = args.delay
+    _drop(spool, f"{request_id}.json", msgspec.json.encode(envelope))
+    running = lock.holder(spool.run) is not None
+    if not running:
+        print("fnspool: the daemon is not running; the event waits in incoming/", file=sys.stderr)
+    if not args.wait:
+        _print_json({"id": request_id}) if args.json else print(request_id)
+        return 0
+    event = _wait_for(spool, [request_id], timeout=None)[request_id]
+    if args.json:
+        _print_json(detail(event, spool.logs))
+    else:
+        _print_event(event, spool)
+    return 0 if event.state is State.SUCCEEDED else 1
+
+
+def _drop(spool: Spool, name: str, data: bytes) -> None:
+    spool.tmp.mkdir(parents=True, exist_ok=True)
+    temp = spool.tmp / f".{name}.{os.getpid()}.tmp"
+    with open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(temp, spool.incoming / name)
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+def _filter(args: argparse.Namespace) -> Filter:
+    try:
+        return Filter(
+            function=args.function,
+            states=parse_states(args.status) if args.status else None,
+            id_prefix=args.id_prefix,
+            since=parse_time(args.since) if args.since else None,
+            until=parse_time(args.until) if args.until else None,
+        )
+    except ValueError as exc:
+        raise FnspoolError(str(exc), exit_code=2) from None
+
+
+def events_list(args: argparse.Namespace) -> int:
+    """List events matching the filters, newest first unless --order asc."""
+    chosen = select(
+        _events(_spool(args)).values(), _filter(args), limit=args.limit, newest_first=args.order == "desc"
+    )
+    if args.json:
+        _print_json([summary(e) for e in chosen])
+        return 0
+    print(f"{'ID':36}  {'FUNCTION':16} {'STATE':10} {'ATT':>3}  {'ENQUEUED':24} {'DURATION':>10}  ERROR")
+    for e in chosen:
+        duration = f"{e.duration_ms:.1f}ms" if e.duration_ms is not None else "-"
+        error = f"{e.error.type}: {e.error.message}"[:60] if e.error else ""
+        print(f"{e.id:36}  {e.function:16} {e.state.value:10} {e.attempts:>3}  {iso(e.enqueued_at):24} {duration:>10}  {error}")
+    return 0
+
+
+def events_get(args: argparse.Namespace) -> int:
+    """Show one event: state, attempts, history, payload, result or error."""
+    spool = _spool(args)
+    event = _find(_events(spool), args.id)
+    if args.json:
+        _print_json(detail(event, spool.logs))
+    else:
+        _print_event(event, spool)
+    return 0
+
+
+def _print_event(event: Event, spool: Spool) -> None:
+    view = detail(event, spool.logs)
+    for key in ("id", "function", "state", "attempts", "enqueued_at", "started_at", "ended_at", "duration_ms", "retry_of", "log_path"):
+        if view.get(key) is not None:
+            print(f"{key + ':':13} {view[key]}")
+    print(f"{'payload:':13} {json.dumps(view['payload'])}")
+    if view["result"] is not None:
+        print(f"{'result:':13} {json.dumps(view['result'])}")
+    if view["error"]:
+        print(f"{'error:':13} {view['error']['type']}: {view['error']['message']}")
+    print("history:")
+    for h in view["history"]:
+        extra = " ".join(f"{k}={h[k]}" for k in ("reason", "instance") if k in h)
+        print(f"  {h['at']}  {h['state']:10} attempt {h['attempt']}  {extra}".rstrip())
+
+
+def events_logs(args: argparse.Namespace) -> int:
+    """Print an event's log; with --follow, keep printing until the event ends."""
+    spool = _spool(args)
+    follower = JournalFollower(spool.journal)
+    event = _find(follower.load().events, args.id)
+    path = log_path(spool.logs, event)
+    offset = 0
+    while True:
+        offset = _copy_from(path, offset)
+        if not args.follow or follower.state.events[args.id].ended:
+            offset = _copy_from(path, offset)
+            return 0
+        time.sleep(POLL)
+        follower.poll()
+
+
+def _copy_from(path: os.PathLike[str], offset: int) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return offset
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    return offset + len(data)
+
+
+def events_wait(args: argparse.Namespace) -> int:
+    """Block until every named event ends; exit 1 unless all succeeded."""
+    spool = _spool(args)
+    ended = _wait_for(spool, args.ids, timeout=args.timeout, known_only=True)
+    for request_id in args.ids:
+        print(f"{request_id} {ended[request_id].state.value}")
+    return 0 if all(e.state is State.SUCCEEDED for e in ended.values()) else 1
+
+
+def _wait_for(
+    spool: Spool, ids: list[str], timeout: float | None, known_only: bool = False
+) -> dict[str, Event]:
+    """Follow the journal until every id has ended."""
+    follower = JournalFollower(spool.journal)
+    events = follower.load().events
+    if known_only:
+        for request_id in ids:
+            _find(events, request_id)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    warned = False
+    while True:
+        events = follower.state.events
+        if all(i in events and events[i].ended for i in ids):
+            return {i: events[i] for i in ids}
+        _check_rejected(spool, ids, events)
+        if not warned and lock.holder(spool.run) is None:
+            print("fnspool: the daemon is not running; waiting for it", file=sys.stderr)
+            warned = True
+        if deadline is not None and time.monotonic() > deadline:
+            raise FnspoolError("timed out waiting for the events to end", exit_code=124)
+        time.sleep(POLL)
+        follower.poll()
+
+
+def _check_rejected(spool: Spool, ids: list[str], events: dict[str, Event]) -> None:
+    for request_id in ids:
+        if request_id in events:
+            continue
+        for reason in spool.rejected.glob(f"{request_id}.json*.reason.json"):
+            why = json.loads(reason.read_text()).get("message", "rejected")
+            raise FnspoolError(f"{request_id} was rejected: {why} (see {reason})", title="rejected")
+
+
+# -- functions and status -----------------------------------------------------------------
+
+
+def _status_file(spool: Spool) -> dict[str, Any] | None:
+    try:
+        return json.loads((spool.run / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def functions_list(args: argparse.Namespace) -> int:
+    """Definitions with their errors and live instances."""
+    spool = _spool(args)
+    catalog = load_catalog(spool.functions)
+    status = _status_file(spool) if lock.holder(spool.run) is not None else None
+    instances = (status or {}).get("instances", {})
+    rows = []
+    for name, d in sorted(catalog.functions.items()):
+        rows.append({"name": name, "runtime": d.runtime, "handler": d.handler, "timeout": d.timeout,
+                     "max_instances": d.max_instances, "error": None, "instances": instances.get(name, [])})
+    for name, err in sorted(catalog.errors.items()):
+        rows.append({"name": name, "error": err.message, "path": err.path, "instances": []})
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        if row["error"]:
+            print(f"{row['name']:20} ERROR  {row['path']}: {row['error']}")
+        else:
+            print(f"{row['name']:20} {row['runtime']:7} {row['handler']:24} instances {len(row['instances'])}/{row['max_instances']}")
+    return 1 if catalog.errors else 0
+
+
+def status(args: argparse.Namespace) -> int:
+    """Daemon health: exit 0 when running and ready, 3 when not (as systemctl)."""
+    spool = _spool(args)
+    pid = lock.holder(spool.run)
+    info = _status_file(spool) or {}
+    running = pid is not None and bool(info.get("ready")) and info.get("pid") == pid
+    view = {
+        "running": running,
+        "pid": pid,
+        "spool": str(spool.root),
+        "queue_depth": info.get("queue_depth") if running else None,
+        "running_events": info.get("running") if running else None,
+        "events": info.get("events", {}),
+        "definition_errors": info.get("definition_errors", {}),
+        "journal_damage": info.get("journal_damage", []),
+        "heartbeat_age_s": round(time.time() - info["updated_at"], 1) if "updated_at" in info else None,
+    }
+    if args.json:
+        _print_json(view)
+    else:
+        state = f"running (pid {pid})" if running else ("starting" if pid is not None else "not running")
+        print(f"fnspool daemon: {state}; spool {spool.root}")
+        if running:
+            print(f"queue depth {view['queue_depth']}, running {view['running_events']}")
+            print("events: " + ", ".join(f"{k} {v}" for k, v in sorted(view["events"].items())))
+        for name, message in view["definition_errors"].items():
+            print(f"definition error: {name}: {message}")
+        for damage in view["journal_damage"]:
+            print(f"journal damage: {damage['path']} at {damage['offset']}: {damage['reason']}")
+    return 0 if running else EXIT_NOT_RUNNING

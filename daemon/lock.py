@@ -1,0 +1,52 @@
+"""The single-daemon lock: an flock on run/lock (POSIX lockf locks vanish with any closed fd)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+
+class LockHeld(Exception):
+    """Another daemon holds the spool."""
+
+    def __init__(self, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid else "another process"
+        super().__init__(f"another fnspool daemon ({holder}) already serves this spool")
+        self.pid = pid
+
+
+def _read_pid(run_dir: Path) -> int | None:
+    try:
+        return int((run_dir / "daemon.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def acquire(run_dir: Path) -> int:
+    """Take the lock and write our pid; return the lock's fd (keep it open). LockHeld if taken."""
+    fd = os.open(run_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LockHeld(_read_pid(run_dir)) from None
+    temp = run_dir / ".daemon.pid.tmp"
+    temp.write_text(f"{os.getpid()}\n")
+    os.rename(temp, run_dir / "daemon.pid")
+    return fd
+
+
+def holder(run_dir: Path) -> int | None:
+    """The pid of the daemon holding the lock, 0 when held by an unknown pid, None when free."""
+    try:
+        fd = os.open(run_dir / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_pid(run_dir) or 0
+    finally:
+        os.close(fd)
+    return None

@@ -1,0 +1,219 @@
+"""The daemon: ordered start-up, the periodic chores, signals, and a graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import msgspec
+
+from daemon import lock
+from daemon.dispatcher import Dispatcher
+from daemon.functions import Catalog, load_catalog
+from daemon.ingest import Accepted, Ingestor
+from daemon.journal_writer import JournalWriter, recover
+from daemon.model import Source
+from daemon.runtimes.python import PythonInstance
+from daemon.spool import Spool
+from daemon.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    """Daemon knobs (command-line options and environment)."""
+
+    drain_timeout: float = 30.0
+    max_payload_bytes: int = 1 << 20
+    retention: float = 3 * 86400.0
+    segment_bytes: int = 64 << 20
+    snapshot_every: int = 200_000  # records between snapshots
+    heartbeat: float = 1.0
+    scan_interval: float = 5.0
+    settle: float = 2.0
+
+
+class Daemon:
+    """One daemon serving one spool."""
+
+    def __init__(self, spool: Spool, settings: Settings | None = None) -> None:
+        self.spool = spool
+        self.settings = settings or Settings()
+        self.catalog = Catalog()
+        self._definition_stamp: dict[str, tuple[int, int]] = {}
+        self._stop = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self.started_at = time.time()
+        self.ready = False
+
+    # -- the ingestor's sink --------------------------------------------------------------
+
+    def function_exists(self, name: str) -> bool:
+        """Whether a valid definition for `name` is loaded."""
+        return name in self.catalog.functions
+
+    def already_journaled(self, source: Source) -> bool:
+        """Whether that incoming file was accepted before a crash."""
+        return self.store.already_journaled(source)
+
+    async def accept(self, batch: list[Accepted]) -> list[str | None]:
+        """Journal a batch of incoming files as Enqueued, durably, then queue them."""
+        events = []
+        for item in batch:
+            not_before = time.time() + item.delay if item.delay else None
+            events.append(
+                self.store.enqueue(
+                    item.function, item.payload, request_id=item.id, source=item.source, not_before=not_before
+                )
+            )
+        await self.store.sync()
+        for event in events:
+            if event is not None:
+                self.dispatcher.submit(event)
+        return [e.id if e is not None else None for e in events]
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; return the exit status."""
+        self.spool.create()
+        lock_fd = lock.acquire(self.spool.run)
+        try:
+            await self._start()
+            await self._stop.wait()
+            await self._shutdown()
+        finally:
+            os.close(lock_fd)
+        return 1 if self._fatal else 0
+
+    async def _start(self) -> None:
+        state = recover(self.spool.journal)
+        for damage in state.damages:
+            log.error("journal damage: %s at offset %d: %s", damage.path, damage.offset, damage.reason)
+        writer = JournalWriter(
+            self.spool.journal,
+            state.last_seq + 1,
+            segment_bytes=self.settings.segment_bytes,
+            on_fatal=self._on_fatal,
+        )
+        self.store = Store(writer, state, self.spool.logs)
+        self._reload_definitions()
+        self.dispatcher = Dispatcher(
+            self.store, lambda: self.catalog, {"python": PythonInstance}, self.spool.logs
+        )
+        self.dispatcher.recover()
+        await self.store.sync()
+        self.ingestor = Ingestor(
+            self.spool,
+            self,
+            max_bytes=self.settings.max_payload_bytes,
+            settle=self.settings.settle,
+            scan_interval=self.settings.scan_interval,
+        )
+        await self.ingestor.start()
+        self._install_signals()
+        self._chores = asyncio.get_running_loop().create_task(self._run_chores())
+        self.ready = True
+        self.write_status()
+        log.info(
+            "fnspool daemon ready on %s (pid %d): %d events retained, %d functions",
+            self.spool.root, os.getpid(), len(self.store.events), len(self.catalog.functions),
+        )
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._reload_definitions)
+
+    def request_stop(self, why: str = "") -> None:
+        """Begin a graceful shutdown."""
+        if not self._stop.is_set():
+            log.info("%s: draining (up to %.0fs) and shutting down", why, self.settings.drain_timeout)
+        self._stop.set()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        self._fatal = exc
+        self.request_stop("journal failure")
+
+    async def _shutdown(self) -> None:
+        self.ready = False
+        self._chores.cancel()
+        await self.ingestor.stop()
+        await self.dispatcher.drain(0 if self._fatal else self.settings.drain_timeout)
+        if self._fatal is None:
+            await self.store.sync()
+            await self.store.writer.close()
+        self.write_status(stopped=True)
+        log.info("fnspool daemon stopped")
+
+    # -- chores ---------------------------------------------------------------------------
+
+    async def _run_chores(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            try:
+                await self._chore_round()
+            except Exception:
+                log.exception("periodic chore failed")
+
+    async def _chore_round(self) -> None:
+        if self._definitions_changed():
+            self._reload_definitions()
+        await self.dispatcher.reap_idle()
+        if self.store.compaction_due(self.settings.snapshot_every):
+            await self.store.compact(self.settings.retention)
+        self.write_status()
+
+    def _definitions_changed(self) -> bool:
+        return self._stamp_definitions() != self._definition_stamp
+
+    def _stamp_definitions(self) -> dict[str, tuple[int, int]]:
+        stamp = {}
+        for path in self.spool.functions.glob("*.toml"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            stamp[path.name] = (st.st_mtime_ns, st.st_size)
+        return stamp
+
+    def _reload_definitions(self) -> None:
+        """Load every definition again (at start, on change, on SIGHUP)."""
+        self._definition_stamp = self._stamp_definitions()
+        self.catalog = load_catalog(self.spool.functions)
+        for name in self.catalog.functions:
+            (self.spool.incoming / name).mkdir(exist_ok=True)
+        log.info(
+            "definitions loaded: %s%s",
+            ", ".join(sorted(self.catalog.functions)) or "none",
+            f"; {len(self.catalog.errors)} with errors" if self.catalog.errors else "",
+        )
+
+    def write_status(self, stopped: bool = False) -> None:
+        """Write run/status.json atomically: the heartbeat the CLI and the TUI read."""
+        status = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "ready": self.ready and not stopped,
+            "stopped": stopped,
+            "queue_depth": self.dispatcher.queue_depth,
+            "running": self.dispatcher.running,
+            "events": {s.value: n for s, n in self.store.counts.items() if n},
+            "instances": {name: pool.snapshot() for name, pool in self.dispatcher.pools.items()},
+            "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
+            "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
+        }
+        write_json_atomic(self.spool.run / "status.json", status)
+
+
+def write_json_atomic(path: Path, value: object) -> None:
+    """Write JSON to a temp name, then rename it over `path` (readers never see half a file)."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(msgspec.json.encode(value))
+    os.rename(temp, path)

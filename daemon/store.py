@@ -1,0 +1,207 @@
+"""The daemon's event store: every state change is checked, journaled, then folded in memory.
+
+Also owns compaction: periodic snapshots that let old segments go, and retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from pathlib import Path
+
+import msgspec
+
+from daemon.journal import JournalState, list_segments, list_snapshots, write_snapshot
+from daemon.journal_writer import JournalWriter
+from daemon.model import (
+    NO_RAW,
+    ErrorInfo,
+    Event,
+    JournalRecord,
+    Source,
+    State,
+    Transition,
+    Usage,
+    apply,
+    check_transition,
+)
+
+log = logging.getLogger(__name__)
+
+RETENTION_DEFAULT = 3 * 86400.0
+
+_last_ms = 0
+_counter = 0
+
+
+def new_request_id() -> str:
+    """A UUIDv7: time-ordered, so ids sort by submission time (monotonic within a process)."""
+    global _last_ms, _counter
+    ms = time.time_ns() // 1_000_000
+    if ms <= _last_ms:
+        ms, _counter = _last_ms, _counter + 1
+    else:
+        _counter = secrets.randbits(10)
+    _last_ms = ms
+    rand_b = secrets.randbits(62)
+    value = (ms << 80) | (0x7 << 76) | ((_counter & 0xFFF) << 64) | (0b10 << 62) | rand_b
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def identity(source: Source) -> tuple[object, ...]:
+    """What tells one incoming file from another across a crash."""
+    return (source.path, source.device, source.inode, source.size, source.mtime_ns)
+
+
+class Store:
+    """The events the daemon knows, kept in step with the journal."""
+
+    def __init__(self, writer: JournalWriter, state: JournalState, logs_dir: Path) -> None:
+        self.writer = writer
+        self.events: dict[str, Event] = state.events
+        self.logs_dir = logs_dir
+        self.damages = state.damages
+        self._identities = {identity(e.source): e.id for e in self.events.values() if e.source}
+        self.counts: collections.Counter[State] = collections.Counter(
+            e.state for e in self.events.values()
+        )
+        self._compacting: asyncio.Task[None] | None = None
+        self._last_snapshot_seq = state.snapshot_seq
+
+    def get(self, request_id: str) -> Event | None:
+        """The event with that id, if retained."""
+        return self.events.get(request_id)
+
+    def already_journaled(self, source: Source) -> bool:
+        """Whether an incoming file with this identity was already accepted."""
+        return identity(source) in self._identities
+
+    def enqueue(
+        self,
+        function: str,
+        payload: msgspec.Raw,
+        *,
+        request_id: str | None = None,
+        source: Source | None = None,
+        retry_of: str | None = None,
+        not_before: float | None = None,
+    ) -> Event | None:
+        """Journal a new Enqueued event (not yet durable); None when the id is taken."""
+        rid = request_id or new_request_id()
+        if rid in self.events:
+            return None
+        event = self._record(
+            Transition(
+                id=rid,
+                function=function,
+                state=State.ENQUEUED,
+                payload=payload,
+                source=source,
+                retry_of=retry_of,
+                not_before=not_before,
+            )
+        )
+        if source is not None:
+            self._identities[identity(source)] = rid
+        return event
+
+    def transition(
+        self,
+        event: Event,
+        state: State,
+        *,
+        attempt: int | None = None,
+        instance: str | None = None,
+        reason: str | None = None,
+        result: msgspec.Raw = NO_RAW,
+        error: ErrorInfo | None = None,
+        usage: Usage | None = None,
+        not_before: float | None = None,
+    ) -> Event:
+        """Journal `event -> state` (refusing an illegal one before it reaches the journal)."""
+        return self._record(
+            Transition(
+                id=event.id,
+                function=event.function,
+                state=state,
+                attempt=event.attempts if attempt is None else attempt,
+                instance=instance,
+                reason=reason,
+                result=result,
+                error=error,
+                usage=usage,
+                not_before=not_before,
+            )
+        )
+
+    def _record(self, rec: Transition) -> Event:
+        current = self.events.get(rec.id)
+        old = current.state if current else None
+        check_transition(rec.id, old, rec.state)
+        event = apply(self.events, self.writer.append(rec))
+        if old is not None:
+            self.counts[old] -= 1
+        self.counts[rec.state] += 1
+        return event
+
+    def note(self, rec: JournalRecord) -> JournalRecord:
+        """Journal a record that changes no event (a hook run, a control request)."""
+        return self.writer.append(rec)
+
+    async def sync(self) -> None:
+        """Wait until every change so far is durable."""
+        await self.writer.sync()
+
+    def compaction_due(self, every_records: int) -> bool:
+        """Whether enough has been journaled since the last snapshot to write a new one."""
+        return self.writer.last_seq - self._last_snapshot_seq >= every_records
+
+    async def compact(self, retention: float = RETENTION_DEFAULT) -> None:
+        """Snapshot every retained event, drop expired ones, delete what the older snapshot covers."""
+        if self._compacting is not None:
+            return await asyncio.shield(self._compacting)
+        self._compacting = asyncio.get_running_loop().create_task(self._compact(retention))
+        try:
+            await asyncio.shield(self._compacting)
+        finally:
+            self._compacting = None
+
+    async def _compact(self, retention: float) -> None:
+        dropped = self._drop_expired(time.time() - retention)
+        first_seq = await self.writer.rotate()
+        seq = first_seq - 1
+        events = list(self.events.values())
+        directory = self.writer.directory
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, write_snapshot, directory, seq, time.time(), events)
+        previous = self._last_snapshot_seq
+        self._last_snapshot_seq = seq
+        await loop.run_in_executor(None, _delete_covered, directory, previous, dropped)
+        log.info("snapshot at seq %d: %d events retained, %d dropped", seq, len(events), len(dropped))
+
+    def _drop_expired(self, cutoff: float) -> list[Path]:
+        """Forget events that ended before `cutoff`; return their log files."""
+        gone = [e for e in self.events.values() if e.ended_at is not None and e.ended_at < cutoff]
+        for event in gone:
+            del self.events[event.id]
+            self.counts[event.state] -= 1
+            if event.source is not None:
+                self._identities.pop(identity(event.source), None)
+        return [self.logs_dir / e.function / f"{e.id}.log" for e in gone]
+
+
+def _delete_covered(directory: Path, previous_seq: int, logs: list[Path]) -> None:
+    """Delete segments and snapshots the previous snapshot covers (the newest two snapshots stay)."""
+    snapshots = list_snapshots(directory)
+    for seq, path in snapshots[:-2]:
+        path.unlink(missing_ok=True)
+    segments = list_segments(directory)
+    for (first, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+        if next_first - 1 <= previous_seq and first <= previous_seq:
+            path.unlink(missing_ok=True)  # its `.broken` evidence, if any, stays
+    for path in logs:
+        path.unlink(missing_ok=True)

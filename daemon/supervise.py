@@ -1,0 +1,206 @@
+"""Child processes of instances: spawn in their own session, watch for exit, kill the group.
+
+The one place for process handling, shared by every runtime. `posix_spawn` (never fork with a
+`preexec_fn`: the daemon has threads), exit noticed through a pidfd on the event loop, status and
+resource usage reaped with `wait4`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+#: variables of the daemon's own service manager that must never reach an instance
+STRIPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")
+
+# signals the daemon may ignore or handle that a child must start with at their default action
+_DEFAULT_SIGNALS = (
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGCHLD,
+)
+
+_POLL_INTERVAL = 0.05  # seconds, only where pidfd_open is missing
+
+
+class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """How a child ended and what it cost over its whole life."""
+
+    returncode: int  # as subprocess: negative for a signal
+    cpu_ms: float
+    max_memory_mb: float
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code, or None when a signal ended it."""
+        return self.returncode if self.returncode >= 0 else None
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that ended it, or None on a normal exit."""
+        return -self.returncode if self.returncode < 0 else None
+
+
+class Child:
+    """A spawned process leading its own session and process group."""
+
+    def __init__(self, pid: int, *, kill_group_on_exit: bool) -> None:
+        self.pid = pid
+        self.status: ExitStatus | None = None
+        self._kill_group_on_exit = kill_group_on_exit
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[ExitStatus] = self._loop.create_future()
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._loop.call_later(_POLL_INTERVAL, self._poll)
+        else:
+            self._loop.add_reader(self._pidfd, self._reap)
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped (negative for a signal), else None."""
+        return self.status.returncode if self.status else None
+
+    def kill_group(self, sig: int) -> bool:
+        """Send `sig` to the child's process group; False if it is already gone."""
+        if self.status is not None:
+            # reaped: the group id may belong to someone else by now
+            return False
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            # the group leader is a zombie and every other member is gone
+            return False
+        return True
+
+    async def wait(self) -> ExitStatus:
+        """Wait until the child has exited and been reaped."""
+        return await asyncio.shield(self.exited)
+
+    def _poll(self) -> None:
+        if not self._reap():
+            self._loop.call_later(_POLL_INTERVAL, self._poll)
+
+    def _reap(self) -> bool:
+        """Reap the child if it has exited; True once it is."""
+        if self.status is not None:
+            return True
+        if self._kill_group_on_exit:
+            # before wait4: the zombie leader keeps the group id from being reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        try:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            # reaped by someone else: the status is lost, the notification must not be
+            log.warning("child %d was reaped elsewhere: exit status unknown", self.pid)
+            pid, status, usage = self.pid, 255 << 8, None
+        if pid == 0:
+            return False
+        self.status = ExitStatus(
+            returncode=os.waitstatus_to_exitcode(status),
+            cpu_ms=round((usage.ru_utime + usage.ru_stime) * 1000, 3) if usage else 0.0,
+            max_memory_mb=round(usage.ru_maxrss / 1024, 2) if usage else 0.0,
+        )
+        self._close_pidfd()
+        if not self.exited.done():
+            self.exited.set_result(self.status)
+        return True
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def child_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """`base` updated with `extra`, without the daemon's service-manager variables."""
+    env = {**base, **extra}
+    for key in STRIPPED_ENV:
+        env.pop(key, None)
+    return env
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    fds: Mapping[int, int],
+    *,
+    cwd: str | None = None,
+    kill_group_on_exit: bool = True,
+) -> Child:
+    """Start `argv` in a new session with `fds` mapped (child fd -> our fd); stdin is /dev/null
+    unless mapped. Call from the event loop; OSError if it cannot be executed."""
+    env = child_env(env, {})
+    argv = list(argv)
+    if cwd is not None:
+        # posix_spawn has no chdir action in Python 3.11: let a shell change directory, then exec
+        argv = ["/bin/sh", "-c", 'cd -- "$0" && exec "$@"', cwd, *argv]
+    actions, temporaries = _file_actions(fds)
+    try:
+        spawner = os.posix_spawn if os.path.isabs(argv[0]) else os.posix_spawnp
+        pid = spawner(
+            argv[0],
+            argv,
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),
+            setsigdef=_DEFAULT_SIGNALS,
+        )
+    finally:
+        for fd in temporaries:
+            os.close(fd)
+    return Child(pid, kill_group_on_exit=kill_group_on_exit)
+
+
+def _file_actions(fds: Mapping[int, int]) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """dup2 actions for `fds`, from temporary copies numbered above every target so that no
+    dup2 clobbers a source another action still needs."""
+    fds = dict(fds)
+    temporaries: list[int] = []
+    if 0 not in fds:
+        fds[0] = devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        temporaries.append(devnull)
+    floor = max(fds) + 1
+    actions = []
+    try:
+        for target, source in fds.items():
+            copy = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, floor)
+            temporaries.append(copy)
+            actions.append((os.POSIX_SPAWN_DUP2, copy, target))
+    except BaseException:
+        for fd in temporaries:
+            os.close(fd)
+        raise
+    return actions, temporaries
+
+
+def peak_memory_mb(pid: int) -> float | None:
+    """Peak resident memory (VmHWM) of a live process in MB, or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 2)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
