@@ -112,6 +112,7 @@ class JournalWriter:
         self._on_fatal = on_fatal
         self._next_seq = next_seq
         self._durable_seq = next_seq - 1
+        self._written_seq = next_seq - 1  # touched only by the writer thread
         self._buffer = bytearray()
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
@@ -157,7 +158,10 @@ class JournalWriter:
         return rec
 
     async def rotate(self) -> int:
-        """Start a new segment after everything appended so far; return its first sequence number."""
+        """Start a new segment after everything written so far; return its first sequence number.
+
+        Records appended meanwhile may land in the new segment: its name says where it starts.
+        """
         await self.sync()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._rotate_sync)
@@ -191,9 +195,11 @@ class JournalWriter:
         fsync_dir(self.directory)
 
     def _rotate_sync(self) -> None:
+        if self._size == 0:
+            return  # the current segment is empty: it already starts where a new one would
         os.fsync(self._fd)
         os.close(self._fd)
-        self._create_segment(self._durable_seq + 1)
+        self._create_segment(self._written_seq + 1)
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -236,6 +242,7 @@ class JournalWriter:
             os.ftruncate(self._fd, start)
             raise
         self._size += len(data)
+        self._written_seq = upto
         os.fdatasync(self._fd)
         if self._size >= self.segment_bytes:
             os.close(self._fd)

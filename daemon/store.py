@@ -174,6 +174,7 @@ class Store:
         dropped = self._drop_expired(time.time() - retention)
         first_seq = await self.writer.rotate()
         seq = first_seq - 1
+        # encoded one by one in a thread: each event is whole, and its `seq` says what it holds
         events = list(self.events.values())
         directory = self.writer.directory
         loop = asyncio.get_running_loop()
