@@ -1,0 +1,166 @@
+"""Core figures, each beside a baseline measured in the same run (this machine is shared and noisy).
+
+- baseline: a bare warm-worker pipe round trip (length-prefixed frames to a child python);
+- burst: N no-op events dropped as files (tmp/ -> rename) into a running daemon with 2 instances,
+  durable journaling on: events/s from the first rename until all have Succeeded;
+- latency: an idle daemon, one file at a time: from its rename into incoming/ to its handler
+  starting (CLOCK_MONOTONIC is shared by every process on the machine), p50 and p99.
+
+Usage: python benchmarks/bench_core.py [--events 2000] [--samples 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from daemon.journal import JournalFollower  # noqa: E402
+
+ECHO_CHILD = textwrap.dedent(
+    """
+    import os, struct
+    r, w = 0, 1
+    while True:
+        head = os.read(r, 4)
+        if not head:
+            break
+        n = struct.unpack(">I", head)[0]
+        body = os.read(r, n)
+        os.write(w, struct.pack(">I", len(body)) + body)
+    """
+)
+
+NOOP = "import time\n\ndef handler(event, context):\n    return {'t': time.monotonic()}\n"
+
+
+def pipe_baseline(rounds: int) -> float:
+    """Round trips per second to a warm child over pipes, framed as the runtime frames."""
+    child = subprocess.Popen([sys.executable, "-c", ECHO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    w, r = child.stdin.fileno(), child.stdout.fileno()
+    body = json.dumps({"t": "invoke", "id": "x" * 36, "payload": {}}).encode()
+    frame = struct.pack(">I", len(body)) + body
+    start = time.perf_counter()
+    for _ in range(rounds):
+        os.write(w, frame)
+        n = struct.unpack(">I", os.read(r, 4))[0]
+        os.read(r, n)
+    elapsed = time.perf_counter() - start
+    child.stdin.close()
+    child.wait()
+    return rounds / elapsed
+
+
+def make_spool(root: Path) -> Path:
+    spool = root / "spool"
+    (spool / "functions" / "noop").mkdir(parents=True)
+    (spool / "functions" / "noop.toml").write_text('handler = "index.handler"\nmax_instances = 2\n')
+    (spool / "functions" / "noop" / "index.py").write_text(NOOP)
+    return spool
+
+
+def start_daemon(spool: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
+        cwd=REPO, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((spool / "run" / "status.json").read_text()).get("ready"):
+                return proc
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise SystemExit("the daemon did not become ready")
+
+
+def succeeded(follower: JournalFollower) -> int:
+    follower.poll()
+    return sum(1 for e in follower.state.events.values() if e.state.value == "Succeeded")
+
+
+def burst(spool: Path, count: int) -> float:
+    """Events/s for `count` files renamed into incoming/ at once, until all Succeeded."""
+    staging = spool / "tmp"
+    names = []
+    for i in range(count):
+        path = staging / f".b{i:06d}.tmp"
+        path.write_text('{"n": %d}' % i)
+        names.append(path)
+    target = spool / "incoming" / "noop"
+    follower = JournalFollower(spool / "journal")
+    follower.load()
+    base = succeeded(follower)
+    start = time.perf_counter()
+    for i, path in enumerate(names):
+        os.rename(path, target / f"b{i:06d}.json")
+    while succeeded(follower) < base + count:
+        time.sleep(0.002)
+    return count / (time.perf_counter() - start)
+
+
+def latency(spool: Path, samples: int) -> list[float]:
+    """Milliseconds from a file's rename into incoming/ to its handler starting, one at a time."""
+    follower = JournalFollower(spool / "journal")
+    follower.load()
+    target = spool / "incoming" / "noop"
+    results = []
+    for i in range(samples):
+        temp = spool / "tmp" / f".l{i}.tmp"
+        temp.write_text("{}")
+        before = set(follower.state.events)
+        t0 = time.monotonic()
+        os.rename(temp, target / f"l{i:05d}.json")
+        while True:
+            follower.poll()
+            new = [follower.state.events[k] for k in follower.state.events.keys() - before]
+            if new and new[0].state.value == "Succeeded":
+                break
+            time.sleep(0.0005)
+        handler_start = json.loads(bytes(new[0].result))["t"]
+        results.append((handler_start - t0) * 1000)
+        time.sleep(0.005)  # let the daemon go idle again
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--samples", type=int, default=300)
+    args = parser.parse_args()
+    baseline = pipe_baseline(5000)
+    print(f"baseline  warm-worker pipe round trip: {baseline:,.0f}/s ({1e6 / baseline:.1f} us each)")
+    with tempfile.TemporaryDirectory() as root:
+        spool = make_spool(Path(root))
+        proc = start_daemon(spool)
+        try:
+            burst(spool, 50)  # warm both instances
+            rate = burst(spool, args.events)
+            print(f"burst     {args.events} files, 2 instances, durable: {rate:,.0f} events/s "
+                  f"({rate / baseline:.3f} of the baseline; target >= 5,000/s)")
+            lat = sorted(latency(spool, args.samples))
+            p50 = statistics.median(lat)
+            p99 = lat[int(len(lat) * 0.99) - 1]
+            base_us = 1e3 / baseline
+            print(f"latency   rename -> handler start: p50 {p50:.3f} ms, p99 {p99:.3f} ms "
+                  f"(p50 = {p50 / base_us:.1f}x a pipe round trip; target p50 <= 1 ms)")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The python runtime's costs against the floor under them, measured in the same run.
+
+(a) cold start: instance spawn -> ready, against spawning `python -c pass` and reaping it;
+(b) warm invoke: a no-op event's round trip (log file included), against a bare framed pipe
+    round trip to a minimal child process, both driven by the same uvloop event loop.
+
+Run: .venv/bin/python benchmarks/bench_runtime.py [--events 5000] [--starts 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from daemon.functions import FunctionDef  # noqa: E402
+from daemon.runtimes.python import PythonInstance  # noqa: E402
+from daemon.supervise import spawn  # noqa: E402
+
+NOOP = "def handler(event, context):\n    return None\n"
+
+# the floor: read a framed message on fd 3, write it back on fd 4, nothing else
+ECHO_CHILD = """
+import os
+buf = b""
+while True:
+    while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+        chunk = os.read(3, 65536)
+        if not chunk:
+            raise SystemExit(0)
+        buf += chunk
+    end = 4 + int.from_bytes(buf[:4], "big")
+    os.write(4, buf[:end])
+    buf = buf[end:]
+"""
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of `samples`, nearest rank."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+
+
+async def bare_start() -> float:
+    """Seconds to spawn `python -c pass` and reap it."""
+    began = time.perf_counter()
+    child = spawn([sys.executable, "-c", "pass"], os.environ, {})
+    await child.wait()
+    return time.perf_counter() - began
+
+
+async def instance_start(definition: FunctionDef) -> float:
+    """Seconds from spawning an instance to its ready frame."""
+    instance = PythonInstance(definition)
+    began = time.perf_counter()
+    await instance.start()
+    elapsed = time.perf_counter() - began
+    await instance.stop()
+    return elapsed
+
+
+async def cold_start(definition: FunctionDef, runs: int) -> None:
+    bare, ready = [], []
+    for _ in range(runs):  # interleaved, so drift in machine load hits both alike
+        bare.append(await bare_start())
+        ready.append(await instance_start(definition))
+    b, r = statistics.median(bare), statistics.median(ready)
+    print(f"cold start over {runs}: python -c pass {b * 1000:.1f} ms (median), ", end="")
+    print(f"instance spawn->ready {r * 1000:.1f} ms (median); ratio {r / b:.2f}x")
+
+
+async def warm_invoke(definition: FunctionDef, events: int, logs: Path) -> list[float]:
+    instance = PythonInstance(definition)
+    await instance.start()
+    payload = msgspec.Raw(b'{"n":1}')
+    samples = []
+    try:
+        for n in range(events):
+            began = time.perf_counter()
+            outcome = await instance.invoke(f"r{n}", payload, 1, 60.0, logs / f"r{n}.log")
+            samples.append(time.perf_counter() - began)
+            assert outcome.ok, outcome.error
+    finally:
+        await instance.stop()
+    return samples
+
+
+async def bare_round_trips(events: int) -> list[float]:
+    loop = asyncio.get_running_loop()
+    to_r, to_w = os.pipe2(os.O_CLOEXEC)
+    from_r, from_w = os.pipe2(os.O_CLOEXEC)
+    child = spawn([sys.executable, "-c", ECHO_CHILD], os.environ, {3: to_r, 4: from_w})
+    os.close(to_r)
+    os.close(from_w)
+    os.set_blocking(from_r, False)
+    frame = (7).to_bytes(4, "big") + b'{"n":1}'
+    waiter: list[asyncio.Future[bytes]] = []
+
+    def readable() -> None:
+        data = os.read(from_r, 65536)
+        if waiter and not waiter[0].done():
+            waiter[0].set_result(data)
+
+    loop.add_reader(from_r, readable)
+    samples = []
+    for _ in range(events):
+        waiter[:] = [loop.create_future()]
+        began = time.perf_counter()
+        os.write(to_w, frame)
+        await waiter[0]
+        samples.append(time.perf_counter() - began)
+    loop.remove_reader(from_r)
+    os.close(to_w)
+    os.close(from_r)
+    await child.wait()
+    return samples
+
+
+def report(name: str, samples: list[float]) -> float:
+    median = statistics.median(samples)
+    p99 = percentile(samples, 99)
+    print(f"  {name:<28} median {median * 1e6:7.1f} us   p99 {p99 * 1e6:7.1f} us")
+    return median
+
+
+async def main(events: int, starts: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="fnspool-bench-") as tmp:
+        code = Path(tmp) / "code"
+        code.mkdir()
+        (code / "index.py").write_text(NOOP)
+        definition = FunctionDef(
+            name="noop", handler="index.handler", code_dir=str(code), interpreter=sys.executable
+        )
+        print(f"interpreter {sys.executable} ({sys.version.split()[0]}), loop {type(asyncio.get_running_loop()).__module__}")
+        await cold_start(definition, starts)
+        logs = Path(tmp) / "logs"
+        logs.mkdir()
+        bare = await bare_round_trips(events)
+        warm = await warm_invoke(definition, events, logs)
+        print(f"warm invoke over {events} no-op events:")
+        b = report("bare pipe round trip", bare)
+        w = report("instance.invoke (with log)", warm)
+        print(f"  ratio {w / b:.2f}x (overhead {(w - b) * 1e6:.1f} us per event)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--starts", type=int, default=20)
+    args = parser.parse_args()
+    uvloop.run(main(args.events, args.starts))

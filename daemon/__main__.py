@@ -1,0 +1,5 @@
+"""`python -m daemon` is the `fnspool` command."""
+
+from daemon.cli import main
+
+main()

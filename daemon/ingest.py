@@ -1,0 +1,444 @@
+"""The ingestor: watch incoming/ (inotify wake-ups, full scans), validate, journal, unlink.
+
+Invariant I1, per batch: the sink journals every accepted file durably, then the files are
+unlinked, then each affected directory is fsynced once. A crash anywhere leaves a file that is
+either not journaled (taken again) or journaled with the same identity (removed on restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+from inotify_simple import INotify
+from inotify_simple import flags as F
+
+from daemon.model import Source
+from daemon.payload import INCOMPLETE, Accepted, check_function_name, check_name, decode, is_ignored
+from daemon.spool import DirFds, Rejection, Spool, printable, reject, safe_read, same_file
+
+__all__ = ["Accepted", "IngestSink", "IngestStats", "Ingestor"]
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (directory under incoming/, "" for incoming/ itself; file name)
+
+_WATCH_ROOT = F.MOVED_TO | F.CLOSE_WRITE | F.CREATE | F.ONLYDIR | F.DONT_FOLLOW
+_WATCH_SUB = _WATCH_ROOT | F.MOVE_SELF
+
+
+class IngestSink(Protocol):
+    """What the ingestor needs from the daemon."""
+
+    def function_exists(self, name: str) -> bool:
+        """Whether a function of that name is defined."""
+        ...
+
+    def already_journaled(self, source: Source) -> bool:
+        """Whether a file of that path and identity was journaled (a crash before its unlink)."""
+        ...
+
+    async def accept(self, batch: list[Accepted]) -> list[str | None]:
+        """Journal the batch durably; per item its request id, or None when its id is taken."""
+        ...
+
+
+class IngestStats(msgspec.Struct, kw_only=True):
+    """Counters for status and metrics."""
+
+    accepted: int = 0
+    rejected: int = 0
+    recovered: int = 0  # already journaled before a crash: unlinked, not enqueued again
+    batches: int = 0
+
+
+class _Settle(msgspec.Struct):
+    """A file that does not parse yet: its identity when first seen so, and since when."""
+
+    ident: tuple[int, int, int]
+    since: float
+    timer: asyncio.TimerHandle | None = None
+
+
+class _Batch:
+    """One batch: its directory descriptors, the files to accept and the files to unlink."""
+
+    def __init__(self, incoming: os.PathLike[str]) -> None:
+        self.dirs = DirFds(incoming)
+        self.found: list[tuple[Key, os.stat_result, Accepted]] = []
+        self.done: list[tuple[Key, os.stat_result]] = []
+
+    def still_there(self, key: Key, st: os.stat_result) -> bool:
+        try:
+            return same_file(self.dirs.get(key[0]), key[1], st)
+        except OSError:
+            return False
+
+
+class Ingestor:
+    """Takes payload files from incoming/ into the journal through an IngestSink."""
+
+    max_batch = 1024  # files per accept() call: bounds how long one batch holds the loop
+
+    def __init__(
+        self,
+        spool: Spool,
+        sink: IngestSink,
+        *,
+        max_bytes: int = 1 << 20,
+        max_depth: int = 64,
+        settle: float = 2.0,
+        scan_interval: float = 5.0,
+        allowed_uids: set[int] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.sink = sink
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+        self.settle = settle
+        self.scan_interval = scan_interval
+        self.allowed_uids = allowed_uids
+        self.on_fatal = on_fatal
+        self.stats = IngestStats()
+        self.failed: BaseException | None = None
+        self._pending: dict[Key, bool] = {}  # -> renamed in, so complete
+        self._inflight: set[Key] = set()
+        self._settling: dict[Key, _Settle] = {}
+        self._wds: dict[int, str] = {}
+        self._watched: dict[str, int] = {}
+        self._inotify: INotify | None = None
+        self._drainer: asyncio.Task[None] | None = None
+        self._scan_timer: asyncio.TimerHandle | None = None
+        self._stopping = False
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Watch incoming/ and take every file already there; returns after that first scan."""
+        self._inotify = INotify(nonblocking=True)
+        asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
+        await self.scan()
+        self._schedule_scan()
+
+    async def stop(self) -> None:
+        """Stop taking files; wait for the batch in flight to be journaled and unlinked."""
+        self._stopping = True
+        if self._scan_timer is not None:
+            self._scan_timer.cancel()
+        for key in list(self._settling):
+            self._unsettle(key)
+        if self._inotify is not None:
+            asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
+        if self._drainer is not None:
+            await asyncio.shield(self._drainer)
+
+    async def scan(self) -> None:
+        """One full pass over incoming/; returns when every file found has been handled."""
+        self._collect_all()
+        self._kick()
+        while self._drainer is not None and not self._drainer.done():
+            await asyncio.shield(self._drainer)
+
+    # -- finding files: inotify says where to look, scans are the truth -------------------
+
+    def _schedule_scan(self) -> None:
+        if not self._stopping:
+            loop = asyncio.get_running_loop()
+            self._scan_timer = loop.call_later(self.scan_interval, self._periodic_scan)
+
+    def _periodic_scan(self) -> None:
+        self._collect_all()
+        self._kick()
+        self._schedule_scan()
+
+    def _collect_all(self) -> None:
+        if self._stopping:
+            return
+        self._watch("")  # again if incoming/ was replaced
+        self._collect_dir("")
+
+    def _collect_dir(self, dirname: str) -> None:
+        try:
+            dirs = DirFds(self.spool.incoming)
+            try:
+                with os.scandir(os.dup(dirs.get(dirname))) as it:
+                    entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            finally:
+                dirs.close()
+        except OSError as exc:
+            log.error("cannot list incoming/%s: %s", printable(dirname), exc)
+            return
+        for name, is_dir in entries:
+            if is_ignored(name):
+                continue
+            if not dirname and is_dir:
+                self._watch(name)  # watch first, then list: nothing falls in between
+                self._collect_dir(name)
+            else:
+                self._add((dirname, name), complete=False)
+
+    def _watch(self, dirname: str) -> None:
+        if self._inotify is None or dirname in self._watched:
+            return
+        path = self.spool.incoming / dirname if dirname else self.spool.incoming
+        try:
+            wd = self._inotify.add_watch(path, _WATCH_SUB if dirname else _WATCH_ROOT)
+        except OSError as exc:  # e.g. out of watches: the periodic scan still finds files
+            log.warning("cannot watch %s: %s", printable(str(path)), exc)
+            return
+        self._wds[wd] = dirname
+        self._watched[dirname] = wd
+
+    def _on_readable(self) -> None:
+        if self._inotify is None:
+            return
+        try:
+            events = self._inotify.read(timeout=0)
+        except BlockingIOError:
+            return
+        for event in events:
+            self._on_event(event.wd, event.mask, event.name)
+        self._kick()
+
+    def _on_event(self, wd: int, mask: int, name: str) -> None:
+        if mask & F.Q_OVERFLOW:
+            log.warning("inotify queue overflowed: rescanning incoming/")
+            self._collect_all()
+            return
+        dirname = self._wds.get(wd)
+        if dirname is None:
+            return
+        if mask & (F.IGNORED | F.MOVE_SELF):  # removed, or moved away: its events lie now
+            self._forget_watch(wd, rm=bool(mask & F.MOVE_SELF))
+        elif not name or is_ignored(name):
+            pass
+        elif not dirname and mask & F.ISDIR:
+            self._watch(name)
+            self._collect_dir(name)
+        else:
+            self._add((dirname, name), complete=bool(mask & F.MOVED_TO))
+
+    def _forget_watch(self, wd: int, *, rm: bool) -> None:
+        if rm and self._inotify is not None:
+            with contextlib.suppress(OSError):  # already gone
+                self._inotify.rm_watch(wd)
+        dirname = self._wds.pop(wd, None)
+        if dirname is not None and self._watched.get(dirname) == wd:
+            del self._watched[dirname]
+
+    def _add(self, key: Key, *, complete: bool) -> None:
+        if not self._stopping:
+            self._pending[key] = self._pending.get(key, False) or complete
+
+    # -- batches --------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._pending and not self._stopping and (self._drainer is None or self._drainer.done()):
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        # the only drainer, and a batch is taken whole: no file is ever read twice at once
+        while self._pending and not self._stopping:
+            batch = self._take_batch()
+            self._inflight.update(batch)
+            try:
+                await self._process(batch)
+            except Exception:
+                log.exception("unexpected error in an ingestion batch")
+            finally:
+                self._inflight.difference_update(batch)
+
+    def _take_batch(self) -> dict[Key, bool]:
+        batch: dict[Key, bool] = {}
+        for key, complete in self._pending.items():
+            if key not in self._inflight:
+                batch[key] = complete
+                if len(batch) >= self.max_batch:
+                    break
+        for key in batch:
+            del self._pending[key]
+        return batch
+
+    async def _process(self, keys: dict[Key, bool]) -> None:
+        try:
+            batch = _Batch(self.spool.incoming)
+        except OSError as exc:
+            log.error("cannot open %s: %s", self.spool.incoming, exc)
+            return
+        try:
+            for key, complete in keys.items():
+                self._examine_one(batch, key, complete)
+            if batch.found and not await self._accept(batch):
+                return  # the journal failed: unlink nothing, take nothing more
+            if batch.done:
+                await self._unlink(batch)
+            self.stats.batches += 1
+        finally:
+            batch.dirs.close()
+
+    async def _accept(self, batch: _Batch) -> bool:
+        """Journal the batch; False (and stop) when the journal failed."""
+        try:
+            ids = await self.sink.accept([item for _, _, item in batch.found])
+            if len(ids) != len(batch.found):
+                raise RuntimeError(f"accept() gave {len(ids)} ids for {len(batch.found)} files")
+        except Exception as exc:
+            self._fail(exc)
+            return False
+        for (key, st, item), request_id in zip(batch.found, ids, strict=True):
+            if request_id is not None:
+                batch.done.append((key, st))
+                self.stats.accepted += 1
+                log.debug("accepted %s as %s", item.source.path, request_id)
+            elif batch.still_there(key, st):
+                why = Rejection("duplicate_id", f"id {item.id!r} was already used by another event")
+                self._reject(batch, key, why)
+        return True
+
+    def _fail(self, exc: BaseException) -> None:
+        log.critical("ingestion stopped: the journal failed: %r", exc)
+        self.failed = exc
+        self._stopping = True
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    async def _unlink(self, batch: _Batch) -> None:
+        touched: dict[str, int] = {}
+        for key, st in batch.done:
+            # the name may hold a new file by now (renamed over it): that one is not journaled
+            if not batch.still_there(key, st):
+                continue
+            fd = batch.dirs.get(key[0])
+            try:
+                os.unlink(key[1], dir_fd=fd)
+                touched[key[0]] = fd
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("cannot remove incoming/%s: %s", printable(_join(*key)), exc)
+        if touched:
+            await asyncio.to_thread(_fsync_dirs, touched)
+
+    # -- one file -------------------------------------------------------------------------
+
+    def _examine_one(self, batch: _Batch, key: Key, complete: bool) -> None:
+        try:
+            outcome = self._examine(batch.dirs, key, complete)
+        except (FileNotFoundError, NotADirectoryError):
+            self._unsettle(key)  # gone, or its directory is: nothing to do
+            return
+        except Rejection as why:
+            self._reject(batch, key, why)
+            return
+        except Exception:
+            log.exception("unexpected error on incoming/%s", printable(_join(*key)))
+            self._reject(batch, key, Rejection("internal", "an internal error; see the daemon log"))
+            return
+        if outcome is None:
+            return
+        self._unsettle(key)
+        st, item = outcome
+        if item is None:
+            self.stats.recovered += 1
+            batch.done.append((key, st))
+        else:
+            batch.found.append((key, st, item))
+
+    def _examine(
+        self, dirs: DirFds, key: Key, complete: bool
+    ) -> tuple[os.stat_result, Accepted | None] | None:
+        """Validate one file: (stat, Accepted), (stat, None) if already journaled, None to wait."""
+        dirname, name = key
+        # the file's type first: a nested directory is `not_regular` whatever its name
+        data, st = safe_read(dirs.get(dirname), name, self.max_bytes, self.allowed_uids)
+        check_name(name)
+        if dirname:
+            self._check_function(dirname)
+        source = Source(
+            path=f"incoming/{_join(dirname, name)}",
+            device=st.st_dev,
+            inode=st.st_ino,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            uid=st.st_uid,
+        )
+        if self.sink.already_journaled(source):
+            return st, None
+        try:
+            item = decode(data, dirname or None, source, self.max_depth)
+        except Rejection as why:
+            if why.code in INCOMPLETE and not complete and not self._settled(key, st):
+                return None
+            raise
+        if not dirname:
+            self._check_function(item.function)
+        return st, item
+
+    def _check_function(self, name: str) -> None:
+        check_function_name(name)
+        if not self.sink.function_exists(name):
+            raise Rejection("unknown_function", f"no function named {name!r} is defined")
+
+    def _reject(self, batch: _Batch, key: Key, why: Rejection) -> None:
+        self._unsettle(key)
+        relpath = f"incoming/{_join(*key)}"
+        try:
+            reject(self.spool, batch.dirs.get(key[0]), key[1], why, relpath)
+            self.stats.rejected += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("cannot reject %s (%s): %s", printable(relpath), why.code, exc)
+
+    # -- files written in place -----------------------------------------------------------
+
+    def _settled(self, key: Key, st: os.stat_result) -> bool:
+        """Whether an unparsable file has stayed unchanged for `settle` seconds; else wait."""
+        now = time.monotonic()
+        ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+        entry = self._settling.get(key)
+        if entry is None or entry.ident != ident:
+            self._unsettle(key)
+            entry = self._settling[key] = _Settle(ident, now)
+        remaining = entry.since + self.settle - now
+        if remaining <= 0:
+            return True
+        if entry.timer is None:
+            # a little slack: the loop's clock may be coarser than time.monotonic()
+            loop = asyncio.get_running_loop()
+            entry.timer = loop.call_later(remaining + 0.005, self._recheck, key)
+        return False
+
+    def _recheck(self, key: Key) -> None:
+        entry = self._settling.get(key)
+        if entry is not None:
+            entry.timer = None
+            self._add(key, complete=False)
+            self._kick()
+
+    def _unsettle(self, key: Key) -> None:
+        entry = self._settling.pop(key, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+
+
+def _join(dirname: str, name: str) -> str:
+    return f"{dirname}/{name}" if dirname else name
+
+
+def _fsync_dirs(fds: dict[str, int]) -> None:
+    for dirname, fd in fds.items():
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            # the files are journaled: one that comes back is recognised and removed again
+            log.error("fsync of incoming/%s failed: %s", printable(dirname), exc)

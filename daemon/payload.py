@@ -1,0 +1,131 @@
+"""Decoding and validation of incoming payload files: names, encoding, depth, envelope shape."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+
+from daemon.functions import NAME_RE
+from daemon.model import Source
+from daemon.spool import Rejection, printable
+
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+MAX_NAME_BYTES = 255
+#: reasons that may only mean "not completely written yet": wait for the file to settle
+INCOMPLETE = frozenset({"not_json", "bad_encoding"})
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # depth change + 1
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[{]}")
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An `incoming/*.json` file: which function to run, with what, and how."""
+
+    function: str
+    payload: Any
+    id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | None = None
+    delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+class Accepted(msgspec.Struct, frozen=True, kw_only=True):
+    """A valid incoming file, ready to be journaled as Enqueued."""
+
+    function: str
+    payload: msgspec.Raw  # compact JSON, no newline
+    id: str | None
+    delay: float
+    source: Source  # path relative to the spool; identity and owner from fstat
+
+
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+def is_ignored(name: str) -> bool:
+    """Whether a name is a writer's temporary file, never looked at."""
+    return name.startswith(".") or name.endswith(".tmp")
+
+
+def check_name(name: str) -> None:
+    """Raise Rejection `bad_name` unless `name` is a printable, UTF-8 `*.json` name."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_NAME_BYTES:
+        raise Rejection("bad_name", f"the name is {len(raw)} bytes long, over {MAX_NAME_BYTES}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejection("bad_name", "the name is not valid UTF-8") from None
+    if not name.isprintable():
+        raise Rejection("bad_name", "the name holds control characters (newline, tab, ...)")
+    if not name.endswith(".json"):
+        raise Rejection("bad_name", "only *.json files are taken (write *.tmp or .name, rename)")
+
+
+def check_function_name(name: str) -> None:
+    """Raise Rejection `unknown_function` unless `name` could name a function."""
+    if not NAME_RE.match(name):
+        raise Rejection("unknown_function", f"{printable(name)!r} is not a valid function name")
+
+
+def too_deep(data: bytes, max_depth: int) -> bool:
+    """Whether JSON brackets nest deeper than `max_depth`, judged without decoding."""
+    # strings cannot hold structure: strip them (an unterminated one runs to the end)
+    if b'"' in data:
+        data = _STRING.sub(b"", data)
+    opens = data.count(b"[") + data.count(b"{")
+    if opens <= max_depth:
+        return False
+    depth = deepest = 0
+    for step in data.translate(_DEPTH_STEP, _NOT_BRACKETS):
+        depth += step - 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > max_depth:
+                return True
+    return False
+
+
+def decode(data: bytes, function: str | None, source: Source, max_depth: int) -> Accepted:
+    """Validate a payload file; `function` is its directory's name, None for an envelope."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejection("bad_encoding", f"not valid UTF-8 at byte {exc.start}") from None
+    if too_deep(data, max_depth):
+        raise Rejection("too_deep", f"JSON nested deeper than {max_depth} levels")
+    if function is not None:
+        payload = msgspec.Raw(_encoder.encode(_parse(data)))
+        return Accepted(function=function, payload=payload, id=None, delay=0.0, source=source)
+    env = _parse_envelope(data)
+    check_function_name(env.function)
+    return Accepted(
+        function=env.function,
+        payload=msgspec.Raw(_encoder.encode(env.payload)),
+        id=env.id,
+        delay=float(env.delay),
+        source=source,
+    )
+
+
+def _parse(data: bytes) -> Any:
+    try:
+        return _any_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise Rejection("not_json", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Rejection("too_deep", "JSON nested too deeply to decode") from None
+
+
+def _parse_envelope(data: bytes) -> Envelope:
+    try:
+        return _envelope_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise Rejection("bad_shape", f"not a valid envelope: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise Rejection("not_json", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Rejection("too_deep", "JSON nested too deeply to decode") from None

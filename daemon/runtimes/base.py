@@ -1,0 +1,166 @@
+"""What an instance of any runtime offers the pool and the dispatcher; the event log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+from daemon.functions import FunctionDef
+from daemon.model import ErrorInfo, Usage
+
+log = logging.getLogger(__name__)
+
+LOG_CAP = 10 << 20  # bytes of a function's own output kept per event log
+
+#: hook names as in `[lifecycle]`, and how their lines read in an event's log
+HOOK_LABELS = {
+    "initializer": "FC Initialize",
+    "pre_freeze": "FC PreFreeze",
+    "pre_stop": "FC PreStop",
+}
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How one attempt ended on an instance."""
+
+    ok: bool
+    result: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+    usage: Usage
+    retry_delay: float | None = None
+    instance_lost: bool = False  # the instance is dead or must be discarded
+
+
+class HookOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How one lifecycle hook ran on an instance."""
+
+    hook: str
+    ok: bool
+    started: float  # wall clock
+    duration_ms: float
+    error: ErrorInfo | None = None
+    instance_lost: bool = False
+
+
+class InstanceStartError(Exception):
+    """An instance could not be made ready; `error` says why (the event becomes Invalid)."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(f"{error.type}: {error.message}")
+        self.error = error
+
+
+class Instance(Protocol):
+    """One instance of a function, whatever its runtime."""
+
+    id: str
+    function: FunctionDef
+    pid: int | None
+    state: str  # starting | idle | busy | stopping | dead
+    events_served: int
+    started_at: float  # wall clock
+    last_used: float  # monotonic
+
+    async def start(self, *, request_id: str | None = None, log_path: Path | None = None) -> None:
+        """Make the instance ready (Initializer included); InstanceStartError if it cannot be."""
+
+    async def invoke(
+        self, request_id: str, payload: msgspec.Raw, attempt: int, timeout: float, log_path: Path
+    ) -> Outcome:
+        """Run one attempt of an event; never raises for the function's own faults."""
+        ...
+
+    async def run_hook(
+        self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
+    ) -> HookOutcome:
+        """Run a lifecycle hook (`pre_freeze`, `pre_stop`, ...) if the function defines it."""
+        ...
+
+    async def stop(self) -> None:
+        """Kill the instance's process group and release everything; idempotent."""
+
+    def signal(self, sig: int) -> bool:
+        """Send `sig` to the instance's process group; False if it is gone."""
+        ...
+
+
+_second: list[tuple[int, str]] = [(-1, "")]  # strftime is slow: format each second once
+
+
+def iso_now() -> str:
+    """The wall-clock time as an ISO 8601 UTC string with milliseconds."""
+    now = time.time()
+    whole = int(now)
+    second, text = _second[0]
+    if whole != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = (whole, text)
+    return f"{text}.{int((now - whole) * 1000):03d}Z"
+
+
+class EventLog:
+    """The log file of one event, open while it runs: platform lines and capped function output."""
+
+    def __init__(self, path: Path | None, cap: int = LOG_CAP) -> None:
+        self.path = path
+        self.cap = cap
+        self.written = 0
+        self.fd: int | None = _open_append(path) if path is not None else None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the file is open for writing."""
+        return self.fd is not None
+
+    def platform(self, text: str) -> None:
+        """Write one `[PLATFORM]` line (never counted against the cap)."""
+        self._write(f"{iso_now()} [PLATFORM] {text}\n".encode())
+
+    def write(self, data: bytes) -> None:
+        """Append the function's output, up to the cap; mark the cut once."""
+        room = self.cap - self.written
+        if room <= 0:
+            return
+        if len(data) > room:
+            self._write(data[:room])
+            self.written = self.cap
+            self.platform(f"log truncated at {self.cap} bytes")
+            return
+        self.written += len(data)
+        self._write(data)
+
+    def close(self) -> None:
+        """Close the file; later writes are dropped."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _write(self, data: bytes) -> None:
+        if self.fd is None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            log.error("event log %s: write failed, closing it: %s", self.path, exc)
+            self.close()
+
+
+def _open_append(path: Path) -> int | None:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(path, flags, 0o640)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, flags, 0o640)
+    except OSError as exc:
+        # the event runs without its log rather than not at all
+        log.error("cannot open event log %s: %s", path, exc)
+        return None

@@ -1,0 +1,310 @@
+"""The spool: its paths and modes, safe reading of user files, and `rejected/` with reasons."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o2775  # setgid: files dropped by the group stay in the spool's group
+_STICKY_DIRS = ("tmp",)  # writers share tmp/: they must not remove each other's staging files
+_SUBDIRS = (
+    "functions",
+    "tmp",
+    "incoming",
+    "control",
+    "journal",
+    "logs",
+    "destinations",
+    "rejected",
+    "run",
+)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Spool:
+    """The paths of one spool directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.functions = self.root / "functions"
+        self.tmp = self.root / "tmp"
+        self.incoming = self.root / "incoming"
+        self.control = self.root / "control"
+        self.journal = self.root / "journal"
+        self.logs = self.root / "logs"
+        self.destinations = self.root / "destinations"
+        self.rejected = self.root / "rejected"
+        self.run = self.root / "run"
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.root)!r})"
+
+    @classmethod
+    def resolve(cls, arg: str | os.PathLike[str] | None = None) -> Spool:
+        """The spool named by `--spool DIR`, else `$FNSPOOL_SPOOL`, else `./spool`."""
+        return cls(arg or os.environ.get("FNSPOOL_SPOOL") or "spool")
+
+    def create(self) -> None:
+        """Make the spool's directories that are missing; leave existing ones as they are."""
+        _make_dir(self.root, DIR_MODE)
+        for name in _SUBDIRS:
+            mode = DIR_MODE | stat.S_ISVTX if name in _STICKY_DIRS else DIR_MODE
+            _make_dir(self.root / name, mode)
+
+    def relpath(self, path: str | os.PathLike[str]) -> str:
+        """`path` relative to the spool root (as given when it lies outside)."""
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def _make_dir(path: Path, mode: int) -> None:
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return
+    try:
+        # mkdir's mode is cut by the umask and drops setgid/sticky: set it explicitly
+        os.chmod(path, mode)
+    except PermissionError as exc:
+        log.warning("cannot set mode %o on %s: %s", mode, path, exc)
+
+
+class Rejection(Exception):
+    """Why a user file cannot be accepted: a reason code and a sentence for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def safe_read(
+    dir_fd: int, name: str, max_bytes: int, allowed_uids: set[int] | None
+) -> tuple[bytes, os.stat_result]:
+    """Read a user file relative to `dir_fd` without following links; Rejection when unsafe."""
+    # lstat first so fifos, sockets and devices are never opened at all
+    check_stat(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), max_bytes, allowed_uids)
+    try:
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Rejection("symlink", "a symbolic link, not a file") from None
+        if exc.errno == errno.ENXIO:
+            raise Rejection("not_regular", "not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        check_stat(st, max_bytes, allowed_uids)
+        return _read_bounded(fd, max_bytes), st
+    finally:
+        os.close(fd)
+
+
+class DirFds:
+    """Directory descriptors for one pass over a directory and its subdirectories."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.open(root, _DIR_FLAGS)
+        self.fds: dict[str, int] = {"": self.root}
+
+    def get(self, name: str) -> int:
+        """The descriptor of subdirectory `name` ("" for the root), never through a symlink."""
+        fd = self.fds.get(name)
+        if fd is None:
+            fd = self.fds[name] = os.open(name, _DIR_FLAGS, dir_fd=self.root)
+        return fd
+
+    def close(self) -> None:
+        """Close every descriptor opened."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def same_file(dir_fd: int, name: str, st: os.stat_result) -> bool:
+    """Whether `name` still is the file `st` describes (same inode, size and mtime)."""
+    try:
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return _identity(now) == _identity(st)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def check_stat(st: os.stat_result, max_bytes: int, allowed_uids: set[int] | None) -> None:
+    """Raise Rejection unless `st` is a one-link regular file of an allowed owner, under the cap."""
+    if stat.S_ISLNK(st.st_mode):
+        raise Rejection("symlink", "a symbolic link, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise Rejection("not_regular", f"not a regular file ({_kind(st.st_mode)})")
+    if st.st_nlink != 1:
+        raise Rejection("hard_link", f"the file has {st.st_nlink} links; drop files by rename")
+    if allowed_uids is not None and st.st_uid not in allowed_uids:
+        raise Rejection("owner", f"owned by uid {st.st_uid}, which may not submit")
+    if st.st_size > max_bytes:
+        raise Rejection("too_large", f"{st.st_size} bytes, over the {max_bytes}-byte limit")
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_IFDIR: "directory",
+        stat.S_IFIFO: "fifo",
+        stat.S_IFSOCK: "socket",
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+    }
+    return kinds.get(stat.S_IFMT(mode), "unknown type")
+
+
+def _read_bounded(fd: int, max_bytes: int) -> bytes:
+    # read at most max_bytes + 1: a file that grows after fstat is still bounded
+    chunks: list[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        chunk = os.read(fd, max_bytes + 1 - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > max_bytes:
+        raise Rejection("too_large", f"grew past the {max_bytes}-byte limit while being read")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+# -- rejected/ ----------------------------------------------------------------------------
+
+
+class RejectReason(msgspec.Struct, frozen=True, kw_only=True):
+    """The `NAME.reason.json` written beside a rejected file."""
+
+    file: str
+    rejected_as: str
+    reason: str
+    message: str
+    at: str
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:+=@,-]")
+_MAX_NAME = 180  # leaves room for a collision suffix and ".reason.json" under NAME_MAX
+_reason_encoder = msgspec.json.Encoder()
+_rename_lock = threading.Lock()
+
+
+def printable(name: str) -> str:
+    """A file name or path as text that is always valid UTF-8 (bad bytes as \\xNN escapes)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def safe_name(name: str) -> str:
+    """A harmless file name for `name`: no control characters, no leading dots, bounded length."""
+    text = _UNSAFE.sub("_", printable(name)).lstrip(".")
+    return text[:_MAX_NAME] or "unnamed"
+
+
+def reject(
+    spool: Spool, src: int | str | os.PathLike[str], name: str, rejection: Rejection, relpath: str
+) -> str:
+    """Move `name` (any file type, never followed) into rejected/ with a reason; the new name."""
+    src_fd = src if isinstance(src, int) else os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    dst_fd = os.open(spool.rejected, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        new = _move_unique(src_fd, name, dst_fd, safe_name(name))
+        reason = RejectReason(
+            file=printable(relpath),
+            rejected_as=new,
+            reason=rejection.code,
+            message=rejection.message,
+            at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        _write_atomic(dst_fd, f"{new}.reason.json", _reason_encoder.encode(reason) + b"\n")
+    finally:
+        os.close(dst_fd)
+        if not isinstance(src, int):
+            os.close(src_fd)
+    log.warning(
+        "rejected %s as rejected/%s: %s: %s",
+        printable(relpath),
+        new,
+        rejection.code,
+        rejection.message,
+    )
+    return new
+
+
+def _move_unique(src_fd: int, name: str, dst_fd: int, base: str) -> str:
+    for n in range(10_000):
+        candidate = base if n == 0 else f"{base}.{n}"
+        if _exists(dst_fd, f"{candidate}.reason.json"):
+            continue
+        if _rename_noreplace(src_fd, name, dst_fd, candidate):
+            return candidate
+    raise OSError(errno.EEXIST, f"no free name in rejected/ for {base!r}")
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _write_atomic(dir_fd: int, name: str, data: bytes) -> None:
+    temp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+_RENAME_NOREPLACE = 1
+_renameat2: Any
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _renameat2 = _libc.renameat2
+    _renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+except (OSError, AttributeError):
+    _renameat2 = None
+
+
+def _rename_noreplace(src_fd: int, name: str, dst_fd: int, new: str) -> bool:
+    """Rename unless `new` exists (then False): a rejected file never replaces another."""
+    if _renameat2 is not None:
+        if _renameat2(src_fd, os.fsencode(name), dst_fd, os.fsencode(new), _RENAME_NOREPLACE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: the filesystem lacks the flag
+            raise OSError(err, os.strerror(err), printable(name))
+    with _rename_lock:  # fallback: a check then a rename, safe within this process
+        if _exists(dst_fd, new):
+            return False
+        os.rename(name, new, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        return True

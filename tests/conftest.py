@@ -1,0 +1,144 @@
+"""A temporary spool, a real daemon process over it, and waiting on conditions with deadlines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "spool" / "functions"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def fnspool(spool: Path, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI against `spool`."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", *args, "--spool", str(spool)],
+        capture_output=True, text=True, input=input, timeout=60, cwd=REPO,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fnspool {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def fnspool_json(spool: Path, *args: str) -> Any:
+    """Run a CLI command with --json and decode its output."""
+    return json.loads(fnspool(spool, *args, "--json").stdout)
+
+
+class DaemonProcess:
+    """`fnspool daemon` running for real over a temporary spool."""
+
+    def __init__(self, spool: Path) -> None:
+        self.spool = spool
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = spool.parent / "daemon.log"
+
+    def start(self, *extra: str, wait_ready: bool = True) -> DaemonProcess:
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "daemon", "--spool", str(self.spool), *extra],
+            stdout=self._logf, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        if wait_ready:
+            wait_for(self.ready, 30, "the daemon to be ready")
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
+        try:
+            status = json.loads((self.spool / "run" / "status.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return status.get("pid") == self.proc.pid and status.get("ready")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+        if hasattr(self, "_logf"):
+            self._logf.close()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    """A fresh spool with the example functions and a few test ones."""
+    root = tmp_path / "spool"
+    shutil.copytree(EXAMPLES, root / "functions")
+    shutil.copytree(Path(__file__).parent / "e2e_functions", root / "functions", dirs_exist_ok=True)
+    return root
+
+
+@pytest.fixture
+def daemon(spool: Path) -> Iterator[DaemonProcess]:
+    """A daemon factory over `spool`, killed at the end of the test."""
+    started: list[DaemonProcess] = []
+
+    class Factory:
+        def start(self, *extra: str, wait_ready: bool = True) -> DaemonProcess:
+            d = DaemonProcess(spool).start(*extra, wait_ready=wait_ready)
+            started.append(d)
+            return d
+
+    yield Factory()  # type: ignore[misc]
+    for d in started:
+        d.close()
+
+
+def drop(spool: Path, function: str, name: str, payload: Any) -> Path:
+    """Drop a payload for `function` the maildir way (write in tmp/, rename into incoming/NAME/)."""
+    (spool / "tmp").mkdir(parents=True, exist_ok=True)
+    temp = spool / "tmp" / f".{name}.tmp"
+    temp.write_text(json.dumps(payload))
+    target = spool / "incoming" / function / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(temp, target)
+    return target
+
+
+def events(spool: Path, *args: str) -> list[dict[str, Any]]:
+    """`fnspool events list --json` with extra filters."""
+    return fnspool_json(spool, "events", "list", *args)

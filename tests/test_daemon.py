@@ -1,0 +1,284 @@
+"""The real daemon over a temporary spool: files in, events out, crashes, bad input, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import REPO, drop, events, fnspool, fnspool_json, wait_for
+from daemon.journal import list_segments
+
+FULL_HISTORY = ["Enqueued", "Dequeued", "Running", "Succeeded"]
+
+
+def ended(spool, count, function=None):
+    args = ["--status", "Succeeded,Failed,Expired,Invalid,Stopped"]
+    if function:
+        args += ["--function", function]
+    found = events(spool, *args)
+    return found if len(found) >= count else None
+
+
+def test_a_dropped_file_succeeds_with_its_whole_history(spool, daemon):
+    daemon.start()
+    drop(spool, "echo", "first.json", {"n": 1})
+    (event,) = wait_for(lambda: ended(spool, 1), what="the event to end")
+    full = fnspool_json(spool, "events", "get", event["id"])
+    assert full["state"] == "Succeeded"
+    assert full["result"] == {"n": 1} and full["payload"] == {"n": 1}
+    assert [h["state"] for h in full["history"]] == FULL_HISTORY
+    assert full["attempts"] == 1 and full["error"] is None
+    assert set(full) >= {"id", "function", "state", "attempts", "enqueued_at", "started_at", "ended_at",
+                         "duration_ms", "error", "retry_of", "payload", "result", "history", "log_path"}
+    assert full["enqueued_at"].endswith("Z") and full["duration_ms"] >= 0
+    assert not (spool / "incoming" / "echo" / "first.json").exists()
+    log = open(full["log_path"]).read()
+    assert f"[PLATFORM] FC Invoke Start RequestId: {event['id']}" in log
+    assert f"[PLATFORM] FC Invoke End RequestId: {event['id']}" in log
+
+
+def test_a_thousand_files_all_succeed_on_few_workers(spool, daemon):
+    daemon.start()
+    for i in range(1000):
+        drop(spool, "echo", f"{i:04d}.json", {"i": i})
+    done = wait_for(lambda: ended(spool, 1000), 120, "1000 events to end")
+    assert len(done) == 1000 and {e["state"] for e in done} == {"Succeeded"}
+    from daemon.journal import JournalFollower
+
+    state = JournalFollower(spool / "journal").load()
+    instances = set()
+    for event in state.events.values():
+        assert [h.state.value for h in event.history] == FULL_HISTORY
+        instances.update(h.instance for h in event.history if h.instance)
+    payloads = sorted(json.loads(bytes(e.payload))["i"] for e in state.events.values())
+    assert payloads == list(range(1000))
+    assert len(instances) <= 2, f"{len(instances)} worker processes for 1000 events"
+    assert not os.listdir(spool / "incoming" / "echo")
+
+
+def test_envelopes_ids_and_the_cli_invoke(spool, daemon):
+    daemon.start()
+    (spool / "incoming" / "env.json").write_text(json.dumps({"function": "echo", "payload": [1, 2], "id": "my-key-1"}))
+    wait_for(lambda: ended(spool, 1), what="the envelope event")
+    assert fnspool_json(spool, "events", "get", "my-key-1")["result"] == [1, 2]
+    (spool / "incoming" / "again.json").write_text(json.dumps({"function": "echo", "payload": 3, "id": "my-key-1"}))
+    reason = wait_for(lambda: list((spool / "rejected").glob("*.reason.json")), what="the duplicate's rejection")
+    assert json.loads(reason[0].read_text())["reason"] == "duplicate_id"
+    out = fnspool_json(spool, "invoke", "hello", "--payload", '{"name": "Ada"}', "--wait")
+    assert out["state"] == "Succeeded" and out["result"] == {"message": "Hello, Ada!"}
+    log = fnspool(spool, "events", "logs", out["id"]).stdout
+    assert f"request {out['id']}, attempt 1" in log
+
+
+def test_bad_files_are_rejected_with_reasons_and_the_daemon_keeps_serving(spool, daemon, tmp_path):
+    daemon.start()
+    incoming = spool / "incoming"
+    (incoming / "echo" / "notjson.json").write_text("{nope")
+    (incoming / "shape.json").write_text(json.dumps({"payload": 1}))
+    (incoming / "unknown.json").write_text(json.dumps({"function": "nosuch", "payload": 1}))
+    (incoming / "echo" / "big.json").write_text(json.dumps("x" * (2 << 20)))
+    (incoming / "echo" / "deep.json").write_text("[" * 5000 + "]" * 5000)
+    outside = tmp_path / "secret.json"
+    outside.write_text('{"secret": true}')
+    os.symlink(outside, incoming / "echo" / "link.json")
+    (incoming / "echo" / "bad name.txt").write_text("{}")
+    expected = {"not_json", "bad_shape", "unknown_function", "too_large", "too_deep", "symlink", "bad_name"}
+
+    def reasons():
+        found = {json.loads(p.read_text())["reason"] for p in (spool / "rejected").glob("*.reason.json")}
+        return found if found >= expected else None
+
+    wait_for(reasons, 30, "every bad file to be rejected")
+    assert outside.read_text() == '{"secret": true}'
+    drop(spool, "echo", "good.json", {"ok": True})
+    wait_for(lambda: ended(spool, 1), what="a good file after the bad ones")
+    assert daemon_alive(spool)
+
+
+def daemon_alive(spool):
+    return fnspool(spool, "status", check=False).returncode == 0
+
+
+def test_a_second_daemon_exits_naming_the_first(spool, daemon):
+    first = daemon.start()
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )
+    assert proc.returncode != 0
+    assert f"pid {first.proc.pid}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_status_exit_codes(spool, daemon):
+    assert fnspool(spool, "status", check=False).returncode == 3
+    d = daemon.start()
+    status = fnspool_json(spool, "status")
+    assert status["running"] and status["pid"] == d.proc.pid
+    assert d.stop() == 0
+    assert fnspool(spool, "status", check=False).returncode == 3
+
+
+def test_unknown_id_is_not_found(spool, daemon):
+    daemon.start()
+    proc = fnspool(spool, "events", "get", "no-such-id", check=False)
+    assert proc.returncode == 4 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_drains_running_events_and_exits_zero(spool, daemon):
+    d = daemon.start()
+    drop(spool, "slow", "s.json", {"sleep": 1})
+    wait_for(lambda: events(spool, "--status", "Running"), what="the event to run")
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+    (event,) = events(spool)
+    assert event["state"] == "Succeeded", "a running event finishes within the drain timeout"
+
+
+def test_an_event_cut_off_by_shutdown_runs_again_without_using_a_retry(spool, daemon):
+    d = daemon.start("--drain-timeout", "0.2")
+    drop(spool, "slow", "s.json", {"sleep": 3})
+    wait_for(lambda: events(spool, "--status", "Running"), what="the event to run")
+    assert d.stop() == 0
+    assert events(spool)[0]["state"] == "Running"
+    daemon.start()
+    (event,) = wait_for(lambda: ended(spool, 1), 30, "the interrupted event to end")
+    full = fnspool_json(spool, "events", "get", event["id"])
+    assert full["state"] == "Succeeded" and full["attempts"] == 2
+    states = [(h["state"], h.get("reason")) for h in full["history"]]
+    assert ("Retrying", "Interrupted") in states
+
+
+def test_sighup_and_file_changes_reload_definitions(spool, daemon):
+    d = daemon.start()
+    bad = spool / "functions" / "broken.toml"
+    bad.write_text('runtime = "python"\ntimeout = "soon"\n')
+    d.signal(signal.SIGHUP)
+    listing = wait_for(
+        lambda: [f for f in fnspool_json(spool, "functions", "list") if f["name"] == "broken"],
+        what="the broken definition to be listed",
+    )
+    assert "timeout" in listing[0]["error"] and "float" in listing[0]["error"]
+    assert "broken.toml" in listing[0]["path"]
+    (spool / "functions" / "late").mkdir()
+    (spool / "functions" / "late" / "index.py").write_text("def handler(e, c):\n    return 'late'\n")
+    (spool / "functions" / "late.toml").write_text('handler = "index.handler"\n')
+    wait_for(lambda: (spool / "incoming" / "late").is_dir(), what="the new function's drop folder")
+    drop(spool, "late", "x.json", {})
+    (event,) = wait_for(lambda: ended(spool, 1, "late"), what="the new function to run")
+    assert event["state"] == "Succeeded"
+    assert "timeout" in d.log_text() and "broken.toml" in d.log_text()
+
+
+def test_failures_retry_then_fail_with_the_error(spool, daemon):
+    daemon.start()
+    drop(spool, "fail", "f.json", {"x": 1})
+    (event,) = wait_for(lambda: ended(spool, 1), what="the failing event to end")
+    full = fnspool_json(spool, "events", "get", event["id"])
+    assert full["state"] == "Failed" and full["attempts"] == 2
+    assert full["error"]["type"] == "ValueError" and "bad input" in full["error"]["message"]
+    assert "Traceback" in full["error"]["traceback"]
+    assert [h["state"] for h in full["history"]] == ["Enqueued", "Dequeued", "Running", "Retrying", "Running", "Failed"]
+
+
+def test_list_filters_and_shapes(spool, daemon):
+    daemon.start()
+    drop(spool, "echo", "a.json", 1)
+    wait_for(lambda: ended(spool, 1), what="the first event")
+    middle = time.time()
+    time.sleep(0.01)  # the two batches must differ in enqueue time for --since/--until
+    drop(spool, "echo", "b.json", 2)
+    drop(spool, "fail", "c.json", 3)
+    wait_for(lambda: ended(spool, 3), what="all three events")
+    everything = events(spool)
+    assert [e["id"] for e in everything] == sorted((e["id"] for e in everything), reverse=True)
+    assert [e["id"] for e in events(spool, "--order", "asc")] == sorted(e["id"] for e in everything)
+    assert {e["function"] for e in events(spool, "--function", "fail")} == {"fail"}
+    assert [e["state"] for e in events(spool, "--status", "failed")] == ["Failed"]
+    assert len(events(spool, "--status", "Succeeded,Failed")) == 3
+    assert len(events(spool, "--limit", "2")) == 2
+    prefix = everything[0]["id"][:20]
+    assert all(e["id"].startswith(prefix) for e in events(spool, "--id-prefix", prefix))
+    iso_middle = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(middle)) + f".{int(middle % 1 * 1000):03d}Z"
+    assert len(events(spool, "--since", iso_middle)) == 2
+    assert len(events(spool, "--until", iso_middle)) == 1
+    assert len(events(spool, "--since", "1h")) == 3
+    assert set(everything[0]) == {"id", "function", "state", "attempts", "enqueued_at", "started_at",
+                                  "ended_at", "duration_ms", "error", "retry_of"}
+    bad = fnspool(spool, "events", "list", "--status", "Sleeping", check=False)
+    assert bad.returncode == 2 and "unknown state" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_events_wait_and_logs_follow(spool, daemon):
+    daemon.start()
+    out = fnspool(spool, "invoke", "slow", "--payload", '{"sleep": 0.5}').stdout.strip()
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "events", "logs", out, "--follow", "--spool", str(spool)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    waited = fnspool(spool, "events", "wait", out)
+    assert waited.stdout.strip() == f"{out} Succeeded"
+    text, _ = follow.communicate(timeout=30)
+    assert f"FC Invoke End RequestId: {out}" in text
+    failing = fnspool(spool, "invoke", "fail").stdout.strip()
+    assert fnspool(spool, "events", "wait", failing, check=False).returncode == 1
+
+
+def test_journal_damage_survives_a_restart(spool, daemon):
+    d = daemon.start()
+    for i in range(20):
+        drop(spool, "echo", f"{i}.json", {"i": i})
+    wait_for(lambda: ended(spool, 20), what="20 events")
+    assert d.stop() == 0
+    (_, segment), *_ = list_segments(spool / "journal")
+    data = bytearray(segment.read_bytes())
+    lines = data.split(b"\n")
+    victim = sum(len(x) + 1 for x in lines[:40]) + 20  # inside a late record (not an Enqueued one)
+    data[victim] ^= 0x01
+    segment.write_bytes(bytes(data) + b'0123abcd {"kind":"state","id"')
+    d = daemon.start()
+    status = fnspool_json(spool, "status")
+    reasons = {x["reason"] for x in status["journal_damage"]}
+    assert "torn tail cut" in reasons and "checksum mismatch" in reasons
+    assert len(events(spool)) == 20
+    drop(spool, "echo", "after.json", {"after": True})
+    wait_for(lambda: len(events(spool)) == 21, what="a new event after the damage")
+
+
+@pytest.mark.parametrize("rounds", [4])
+def test_kill_9_during_ingest_never_loses_or_duplicates_a_file(spool, daemon, rounds):
+    total = 1500
+    feeder_done = threading.Event()
+
+    def feed():
+        for i in range(total):
+            drop(spool, "echo", f"p{i:05d}.json", {"i": i})
+            if i % 100 == 0:
+                time.sleep(0.01)
+        feeder_done.set()
+
+    (spool / "incoming" / "echo").mkdir(parents=True, exist_ok=True)
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    rng = random.Random(7)
+    for _ in range(rounds):
+        d = daemon.start()
+        time.sleep(rng.uniform(0.05, 0.6))  # the crash moment is random on purpose
+        d.kill()
+    feeder.join()
+    daemon.start()
+    wait_for(lambda: not os.listdir(spool / "incoming" / "echo"), 120, "incoming/ to empty")
+    from daemon.journal import JournalFollower
+
+    state = JournalFollower(spool / "journal").load()
+    payloads = sorted(json.loads(bytes(e.payload))["i"] for e in state.events.values())
+    assert payloads == list(range(total)), "every dropped file is exactly one event"
+    assert not list((spool / "rejected").glob("*"))
