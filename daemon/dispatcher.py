@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon.functions import Catalog, FunctionDef
-from daemon.model import ErrorInfo, Event, State
+from daemon.model import NO_RAW, ErrorInfo, Event, State
 from daemon.pool import FunctionPool, InstanceFactory, Lease
 from daemon.query import log_path
 from daemon.runtimes.base import InstanceStartError, Outcome
@@ -170,8 +170,10 @@ class Dispatcher:
         attempt = event.attempts + 1
         self.store.transition(event, State.RUNNING, attempt=attempt, instance=instance.id)
         outcome = await instance.invoke(event.id, event.payload, attempt, definition.timeout, path)
-        await asyncio.shield(self._finish(event, definition, instance.id, attempt, outcome))
+        self._finish(event, definition, instance.id, attempt, outcome)
+        # the instance takes its next event while this outcome is being fsynced
         await lease.pool.release(instance, lost=outcome.instance_lost)
+        await self.store.sync()
 
     def _start_failed(self, event: Event, exc: InstanceStartError) -> None:
         if event.state is State.RETRYING:
@@ -182,13 +184,14 @@ class Dispatcher:
             self.store.transition(event, State.INVALID, error=exc.error)
         log.warning("event %s: instance could not start: %s", event.id, exc.error.message)
 
-    async def _finish(
+    def _finish(
         self, event: Event, definition: FunctionDef, instance: str, attempt: int, outcome: Outcome
     ) -> None:
-        """Journal how the attempt ended and decide what follows; durable before it is shown."""
+        """Journal how the attempt ended and decide what follows (no await: cannot be cut off)."""
         common = {"attempt": attempt, "instance": instance, "usage": outcome.usage}
         if outcome.ok:
-            self.store.transition(event, State.SUCCEEDED, result=outcome.result, **common)
+            result = outcome.result if outcome.result is not None else NO_RAW
+            self.store.transition(event, State.SUCCEEDED, result=result, **common)
         elif failed_attempts(event) < definition.async_.max_retries:
             failures = failed_attempts(event) + 1
             delay = outcome.retry_delay if outcome.retry_delay is not None else backoff_delay(definition, failures)
@@ -199,7 +202,6 @@ class Dispatcher:
             self.submit(event)
         else:
             self.store.transition(event, State.FAILED, error=outcome.error, **common)
-        await self.store.sync()
         log.info("event %s %s (attempt %d)", event.id, event.state.value, attempt)
 
     # -- start-up and shutdown ------------------------------------------------------------

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
+import stat
 from collections.abc import Callable
 from typing import Protocol
 
@@ -20,7 +20,15 @@ from inotify_simple import INotify
 from inotify_simple import flags as F
 
 from daemon.model import Source
-from daemon.payload import INCOMPLETE, Accepted, check_function_name, check_name, decode, is_ignored
+from daemon.payload import (
+    INCOMPLETE,
+    Accepted,
+    Settling,
+    check_function_name,
+    check_name,
+    decode,
+    is_ignored,
+)
 from daemon.spool import DirFds, Rejection, Spool, printable, reject, safe_read, same_file
 
 __all__ = ["Accepted", "IngestSink", "IngestStats", "Ingestor"]
@@ -56,14 +64,6 @@ class IngestStats(msgspec.Struct, kw_only=True):
     rejected: int = 0
     recovered: int = 0  # already journaled before a crash: unlinked, not enqueued again
     batches: int = 0
-
-
-class _Settle(msgspec.Struct):
-    """A file that does not parse yet: its identity when first seen so, and since when."""
-
-    ident: tuple[int, int, int]
-    since: float
-    timer: asyncio.TimerHandle | None = None
 
 
 class _Batch:
@@ -110,11 +110,13 @@ class Ingestor:
         self.failed: BaseException | None = None
         self._pending: dict[Key, bool] = {}  # -> renamed in, so complete
         self._inflight: set[Key] = set()
-        self._settling: dict[Key, _Settle] = {}
+        self._settling: Settling[Key] = Settling(settle)
         self._wds: dict[int, str] = {}
         self._watched: dict[str, int] = {}
         self._inotify: INotify | None = None
         self._drainer: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        self._dirty: set[str] = set()  # directories with unlinks not yet fsynced
         self._scan_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
@@ -132,14 +134,14 @@ class Ingestor:
         self._stopping = True
         if self._scan_timer is not None:
             self._scan_timer.cancel()
-        for key in list(self._settling):
-            self._unsettle(key)
+        self._settling.clear()
         if self._inotify is not None:
             asyncio.get_running_loop().remove_reader(self._inotify.fileno())
             self._inotify.close()
             self._inotify = None
         if self._drainer is not None:
             await asyncio.shield(self._drainer)
+        await self._synced()
 
     async def scan(self) -> None:
         """One full pass over incoming/; returns when every file found has been handled."""
@@ -147,6 +149,7 @@ class Ingestor:
         self._kick()
         while self._drainer is not None and not self._drainer.done():
             await asyncio.shield(self._drainer)
+        await self._synced()
 
     # -- finding files: inotify says where to look, scans are the truth -------------------
 
@@ -170,7 +173,7 @@ class Ingestor:
         try:
             dirs = DirFds(self.spool.incoming)
             try:
-                with os.scandir(os.dup(dirs.get(dirname))) as it:
+                with os.scandir(dirs.get(dirname)) as it:
                     entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
             finally:
                 dirs.close()
@@ -279,11 +282,26 @@ class Ingestor:
                 self._examine_one(batch, key, complete)
             if batch.found and not await self._accept(batch):
                 return  # the journal failed: unlink nothing, take nothing more
-            if batch.done:
-                await self._unlink(batch)
+            self._dirty.update(self._unlink(batch))
+            self._sync_soon()
             self.stats.batches += 1
         finally:
             batch.dirs.close()
+
+    def _sync_soon(self) -> None:
+        # off the batch path: the next batch is read and journaled during this fsync
+        if self._dirty and (self._syncer is None or self._syncer.done()):
+            self._syncer = asyncio.get_running_loop().create_task(self._sync_dirs())
+
+    async def _sync_dirs(self) -> None:
+        while self._dirty:  # one fsync per directory covers every unlink since the last
+            names, self._dirty = self._dirty, set()
+            await asyncio.to_thread(_fsync_dirs, self.spool.incoming, names)
+
+    async def _synced(self) -> None:
+        """Wait until every unlink so far is fsynced."""
+        while self._syncer is not None and not self._syncer.done():
+            await asyncio.shield(self._syncer)
 
     async def _accept(self, batch: _Batch) -> bool:
         """Journal the batch; False (and stop) when the journal failed."""
@@ -311,8 +329,9 @@ class Ingestor:
         if self.on_fatal is not None:
             self.on_fatal(exc)
 
-    async def _unlink(self, batch: _Batch) -> None:
-        touched: dict[str, int] = {}
+    def _unlink(self, batch: _Batch) -> set[str]:
+        """Unlink the journaled files; the directories touched, to fsync."""
+        touched: set[str] = set()
         for key, st in batch.done:
             # the name may hold a new file by now (renamed over it): that one is not journaled
             if not batch.still_there(key, st):
@@ -320,13 +339,12 @@ class Ingestor:
             fd = batch.dirs.get(key[0])
             try:
                 os.unlink(key[1], dir_fd=fd)
-                touched[key[0]] = fd
+                touched.add(key[0])
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 log.error("cannot remove incoming/%s: %s", printable(_join(*key)), exc)
-        if touched:
-            await asyncio.to_thread(_fsync_dirs, touched)
+        return touched
 
     # -- one file -------------------------------------------------------------------------
 
@@ -334,10 +352,14 @@ class Ingestor:
         try:
             outcome = self._examine(batch.dirs, key, complete)
         except (FileNotFoundError, NotADirectoryError):
-            self._unsettle(key)  # gone, or its directory is: nothing to do
+            self._settling.forget(key)  # gone, or its directory is: nothing to do
             return
         except Rejection as why:
-            self._reject(batch, key, why)
+            if why.code == "not_regular" and not key[0] and self._is_dir(batch, key[1]):
+                self._watch(key[1])  # a directory now: a function's drop folder, never rejected
+                self._collect_dir(key[1])
+            else:
+                self._reject(batch, key, why)
             return
         except Exception:
             log.exception("unexpected error on incoming/%s", printable(_join(*key)))
@@ -345,7 +367,7 @@ class Ingestor:
             return
         if outcome is None:
             return
-        self._unsettle(key)
+        self._settling.forget(key)
         st, item = outcome
         if item is None:
             self.stats.recovered += 1
@@ -376,12 +398,29 @@ class Ingestor:
         try:
             item = decode(data, dirname or None, source, self.max_depth)
         except Rejection as why:
-            if why.code in INCOMPLETE and not complete and not self._settled(key, st):
+            if (
+                why.code in INCOMPLETE
+                and not complete
+                and not self._settling.settled(key, st, self._recheck)
+            ):
                 return None
             raise
         if not dirname:
             self._check_function(item.function)
         return st, item
+
+    def _recheck(self, key: Key) -> None:
+        self._add(key, complete=False)
+        self._kick()
+
+    @staticmethod
+    def _is_dir(batch: _Batch, name: str) -> bool:
+        try:
+            return stat.S_ISDIR(
+                os.stat(name, dir_fd=batch.dirs.root, follow_symlinks=False).st_mode
+            )
+        except OSError:
+            return False
 
     def _check_function(self, name: str) -> None:
         check_function_name(name)
@@ -389,7 +428,7 @@ class Ingestor:
             raise Rejection("unknown_function", f"no function named {name!r} is defined")
 
     def _reject(self, batch: _Batch, key: Key, why: Rejection) -> None:
-        self._unsettle(key)
+        self._settling.forget(key)
         relpath = f"incoming/{_join(*key)}"
         try:
             reject(self.spool, batch.dirs.get(key[0]), key[1], why, relpath)
@@ -399,46 +438,23 @@ class Ingestor:
         except OSError as exc:
             log.error("cannot reject %s (%s): %s", printable(relpath), why.code, exc)
 
-    # -- files written in place -----------------------------------------------------------
-
-    def _settled(self, key: Key, st: os.stat_result) -> bool:
-        """Whether an unparsable file has stayed unchanged for `settle` seconds; else wait."""
-        now = time.monotonic()
-        ident = (st.st_ino, st.st_size, st.st_mtime_ns)
-        entry = self._settling.get(key)
-        if entry is None or entry.ident != ident:
-            self._unsettle(key)
-            entry = self._settling[key] = _Settle(ident, now)
-        remaining = entry.since + self.settle - now
-        if remaining <= 0:
-            return True
-        if entry.timer is None:
-            # a little slack: the loop's clock may be coarser than time.monotonic()
-            loop = asyncio.get_running_loop()
-            entry.timer = loop.call_later(remaining + 0.005, self._recheck, key)
-        return False
-
-    def _recheck(self, key: Key) -> None:
-        entry = self._settling.get(key)
-        if entry is not None:
-            entry.timer = None
-            self._add(key, complete=False)
-            self._kick()
-
-    def _unsettle(self, key: Key) -> None:
-        entry = self._settling.pop(key, None)
-        if entry is not None and entry.timer is not None:
-            entry.timer.cancel()
-
 
 def _join(dirname: str, name: str) -> str:
     return f"{dirname}/{name}" if dirname else name
 
 
-def _fsync_dirs(fds: dict[str, int]) -> None:
-    for dirname, fd in fds.items():
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            # the files are journaled: one that comes back is recognised and removed again
-            log.error("fsync of incoming/%s failed: %s", printable(dirname), exc)
+def _fsync_dirs(incoming: os.PathLike[str], names: set[str]) -> None:
+    try:
+        dirs = DirFds(incoming)
+    except OSError as exc:
+        log.error("cannot open %s to fsync it: %s", incoming, exc)
+        return
+    try:
+        for name in names:
+            try:
+                os.fsync(dirs.get(name))
+            except OSError as exc:
+                # the files are journaled: one that comes back is recognised and removed again
+                log.error("fsync of incoming/%s failed: %s", printable(name), exc)
+    finally:
+        dirs.close()

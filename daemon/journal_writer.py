@@ -114,6 +114,7 @@ class JournalWriter:
         self._durable_seq = next_seq - 1
         self._written_seq = next_seq - 1  # touched only by the writer thread
         self._buffer = bytearray()
+        self._io: list[Callable[[], None]] = []  # file work to do before the next batch is written
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._wake = asyncio.Event()
@@ -139,6 +140,15 @@ class JournalWriter:
         self._buffer += encode_record(rec)
         self._wake.set()
         return rec
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run `work` in the writer thread before the records appended after this call are written.
+
+        Lets small file writes (an event's log) leave the event loop yet stay ordered before the
+        record that makes them visible.
+        """
+        self._io.append(work)
+        self._wake.set()
 
     async def sync(self) -> None:
         """Wait until every record appended so far is on disk."""
@@ -211,14 +221,15 @@ class JournalWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._buffer:
+            if not self._buffer and not self._io:
                 if self._closing:
                     return
                 continue
-            data, upto = bytes(self._buffer), self._next_seq - 1
+            data, upto, io = bytes(self._buffer), self._next_seq - 1, self._io
             self._buffer.clear()
+            self._io = []
             try:
-                await loop.run_in_executor(self._executor, self._write_sync, data, upto)
+                await loop.run_in_executor(self._executor, self._write_sync, data, upto, io)
             except BaseException as exc:
                 self._fail(exc)
                 return
@@ -230,8 +241,15 @@ class JournalWriter:
             if self._closing and not self._buffer:
                 return
 
-    def _write_sync(self, data: bytes, upto: int) -> None:
+    def _write_sync(self, data: bytes, upto: int, io: list[Callable[[], None]]) -> None:
         """Write and fdatasync one batch; on a short or failed write cut back to the last record."""
+        for work in io:
+            try:
+                work()
+            except Exception:
+                log.exception("deferred file work failed")
+        if not data:
+            return
         start = self._size
         try:
             view = memoryview(data)

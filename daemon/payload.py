@@ -1,9 +1,13 @@
-"""Decoding and validation of incoming payload files: names, encoding, depth, envelope shape."""
+"""Validation of incoming payload files: names, encoding, depth, envelope shape, settling."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
-from typing import Annotated, Any
+import time
+from collections.abc import Callable, Hashable
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
@@ -129,3 +133,54 @@ def _parse_envelope(data: bytes) -> Envelope:
         raise Rejection("not_json", f"not valid JSON: {exc}") from None
     except RecursionError:
         raise Rejection("too_deep", "JSON nested too deeply to decode") from None
+
+
+class _Settle(msgspec.Struct):
+    ident: tuple[int, int, int]
+    since: float
+    timer: asyncio.TimerHandle | None = None
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Settling(Generic[K]):
+    """Files written in place that do not parse yet: rejected once unchanged for `settle` s."""
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self._files: dict[K, _Settle] = {}
+
+    def settled(self, key: K, st: os.stat_result, recheck: Callable[[K], None]) -> bool:
+        """Whether `key` has stayed as `st` for the settle time; if not, `recheck(key)` when due."""
+        now = time.monotonic()
+        ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+        entry = self._files.get(key)
+        if entry is None or entry.ident != ident:
+            self.forget(key)
+            entry = self._files[key] = _Settle(ident, now)
+        remaining = entry.since + self.settle - now
+        if remaining <= 0:
+            return True
+        if entry.timer is None:
+            # a little slack: the loop's clock may be coarser than time.monotonic()
+            loop = asyncio.get_running_loop()
+            entry.timer = loop.call_later(remaining + 0.005, self._due, key, recheck)
+        return False
+
+    def _due(self, key: K, recheck: Callable[[K], None]) -> None:
+        entry = self._files.get(key)
+        if entry is not None:
+            entry.timer = None
+            recheck(key)
+
+    def forget(self, key: K) -> None:
+        """Stop following `key` (accepted, rejected or gone)."""
+        entry = self._files.pop(key, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+
+    def clear(self) -> None:
+        """Forget every file and cancel every timer."""
+        for key in list(self._files):
+            self.forget(key)

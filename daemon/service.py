@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -61,19 +62,21 @@ class Daemon:
         return self.store.already_journaled(source)
 
     async def accept(self, batch: list[Accepted]) -> list[str | None]:
-        """Journal a batch of incoming files as Enqueued, durably, then queue them."""
+        """Journal a batch of incoming files as Enqueued; return once that is durable.
+
+        Events are queued at once: an attempt may start before its records reach the disk (a
+        crash before the fsync leaves the file in incoming/, so it runs again: at least once).
+        """
         events = []
         for item in batch:
             not_before = time.time() + item.delay if item.delay else None
-            events.append(
-                self.store.enqueue(
-                    item.function, item.payload, request_id=item.id, source=item.source, not_before=not_before
-                )
+            event = self.store.enqueue(
+                item.function, item.payload, request_id=item.id, source=item.source, not_before=not_before
             )
-        await self.store.sync()
-        for event in events:
             if event is not None:
                 self.dispatcher.submit(event)
+            events.append(event)
+        await self.store.sync()
         return [e.id if e is not None else None for e in events]
 
     # -- life cycle -----------------------------------------------------------------------
@@ -102,9 +105,8 @@ class Daemon:
         )
         self.store = Store(writer, state, self.spool.logs)
         self._reload_definitions()
-        self.dispatcher = Dispatcher(
-            self.store, lambda: self.catalog, {"python": PythonInstance}, self.spool.logs
-        )
+        factories = {"python": functools.partial(PythonInstance, defer_io=writer.defer)}
+        self.dispatcher = Dispatcher(self.store, lambda: self.catalog, factories, self.spool.logs)
         self.dispatcher.recover()
         await self.store.sync()
         self.ingestor = Ingestor(

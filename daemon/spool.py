@@ -32,6 +32,7 @@ _SUBDIRS = (
 )
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SPOOL_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the admin may symlink these
 
 
 class Spool:
@@ -119,7 +120,7 @@ class DirFds:
     """Directory descriptors for one pass over a directory and its subdirectories."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = os.open(root, _DIR_FLAGS)
+        self.root = os.open(root, _SPOOL_DIR_FLAGS)
         self.fds: dict[str, int] = {"": self.root}
 
     def get(self, name: str) -> int:
@@ -223,8 +224,8 @@ def reject(
     spool: Spool, src: int | str | os.PathLike[str], name: str, rejection: Rejection, relpath: str
 ) -> str:
     """Move `name` (any file type, never followed) into rejected/ with a reason; the new name."""
-    src_fd = src if isinstance(src, int) else os.open(src, os.O_RDONLY | os.O_DIRECTORY)
-    dst_fd = os.open(spool.rejected, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    src_fd = src if isinstance(src, int) else os.open(src, _SPOOL_DIR_FLAGS)
+    dst_fd = os.open(spool.rejected, _SPOOL_DIR_FLAGS)
     try:
         new = _move_unique(src_fd, name, dst_fd, safe_name(name))
         reason = RejectReason(

@@ -18,7 +18,7 @@ import pytest
 from daemon.ingest import Accepted, Ingestor
 from daemon.model import Source
 from daemon.payload import too_deep
-from daemon.spool import Rejection, Spool, safe_read
+from daemon.spool import Rejection, Spool, reject, safe_read
 
 SETTLE = 0.3
 
@@ -481,3 +481,52 @@ async def test_new_function_directory_is_watched(
     drop(sp, "late/x.json", "2")
     await wait_until(lambda: len(sink.accepted) == 2, what="file in new directory")
     assert {a.function for a in sink.accepted} == {"late"}
+
+
+async def test_periodic_scan_finds_missed_files(sp: Spool, sink: FakeSink) -> None:
+    ing = Ingestor(sp, sink, settle=SETTLE, scan_interval=0.05)
+    await ing.start()
+    try:
+        assert ing._inotify is not None
+        asyncio.get_running_loop().remove_reader(ing._inotify.fileno())  # inotify goes quiet
+        drop(sp, "echo/missed.json", "1")
+        await wait_until(lambda: sink.accepted, what="periodic scan")
+    finally:
+        await ing.stop()
+
+
+async def test_no_descriptor_leaks(sp: Spool, sink: FakeSink) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    ing = Ingestor(sp, sink, settle=SETTLE, scan_interval=60.0)
+    await ing.start()
+    drop(sp, "echo/ok.json", "1")
+    drop(sp, "echo/bad.json", "{")
+    await wait_until(lambda: sink.accepted and rejected_names(sp), what="handled")
+    await ing.scan()
+    await ing.stop()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_reject_from_a_path_never_replaces(tmp_path: Path, sp: Spool) -> None:
+    for i in range(3):
+        (sp.control / "x.json").write_text(str(i))
+        new = reject(sp, str(sp.control), "x.json", Rejection("bad_shape", "no"), "control/x.json")
+        assert new == ("x.json" if i == 0 else f"x.json.{i}")
+    assert [(sp.rejected / n).read_text() for n in ("x.json", "x.json.1", "x.json.2")] == [
+        "0",
+        "1",
+        "2",
+    ]
+    assert reason(sp, "x.json.2")["file"] == "control/x.json"
+
+
+async def test_a_root_name_that_became_a_directory_is_watched_not_rejected(
+    sp: Spool, sink: FakeSink, ingestor: Ingestor
+) -> None:
+    sink.functions.add("fresh")
+    (sp.incoming / "fresh").mkdir()
+    (sp.incoming / "fresh" / "a.json").write_text("1")
+    ingestor._add(("", "fresh"), complete=True)  # as if an event named it when it was a file
+    await ingestor.scan()
+    assert (sp.incoming / "fresh").is_dir() and rejected_names(sp) == []
+    assert [a.function for a in sink.accepted] == ["fresh"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
@@ -103,53 +105,94 @@ def iso_now() -> str:
     return f"{text}.{int((now - whole) * 1000):03d}Z"
 
 
-class EventLog:
-    """The log file of one event, open while it runs: platform lines and capped function output."""
+Defer = Callable[[Callable[[], None]], None]
 
-    def __init__(self, path: Path | None, cap: int = LOG_CAP) -> None:
+# A new file's first write takes about a millisecond on this kind of disk, yet such writes run
+# well side by side: event logs are written by a few threads, never on the event loop.
+_LOG_THREADS = 8
+_log_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _append_after(path: Path, data: bytes, before: concurrent.futures.Future[None] | None) -> None:
+    if before is not None:
+        concurrent.futures.wait([before])  # keep one log's writes in order
+    fd = _open_append(path)
+    if fd is None:
+        return
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        log.error("event log %s: write failed: %s", path, exc)
+    finally:
+        os.close(fd)
+
+
+def _submit(path: Path, data: bytes, before: concurrent.futures.Future[None] | None) -> concurrent.futures.Future[None]:
+    global _log_pool
+    if _log_pool is None:
+        _log_pool = concurrent.futures.ThreadPoolExecutor(_LOG_THREADS, thread_name_prefix="logs")
+    return _log_pool.submit(_append_after, path, data, before)
+
+
+class EventLog:
+    """The log of one event while it runs: platform lines and capped function output.
+
+    Writes are handed to the log threads in order. `close` hands the last one to `defer` (the
+    journal's writer thread waits for it before writing the event's end record), or waits for it
+    when there is no `defer`.
+    """
+
+    def __init__(self, path: Path | None, cap: int = LOG_CAP, defer: Defer | None = None) -> None:
         self.path = path
         self.cap = cap
         self.written = 0
-        self.fd: int | None = _open_append(path) if path is not None else None
+        self._defer = defer
+        self._pending = bytearray()  # platform lines wait to go out with the next output
+        self._last: concurrent.futures.Future[None] | None = None
+        self._open = path is not None
 
     @property
     def is_open(self) -> bool:
-        """Whether the file is open for writing."""
-        return self.fd is not None
+        """Whether the log still takes writes."""
+        return self._open
 
     def platform(self, text: str) -> None:
-        """Write one `[PLATFORM]` line (never counted against the cap)."""
-        self._write(f"{iso_now()} [PLATFORM] {text}\n".encode())
+        """Add one `[PLATFORM]` line (never counted against the cap)."""
+        if self._open:
+            self._pending += f"{iso_now()} [PLATFORM] {text}\n".encode()
 
     def write(self, data: bytes) -> None:
         """Append the function's output, up to the cap; mark the cut once."""
         room = self.cap - self.written
-        if room <= 0:
+        if room <= 0 or not self._open:
             return
         if len(data) > room:
-            self._write(data[:room])
             self.written = self.cap
+            self._pending += data[:room]
             self.platform(f"log truncated at {self.cap} bytes")
-            return
-        self.written += len(data)
-        self._write(data)
+        else:
+            self.written += len(data)
+            self._pending += data
+        self._flush()
 
     def close(self) -> None:
-        """Close the file; later writes are dropped."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def _write(self, data: bytes) -> None:
-        if self.fd is None:
+        """Send what waits; later writes are dropped."""
+        self._flush()
+        self._open = False
+        last, self._last = self._last, None
+        if last is None:
             return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except OSError as exc:
-            log.error("event log %s: write failed, closing it: %s", self.path, exc)
-            self.close()
+        if self._defer is not None:
+            self._defer(lambda: concurrent.futures.wait([last]))
+        else:
+            concurrent.futures.wait([last])
+
+    def _flush(self) -> None:
+        if self._pending and self.path is not None and self._open:
+            self._last = _submit(self.path, bytes(self._pending), self._last)
+            self._pending.clear()
 
 
 def _open_append(path: Path) -> int | None:

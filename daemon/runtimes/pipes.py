@@ -20,7 +20,7 @@ T = TypeVar("T")
 MAX_FRAME = 256 << 20  # bytes; a larger length means a confused or hostile worker
 _READ_SIZE = 1 << 18
 _STRAY_CAP = 64 << 10  # bytes of output outside events logged per gap between events
-_TAIL = 2048  # bytes of stderr kept to explain a worker that dies at start
+_TAIL = 2048  # bytes of output kept to explain a worker that dies at start
 
 
 class FrameReader(Generic[T]):
@@ -186,8 +186,8 @@ class OutputRouter:
             while fd in self._fds and self._on_readable(fd):
                 pass
 
-    def stderr_tail(self) -> str:
-        """The last bytes written to stderr, as text."""
+    def tail(self) -> str:
+        """The last bytes of output, as text."""
         return self._tail.decode("utf-8", "replace").strip()
 
     def close(self) -> None:
@@ -210,8 +210,7 @@ class OutputRouter:
         if not data:
             self._forget(fd)
             return False
-        if self._fds.get(fd) == "stderr":
-            self._tail = (self._tail + data)[-_TAIL:]
+        self._tail = (self._tail + data[-_TAIL:])[-_TAIL:]
         if self._log is not None and self._log.is_open:
             self._log.write(data)
         else:

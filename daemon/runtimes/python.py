@@ -22,12 +22,23 @@ from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.base import (
     HOOK_LABELS,
     LOG_CAP,
+    Defer,
     EventLog,
     HookOutcome,
     InstanceStartError,
     Outcome,
 )
 from daemon.runtimes.pipes import FrameReader, OutputRouter, PipeWriter
+from daemon.runtimes.python_protocol import (
+    DECODER,
+    Hook,
+    HookResult,
+    Invoke,
+    Ready,
+    Result,
+    WorkerFrame,
+    encode_frame,
+)
 from daemon.supervise import Child, ExitStatus, child_env, spawn
 
 log = logging.getLogger(__name__)
@@ -37,75 +48,12 @@ CTL_IN, CTL_OUT = 3, 4  # the worker's fds for the control pipes
 REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed group leader to be reaped
 
 
-# -- frames ----------------------------------------------------------------------------------
-
-
-class Invoke(msgspec.Struct, frozen=True, kw_only=True, tag="invoke", tag_field="t"):
-    """Daemon to worker: run the handler on one event."""
-
-    id: str
-    function: str
-    attempt: int
-    timeout_ms: int
-    payload: msgspec.Raw
-
-
-class Hook(msgspec.Struct, frozen=True, kw_only=True, tag="hook", tag_field="t"):
-    """Daemon to worker: run a lifecycle hook."""
-
-    hook: str
-    name: str
-    timeout_ms: int
-    id: str = ""
-
-
-class Ready(msgspec.Struct, frozen=True, kw_only=True, tag="ready", tag_field="t"):
-    """Worker to daemon: the handler is imported (or could not be)."""
-
-    error: ErrorInfo | None = None
-
-
-class Result(msgspec.Struct, frozen=True, kw_only=True, tag="result", tag_field="t"):
-    """Worker to daemon: how the handler ended."""
-
-    id: str
-    ok: bool
-    result: msgspec.Raw = msgspec.Raw(b"null")
-    error: ErrorInfo | None = None
-    retry_delay: float | None = None
-    cpu_ms: float | None = None
-    max_memory_mb: float | None = None
-
-
-class HookResult(msgspec.Struct, frozen=True, kw_only=True, tag="hook_result", tag_field="t"):
-    """Worker to daemon: how a hook ended."""
-
-    hook: str
-    ok: bool
-    error: ErrorInfo | None = None
-    cpu_ms: float | None = None
-    max_memory_mb: float | None = None
-
-
-WorkerFrame = Ready | Result | HookResult
-
-
 class _Timeout:
     """The reply slot's value when the deadline passed first."""
 
 
 TIMED_OUT = _Timeout()
 Reply = WorkerFrame | ExitStatus | _Timeout | ErrorInfo  # ErrorInfo: a protocol fault
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(WorkerFrame)
-
-
-def _frame(message: Invoke | Hook) -> bytearray:
-    buf = bytearray(4)
-    _encoder.encode_into(message, buf, 4)
-    buf[:4] = (len(buf) - 4).to_bytes(4, "big")
-    return buf
 
 
 # -- the instance -----------------------------------------------------------------------------
@@ -121,6 +69,7 @@ class PythonInstance:
         log_cap: int = LOG_CAP,
         start_timeout: float = 30.0,
         on_exit: Callable[[PythonInstance], None] | None = None,
+        defer_io: Defer | None = None,
     ) -> None:
         self.function = function
         self.id = f"python-{function.name}-{secrets.token_hex(4)}"
@@ -130,6 +79,7 @@ class PythonInstance:
         self.started_at = 0.0
         self.last_used = time.monotonic()
         self.log_cap = log_cap
+        self.defer_io = defer_io  # where quiet events' log files are written (see EventLog)
         self.start_timeout = start_timeout
         self.on_exit = on_exit  # called once when the worker dies on its own
         self._child: Child | None = None
@@ -143,7 +93,7 @@ class PythonInstance:
 
     async def start(self, *, request_id: str | None = None, log_path: Path | None = None) -> None:
         """Spawn the worker, wait for ready, run the Initializer; InstanceStartError on failure."""
-        event_log = EventLog(log_path, self.log_cap) if log_path is not None else None
+        event_log = self._event_log(log_path) if log_path is not None else None
         try:
             self._spawn()
             assert self._output is not None
@@ -176,13 +126,13 @@ class PythonInstance:
         began = time.monotonic()
         # the frame goes first so that the worker runs while the log is opened; its output
         # cannot be read before the await below, by which time the log is attached
-        reply_slot = self._exchange(_frame(message), timeout)
-        event_log = EventLog(log_path, self.log_cap)
+        expected = self._expect(encode_frame(message), timeout)
+        event_log = self._event_log(log_path)
         event_log.platform(f"FC Invoke Start RequestId: {request_id}")
         assert self._output is not None
         self._output.attach(event_log)
         try:
-            reply = await reply_slot
+            reply = await self._reply_to(expected)
             outcome = await self._outcome(reply, request_id, began, timeout)
         except asyncio.CancelledError:
             self._kill()
@@ -198,7 +148,7 @@ class PythonInstance:
         self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
     ) -> HookOutcome:
         """Run a lifecycle hook by its `[lifecycle]` name; ok without running if none is set."""
-        event_log = EventLog(log_path, self.log_cap) if log_path is not None else None
+        event_log = self._event_log(log_path) if log_path is not None else None
         try:
             return await self._hook(hook, request_id, event_log)
         finally:
@@ -219,20 +169,23 @@ class PythonInstance:
         """Send `sig` to the worker's process group; False if it is gone."""
         return self._child.kill_group(sig) if self._child is not None else False
 
+    def _event_log(self, path: Path) -> EventLog:
+        return EventLog(path, self.log_cap, self.defer_io)
+
     # -- start-up ---------------------------------------------------------------------------
 
     def _spawn(self) -> None:
         fn = self.function
         ctl_in_r, ctl_in_w = os.pipe2(os.O_CLOEXEC)
         ctl_out_r, ctl_out_w = os.pipe2(os.O_CLOEXEC)
+        # one pipe for stdout and stderr: their lines stay in order, and one read drains both
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        ours, theirs = (ctl_in_w, ctl_out_r, out_r, err_r), (ctl_in_r, ctl_out_w, out_w, err_w)
+        ours, theirs = (ctl_in_w, ctl_out_r, out_r), (ctl_in_r, ctl_out_w, out_w)
         env = child_env(os.environ, {**fn.environment, **self._worker_env()})
         try:
             argv = [fn.interpreter, "-u", str(BOOTSTRAP)]
             self._child = spawn(
-                argv, env, {1: out_w, 2: err_w, CTL_IN: ctl_in_r, CTL_OUT: ctl_out_w}
+                argv, env, {1: out_w, 2: out_w, CTL_IN: ctl_in_r, CTL_OUT: ctl_out_w}
             )
         except OSError as exc:
             for fd in ours:
@@ -243,9 +196,9 @@ class PythonInstance:
             for fd in theirs:
                 os.close(fd)
         self.pid = self._child.pid
-        self._reader = FrameReader(ctl_out_r, _decoder, self._on_frame)
+        self._reader = FrameReader(ctl_out_r, DECODER, self._on_frame)
         self._writer = PipeWriter(ctl_in_w)
-        self._output = OutputRouter({out_r: "stdout", err_r: "stderr"}, self.id)
+        self._output = OutputRouter({out_r: "output"}, self.id)
         self._child.exited.add_done_callback(self._on_exit)
         log.debug("instance %s spawned (pid %d)", self.id, self.pid)
 
@@ -281,7 +234,7 @@ class PythonInstance:
         how = (
             f"exit code {status.exit_code}" if status.signal is None else f"signal {status.signal}"
         )
-        tail = self._output.stderr_tail() if self._output is not None else ""
+        tail = self._output.tail() if self._output is not None else ""
         message = f"the worker exited before it was ready ({how})" + (f": {tail}" if tail else "")
         return ErrorInfo(type="ProcessExited", message=message)
 
@@ -308,7 +261,7 @@ class PythonInstance:
             event_log.platform(f"{label} Start RequestId: {rid}")
         previous, self.state = self.state, "busy"
         message = Hook(hook=hook, name=name, timeout_ms=int(timeout * 1000), id=rid)
-        reply = await self._exchange(_frame(message), timeout)
+        reply = await self._exchange(encode_frame(message), timeout)
         error, lost = await self._hook_error(reply, label, timeout)
         if self.state == "busy":
             self.state = previous
@@ -395,22 +348,36 @@ class PythonInstance:
 
     # -- the exchange -----------------------------------------------------------------------------
 
-    async def _exchange(self, frame: bytearray | None, timeout: float) -> Reply:
-        """Send `frame` (if any) and wait for the next reply, the worker's exit or the deadline."""
+    def _expect(
+        self, frame: bytearray | None, timeout: float
+    ) -> tuple[asyncio.Future[Reply], asyncio.TimerHandle | None]:
+        """Send `frame` (if any); the future gets the next reply, the worker's exit or TIMED_OUT."""
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Reply] = loop.create_future()
         child = self._child
         if child is None or child.status is not None:
-            return child.status if child is not None and child.status else TIMED_OUT
+            reply.set_result(child.status if child is not None and child.status else TIMED_OUT)
+            return reply, None
         self._reply = reply
         if frame is not None and self._writer is not None:
             self._writer.write(frame)
-        timer = loop.call_later(timeout, _settle, reply, TIMED_OUT)
+        return reply, loop.call_later(timeout, _settle, reply, TIMED_OUT)
+
+    async def _reply_to(
+        self, expected: tuple[asyncio.Future[Reply], asyncio.TimerHandle | None]
+    ) -> Reply:
+        """Wait for what `_expect` set up."""
+        reply, timer = expected
         try:
             return await reply
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._reply = None
+
+    async def _exchange(self, frame: bytearray | None, timeout: float) -> Reply:
+        """Send `frame` (if any) and wait for the next reply, the worker's exit or the deadline."""
+        return await self._reply_to(self._expect(frame, timeout))
 
     def _on_frame(self, frame: WorkerFrame | ErrorInfo) -> None:
         if self._reply is not None and not self._reply.done():
