@@ -48,7 +48,9 @@ NOOP = "import time\n\ndef handler(event, context):\n    return {'t': time.monot
 
 def pipe_baseline(rounds: int) -> float:
     """Round trips per second to a warm child over pipes, framed as the runtime frames."""
-    child = subprocess.Popen([sys.executable, "-c", ECHO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", ECHO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     assert child.stdin is not None and child.stdout is not None
     w, r = child.stdin.fileno(), child.stdout.fileno()
     body = json.dumps({"t": "invoke", "id": "x" * 36, "payload": {}}).encode()
@@ -85,7 +87,8 @@ def make_spool(root: Path) -> Path:
 def start_daemon(spool: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
-        cwd=REPO, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -109,7 +112,7 @@ def burst(spool: Path, count: int) -> float:
     names = []
     for i in range(count):
         path = staging / f".b{i:06d}.tmp"
-        path.write_text('{"n": %d}' % i)
+        path.write_text(f'{{"n": {i}}}')
         names.append(path)
     target = spool / "incoming" / "noop"
     follower = JournalFollower(spool / "journal")
@@ -152,27 +155,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=300)
-    parser.add_argument("--dir", type=Path, default=REPO, help="where the spool is made (default: the checkout, like ./spool)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=REPO,
+        help="where the spool is made (default: the checkout, like ./spool)",
+    )
     args = parser.parse_args()
     baseline = pipe_baseline(5000)
-    print(f"baseline  warm-worker pipe round trip: {baseline:,.0f}/s ({1e6 / baseline:.1f} us each)")
+    print(
+        f"baseline  warm-worker pipe round trip: {baseline:,.0f}/s ({1e6 / baseline:.1f} us each)"
+    )
     with tempfile.TemporaryDirectory(dir=args.dir, prefix=".bench-") as root:
         files = Path(root) / "files"
         files.mkdir()
-        print(f"baseline  creating a small file in {args.dir}: {file_create_baseline(files):.0f} us each")
+        print(
+            f"baseline  creating a small file in {args.dir}: "
+            f"{file_create_baseline(files):.0f} us each"
+        )
         spool = make_spool(Path(root))
         proc = start_daemon(spool)
         try:
             burst(spool, 50)  # warm both instances
             rate = burst(spool, args.events)
-            print(f"burst     {args.events} files, 2 instances, durable: {rate:,.0f} events/s "
-                  f"({rate / baseline:.3f} of the baseline; target >= 5,000/s)")
+            print(
+                f"burst     {args.events} files, 2 instances, durable: {rate:,.0f} events/s "
+                f"({rate / baseline:.3f} of the baseline; target >= 5,000/s)"
+            )
             lat = sorted(latency(spool, args.samples))
             p50 = statistics.median(lat)
             p99 = lat[int(len(lat) * 0.99) - 1]
             base_us = 1e3 / baseline
-            print(f"latency   rename -> handler start: p50 {p50:.3f} ms, p99 {p99:.3f} ms "
-                  f"(p50 = {p50 / base_us:.1f}x a pipe round trip; target p50 <= 1 ms)")
+            print(
+                f"latency   rename -> handler start: p50 {p50:.3f} ms, p99 {p99:.3f} ms "
+                f"(p50 = {p50 / base_us:.1f}x a pipe round trip; target p50 <= 1 ms)"
+            )
         finally:
             proc.terminate()
             proc.wait(30)

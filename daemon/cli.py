@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--spool", metavar="DIR", help="the spool (default: $FNSPOOL_SPOOL or ./spool)")
+    common.add_argument(
+        "--spool", metavar="DIR", help="the spool (default: $FNSPOOL_SPOOL or ./spool)"
+    )
     parser = argparse.ArgumentParser(
         prog="fnspool", description="Stateful asynchronous function invocation on one machine."
     )
@@ -25,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     daemon = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
     daemon.add_argument("--drain-timeout", type=float, default=30.0, metavar="S")
     daemon.add_argument("--max-payload-bytes", type=int, default=1 << 20, metavar="N")
-    daemon.add_argument("--retention", default="3d", metavar="T", help="keep ended events this long")
+    daemon.add_argument(
+        "--retention", default="3d", metavar="T", help="keep ended events this long"
+    )
     daemon.add_argument("-v", "--verbose", action="store_true")
     daemon.set_defaults(run=commands.daemon)
 
@@ -37,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--payload", metavar="JSON", help="the payload (default: {})")
     source.add_argument("--payload-file", metavar="F", help="read the payload from F (- for stdin)")
     invoke.add_argument("--id", help="an explicit request id (an idempotency key)")
-    invoke.add_argument("--delay", type=float, metavar="S", help="run no sooner than S seconds from now")
+    invoke.add_argument(
+        "--delay", type=float, metavar="S", help="run no sooner than S seconds from now"
+    )
     invoke.add_argument("--wait", action="store_true", help="wait until the event ends")
     invoke.add_argument("--json", action="store_true")
     invoke.set_defaults(run=commands.invoke)
@@ -94,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = run(args)
     except FnspoolError as exc:
-        print(f"fnspool: {exc.title}: {exc.msg}" if exc.title else f"fnspool: {exc.msg}", file=sys.stderr)
+        print(
+            f"fnspool: {exc.title}: {exc.msg}" if exc.title else f"fnspool: {exc.msg}",
+            file=sys.stderr,
+        )
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130

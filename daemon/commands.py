@@ -79,7 +79,11 @@ def tui(args: argparse.Namespace) -> int:
 def _payload(args: argparse.Namespace) -> Any:
     if args.payload_file:
         try:
-            text = sys.stdin.read() if args.payload_file == "-" else open(args.payload_file).read()
+            if args.payload_file == "-":
+                text = sys.stdin.read()
+            else:
+                with open(args.payload_file) as f:
+                    text = f.read()
         except OSError as exc:
             raise FnspoolError(f"cannot read {args.payload_file}: {exc.strerror}") from None
     else:
@@ -87,7 +91,9 @@ def _payload(args: argparse.Namespace) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise FnspoolError(f"the payload is not JSON: {exc}", title="bad payload", exit_code=2) from None
+        raise FnspoolError(
+            f"the payload is not JSON: {exc}", title="bad payload", exit_code=2
+        ) from None
 
 
 def invoke(args: argparse.Namespace) -> int:
@@ -98,9 +104,15 @@ def invoke(args: argparse.Namespace) -> int:
     if not NAME_RE.match(args.function):
         raise FnspoolError(f"bad function name {args.function!r}", exit_code=2)
     if not (spool.functions / f"{args.function}.toml").exists():
-        raise FnspoolError(f"no function {args.function!r} in {spool.functions}", title="not found", exit_code=4)
+        raise FnspoolError(
+            f"no function {args.function!r} in {spool.functions}", title="not found", exit_code=4
+        )
     request_id = args.id or new_request_id()
-    envelope: dict[str, Any] = {"function": args.function, "payload": _payload(args), "id": request_id}
+    envelope: dict[str, Any] = {
+        "function": args.function,
+        "payload": _payload(args),
+        "id": request_id,
+    }
     if args.delay:
         envelope["delay"] = args.delay
     _drop(spool, f"{request_id}.json", msgspec.json.encode(envelope))
@@ -144,19 +156,29 @@ def _filter(args: argparse.Namespace) -> Filter:
         raise FnspoolError(str(exc), exit_code=2) from None
 
 
+_ROW = "{:36}  {:16} {:10} {:>3}  {:24} {:>10}  {}"
+
+
 def events_list(args: argparse.Namespace) -> int:
     """List events matching the filters, newest first unless --order asc."""
     chosen = select(
-        _events(_spool(args)).values(), _filter(args), limit=args.limit, newest_first=args.order == "desc"
+        _events(_spool(args)).values(),
+        _filter(args),
+        limit=args.limit,
+        newest_first=args.order == "desc",
     )
     if args.json:
         _print_json([summary(e) for e in chosen])
         return 0
-    print(f"{'ID':36}  {'FUNCTION':16} {'STATE':10} {'ATT':>3}  {'ENQUEUED':24} {'DURATION':>10}  ERROR")
+    print(_ROW.format("ID", "FUNCTION", "STATE", "ATT", "ENQUEUED", "DURATION", "ERROR"))
     for e in chosen:
         duration = f"{e.duration_ms:.1f}ms" if e.duration_ms is not None else "-"
         error = f"{e.error.type}: {e.error.message}"[:60] if e.error else ""
-        print(f"{e.id:36}  {e.function:16} {e.state.value:10} {e.attempts:>3}  {iso(e.enqueued_at):24} {duration:>10}  {error}")
+        print(
+            _ROW.format(
+                e.id, e.function, e.state.value, e.attempts, iso(e.enqueued_at), duration, error
+            )
+        )
     return 0
 
 
@@ -173,7 +195,18 @@ def events_get(args: argparse.Namespace) -> int:
 
 def _print_event(event: Event, spool: Spool) -> None:
     view = detail(event, spool.logs)
-    for key in ("id", "function", "state", "attempts", "enqueued_at", "started_at", "ended_at", "duration_ms", "retry_of", "log_path"):
+    for key in (
+        "id",
+        "function",
+        "state",
+        "attempts",
+        "enqueued_at",
+        "started_at",
+        "ended_at",
+        "duration_ms",
+        "retry_of",
+        "log_path",
+    ):
         if view.get(key) is not None:
             print(f"{key + ':':13} {view[key]}")
     print(f"{'payload:':13} {json.dumps(view['payload'])}")
@@ -276,8 +309,17 @@ def functions_list(args: argparse.Namespace) -> int:
     instances = (status or {}).get("instances", {})
     rows = []
     for name, d in sorted(catalog.functions.items()):
-        rows.append({"name": name, "runtime": d.runtime, "handler": d.handler, "timeout": d.timeout,
-                     "max_instances": d.max_instances, "error": None, "instances": instances.get(name, [])})
+        rows.append(
+            {
+                "name": name,
+                "runtime": d.runtime,
+                "handler": d.handler,
+                "timeout": d.timeout,
+                "max_instances": d.max_instances,
+                "error": None,
+                "instances": instances.get(name, []),
+            }
+        )
     for name, err in sorted(catalog.errors.items()):
         rows.append({"name": name, "error": err.message, "path": err.path, "instances": []})
     if args.json:
@@ -287,7 +329,8 @@ def functions_list(args: argparse.Namespace) -> int:
         if row["error"]:
             print(f"{row['name']:20} ERROR  {row['path']}: {row['error']}")
         else:
-            print(f"{row['name']:20} {row['runtime']:7} {row['handler']:24} instances {len(row['instances'])}/{row['max_instances']}")
+            count = f"{len(row['instances'])}/{row['max_instances']}"
+            print(f"{row['name']:20} {row['runtime']:7} {row['handler']:24} instances {count}")
     return 1 if catalog.errors else 0
 
 
@@ -306,12 +349,18 @@ def status(args: argparse.Namespace) -> int:
         "events": info.get("events", {}),
         "definition_errors": info.get("definition_errors", {}),
         "journal_damage": info.get("journal_damage", []),
-        "heartbeat_age_s": round(time.time() - info["updated_at"], 1) if "updated_at" in info else None,
+        "heartbeat_age_s": round(time.time() - info["updated_at"], 1)
+        if "updated_at" in info
+        else None,
     }
     if args.json:
         _print_json(view)
     else:
-        state = f"running (pid {pid})" if running else ("starting" if pid is not None else "not running")
+        state = (
+            f"running (pid {pid})"
+            if running
+            else ("starting" if pid is not None else "not running")
+        )
         print(f"fnspool daemon: {state}; spool {spool.root}")
         if running:
             print(f"queue depth {view['queue_depth']}, running {view['running_events']}")

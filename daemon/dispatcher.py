@@ -7,7 +7,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from daemon.functions import Catalog, FunctionDef
@@ -41,7 +41,7 @@ class Dispatcher:
         self,
         store: Store,
         catalog: Callable[[], Catalog],
-        factories: dict[str, InstanceFactory],
+        factories: Mapping[str, InstanceFactory],
         logs_dir: Path,
     ) -> None:
         self.store = store
@@ -104,7 +104,9 @@ class Dispatcher:
                 return
             definition = self._catalog().functions.get(name)
             if definition is None:
-                self._invalidate(queue.popleft(), "FunctionNotFound", f"function {name!r} is not defined")
+                self._invalidate(
+                    queue.popleft(), "FunctionNotFound", f"function {name!r} is not defined"
+                )
                 continue
             lease = await self._pool(definition).lease()
             event = self.store.get(queue.popleft()) if queue else None
@@ -152,8 +154,11 @@ class Dispatcher:
             self.store.transition(event, State.DEQUEUED)
         age = time.time() - event.enqueued_at
         if age > definition.async_.max_event_age:
-            message = f"event is {age:.0f}s old, older than max_event_age {definition.async_.max_event_age:.0f}s"
-            self.store.transition(event, State.EXPIRED, error=ErrorInfo(type="EventExpired", message=message))
+            limit = definition.async_.max_event_age
+            message = f"event is {age:.0f}s old, older than max_event_age {limit:.0f}s"
+            self.store.transition(
+                event, State.EXPIRED, error=ErrorInfo(type="EventExpired", message=message)
+            )
             log.info("event %s Expired", event.id)
             return False
         return True
@@ -177,7 +182,8 @@ class Dispatcher:
 
     def _start_failed(self, event: Event, exc: InstanceStartError) -> None:
         if event.state is State.RETRYING:
-            # a retry whose new instance failed to start: the attempt failed, no Invalid from Retrying
+            # a retry whose new instance failed to start: the attempt fails (Invalid is for
+            # Dequeued events only)
             self.store.transition(event, State.RUNNING, attempt=event.attempts + 1)
             self.store.transition(event, State.FAILED, error=exc.error)
         else:
@@ -188,21 +194,28 @@ class Dispatcher:
         self, event: Event, definition: FunctionDef, instance: str, attempt: int, outcome: Outcome
     ) -> None:
         """Journal how the attempt ended and decide what follows (no await: cannot be cut off)."""
-        common = {"attempt": attempt, "instance": instance, "usage": outcome.usage}
-        if outcome.ok:
-            result = outcome.result if outcome.result is not None else NO_RAW
-            self.store.transition(event, State.SUCCEEDED, result=result, **common)
-        elif failed_attempts(event) < definition.async_.max_retries:
+        state, not_before = State.SUCCEEDED, None
+        if not outcome.ok:
             failures = failed_attempts(event) + 1
-            delay = outcome.retry_delay if outcome.retry_delay is not None else backoff_delay(definition, failures)
-            not_before = time.time() + delay
-            self.store.transition(
-                event, State.RETRYING, error=outcome.error, not_before=not_before, **common
-            )
+            state = State.RETRYING if failures <= definition.async_.max_retries else State.FAILED
+            if state is State.RETRYING:
+                delay = outcome.retry_delay
+                not_before = time.time() + (
+                    delay if delay is not None else backoff_delay(definition, failures)
+                )
+        self.store.transition(
+            event,
+            state,
+            attempt=attempt,
+            instance=instance,
+            usage=outcome.usage,
+            result=outcome.result if outcome.ok and outcome.result is not None else NO_RAW,
+            error=outcome.error,
+            not_before=not_before,
+        )
+        if state is State.RETRYING:
             self.submit(event)
-        else:
-            self.store.transition(event, State.FAILED, error=outcome.error, **common)
-        log.info("event %s %s (attempt %d)", event.id, event.state.value, attempt)
+        log.info("event %s %s (attempt %d)", event.id, state.value, attempt)
 
     # -- start-up and shutdown ------------------------------------------------------------
 
@@ -212,9 +225,13 @@ class Dispatcher:
             if event.ended:
                 continue
             if event.state is State.RUNNING:
-                self.store.transition(event, State.RETRYING, reason=INTERRUPTED, not_before=time.time())
+                self.store.transition(
+                    event, State.RETRYING, reason=INTERRUPTED, not_before=time.time()
+                )
             elif event.state is State.STOPPING:
-                self.store.transition(event, State.STOPPED, reason="stopped before the daemon restarted")
+                self.store.transition(
+                    event, State.STOPPED, reason="stopped before the daemon restarted"
+                )
                 continue
             self.submit(event)
 

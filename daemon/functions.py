@@ -141,6 +141,8 @@ def load_catalog(functions_dir: Path) -> Catalog:
             catalog.functions[path.stem] = load_function(path)
         except (ValueError, OSError) as exc:
             message = str(exc)
-            catalog.errors[path.stem] = DefinitionError(name=path.stem, path=str(path), message=message)
+            catalog.errors[path.stem] = DefinitionError(
+                name=path.stem, path=str(path), message=message
+            )
             log.error("function definition %s: %s", path, message)
     return catalog

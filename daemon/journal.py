@@ -134,7 +134,7 @@ class SegmentReader:
         return chunk
 
     def lines(self) -> Iterator[tuple[int, bytes | None, str]]:
-        """Yield (offset, line, reason) for each new whole line; line is None for an overlong one."""
+        """Yield (offset, line, reason) per new whole line; line is None for an overlong one."""
         while chunk := self._read():
             data = self._pending + chunk
             start = 0
@@ -175,7 +175,9 @@ class SegmentReader:
                 yield decode_record(line)
             except ValueError as exc:
                 damages.append(
-                    Damage(path=str(self.path), offset=offset, length=len(line) + 1, reason=str(exc))
+                    Damage(
+                        path=str(self.path), offset=offset, length=len(line) + 1, reason=str(exc)
+                    )
                 )
 
 
@@ -241,7 +243,7 @@ class JournalState(msgspec.Struct, kw_only=True):
 
 def load_snapshot(directory: Path, state: JournalState) -> None:
     """Load the newest readable snapshot into `state`; report an unreadable one as damage."""
-    for seq, path in reversed(list_snapshots(directory)):
+    for _seq, path in reversed(list_snapshots(directory)):
         try:
             header, events = read_snapshot(path)
         except FileNotFoundError:

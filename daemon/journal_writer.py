@@ -42,7 +42,7 @@ class JournalFailed(Exception):
 
 
 def recover(directory: Path) -> JournalState:
-    """Replay snapshot + segments; cut a torn tail (kept in a `.broken` file) and set damage aside."""
+    """Replay snapshot + segments; cut a torn tail (kept in `.broken`) and set damage aside."""
     state = JournalState()
     load_snapshot(directory, state)
     for first_seq, path in list_segments(directory):

@@ -137,7 +137,7 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_
     at: float = 0.0
 
 
-class Transition(Record, tag="state"):
+class Transition(Record, tag="state", frozen=True):
     """An event moved to a new state."""
 
     id: str
@@ -155,7 +155,7 @@ class Transition(Record, tag="state"):
     usage: Usage | None = None  # an ended attempt
 
 
-class HookRun(Record, tag="hook"):
+class HookRun(Record, tag="hook", frozen=True):
     """A lifecycle hook (Initializer, PreFreeze, PreStop) ran on an instance."""
 
     instance: str
@@ -168,7 +168,7 @@ class HookRun(Record, tag="hook"):
     request_id: str | None = None
 
 
-class Request(Record, tag="request"):
+class Request(Record, tag="request", frozen=True):
     """A control request (stop, re-invoke) was taken from control/, with who asked."""
 
     action: str

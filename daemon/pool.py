@@ -7,6 +7,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from daemon.functions import FunctionDef
 from daemon.runtimes.base import Instance
@@ -61,7 +62,7 @@ class FunctionPool:
                 self.give_back(future.result())
             raise
 
-    async def start(self, lease: Lease, request_id: str, log_path: object) -> Instance:
+    async def start(self, lease: Lease, request_id: str, log_path: Path) -> Instance:
         """Start a new instance for a lease that has none; on failure the place is freed."""
         instance = self._factory(self.definition)
         try:
@@ -74,7 +75,9 @@ class FunctionPool:
         self._reserved -= 1
         self.instances.append(instance)
         lease.instance = instance
-        log.info("instance %s of %s started (pid %s)", instance.id, self.definition.name, instance.pid)
+        log.info(
+            "instance %s of %s started (pid %s)", instance.id, self.definition.name, instance.pid
+        )
         return instance
 
     def give_back(self, lease: Lease) -> None:
@@ -124,7 +127,12 @@ class FunctionPool:
         """Stop instances idle for longer than idle_timeout."""
         timeout = self.definition.idle_timeout
         for instance in [i for i in self._idle if now - i.last_used >= timeout]:
-            log.info("instance %s of %s idle for %.0fs: stopping", instance.id, instance.function.name, timeout)
+            log.info(
+                "instance %s of %s idle for %.0fs: stopping",
+                instance.id,
+                instance.function.name,
+                timeout,
+            )
             await self.discard(instance)
 
     async def close(self) -> None:

@@ -71,7 +71,11 @@ class Daemon:
         for item in batch:
             not_before = time.time() + item.delay if item.delay else None
             event = self.store.enqueue(
-                item.function, item.payload, request_id=item.id, source=item.source, not_before=not_before
+                item.function,
+                item.payload,
+                request_id=item.id,
+                source=item.source,
+                not_before=not_before,
             )
             if event is not None:
                 self.dispatcher.submit(event)
@@ -96,7 +100,9 @@ class Daemon:
     async def _start(self) -> None:
         state = recover(self.spool.journal)
         for damage in state.damages:
-            log.error("journal damage: %s at offset %d: %s", damage.path, damage.offset, damage.reason)
+            log.error(
+                "journal damage: %s at offset %d: %s", damage.path, damage.offset, damage.reason
+            )
         writer = JournalWriter(
             self.spool.journal,
             state.last_seq + 1,
@@ -123,7 +129,10 @@ class Daemon:
         self.write_status()
         log.info(
             "fnspool daemon ready on %s (pid %d): %d events retained, %d functions",
-            self.spool.root, os.getpid(), len(self.store.events), len(self.catalog.functions),
+            self.spool.root,
+            os.getpid(),
+            len(self.store.events),
+            len(self.catalog.functions),
         )
 
     def _install_signals(self) -> None:
@@ -135,7 +144,9 @@ class Daemon:
     def request_stop(self, why: str = "") -> None:
         """Begin a graceful shutdown."""
         if not self._stop.is_set():
-            log.info("%s: draining (up to %.0fs) and shutting down", why, self.settings.drain_timeout)
+            log.info(
+                "%s: draining (up to %.0fs) and shutting down", why, self.settings.drain_timeout
+            )
         self._stop.set()
 
     def _on_fatal(self, exc: BaseException) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import secrets
 import time
@@ -161,7 +162,7 @@ class Store:
         return self.writer.last_seq - self._last_snapshot_seq >= every_records
 
     async def compact(self, retention: float = RETENTION_DEFAULT) -> None:
-        """Snapshot every retained event, drop expired ones, delete what the older snapshot covers."""
+        """Snapshot the retained events, drop expired ones, delete what older snapshots cover."""
         if self._compacting is not None:
             return await asyncio.shield(self._compacting)
         self._compacting = asyncio.get_running_loop().create_task(self._compact(retention))
@@ -182,7 +183,9 @@ class Store:
         previous = self._last_snapshot_seq
         self._last_snapshot_seq = seq
         await loop.run_in_executor(None, _delete_covered, directory, previous, dropped)
-        log.info("snapshot at seq %d: %d events retained, %d dropped", seq, len(events), len(dropped))
+        log.info(
+            "snapshot at seq %d: %d events retained, %d dropped", seq, len(events), len(dropped)
+        )
 
     def _drop_expired(self, cutoff: float) -> list[Path]:
         """Forget events that ended before `cutoff`; return their log files."""
@@ -196,12 +199,12 @@ class Store:
 
 
 def _delete_covered(directory: Path, previous_seq: int, logs: list[Path]) -> None:
-    """Delete segments and snapshots the previous snapshot covers (the newest two snapshots stay)."""
+    """Delete the segments and snapshots the previous snapshot covers (the newest two stay)."""
     snapshots = list_snapshots(directory)
-    for seq, path in snapshots[:-2]:
+    for _seq, path in snapshots[:-2]:
         path.unlink(missing_ok=True)
     segments = list_segments(directory)
-    for (first, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+    for (first, path), (next_first, _) in itertools.pairwise(segments):
         if next_first - 1 <= previous_seq and first <= previous_seq:
             path.unlink(missing_ok=True)  # its `.broken` evidence, if any, stays
     for path in logs:

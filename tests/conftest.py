@@ -31,11 +31,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         time.sleep(0.01)
 
 
-def fnspool(spool: Path, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+def fnspool(
+    spool: Path, *args: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess:
     """Run the CLI against `spool`."""
     proc = subprocess.run(
         [sys.executable, "-m", "daemon", *args, "--spool", str(spool)],
-        capture_output=True, text=True, input=input, timeout=60, cwd=REPO,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=60,
+        cwd=REPO,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"fnspool {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
@@ -56,10 +62,12 @@ class DaemonProcess:
         self.log = spool.parent / "daemon.log"
 
     def start(self, *extra: str, wait_ready: bool = True) -> DaemonProcess:
-        self._logf = open(self.log, "ab")
+        self._logf = open(self.log, "ab")  # noqa: SIM115 - kept open while the daemon runs
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "daemon", "--spool", str(self.spool), *extra],
-            stdout=self._logf, stderr=subprocess.STDOUT, cwd=REPO,
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         if wait_ready:
             wait_for(self.ready, 30, "the daemon to be ready")

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
-
 from conftest import REPO, drop, events, fnspool, fnspool_json, wait_for
+
 from daemon.journal import list_segments
 
 FULL_HISTORY = ["Enqueued", "Dequeued", "Running", "Succeeded"]
@@ -36,11 +37,25 @@ def test_a_dropped_file_succeeds_with_its_whole_history(spool, daemon):
     assert full["result"] == {"n": 1} and full["payload"] == {"n": 1}
     assert [h["state"] for h in full["history"]] == FULL_HISTORY
     assert full["attempts"] == 1 and full["error"] is None
-    assert set(full) >= {"id", "function", "state", "attempts", "enqueued_at", "started_at", "ended_at",
-                         "duration_ms", "error", "retry_of", "payload", "result", "history", "log_path"}
+    assert set(full) >= {
+        "id",
+        "function",
+        "state",
+        "attempts",
+        "enqueued_at",
+        "started_at",
+        "ended_at",
+        "duration_ms",
+        "error",
+        "retry_of",
+        "payload",
+        "result",
+        "history",
+        "log_path",
+    }
     assert full["enqueued_at"].endswith("Z") and full["duration_ms"] >= 0
     assert not (spool / "incoming" / "echo" / "first.json").exists()
-    log = open(full["log_path"]).read()
+    log = Path(full["log_path"]).read_text()
     assert f"[PLATFORM] FC Invoke Start RequestId: {event['id']}" in log
     assert f"[PLATFORM] FC Invoke End RequestId: {event['id']}" in log
 
@@ -66,11 +81,17 @@ def test_a_thousand_files_all_succeed_on_few_workers(spool, daemon):
 
 def test_envelopes_ids_and_the_cli_invoke(spool, daemon):
     daemon.start()
-    (spool / "incoming" / "env.json").write_text(json.dumps({"function": "echo", "payload": [1, 2], "id": "my-key-1"}))
+    (spool / "incoming" / "env.json").write_text(
+        json.dumps({"function": "echo", "payload": [1, 2], "id": "my-key-1"})
+    )
     wait_for(lambda: ended(spool, 1), what="the envelope event")
     assert fnspool_json(spool, "events", "get", "my-key-1")["result"] == [1, 2]
-    (spool / "incoming" / "again.json").write_text(json.dumps({"function": "echo", "payload": 3, "id": "my-key-1"}))
-    reason = wait_for(lambda: list((spool / "rejected").glob("*.reason.json")), what="the duplicate's rejection")
+    (spool / "incoming" / "again.json").write_text(
+        json.dumps({"function": "echo", "payload": 3, "id": "my-key-1"})
+    )
+    reason = wait_for(
+        lambda: list((spool / "rejected").glob("*.reason.json")), what="the duplicate's rejection"
+    )
     assert json.loads(reason[0].read_text())["reason"] == "duplicate_id"
     out = fnspool_json(spool, "invoke", "hello", "--payload", '{"name": "Ada"}', "--wait")
     assert out["state"] == "Succeeded" and out["result"] == {"message": "Hello, Ada!"}
@@ -90,10 +111,20 @@ def test_bad_files_are_rejected_with_reasons_and_the_daemon_keeps_serving(spool,
     outside.write_text('{"secret": true}')
     os.symlink(outside, incoming / "echo" / "link.json")
     (incoming / "echo" / "bad name.txt").write_text("{}")
-    expected = {"not_json", "bad_shape", "unknown_function", "too_large", "too_deep", "symlink", "bad_name"}
+    expected = {
+        "not_json",
+        "bad_shape",
+        "unknown_function",
+        "too_large",
+        "too_deep",
+        "symlink",
+        "bad_name",
+    }
 
     def reasons():
-        found = {json.loads(p.read_text())["reason"] for p in (spool / "rejected").glob("*.reason.json")}
+        found = {
+            json.loads(p.read_text())["reason"] for p in (spool / "rejected").glob("*.reason.json")
+        }
         return found if found >= expected else None
 
     wait_for(reasons, 30, "every bad file to be rejected")
@@ -111,7 +142,10 @@ def test_a_second_daemon_exits_naming_the_first(spool, daemon):
     first = daemon.start()
     proc = subprocess.run(
         [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
-        capture_output=True, text=True, timeout=30, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
     )
     assert proc.returncode != 0
     assert f"pid {first.proc.pid}" in proc.stderr
@@ -169,7 +203,9 @@ def test_sighup_and_file_changes_reload_definitions(spool, daemon):
     assert "timeout" in listing[0]["error"] and "float" in listing[0]["error"]
     assert "broken.toml" in listing[0]["path"]
     (spool / "functions" / "late").mkdir()
-    (spool / "functions" / "late" / "index.py").write_text("def handler(e, c):\n    return 'late'\n")
+    (spool / "functions" / "late" / "index.py").write_text(
+        "def handler(e, c):\n    return 'late'\n"
+    )
     (spool / "functions" / "late.toml").write_text('handler = "index.handler"\n')
     wait_for(lambda: (spool / "incoming" / "late").is_dir(), what="the new function's drop folder")
     drop(spool, "late", "x.json", {})
@@ -186,7 +222,14 @@ def test_failures_retry_then_fail_with_the_error(spool, daemon):
     assert full["state"] == "Failed" and full["attempts"] == 2
     assert full["error"]["type"] == "ValueError" and "bad input" in full["error"]["message"]
     assert "Traceback" in full["error"]["traceback"]
-    assert [h["state"] for h in full["history"]] == ["Enqueued", "Dequeued", "Running", "Retrying", "Running", "Failed"]
+    assert [h["state"] for h in full["history"]] == [
+        "Enqueued",
+        "Dequeued",
+        "Running",
+        "Retrying",
+        "Running",
+        "Failed",
+    ]
 
 
 def test_list_filters_and_shapes(spool, daemon):
@@ -207,12 +250,24 @@ def test_list_filters_and_shapes(spool, daemon):
     assert len(events(spool, "--limit", "2")) == 2
     prefix = everything[0]["id"][:20]
     assert all(e["id"].startswith(prefix) for e in events(spool, "--id-prefix", prefix))
-    iso_middle = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(middle)) + f".{int(middle % 1 * 1000):03d}Z"
+    iso_middle = (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(middle)) + f".{int(middle % 1 * 1000):03d}Z"
+    )
     assert len(events(spool, "--since", iso_middle)) == 2
     assert len(events(spool, "--until", iso_middle)) == 1
     assert len(events(spool, "--since", "1h")) == 3
-    assert set(everything[0]) == {"id", "function", "state", "attempts", "enqueued_at", "started_at",
-                                  "ended_at", "duration_ms", "error", "retry_of"}
+    assert set(everything[0]) == {
+        "id",
+        "function",
+        "state",
+        "attempts",
+        "enqueued_at",
+        "started_at",
+        "ended_at",
+        "duration_ms",
+        "error",
+        "retry_of",
+    }
     bad = fnspool(spool, "events", "list", "--status", "Sleeping", check=False)
     assert bad.returncode == 2 and "unknown state" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -222,7 +277,9 @@ def test_events_wait_and_logs_follow(spool, daemon):
     out = fnspool(spool, "invoke", "slow", "--payload", '{"sleep": 0.5}').stdout.strip()
     follow = subprocess.Popen(
         [sys.executable, "-m", "daemon", "events", "logs", out, "--follow", "--spool", str(spool)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     waited = fnspool(spool, "events", "wait", out)
     assert waited.stdout.strip() == f"{out} Succeeded"

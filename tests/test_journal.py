@@ -28,12 +28,19 @@ json_values = st.recursive(
 
 
 def enqueued(i, payload=None):
-    return Transition(id=f"e{i:05d}", function="f", state=State.ENQUEUED, payload=raw_json(payload if payload is not None else {"n": i}))
+    return Transition(
+        id=f"e{i:05d}",
+        function="f",
+        state=State.ENQUEUED,
+        payload=raw_json(payload if payload is not None else {"n": i}),
+    )
 
 
 @given(payload=json_values, seq=st.integers(min_value=1, max_value=2**53), rid=st.text(min_size=1))
 def test_framing_round_trips_any_record(payload, seq, rid):
-    rec = Transition(id=rid, function="f", state=State.ENQUEUED, payload=raw_json(payload), seq=seq, at=1.5)
+    rec = Transition(
+        id=rid, function="f", state=State.ENQUEUED, payload=raw_json(payload), seq=seq, at=1.5
+    )
     line = encode_record(rec)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     back = decode_record(line[:-1])
@@ -69,7 +76,7 @@ async def write_records(directory, records, **kw):
 
 async def test_replay_after_torn_tail_keeps_every_whole_record(tmp_path):
     await write_records(tmp_path, [enqueued(i) for i in range(100)])
-    (_, seg), = list_segments(tmp_path)
+    ((_, seg),) = list_segments(tmp_path)
     whole = seg.read_bytes()
     lines = whole.split(b"\n")[:-1]
     for cut in range(len(whole) - len(lines[-1]) - 1, len(whole)):
@@ -77,28 +84,37 @@ async def test_replay_after_torn_tail_keeps_every_whole_record(tmp_path):
         state = recover(tmp_path)
         assert len(state.events) == 99
         assert seg.read_bytes() == whole[: whole.rfind(b"\n", 0, cut) + 1]
-        assert any(d.reason == "torn tail cut" for d in state.damages) == (cut % len(whole) != 0 and not whole[:cut].endswith(b"\n"))
+        assert any(d.reason == "torn tail cut" for d in state.damages) == (
+            cut % len(whole) != 0 and not whole[:cut].endswith(b"\n")
+        )
         assert (tmp_path / f"{seg.name}.broken").exists() or whole[:cut].endswith(b"\n")
 
 
 async def test_garbage_and_zeros_after_the_last_record_are_cut(tmp_path):
     await write_records(tmp_path, [enqueued(i) for i in range(10)])
-    (_, seg), = list_segments(tmp_path)
+    ((_, seg),) = list_segments(tmp_path)
     good = seg.read_bytes()
     seg.write_bytes(good + b"\x00" * 4096)
     state = recover(tmp_path)
     assert len(state.events) == 10 and seg.read_bytes() == good
-    seg.write_bytes(good + os.urandom(3000).replace(b"\n", b"x") + b"\n" + encode_record(msgspec.structs.replace(enqueued(99), seq=11)))
+    seg.write_bytes(
+        good
+        + os.urandom(3000).replace(b"\n", b"x")
+        + b"\n"
+        + encode_record(msgspec.structs.replace(enqueued(99), seq=11))
+    )
     state = recover(tmp_path)
     assert len(state.events) == 11, "the record after the damage is kept"
-    assert any("checksum" in d.reason or "hex" in d.reason or "prefix" in d.reason for d in state.damages)
+    assert any(
+        "checksum" in d.reason or "hex" in d.reason or "prefix" in d.reason for d in state.damages
+    )
 
 
 async def test_a_flipped_bit_loses_only_that_record(tmp_path):
     await write_records(tmp_path, [enqueued(i) for i in range(50)])
-    (_, seg), = list_segments(tmp_path)
+    ((_, seg),) = list_segments(tmp_path)
     data = bytearray(seg.read_bytes())
-    starts = [0] + [i + 1 for i, b in enumerate(data) if b == 10][:-1]
+    starts = [0, *[i + 1 for i, b in enumerate(data) if b == 10][:-1]]
     data[starts[20] + 30] ^= 0x10
     seg.write_bytes(bytes(data))
     state = recover(tmp_path)
@@ -181,7 +197,9 @@ async def test_compaction_drops_events_past_retention(tmp_path):
 
 
 async def test_non_transition_records_round_trip(tmp_path):
-    hook = HookRun(instance="i1", function="f", hook="PreStop", started=1.0, duration_ms=3.5, ok=True)
+    hook = HookRun(
+        instance="i1", function="f", hook="PreStop", started=1.0, duration_ms=3.5, ok=True
+    )
     await write_records(tmp_path, [enqueued(0), hook])
     follower = JournalFollower(tmp_path)
     follower.load()

@@ -1,5 +1,7 @@
 """The state machine allows exactly DESIGN.md's transitions."""
 
+import itertools
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -17,10 +19,19 @@ from daemon.model import (
 )
 
 DESIGN_EDGES = {
-    ("Enqueued", "Dequeued"), ("Enqueued", "Stopped"),
-    ("Dequeued", "Running"), ("Dequeued", "Expired"), ("Dequeued", "Invalid"), ("Dequeued", "Stopped"),
-    ("Running", "Succeeded"), ("Running", "Failed"), ("Running", "Retrying"), ("Running", "Stopping"),
-    ("Retrying", "Running"), ("Retrying", "Expired"), ("Retrying", "Stopped"),
+    ("Enqueued", "Dequeued"),
+    ("Enqueued", "Stopped"),
+    ("Dequeued", "Running"),
+    ("Dequeued", "Expired"),
+    ("Dequeued", "Invalid"),
+    ("Dequeued", "Stopped"),
+    ("Running", "Succeeded"),
+    ("Running", "Failed"),
+    ("Running", "Retrying"),
+    ("Running", "Stopping"),
+    ("Retrying", "Running"),
+    ("Retrying", "Expired"),
+    ("Retrying", "Stopped"),
     ("Stopping", "Stopped"),
 }
 
@@ -28,7 +39,13 @@ DESIGN_EDGES = {
 def test_transition_table_is_exactly_the_design():
     edges = {(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets}
     assert edges == DESIGN_EDGES
-    assert {s.value for s in TERMINAL_STATES} == {"Succeeded", "Failed", "Expired", "Invalid", "Stopped"}
+    assert {s.value for s in TERMINAL_STATES} == {
+        "Succeeded",
+        "Failed",
+        "Expired",
+        "Invalid",
+        "Stopped",
+    }
 
 
 @pytest.mark.parametrize("old", list(State))
@@ -60,7 +77,7 @@ def test_folding_any_sequence_never_holds_an_illegal_state(sequence):
     event = events["e"]
     assert [h.state for h in event.history] == history
     assert event.state is history[-1]
-    for a, b in zip(history, history[1:]):
+    for a, b in itertools.pairwise(history):
         assert b in TRANSITIONS[a]
     assert (event.ended_at is not None) == (event.state in TERMINAL_STATES)
 

@@ -6,8 +6,8 @@ import concurrent.futures
 import logging
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
@@ -129,7 +129,13 @@ def _append_after(path: Path, data: bytes, before: concurrent.futures.Future[Non
         os.close(fd)
 
 
-def _submit(path: Path, data: bytes, before: concurrent.futures.Future[None] | None) -> concurrent.futures.Future[None]:
+def _wait(future: concurrent.futures.Future[None]) -> None:
+    concurrent.futures.wait([future])
+
+
+def _submit(
+    path: Path, data: bytes, before: concurrent.futures.Future[None] | None
+) -> concurrent.futures.Future[None]:
     global _log_pool
     if _log_pool is None:
         _log_pool = concurrent.futures.ThreadPoolExecutor(_LOG_THREADS, thread_name_prefix="logs")
@@ -185,7 +191,7 @@ class EventLog:
         if last is None:
             return
         if self._defer is not None:
-            self._defer(lambda: concurrent.futures.wait([last]))
+            self._defer(lambda: _wait(last))
         else:
             concurrent.futures.wait([last])
 
