@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "--retention", default="3d", metavar="T", help="keep ended events this long"
     )
+    daemon.add_argument(
+        "--snapshot-every", type=int, default=200_000, metavar="N", help="records between snapshots"
+    )
     daemon.add_argument("-v", "--verbose", action="store_true")
     daemon.set_defaults(run=commands.daemon)
 

@@ -61,6 +61,7 @@ def daemon(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         max_payload_bytes=args.max_payload_bytes,
         retention=time.time() - parse_time(args.retention),
+        snapshot_every=args.snapshot_every,
     )
     try:
         return uvloop.run(Daemon(_spool(args), settings).run())

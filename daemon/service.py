@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, kw_only=True):
     retention: float = 3 * 86400.0
     segment_bytes: int = 64 << 20
     snapshot_every: int = 200_000  # records between snapshots
+    snapshot_interval: float = 3600.0  # and at least this often while anything happens
     heartbeat: float = 1.0
     scan_interval: float = 5.0
     settle: float = 2.0
@@ -178,7 +179,7 @@ class Daemon:
         if self._definitions_changed():
             self._reload_definitions()
         await self.dispatcher.reap_idle()
-        if self.store.compaction_due(self.settings.snapshot_every):
+        if self.store.compaction_due(self.settings.snapshot_every, self.settings.snapshot_interval):
             await self.store.compact(self.settings.retention)
         self.write_status()
 

@@ -72,6 +72,7 @@ class Store:
         )
         self._compacting: asyncio.Task[None] | None = None
         self._last_snapshot_seq = state.snapshot_seq
+        self._last_compaction = time.monotonic()
 
     def get(self, request_id: str) -> Event | None:
         """The event with that id, if retained."""
@@ -157,9 +158,11 @@ class Store:
         """Wait until every change so far is durable."""
         await self.writer.sync()
 
-    def compaction_due(self, every_records: int) -> bool:
-        """Whether enough has been journaled since the last snapshot to write a new one."""
-        return self.writer.last_seq - self._last_snapshot_seq >= every_records
+    def compaction_due(self, every_records: int, every_seconds: float) -> bool:
+        """Whether to snapshot: many records since the last one, or some and a long time."""
+        since = self.writer.last_seq - self._last_snapshot_seq
+        waited = time.monotonic() - self._last_compaction
+        return since >= every_records or (since > 0 and waited >= every_seconds)
 
     async def compact(self, retention: float = RETENTION_DEFAULT) -> None:
         """Snapshot the retained events, drop expired ones, delete what older snapshots cover."""
@@ -182,6 +185,7 @@ class Store:
         await loop.run_in_executor(None, write_snapshot, directory, seq, time.time(), events)
         previous = self._last_snapshot_seq
         self._last_snapshot_seq = seq
+        self._last_compaction = time.monotonic()
         await loop.run_in_executor(None, _delete_covered, directory, previous, dropped)
         log.info(
             "snapshot at seq %d: %d events retained, %d dropped", seq, len(events), len(dropped)

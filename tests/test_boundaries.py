@@ -1,4 +1,4 @@
-"""The shared modules stay light: the TUI and the CLI read the journal without the daemon's stack."""
+"""The shared modules stay light: the TUI and the CLI read the journal without the daemon."""
 
 import json
 import subprocess

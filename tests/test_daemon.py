@@ -339,3 +339,22 @@ def test_kill_9_during_ingest_never_loses_or_duplicates_a_file(spool, daemon, ro
     payloads = sorted(json.loads(bytes(e.payload))["i"] for e in state.events.values())
     assert payloads == list(range(total)), "every dropped file is exactly one event"
     assert not list((spool / "rejected").glob("*"))
+
+
+def test_compaction_snapshots_the_journal_and_drops_expired_events(spool, daemon):
+    daemon.start("--snapshot-every", "20", "--retention", "2s")
+    for i in range(10):
+        drop(spool, "echo", f"old{i}.json", {"i": i})
+    old = wait_for(lambda: ended(spool, 10), what="the first events")
+    old_logs = [Path(fnspool_json(spool, "events", "get", e["id"])["log_path"]) for e in old]
+    assert all(p.exists() for p in old_logs)
+    wait_for(lambda: list((spool / "journal").glob("snapshot-*.jsonl")), what="a first snapshot")
+    time.sleep(2.1)  # let the first events age past the retention
+    for i in range(10):
+        drop(spool, "echo", f"new{i}.json", {"i": i})
+    wait_for(
+        lambda: ended(spool, 10) and len(events(spool)) == 10, 30, "the old events to be dropped"
+    )
+    assert not any(p.exists() for p in old_logs)
+    assert {e["id"] for e in events(spool)}.isdisjoint(e["id"] for e in old)
+    assert len(list_segments(spool / "journal")) <= 3
