@@ -18,6 +18,10 @@ from conftest import REPO, drop, events, fnspool, fnspool_json, wait_for
 from daemon.journal import list_segments
 
 FULL_HISTORY = ["Enqueued", "Dequeued", "Running", "Succeeded"]
+# DESIGN.md's JSON shapes: `events list` fields, and what `events get` adds
+LIST_FIELDS = {"id", "function", "state", "attempts", "enqueued_at", "started_at", "ended_at"}
+LIST_FIELDS |= {"duration_ms", "error", "retry_of"}
+GET_FIELDS = LIST_FIELDS | {"payload", "result", "history", "log_path"}
 
 
 def ended(spool, count, function=None):
@@ -37,22 +41,7 @@ def test_a_dropped_file_succeeds_with_its_whole_history(spool, daemon):
     assert full["result"] == {"n": 1} and full["payload"] == {"n": 1}
     assert [h["state"] for h in full["history"]] == FULL_HISTORY
     assert full["attempts"] == 1 and full["error"] is None
-    assert set(full) >= {
-        "id",
-        "function",
-        "state",
-        "attempts",
-        "enqueued_at",
-        "started_at",
-        "ended_at",
-        "duration_ms",
-        "error",
-        "retry_of",
-        "payload",
-        "result",
-        "history",
-        "log_path",
-    }
+    assert set(full) >= GET_FIELDS
     assert full["enqueued_at"].endswith("Z") and full["duration_ms"] >= 0
     assert not (spool / "incoming" / "echo" / "first.json").exists()
     log = Path(full["log_path"]).read_text()
@@ -111,15 +100,12 @@ def test_bad_files_are_rejected_with_reasons_and_the_daemon_keeps_serving(spool,
     outside.write_text('{"secret": true}')
     os.symlink(outside, incoming / "echo" / "link.json")
     (incoming / "echo" / "bad name.txt").write_text("{}")
-    expected = {
-        "not_json",
-        "bad_shape",
-        "unknown_function",
-        "too_large",
-        "too_deep",
-        "symlink",
-        "bad_name",
-    }
+    os.mkfifo(incoming / "echo" / "fifo.json")
+    (tmp_path / "kept.json").write_text("{}")
+    os.link(tmp_path / "kept.json", incoming / "echo" / "linked.json")
+    (incoming / "echo" / "adir.json").mkdir()
+    expected = {"not_json", "bad_shape", "unknown_function", "too_large", "too_deep", "symlink"}
+    expected |= {"bad_name", "not_regular", "hard_link"}
 
     def reasons():
         found = {
@@ -256,18 +242,7 @@ def test_list_filters_and_shapes(spool, daemon):
     assert len(events(spool, "--since", iso_middle)) == 2
     assert len(events(spool, "--until", iso_middle)) == 1
     assert len(events(spool, "--since", "1h")) == 3
-    assert set(everything[0]) == {
-        "id",
-        "function",
-        "state",
-        "attempts",
-        "enqueued_at",
-        "started_at",
-        "ended_at",
-        "duration_ms",
-        "error",
-        "retry_of",
-    }
+    assert set(everything[0]) == LIST_FIELDS
     bad = fnspool(spool, "events", "list", "--status", "Sleeping", check=False)
     assert bad.returncode == 2 and "unknown state" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -358,3 +333,23 @@ def test_compaction_snapshots_the_journal_and_drops_expired_events(spool, daemon
     assert not any(p.exists() for p in old_logs)
     assert {e["id"] for e in events(spool)}.isdisjoint(e["id"] for e in old)
     assert len(list_segments(spool / "journal")) <= 3
+
+
+def test_an_attempt_past_its_timeout_fails_and_its_processes_are_gone(spool, daemon):
+    daemon.start()
+    drop(spool, "hang", "h.json", {})
+    (event,) = wait_for(lambda: ended(spool, 1), what="the hanging event to time out")
+    full = fnspool_json(spool, "events", "get", event["id"])
+    assert full["state"] == "Failed"
+    assert full["error"]["type"] == "FunctionTimeout"
+    assert "hanging" in Path(full["log_path"]).read_text()
+    sleepers = subprocess.run(["pgrep", "-f", "sleep 1000"], capture_output=True, text=True)
+    mine = [p for p in sleepers.stdout.split() if _in_spool(p, spool)]
+    assert not mine, "the instance's grandchild outlived it"
+
+
+def _in_spool(pid, spool):
+    try:
+        return str(spool) in os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
