@@ -99,7 +99,7 @@ def _payload(args: argparse.Namespace) -> Any:
 
 def invoke(args: argparse.Namespace) -> int:
     """Drop an envelope into incoming/ the maildir way (write in tmp/, rename in)."""
-    from daemon.store import new_request_id
+    from daemon.ids import new_request_id
 
     spool = _spool(args)
     if not NAME_RE.match(args.function):

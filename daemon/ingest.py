@@ -116,7 +116,7 @@ class Ingestor:
         self._inotify: INotify | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
-        self._dirty: set[str] = set()  # directories with unlinks not yet fsynced
+        self._removing: list[tuple[Key, os.stat_result]] = []  # journaled, not yet unlinked
         self._scan_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
@@ -252,13 +252,16 @@ class Ingestor:
         # the only drainer, and a batch is taken whole: no file is ever read twice at once
         while self._pending and not self._stopping:
             batch = self._take_batch()
+            if not batch:
+                return  # all of it is being unlinked: taken again once that is done
             self._inflight.update(batch)
+            removing: set[Key] = set()
             try:
-                await self._process(batch)
+                removing = await self._process(batch)
             except Exception:
                 log.exception("unexpected error in an ingestion batch")
-            finally:
-                self._inflight.difference_update(batch)
+            finally:  # files waiting to be unlinked stay in flight until they are gone
+                self._inflight.difference_update(batch.keys() - removing)
 
     def _take_batch(self) -> dict[Key, bool]:
         batch: dict[Key, bool] = {}
@@ -271,32 +274,38 @@ class Ingestor:
             del self._pending[key]
         return batch
 
-    async def _process(self, keys: dict[Key, bool]) -> None:
+    async def _process(self, keys: dict[Key, bool]) -> set[Key]:
+        """Examine and journal one batch; return the keys handed over for unlinking."""
         try:
             batch = _Batch(self.spool.incoming)
         except OSError as exc:
             log.error("cannot open %s: %s", self.spool.incoming, exc)
-            return
+            return set()
         try:
             for key, complete in keys.items():
                 self._examine_one(batch, key, complete)
             if batch.found and not await self._accept(batch):
-                return  # the journal failed: unlink nothing, take nothing more
-            self._dirty.update(self._unlink(batch))
-            self._sync_soon()
+                return set()  # the journal failed: unlink nothing, take nothing more
+            self._removing += batch.done
+            self._remove_soon()
             self.stats.batches += 1
+            return {key for key, _ in batch.done}
         finally:
             batch.dirs.close()
 
-    def _sync_soon(self) -> None:
-        # off the batch path: the next batch is read and journaled during this fsync
-        if self._dirty and (self._syncer is None or self._syncer.done()):
-            self._syncer = asyncio.get_running_loop().create_task(self._sync_dirs())
+    def _remove_soon(self) -> None:
+        # off the loop: the next batch is read and journaled while these are unlinked
+        if self._removing and (self._syncer is None or self._syncer.done()):
+            self._syncer = asyncio.get_running_loop().create_task(self._remove_journaled())
 
-    async def _sync_dirs(self) -> None:
-        while self._dirty:  # one fsync per directory covers every unlink since the last
-            names, self._dirty = self._dirty, set()
-            await asyncio.to_thread(_fsync_dirs, self.spool.incoming, names)
+    async def _remove_journaled(self) -> None:
+        while self._removing:
+            files, self._removing = self._removing, []
+            try:
+                await asyncio.to_thread(_remove_files, self.spool.incoming, files)
+            finally:
+                self._inflight.difference_update(key for key, _ in files)
+                self._kick()
 
     async def _synced(self) -> None:
         """Wait until every unlink so far is fsynced."""
@@ -328,23 +337,6 @@ class Ingestor:
         self._stopping = True
         if self.on_fatal is not None:
             self.on_fatal(exc)
-
-    def _unlink(self, batch: _Batch) -> set[str]:
-        """Unlink the journaled files; the directories touched, to fsync."""
-        touched: set[str] = set()
-        for key, st in batch.done:
-            # the name may hold a new file by now (renamed over it): that one is not journaled
-            if not batch.still_there(key, st):
-                continue
-            fd = batch.dirs.get(key[0])
-            try:
-                os.unlink(key[1], dir_fd=fd)
-                touched.add(key[0])
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("cannot remove incoming/%s: %s", printable(_join(*key)), exc)
-        return touched
 
     # -- one file -------------------------------------------------------------------------
 
@@ -443,14 +435,16 @@ def _join(dirname: str, name: str) -> str:
     return f"{dirname}/{name}" if dirname else name
 
 
-def _fsync_dirs(incoming: os.PathLike[str], names: set[str]) -> None:
+def _remove_files(incoming: os.PathLike[str], files: list[tuple[Key, os.stat_result]]) -> None:
+    """Unlink journaled files, then fsync each directory touched once (I1's last two steps)."""
     try:
         dirs = DirFds(incoming)
     except OSError as exc:
-        log.error("cannot open %s to fsync it: %s", incoming, exc)
+        log.error("cannot open %s to remove journaled files: %s", incoming, exc)
         return
     try:
-        for name in names:
+        touched = {key[0] for key, st in files if _unlink_same(dirs, key, st)}
+        for name in touched:
             try:
                 os.fsync(dirs.get(name))
             except OSError as exc:
@@ -458,3 +452,18 @@ def _fsync_dirs(incoming: os.PathLike[str], names: set[str]) -> None:
                 log.error("fsync of incoming/%s failed: %s", printable(name), exc)
     finally:
         dirs.close()
+
+
+def _unlink_same(dirs: DirFds, key: Key, st: os.stat_result) -> bool:
+    """Unlink the file at `key` if it is still the one journaled (not a new one renamed over it)."""
+    try:
+        fd = dirs.get(key[0])
+        if not same_file(fd, key[1], st):
+            return False
+        os.unlink(key[1], dir_fd=fd)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.error("cannot remove incoming/%s: %s", printable(_join(*key)), exc)
+        return False

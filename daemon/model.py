@@ -169,13 +169,16 @@ class HookRun(Record, tag="hook", frozen=True):
 
 
 class Request(Record, tag="request", frozen=True):
-    """A control request (stop, re-invoke) was taken from control/, with who asked."""
+    """A control request (stop, re-invoke) was taken from control/, with who asked: the answer."""
 
     action: str
     id: str
     uid: int | None = None
     graceful: bool = False
-    outcome: str = ""
+    outcome: str = ""  # applied | refused
+    name: str | None = None  # the request's file name in control/, which the client waits for
+    message: str | None = None  # why it was refused, or what was done
+    new_id: str | None = None  # reinvoke: the new event
 
 
 JournalRecord = Transition | HookRun | Request

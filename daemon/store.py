@@ -9,12 +9,12 @@ import asyncio
 import collections
 import itertools
 import logging
-import secrets
 import time
 from pathlib import Path
 
 import msgspec
 
+from daemon.ids import new_request_id
 from daemon.journal import JournalState, list_segments, list_snapshots, write_snapshot
 from daemon.journal_writer import JournalWriter
 from daemon.model import (
@@ -33,24 +33,6 @@ from daemon.model import (
 log = logging.getLogger(__name__)
 
 RETENTION_DEFAULT = 3 * 86400.0
-
-_last_ms = 0
-_counter = 0
-
-
-def new_request_id() -> str:
-    """A UUIDv7: time-ordered, so ids sort by submission time (monotonic within a process)."""
-    global _last_ms, _counter
-    ms = time.time_ns() // 1_000_000
-    if ms <= _last_ms:
-        ms, _counter = _last_ms, _counter + 1
-    else:
-        _counter = secrets.randbits(10)
-    _last_ms = ms
-    rand_b = secrets.randbits(62)
-    value = (ms << 80) | (0x7 << 76) | ((_counter & 0xFFF) << 64) | (0b10 << 62) | rand_b
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def identity(source: Source) -> tuple[object, ...]:

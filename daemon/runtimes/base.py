@@ -14,6 +14,7 @@ import msgspec
 
 from daemon.functions import FunctionDef
 from daemon.model import ErrorInfo, Usage
+from daemon.supervise import ExitStatus
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +214,33 @@ def _open_append(path: Path) -> int | None:
         # the event runs without its log rather than not at all
         log.error("cannot open event log %s: %s", path, exc)
         return None
+
+
+# -- outcomes of a process that ended ------------------------------------------------------
+
+
+def describe_exit(status: ExitStatus) -> str:
+    """How a process ended, in words: `exit code N` or `signal N`."""
+    return f"exit code {status.exit_code}" if status.signal is None else f"signal {status.signal}"
+
+
+def exited_message(duration_ms: float, status: ExitStatus) -> str:
+    """FC's error message for an instance that died mid-event."""
+    return (
+        "Process exited unexpectedly before completing request "
+        f"(duration: {duration_ms:.2f}ms, maxMemoryUsage: {status.max_memory_mb:.2f}MB)"
+    )
+
+
+def lost_outcome(
+    error: ErrorInfo, duration: float, status: ExitStatus | None, cpu_ms: float | None = None
+) -> Outcome:
+    """A failed attempt whose instance is gone or must be discarded."""
+    usage = Usage(
+        duration_ms=duration,
+        cpu_ms=cpu_ms,
+        max_memory_mb=status.max_memory_mb if status else None,
+        exit_code=status.exit_code if status else None,
+        signal=status.signal if status else None,
+    )
+    return Outcome(ok=False, error=error, usage=usage, instance_lost=True)

@@ -27,6 +27,9 @@ from daemon.runtimes.base import (
     HookOutcome,
     InstanceStartError,
     Outcome,
+    describe_exit,
+    exited_message,
+    lost_outcome,
 )
 from daemon.runtimes.pipes import FrameReader, OutputRouter, PipeWriter
 from daemon.runtimes.python_protocol import (
@@ -231,9 +234,7 @@ class PythonInstance:
                 raise InstanceStartError(_unexpected(reply, "ready"))
 
     def _early_exit(self, status: ExitStatus) -> ErrorInfo:
-        how = (
-            f"exit code {status.exit_code}" if status.signal is None else f"signal {status.signal}"
-        )
+        how = describe_exit(status)
         tail = self._output.tail() if self._output is not None else ""
         message = f"the worker exited before it was ready ({how})" + (f": {tail}" if tail else "")
         return ErrorInfo(type="ProcessExited", message=message)
@@ -297,7 +298,7 @@ class PythonInstance:
                 message = f"{label} timed out after {timeout:.2f} seconds"
                 return ErrorInfo(type="FunctionTimeout", message=message), True
             case ExitStatus() as status:
-                return ErrorInfo(type="ProcessExited", message=_exited_message(0, status)), True
+                return ErrorInfo(type="ProcessExited", message=exited_message(0, status)), True
             case ErrorInfo() as error:
                 return error, True
             case _:
@@ -318,18 +319,18 @@ class PythonInstance:
                 status = await self._reaped(self._child)
                 message = f"Function timed out after {timeout:.2f} seconds"
                 error = ErrorInfo(type="FunctionTimeout", message=message)
-                return _lost(error, duration, status)
+                return lost_outcome(error, duration, status)
             case ExitStatus() as status:
                 cpu = max(0.0, status.cpu_ms - self._cpu_reported)
-                message = _exited_message(duration, status)
-                return _lost(
+                message = exited_message(duration, status)
+                return lost_outcome(
                     ErrorInfo(type="ProcessExited", message=message), duration, status, cpu
                 )
             case ErrorInfo() as error:
-                return _lost(error, duration, None)
+                return lost_outcome(error, duration, None)
             case _:
                 self._kill()
-                return _lost(_unexpected(reply, f"result of {request_id}"), duration, None)
+                return lost_outcome(_unexpected(reply, f"result of {request_id}"), duration, None)
 
     def _result_outcome(self, frame: Result, duration: float) -> Outcome:
         self.events_served += 1
@@ -397,7 +398,7 @@ class PythonInstance:
         if self._reply is not None:
             _settle(self._reply, status)
         if self.state not in ("stopping", "dead"):
-            log.warning("instance %s exited on its own (%s)", self.id, _how(status))
+            log.warning("instance %s exited on its own (%s)", self.id, describe_exit(status))
             self.state = "dead"
             if self.on_exit is not None:
                 self.on_exit(self)
@@ -439,30 +440,6 @@ class PythonInstance:
 def _settle(future: asyncio.Future[Reply], value: Reply) -> None:
     if not future.done():
         future.set_result(value)
-
-
-def _how(status: ExitStatus) -> str:
-    return f"exit code {status.exit_code}" if status.signal is None else f"signal {status.signal}"
-
-
-def _exited_message(duration_ms: float, status: ExitStatus) -> str:
-    return (
-        "Process exited unexpectedly before completing request "
-        f"(duration: {duration_ms:.2f}ms, maxMemoryUsage: {status.max_memory_mb:.2f}MB)"
-    )
-
-
-def _lost(
-    error: ErrorInfo, duration: float, status: ExitStatus | None, cpu_ms: float | None = None
-) -> Outcome:
-    usage = Usage(
-        duration_ms=duration,
-        cpu_ms=cpu_ms,
-        max_memory_mb=status.max_memory_mb if status else None,
-        exit_code=status.exit_code if status else None,
-        signal=status.signal if status else None,
-    )
-    return Outcome(ok=False, error=error, usage=usage, instance_lost=True)
 
 
 def _unexpected(reply: object, wanted: str) -> ErrorInfo:

@@ -1,0 +1,57 @@
+"""Control requests (stop, re-invoke): the files the CLI and the TUI drop into `control/`.
+
+Shared and light: only msgspec. A client writes a request under `tmp/` and renames it into
+`control/` (so the daemon never sees half a file), then follows the journal for the `Request`
+record whose `name` is the request's file name: that record is the daemon's answer. A request
+written while the daemon is down waits in `control/` and is applied when it starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from daemon.ids import new_request_id
+from daemon.model import NO_RAW
+
+
+class StopRequest(msgspec.Struct, frozen=True, kw_only=True, tag="stop", tag_field="action"):
+    """Stop an event: at once if it is not running, else forced or gracefully (SIGTERM)."""
+
+    id: str
+    graceful: bool = False
+
+
+class ReinvokeRequest(
+    msgspec.Struct, frozen=True, kw_only=True, tag="reinvoke", tag_field="action"
+):
+    """Run an ended event again as a new event `new_id`, with its payload or the one given."""
+
+    id: str
+    new_id: str
+    payload: msgspec.Raw = NO_RAW
+
+
+ControlRequest = StopRequest | ReinvokeRequest
+
+DECODER = msgspec.json.Decoder(ControlRequest)
+
+#: outcomes of a request, as its `Request` record's `outcome` says them
+APPLIED = "applied"
+REFUSED = "refused"
+
+
+def submit(spool_root: Path, request: ControlRequest) -> str:
+    """Write `request` into `control/` the maildir way; return its file name."""
+    name = f"{new_request_id()}.json"
+    tmp_dir, control_dir = spool_root / "tmp", spool_root / "control"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    temp = tmp_dir / f".control-{name}.{os.getpid()}.tmp"
+    with open(temp, "wb") as f:
+        f.write(msgspec.json.encode(request))
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(temp, control_dir / name)
+    return name
