@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from daemon import commands
+from daemon import commands, install
 from daemon.errors import FnspoolError
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="daemon health (exit 3 when down)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=commands.status)
+
+    install.add_parser(sub, common)  # fnspool systemd install|uninstall|reload
     return parser
 
 

@@ -18,6 +18,7 @@ from daemon.functions import Catalog, load_catalog
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalWriter, recover
 from daemon.model import Source
+from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.runtimes.python import PythonInstance
 from daemon.spool import Spool
 from daemon.store import Store
@@ -51,6 +52,9 @@ class Daemon:
         self._fatal: BaseException | None = None
         self.started_at = time.time()
         self.ready = False
+        # systemd (Type=notify): READY, STATUS, RELOADING, STOPPING and the watchdog
+        self.notifier = Notifier()
+        self.reloads = 0  # SIGHUP reloads done; `fnspool systemd reload` waits on it
 
     # -- the ingestor's sink --------------------------------------------------------------
 
@@ -128,6 +132,8 @@ class Daemon:
         self._chores = asyncio.get_running_loop().create_task(self._run_chores())
         self.ready = True
         self.write_status()
+        self._watchdog = asyncio.get_running_loop().create_task(self.notifier.run_watchdog())
+        self.notifier.ready(self._status_line())
         log.info(
             "fnspool daemon ready on %s (pid %d): %d events retained, %d functions",
             self.spool.root,
@@ -140,11 +146,22 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
-        loop.add_signal_handler(signal.SIGHUP, self._reload_definitions)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        install_stuck_loop_knob(loop)
+
+    def _on_sighup(self) -> None:
+        """Reload the definitions, telling systemd that a reload runs (ExecReload waits on it)."""
+        self.notifier.reloading()
+        log.info("SIGHUP: reloading definitions")
+        self._reload_definitions()
+        self.reloads += 1
+        self.write_status()
+        self.notifier.ready(self._status_line())
 
     def request_stop(self, why: str = "") -> None:
         """Begin a graceful shutdown."""
         if not self._stop.is_set():
+            self.notifier.stopping(f"stopping ({why}): draining")
             log.info(
                 "%s: draining (up to %.0fs) and shutting down", why, self.settings.drain_timeout
             )
@@ -163,6 +180,8 @@ class Daemon:
             await self.store.sync()
             await self.store.writer.close()
         self.write_status(stopped=True)
+        self._watchdog.cancel()
+        self.notifier.close()
         log.info("fnspool daemon stopped")
 
     # -- chores ---------------------------------------------------------------------------
@@ -222,8 +241,19 @@ class Daemon:
             "instances": {name: pool.snapshot() for name, pool in self.dispatcher.pools.items()},
             "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
             "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
+            "reloads": self.reloads,
         }
         write_json_atomic(self.spool.run / "status.json", status)
+        if not stopped:
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        """One line for `systemctl status`: queue depth, running events, instances."""
+        instances = sum(len(p.instances) for p in self.dispatcher.pools.values())
+        return (
+            f"{'ready' if self.ready else 'starting'}: queue {self.dispatcher.queue_depth}, "
+            f"running {self.dispatcher.running}, instances {instances}"
+        )
 
 
 def write_json_atomic(path: Path, value: object) -> None:

@@ -1,0 +1,295 @@
+"""`fnspool systemd install|uninstall|reload`: the units in `systemd/`, made for this installation.
+
+The shipped units name `/usr/local/bin/fnspool` and `/var/spool/fnspool` (or `%h/.local/share/
+fnspool` for `--user`); `install` writes them with the command of the fnspool that runs it and the
+chosen spool, creates the spool (and, for the system, the `fnspool` user and group owning it), and
+prints the `systemctl` commands to run (or runs them with `--now`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from daemon.errors import FnspoolError
+from daemon.spool import DIR_MODE, Spool
+
+UNITS_SOURCE = Path(__file__).resolve().parent.parent / "systemd"
+MARK = "# Written by `fnspool systemd install`; `fnspool systemd uninstall` removes it.\n"
+SHIPPED_COMMAND = "/usr/local/bin/fnspool"
+SYSTEM_SPOOL = "/var/spool/fnspool"
+USER_SPOOL = "%h/.local/share/fnspool"
+SERVICE_USER = "fnspool"
+SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
+#: installed name -> shipped file
+SYSTEM_UNITS = {
+    "fnspool.service": "fnspool.service",
+    "fnspool@.service": "fnspool@.service",
+    "fnspool.path": "fnspool.path",
+}
+USER_UNITS = {"fnspool.service": "fnspool-user.service"}
+# what a path may hold to be written into a unit unquoted (systemd treats % $ \ " ' and spaces)
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9/._+,:@=-]+$")
+RELOAD_TIMEOUT = 60.0
+
+
+def fnspool_command() -> list[str]:
+    """How systemd should start this installation of fnspool."""
+    script = Path(sys.executable).parent / "fnspool"
+    if os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "daemon"]
+
+
+def render(template: str, command: list[str], spool: str | None, default_spool: str) -> str:
+    """A shipped unit with this installation's command and the chosen spool."""
+    for part in command:
+        _check_plain(part, "the fnspool command")
+    text = template.replace(SHIPPED_COMMAND, " ".join(command))
+    if spool is not None:
+        _check_plain(spool, "the spool path")
+        text = text.replace(default_spool, spool)
+    return MARK + text
+
+
+def _check_plain(path: str, what: str) -> None:
+    if not _PLAIN_PATH.match(path):
+        raise FnspoolError(
+            f"{what} {path!r} has characters systemd would interpret (space, %, $, quotes)",
+            title="systemd",
+        )
+
+
+def unit_dir(user: bool) -> Path:
+    """Where units are installed: /etc/systemd/system, or the user's config directory."""
+    if not user:
+        return SYSTEM_UNIT_DIR
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "systemd" / "user"
+
+
+def rendered_units(user: bool, spool: str | None = None) -> dict[str, str]:
+    """Every unit to install, by installed name, rendered for this installation."""
+    names = USER_UNITS if user else SYSTEM_UNITS
+    default = USER_SPOOL if user else SYSTEM_SPOOL
+    command = fnspool_command()
+    units = {}
+    for installed, shipped in names.items():
+        try:
+            template = (UNITS_SOURCE / shipped).read_text()
+        except OSError as exc:
+            raise FnspoolError(
+                f"cannot read the shipped unit {UNITS_SOURCE / shipped}: {exc.strerror}",
+                title="systemd",
+            ) from None
+        units[installed] = render(template, command, spool, default)
+    return units
+
+
+# -- install --------------------------------------------------------------------------------
+
+
+def install(args: argparse.Namespace) -> int:
+    """Write the units, create the spool (and the service user), print the systemctl commands."""
+    user = bool(args.user)
+    target = Path(args.unit_dir) if args.unit_dir else unit_dir(user)
+    spool = str(Path(args.spool).absolute()) if args.spool else None
+    units = rendered_units(user, spool)
+    if not user and os.geteuid() != 0 and not args.unit_dir:
+        raise FnspoolError("installing the system unit needs root (or use --user)", title="systemd")
+    if user:
+        root = Path(spool) if spool else Path.home() / ".local" / "share" / "fnspool"
+        Spool(root).create()
+    else:
+        root = Path(spool or SYSTEM_SPOOL)
+        _create_service_user()
+        _create_system_spool(root)
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        _write_unit(target / name, text)
+        print(f"wrote {target / name}")
+    print(f"spool: {root}")
+    _commands(user, ["daemon-reload"], ["enable", "--now", "fnspool.service"], now=args.now)
+    if not user:
+        print(f"to let someone drop files: usermod -aG {SERVICE_USER} USER")
+    else:
+        print(f"to keep it running after logout: loginctl enable-linger {_login()}")
+    return 0
+
+
+def _write_unit(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.chmod(temp, 0o644)
+    os.rename(temp, path)
+
+
+def _create_service_user() -> None:
+    """The fixed `fnspool` system user and group (DynamicUser would hide the spool from people)."""
+    try:
+        grp.getgrnam(SERVICE_USER)
+    except KeyError:
+        _run(["groupadd", "--system", SERVICE_USER])
+    try:
+        pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        nologin = shutil.which("nologin") or "/usr/sbin/nologin"
+        _run(
+            [
+                "useradd",
+                "--system",
+                "--gid",
+                SERVICE_USER,
+                "--home-dir",
+                SYSTEM_SPOOL,
+                "--no-create-home",
+                "--shell",
+                nologin,
+                "--comment",
+                "fnspool daemon",
+                SERVICE_USER,
+            ]
+        )
+
+
+def _create_system_spool(root: Path) -> None:
+    """The spool and its folders, owned by fnspool, group-writable and setgid."""
+    spool = Spool(root)
+    spool.create()
+    uid, gid = pwd.getpwnam(SERVICE_USER).pw_uid, grp.getgrnam(SERVICE_USER).gr_gid
+    for path in [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())]:
+        os.chown(path, uid, gid)
+        mode = DIR_MODE | (os.stat(path).st_mode & 0o1000)  # keep tmp/'s sticky bit
+        os.chmod(path, mode)
+
+
+def _run(argv: list[str]) -> None:
+    try:
+        subprocess.run(argv, check=True, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise FnspoolError(f"{argv[0]} is not installed", title="systemd") from None
+    except subprocess.CalledProcessError as exc:
+        raise FnspoolError(
+            f"{' '.join(argv)} failed: {exc.stderr.strip() or exc.returncode}", title="systemd"
+        ) from None
+
+
+def _commands(user: bool, *steps: list[str], now: bool) -> None:
+    base = ["systemctl", *(["--user"] if user else [])]
+    for step in steps:
+        argv = [*base, *step]
+        if now:
+            print("running: " + " ".join(argv))
+            _run(argv)
+        else:
+            print("run: " + " ".join(argv))
+
+
+def _login() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+# -- uninstall ------------------------------------------------------------------------------
+
+
+def uninstall(args: argparse.Namespace) -> int:
+    """Remove the units `install` wrote (and their enablement links); keep the spool and user."""
+    user = bool(args.user)
+    target = Path(args.unit_dir) if args.unit_dir else unit_dir(user)
+    names = list(USER_UNITS if user else SYSTEM_UNITS)
+    if args.now:
+        _commands(user, ["disable", "--now", *names], now=True)
+    removed = 0
+    for name in names:
+        path = target / name
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            continue
+        if not text.startswith(MARK):
+            print(f"kept {path}: not written by fnspool systemd install", file=sys.stderr)
+            continue
+        path.unlink()
+        removed += 1
+        print(f"removed {path}")
+        for link in target.glob(f"*.wants/{name}"):
+            link.unlink()
+            print(f"removed {link}")
+    if not removed:
+        print(f"no fnspool units in {target}")
+    if not args.now:
+        _commands(user, ["stop", *names], ["daemon-reload"], now=False)
+    else:
+        _commands(user, ["daemon-reload"], now=True)
+    print("the spool and the fnspool user are kept: remove them yourself if you mean to")
+    return 0
+
+
+# -- reload (ExecReload) ----------------------------------------------------------------------
+
+
+def reload(args: argparse.Namespace) -> int:
+    """SIGHUP the daemon, then wait until its heartbeat shows the reload done."""
+    status_path = Spool.resolve(args.spool).run / "status.json"
+    pid = args.pid
+    before = _reloads(status_path, pid)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise FnspoolError(f"no process {pid}", title="reload") from None
+    if before is None:
+        return 0  # no heartbeat of that pid to follow: the signal is all we can do
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        after = _reloads(status_path, pid)
+        if after is not None and after > before:
+            return 0
+        time.sleep(0.02)
+    raise FnspoolError(f"the daemon did not reload within {args.timeout:.0f}s", title="reload")
+
+
+def _reloads(status_path: Path, pid: int) -> int | None:
+    try:
+        status = json.loads(status_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if status.get("pid") != pid or "reloads" not in status:
+        return None
+    return int(status["reloads"])
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """The `systemd` subcommand and its actions."""
+    systemd = sub.add_parser("systemd", help="install the systemd units")
+    ssub = systemd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, run, text in (
+        ("install", install, "write the units, create the user and the spool"),
+        ("uninstall", uninstall, "remove the units (the spool is kept)"),
+    ):
+        p = ssub.add_parser(name, help=text)
+        p.add_argument(
+            "--spool",
+            metavar="DIR",
+            help=f"the spool (default: {SYSTEM_SPOOL}, or ~/.local/share/fnspool with --user)",
+        )
+        p.add_argument("--user", action="store_true", help="for `systemctl --user`")
+        p.add_argument("--unit-dir", metavar="DIR", help="write the units there instead")
+        p.add_argument("--now", action="store_true", help="also run the systemctl commands")
+        p.set_defaults(run=run)
+    r = ssub.add_parser("reload", parents=[common], help="SIGHUP the daemon and wait (ExecReload)")
+    r.add_argument("--pid", type=int, required=True, help="the daemon's pid ($MAINPID)")
+    r.add_argument("--timeout", type=float, default=RELOAD_TIMEOUT, metavar="S")
+    r.set_defaults(run=reload)
