@@ -153,6 +153,7 @@ def _create_service_user() -> None:
                 "--home-dir",
                 SYSTEM_SPOOL,
                 "--no-create-home",
+                "--no-log-init",  # no lastlog/faillog entries for a service user
                 "--shell",
                 nologin,
                 "--comment",
@@ -225,9 +226,11 @@ def uninstall(args: argparse.Namespace) -> int:
         path.unlink()
         removed += 1
         print(f"removed {path}")
-        for link in target.glob(f"*.wants/{name}"):
-            link.unlink()
-            print(f"removed {link}")
+        for wants in target.glob("*.wants"):
+            link = wants / name
+            if link.is_symlink():  # dangling now: glob() would not see it
+                link.unlink()
+                print(f"removed {link}")
     if not removed:
         print(f"no fnspool units in {target}")
     if not args.now:
