@@ -19,6 +19,9 @@ from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalWriter, recover
 from daemon.model import Source
 from daemon.notify import Notifier, install_stuck_loop_knob
+from daemon.pool import InstanceFactory
+from daemon.runtimes.exec import ExecInstance
+from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
 from daemon.spool import Spool
 from daemon.store import Store
@@ -116,7 +119,11 @@ class Daemon:
         )
         self.store = Store(writer, state, self.spool.logs)
         self._reload_definitions()
-        factories = {"python": functools.partial(PythonInstance, defer_io=writer.defer)}
+        factories: dict[str, InstanceFactory] = {
+            "python": functools.partial(PythonInstance, defer_io=writer.defer),
+            "http": functools.partial(HttpInstance, defer_io=writer.defer),
+            "exec": functools.partial(ExecInstance, defer_io=writer.defer),
+        }
         self.dispatcher = Dispatcher(self.store, lambda: self.catalog, factories, self.spool.logs)
         self.dispatcher.recover()
         await self.store.sync()

@@ -1,0 +1,86 @@
+"""What the http and exec runtimes share: the function's `command`, its environment, the CPU
+time of a live process, and how a program's output becomes an event's result."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from daemon.functions import FunctionDef
+from daemon.model import ErrorInfo
+from daemon.runtimes.base import InstanceStartError
+
+MAX_RESULT = 64 << 20  # bytes of a result, as the python runtime allows
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_RESULT_CHECK = msgspec.json.Decoder()
+
+
+def command_argv(function: FunctionDef) -> list[str]:
+    """The function's `command`, checked: a path with a `/` in it is taken from the code folder
+    (and must be there), a bare name is looked up in PATH. InstanceStartError when it cannot
+    run."""
+    code_dir = Path(function.code_dir)
+    if not code_dir.is_dir():
+        raise _start_error(f"the code folder {code_dir} does not exist")
+    program, *args = function.command
+    if "/" not in program:
+        return [program, *args]
+    path = code_dir / program  # an absolute `program` stays as it is
+    if not path.is_file():
+        raise _start_error(f"the command {program!r} is not a file in {code_dir}")
+    if not os.access(path, os.X_OK):
+        raise _start_error(f"the command {str(path)!r} is not executable (chmod +x it)")
+    return [str(path), *args]
+
+
+def command_env(function: FunctionDef, instance_id: str, extra: dict[str, str]) -> dict[str, str]:
+    """The variables an instance's program gets on top of the function's `environment`
+    (spawn takes away the daemon's service-manager ones)."""
+    return {
+        **os.environ,
+        **function.environment,
+        "FC_FUNCTION_NAME": function.name,
+        "FC_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
+        "FC_INSTANCE_ID": instance_id,
+        **extra,
+    }
+
+
+def process_cpu_ms(pid: int) -> float | None:
+    """User + system CPU time of a live process (its threads and reaped children included), in
+    milliseconds; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # the command name may hold spaces and parentheses: the fields start after the last `)`
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        ticks = sum(int(field) for field in fields[11:15])  # utime stime cutime cstime
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(ticks * 1000 / _CLOCK_TICKS, 3)
+
+
+def as_result(data: bytes) -> msgspec.Raw:
+    """A program's answer as the event's result: itself when it is JSON, else a JSON string of
+    its text (trailing newlines cut); nothing at all is null."""
+    if not data.strip():
+        return msgspec.Raw(b"null")
+    try:
+        _RESULT_CHECK.decode(data)
+    except msgspec.DecodeError:
+        text = data.decode("utf-8", "replace").rstrip("\r\n")
+        return msgspec.Raw(msgspec.json.encode(text))
+    return msgspec.Raw(data.strip())
+
+
+def text_start(data: bytes, limit: int = 500) -> str:
+    """The start of some output as one readable line, for an error message."""
+    text = data[: limit * 4].decode("utf-8", "replace").strip()
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _start_error(message: str) -> InstanceStartError:
+    return InstanceStartError(ErrorInfo(type="SpawnError", message=message))

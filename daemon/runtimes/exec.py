@@ -1,0 +1,274 @@
+"""The exec runtime: one process per attempt, the payload on its stdin, the result from its stdout.
+
+Exit code 0 is success; anything else fails the attempt with the end of stderr in the error.
+stderr also goes to the event's log. The instance owns no process while idle, so it is cheap to
+keep, and a timeout or a crash costs only its own attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from daemon.functions import FunctionDef
+from daemon.model import ErrorInfo, Usage
+from daemon.runtimes.base import (
+    LOG_CAP,
+    Defer,
+    EventLog,
+    HookOutcome,
+    Outcome,
+    describe_exit,
+)
+from daemon.runtimes.command import MAX_RESULT, as_result, command_argv, command_env
+from daemon.runtimes.pipes import OutputRouter
+from daemon.supervise import Child, ExitStatus, spawn
+
+log = logging.getLogger(__name__)
+
+REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed process to be reaped
+STDERR_TAIL = 1000  # characters of stderr quoted in a failed attempt's error
+_READ_SIZE = 1 << 16
+
+
+class ExecInstance:
+    """Runs a function's `command` once per attempt, up to `concurrency` at once."""
+
+    def __init__(
+        self,
+        function: FunctionDef,
+        *,
+        log_cap: int = LOG_CAP,
+        on_exit: Callable[[ExecInstance], None] | None = None,
+        defer_io: Defer | None = None,
+    ) -> None:
+        self.function = function
+        self.id = f"exec-{function.name}-{secrets.token_hex(4)}"
+        self.pid: int | None = None  # the latest attempt's process while it runs
+        self.state = "starting"
+        self.events_served = 0
+        self.started_at = 0.0
+        self.last_used = time.monotonic()
+        self.log_cap = log_cap
+        self.on_exit = on_exit  # never called: no process outlives its attempt
+        self.defer_io = defer_io
+        self._argv: list[str] = []
+        self._running: set[Child] = set()
+
+    async def start(self, *, request_id: str | None = None, log_path: Path | None = None) -> None:
+        """Check that the command can run (InstanceStartError if not); no process starts."""
+        self._argv = command_argv(self.function)
+        self.state = "idle"
+        self.started_at = time.time()
+        self.last_used = time.monotonic()
+
+    async def invoke(
+        self, request_id: str, payload: msgspec.Raw, attempt: int, timeout: float, log_path: Path
+    ) -> Outcome:
+        """Run the command once with the payload on stdin; stderr goes to the event's log."""
+        if self.state not in ("idle", "busy") or len(self._running) >= self.function.concurrency:
+            return self._unavailable(request_id)
+        event_log = EventLog(log_path, self.log_cap, self.defer_io)
+        event_log.platform(f"FC Invoke Start RequestId: {request_id}")
+        began = time.monotonic()
+        try:
+            run = _Run(self._argv, self._env(request_id, attempt, timeout), payload, event_log)
+            run.spawn(self.function.code_dir)
+        except OSError as exc:
+            event_log.platform(f"FC Invoke End RequestId: {request_id}")
+            event_log.close()
+            message = f"cannot start {self._argv[0]}: {exc.strerror or exc}"
+            error = ErrorInfo(type="SpawnError", message=message)
+            return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0))
+        assert run.child is not None
+        self._running.add(run.child)
+        self.pid, self.state = run.child.pid, "busy"
+        try:
+            status, timed_out = await run.wait(timeout)
+        except asyncio.CancelledError:
+            run.child.kill_group(signal.SIGKILL)  # the attempt is cut off, and its processes
+            raise
+        finally:
+            self._running.discard(run.child)
+            run.close()
+            event_log.platform(f"FC Invoke End RequestId: {request_id}")
+            event_log.close()
+            self.last_used = time.monotonic()
+            if not self._running and self.state == "busy":
+                self.pid, self.state = None, "idle"
+        self.events_served += 1
+        duration = round((time.monotonic() - began) * 1000, 3)
+        return _outcome(run, status, timed_out, duration, timeout)
+
+    async def run_hook(
+        self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
+    ) -> HookOutcome:
+        """No hooks: a process per attempt has nothing to initialize, freeze or stop."""
+        return HookOutcome(hook=hook, ok=True, started=time.time(), duration_ms=0.0)
+
+    async def stop(self) -> None:
+        """Kill every attempt still running and wait for them; idempotent."""
+        if self.state != "dead":
+            self.state = "stopping"
+        for child in list(self._running):
+            child.kill_group(signal.SIGKILL)
+        for child in list(self._running):
+            await _reaped(child)
+        self.state = "dead"
+
+    def signal(self, sig: int) -> bool:
+        """Send `sig` to the process group of every running attempt; False if there is none."""
+        sent = [child.kill_group(sig) for child in list(self._running)]
+        return any(sent)
+
+    def _env(self, request_id: str, attempt: int, timeout: float) -> dict[str, str]:
+        return command_env(
+            self.function,
+            self.id,
+            {
+                "FNSPOOL_REQUEST_ID": request_id,
+                "FNSPOOL_ATTEMPT": str(attempt),
+                "FNSPOOL_TIMEOUT_MS": str(int(timeout * 1000)),
+            },
+        )
+
+    def _unavailable(self, request_id: str) -> Outcome:
+        log.error("instance %s asked to run %s while %s with %d attempts running",
+                  self.id, request_id, self.state, len(self._running))  # fmt: skip
+        message = f"instance {self.id} is {self.state} with {len(self._running)} attempts running"
+        error = ErrorInfo(type="InstanceUnavailable", message=message)
+        lost = self.state not in ("idle", "busy")
+        return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0), instance_lost=lost)
+
+
+class _Run:
+    """One attempt's process: stdin from a memory file, stdout collected, stderr routed."""
+
+    def __init__(
+        self, argv: list[str], env: dict[str, str], payload: msgspec.Raw, event_log: EventLog
+    ) -> None:
+        self.argv, self.env, self.payload, self.event_log = argv, env, payload, event_log
+        self.child: Child | None = None
+        self.stdout = bytearray()
+        self.stdout_size = 0
+        self._stdout_fd: int | None = None
+        self._stderr: OutputRouter | None = None
+        self._stderr_tail = b""
+
+    def spawn(self, cwd: str) -> None:
+        """Start the process; OSError if it cannot be."""
+        # a memory file rather than a pipe: nothing to feed while the process runs, and a
+        # program that never reads its stdin cannot block the daemon or get SIGPIPE
+        stdin = os.memfd_create("fnspool-payload", os.MFD_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            view = memoryview(bytes(self.payload))
+            while view:
+                view = view[os.write(stdin, view) :]
+            os.lseek(stdin, 0, os.SEEK_SET)
+            self.child = spawn(self.argv, self.env, {0: stdin, 1: out_w, 2: err_w}, cwd=cwd)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            for fd in (stdin, out_w, err_w):
+                os.close(fd)
+        self._stdout_fd = out_r
+        os.set_blocking(out_r, False)
+        asyncio.get_running_loop().add_reader(out_r, self._read_stdout)
+        self._stderr = OutputRouter({err_r: "stderr"}, f"exec pid {self.child.pid}")
+        self._stderr.attach(self.event_log)
+
+    async def wait(self, timeout: float) -> tuple[ExitStatus | None, bool]:
+        """The exit status, and whether the deadline killed it first."""
+        assert self.child is not None
+        try:
+            return await asyncio.wait_for(self.child.wait(), timeout), False
+        except TimeoutError:
+            self.child.kill_group(signal.SIGKILL)
+            return await _reaped(self.child), True
+
+    def stderr_tail(self) -> str:
+        """The end of what the process wrote to stderr."""
+        tail = self._stderr.tail() if self._stderr is not None else ""
+        return tail[-STDERR_TAIL:]
+
+    def close(self) -> None:
+        """Take what is left in the pipes and close them (the process group is gone by now)."""
+        while self._stdout_fd is not None and self._read_stdout():
+            pass
+        if self._stdout_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._stdout_fd)
+            os.close(self._stdout_fd)
+            self._stdout_fd = None
+        if self._stderr is not None:
+            self._stderr.drain()
+            self._stderr.detach(self.event_log)
+            self._stderr.close()
+
+    def _read_stdout(self) -> bool:
+        """Read once; True if there may be more."""
+        assert self._stdout_fd is not None
+        try:
+            data = os.read(self._stdout_fd, _READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self._stdout_fd)
+            os.close(self._stdout_fd)
+            self._stdout_fd = None
+            return False
+        self.stdout_size += len(data)
+        if self.stdout_size <= MAX_RESULT:
+            self.stdout += data
+        return True
+
+
+def _outcome(
+    run: _Run, status: ExitStatus | None, timed_out: bool, duration: float, timeout: float
+) -> Outcome:
+    usage = Usage(
+        duration_ms=duration,
+        cpu_ms=status.cpu_ms if status else None,
+        max_memory_mb=status.max_memory_mb if status else None,
+        exit_code=status.exit_code if status else None,
+        signal=status.signal if status else None,
+    )
+    if timed_out:
+        message = f"Function timed out after {timeout:.2f} seconds"
+        return Outcome(ok=False, error=ErrorInfo(type="FunctionTimeout", message=message),
+                       usage=usage)  # fmt: skip
+    if status is None or status.returncode != 0:
+        how = describe_exit(status) if status else "an unknown status"
+        tail = run.stderr_tail()
+        message = f"the command ended with {how}" + (f": {tail}" if tail else "")
+        code = status.exit_code if status else None
+        return Outcome(ok=False, error=ErrorInfo(type="ExecError", message=message, code=code),
+                       usage=usage)  # fmt: skip
+    if run.stdout_size > MAX_RESULT:
+        message = (
+            f"the command wrote {run.stdout_size} bytes to stdout, over the {MAX_RESULT} limit"
+        )
+        return Outcome(ok=False, error=ErrorInfo(type="InvalidResult", message=message),
+                       usage=usage)  # fmt: skip
+    return Outcome(ok=True, result=as_result(bytes(run.stdout)), usage=usage)
+
+
+async def _reaped(child: Child) -> ExitStatus | None:
+    try:
+        return await asyncio.wait_for(child.wait(), REAP_GRACE)
+    except TimeoutError:
+        log.error("pid %d not reaped %.0fs after SIGKILL", child.pid, REAP_GRACE)
+        return None

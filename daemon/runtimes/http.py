@@ -1,0 +1,532 @@
+"""The http runtime (FC's custom runtime contract): the instance is the function's own HTTP
+server, started on a free port, sent `POST /invoke` per event and the lifecycle paths per hook.
+
+Status codes mean what they mean on FC: a hook answering 4xx fails that hook; a 5xx, a server
+that dies, hangs up or cannot be reached loses the instance (the pool starts another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import msgspec
+
+from daemon.functions import FunctionDef
+from daemon.model import ErrorInfo, Usage
+from daemon.runtimes.base import (
+    HOOK_LABELS,
+    LOG_CAP,
+    Defer,
+    EventLog,
+    HookOutcome,
+    InstanceStartError,
+    Outcome,
+    describe_exit,
+    exited_message,
+    lost_outcome,
+)
+from daemon.runtimes.command import (
+    MAX_RESULT,
+    as_result,
+    command_argv,
+    command_env,
+    process_cpu_ms,
+    text_start,
+)
+from daemon.runtimes.pipes import OutputRouter
+from daemon.supervise import Child, ExitStatus, peak_memory_mb, spawn
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed group leader to be reaped
+HANG_UP_GRACE = 0.2  # seconds a server that hung up is given to show that it is exiting
+_PROBE_FIRST, _PROBE_MAX = 0.002, 0.05  # seconds between connection attempts while it starts
+
+#: hook name -> the request FC's custom runtime contract makes for it
+HOOK_REQUESTS = {
+    "initializer": ("POST", "/initialize"),
+    "pre_freeze": ("GET", "/pre-freeze"),
+    "pre_stop": ("GET", "/pre-stop"),
+}
+
+
+class Response(NamedTuple):
+    """What the server answered (the body cut at MAX_RESULT)."""
+
+    status: int
+    reason: str
+    fc_status: str | None  # FC's `x-fc-status` header: "404" reports a function error
+    body: bytes
+    too_large: bool
+
+
+class _Timeout:
+    """The reply when the deadline passed first."""
+
+
+TIMED_OUT = _Timeout()
+Reply = Response | ExitStatus | _Timeout | ErrorInfo  # ErrorInfo: the server could not be reached
+
+_ports_in_use: set[int] = set()  # picked for instances of this daemon that are still alive
+
+
+class HttpInstance:
+    """One running HTTP server of one function, serving up to `concurrency` events at once."""
+
+    def __init__(
+        self,
+        function: FunctionDef,
+        *,
+        log_cap: int = LOG_CAP,
+        start_timeout: float = 30.0,
+        on_exit: Callable[[HttpInstance], None] | None = None,
+        defer_io: Defer | None = None,
+    ) -> None:
+        self.function = function
+        self.id = f"http-{function.name}-{secrets.token_hex(4)}"
+        self.pid: int | None = None
+        self.state = "starting"
+        self.events_served = 0
+        self.started_at = 0.0
+        self.last_used = time.monotonic()
+        self.port = 0
+        self.log_cap = log_cap
+        self.start_timeout = start_timeout
+        self.on_exit = on_exit  # called once when the server dies on its own
+        self.defer_io = defer_io
+        self._child: Child | None = None
+        self._output: OutputRouter | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._in_flight = 0  # events being served
+        # logs of the calls in flight, oldest first: the server's output goes to the first one
+        self._logs: dict[int, EventLog] = {}
+        self._tokens = itertools.count()
+
+    # -- public ------------------------------------------------------------------------------
+
+    async def start(self, *, request_id: str | None = None, log_path: Path | None = None) -> None:
+        """Start the server and wait until it listens; InstanceStartError if it does not.
+
+        The Initializer is run by the pool (`run_hook`), so that it is journaled."""
+        event_log = self._event_log(log_path) if log_path is not None else None
+        token = self._attach(event_log)
+        try:
+            self._spawn()
+            await self._listening()
+            self._session = _new_session(self.port)
+        except BaseException:
+            await self.stop()
+            raise
+        finally:
+            self._detach(token, event_log)
+        self.state = "idle"
+        self.started_at = time.time()
+        self.last_used = time.monotonic()
+        log.debug("instance %s listening on port %d", self.id, self.port)
+
+    async def invoke(
+        self, request_id: str, payload: msgspec.Raw, attempt: int, timeout: float, log_path: Path
+    ) -> Outcome:
+        """POST the payload to /invoke; the server's output goes to the event's log."""
+        if self.state not in ("idle", "busy") or self._in_flight >= self.function.concurrency:
+            return self._unavailable(request_id)
+        self._in_flight += 1
+        self.state = "busy"
+        event_log = self._event_log(log_path)
+        event_log.platform(f"FC Invoke Start RequestId: {request_id}")
+        token = self._attach(event_log)
+        headers = {
+            **self._headers(request_id, "/invoke"),
+            "content-type": "application/octet-stream",
+            "x-fnspool-attempt": str(attempt),
+        }
+        began, cpu_before = time.monotonic(), self._cpu_ms()
+        try:
+            reply = await self._call("POST", "/invoke", headers, bytes(payload), timeout)
+            outcome = await self._outcome(reply, began, cpu_before, timeout)
+        except asyncio.CancelledError:
+            self._kill()  # the attempt is cut off: so is the server's work on it
+            raise
+        finally:
+            self._in_flight -= 1
+            self._detach(token, event_log, f"FC Invoke End RequestId: {request_id}")
+            self.last_used = time.monotonic()
+        if self.state == "busy" and not self._in_flight:
+            self.state = "idle"
+        return outcome
+
+    async def run_hook(
+        self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
+    ) -> HookOutcome:
+        """Call a lifecycle hook's path when `[lifecycle]` turns it on; ok without a call if not."""
+        started, began = time.time(), time.monotonic()
+        method_path = HOOK_REQUESTS.get(hook)
+        if method_path is None or not getattr(self.function.lifecycle, hook, False):
+            return HookOutcome(hook=hook, ok=True, started=started, duration_ms=0.0)
+        method, path = method_path
+        timeout = float(getattr(self.function.lifecycle, f"{hook}_timeout", 10.0))
+        label, rid = HOOK_LABELS.get(hook, hook), request_id or ""
+        event_log = self._event_log(log_path) if log_path is not None else None
+        if event_log is not None:
+            event_log.platform(f"{label} Start RequestId: {rid}")
+        token = self._attach(event_log)
+        error: ErrorInfo | None = None
+        try:
+            reply = await self._call(method, path, self._headers(rid, path), None, timeout)
+            error, lost = await self._hook_error(reply, f"{method} {path}", label, timeout)
+        finally:
+            if event_log is not None and error is not None:
+                event_log.platform(f"{label} Error RequestId: {rid} {error.type}: {error.message}")
+            self._detach(token, event_log, f"{label} End RequestId: {rid}")
+        if error is not None:
+            log.warning("instance %s: %s failed: %s", self.id, hook, error.message)
+        duration = round((time.monotonic() - began) * 1000, 3)
+        return HookOutcome(
+            hook=hook, ok=error is None, started=started, duration_ms=duration,
+            error=error, instance_lost=lost,
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Kill the server's process group, reap it and let go of its port; idempotent."""
+        if self.state != "dead":
+            self.state = "stopping"
+        child = self._child
+        if child is not None and child.status is None:
+            child.kill_group(signal.SIGKILL)
+            await self._reaped(child)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+        _ports_in_use.discard(self.port)
+        self.state = "dead"
+
+    def signal(self, sig: int) -> bool:
+        """Send `sig` to the server's process group; False if it is gone."""
+        return self._child.kill_group(sig) if self._child is not None else False
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        fn = self.function
+        argv = command_argv(fn)
+        self.port = _free_port()
+        port = str(self.port)
+        env = command_env(fn, self.id, {"FC_SERVER_PORT": port, "PORT": port})
+        # one pipe for stdout and stderr: their lines stay in order, and one read drains both
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._child = spawn(argv, env, {1: out_w, 2: out_w}, cwd=fn.code_dir)
+        except OSError as exc:
+            os.close(out_r)
+            message = f"cannot start {argv[0]}: {exc.strerror or exc}"
+            raise InstanceStartError(ErrorInfo(type="SpawnError", message=message)) from exc
+        finally:
+            os.close(out_w)
+        self.pid = self._child.pid
+        self._output = OutputRouter({out_r: "output"}, self.id)
+        self._output.attach(next(iter(self._logs.values()), None))
+        self._child.exited.add_done_callback(self._on_exit)
+        log.debug("instance %s spawned (pid %d, port %d)", self.id, self.pid, self.port)
+
+    async def _listening(self) -> None:
+        """Wait until the server accepts connections on its port, it exits, or time runs out."""
+        child = self._child
+        assert child is not None
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.start_timeout
+        pause = _PROBE_FIRST
+        while True:
+            if child.status is not None:
+                raise InstanceStartError(self._early_exit(child.status))
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setblocking(False)
+                try:
+                    await loop.sock_connect(probe, (HOST, self.port))
+                    return
+                except OSError:
+                    pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                message = (
+                    f"the server did not listen on port {self.port} "
+                    f"within {self.start_timeout:.2f} seconds"
+                )
+                raise InstanceStartError(ErrorInfo(type="StartTimeout", message=message))
+            await asyncio.wait([child.exited], timeout=min(pause, left))
+            pause = min(pause * 2, _PROBE_MAX)
+
+    def _early_exit(self, status: ExitStatus) -> ErrorInfo:
+        if self._output is not None:
+            self._output.drain()
+        tail = self._output.tail()[-1000:] if self._output is not None else ""
+        how = describe_exit(status)
+        message = f"the server exited before it listened ({how})" + (f": {tail}" if tail else "")
+        return ErrorInfo(type="ProcessExited", message=message)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _headers(self, request_id: str, control_path: str) -> dict[str, str]:
+        fn = self.function
+        return {
+            "x-fc-request-id": request_id,
+            "x-fc-function-name": fn.name,
+            "x-fc-function-handler": fn.handler,
+            "x-fc-function-memory": str(fn.memory_mb),
+            "x-fc-function-timeout": str(fn.timeout),
+            "x-fc-instance-id": self.id,
+            "x-fc-control-path": control_path,
+        }
+
+    async def _call(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None, timeout: float
+    ) -> Reply:
+        """Make one request; its answer, the server's exit, TIMED_OUT, or why it failed."""
+        child, session = self._child, self._session
+        if child is None or session is None:
+            return ErrorInfo(type="InstanceUnavailable", message=f"instance {self.id} is stopped")
+        if child.status is not None:
+            return child.status
+        request = asyncio.ensure_future(_request(session, method, path, headers, body))
+        either: list[asyncio.Future[Any]] = [request, child.exited]
+        try:
+            done, _ = await asyncio.wait(
+                either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not request.done():
+                request.cancel()
+        if request in done:
+            reply = request.result()
+            if isinstance(reply, ErrorInfo):
+                # a server that hangs up is often on its way out: say so when it is
+                await asyncio.wait([child.exited], timeout=HANG_UP_GRACE)
+                return child.status or reply
+            return reply
+        return child.status or TIMED_OUT
+
+    async def _outcome(
+        self, reply: Reply, began: float, cpu_before: float | None, timeout: float
+    ) -> Outcome:
+        duration = round((time.monotonic() - began) * 1000, 3)
+        match reply:
+            case Response() as response:
+                return self._response_outcome(response, duration, cpu_before)
+            case _Timeout():
+                self._kill()
+                status = await self._reaped(self._child)
+                message = f"Function timed out after {timeout:.2f} seconds"
+                return lost_outcome(ErrorInfo(type="FunctionTimeout", message=message), duration,
+                                    status, _cpu_delta(status, cpu_before))  # fmt: skip
+            case ExitStatus() as status:
+                error = ErrorInfo(type="ProcessExited", message=exited_message(duration, status))
+                return lost_outcome(error, duration, status, _cpu_delta(status, cpu_before))
+            case ErrorInfo() as error:
+                self._kill()
+                return lost_outcome(error, duration, await self._reaped(self._child))
+        raise AssertionError(f"unexpected reply {reply!r}")
+
+    def _response_outcome(
+        self, response: Response, duration: float, cpu_before: float | None
+    ) -> Outcome:
+        cpu_after = self._cpu_ms()
+        cpu = None if cpu_before is None or cpu_after is None else round(cpu_after - cpu_before, 3)
+        memory = peak_memory_mb(self.pid) if self.pid is not None else None
+        usage = Usage(duration_ms=duration, cpu_ms=cpu, max_memory_mb=memory)
+        self.events_served += 1
+        error = _invoke_error(response)
+        if error is None:
+            return Outcome(ok=True, result=as_result(response.body), usage=usage)
+        lost = response.status >= 500
+        return Outcome(ok=False, error=error, usage=usage, instance_lost=lost)
+
+    async def _hook_error(
+        self, reply: Reply, request: str, label: str, timeout: float
+    ) -> tuple[ErrorInfo | None, bool]:
+        """Why the hook failed (None if it did not) and whether the instance is lost."""
+        match reply:
+            case Response(status=status) if 200 <= status < 300:
+                return None, False
+            case Response() as response:
+                return _status_error(request, response), response.status >= 500
+            case _Timeout():
+                self._kill()
+                await self._reaped(self._child)
+                message = f"{label} timed out after {timeout:.2f} seconds"
+                return ErrorInfo(type="FunctionTimeout", message=message), True
+            case ExitStatus() as status:
+                return ErrorInfo(type="ProcessExited", message=exited_message(0, status)), True
+            case ErrorInfo() as error:
+                self._kill()
+                return error, True
+        raise AssertionError(f"unexpected reply {reply!r}")
+
+    def _unavailable(self, request_id: str) -> Outcome:
+        log.error("instance %s asked to run %s while %s with %d events in flight",
+                  self.id, request_id, self.state, self._in_flight)  # fmt: skip
+        message = f"instance {self.id} is {self.state} with {self._in_flight} events in flight"
+        error = ErrorInfo(type="InstanceUnavailable", message=message)
+        lost = self.state not in ("idle", "busy")  # a full one keeps serving its other events
+        return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0), instance_lost=lost)
+
+    # -- process and output ------------------------------------------------------------------
+
+    def _cpu_ms(self) -> float | None:
+        return process_cpu_ms(self.pid) if self.pid is not None else None
+
+    def _on_exit(self, exited: asyncio.Future[ExitStatus]) -> None:
+        status = exited.result()
+        if self._output is not None:
+            self._output.drain()
+        if self.state not in ("stopping", "dead"):
+            log.warning("instance %s exited on its own (%s)", self.id, describe_exit(status))
+            self.state = "dead"
+            if self.on_exit is not None:
+                self.on_exit(self)
+
+    def _kill(self) -> None:
+        if self._child is not None:
+            self._child.kill_group(signal.SIGKILL)
+
+    async def _reaped(self, child: Child | None) -> ExitStatus | None:
+        if child is None:
+            return None
+        try:
+            return await asyncio.wait_for(child.wait(), REAP_GRACE)
+        except TimeoutError:
+            log.error("instance %s: pid %d not reaped %.0fs after SIGKILL",
+                      self.id, child.pid, REAP_GRACE)  # fmt: skip
+            return None
+
+    def _event_log(self, path: Path) -> EventLog:
+        return EventLog(path, self.log_cap, self.defer_io)
+
+    def _attach(self, event_log: EventLog | None) -> int | None:
+        """Count `event_log` among the calls in flight; the server's output goes to the oldest."""
+        if event_log is None:
+            return None
+        token = next(self._tokens)
+        self._logs[token] = event_log
+        if self._output is not None and len(self._logs) == 1:
+            self._output.attach(event_log)
+        return token
+
+    def _detach(
+        self, token: int | None, event_log: EventLog | None, last_line: str | None = None
+    ) -> None:
+        if token is None or event_log is None:
+            return
+        if self._output is not None:
+            self._output.drain()  # what the server wrote before answering belongs to this call
+            self._output.detach(event_log)
+        del self._logs[token]
+        if self._output is not None and self._logs:
+            self._output.attach(next(iter(self._logs.values())))
+        if last_line is not None:
+            event_log.platform(last_line)
+        event_log.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _new_session(port: int) -> aiohttp.ClientSession:
+    # imported here: the daemon only pays for aiohttp once it runs an http function
+    import aiohttp
+
+    # one connection per request: a kept-alive connection may be closed by the server just as it
+    # is reused (a thawed server expiring its idle connections), which would look like a crash;
+    # and the close pushes out a small answer that Nagle would otherwise hold for a delayed ACK
+    connector = aiohttp.TCPConnector(force_close=True, limit=0, use_dns_cache=False)
+    return aiohttp.ClientSession(
+        base_url=f"http://{HOST}:{port}",
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),  # every call has its own deadline
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Content-Type"),
+    )
+
+
+async def _request(
+    session: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None,
+) -> Response | ErrorInfo:
+    import aiohttp
+
+    try:
+        async with session.request(method, path, headers=headers, data=body) as response:
+            data, too_large = await _read_capped(response)
+            fc_status = response.headers.get("x-fc-status")
+            return Response(response.status, response.reason or "", fc_status, data, too_large)
+    except (aiohttp.ClientError, OSError) as exc:
+        message = f"{method} {path} failed: {exc or type(exc).__name__}"
+        return ErrorInfo(type="InstanceUnreachable", message=message)
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """The body up to MAX_RESULT, and whether there was more (which is read and dropped)."""
+    chunks, size = [], 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size <= MAX_RESULT:
+            chunks.append(chunk)
+    return b"".join(chunks), size > MAX_RESULT
+
+
+def _invoke_error(response: Response) -> ErrorInfo | None:
+    if not 200 <= response.status < 300:
+        return _status_error("POST /invoke", response)
+    if response.fc_status not in (None, "200"):
+        # FC's custom runtimes report a function error with a 2xx and `x-fc-status: 404`
+        start = text_start(response.body)
+        message = f"the function reported an error (x-fc-status {response.fc_status})"
+        message += f": {start}" if start else ""
+        return ErrorInfo(type="UnhandledInvocationError", message=message)
+    if response.too_large:
+        message = f"the server's answer is over the {MAX_RESULT} byte limit"
+        return ErrorInfo(type="InvalidResult", message=message)
+    return None
+
+
+def _status_error(request: str, response: Response) -> ErrorInfo:
+    start = text_start(response.body)
+    message = f"{request} answered {response.status} {response.reason}".rstrip()
+    return ErrorInfo(type="HTTPError", message=message + (f": {start}" if start else ""),
+                     code=response.status)  # fmt: skip
+
+
+def _cpu_delta(status: ExitStatus | None, before: float | None) -> float | None:
+    if status is None or before is None:
+        return None
+    return max(0.0, round(status.cpu_ms - before, 3))
+
+
+def _free_port() -> int:
+    """A TCP port free on the loopback now, not handed to another live instance of ours."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port not in _ports_in_use:
+            _ports_in_use.add(port)
+            return port
+    raise InstanceStartError(ErrorInfo(type="SpawnError", message="no free TCP port"))

@@ -1,0 +1,351 @@
+"""The http runtime (FC custom runtime) with a real stdlib http.server: instances on their own,
+then end to end through the real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+
+import msgspec
+import pytest
+import uvloop
+from conftest import drop, events, fnspool_json, wait_for
+
+from daemon.functions import FunctionDef, LifecycleConfig
+from daemon.runtimes.base import InstanceStartError
+from daemon.runtimes.http import HttpInstance
+
+CODE = Path(__file__).parent / "functions" / "http_runtime"
+SERVER = [sys.executable, "-u", "server.py"]
+LINE_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def on_uvloop(test: Callable[..., Coroutine[object, object, None]]) -> Callable[..., None]:
+    """Run an async test on uvloop, as the daemon runs."""
+
+    @functools.wraps(test)
+    def run(*args: object, **kwargs: object) -> None:
+        uvloop.run(test(*args, **kwargs))
+
+    return run
+
+
+def function(**changes: object) -> FunctionDef:
+    """An http function served by tests/functions/http_runtime/server.py."""
+    fields: dict[str, object] = {
+        "name": "custom",
+        "runtime": "http",
+        "command": SERVER,
+        "code_dir": str(CODE),
+    }
+    return FunctionDef(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def raw(value: object) -> msgspec.Raw:
+    return msgspec.Raw(msgspec.json.encode(value))
+
+
+def value(raw_json: msgspec.Raw | None) -> object:
+    assert raw_json is not None
+    return msgspec.json.decode(raw_json)
+
+
+def gone(pid: int) -> bool:
+    """Whether `pid` no longer runs (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@contextlib.asynccontextmanager
+async def running(**changes: object) -> AsyncIterator[HttpInstance]:
+    """A started instance, stopped on the way out."""
+    instance = HttpInstance(function(**changes))
+    await instance.start()
+    try:
+        yield instance
+    finally:
+        await instance.stop()
+
+
+# -- one instance -------------------------------------------------------------------------------
+
+
+@on_uvloop
+async def test_invoke_posts_the_payload_with_fc_headers(tmp_path: Path) -> None:
+    async with running() as instance:
+        assert instance.state == "idle" and instance.pid is not None
+        log = tmp_path / "r1.log"
+        outcome = await instance.invoke("r1", raw({"echo": [1, "é"], "print": "hi"}), 2, 10.0, log)
+        assert outcome.ok and not outcome.instance_lost, outcome.error
+        answer = value(outcome.result)
+        assert isinstance(answer, dict)
+        assert answer["echo"] == [1, "é"]
+        assert answer["pid"] == instance.pid
+        assert answer["request_id"] == "r1" and answer["attempt"] == "2"
+        assert answer["control_path"] == "/invoke"
+        assert answer["content_type"] == "application/octet-stream"
+        assert outcome.usage.duration_ms > 0
+        assert outcome.usage.cpu_ms is not None and outcome.usage.cpu_ms >= 0
+        assert outcome.usage.max_memory_mb and outcome.usage.max_memory_mb > 1
+        lines = log.read_text().splitlines()
+        assert re.fullmatch(f"{LINE_TIME} \\[PLATFORM\\] FC Invoke Start RequestId: r1", lines[0])
+        assert re.fullmatch(f"{LINE_TIME} \\[PLATFORM\\] FC Invoke End RequestId: r1", lines[-1])
+        assert {"r1 says hi", "r1 warns hi"} <= set(lines)
+        assert instance.events_served == 1 and instance.state == "idle"
+
+
+@on_uvloop
+async def test_the_port_is_in_both_variables_and_the_server_is_reused(tmp_path: Path) -> None:
+    async with running() as instance:
+        pids = set()
+        for n in range(20):
+            outcome = await instance.invoke(f"r{n}", raw(n), 1, 10.0, tmp_path / f"{n}.log")
+            answer = value(outcome.result)
+            assert isinstance(answer, dict) and answer["echo"] == n
+            pids.add(answer["pid"])
+        assert pids == {instance.pid}
+        assert instance.events_served == 20
+
+
+@on_uvloop
+async def test_a_body_that_is_not_json_is_kept_as_a_string(tmp_path: Path) -> None:
+    async with running() as instance:
+        outcome = await instance.invoke("r", raw({"text": "plain words"}), 1, 10.0, tmp_path / "l")
+        assert outcome.ok and value(outcome.result) == "plain words"
+        empty = await instance.invoke("e", raw({"text": ""}), 1, 10.0, tmp_path / "e")
+        assert empty.ok and value(empty.result) is None
+
+
+@on_uvloop
+async def test_4xx_on_invoke_fails_the_attempt_and_keeps_the_instance(tmp_path: Path) -> None:
+    async with running() as instance:
+        event = {"status": 404, "body": "no such thing here"}
+        outcome = await instance.invoke("r", raw(event), 1, 10.0, tmp_path / "r.log")
+        assert not outcome.ok and not outcome.instance_lost
+        assert outcome.error is not None and outcome.error.type == "HTTPError"
+        assert outcome.error.code == 404
+        assert outcome.error.message == "POST /invoke answered 404 Not Found: no such thing here"
+        assert (await instance.invoke("r2", raw(1), 1, 10.0, tmp_path / "r2.log")).ok
+
+
+@on_uvloop
+async def test_5xx_on_invoke_loses_the_instance(tmp_path: Path) -> None:
+    async with running() as instance:
+        event = {"status": 503, "body": "overloaded"}
+        outcome = await instance.invoke("r", raw(event), 1, 10.0, tmp_path / "r.log")
+        assert not outcome.ok and outcome.instance_lost
+        assert outcome.error is not None and outcome.error.code == 503
+        assert "503 Service Unavailable: overloaded" in outcome.error.message
+
+
+@on_uvloop
+async def test_a_server_dying_mid_event_fails_it_as_fc_says(tmp_path: Path) -> None:
+    exits: list[HttpInstance] = []
+    instance = HttpInstance(function(), on_exit=exits.append)
+    await instance.start()
+    try:
+        outcome = await instance.invoke("r", raw({"exit": 7}), 1, 10.0, tmp_path / "r.log")
+        assert not outcome.ok and outcome.instance_lost
+        assert outcome.error is not None and outcome.error.type == "ProcessExited"
+        assert re.fullmatch(
+            r"Process exited unexpectedly before completing request "
+            r"\(duration: [\d.]+ms, maxMemoryUsage: [\d.]+MB\)",
+            outcome.error.message,
+        )
+        assert outcome.usage.exit_code == 7
+        assert exits == [instance] and instance.state == "dead"
+        assert "exiting" in (tmp_path / "r.log").read_text()
+    finally:
+        await instance.stop()
+
+
+@on_uvloop
+async def test_timeout_kills_the_server(tmp_path: Path) -> None:
+    async with running() as instance:
+        pid = instance.pid
+        assert pid is not None
+        began = time.monotonic()
+        outcome = await instance.invoke("r", raw({"sleep": 30}), 1, 0.5, tmp_path / "r.log")
+        assert time.monotonic() - began < 5
+        assert not outcome.ok and outcome.instance_lost
+        assert outcome.error is not None and outcome.error.type == "FunctionTimeout"
+        assert outcome.error.message == "Function timed out after 0.50 seconds"
+        assert gone(pid)
+
+
+@on_uvloop
+async def test_concurrency_serves_events_side_by_side(tmp_path: Path) -> None:
+    async with running(concurrency=3) as instance:
+        began = time.monotonic()
+        outcomes = await asyncio.gather(
+            *(
+                instance.invoke(f"c{n}", raw({"sleep": 0.5}), 1, 10.0, tmp_path / f"c{n}.log")
+                for n in range(3)
+            )
+        )
+        took = time.monotonic() - began
+        assert all(o.ok for o in outcomes)
+        assert took < 1.2, f"three 0.5 s events took {took:.2f}s on one instance"
+        assert instance.state == "idle" and instance.events_served == 3
+        over = [
+            instance.invoke(f"d{n}", raw({"sleep": 0.3}), 1, 10.0, tmp_path / f"d{n}.log")
+            for n in range(4)
+        ]
+        results = await asyncio.gather(*over)
+        refused = [o for o in results if not o.ok]
+        assert len(refused) == 1 and not refused[0].instance_lost
+        assert refused[0].error is not None and refused[0].error.type == "InstanceUnavailable"
+
+
+@on_uvloop
+async def test_hooks_call_their_paths_and_4xx_fails_only_the_hook(tmp_path: Path) -> None:
+    lifecycle = LifecycleConfig(initializer=True, pre_freeze=True, pre_stop=True)
+    env = {"STATUS_PRE_FREEZE": "409", "HOOK_LOG": str(tmp_path / "hooks")}
+    async with running(lifecycle=lifecycle, environment=env) as instance:
+        log = tmp_path / "init.log"
+        init = await instance.run_hook("initializer", request_id="r0", log_path=log)
+        assert init.ok and init.duration_ms > 0 and init.hook == "initializer"
+        text = log.read_text()
+        assert "[PLATFORM] FC Initialize Start RequestId: r0" in text
+        assert "hook initialize for r0" in text
+        assert text.rstrip().endswith("[PLATFORM] FC Initialize End RequestId: r0")
+        freeze = await instance.run_hook("pre_freeze")
+        assert not freeze.ok and not freeze.instance_lost
+        assert freeze.error is not None and freeze.error.code == 409
+        assert (
+            freeze.error.message == "GET /pre-freeze answered 409 Conflict: pre_freeze answered 409"
+        )
+        outcome = await instance.invoke("r1", raw(1), 1, 10.0, tmp_path / "r1.log")
+        answer = value(outcome.result)
+        assert isinstance(answer, dict) and answer["initialized"] == 1
+        stop = await instance.run_hook("pre_stop", request_id="r1")
+        assert stop.ok
+        hooks = (tmp_path / "hooks").read_text().split()
+        assert hooks[::2] == ["initialize", "pre_freeze", "pre_stop"]
+
+
+@on_uvloop
+async def test_5xx_hook_loses_the_instance_and_unset_hooks_do_nothing(tmp_path: Path) -> None:
+    lifecycle = LifecycleConfig(initializer=True)
+    env = {"STATUS_INITIALIZE": "500", "HOOK_LOG": str(tmp_path / "hooks")}
+    async with running(lifecycle=lifecycle, environment=env) as instance:
+        assert (await instance.run_hook("pre_stop")).ok  # not turned on: no request
+        init = await instance.run_hook("initializer", request_id="r")
+        assert not init.ok and init.instance_lost
+        assert init.error is not None and init.error.code == 500
+        assert (tmp_path / "hooks").read_text().split()[::2] == ["initialize"]
+
+
+@on_uvloop
+async def test_a_server_that_exits_at_start_says_why(tmp_path: Path) -> None:
+    instance = HttpInstance(function(environment={"FAIL_AT_START": "no database"}))
+    with pytest.raises(InstanceStartError) as caught:
+        await instance.start()
+    assert caught.value.error.type == "ProcessExited"
+    assert caught.value.error.message == (
+        "the server exited before it listened (exit code 3): cannot start: no database"
+    )
+    assert instance.state == "dead"
+
+
+@on_uvloop
+async def test_a_server_that_never_listens_times_out(tmp_path: Path) -> None:
+    instance = HttpInstance(function(environment={"START_DELAY": "30"}), start_timeout=0.5)
+    began = time.monotonic()
+    with pytest.raises(InstanceStartError) as caught:
+        await instance.start()
+    assert time.monotonic() - began < 5
+    assert caught.value.error.type == "StartTimeout"
+    assert instance.pid is not None and gone(instance.pid)
+
+
+@on_uvloop
+async def test_a_missing_command_is_a_start_error(tmp_path: Path) -> None:
+    instance = HttpInstance(function(command=["./nowhere"]))
+    with pytest.raises(InstanceStartError) as caught:
+        await instance.start()
+    assert caught.value.error.type == "SpawnError"
+    assert "'./nowhere' is not a file in" in caught.value.error.message
+
+
+# -- through the daemon ---------------------------------------------------------------------------
+
+
+def http_function(spool: Path, name: str, extra: str = "") -> None:
+    """Write an http function definition served by the test server."""
+    command = json.dumps(SERVER)
+    (spool / "functions" / f"{name}.toml").write_text(
+        f'runtime = "http"\ncode = {json.dumps(str(CODE))}\ncommand = {command}\n'
+        f"timeout = 10\n{extra}"
+    )
+
+
+def ended(spool: Path, count: int, function: str) -> list[dict] | None:
+    found = events(spool, "--function", function, "--status", "Succeeded,Failed,Invalid")
+    return found if len(found) >= count else None
+
+
+def test_through_the_daemon_with_hooks(spool: Path, daemon, tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    http_function(
+        spool,
+        "custom",
+        "max_instances = 1\nfreeze = false\n"
+        f"environment = {{ HOOK_LOG = {json.dumps(str(hooks))} }}\n"
+        "[async]\nmax_retries = 1\nbackoff = 0.1\n"
+        "[lifecycle]\ninitializer = true\npre_stop = true\n",
+    )
+    d = daemon.start()
+    for n in range(3):
+        drop(spool, "custom", f"{n}.json", {"echo": n, "print": f"event {n}"})
+    done = wait_for(lambda: ended(spool, 3, "custom"), what="three http events")
+    assert {e["state"] for e in done} == {"Succeeded"}
+    results = [fnspool_json(spool, "events", "get", e["id"]) for e in done]
+    pids = {r["result"]["pid"] for r in results}
+    assert len(pids) == 1, "one instance served every event"
+    assert {r["result"]["initialized"] for r in results} == {1}
+    first = min(results, key=lambda r: r["id"])
+    log = Path(first["log_path"]).read_text()
+    assert "[PLATFORM] FC Initialize Start RequestId:" in log
+    assert f"{first['id']} says event" in log
+
+    # a 5xx loses the instance: the retry runs on a new one
+    drop(spool, "custom", "boom.json", {"status": 500, "body": "broken"})
+    (failed,) = wait_for(
+        lambda: events(spool, "--function", "custom", "--status", "Failed"), what="the 5xx event"
+    )
+    full = fnspool_json(spool, "events", "get", failed["id"])
+    assert full["error"]["message"] == "POST /invoke answered 500 Internal Server Error: broken"
+    assert full["attempts"] == 2
+    drop(spool, "custom", "after.json", {"echo": "after"})
+    wait_for(lambda: ended(spool, 5, "custom"), what="an event after the 5xx")
+    (pid,) = pids
+    assert gone(pid), "the instance that answered 5xx was discarded"
+
+    assert d.stop() == 0
+    kinds = [line.split()[0] for line in hooks.read_text().splitlines()]
+    assert kinds.count("initialize") == 3  # the first instance, and one after each 5xx
+    assert kinds[-1] == "pre_stop", "PreStop ran at shutdown"
+
+
+def test_a_failing_initializer_makes_the_event_invalid(spool: Path, daemon) -> None:
+    http_function(
+        spool,
+        "webinit",
+        'environment = { STATUS_INITIALIZE = "403" }\n[lifecycle]\ninitializer = true\n',
+    )
+    daemon.start()
+    drop(spool, "webinit", "one.json", {"echo": 1})
+    (event,) = wait_for(lambda: ended(spool, 1, "webinit"), what="the event to end")
+    assert event["state"] == "Invalid"
+    assert event["error"]["message"].startswith("POST /initialize answered 403 Forbidden")
