@@ -1,4 +1,4 @@
-"""Runs events: per-function order, dequeue checks, attempts, retries with backoff, expiry."""
+"""Runs events: per-function order, dequeue checks, attempts, retries, expiry and stops."""
 
 from __future__ import annotations
 
@@ -6,20 +6,26 @@ import asyncio
 import collections
 import logging
 import random
+import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from daemon.functions import Catalog, FunctionDef
-from daemon.model import NO_RAW, ErrorInfo, Event, State
-from daemon.pool import FunctionPool, InstanceFactory, Lease
+from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State
+from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
-from daemon.runtimes.base import InstanceStartError, Outcome
+from daemon.runtimes.base import EventLog, HookOutcome, Instance, InstanceStartError, Outcome
 from daemon.store import Store
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "Interrupted"
+USER_EXIT = ErrorInfo(type="UserProcessExit", message="User process exit when running", code=439)
+STOPPED_ERROR = ErrorInfo(type="Stopped", message="stopped by request")
+
+Ended = Callable[[Event], None]
 
 
 def backoff_delay(definition: FunctionDef, failures: int) -> float:
@@ -34,6 +40,17 @@ def failed_attempts(event: Event) -> int:
     return sum(1 for h in event.history if h.state is State.RETRYING and h.reason != INTERRUPTED)
 
 
+class Attempt:
+    """An attempt running now: where it runs, and how it is being stopped, if it is."""
+
+    def __init__(self, event: Event, pool: FunctionPool, instance: Instance, path: Path) -> None:
+        self.event = event
+        self.pool = pool
+        self.instance = instance
+        self.log_path = path
+        self.stop: str | None = None  # "forced" | "graceful"
+
+
 class Dispatcher:
     """Takes durable Enqueued events and drives each to a terminal state."""
 
@@ -43,18 +60,22 @@ class Dispatcher:
         catalog: Callable[[], Catalog],
         factories: Mapping[str, InstanceFactory],
         logs_dir: Path,
+        on_ended: Ended | None = None,
     ) -> None:
         self.store = store
         self._catalog = catalog
         self._factories = factories
         self.logs_dir = logs_dir
+        self.on_ended = on_ended  # destinations: called once the terminal record is written
         self.pools: dict[str, FunctionPool] = {}
+        self.attempts: dict[str, Attempt] = {}
         self._queues: dict[str, collections.deque[str]] = {}
         self._ready: dict[str, asyncio.Event] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self.accepting = True
+        self._cutting = False  # shutting down: attempts cut off now stay Running (Interrupted)
 
     # -- queueing -------------------------------------------------------------------------
 
@@ -108,7 +129,10 @@ class Dispatcher:
                     queue.popleft(), "FunctionNotFound", f"function {name!r} is not defined"
                 )
                 continue
-            lease = await self._pool(definition).lease()
+            try:
+                lease = await self._pool(definition).lease()
+            except PoolClosed:
+                continue  # its definition changed meanwhile: wait in the new pool
             event = self.store.get(queue.popleft()) if queue else None
             if event is None or event.ended or not self.accepting:
                 lease.pool.give_back(lease)
@@ -120,11 +144,51 @@ class Dispatcher:
     def _pool(self, definition: FunctionDef) -> FunctionPool:
         pool = self.pools.get(definition.name)
         if pool is None or pool.definition != definition:
-            if pool is not None:
-                asyncio.get_running_loop().create_task(pool.close())
-            factory = self._factories.get(definition.runtime, self._factories["python"])
-            pool = self.pools[definition.name] = FunctionPool(definition, factory)
+            if pool is not None:  # a changed definition replaces its instances, PreStop first
+                self._close_soon(pool)
+            pool = self.pools[definition.name] = self._new_pool(definition)
         return pool
+
+    def _close_soon(self, pool: FunctionPool) -> None:
+        task = asyncio.get_running_loop().create_task(pool.close())
+        self._running.add(task)  # a shutdown waits for it
+        task.add_done_callback(self._running.discard)
+
+    def _new_pool(self, definition: FunctionDef) -> FunctionPool:
+        factory = self._factories.get(definition.runtime, self._factories["python"])
+        pool = FunctionPool(
+            definition, factory, record_hook=self._record_hook, logs_dir=self.logs_dir
+        )
+        pool.keep_warm()
+        return pool
+
+    def reconcile(self, catalog: Catalog) -> None:
+        """After a reload: replace the pools of changed definitions (PreStop first), close those
+        of deleted ones, and start the warm instances (min_instances) of the rest."""
+        for name, pool in list(self.pools.items()):
+            if catalog.functions.get(name) != pool.definition:
+                del self.pools[name]
+                self._close_soon(pool)
+        for definition in catalog.functions.values():
+            if definition.min_instances > 0 or definition.name in self.pools:
+                self._pool(definition)
+
+    def _record_hook(
+        self, instance: Instance, outcome: HookOutcome, request_id: str | None
+    ) -> None:
+        self.store.note(
+            HookRun(
+                at=time.time(),
+                instance=instance.id,
+                function=instance.function.name,
+                hook=outcome.hook,
+                started=outcome.started,
+                duration_ms=outcome.duration_ms,
+                ok=outcome.ok,
+                error=outcome.error,
+                request_id=request_id,
+            )
+        )
 
     def _invalidate(self, request_id: str, kind: str, message: str) -> None:
         event = self.store.get(request_id)
@@ -133,7 +197,7 @@ class Dispatcher:
         if event.state is State.ENQUEUED:
             event = self.store.transition(event, State.DEQUEUED)
         if event.state is State.DEQUEUED:
-            self.store.transition(event, State.INVALID, error=ErrorInfo(type=kind, message=message))
+            self._end(event, State.INVALID, error=ErrorInfo(type=kind, message=message))
             log.warning("event %s Invalid: %s", request_id, message)
 
     # -- one event ------------------------------------------------------------------------
@@ -156,9 +220,7 @@ class Dispatcher:
         if age > definition.async_.max_event_age:
             limit = definition.async_.max_event_age
             message = f"event is {age:.0f}s old, older than max_event_age {limit:.0f}s"
-            self.store.transition(
-                event, State.EXPIRED, error=ErrorInfo(type="EventExpired", message=message)
-            )
+            self._end(event, State.EXPIRED, error=ErrorInfo(type="EventExpired", message=message))
             log.info("event %s Expired", event.id)
             return False
         return True
@@ -172,50 +234,140 @@ class Dispatcher:
             except InstanceStartError as exc:
                 self._start_failed(event, exc)
                 return
+        if event.ended:  # stopped while its instance was starting
+            lease.pool.release(instance, lost=False)
+            return
         attempt = event.attempts + 1
         self.store.transition(event, State.RUNNING, attempt=attempt, instance=instance.id)
-        outcome = await instance.invoke(event.id, event.payload, attempt, definition.timeout, path)
-        self._finish(event, definition, instance.id, attempt, outcome)
+        self.attempts[event.id] = running = Attempt(event, lease.pool, instance, path)
+        try:
+            outcome = await instance.invoke(
+                event.id, event.payload, attempt, definition.timeout, path
+            )
+        finally:
+            del self.attempts[event.id]
+        if self._cutting and not outcome.ok:
+            return  # cut off by the shutdown: Interrupted at the next start
+        self._finish(event, definition, running, attempt, outcome)
         # the instance takes its next event while this outcome is being fsynced
-        await lease.pool.release(instance, lost=outcome.instance_lost)
+        if running.stop is None:
+            lease.pool.release(instance, lost=outcome.instance_lost)
         await self.store.sync()
 
     def _start_failed(self, event: Event, exc: InstanceStartError) -> None:
+        log.warning("event %s: instance could not start: %s", event.id, exc.error.message)
         if event.state is State.RETRYING:
             # a retry whose new instance failed to start: the attempt fails (Invalid is for
             # Dequeued events only)
             self.store.transition(event, State.RUNNING, attempt=event.attempts + 1)
-            self.store.transition(event, State.FAILED, error=exc.error)
-        else:
-            self.store.transition(event, State.INVALID, error=exc.error)
-        log.warning("event %s: instance could not start: %s", event.id, exc.error.message)
+            self._end(event, State.FAILED, error=exc.error)
+        elif event.state is State.DEQUEUED:
+            self._end(event, State.INVALID, error=exc.error)
 
     def _finish(
-        self, event: Event, definition: FunctionDef, instance: str, attempt: int, outcome: Outcome
+        self, event: Event, definition: FunctionDef, running: Attempt, attempt: int, o: Outcome
     ) -> None:
         """Journal how the attempt ended and decide what follows (no await: cannot be cut off)."""
+        if event.state is State.STOPPING:
+            self._stopped(event, running, attempt, o)
+            return
         state, not_before = State.SUCCEEDED, None
-        if not outcome.ok:
+        if not o.ok:
             failures = failed_attempts(event) + 1
             state = State.RETRYING if failures <= definition.async_.max_retries else State.FAILED
             if state is State.RETRYING:
-                delay = outcome.retry_delay
+                delay = o.retry_delay
                 not_before = time.time() + (
                     delay if delay is not None else backoff_delay(definition, failures)
                 )
-        self.store.transition(
-            event,
-            state,
-            attempt=attempt,
-            instance=instance,
-            usage=outcome.usage,
-            result=outcome.result if outcome.ok and outcome.result is not None else NO_RAW,
-            error=outcome.error,
-            not_before=not_before,
-        )
+        result = o.result if o.ok and o.result is not None else NO_RAW
+        fields: dict[str, Any] = {
+            "attempt": attempt,
+            "instance": running.instance.id,
+            "usage": o.usage,
+        }
         if state is State.RETRYING:
+            self.store.transition(event, state, error=o.error, not_before=not_before, **fields)
             self.submit(event)
+        else:
+            self._end(event, state, result=result, error=o.error, **fields)
         log.info("event %s %s (attempt %d)", event.id, state.value, attempt)
+
+    def _stopped(self, event: Event, running: Attempt, attempt: int, o: Outcome) -> None:
+        """A stopped attempt ended: its return value is kept; death by SIGTERM is code 439."""
+        error = None
+        if not o.ok:
+            sigterm = running.stop == "graceful" and o.usage.signal == signal.SIGTERM
+            error = (
+                USER_EXIT if sigterm else ErrorInfo(type="Stopped", message="stopped by request")
+            )
+        result = o.result if o.ok and o.result is not None else NO_RAW
+        self._end(
+            event,
+            State.STOPPED,
+            attempt=attempt,
+            instance=running.instance.id,
+            usage=o.usage,
+            result=result,
+            error=error,
+            reason=running.stop,
+        )
+        log.info("event %s Stopped (%s)", event.id, running.stop)
+
+    def _end(self, event: Event, state: State, **fields: Any) -> None:
+        """Journal a terminal state, then hand the event to the destinations."""
+        self.store.transition(event, state, **fields)
+        if self.on_ended is not None:
+            self.on_ended(event)
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def stop(self, request_id: str, *, graceful: bool, grace: float = 10.0) -> str:
+        """Stop an event (TerminateAsyncEvent); what was done, in words. ValueError if it has
+        already ended or is unknown."""
+        event = self.store.get(request_id)
+        if event is None:
+            raise ValueError(f"no event with id {request_id!r}")
+        if event.ended:
+            raise ValueError(f"event {request_id} has already ended: {event.state.value}")
+        if event.state is State.STOPPING:
+            raise ValueError(f"event {request_id} is already being stopped")
+        running = self.attempts.get(request_id)
+        if running is None:  # Enqueued, Dequeued, Retrying: never runs again
+            self._end(event, State.STOPPED, reason="stopped before running")
+            return f"stopped while {event.history[-2].state.value}"
+        running.stop = "graceful" if graceful else "forced"
+        self.store.transition(event, State.STOPPING, reason=running.stop)
+        task = self._force(running) if not graceful else self._terminate(running, grace)
+        t = asyncio.get_running_loop().create_task(task)
+        self._running.add(t)
+        t.add_done_callback(self._running.discard)
+        return f"stopping ({running.stop})"
+
+    async def _force(self, running: Attempt) -> None:
+        """PreStop on the event's instance, then its process group killed (the attempt ends)."""
+        running.stop = "forced"
+        await running.pool.retire(
+            running.instance,
+            f"event {running.event.id} stopped",
+            request_id=running.event.id,
+            log_path=running.log_path,
+        )
+
+    async def _terminate(self, running: Attempt, grace: float) -> None:
+        """SIGTERM to the instance; forced if the attempt still runs after `grace` seconds."""
+        event_log = EventLog(running.log_path)
+        sent = running.instance.signal(signal.SIGTERM)
+        event_log.platform("Signal received successfully." if sent else "Signal reception failed.")
+        event_log.close()
+        deadline = time.monotonic() + grace
+        while self.attempts.get(running.event.id) is running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.attempts.get(running.event.id) is running:
+            log.info("event %s still running %.0fs after SIGTERM: forcing", running.event.id, grace)
+            await self._force(running)
+        else:  # it returned or died: the instance got SIGTERM, so it is not reused
+            await running.pool.retire(running.instance, f"event {running.event.id} stopped")
 
     # -- start-up and shutdown ------------------------------------------------------------
 
@@ -229,14 +381,13 @@ class Dispatcher:
                     event, State.RETRYING, reason=INTERRUPTED, not_before=time.time()
                 )
             elif event.state is State.STOPPING:
-                self.store.transition(
-                    event, State.STOPPED, reason="stopped before the daemon restarted"
-                )
+                self._end(event, State.STOPPED, reason="stopped before the daemon restarted")
                 continue
             self.submit(event)
 
     async def drain(self, timeout: float) -> None:
-        """Stop starting events; let running ones finish up to `timeout`; cut off the rest."""
+        """Stop starting events; let running ones finish up to `timeout`; then PreStop every
+        instance and cut off the rest (they run again after the next start)."""
         self.accepting = False
         for timer in self._timers:
             timer.cancel()
@@ -245,14 +396,19 @@ class Dispatcher:
             self._runners[name].cancel()
         if self._running:
             _, pending = await asyncio.wait(set(self._running), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                self._cutting = True
+                await asyncio.gather(
+                    *(p.retire_all("daemon shutdown") for p in self.pools.values())
+                )
+                _, pending = await asyncio.wait(pending, timeout=5.0)
+                for task in pending:  # still starting an instance: its start is cut
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
-        await asyncio.gather(*(i.stop() for p in self.pools.values() for i in list(p.instances)))
 
     async def reap_idle(self) -> None:
-        """Stop instances idle past their timeout."""
+        """Retire instances idle past their timeout; keep min_instances warm."""
         now = time.monotonic()
         for pool in list(self.pools.values()):
             await pool.reap_idle(now)

@@ -1,58 +1,91 @@
-"""Instances of one function: reuse the warmest idle one, start new ones up to max_instances."""
+"""Instances of one function and their lifecycle: reuse the warmest free one, start new ones up to
+max_instances, PreFreeze and freeze idle ones, PreStop before every destruction."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from daemon.functions import FunctionDef
-from daemon.runtimes.base import Instance
+from daemon.runtimes.base import HookOutcome, Instance, InstanceStartError
 
 log = logging.getLogger(__name__)
 
 InstanceFactory = Callable[[FunctionDef], Instance]
+#: journals one hook run: (instance, outcome, request id of the event it ran for, if any)
+HookRecorder = Callable[[Instance, HookOutcome, str | None], None]
+
+RETIRE_SLACK = 5.0  # seconds beyond a PreStop's own timeout before the kill goes ahead anyway
+
+
+class PoolClosed(Exception):
+    """The pool was replaced (its definition changed) while waiting for a place in it."""
 
 
 class Lease:
-    """A reserved place in a pool: an idle instance to reuse, or the right to start one."""
+    """A reserved place in a pool: a free instance to reuse, or the right to start one."""
 
     def __init__(self, pool: FunctionPool, instance: Instance | None) -> None:
         self.pool = pool
         self.instance = instance
 
 
+def _configured(value: str | bool) -> bool:
+    return bool(value)
+
+
 class FunctionPool:
     """The warm instances of one function definition."""
 
-    def __init__(self, definition: FunctionDef, factory: InstanceFactory) -> None:
+    def __init__(
+        self,
+        definition: FunctionDef,
+        factory: InstanceFactory,
+        *,
+        record_hook: HookRecorder | None = None,
+        logs_dir: Path | None = None,
+    ) -> None:
         self.definition = definition
         self._factory = factory
+        self._record_hook = record_hook
+        self._logs_dir = logs_dir
         self.instances: list[Instance] = []
-        self._idle: list[Instance] = []  # most recently used last: reuse warmest first
+        self._free: list[Instance] = []  # one entry per free slot, most recently freed last
+        self._load: dict[str, int] = {}  # events running on each instance
+        self._frozen: set[str] = set()
+        self._settling: set[str] = set()  # running PreFreeze: not to be taken meanwhile
+        self._retiring: set[str] = set()
         self._reserved = 0  # leases holding the right to start an instance
         self._waiters: collections.deque[asyncio.Future[Lease]] = collections.deque()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+
+    @property
+    def slots(self) -> int:
+        """Events one instance serves at once (http only: python and exec serve one)."""
+        return max(1, self.definition.concurrency) if self.definition.runtime == "http" else 1
 
     @property
     def busy(self) -> int:
         """Instances serving an event, or about to."""
-        return len(self.instances) - len(self._idle) + self._reserved
+        return sum(1 for n in self._load.values() if n) + self._reserved
 
-    def _capacity_left(self) -> bool:
-        return len(self.instances) + self._reserved < self.definition.max_instances
+    # -- leases ---------------------------------------------------------------------------
 
     async def lease(self) -> Lease:
-        """Wait for an idle instance or room for a new one, in arrival order."""
+        """Wait for a free instance or room for a new one, in arrival order."""
         if not self._waiters:
-            if self._idle:
-                return Lease(self, self._idle.pop())
-            if self._capacity_left():
-                self._reserved += 1
-                return Lease(self, None)
+            lease = self._try_lease()
+            if lease is not None:
+                return lease
+        if self.closed:
+            raise PoolClosed(self.definition.name)
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         try:
@@ -62,51 +95,22 @@ class FunctionPool:
                 self.give_back(future.result())
             raise
 
-    async def start(self, lease: Lease, request_id: str, log_path: Path) -> Instance:
-        """Start a new instance for a lease that has none; on failure the place is freed."""
-        instance = self._factory(self.definition)
-        try:
-            await instance.start(request_id=request_id, log_path=log_path)
-        except BaseException:
-            self._reserved -= 1
-            await instance.stop()
-            self._hand_over()
-            raise
-        self._reserved -= 1
-        self.instances.append(instance)
-        lease.instance = instance
-        log.info(
-            "instance %s of %s started (pid %s)", instance.id, self.definition.name, instance.pid
-        )
-        return instance
-
-    def give_back(self, lease: Lease) -> None:
-        """Return a lease unused (the event did not run)."""
-        if lease.instance is None:
-            self._reserved -= 1
-        else:
-            self._idle.append(lease.instance)
-        lease.instance = None
-        self._hand_over()
-
-    async def release(self, instance: Instance, *, lost: bool) -> None:
-        """An event ended on `instance`: keep it warm, or discard it when it is lost or recycled."""
-        limit = self.definition.max_events_per_instance
-        if lost or self.closed or (limit and instance.events_served >= limit):
-            await self.discard(instance)
-            return
-        instance.last_used = time.monotonic()
-        self._idle.append(instance)
-        self._hand_over()
-
-    async def discard(self, instance: Instance) -> None:
-        """Stop an instance and free its place."""
-        if instance in self.instances:
-            self.instances.remove(instance)
-        if instance in self._idle:
-            self._idle.remove(instance)
-        await instance.stop()
-        self._hand_over()
+    def _try_lease(self) -> Lease | None:
+        while self._free:
+            instance = self._free.pop()
+            if instance.state == "dead":  # died while idle: it serves nobody
+                self._forget(instance)
+                self._spawn(self._destroy(instance))
+                continue
+            self._load[instance.id] += 1
+            if instance.id in self._frozen:
+                self._frozen.discard(instance.id)
+                instance.signal(signal.SIGCONT)
+            return Lease(self, instance)
+        if not self.closed and len(self.instances) + self._reserved < self.definition.max_instances:
+            self._reserved += 1
+            return Lease(self, None)
+        return None
 
     def _hand_over(self) -> None:
         """Give freed places to waiters, oldest first."""
@@ -114,42 +118,252 @@ class FunctionPool:
             if self._waiters[0].done():
                 self._waiters.popleft()
                 continue
-            if self._idle:
-                lease = Lease(self, self._idle.pop())
-            elif self._capacity_left() and not self.closed:
-                self._reserved += 1
-                lease = Lease(self, None)
-            else:
+            lease = self._try_lease()
+            if lease is None:
                 return
             self._waiters.popleft().set_result(lease)
 
+    async def start(self, lease: Lease, request_id: str | None, log_path: Path | None) -> Instance:
+        """Start a new instance for a lease that has none (Initializer included); on failure
+        the place is freed and InstanceStartError raised. Without an event, the start and the
+        Initializer write to the instance's own log."""
+        instance = self._factory(self.definition)
+        log_path = log_path or self._instance_log(instance)
+        try:
+            await instance.start(request_id=request_id, log_path=log_path)
+            await self._initialize(instance, request_id, log_path)
+        except BaseException:
+            self._reserved -= 1
+            await instance.stop()
+            self._hand_over()
+            raise
+        self._reserved -= 1
+        self.instances.append(instance)
+        self._load[instance.id] = 1
+        self._free.extend([instance] * (self.slots - 1))
+        lease.instance = instance
+        log.info(
+            "instance %s of %s started (pid %s)", instance.id, self.definition.name, instance.pid
+        )
+        self._hand_over()
+        return instance
+
+    async def _initialize(
+        self, instance: Instance, request_id: str | None, path: Path | None
+    ) -> None:
+        if not _configured(self.definition.lifecycle.initializer):
+            return
+        outcome = await self._hook(instance, "initializer", request_id, path)
+        if not outcome.ok:
+            assert outcome.error is not None
+            raise InstanceStartError(outcome.error)
+
+    def give_back(self, lease: Lease) -> None:
+        """Return a lease unused (the event did not run)."""
+        instance, lease.instance = lease.instance, None
+        if instance is None:
+            self._reserved -= 1
+            self._hand_over()
+        else:
+            self.release(instance, lost=False)
+
+    def release(self, instance: Instance, *, lost: bool) -> None:
+        """An event ended on `instance`: keep it warm (frozen when idle), or let it go when it is
+        lost, recycled or its pool closed."""
+        if instance.id not in self._load:
+            return  # already destroyed (a forced stop, a shutdown)
+        self._load[instance.id] -= 1
+        limit = self.definition.max_events_per_instance
+        if lost:
+            self._forget(instance)
+            self._spawn(self._destroy(instance))
+            return
+        if (
+            self.closed
+            or instance.id in self._retiring
+            or (limit and instance.events_served >= limit)
+        ):
+            self._drop_slots(instance)
+            if self._load[instance.id] == 0:
+                self._spawn(self.retire(instance, "recycled" if not self.closed else "replaced"))
+            return
+        instance.last_used = time.monotonic()
+        self._free.append(instance)
+        if self._waiters:
+            self._hand_over()  # straight to the next event: no PreFreeze, no freeze
+        elif self._load[instance.id] == 0:
+            self._go_idle(instance)
+
+    # -- freezing -------------------------------------------------------------------------
+
+    def _go_idle(self, instance: Instance) -> None:
+        """The instance has no event left: PreFreeze (if set), then SIGSTOP its group until its
+        next event. Its places are taken away while PreFreeze runs."""
+        if not _configured(self.definition.lifecycle.pre_freeze):
+            self._freeze(instance)
+            return
+        self._drop_slots(instance)
+        self._settling.add(instance.id)
+        self._spawn(self._pre_freeze(instance))
+
+    async def _pre_freeze(self, instance: Instance) -> None:
+        try:
+            outcome = await self._hook(instance, "pre_freeze", None, None)
+            if outcome.instance_lost:
+                self._forget(instance)
+                await self._destroy(instance)
+                return
+            self._freeze(instance)
+        finally:
+            self._settling.discard(instance.id)
+        if instance.id in self._load and instance.id not in self._retiring and not self.closed:
+            self._free.extend([instance] * self.slots)
+            self._hand_over()
+
+    def _freeze(self, instance: Instance) -> None:
+        if self.definition.freeze and instance.signal(signal.SIGSTOP):
+            self._frozen.add(instance.id)
+
+    # -- ending instances -----------------------------------------------------------------
+
+    async def retire(
+        self,
+        instance: Instance,
+        why: str,
+        *,
+        request_id: str | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        """PreStop (bounded by its timeout; a failure is logged, never blocks), then destroy."""
+        if instance.id in self._retiring or instance.id not in self._load:
+            return
+        self._retiring.add(instance.id)
+        self._drop_slots(instance)
+        log.info("instance %s of %s: stopping (%s)", instance.id, self.definition.name, why)
+        if instance.id in self._frozen:
+            self._frozen.discard(instance.id)
+            instance.signal(signal.SIGCONT)
+        if _configured(self.definition.lifecycle.pre_stop) and instance.state != "dead":
+            timeout = self.definition.lifecycle.pre_stop_timeout + RETIRE_SLACK
+            try:
+                await asyncio.wait_for(
+                    self._hook(instance, "pre_stop", request_id, log_path), timeout
+                )
+            except TimeoutError:
+                log.error("instance %s: PreStop did not end in time: killing", instance.id)
+        self._forget(instance)
+        await self._destroy(instance)
+
+    async def retire_all(self, why: str) -> None:
+        """Retire every instance, busy ones included (PreStop runs beside their events)."""
+        await asyncio.gather(*(self.retire(i, why) for i in list(self.instances)))
+
     async def reap_idle(self, now: float) -> None:
-        """Stop instances idle for longer than idle_timeout."""
+        """Retire instances idle past idle_timeout (keeping min_instances); start missing warm
+        ones."""
         timeout = self.definition.idle_timeout
-        for instance in [i for i in self._idle if now - i.last_used >= timeout]:
-            log.info(
-                "instance %s of %s idle for %.0fs: stopping",
-                instance.id,
-                instance.function.name,
-                timeout,
-            )
-            await self.discard(instance)
+        idle = [
+            i
+            for i in self.instances
+            if not self._load.get(i.id)
+            and i.id not in self._settling
+            and i.id not in self._retiring
+            and now - i.last_used >= timeout
+        ]
+        excess = len(self.instances) - self.definition.min_instances
+        for instance in idle[: max(0, excess)]:
+            await self.retire(instance, f"idle for {timeout:.0f}s")
+        self.keep_warm()
+
+    def keep_warm(self) -> None:
+        """Start instances until min_instances are up (Initializer included)."""
+        while (
+            not self.closed
+            and len(self.instances) + self._reserved < self.definition.min_instances
+            and len(self.instances) + self._reserved < self.definition.max_instances
+        ):
+            self._reserved += 1
+            self._spawn(self._warm_one())
+
+    async def _warm_one(self) -> None:
+        lease = Lease(self, None)
+        try:
+            instance = await self.start(lease, None, None)
+        except InstanceStartError as exc:
+            log.warning("warm instance of %s failed to start: %s", self.definition.name, exc)
+            return
+        self.release(instance, lost=False)
 
     async def close(self) -> None:
-        """Stop every idle instance now and busy ones as they are released."""
+        """Take no more events: retire idle instances now, busy ones as they are released."""
         self.closed = True
-        await asyncio.gather(*(self.discard(i) for i in list(self._idle)))
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(PoolClosed(self.definition.name))
+        self._waiters.clear()
+        idle = [i for i in self.instances if not self._load.get(i.id)]
+        await asyncio.gather(*(self.retire(i, "replaced or shut down") for i in idle))
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _destroy(self, instance: Instance) -> None:
+        await instance.stop()
+        self._hand_over()
+
+    def _forget(self, instance: Instance) -> None:
+        self._drop_slots(instance)
+        if instance in self.instances:
+            self.instances.remove(instance)
+        self._load.pop(instance.id, None)
+        self._frozen.discard(instance.id)
+
+    def _drop_slots(self, instance: Instance) -> None:
+        self._free = [i for i in self._free if i is not instance]
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    async def _hook(
+        self, instance: Instance, hook: str, request_id: str | None, log_path: Path | None
+    ) -> HookOutcome:
+        log_path = log_path or self._instance_log(instance)
+        outcome = await instance.run_hook(hook, request_id=request_id, log_path=log_path)
+        if self._record_hook is not None:
+            self._record_hook(instance, outcome, request_id)
+        return outcome
+
+    def _instance_log(self, instance: Instance) -> Path | None:
+        """Where hooks that belong to no event write: logs/NAME/INSTANCE_ID.log."""
+        if self._logs_dir is None:
+            return None
+        return self._logs_dir / self.definition.name / f"{instance.id}.log"
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- views ----------------------------------------------------------------------------
+
+    def state_of(self, instance: Instance) -> str:
+        """starting | busy | idle | frozen | stopping | dead, as status.json shows it."""
+        if instance.id in self._retiring:
+            return "stopping"
+        if instance.id in self._frozen:
+            return "frozen"
+        if self._load.get(instance.id) or instance.id in self._settling:
+            return "busy"
+        return "idle" if instance.state in ("idle", "busy") else instance.state
 
     def snapshot(self) -> list[dict[str, object]]:
         """The instances as status.json shows them."""
-        idle = set(map(id, self._idle))
         return [
             {
                 "id": i.id,
                 "pid": i.pid,
-                "state": "idle" if id(i) in idle else i.state,
+                "state": self.state_of(i),
                 "started_at": i.started_at,
                 "events_served": i.events_served,
+                "running": self._load.get(i.id, 0),
             }
             for i in self.instances
         ]

@@ -150,3 +150,32 @@ def drop(spool: Path, function: str, name: str, payload: Any) -> Path:
 def events(spool: Path, *args: str) -> list[dict[str, Any]]:
     """`fnspool events list --json` with extra filters."""
     return fnspool_json(spool, "events", "list", *args)
+
+
+def journal_records(spool: Path, kind: type | None = None) -> list[Any]:
+    """Every record in the journal's segments (of one record class, if given), in order."""
+    from daemon.journal import decode_record, list_segments
+
+    found = []
+    for _first, path in list_segments(spool / "journal"):
+        for line in path.read_bytes().splitlines(keepends=True):
+            try:
+                rec = decode_record(line[:-1])
+            except ValueError:
+                continue
+            if kind is None or isinstance(rec, kind):
+                found.append(rec)
+    return found
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of `pid` in /proc (R, S, T, Z...), or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return None
+
+
+def gone(pid: int) -> bool:
+    """Whether `pid` no longer runs (a zombie waiting to be reaped counts as gone)."""
+    return process_state(pid) in (None, "Z")

@@ -18,7 +18,8 @@ import pytest
 import uvloop
 
 from daemon.functions import FunctionDef, LifecycleConfig
-from daemon.runtimes.base import InstanceStartError
+from daemon.pool import FunctionPool
+from daemon.runtimes.base import HookOutcome, InstanceStartError
 from daemon.runtimes.python import PythonInstance
 
 CODE = Path(__file__).parent / "functions" / "python_runtime"
@@ -312,17 +313,48 @@ async def test_another_interpreter(tmp_path: Path) -> None:
         assert described["prefix"] != sys.prefix
 
 
+class Started(msgspec.Struct, kw_only=True):
+    """What starting through a pool gave: the instance or the error, and the hooks run."""
+
+    pool: FunctionPool
+    made: list[PythonInstance]
+    hooks: list[HookOutcome]
+    instance: PythonInstance | None = None
+    error: InstanceStartError | None = None
+
+
+async def started_by_pool(definition: FunctionDef, log: Path) -> Started:
+    """Start an instance the way the daemon does: through its pool, Initializer included."""
+    made: list[PythonInstance] = []
+
+    def factory(d: FunctionDef) -> PythonInstance:
+        made.append(PythonInstance(d))
+        return made[-1]
+
+    hooks: list[HookOutcome] = []
+    pool = FunctionPool(definition, factory, record_hook=lambda i, o, r: hooks.append(o))
+    started = Started(pool=pool, made=made, hooks=hooks)
+    lease = await pool.lease()
+    try:
+        await pool.start(lease, "r", log)
+        started.instance = made[0]
+    except InstanceStartError as exc:
+        started.error = exc
+    return started
+
+
 @on_uvloop
 async def test_initializer_runs_before_the_first_event(tmp_path: Path) -> None:
     lifecycle = LifecycleConfig(initializer="handlers.init")
-    instance = PythonInstance(function("handlers.was_initialized", lifecycle=lifecycle))
     log = tmp_path / "r.log"
-    await instance.start(request_id="r", log_path=log)
+    started = await started_by_pool(function("handlers.was_initialized", lifecycle=lifecycle), log)
+    assert started.instance is not None
     try:
-        outcome = await instance.invoke("r", raw(None), 1, 10.0, log)
+        outcome = await started.instance.invoke("r", raw(None), 1, 10.0, log)
     finally:
-        await instance.stop()
+        await started.pool.retire_all("test over")
     assert outcome.ok and value(outcome.result) is True
+    assert [(h.hook, h.ok) for h in started.hooks] == [("initializer", True)]
     lines = [re.sub(f"^{LINE_TIME} ", "", line) for line in log.read_text().splitlines()]
     assert lines[:3] == [
         "[PLATFORM] FC Initialize Start RequestId: r",
@@ -335,11 +367,18 @@ async def test_initializer_runs_before_the_first_event(tmp_path: Path) -> None:
 @on_uvloop
 async def test_failing_initializer_fails_the_start(tmp_path: Path) -> None:
     lifecycle = LifecycleConfig(initializer="handlers.bad_init")
-    instance = PythonInstance(function("handlers.echo", lifecycle=lifecycle))
-    with pytest.raises(InstanceStartError) as caught:
-        await instance.start(request_id="r", log_path=tmp_path / "r.log")
-    assert (caught.value.error.type, caught.value.error.message) == ("RuntimeError", "init failed")
-    assert instance.pid is not None and gone(instance.pid)
+    started = await started_by_pool(
+        function("handlers.echo", lifecycle=lifecycle), tmp_path / "r.log"
+    )
+    assert started.error is not None
+    assert (started.error.error.type, started.error.error.message) == (
+        "RuntimeError",
+        "init failed",
+    )
+    assert [(h.hook, h.ok) for h in started.hooks] == [("initializer", False)]
+    assert started.pool.instances == [] and started.pool.busy == 0
+    pid = started.made[0].pid
+    assert pid is not None and gone(pid)
     assert (
         "FC Initialize Error RequestId: r RuntimeError: init failed"
         in (tmp_path / "r.log").read_text()
@@ -349,11 +388,14 @@ async def test_failing_initializer_fails_the_start(tmp_path: Path) -> None:
 @on_uvloop
 async def test_initializer_timeout(tmp_path: Path) -> None:
     lifecycle = LifecycleConfig(initializer="handlers.slow_init", initializer_timeout=0.5)
-    instance = PythonInstance(function("handlers.echo", lifecycle=lifecycle))
-    with pytest.raises(InstanceStartError) as caught:
-        await instance.start()
-    assert caught.value.error.type == "FunctionTimeout"
-    assert instance.pid is not None and gone(instance.pid)
+    began = time.monotonic()
+    started = await started_by_pool(
+        function("handlers.echo", lifecycle=lifecycle), tmp_path / "r.log"
+    )
+    assert started.error is not None and started.error.error.type == "FunctionTimeout"
+    assert started.hooks[0].instance_lost and time.monotonic() - began < 5
+    pid = started.made[0].pid
+    assert pid is not None and gone(pid)
 
 
 @on_uvloop
@@ -389,3 +431,20 @@ def test_plain_asyncio_loop_works_too(tmp_path: Path) -> None:
 
     with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
         assert runner.run(scenario()) == [1, 2]
+
+
+@on_uvloop
+async def test_pre_stop_runs_beside_a_busy_handler(tmp_path: Path) -> None:
+    lifecycle = LifecycleConfig(pre_stop="handlers.pre_stop")
+    log = tmp_path / "r.log"
+    async with running("handlers.sleepy", lifecycle=lifecycle) as instance:
+        invoke = asyncio.ensure_future(instance.invoke("r", raw(30), 1, 60.0, log))
+        await wait_for(lambda: log.exists() and "grandchild" in log.read_text())
+        began = time.monotonic()
+        hook = await instance.run_hook("pre_stop", request_id="r", log_path=log)
+        assert hook.ok and time.monotonic() - began < 2
+        assert not invoke.done()  # the handler still runs on the main thread
+        await instance.stop()
+        outcome = await invoke
+        assert not outcome.ok and outcome.instance_lost
+    await wait_for(lambda: "pre-stop r" in log.read_text())

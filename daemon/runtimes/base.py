@@ -232,6 +232,12 @@ def exited_message(duration_ms: float, status: ExitStatus) -> str:
     )
 
 
+def memory_error(used_mb: float, limit_mb: int) -> ErrorInfo:
+    """The error of an attempt whose instance went over `memory_mb` and was killed."""
+    message = f"Memory limit exceeded: {used_mb:.0f}MB used, the limit is {limit_mb}MB"
+    return ErrorInfo(type="MemoryLimitExceeded", message=message)
+
+
 def lost_outcome(
     error: ErrorInfo, duration: float, status: ExitStatus | None, cpu_ms: float | None = None
 ) -> Outcome:

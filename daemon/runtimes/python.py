@@ -30,6 +30,7 @@ from daemon.runtimes.base import (
     describe_exit,
     exited_message,
     lost_outcome,
+    memory_error,
 )
 from daemon.runtimes.pipes import FrameReader, OutputRouter, PipeWriter
 from daemon.runtimes.python_protocol import (
@@ -42,12 +43,12 @@ from daemon.runtimes.python_protocol import (
     WorkerFrame,
     encode_frame,
 )
-from daemon.supervise import Child, ExitStatus, child_env, spawn
+from daemon.supervise import Child, ExitStatus, MemoryWatch, child_env, spawn
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP = Path(__file__).resolve().parent.parent / "worker" / "bootstrap.py"
-CTL_IN, CTL_OUT = 3, 4  # the worker's fds for the control pipes
+CTL_IN, CTL_OUT, CTL_STOP = 3, 4, 5  # the worker's fds for the control pipes (PreStop: its own)
 REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed group leader to be reaped
 
 
@@ -88,21 +89,25 @@ class PythonInstance:
         self._child: Child | None = None
         self._reader: FrameReader[WorkerFrame] | None = None
         self._writer: PipeWriter | None = None
+        self._stop_writer: PipeWriter | None = None
         self._output: OutputRouter | None = None
         self._reply: asyncio.Future[Reply] | None = None
+        self._stop_reply: asyncio.Future[Reply] | None = None
         self._cpu_reported = 0.0
+        self._memory_used: float | None = None  # set when the memory watch killed the worker
 
     # -- public ----------------------------------------------------------------------------
 
     async def start(self, *, request_id: str | None = None, log_path: Path | None = None) -> None:
-        """Spawn the worker, wait for ready, run the Initializer; InstanceStartError on failure."""
+        """Spawn the worker and wait until its handler is imported; InstanceStartError on failure.
+
+        The Initializer is the pool's to run (`run_hook`), so that it is journaled."""
         event_log = self._event_log(log_path) if log_path is not None else None
         try:
             self._spawn()
             assert self._output is not None
             self._output.attach(event_log)
             self._check_ready(await self._exchange(None, self.start_timeout))
-            await self._initialize(request_id, event_log)
         except BaseException:
             await self.stop()
             raise
@@ -127,6 +132,7 @@ class PythonInstance:
             payload=payload,
         )
         began = time.monotonic()
+        watch = self._watch_memory()
         # the frame goes first so that the worker runs while the log is opened; its output
         # cannot be read before the await below, by which time the log is attached
         expected = self._expect(encode_frame(message), timeout)
@@ -141,11 +147,29 @@ class PythonInstance:
             self._kill()
             raise
         finally:
+            if watch is not None:
+                watch.stop()
             self._detach_log(event_log, f"FC Invoke End RequestId: {request_id}")
             self.last_used = time.monotonic()
         if self.state == "busy":
             self.state = "idle"
         return outcome
+
+    def _watch_memory(self) -> MemoryWatch | None:
+        self._memory_used = None
+        if self.function.memory_mb <= 0 or self.pid is None:
+            return None
+        return MemoryWatch(self.pid, self.function.memory_mb, self._over_memory)
+
+    def _over_memory(self, used_mb: float) -> None:
+        log.warning(
+            "instance %s: %.0f MB resident, over memory_mb %d: killing it",
+            self.id,
+            used_mb,
+            self.function.memory_mb,
+        )
+        self._memory_used = used_mb
+        self._kill()
 
     async def run_hook(
         self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
@@ -181,15 +205,14 @@ class PythonInstance:
         fn = self.function
         ctl_in_r, ctl_in_w = os.pipe2(os.O_CLOEXEC)
         ctl_out_r, ctl_out_w = os.pipe2(os.O_CLOEXEC)
+        stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
         # one pipe for stdout and stderr: their lines stay in order, and one read drains both
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        ours, theirs = (ctl_in_w, ctl_out_r, out_r), (ctl_in_r, ctl_out_w, out_w)
+        ours, theirs = (ctl_in_w, ctl_out_r, stop_w, out_r), (ctl_in_r, ctl_out_w, stop_r, out_w)
         env = child_env(os.environ, {**fn.environment, **self._worker_env()})
+        fds = {1: out_w, 2: out_w, CTL_IN: ctl_in_r, CTL_OUT: ctl_out_w, CTL_STOP: stop_r}
         try:
-            argv = [fn.interpreter, "-u", str(BOOTSTRAP)]
-            self._child = spawn(
-                argv, env, {1: out_w, 2: out_w, CTL_IN: ctl_in_r, CTL_OUT: ctl_out_w}
-            )
+            self._child = spawn([fn.interpreter, "-u", str(BOOTSTRAP)], env, fds)
         except OSError as exc:
             for fd in ours:
                 os.close(fd)
@@ -201,6 +224,7 @@ class PythonInstance:
         self.pid = self._child.pid
         self._reader = FrameReader(ctl_out_r, DECODER, self._on_frame)
         self._writer = PipeWriter(ctl_in_w)
+        self._stop_writer = PipeWriter(stop_w)
         self._output = OutputRouter({out_r: "output"}, self.id)
         self._child.exited.add_done_callback(self._on_exit)
         log.debug("instance %s spawned (pid %d)", self.id, self.pid)
@@ -210,6 +234,7 @@ class PythonInstance:
         return {
             "FNSPOOL_CTL_IN": str(CTL_IN),
             "FNSPOOL_CTL_OUT": str(CTL_OUT),
+            "FNSPOOL_CTL_STOP": str(CTL_STOP),
             "FNSPOOL_PARENT_PID": str(os.getpid()),
             "FNSPOOL_CODE_DIR": fn.code_dir,
             "FNSPOOL_HANDLER": fn.handler,
@@ -239,14 +264,6 @@ class PythonInstance:
         message = f"the worker exited before it was ready ({how})" + (f": {tail}" if tail else "")
         return ErrorInfo(type="ProcessExited", message=message)
 
-    async def _initialize(self, request_id: str | None, event_log: EventLog | None) -> None:
-        if not isinstance(self.function.lifecycle.initializer, str):
-            return
-        hook = await self._hook("initializer", request_id, event_log)
-        if not hook.ok:
-            assert hook.error is not None
-            raise InstanceStartError(hook.error)
-
     # -- hooks ----------------------------------------------------------------------------------
 
     async def _hook(
@@ -260,12 +277,15 @@ class PythonInstance:
         if event_log is not None and self._output is not None:
             self._output.attach(event_log)
             event_log.platform(f"{label} Start RequestId: {rid}")
-        previous, self.state = self.state, "busy"
-        message = Hook(hook=hook, name=name, timeout_ms=int(timeout * 1000), id=rid)
-        reply = await self._exchange(encode_frame(message), timeout)
+        frame = encode_frame(Hook(hook=hook, name=name, timeout_ms=int(timeout * 1000), id=rid))
+        if hook == "pre_stop":  # on its own pipe and thread: it may run beside a stopped event
+            reply = await self._stop_exchange(frame, timeout)
+        else:
+            previous, self.state = self.state, "busy"
+            reply = await self._exchange(frame, timeout)
+            if self.state == "busy":
+                self.state = previous
         error, lost = await self._hook_error(reply, label, timeout)
-        if self.state == "busy":
-            self.state = previous
         duration = round((time.monotonic() - began) * 1000, 3)
         if event_log is not None:
             if error is not None:
@@ -322,10 +342,10 @@ class PythonInstance:
                 return lost_outcome(error, duration, status)
             case ExitStatus() as status:
                 cpu = max(0.0, status.cpu_ms - self._cpu_reported)
-                message = exited_message(duration, status)
-                return lost_outcome(
-                    ErrorInfo(type="ProcessExited", message=message), duration, status, cpu
-                )
+                error = ErrorInfo(type="ProcessExited", message=exited_message(duration, status))
+                if self._memory_used is not None:
+                    error = memory_error(self._memory_used, self.function.memory_mb)
+                return lost_outcome(error, duration, status, cpu)
             case ErrorInfo() as error:
                 return lost_outcome(error, duration, None)
             case _:
@@ -380,8 +400,28 @@ class PythonInstance:
         """Send `frame` (if any) and wait for the next reply, the worker's exit or the deadline."""
         return await self._reply_to(self._expect(frame, timeout))
 
+    async def _stop_exchange(self, frame: bytearray, timeout: float) -> Reply:
+        """Send PreStop on its own pipe and wait for its result, the worker's exit or the
+        deadline."""
+        loop = asyncio.get_running_loop()
+        child = self._child
+        if child is None or child.status is not None or self._stop_writer is None:
+            return child.status if child is not None and child.status else TIMED_OUT
+        reply: asyncio.Future[Reply] = loop.create_future()
+        self._stop_reply = reply
+        self._stop_writer.write(frame)
+        timer = loop.call_later(timeout, _settle, reply, TIMED_OUT)
+        try:
+            return await reply
+        finally:
+            timer.cancel()
+            self._stop_reply = None
+
     def _on_frame(self, frame: WorkerFrame | ErrorInfo) -> None:
-        if self._reply is not None and not self._reply.done():
+        stop_reply = self._stop_reply
+        if isinstance(frame, HookResult) and frame.hook == "pre_stop" and stop_reply is not None:
+            _settle(stop_reply, frame)
+        elif self._reply is not None and not self._reply.done():
             self._reply.set_result(frame)
         elif isinstance(frame, ErrorInfo):
             log.error("instance %s: %s", self.id, frame.message)
@@ -395,8 +435,9 @@ class PythonInstance:
             self._reader.drain()  # a reply written just before the exit still counts
         if self._output is not None:
             self._output.drain()
-        if self._reply is not None:
-            _settle(self._reply, status)
+        for reply in (self._reply, self._stop_reply):
+            if reply is not None:
+                _settle(reply, status)
         if self.state not in ("stopping", "dead"):
             log.warning("instance %s exited on its own (%s)", self.id, describe_exit(status))
             self.state = "dead"
@@ -429,7 +470,7 @@ class PythonInstance:
         event_log.close()
 
     def _close_pipes(self) -> None:
-        for part in (self._reader, self._writer, self._output):
+        for part in (self._reader, self._writer, self._stop_writer, self._output):
             if part is not None:
                 part.close()
 

@@ -93,10 +93,11 @@ def _function_logger() -> "logging.Logger":
 class _Channel:
     """Framed messages over the two control pipes (blocking on this side)."""
 
-    def __init__(self, rfd: int, wfd: int) -> None:
+    def __init__(self, rfd: int, wfd: int, send_lock: "object | None" = None) -> None:
         self.rfd = rfd
         self.wfd = wfd
         self.buf = bytearray()
+        self.send_lock = send_lock  # replies from two threads share one pipe
 
     def receive(self) -> "dict | None":
         """The next message, or None when the daemon closed the pipe."""
@@ -124,8 +125,15 @@ class _Channel:
             except Exception:  # a handler may have replaced or closed them
                 pass
         view = memoryview(len(body).to_bytes(_HEADER, "big") + body)
-        while view:
-            view = view[os.write(self.wfd, view) :]
+        lock = self.send_lock
+        if lock is not None:
+            lock.acquire()  # type: ignore[attr-defined]
+        try:
+            while view:
+                view = view[os.write(self.wfd, view) :]
+        finally:
+            if lock is not None:
+                lock.release()  # type: ignore[attr-defined]
 
 
 def _usage() -> bytes:
@@ -192,14 +200,14 @@ def _invoke(handler: "Callable[..., object]", msg: dict, function_name: str) -> 
 
 def _hook(msg: dict, function_name: str) -> bytes:
     ctx = Context(msg.get("id") or "", function_name, 0, msg.get("timeout_ms", 0))
-    _current[0] = ctx
+    previous, _current[0] = _current[0], ctx  # PreStop may run beside an event
     reply = {"t": "hook_result", "hook": msg.get("hook"), "ok": True}
     try:
         _call(_resolve(msg["name"]), ctx)
     except Exception as exc:  # a failing hook is reported, never fatal here
         reply["ok"], reply["error"] = False, _error(exc)
     finally:
-        _current[0] = None
+        _current[0] = previous
     return (_FRAME_JSON.encode(reply)[:-1] + ",").encode() + _usage()
 
 
@@ -237,13 +245,33 @@ def _install_runtime_module() -> None:
     sys.modules["fnspool_runtime"] = module
 
 
+def _serve_pre_stop(chan: _Channel, function_name: str) -> None:
+    """PreStop arrives on a pipe of its own and runs on this thread, so that it also runs while
+    the main thread is busy with an event that is being stopped."""
+    while True:
+        msg = chan.receive()
+        if msg is None:
+            return
+        chan.send(_hook(msg, function_name))
+
+
+def _start_pre_stop_thread(rfd: int, main: _Channel, function_name: str) -> None:
+    import _thread  # the bare module: `threading` costs start-up time
+
+    chan = _Channel(rfd, main.wfd)
+    chan.send_lock = main.send_lock = _thread.allocate_lock()
+    _thread.start_new_thread(_serve_pre_stop, (chan, function_name))
+
+
 def main() -> int:
     """Start, import the handler, report ready, then serve until the daemon closes the pipe."""
     _die_with_parent()
     env = os.environ
     chan = _Channel(int(env.pop("FNSPOOL_CTL_IN")), int(env.pop("FNSPOOL_CTL_OUT")))
-    for fd in (chan.rfd, chan.wfd):
-        os.set_inheritable(fd, False)  # a handler's own children must not hold our pipes
+    stop_fd = int(env.pop("FNSPOOL_CTL_STOP", "-1"))
+    for fd in (chan.rfd, chan.wfd, stop_fd):
+        if fd >= 0:
+            os.set_inheritable(fd, False)  # a handler's own children must not hold our pipes
     code_dir = env.get("FNSPOOL_CODE_DIR") or os.getcwd()
     os.chdir(code_dir)
     sys.path[0] = code_dir  # instead of this file's folder
@@ -254,6 +282,8 @@ def main() -> int:
     except BaseException as exc:  # even SystemExit at import is a start failure
         chan.send(_FRAME_JSON.encode({"t": "ready", "error": _error(exc)}).encode())
         return 1
+    if stop_fd >= 0:
+        _start_pre_stop_thread(stop_fd, chan, function_name)
     _usage()
     chan.send(b'{"t":"ready"}')
     return _serve(chan, handler, function_name)

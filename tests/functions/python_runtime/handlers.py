@@ -107,3 +107,7 @@ def slow_init(context):
 
 def was_initialized(event, context):
     return initialized
+
+
+def pre_stop(context):
+    print(f"pre-stop {context.request_id}", flush=True)

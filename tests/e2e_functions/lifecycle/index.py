@@ -1,0 +1,42 @@
+"""Hooks and handlers that leave marks, for tests/test_lifecycle.py."""
+
+import os
+import time
+
+
+def _mark(what, context):
+    with open("marks.log", "a") as f:
+        f.write(f"{what} {os.getpid()} {context.request_id or '-'} {context.function_name}\n")
+
+
+def init(context):
+    print(f"initializing in {os.getpid()}")
+    _mark("init", context)
+
+
+def bad_init(context):
+    raise RuntimeError("the database is unreachable")
+
+
+def pre_freeze(context):
+    _mark("pre_freeze", context)
+
+
+def pre_stop(context):
+    print("pre-stop: flushing")
+    _mark("pre_stop", context)
+
+
+def hanging_pre_stop(context):
+    _mark("pre_stop_hangs", context)
+    time.sleep(1000)
+
+
+def handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    if event.get("hog_mb"):
+        hog = bytearray(event["hog_mb"] << 20)
+        for i in range(0, len(hog), 4096):
+            hog[i] = 1
+        time.sleep(5)
+    return {"pid": os.getpid()}

@@ -1,0 +1,160 @@
+"""The instance lifecycle through the real daemon: Initializer, PreFreeze and freezing, PreStop,
+warm pools, recycling, replacement on a definition change, and the memory limit."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+from conftest import drop, events, fnspool_json, gone, journal_records, process_state, wait_for
+
+from daemon.model import HookRun
+
+
+def marks(spool: Path, function: str | None = None) -> list[list[str]]:
+    """The lines the test functions' hooks wrote: [what, pid, request id], of one function."""
+    path = spool / "functions" / "lifecycle" / "marks.log"
+    lines = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return [line[:3] for line in lines if function in (None, line[3])]
+
+
+def ended(spool: Path, function: str, count: int) -> list[dict]:
+    done = [e for e in events(spool, "--function", function) if e["ended_at"]]
+    return done if len(done) >= count else []
+
+
+def status(spool: Path) -> dict:
+    return json.loads((spool / "run" / "status.json").read_text())
+
+
+def instances(spool: Path, function: str) -> list[dict]:
+    return status(spool)["instances"].get(function, [])
+
+
+def instance_states(spool: Path, function: str) -> list[str]:
+    return [i["state"] for i in instances(spool, function)]
+
+
+def test_initializer_once_then_prefreeze_and_frozen_between_events(spool, daemon):
+    daemon.start()
+    pids = set()
+    for n in range(4):
+        drop(spool, "lifecycle", f"{n}.json", {})
+        done = wait_for(lambda n=n: ended(spool, "lifecycle", n + 1), what=f"event {n}")
+        assert {e["state"] for e in done} == {"Succeeded"}
+        pid = fnspool_json(spool, "events", "get", done[0]["id"])["result"]["pid"]
+        pids.add(pid)
+        # idle now: PreFreeze ran, then the whole process is stopped (T) until the next event
+        wait_for(lambda pid=pid: process_state(pid) == "T", what="the instance to be frozen")
+        wait_for(lambda: instance_states(spool, "lifecycle") == ["frozen"], what="status: frozen")
+    assert len(pids) == 1
+    kinds = [m[0] for m in marks(spool, "lifecycle")]
+    assert kinds.count("init") == 1 and kinds[0] == "init"
+    assert kinds.count("pre_freeze") == 4
+
+    hooks = [h for h in journal_records(spool, HookRun) if h.function == "lifecycle"]
+    assert [h.hook for h in hooks].count("initializer") == 1
+    assert [h.hook for h in hooks].count("pre_freeze") == 4
+    assert all(h.ok and h.instance.startswith("python-lifecycle-") for h in hooks)
+    first = min(events(spool, "--function", "lifecycle"), key=lambda e: e["enqueued_at"])
+    init = next(h for h in hooks if h.hook == "initializer")
+    assert init.request_id == first["id"]
+    log = Path(fnspool_json(spool, "events", "get", first["id"])["log_path"]).read_text()
+    assert re.search(rf"\[PLATFORM\] FC Initialize Start RequestId: {first['id']}\n", log)
+    assert f"initializing in {pid}" in log
+    assert log.index("FC Initialize End") < log.index("FC Invoke Start")
+
+
+def test_prestop_runs_on_idle_timeout_and_the_process_is_gone(spool, daemon):
+    daemon.start()
+    drop(spool, "idler", "a.json", {})
+    done = wait_for(lambda: ended(spool, "idler", 1), what="the event")
+    pid = fnspool_json(spool, "events", "get", done[0]["id"])["result"]["pid"]
+    wait_for(lambda: ["pre_stop", str(pid), "-"] in marks(spool), what="PreStop on idle timeout")
+    wait_for(lambda: gone(pid), what="the idle instance to be gone")
+    wait_for(lambda: not instances(spool, "idler"), what="status to drop the instance")
+    stops = [h for h in journal_records(spool, HookRun) if h.hook == "pre_stop"]
+    assert len(stops) == 1 and stops[0].ok and stops[0].request_id is None
+
+
+def test_shutdown_runs_prestop_and_a_hanging_one_is_cut_at_its_timeout(spool, daemon):
+    d = daemon.start()
+    drop(spool, "lifecycle", "a.json", {})
+    drop(spool, "stubborn", "b.json", {})
+    wait_for(lambda: ended(spool, "lifecycle", 1) and ended(spool, "stubborn", 1), what="events")
+    pids = {
+        name: fnspool_json(spool, "events", "get", ended(spool, name, 1)[0]["id"])["result"]["pid"]
+        for name in ("lifecycle", "stubborn")
+    }
+    began = time.monotonic()
+    assert d.stop() == 0
+    took = time.monotonic() - began
+    assert took < 1 + 5, f"shutdown took {took:.1f}s with a PreStop that hangs (timeout 1s)"
+    assert ["pre_stop", str(pids["lifecycle"]), "-"] in marks(spool)
+    assert ["pre_stop_hangs", str(pids["stubborn"]), "-"] in marks(spool)
+    assert all(gone(pid) for pid in pids.values())
+    stops = {h.function: h for h in journal_records(spool, HookRun) if h.hook == "pre_stop"}
+    assert stops["lifecycle"].ok
+    assert not stops["stubborn"].ok and stops["stubborn"].error.type == "FunctionTimeout"
+
+
+def test_a_failing_initializer_makes_the_event_invalid_with_its_error(spool, daemon):
+    daemon.start()
+    drop(spool, "badinit", "a.json", {})
+    done = wait_for(lambda: ended(spool, "badinit", 1), what="the event")
+    event = fnspool_json(spool, "events", "get", done[0]["id"])
+    assert event["state"] == "Invalid"
+    assert event["error"]["type"] == "RuntimeError"
+    assert event["error"]["message"] == "the database is unreachable"
+    assert "FC Initialize Error" in Path(event["log_path"]).read_text()
+    hook = next(h for h in journal_records(spool, HookRun) if h.function == "badinit")
+    assert hook.hook == "initializer" and not hook.ok
+    wait_for(lambda: not instances(spool, "badinit"), what="the instance to be discarded")
+
+
+def test_going_over_memory_mb_is_memory_limit_exceeded(spool, daemon):
+    daemon.start()
+    drop(spool, "hog", "a.json", {"hog_mb": 300})
+    done = wait_for(lambda: ended(spool, "hog", 1), what="the event")
+    event = fnspool_json(spool, "events", "get", done[0]["id"])
+    assert event["state"] == "Failed"
+    assert event["error"]["type"] == "MemoryLimitExceeded"
+    assert "the limit is 100MB" in event["error"]["message"]
+    usage = event["history"][-1]["usage"]
+    assert usage["signal"] == signal.SIGKILL
+
+
+def test_min_instances_kept_warm_and_recycled_after_max_events(spool, daemon):
+    daemon.start()
+    warm = wait_for(lambda: instances(spool, "warm"), what="a warm instance before any event")
+    first_pid = warm[0]["pid"]
+    assert warm[0]["events_served"] == 0
+    pids = []
+    for n in range(4):
+        drop(spool, "warm", f"{n}.json", {})
+        done = wait_for(lambda n=n: ended(spool, "warm", n + 1), what=f"event {n}")
+        newest = max(done, key=lambda e: e["enqueued_at"])
+        pids.append(fnspool_json(spool, "events", "get", newest["id"])["result"]["pid"])
+    assert pids[0] == pids[1] == first_pid
+    assert pids[2] == pids[3] != first_pid  # recycled after 2 events, PreStop first
+    wait_for(lambda: gone(first_pid), what="the recycled instance to be gone")
+    assert ["pre_stop", str(first_pid), "-"] in marks(spool)
+    wait_for(lambda: len(instances(spool, "warm")) == 1, what="one warm instance again")
+
+
+def test_a_changed_definition_replaces_its_instances_prestop_first(spool, daemon):
+    daemon.start()
+    drop(spool, "lifecycle", "a.json", {})
+    done = wait_for(lambda: ended(spool, "lifecycle", 1), what="the first event")
+    old_pid = fnspool_json(spool, "events", "get", done[0]["id"])["result"]["pid"]
+    toml = spool / "functions" / "lifecycle.toml"
+    toml.write_text(toml.read_text().replace("max_instances = 1", "max_instances = 2"))
+    wait_for(lambda: ["pre_stop", str(old_pid), "-"] in marks(spool), what="PreStop of old")
+    drop(spool, "lifecycle", "b.json", {})
+    done = wait_for(lambda: ended(spool, "lifecycle", 2), what="the second event")
+    newest = max(done, key=lambda e: e["enqueued_at"])
+    new_pid = fnspool_json(spool, "events", "get", newest["id"])["result"]["pid"]
+    assert new_pid != old_pid and gone(old_pid)
