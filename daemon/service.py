@@ -118,13 +118,13 @@ class Daemon:
             on_fatal=self._on_fatal,
         )
         self.store = Store(writer, state, self.spool.logs)
-        self._reload_definitions()
         factories: dict[str, InstanceFactory] = {
             "python": functools.partial(PythonInstance, defer_io=writer.defer),
             "http": functools.partial(HttpInstance, defer_io=writer.defer),
             "exec": functools.partial(ExecInstance, defer_io=writer.defer),
         }
         self.dispatcher = Dispatcher(self.store, lambda: self.catalog, factories, self.spool.logs)
+        self._reload_definitions()
         self.dispatcher.recover()
         await self.store.sync()
         self.ingestor = Ingestor(
@@ -228,6 +228,7 @@ class Daemon:
         self.catalog = load_catalog(self.spool.functions)
         for name in self.catalog.functions:
             (self.spool.incoming / name).mkdir(exist_ok=True)
+        self.dispatcher.reconcile(self.catalog)
         log.info(
             "definitions loaded: %s%s",
             ", ".join(sorted(self.catalog.functions)) or "none",
