@@ -13,11 +13,10 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -35,13 +34,17 @@ from daemon.runtimes.base import (
     exited_message,
     lost_outcome,
 )
-from daemon.runtimes.command import (
-    MAX_RESULT,
-    as_result,
-    command_argv,
-    command_env,
-    process_cpu_ms,
-    text_start,
+from daemon.runtimes.command import as_result, command_argv, command_env, process_cpu_ms
+from daemon.runtimes.http_client import (
+    HOOK_REQUESTS,
+    Response,
+    free_port,
+    invoke_error,
+    new_session,
+    release_port,
+    request,
+    status_error,
+    wait_listening,
 )
 from daemon.runtimes.pipes import OutputRouter
 from daemon.supervise import Child, ExitStatus, peak_memory_mb, spawn
@@ -51,27 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed group leader to be reaped
 HANG_UP_GRACE = 0.2  # seconds a server that hung up is given to show that it is exiting
-_PROBE_FIRST, _PROBE_MAX = 0.002, 0.05  # seconds between connection attempts while it starts
-
-#: hook name -> the request FC's custom runtime contract makes for it
-HOOK_REQUESTS = {
-    "initializer": ("POST", "/initialize"),
-    "pre_freeze": ("GET", "/pre-freeze"),
-    "pre_stop": ("GET", "/pre-stop"),
-}
-
-
-class Response(NamedTuple):
-    """What the server answered (the body cut at MAX_RESULT)."""
-
-    status: int
-    reason: str
-    fc_status: str | None  # FC's `x-fc-status` header: "404" reports a function error
-    body: bytes
-    too_large: bool
 
 
 class _Timeout:
@@ -80,8 +64,6 @@ class _Timeout:
 
 TIMED_OUT = _Timeout()
 Reply = Response | ExitStatus | _Timeout | ErrorInfo  # ErrorInfo: the server could not be reached
-
-_ports_in_use: set[int] = set()  # picked for instances of this daemon that are still alive
 
 
 class HttpInstance:
@@ -127,7 +109,7 @@ class HttpInstance:
         try:
             self._spawn()
             await self._listening()
-            self._session = _new_session(self.port)
+            self._session = new_session(self.port)
         except BaseException:
             await self.stop()
             raise
@@ -214,7 +196,7 @@ class HttpInstance:
         if self._output is not None:
             self._output.close()
             self._output = None
-        _ports_in_use.discard(self.port)
+        release_port(self.port)
         self.state = "dead"
 
     def signal(self, sig: int) -> bool:
@@ -226,7 +208,7 @@ class HttpInstance:
     def _spawn(self) -> None:
         fn = self.function
         argv = command_argv(fn)
-        self.port = _free_port()
+        self.port = free_port()
         port = str(self.port)
         env = command_env(fn, self.id, {"FC_SERVER_PORT": port, "PORT": port})
         # one pipe for stdout and stderr: their lines stay in order, and one read drains both
@@ -246,31 +228,18 @@ class HttpInstance:
         log.debug("instance %s spawned (pid %d, port %d)", self.id, self.pid, self.port)
 
     async def _listening(self) -> None:
-        """Wait until the server accepts connections on its port, it exits, or time runs out."""
+        """Wait until the server accepts connections on its port; InstanceStartError if it exits
+        or time runs out first."""
         child = self._child
         assert child is not None
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self.start_timeout
-        pause = _PROBE_FIRST
-        while True:
-            if child.status is not None:
-                raise InstanceStartError(self._early_exit(child.status))
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.setblocking(False)
-                try:
-                    await loop.sock_connect(probe, (HOST, self.port))
-                    return
-                except OSError:
-                    pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                message = (
-                    f"the server did not listen on port {self.port} "
-                    f"within {self.start_timeout:.2f} seconds"
-                )
-                raise InstanceStartError(ErrorInfo(type="StartTimeout", message=message))
-            await asyncio.wait([child.exited], timeout=min(pause, left))
-            pause = min(pause * 2, _PROBE_MAX)
+        if await wait_listening(self.port, child.exited, self.start_timeout):
+            return
+        if child.status is not None:
+            raise InstanceStartError(self._early_exit(child.status))
+        message = (
+            f"the server did not listen on port {self.port} within {self.start_timeout:.2f} seconds"
+        )
+        raise InstanceStartError(ErrorInfo(type="StartTimeout", message=message))
 
     def _early_exit(self, status: ExitStatus) -> ErrorInfo:
         if self._output is not None:
@@ -303,17 +272,17 @@ class HttpInstance:
             return ErrorInfo(type="InstanceUnavailable", message=f"instance {self.id} is stopped")
         if child.status is not None:
             return child.status
-        request = asyncio.ensure_future(_request(session, method, path, headers, body))
-        either: list[asyncio.Future[Any]] = [request, child.exited]
+        call = asyncio.ensure_future(request(session, method, path, headers, body))
+        either: list[asyncio.Future[Any]] = [call, child.exited]
         try:
             done, _ = await asyncio.wait(
                 either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            if not request.done():
-                request.cancel()
-        if request in done:
-            reply = request.result()
+            if not call.done():
+                call.cancel()
+        if call in done:
+            reply = call.result()
             if isinstance(reply, ErrorInfo):
                 # a server that hangs up is often on its way out: say so when it is
                 await asyncio.wait([child.exited], timeout=HANG_UP_GRACE)
@@ -350,7 +319,7 @@ class HttpInstance:
         memory = peak_memory_mb(self.pid) if self.pid is not None else None
         usage = Usage(duration_ms=duration, cpu_ms=cpu, max_memory_mb=memory)
         self.events_served += 1
-        error = _invoke_error(response)
+        error = invoke_error(response)
         if error is None:
             return Outcome(ok=True, result=as_result(response.body), usage=usage)
         lost = response.status >= 500
@@ -364,7 +333,7 @@ class HttpInstance:
             case Response(status=status) if 200 <= status < 300:
                 return None, False
             case Response() as response:
-                return _status_error(request, response), response.status >= 500
+                return status_error(request, response), response.status >= 500
             case _Timeout():
                 self._kill()
                 await self._reaped(self._child)
@@ -443,90 +412,7 @@ class HttpInstance:
         event_log.close()
 
 
-# -- helpers -----------------------------------------------------------------------------------
-
-
-def _new_session(port: int) -> aiohttp.ClientSession:
-    # imported here: the daemon only pays for aiohttp once it runs an http function
-    import aiohttp
-
-    # one connection per request: a kept-alive connection may be closed by the server just as it
-    # is reused (a thawed server expiring its idle connections), which would look like a crash;
-    # and the close pushes out a small answer that Nagle would otherwise hold for a delayed ACK
-    connector = aiohttp.TCPConnector(force_close=True, limit=0, use_dns_cache=False)
-    return aiohttp.ClientSession(
-        base_url=f"http://{HOST}:{port}",
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),  # every call has its own deadline
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Content-Type"),
-    )
-
-
-async def _request(
-    session: aiohttp.ClientSession,
-    method: str,
-    path: str,
-    headers: dict[str, str],
-    body: bytes | None,
-) -> Response | ErrorInfo:
-    import aiohttp
-
-    try:
-        async with session.request(method, path, headers=headers, data=body) as response:
-            data, too_large = await _read_capped(response)
-            fc_status = response.headers.get("x-fc-status")
-            return Response(response.status, response.reason or "", fc_status, data, too_large)
-    except (aiohttp.ClientError, OSError) as exc:
-        message = f"{method} {path} failed: {exc or type(exc).__name__}"
-        return ErrorInfo(type="InstanceUnreachable", message=message)
-
-
-async def _read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-    """The body up to MAX_RESULT, and whether there was more (which is read and dropped)."""
-    chunks, size = [], 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size <= MAX_RESULT:
-            chunks.append(chunk)
-    return b"".join(chunks), size > MAX_RESULT
-
-
-def _invoke_error(response: Response) -> ErrorInfo | None:
-    if not 200 <= response.status < 300:
-        return _status_error("POST /invoke", response)
-    if response.fc_status not in (None, "200"):
-        # FC's custom runtimes report a function error with a 2xx and `x-fc-status: 404`
-        start = text_start(response.body)
-        message = f"the function reported an error (x-fc-status {response.fc_status})"
-        message += f": {start}" if start else ""
-        return ErrorInfo(type="UnhandledInvocationError", message=message)
-    if response.too_large:
-        message = f"the server's answer is over the {MAX_RESULT} byte limit"
-        return ErrorInfo(type="InvalidResult", message=message)
-    return None
-
-
-def _status_error(request: str, response: Response) -> ErrorInfo:
-    start = text_start(response.body)
-    message = f"{request} answered {response.status} {response.reason}".rstrip()
-    return ErrorInfo(type="HTTPError", message=message + (f": {start}" if start else ""),
-                     code=response.status)  # fmt: skip
-
-
 def _cpu_delta(status: ExitStatus | None, before: float | None) -> float | None:
     if status is None or before is None:
         return None
     return max(0.0, round(status.cpu_ms - before, 3))
-
-
-def _free_port() -> int:
-    """A TCP port free on the loopback now, not handed to another live instance of ours."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = int(s.getsockname()[1])
-        if port not in _ports_in_use:
-            _ports_in_use.add(port)
-            return port
-    raise InstanceStartError(ErrorInfo(type="SpawnError", message="no free TCP port"))

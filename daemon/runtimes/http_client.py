@@ -1,0 +1,150 @@
+"""Talking HTTP to a custom runtime's server: one aiohttp session per instance, answers read
+with a size cap, FC's status semantics turned into errors, and free ports on the loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from daemon.model import ErrorInfo
+from daemon.runtimes.base import InstanceStartError
+from daemon.runtimes.command import MAX_RESULT, text_start
+
+if TYPE_CHECKING:
+    import aiohttp
+
+HOST = "127.0.0.1"
+
+#: hook name -> the request FC's custom runtime contract makes for it
+HOOK_REQUESTS = {
+    "initializer": ("POST", "/initialize"),
+    "pre_freeze": ("GET", "/pre-freeze"),
+    "pre_stop": ("GET", "/pre-stop"),
+}
+
+_PROBE_FIRST, _PROBE_MAX = 0.002, 0.05  # seconds between connection attempts while it starts
+
+_ports_in_use: set[int] = set()  # handed to instances of this daemon that are still alive
+
+
+class Response(NamedTuple):
+    """What the server answered (the body cut at MAX_RESULT)."""
+
+    status: int
+    reason: str
+    fc_status: str | None  # FC's `x-fc-status` header: "404" reports a function error
+    body: bytes
+    too_large: bool
+
+
+def new_session(port: int) -> aiohttp.ClientSession:
+    """A session for one server on the loopback; every call brings its own deadline."""
+    # imported here: the daemon only pays for aiohttp once it runs an http function
+    import aiohttp
+
+    # one connection per request: a kept-alive connection may be closed by the server just as it
+    # is reused (a thawed server expiring its idle connections), which would look like a crash;
+    # and the close pushes out a small answer that Nagle would otherwise hold for a delayed ACK
+    connector = aiohttp.TCPConnector(force_close=True, limit=0, use_dns_cache=False)
+    return aiohttp.ClientSession(
+        base_url=f"http://{HOST}:{port}",
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),  # every call has its own deadline
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Content-Type"),
+    )
+
+
+async def request(
+    session: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None,
+) -> Response | ErrorInfo:
+    """Make one request: the answer, or why there was none (InstanceUnreachable)."""
+    import aiohttp
+
+    try:
+        async with session.request(method, path, headers=headers, data=body) as response:
+            data, too_large = await read_capped(response)
+            fc_status = response.headers.get("x-fc-status")
+            return Response(response.status, response.reason or "", fc_status, data, too_large)
+    except (aiohttp.ClientError, OSError) as exc:
+        message = f"{method} {path} failed: {exc or type(exc).__name__}"
+        return ErrorInfo(type="InstanceUnreachable", message=message)
+
+
+async def read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """The body up to MAX_RESULT, and whether there was more (which is read and dropped)."""
+    chunks, size = [], 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size <= MAX_RESULT:
+            chunks.append(chunk)
+    return b"".join(chunks), size > MAX_RESULT
+
+
+def invoke_error(response: Response) -> ErrorInfo | None:
+    """Why an answer to POST /invoke fails the attempt, or None when it succeeded."""
+    if not 200 <= response.status < 300:
+        return status_error("POST /invoke", response)
+    if response.fc_status not in (None, "200"):
+        # FC's custom runtimes report a function error with a 2xx and `x-fc-status: 404`
+        start = text_start(response.body)
+        message = f"the function reported an error (x-fc-status {response.fc_status})"
+        message += f": {start}" if start else ""
+        return ErrorInfo(type="UnhandledInvocationError", message=message)
+    if response.too_large:
+        message = f"the server's answer is over the {MAX_RESULT} byte limit"
+        return ErrorInfo(type="InvalidResult", message=message)
+    return None
+
+
+def status_error(request: str, response: Response) -> ErrorInfo:
+    """A non-2xx answer as an error carrying the status and the start of the body."""
+    start = text_start(response.body)
+    message = f"{request} answered {response.status} {response.reason}".rstrip()
+    return ErrorInfo(type="HTTPError", message=message + (f": {start}" if start else ""),
+                     code=response.status)  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback now, not handed to another live instance of ours."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port not in _ports_in_use:
+            _ports_in_use.add(port)
+            return port
+    raise InstanceStartError(ErrorInfo(type="SpawnError", message="no free TCP port"))
+
+
+def release_port(port: int) -> None:
+    """The instance given `port` is gone: the port may be handed out again."""
+    _ports_in_use.discard(port)
+
+
+async def wait_listening(port: int, exited: asyncio.Future[Any], timeout: float) -> bool:
+    """Wait until something accepts connections on `port`: True, or False when `exited` is done
+    or `timeout` seconds passed first."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout
+    pause = _PROBE_FIRST
+    while not exited.done():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setblocking(False)
+            try:
+                await loop.sock_connect(probe, (HOST, port))
+                return True
+            except OSError:
+                pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.wait([exited], timeout=min(pause, left))
+        pause = min(pause * 2, _PROBE_MAX)
+    return False
