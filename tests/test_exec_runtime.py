@@ -7,6 +7,7 @@ import asyncio
 import functools
 import json
 import re
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -131,6 +132,18 @@ async def test_timeout_kills_the_attempt_and_its_grandchildren(tmp_path: Path) -
     assert match, log.read_text()
     wait_for(lambda: gone(int(match.group(1))), 5, "the grandchild to be killed")
     assert instance.state == "idle"
+
+
+@on_uvloop
+async def test_memory_over_the_limit_kills_the_attempt(tmp_path: Path) -> None:
+    hog = "import time; hog = b'x' * (200 << 20); time.sleep(10)"
+    instance = await started(function(sys.executable, "-c", hog, memory_mb=60))
+    began = time.monotonic()
+    outcome = await instance.invoke("r", raw(None), 1, 30.0, tmp_path / "r.log")
+    assert time.monotonic() - began < 8
+    assert not outcome.ok and not outcome.instance_lost
+    assert outcome.error is not None and outcome.error.type == "MemoryLimitExceeded"
+    assert outcome.usage.signal == 9
 
 
 @on_uvloop

@@ -184,6 +184,18 @@ async def test_timeout_kills_the_server(tmp_path: Path) -> None:
 
 
 @on_uvloop
+async def test_memory_over_the_limit_kills_the_server(tmp_path: Path) -> None:
+    async with running(memory_mb=60) as instance:
+        began = time.monotonic()
+        outcome = await instance.invoke("r", raw({"hog": 200}), 1, 30.0, tmp_path / "r.log")
+        assert time.monotonic() - began < 8
+        assert not outcome.ok and outcome.instance_lost
+        assert outcome.error is not None and outcome.error.type == "MemoryLimitExceeded"
+        assert outcome.error.message.endswith("the limit is 60MB")
+        assert instance.state == "dead"
+
+
+@on_uvloop
 async def test_concurrency_serves_events_side_by_side(tmp_path: Path) -> None:
     async with running(concurrency=3) as instance:
         began = time.monotonic()

@@ -27,10 +27,11 @@ from daemon.runtimes.base import (
     HookOutcome,
     Outcome,
     describe_exit,
+    memory_error,
 )
 from daemon.runtimes.command import MAX_RESULT, as_result, command_argv, command_env
 from daemon.runtimes.pipes import OutputRouter
-from daemon.supervise import Child, ExitStatus, spawn
+from daemon.supervise import Child, ExitStatus, MemoryWatch, spawn
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class ExecInstance:
         assert run.child is not None
         self._running.add(run.child)
         self.pid, self.state = run.child.pid, "busy"
+        if self.function.memory_mb > 0:
+            run.watch_memory(self.function.memory_mb)
         try:
             status, timed_out = await run.wait(timeout)
         except asyncio.CancelledError:
@@ -106,7 +109,7 @@ class ExecInstance:
                 self.pid, self.state = None, "idle"
         self.events_served += 1
         duration = round((time.monotonic() - began) * 1000, 3)
-        return _outcome(run, status, timed_out, duration, timeout)
+        return _outcome(run, status, timed_out, duration, timeout, self.function.memory_mb)
 
     async def run_hook(
         self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
@@ -161,7 +164,8 @@ class _Run:
         self.stdout_size = 0
         self._stdout_fd: int | None = None
         self._stderr: OutputRouter | None = None
-        self._stderr_tail = b""
+        self.memory_used: float | None = None  # set when the memory watch killed it
+        self._watch: MemoryWatch | None = None
 
     def spawn(self, cwd: str) -> None:
         """Start the process; OSError if it cannot be."""
@@ -189,6 +193,18 @@ class _Run:
         self._stderr = OutputRouter({err_r: "stderr"}, f"exec pid {self.child.pid}")
         self._stderr.attach(self.event_log)
 
+    def watch_memory(self, limit_mb: int) -> None:
+        """Kill the process group if it grows past `limit_mb` resident."""
+        assert self.child is not None
+        self._watch = MemoryWatch(self.child.pid, limit_mb, self._over_memory)
+
+    def _over_memory(self, used_mb: float) -> None:
+        assert self.child is not None
+        log.warning("exec pid %d: %.0f MB resident, over memory_mb: killing it",
+                    self.child.pid, used_mb)  # fmt: skip
+        self.memory_used, self._watch = used_mb, None
+        self.child.kill_group(signal.SIGKILL)
+
     async def wait(self, timeout: float) -> tuple[ExitStatus | None, bool]:
         """The exit status, and whether the deadline killed it first."""
         assert self.child is not None
@@ -205,6 +221,9 @@ class _Run:
 
     def close(self) -> None:
         """Take what is left in the pipes and close them (the process group is gone by now)."""
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         while self._stdout_fd is not None and self._read_stdout():
             pass
         if self._stdout_fd is not None:
@@ -237,7 +256,12 @@ class _Run:
 
 
 def _outcome(
-    run: _Run, status: ExitStatus | None, timed_out: bool, duration: float, timeout: float
+    run: _Run,
+    status: ExitStatus | None,
+    timed_out: bool,
+    duration: float,
+    timeout: float,
+    memory_mb: int,
 ) -> Outcome:
     usage = Usage(
         duration_ms=duration,
@@ -250,6 +274,9 @@ def _outcome(
         message = f"Function timed out after {timeout:.2f} seconds"
         return Outcome(ok=False, error=ErrorInfo(type="FunctionTimeout", message=message),
                        usage=usage)  # fmt: skip
+    if run.memory_used is not None:
+        error = memory_error(run.memory_used, memory_mb)
+        return Outcome(ok=False, error=error, usage=usage)
     if status is None or status.returncode != 0:
         how = describe_exit(status) if status else "an unknown status"
         tail = run.stderr_tail()

@@ -33,6 +33,7 @@ from daemon.runtimes.base import (
     describe_exit,
     exited_message,
     lost_outcome,
+    memory_error,
 )
 from daemon.runtimes.command import as_result, command_argv, command_env, process_cpu_ms
 from daemon.runtimes.http_client import (
@@ -47,7 +48,7 @@ from daemon.runtimes.http_client import (
     wait_listening,
 )
 from daemon.runtimes.pipes import OutputRouter
-from daemon.supervise import Child, ExitStatus, peak_memory_mb, spawn
+from daemon.supervise import Child, ExitStatus, MemoryWatch, peak_memory_mb, spawn
 
 if TYPE_CHECKING:
     import aiohttp
@@ -94,6 +95,8 @@ class HttpInstance:
         self._output: OutputRouter | None = None
         self._session: aiohttp.ClientSession | None = None
         self._in_flight = 0  # events being served
+        self._watch: MemoryWatch | None = None  # the server's memory, while it serves events
+        self._memory_used: float | None = None  # set when the memory watch killed the server
         # logs of the calls in flight, oldest first: the server's output goes to the first one
         self._logs: dict[int, EventLog] = {}
         self._tokens = itertools.count()
@@ -128,6 +131,8 @@ class HttpInstance:
             return self._unavailable(request_id)
         self._in_flight += 1
         self.state = "busy"
+        if self._in_flight == 1:
+            self._watch_memory()
         event_log = self._event_log(log_path)
         event_log.platform(f"FC Invoke Start RequestId: {request_id}")
         token = self._attach(event_log)
@@ -145,6 +150,9 @@ class HttpInstance:
             raise
         finally:
             self._in_flight -= 1
+            if not self._in_flight and self._watch is not None:
+                self._watch.stop()
+                self._watch = None
             self._detach(token, event_log, f"FC Invoke End RequestId: {request_id}")
             self.last_used = time.monotonic()
         if self.state == "busy" and not self._in_flight:
@@ -305,6 +313,8 @@ class HttpInstance:
                                     status, _cpu_delta(status, cpu_before))  # fmt: skip
             case ExitStatus() as status:
                 error = ErrorInfo(type="ProcessExited", message=exited_message(duration, status))
+                if self._memory_used is not None:
+                    error = memory_error(self._memory_used, self.function.memory_mb)
                 return lost_outcome(error, duration, status, _cpu_delta(status, cpu_before))
             case ErrorInfo() as error:
                 self._kill()
@@ -355,6 +365,16 @@ class HttpInstance:
         return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0), instance_lost=lost)
 
     # -- process and output ------------------------------------------------------------------
+
+    def _watch_memory(self) -> None:
+        if self.function.memory_mb > 0 and self.pid is not None:
+            self._watch = MemoryWatch(self.pid, self.function.memory_mb, self._over_memory)
+
+    def _over_memory(self, used_mb: float) -> None:
+        log.warning("instance %s: %.0f MB resident, over memory_mb %d: killing it",
+                    self.id, used_mb, self.function.memory_mb)  # fmt: skip
+        self._memory_used, self._watch = used_mb, None
+        self._kill()
 
     def _cpu_ms(self) -> float | None:
         return process_cpu_ms(self.pid) if self.pid is not None else None

@@ -61,6 +61,9 @@ class Handler(BaseHTTPRequestHandler):
         if "print" in event:
             print(f"{rid} says {event['print']}", flush=True)
             print(f"{rid} warns {event['print']}", file=sys.stderr, flush=True)
+        if "hog" in event:
+            hog = b"x" * (event["hog"] << 20)  # noqa: F841 - held while it sleeps
+            time.sleep(10)
         if "sleep" in event:
             time.sleep(event["sleep"])
         if "exit" in event:
