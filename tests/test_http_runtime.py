@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import uvloop
-from conftest import drop, events, fnspool_json, wait_for
+from conftest import drop, events, fnspool, fnspool_json, process_state, wait_for
 
 from daemon.functions import FunctionDef, LifecycleConfig
 from daemon.runtimes.base import InstanceStartError
@@ -361,3 +361,45 @@ def test_a_failing_initializer_makes_the_event_invalid(spool: Path, daemon) -> N
     (event,) = wait_for(lambda: ended(spool, 1, "webinit"), what="the event to end")
     assert event["state"] == "Invalid"
     assert event["error"]["message"].startswith("POST /initialize answered 403 Forbidden")
+
+
+def test_frozen_between_events_and_stopped_when_idle(spool: Path, daemon, tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    http_function(
+        spool,
+        "sleepy",
+        "max_instances = 1\nidle_timeout = 3\n"
+        f"environment = {{ HOOK_LOG = {json.dumps(str(hooks))} }}\n"
+        "[lifecycle]\npre_freeze = true\npre_stop = true\n",
+    )
+    daemon.start()
+    pids = set()
+    for n in range(2):
+        drop(spool, "sleepy", f"{n}.json", {"echo": n})
+        done = wait_for(lambda n=n: ended(spool, n + 1, "sleepy"), what=f"event {n}")
+        assert {e["state"] for e in done} == {"Succeeded"}
+        pid = fnspool_json(spool, "events", "get", done[0]["id"])["result"]["pid"]
+        pids.add(pid)
+        # PreFreeze answered, then the server is stopped (T) until the next event thaws it
+        wait_for(lambda pid=pid: process_state(pid) == "T", what="the server to be frozen")
+    assert len(pids) == 1
+    (pid,) = pids
+    wait_for(lambda: gone(pid), 20, "the idle server to be stopped")
+    kinds = [line.split()[0] for line in hooks.read_text().splitlines()]
+    assert kinds == ["pre_freeze", "pre_freeze", "pre_stop"]
+
+
+def test_the_examples_run(spool: Path, daemon) -> None:
+    daemon.start()
+    web = json.loads(
+        fnspool(spool, "invoke", "web", "--payload", '{"name": "Ada"}', "--wait", "--json").stdout
+    )
+    assert web["state"] == "Succeeded", web
+    assert web["result"] == {"greeting": "Hello, Ada!", "served": 1}
+    log = Path(web["log_path"]).read_text()
+    assert "initialized for" in log and f"{web['id']}: greeting Ada" in log
+    shout = json.loads(
+        fnspool(spool, "invoke", "shout", "--payload", '{"say": "hi"}', "--wait", "--json").stdout
+    )
+    assert shout["state"] == "Succeeded" and shout["result"] == {"SAY": "HI"}
+    assert f"shouted for {shout['id']}" in Path(shout["log_path"]).read_text()
