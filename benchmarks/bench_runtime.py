@@ -2,7 +2,10 @@
 
 (a) cold start: instance spawn -> ready, against spawning `python -c pass` and reaping it;
 (b) warm invoke: a no-op event's round trip (log file included), against a bare framed pipe
-    round trip to a minimal child process, both driven by the same uvloop event loop.
+    round trip to a minimal child process, both driven by the same uvloop event loop;
+(c) the http runtime (a stdlib http.server): spawn -> listening, and an event's round trip against
+    a bare aiohttp POST to the same server; the exec runtime (`cat`): an event against a bare
+    spawn-and-reap of the same program.
 
 Run: .venv/bin/python benchmarks/bench_runtime.py [--events 5000] [--starts 20]
 """
@@ -25,10 +28,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon.functions import FunctionDef  # noqa: E402
+from daemon.runtimes.exec import ExecInstance  # noqa: E402
+from daemon.runtimes.http import HttpInstance  # noqa: E402
+from daemon.runtimes.http_client import new_session  # noqa: E402
 from daemon.runtimes.python import PythonInstance  # noqa: E402
 from daemon.supervise import spawn  # noqa: E402
 
 NOOP = "def handler(event, context):\n    return None\n"
+
+HTTP_NOOP = """
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Noop(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-length", "4")
+        self.end_headers()
+        self.wfile.write(b"null")
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["FC_SERVER_PORT"])), Noop).serve_forever()
+"""
 
 # the floor: read a framed message on fd 3, write it back on fd 4, nothing else
 ECHO_CHILD = """
@@ -164,6 +188,80 @@ async def main(events: int, starts: int) -> None:
         ):
             w = report(name, samples)
             print(f"    ratio {w / b:.2f}x (overhead {(w - b) * 1e6:.1f} us per event)")
+        await http_and_exec(Path(tmp), min(events, 2000), starts)
+
+
+async def http_and_exec(tmp: Path, events: int, starts: int) -> None:
+    """The http and exec runtimes, each beside the floor under it."""
+    code = tmp / "web"
+    code.mkdir()
+    (code / "server.py").write_text(HTTP_NOOP)
+    web = FunctionDef(name="web", runtime="http", command=[sys.executable, "server.py"],
+                      code_dir=str(code))  # fmt: skip
+    bare, imports, ready = [], [], []
+    for _ in range(starts):
+        bare.append(await bare_start())
+        began = time.perf_counter()
+        await spawn([sys.executable, "-c", "import http.server"], os.environ, {}).wait()
+        imports.append(time.perf_counter() - began)
+        instance = HttpInstance(web)
+        began = time.perf_counter()
+        await instance.start()
+        ready.append(time.perf_counter() - began)
+        await instance.stop()
+    b, i, r = (statistics.median(x) * 1000 for x in (bare, imports, ready))
+    print(f"http cold start over {starts} (medians): python -c pass {b:.1f} ms, ", end="")
+    print(f"python -c 'import http.server' {i:.1f} ms, spawn->listening {r:.1f} ms; ", end="")
+    print(f"ratio {r / i:.2f}x the import")
+    instance = HttpInstance(web)
+    await instance.start()
+    session = new_session(instance.port)
+    payload = msgspec.Raw(b'{"n":1}')
+    posts, invokes = [], []
+    try:
+        for n in range(events):
+            began = time.perf_counter()
+            async with session.post("/invoke", data=bytes(payload)) as answer:
+                await answer.read()
+            posts.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            outcome = await instance.invoke(f"r{n}", payload, 1, 60.0, Path(os.devnull))
+            invokes.append(time.perf_counter() - began)
+            assert outcome.ok, outcome.error
+    finally:
+        await session.close()
+        await instance.stop()
+    print(f"http warm invoke over {events} no-op events:")
+    p = report("bare aiohttp POST", posts)
+    w = report("invoke, log to /dev/null", invokes)
+    print(f"    ratio {w / p:.2f}x (overhead {(w - p) * 1e6:.1f} us per event)")
+    await exec_events(tmp, min(events, 500))
+
+
+async def exec_events(tmp: Path, events: int) -> None:
+    """An exec event (`cat`) against spawning and reaping `cat` with nothing around it, in the
+    same folder (spawn changes folder through a shell, as posix_spawn cannot) and in ours."""
+    cat = FunctionDef(name="cat", runtime="exec", command=["cat"], code_dir=str(tmp))
+    instance = ExecInstance(cat)
+    await instance.start()
+    payload = msgspec.Raw(b'{"n":1}')
+    here, there, invokes = [], [], []
+    for n in range(events):
+        began = time.perf_counter()
+        await spawn(["cat"], os.environ, {}).wait()
+        here.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        await spawn(["cat"], os.environ, {}, cwd=str(tmp)).wait()
+        there.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        outcome = await instance.invoke(f"r{n}", payload, 1, 60.0, Path(os.devnull))
+        invokes.append(time.perf_counter() - began)
+        assert outcome.ok, outcome.error
+    print(f"exec events over {events} (`cat`):")
+    report("spawn + reap of cat", here)
+    s = report("the same in the code folder", there)
+    w = report("invoke, log to /dev/null", invokes)
+    print(f"    ratio {w / s:.2f}x (overhead {(w - s) * 1e6:.1f} us per event)")
 
 
 if __name__ == "__main__":
