@@ -71,7 +71,13 @@ def daemon(args: argparse.Namespace) -> int:
 
 def tui(args: argparse.Namespace) -> int:
     """Start the dashboard."""
-    raise FnspoolError("the dashboard is not built yet; use `fnspool events list`", title="tui")
+    from tui.app import run  # textual is loaded only for the dashboard
+
+    spool = _spool(args)
+    if not spool.root.is_dir():
+        raise FnspoolError(f"no spool at {spool.root} (use --spool DIR)", title="tui", exit_code=2)
+    run(spool)
+    return 0
 
 
 # -- invoke -------------------------------------------------------------------------------

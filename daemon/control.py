@@ -25,7 +25,12 @@ class StopRequest(msgspec.Struct, frozen=True, kw_only=True, tag="stop", tag_fie
 
 
 class ReinvokeRequest(
-    msgspec.Struct, frozen=True, kw_only=True, tag="reinvoke", tag_field="action"
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,  # an absent payload must be left out: an empty Raw encodes as nothing
+    tag="reinvoke",
+    tag_field="action",
 ):
     """Run an ended event again as a new event `new_id`, with its payload or the one given."""
 

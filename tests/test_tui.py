@@ -1,0 +1,229 @@
+"""The dashboard driven by a pilot over a real spool: a running daemon or a hand-written journal."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import drop
+from textual.widgets import DataTable
+from tui_journal import T0, append_records, event_id, history, write_journal
+
+from daemon.control import DECODER, ReinvokeRequest, StopRequest
+from daemon.model import State
+from daemon.spool import Spool
+from tui.app import FnspoolApp
+from tui.detail import DetailScreen
+from tui.event_list import EventList
+from tui.functions import FunctionsScreen
+from tui.modals import ConfirmStop
+
+SIZE = (160, 40)
+
+
+async def until(pilot: Any, predicate: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    """Let the app run until `predicate` holds (a deadline, never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await pilot.pause(0.05)
+    return value
+
+
+def shown(app: FnspoolApp) -> list[tuple[str, str, str]]:
+    """(id, function, state) of every row the list shows, top first."""
+    events = app.screen.query_one(EventList)
+    rows = [events.row_at(i) for i in range(events.count)]
+    return [(app.table.ids[r], app.table.function(r), app.table.state_of(r).value) for r in rows]
+
+
+def notices(app: FnspoolApp) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def control_requests(spool: Path) -> list[Any]:
+    return [DECODER.decode(p.read_bytes()) for p in sorted((spool / "control").glob("*.json"))]
+
+
+# -- over a journal written by hand (no daemon) ---------------------------------------------
+
+
+async def test_list_follows_live_and_keeps_the_selection(tmp_path):
+    spool = tmp_path / "spool"
+    recs = write_journal(spool, 30, snapshot_upto=20)
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.table.complete and len(shown(app)) == 30, "the events")
+        assert shown(app)[0] == (event_id(29), "notify", "Running")  # newest first
+        assert "daemon down" in app.status_markup and "read-only" in app.status_markup
+        assert "Succeeded" in app.counts_markup and "Failed" in app.counts_markup
+
+        more = history(30, "resize", State.ENQUEUED, T0 + 30)
+        seq = recs[-1].seq
+        append_records(spool, [msgspec.structs.replace(r, seq=seq + 1) for r in more])
+        await until(pilot, lambda: shown(app)[0][0] == event_id(30), "a new event, live")
+        events = app.screen.query_one(EventList)
+        assert events.follow and events.selected_id == event_id(30)
+
+        await pilot.press("j", "j")
+        assert not events.follow and events.selected_id == event_id(28)
+        more = history(31, "echo", State.ENQUEUED, T0 + 31)
+        append_records(spool, [msgspec.structs.replace(r, seq=seq + 2) for r in more])
+        await until(pilot, lambda: shown(app)[0][0] == event_id(31), "another new event")
+        assert events.selected_id == event_id(28)  # the selection stays on its event
+        await pilot.press("f")
+        assert events.follow and events.selected_id == event_id(31)
+
+
+async def test_filters_text_states_function_and_clear(tmp_path):
+    spool = tmp_path / "spool"
+    write_journal(spool, 30, snapshot_upto=10)
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.table.complete and len(shown(app)) == 30, "the events")
+        await pilot.press("slash", *"bad input 1", "enter")
+        assert [r[0] for r in shown(app)] == [event_id(18), event_id(13)]
+        assert "bad input 1" in app.filter_markup
+        await pilot.press("escape")  # on the list: clears every filter
+        assert len(shown(app)) == 30
+
+        await pilot.press("s")
+        await pilot.pause()
+        for _ in range(6):  # Failed is the seventh state
+            await pilot.press("down")
+        await pilot.press("space", "enter")
+        assert {r[2] for r in shown(app)} == {"Failed"} and len(shown(app)) == 5
+
+        await pilot.press("F")
+        await pilot.pause()
+        await pilot.press("down", "down", "enter")  # all, echo, notify
+        assert {(r[1], r[2]) for r in shown(app)} == {("notify", "Failed")}
+
+        await pilot.press("escape")
+        await pilot.press("slash", *"xyz", "escape")  # esc in the input clears the text
+        assert len(shown(app)) == 30 and app.query_.empty
+
+
+async def test_actions_while_the_daemon_is_down_queue_requests(tmp_path):
+    spool = tmp_path / "spool"
+    write_journal(spool, 10)
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.table.complete and len(shown(app)) == 10, "the events")
+        await pilot.press("x")  # the newest is Running
+        assert isinstance(app.screen, ConfirmStop)
+        await pilot.press("g", "enter")
+        assert control_requests(spool) == [StopRequest(id=event_id(9), graceful=True)]
+        assert any("daemon down: request queued" in n for n in notices(app))
+
+        await pilot.press("r")  # still running: refused in words, nothing written
+        await pilot.pause()
+        assert any("still Running" in n for n in notices(app))
+        assert len(control_requests(spool)) == 1
+
+        await pilot.press("j", "j", "x")  # event 7 ended: nothing to stop
+        await pilot.pause()
+        assert any("already ended (Succeeded)" in n for n in notices(app))
+        await pilot.press("r", "escape")  # the modal cancelled: nothing written
+        assert len(control_requests(spool)) == 1
+        await pilot.press("r", "enter")
+        (_stop, reinvoke) = control_requests(spool)
+        assert isinstance(reinvoke, ReinvokeRequest) and reinvoke.id == event_id(7)
+
+        await pilot.press("c")
+        await until(pilot, lambda: app.clipboard, "the payload in the clipboard")
+        assert json.loads(app.clipboard) == {"n": 7}
+
+
+async def test_detail_shows_timeline_payload_result_and_goes_back(tmp_path):
+    spool = tmp_path / "spool"
+    write_journal(spool, 10, snapshot_upto=5)
+    log = spool / "logs" / "echo" / f"{event_id(9)}.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("first line\n")
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.table.complete and len(shown(app)) == 10, "the events")
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, DetailScreen)
+        await until(pilot, lambda: screen.event is not None, "the event read")
+        log_view = screen.query_one("#detail-log")
+        await until(pilot, lambda: "first line" in "\n".join(log_view.lines), "the log")
+        with log.open("a") as f:
+            f.write("second line\n")  # followed while it runs
+        await until(pilot, lambda: "second line" in "\n".join(log_view.lines), "the log, live")
+        timeline = _text(screen.query_one("#detail-timeline"))
+        assert "Enqueued" in timeline and "Running" in timeline
+        assert '"n": 9' in _text(screen.query_one("#detail-payload"))
+
+        done = history(9, "echo", State.SUCCEEDED, T0 + 9)[-1]
+        append_records(spool, [msgspec.structs.replace(done, seq=10_000)])
+        await until(pilot, lambda: screen.event.state is State.SUCCEEDED, "the end, live")
+        assert '"ok": 9' in _text(screen.query_one("#detail-result"))
+        await pilot.press("c")
+        assert json.loads(app.clipboard) == {"n": 9}
+        await pilot.press("escape")
+        assert not isinstance(app.screen, DetailScreen)
+
+
+def _text(widget: Any) -> str:
+    """What a Static shows: its markup, or the code of its highlighted JSON."""
+    content = widget.content
+    return getattr(content, "code", str(content))
+
+
+# -- with a running daemon ------------------------------------------------------------------
+
+
+async def test_events_appear_live_from_a_running_daemon_and_functions_show_instances(spool, daemon):
+    daemon.start()
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.table.complete, "the journal read")
+        await until(pilot, lambda: "daemon running" in app.status_markup, "the heartbeat")
+        drop(spool, "echo", "a.json", {"hello": 1})
+        drop(spool, "fail", "b.json", {"x": 1})
+        await until(
+            pilot,
+            lambda: (
+                {(f, s) for _, f, s in shown(app)} == {("echo", "Succeeded"), ("fail", "Failed")}
+            ),
+            "both events ended, shown live",
+        )
+        await pilot.press("2")
+        assert isinstance(app.screen, FunctionsScreen)
+        instances = app.screen.query_one("#instances", DataTable)
+        await until(pilot, lambda: instances.row_count >= 1, "the instances")
+        functions = app.screen.query_one("#functions", DataTable)
+        names = [str(functions.get_row_at(i)[0]) for i in range(functions.row_count)]
+        assert {"echo", "fail", "hello"} <= set(names)
+        await pilot.press("escape")
+        assert app.screen.query_one(EventList)
+
+
+STOP_REASON = "the daemon side of control requests is being built (lead); passes once it lands"
+
+
+@pytest.mark.xfail(strict=False, reason=STOP_REASON)
+async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool, daemon):
+    daemon.start()
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.table.complete, "the journal read")
+        drop(spool, "slow", "s.json", {"sleep": 60})
+        await until(pilot, lambda: shown(app) and shown(app)[0][2] == "Running", "running")
+        await pilot.press("x", "enter")
+        await until(pilot, lambda: shown(app)[0][2] == "Stopped", "the stop applied", 30)
+        await until(pilot, lambda: any("done" in n or "applied" in n for n in notices(app)), "ok")
+        stopped = shown(app)[0][0]
+        await pilot.press("r", "enter")
+        await until(pilot, lambda: len(shown(app)) == 2, "the re-invoked event", 30)
+        row = app.table.row_of[shown(app)[0][0]]
+        assert app.table.ids[row] != stopped

@@ -1,0 +1,281 @@
+"""One event in full: the transition timeline, attempts, payload, result or error, and its log.
+
+The event is read in a worker (`index.load_event`), then kept current with the records the
+journal tail hands the app; the log is followed in a worker while the event runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from rich.syntax import Syntax
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.markup import escape
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Log, Static
+from textual.worker import get_current_worker
+
+from daemon.index import load_event
+from daemon.model import (
+    Event,
+    HistoryEntry,
+    IllegalTransition,
+    State,
+    Transition,
+    apply,
+    has_raw,
+)
+from tui.format import duration, stamp, state_markup
+from tui.tail import read_log_from
+
+LOG_POLL = 0.2
+LOG_TAIL_BYTES = 256 * 1024  # the detail shows the end of a long log; `o` opens all of it
+
+
+def json_view(raw: msgspec.Raw) -> Syntax:
+    """JSON, indented and highlighted in the terminal's own colours."""
+    text = msgspec.json.format(bytes(raw), indent=2).decode() if has_raw(raw) else "null"
+    return Syntax(text, "json", theme="ansi_dark", background_color="default", word_wrap=True)
+
+
+def _usage(h: HistoryEntry) -> str:
+    if h.usage is None:
+        return ""
+    u = h.usage
+    parts = [f"wall {duration(u.duration_ms)}"]
+    if u.cpu_ms is not None:
+        parts.append(f"cpu {duration(u.cpu_ms)}")
+    if u.max_memory_mb is not None:
+        parts.append(f"peak {u.max_memory_mb:.1f} MB")
+    if u.exit_code is not None:
+        parts.append(f"exit {u.exit_code}")
+    if u.signal is not None:
+        parts.append(f"signal {u.signal}")
+    return ", ".join(parts)
+
+
+def timeline_markup(event: Event) -> str:
+    """The history, one line per transition: time, state, attempt, instance, reason, error."""
+    lines = []
+    for h in event.history:
+        line = f"{stamp(h.at)}  {state_markup(h.state, f'{h.state.value:<10}')}"
+        line += f"  attempt {h.attempt}" if h.attempt else " " * 11
+        for extra in (h.instance, h.reason):
+            if extra:
+                line += f"  [$text-muted]{escape(extra)}[/]"
+        lines.append(line)
+        if h.error is not None:
+            lines.append(f"    [$error]{escape(h.error.type)}: {escape(h.error.message)}[/]")
+        if h.usage is not None:
+            lines.append(f"    [$text-muted]{_usage(h)}[/]")
+    return "\n".join(lines)
+
+
+def attempts_markup(event: Event) -> str:
+    """One line per attempt: when it started, how it ended, what it cost."""
+    starts = {h.attempt: h for h in event.history if h.state is State.RUNNING and h.attempt}
+    ends = {h.attempt: h for h in event.history if h.usage is not None or h.error is not None}
+    lines = []
+    for n, start in sorted(starts.items()):
+        end = ends.get(n)
+        line = f"#{n}  {stamp(start.at)}"
+        if start.instance:
+            line += f"  on {escape(start.instance)}"
+        if end is not None:
+            line += f"  → {state_markup(end.state)}"
+            if end.usage is not None:
+                line += f"  [$text-muted]{_usage(end)}[/]"
+            if end.error is not None:
+                line += f"\n    [$error]{escape(end.error.type)}: {escape(end.error.message)}[/]"
+        else:
+            line += "  [$accent]running[/]"
+        lines.append(line)
+    return "\n".join(lines) or "[$text-muted]no attempt yet[/]"
+
+
+def summary_markup(event: Event) -> str:
+    """Who, what, when: the head of the detail view."""
+    rows = [
+        f"[b]{escape(event.id)}[/]  {escape(event.function)}  {state_markup(event.state)}",
+        f"enqueued {stamp(event.enqueued_at)}   started {stamp(event.started_at)}"
+        f"   ended {stamp(event.ended_at)}   duration {duration(event.duration_ms)}"
+        f"   attempts {event.attempts}",
+    ]
+    if event.retry_of:
+        rows.append(f"re-invoke of {escape(event.retry_of)}")
+    if event.source is not None and event.source.path:
+        who = f" by uid {event.source.uid}" if event.source.uid is not None else ""
+        rows.append(f"[$text-muted]from {escape(event.source.path)}{who} ({event.source.via})[/]")
+    return "\n".join(rows)
+
+
+@dataclass
+class LogText(Message):
+    """Text appended to the followed log."""
+
+    text: str
+
+
+class LogView(Log):
+    """A log file, followed in a worker while `live()` says the event runs."""
+
+    def __init__(self, path: Path, live: Callable[[], bool], limit: int | None, *, id: str) -> None:
+        super().__init__(highlight=False, id=id)
+        self.path, self.live, self.limit = path, live, limit
+        self.border_title = "log"
+
+    def on_mount(self) -> None:
+        self.follow_log()
+
+    @work(thread=True, exclusive=True)
+    def follow_log(self) -> None:
+        """Read what is there, then what is appended while the event runs, then the rest."""
+        worker = get_current_worker()
+        text, offset = read_log_from(self.path, 0, self.limit)
+        if offset and self.limit and offset > len(text.encode()):
+            text = f"[… the start of the log is left out: `o` opens all of it]\n{text}"
+        self.post_message(LogText(text or "(no log yet)\n"))
+        while not worker.is_cancelled:
+            running = self.live()
+            time.sleep(LOG_POLL)
+            text, offset = read_log_from(self.path, offset)
+            if text:
+                self.post_message(LogText(text))
+            if not running:
+                return
+
+    def on_log_text(self, message: LogText) -> None:
+        message.stop()
+        self.write(message.text)
+
+
+class DetailScreen(Screen[None]):
+    """The detail of one event; esc goes back."""
+
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("x", "app.stop", "Stop"),
+        Binding("r", "app.reinvoke", "Re-invoke"),
+        Binding("c", "app.copy", "Copy payload"),
+        Binding("o", "app.open_log", "Full log"),
+        Binding("j", "scroll(1)", "Down", show=False),
+        Binding("k", "scroll(-1)", "Up", show=False),
+    ]
+
+    def __init__(self, event_id: str, function: str, logs_dir: Path, journal_dir: Path) -> None:
+        super().__init__()
+        self.event_id = event_id
+        self.log_path = logs_dir / function / f"{event_id}.log"
+        self.journal_dir = journal_dir
+        self.event: Event | None = None
+        self._early: list[Transition] = []  # records that came while the event was being read
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="detail-info"):
+            yield Static("reading the event…", id="detail-summary")
+            yield Static(id="detail-result", classes="section")
+            yield Static(id="detail-attempts", classes="section")
+            yield Static(id="detail-timeline", classes="section")
+            yield Static(id="detail-payload", classes="section")
+        yield LogView(self.log_path, self.running, LOG_TAIL_BYTES, id="detail-log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for name, title in (
+            ("result", "result"),
+            ("attempts", "attempts"),
+            ("timeline", "timeline"),
+            ("payload", "payload"),
+        ):
+            self.query_one(f"#detail-{name}").border_title = title
+        self.load()
+
+    def running(self) -> bool:
+        """Whether the event may still write to its log (thread-safe enough: one bool read)."""
+        return self.event is None or not self.event.ended
+
+    @work(thread=True, exclusive=True, group="detail-load")
+    def load(self) -> None:
+        """Read the event off the UI thread."""
+        event = load_event(self.journal_dir, self.event_id)
+        self.app.call_from_thread(self._loaded, event)
+
+    def _loaded(self, event: Event | None) -> None:
+        if event is None:
+            self.query_one("#detail-summary", Static).update(
+                f"[$error]no event {escape(self.event_id)} in the journal[/]"
+            )
+            return
+        self.event = event
+        self.records(self._early)
+        self._early.clear()
+        self.render_event()
+
+    def records(self, records: list[Transition]) -> None:
+        """Fold the journal's new records for this event into the view."""
+        mine = [r for r in records if r.id == self.event_id]
+        if not mine:
+            return
+        if self.event is None:
+            self._early += mine
+            return
+        events = {self.event_id: self.event}
+        for rec in mine:
+            if rec.seq > self.event.seq:
+                try:
+                    apply(events, rec)
+                except IllegalTransition:
+                    continue
+        self.render_event()
+
+    def render_event(self) -> None:
+        """Show the event as it is now."""
+        event = self.event
+        if event is None:
+            return
+        self.query_one("#detail-summary", Static).update(summary_markup(event))
+        result = self.query_one("#detail-result", Static)
+        if event.error is not None:
+            text = f"[$error]{escape(event.error.type)}: {escape(event.error.message)}[/]"
+            if event.error.code is not None:
+                text += f"  [$text-muted](code {event.error.code})[/]"
+            if event.error.traceback:
+                text += f"\n[$text-muted]{escape(event.error.traceback.rstrip())}[/]"
+            result.border_title = "error"
+            result.update(text)
+        elif has_raw(event.result):
+            result.border_title = "result"
+            result.update(json_view(event.result))
+        else:
+            result.border_title = "result"
+            result.update("[$text-muted]none yet[/]" if not event.ended else "none")
+        self.query_one("#detail-attempts", Static).update(attempts_markup(event))
+        self.query_one("#detail-timeline", Static).update(timeline_markup(event))
+        self.query_one("#detail-payload", Static).update(json_view(event.payload))
+
+    def action_scroll(self, delta: int) -> None:
+        """Scroll the event's information."""
+        self.query_one("#detail-info", VerticalScroll).scroll_relative(y=delta, animate=False)
+
+
+class LogScreen(Screen[None]):
+    """An event's whole log, followed while it runs; esc goes back."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self, path: Path, live: Callable[[], bool]) -> None:
+        super().__init__()
+        self.path, self.live = path, live
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"[b]log[/] {escape(str(self.path))}", id="log-title")
+        yield LogView(self.path, self.live, None, id="full-log")
+        yield Footer()

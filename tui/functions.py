@@ -1,0 +1,153 @@
+"""The functions view: per function, events by state and definition errors; its instances, live."""
+
+from __future__ import annotations
+
+import time
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from daemon.index import STATES, EventTable
+from tui.format import STATE_COLOUR, age, rich_text
+from tui.header import StatusLine
+from tui.tail import DaemonStatus
+
+REFRESH = 0.5
+_SHORT = {
+    "Enqueued": "Enq",
+    "Dequeued": "Deq",
+    "Running": "Run",
+    "Retrying": "Retry",
+    "Stopping": "Stopg",
+    "Succeeded": "Succ",
+    "Failed": "Fail",
+    "Expired": "Exp",
+    "Invalid": "Inv",
+    "Stopped": "Stop",
+}
+_INSTANCE_COLOUR = {
+    "starting": "$accent",
+    "busy": "$warning",
+    "idle": "$success",
+    "frozen": "$secondary",
+    "stopping": "$error",
+}
+
+
+class FunctionsScreen(Screen[None]):
+    """Functions with their counts and errors; instances with pid, state, age, events served."""
+
+    BINDINGS = [
+        Binding("escape,1", "app.pop_screen", "Events"),
+        Binding("j", "cursor(1)", "Down", show=False),
+        Binding("k", "cursor(-1)", "Up", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown: dict[str | None, list[tuple[str, ...]]] = {}
+
+    def compose(self) -> ComposeResult:
+
+        yield StatusLine(id="status")
+        with Vertical(id="functions-body"):
+            yield DataTable(id="functions", cursor_type="row", zebra_stripes=True)
+            yield Static(id="instances-title")
+            yield DataTable(id="instances", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        functions = self.query_one("#functions", DataTable)
+        functions.add_column("FUNCTION", key="name")
+        functions.add_column("RUNTIME")
+        functions.add_column("INSTANCES")
+        for state in STATES:
+            functions.add_column(_SHORT[state.value], key=state.value)
+        functions.add_column("DEFINITION")
+        instances = self.query_one("#instances", DataTable)
+        for title in ("FUNCTION", "INSTANCE", "PID", "STATE", "AGE", "SERVED"):
+            instances.add_column(title)
+        self.refresh_tables()
+        self.set_interval(REFRESH, self.refresh_tables)
+
+    def refresh_tables(self) -> None:
+        """Show the counts and instances as they are now."""
+        app = self.app
+        table: EventTable = app.table  # type: ignore[attr-defined]
+        status: DaemonStatus = app.status  # type: ignore[attr-defined]
+        self._fill_functions(table, status)
+        self._fill_instances(status)
+
+    def _fill_functions(self, table: EventTable, status: DaemonStatus) -> None:
+        grid = self.query_one("#functions", DataTable)
+        names = {f.name: f for f in status.functions}
+        for name in table.functions:
+            names.setdefault(name, None)  # type: ignore[arg-type]
+        rows = []
+        for name in sorted(names):
+            info = names[name]
+            counts = table.function_counts(name)
+            instances = status.instances.get(name, [])
+            if info is None:
+                runtime, limit, definition = "", "", "[$warning]no definition file[/]"
+            elif info.error:
+                runtime, limit, definition = "", "", f"[$error]{info.error}[/]"
+            else:
+                runtime, limit, definition = info.runtime, f"/{info.max_instances}", "ok"
+            error = status.definition_errors.get(name)
+            if error and info is not None and not info.error:
+                definition = f"[$error]{error}[/]"
+            cells = [
+                f"[$error]{n:,}[/]"
+                if n and state.value in ("Failed", "Expired", "Invalid")
+                else (f"[{STATE_COLOUR[state]}]{n:,}[/]" if n else "[$text-muted]·[/]")
+                for state, n in zip(STATES, counts, strict=True)
+            ]
+            rows.append((name, runtime, f"{len(instances)}{limit}", *cells, definition))
+        self._replace(grid, rows)
+
+    def _fill_instances(self, status: DaemonStatus) -> None:
+        grid = self.query_one("#instances", DataTable)
+        now = time.time()
+        rows: list[tuple[str, ...]] = []
+        for name, instances in sorted(status.instances.items()):
+            for i in instances:
+                state = str(i.get("state", "?"))
+                colour = _INSTANCE_COLOUR.get(state, "$foreground")
+                rows.append(
+                    (
+                        name,
+                        str(i.get("id", "")),
+                        str(i.get("pid", "")),
+                        f"[{colour}]{state}[/]",
+                        age(i.get("started_at"), now),
+                        str(i.get("events_served", 0)),
+                    )
+                )
+        title = self.query_one("#instances-title", Static)
+        if not status.running:
+            title.update("[b]instances[/]  [$warning]none: the daemon is not running[/]")
+        else:
+            title.update(f"[b]instances[/]  {len(rows)} live")
+        self._replace(grid, rows)
+
+    def _replace(self, grid: DataTable, rows: list[tuple[str, ...]]) -> None:
+        if self._shown.get(grid.id) == rows:
+            return  # unchanged: keep the cursor and the scroll as they are
+        self._shown[grid.id] = rows
+        cursor = grid.cursor_row
+        grid.clear()
+        variables = self.app.theme_variables
+        for row in rows:
+            grid.add_row(*(rich_text(cell, variables) for cell in row))
+        if rows:
+            grid.move_cursor(row=min(cursor, len(rows) - 1))
+
+    def action_cursor(self, delta: int) -> None:
+        """Move in the focused table."""
+        focused = self.focused
+        if isinstance(focused, DataTable):
+            focused.move_cursor(row=focused.cursor_row + delta)

@@ -1,0 +1,163 @@
+"""Reading the spool off the UI thread: the journal tail, the daemon's heartbeat, an event's log.
+
+Each reader runs in a thread worker and hands the app typed messages; none of them writes
+anything. The journal tail posts a preview of the newest events at once, then the whole table,
+then every batch of new records as it is appended.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from textual.message import Message
+
+from daemon import lock
+from daemon.functions import load_catalog
+from daemon.index import EventTable, TableFollower, preview
+from daemon.journal import Damage
+from daemon.model import JournalRecord
+from daemon.spool import Spool
+
+POLL = 0.1  # seconds between two looks at the journal: new events show well under a second
+STATUS_EVERY = 0.5  # seconds between two looks at the lock, the heartbeat and the definitions
+
+
+@dataclass
+class TableLoaded(Message):
+    """A new table to show: a preview of the newest events (`table.complete` False) or all."""
+
+    table: EventTable
+    damages: list[Damage] = field(default_factory=list)
+
+
+@dataclass
+class RecordsArrived(Message):
+    """Records appended to the journal since the last batch, in order."""
+
+    records: list[JournalRecord]
+
+
+@dataclass
+class FunctionInfo:
+    """A function as its definition file says, or the error that keeps it from loading."""
+
+    name: str
+    runtime: str = ""
+    max_instances: int = 0
+    error: str | None = None
+
+
+@dataclass
+class DaemonStatus:
+    """Whether the daemon runs (the lock), and what its heartbeat says."""
+
+    pid: int | None = None
+    ready: bool = False
+    queue_depth: int | None = None
+    running_events: int | None = None
+    heartbeat_age: float | None = None
+    instances: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    definition_errors: dict[str, str] = field(default_factory=dict)
+    functions: list[FunctionInfo] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        """Whether a daemon holds the spool's lock."""
+        return self.pid is not None
+
+
+@dataclass
+class StatusChanged(Message):
+    """The daemon's status or the function definitions changed."""
+
+    status: DaemonStatus
+
+
+def read_status(spool: Spool) -> DaemonStatus:
+    """The daemon's status from its lock and heartbeat, and the definitions in functions/."""
+    pid = lock.holder(spool.run)
+    info: dict[str, Any] = {}
+    if pid is not None:
+        try:
+            info = json.loads((spool.run / "status.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        if info.get("pid") not in (pid, None) and pid:
+            info = {}  # a heartbeat left by an earlier daemon
+    catalog = load_catalog(spool.functions)
+    functions = [
+        FunctionInfo(name=name, runtime=d.runtime, max_instances=d.max_instances)
+        for name, d in sorted(catalog.functions.items())
+    ] + [FunctionInfo(name=name, error=e.message) for name, e in sorted(catalog.errors.items())]
+    return DaemonStatus(
+        pid=pid,
+        ready=bool(info.get("ready")),
+        queue_depth=info.get("queue_depth"),
+        running_events=info.get("running"),
+        heartbeat_age=round(time.time() - info["updated_at"], 1) if "updated_at" in info else None,
+        instances=info.get("instances", {}) if pid is not None else {},
+        definition_errors=info.get("definition_errors", {}),
+        functions=functions,
+    )
+
+
+class JournalTail:
+    """The journal tail loop: preview, full load, then new records every POLL seconds."""
+
+    def __init__(self, spool: Spool, post: Any, cancelled: Any) -> None:
+        self.spool = spool
+        self.post = post  # thread-safe: Textual's post_message
+        self.cancelled = cancelled  # () -> bool: the worker was cancelled
+        self.follower = TableFollower(spool.journal)
+
+    def run(self) -> None:
+        """Load, then follow until cancelled."""
+        self.post(TableLoaded(preview(self.spool.journal)))
+        self.post(StatusChanged(read_status(self.spool)))
+        state = self.follower.load()
+        reloads = self.follower.reloads
+        self.post(TableLoaded(self.follower.table, list(state.damages)))
+        last_status: DaemonStatus | None = None
+        next_status = 0.0
+        while not self.cancelled():
+            records = self.follower.poll()
+            if self.follower.reloads != reloads:  # compaction outran us: everything again
+                reloads = self.follower.reloads
+                self.post(TableLoaded(self.follower.table, list(self.follower.state.damages)))
+            elif records:
+                self.post(RecordsArrived(records))
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + STATUS_EVERY
+                status = read_status(self.spool)
+                ageless = replace(status, heartbeat_age=None)
+                if ageless != last_status:  # the heartbeat's age alone is not worth a repaint
+                    self.post(StatusChanged(status))
+                last_status = ageless
+            time.sleep(POLL)
+        self.follower.close()
+
+
+@dataclass
+class LogLines(Message):
+    """Text appended to an event's log."""
+
+    text: str
+    reset: bool = False  # the first read: replace what is shown
+
+
+def read_log_from(path: Path, offset: int, limit: int | None = None) -> tuple[str, int]:
+    """Text of `path` from `offset` (at most the last `limit` bytes on a first read)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if limit is not None and offset == 0 and size > limit:
+                offset = size - limit
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return "", offset
+    return data.decode("utf-8", errors="replace"), offset + len(data)
