@@ -92,6 +92,7 @@ async def test_invoke_posts_the_payload_with_fc_headers(tmp_path: Path) -> None:
         assert answer["echo"] == [1, "é"]
         assert answer["pid"] == instance.pid
         assert answer["request_id"] == "r1" and answer["attempt"] == "2"
+        assert answer["timeout_ms"] == "10000"
         assert answer["control_path"] == "/invoke"
         assert answer["content_type"] == "application/octet-stream"
         assert outcome.usage.duration_ms > 0

@@ -140,6 +140,7 @@ class HttpInstance:
             **self._headers(request_id, "/invoke"),
             "content-type": "application/octet-stream",
             "x-fnspool-attempt": str(attempt),
+            "x-fnspool-timeout-ms": str(int(timeout * 1000)),
         }
         began, cpu_before = time.monotonic(), self._cpu_ms()
         try:
@@ -176,7 +177,10 @@ class HttpInstance:
         token = self._attach(event_log)
         error: ErrorInfo | None = None
         try:
-            reply = await self._call(method, path, self._headers(rid, path), None, timeout)
+            headers = self._headers(rid, path)
+            if hook == "initializer":
+                headers["x-fc-initialization-timeout"] = str(int(timeout))
+            reply = await self._call(method, path, headers, None, timeout)
             error, lost = await self._hook_error(reply, f"{method} {path}", label, timeout)
         finally:
             if event_log is not None and error is not None:
@@ -266,9 +270,8 @@ class HttpInstance:
             "x-fc-function-name": fn.name,
             "x-fc-function-handler": fn.handler,
             "x-fc-function-memory": str(fn.memory_mb),
-            "x-fc-function-timeout": str(fn.timeout),
-            "x-fc-instance-id": self.id,
             "x-fc-control-path": control_path,
+            "x-fnspool-instance-id": self.id,
         }
 
     async def _call(

@@ -79,6 +79,7 @@ class Handler(BaseHTTPRequestHandler):
                 "pid": os.getpid(),
                 "request_id": rid,
                 "attempt": self.headers.get("x-fnspool-attempt"),
+                "timeout_ms": self.headers.get("x-fnspool-timeout-ms"),
                 "control_path": self.headers.get("x-fc-control-path"),
                 "content_type": self.headers.get("content-type"),
                 "initialized": initialized,
