@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import uvloop
-from conftest import drop, events, fnspool_json, wait_for
+from conftest import drop, events, fnspool, fnspool_json, wait_for
 
 from daemon.functions import FunctionDef
 from daemon.runtimes.base import InstanceStartError
@@ -232,3 +232,36 @@ def test_through_the_daemon(spool: Path, daemon) -> None:
     assert flaky["error"]["message"] == "the command ended with exit code 2: no luck on attempt 2"
     log = Path(flaky["log_path"]).read_text()
     assert "no luck on attempt 1" in log and "no luck on attempt 2" in log
+
+
+def test_graceful_and_forced_stops(spool: Path, daemon) -> None:
+    line = json.dumps(
+        'trap "echo stopped cleanly; exit 0" TERM; echo ready >&2; sleep 30 & wait; echo late'
+    )
+    (spool / "functions" / "polite.toml").write_text(
+        f'runtime = "exec"\ncode = "."\ncommand = ["sh", "-c", {line}]\ntimeout = 60\n'
+    )
+    (spool / "functions" / "stuck.toml").write_text(
+        'runtime = "exec"\ncode = "."\ncommand = ["sleep", "30"]\ntimeout = 60\n'
+    )
+    daemon.start()
+    drop(spool, "polite", "a.json", {})
+    drop(spool, "stuck", "b.json", {})
+    running = wait_for(
+        lambda: (found := events(spool, "--status", "Running")) and len(found) == 2 and found,
+        what="both events to run",
+    )
+    ids = {e["function"]: e["id"] for e in running}
+    polite_log = spool / "logs" / "polite" / f"{ids['polite']}.log"
+    wait_for(lambda: polite_log.exists() and "ready" in polite_log.read_text(), what="the trap")
+    fnspool(spool, "events", "stop", ids["polite"], "--graceful")
+    fnspool(spool, "events", "stop", ids["stuck"])
+    done = wait_for(
+        lambda: (found := events(spool, "--status", "Stopped")) and len(found) == 2 and found,
+        what="both events to stop",
+    )
+    assert {e["function"] for e in done} == {"polite", "stuck"}
+    polite = fnspool_json(spool, "events", "get", ids["polite"])
+    assert polite["result"] == "stopped cleanly" and polite["error"] is None
+    stuck = fnspool_json(spool, "events", "get", ids["stuck"])
+    assert stuck["error"]["type"] == "Stopped"

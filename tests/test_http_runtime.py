@@ -404,3 +404,28 @@ def test_the_examples_run(spool: Path, daemon) -> None:
     )
     assert shout["state"] == "Succeeded" and shout["result"] == {"SAY": "HI"}
     assert f"shouted for {shout['id']}" in Path(shout["log_path"]).read_text()
+
+
+def test_a_forced_stop_runs_prestop_and_kills_the_server(
+    spool: Path, daemon, tmp_path: Path
+) -> None:
+    hooks = tmp_path / "hooks"
+    http_function(
+        spool,
+        "slow",
+        f"environment = {{ HOOK_LOG = {json.dumps(str(hooks))} }}\n[lifecycle]\npre_stop = true\n",
+    )
+    daemon.start()
+    drop(spool, "slow", "a.json", {"sleep": 30})
+    (event,) = wait_for(lambda: events(spool, "--status", "Running"), what="the event to run")
+    log = spool / "logs" / "slow" / f"{event['id']}.log"
+    wait_for(lambda: log.exists(), what="the event's log")
+    fnspool(spool, "events", "stop", event["id"])
+    (stopped,) = wait_for(lambda: events(spool, "--status", "Stopped"), what="the stop")
+    assert stopped["error"]["type"] == "Stopped"
+    wait_for(lambda: hooks.exists(), what="PreStop")
+    kind, pid = hooks.read_text().split()
+    assert kind == "pre_stop"
+    wait_for(lambda: gone(int(pid)), what="the server to be killed")
+    text = log.read_text()
+    assert "[PLATFORM] FC PreStop Start RequestId: " + event["id"] in text
