@@ -41,6 +41,7 @@ from daemon.runtimes.http_client import (
     Response,
     free_port,
     invoke_error,
+    load_aiohttp,
     new_session,
     release_port,
     request,
@@ -111,6 +112,7 @@ class HttpInstance:
         token = self._attach(event_log)
         try:
             self._spawn()
+            await load_aiohttp()  # while the server starts
             await self._listening()
             self._session = new_session(self.port)
         except BaseException:

@@ -4,7 +4,9 @@ with a size cap, FC's status semantics turned into errors, and free ports on the
 from __future__ import annotations
 
 import asyncio
+import importlib
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -39,10 +41,16 @@ class Response(NamedTuple):
     too_large: bool
 
 
+async def load_aiohttp() -> None:
+    """Import aiohttp in a thread the first time: the daemon pays for it only once it runs an
+    http function, and its event loop goes on meanwhile (the import takes about 0.1 s)."""
+    if "aiohttp" not in sys.modules:
+        await asyncio.to_thread(importlib.import_module, "aiohttp")
+
+
 def new_session(port: int) -> aiohttp.ClientSession:
     """A session for one server on the loopback; every call brings its own deadline."""
-    # imported here: the daemon only pays for aiohttp once it runs an http function
-    import aiohttp
+    import aiohttp  # loaded by load_aiohttp
 
     # one connection per request: a kept-alive connection may be closed by the server just as it
     # is reused (a thawed server expiring its idle connections), which would look like a crash;
