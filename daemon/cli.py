@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from daemon import commands, install
+from daemon import actions, commands, install
 from daemon.errors import FnspoolError
 
 log = logging.getLogger(__name__)
@@ -67,17 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _filter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--function", metavar="F")
+    parser.add_argument("--status", metavar="S[,S..]", help="states, e.g. Failed,Expired")
+    parser.add_argument("--id-prefix", metavar="P")
+    parser.add_argument("--since", metavar="T", help="ISO 8601 or relative: 15m, 2h, 3d")
+    parser.add_argument("--until", metavar="T")
+    parser.add_argument("--limit", type=int, metavar="N")
+
+
 def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     events = sub.add_parser("events", help="list, inspect and follow events")
     esub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     elist = esub.add_parser("list", parents=[common], help="events, newest first")
-    elist.add_argument("--function", metavar="F")
-    elist.add_argument("--status", metavar="S[,S..]", help="states, e.g. Failed,Expired")
-    elist.add_argument("--id-prefix", metavar="P")
-    elist.add_argument("--since", metavar="T", help="ISO 8601 or relative: 15m, 2h, 3d")
-    elist.add_argument("--until", metavar="T")
-    elist.add_argument("--limit", type=int, metavar="N")
+    _filter_arguments(elist)
     elist.add_argument("--order", choices=("asc", "desc"), default="desc")
     elist.add_argument("--json", action="store_true")
     elist.set_defaults(run=commands.events_list)
@@ -91,6 +95,29 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     elogs.add_argument("id")
     elogs.add_argument("--follow", "-f", action="store_true", help="follow until the event ends")
     elogs.set_defaults(run=commands.events_logs)
+
+    estop = esub.add_parser("stop", parents=[common], help="stop an event (forced by default)")
+    estop.add_argument("id")
+    estop.add_argument(
+        "--graceful", action="store_true", help="SIGTERM first; forced after the grace period"
+    )
+    estop.add_argument("--wait", action="store_true", help="wait until the event has stopped")
+    estop.set_defaults(run=actions.events_stop)
+
+    ereinvoke = esub.add_parser(
+        "reinvoke",
+        parents=[common],
+        help="run an ended event again, or every ended event the filters match",
+    )
+    ereinvoke.add_argument("id", nargs="?", help="the event (or use the filters)")
+    _filter_arguments(ereinvoke)
+    payload = ereinvoke.add_mutually_exclusive_group()
+    payload.add_argument("--payload", metavar="JSON", help="a new payload (default: the old one)")
+    payload.add_argument("--payload-file", metavar="F", help="read the new payload from F")
+    ereinvoke.add_argument("--yes", "-y", action="store_true", help="no confirmation")
+    ereinvoke.add_argument("--wait", action="store_true", help="wait until the new events end")
+    ereinvoke.add_argument("--json", action="store_true")
+    ereinvoke.set_defaults(run=actions.events_reinvoke)
 
     ewait = esub.add_parser("wait", parents=[common], help="block until events end")
     ewait.add_argument("ids", nargs="+", metavar="ID")

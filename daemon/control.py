@@ -2,7 +2,8 @@
 
 Shared and light: only msgspec. A client writes a request under `tmp/` and renames it into
 `control/` (so the daemon never sees half a file), then follows the journal for the `Request`
-record whose `name` is the request's file name: that record is the daemon's answer. A request
+record whose `name` is the request's file name: that record is the daemon's answer (load the
+journal before submitting, so that an answer given at once is not missed). A request
 written while the daemon is down waits in `control/` and is applied when it starts.
 """
 

@@ -55,6 +55,7 @@ class FunctionDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     min_instances: int = 0
     max_events_per_instance: int = 0
     freeze: bool = True
+    stop_grace: float = 10.0  # seconds a graceful stop waits after SIGTERM before forcing
     environment: dict[str, str] = msgspec.field(default_factory=dict)
     async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
     lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
@@ -80,7 +81,7 @@ class Catalog(msgspec.Struct, kw_only=True):
     errors: dict[str, DefinitionError] = msgspec.field(default_factory=dict)
 
 
-_POSITIVE = ("timeout", "memory_mb", "concurrency", "max_instances")
+_POSITIVE = ("timeout", "memory_mb", "concurrency", "max_instances", "stop_grace")
 _NOT_NEGATIVE = ("idle_timeout", "min_instances", "max_events_per_instance")
 
 
@@ -100,6 +101,17 @@ def _check_values(d: FunctionDef) -> None:
         raise ValueError(f"`command` is required for the {d.runtime} runtime")
     if d.runtime == "python" and "." not in d.handler:
         raise ValueError(f"`handler` must be module.function, got {d.handler!r}")
+    for key in ("on_success", "on_failure"):
+        _check_destination(f"async.{key}", getattr(d.async_, key))
+
+
+def _check_destination(key: str, value: str) -> None:
+    """A destination is "", `function:NAME` or a relative folder inside the spool."""
+    if value.startswith("function:"):
+        if not NAME_RE.match(value.removeprefix("function:")):
+            raise ValueError(f"`{key}` names a bad function: {value!r}")
+    elif value and (os.path.isabs(value) or ".." in Path(value).parts):
+        raise ValueError(f"`{key}` must be a folder inside the spool, got {value!r}")
 
 
 def load_function(path: Path) -> FunctionDef:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.model import Event, IllegalTransition, JournalRecord, Transition, apply
+from daemon.model import Delivered, Event, IllegalTransition, JournalRecord, Transition, apply
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,10 @@ def fold(state: JournalState, rec: JournalRecord) -> bool:
         except IllegalTransition as exc:  # an impossible transition on disk: report, never apply
             state.illegal.append(str(exc))
             log.error("journal holds an %s", exc)
+    elif isinstance(rec, Delivered):
+        delivered = state.events.get(rec.id)
+        if delivered is not None:
+            delivered.delivered = True
     return True
 
 

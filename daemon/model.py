@@ -181,7 +181,15 @@ class Request(Record, tag="request", frozen=True):
     new_id: str | None = None  # reinvoke: the new event
 
 
-JournalRecord = Transition | HookRun | Request
+class Delivered(Record, tag="delivered", frozen=True):
+    """An ended event's record reached its destination (written once, even across a crash)."""
+
+    id: str
+    destination: str  # a folder relative to the spool, or function:NAME
+    condition: str  # Success | RetriesExhausted | EventAgeExceeded | Invalid | Stopped
+
+
+JournalRecord = Transition | HookRun | Request | Delivered
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -215,6 +223,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     source: Source | None = None
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
     seq: int = 0  # the last record applied
+    delivered: bool = False  # its destination record is written (see Delivered)
 
     @property
     def ended(self) -> bool:

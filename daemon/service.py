@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from daemon import lock
+from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
 from daemon.functions import Catalog, load_catalog
 from daemon.ingest import Accepted, Ingestor
@@ -20,6 +21,7 @@ from daemon.journal_writer import JournalWriter, recover
 from daemon.model import Source
 from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.pool import InstanceFactory
+from daemon.requests import RequestIntake
 from daemon.runtimes.exec import ExecInstance
 from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
@@ -91,6 +93,19 @@ class Daemon:
         await self.store.sync()
         return [e.id if e is not None else None for e in events]
 
+    def _enqueue_destination(
+        self, function: str, payload: msgspec.Raw, request_id: str, source: Source
+    ) -> bool:
+        """Enqueue a destination record as an event of `function` (once: the id is derived)."""
+        event = self.store.enqueue(function, payload, request_id=request_id, source=source)
+        if event is not None:
+            self.dispatcher.submit(event)
+        return event is not None
+
+    def _stop_grace(self, function: str) -> float:
+        definition = self.catalog.functions.get(function)
+        return definition.stop_grace if definition is not None else 10.0
+
     # -- life cycle -----------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -123,10 +138,26 @@ class Daemon:
             "http": functools.partial(HttpInstance, defer_io=writer.defer),
             "exec": functools.partial(ExecInstance, defer_io=writer.defer),
         }
-        self.dispatcher = Dispatcher(self.store, lambda: self.catalog, factories, self.spool.logs)
+        self.destinations = Destinations(
+            self.spool.root,
+            lambda: self.catalog,
+            self.store.sync,
+            self._enqueue_destination,
+            self.store.mark_delivered,
+        )
+        self.dispatcher = Dispatcher(
+            self.store,
+            lambda: self.catalog,
+            factories,
+            self.spool.logs,
+            on_ended=self.destinations.ended,
+        )
         self._reload_definitions()
         self.dispatcher.recover()
+        self.destinations.recover(list(self.store.events.values()))
         await self.store.sync()
+        self.requests = RequestIntake(self.spool, self.store, self.dispatcher, self._stop_grace)
+        await self.requests.start()
         self.ingestor = Ingestor(
             self.spool,
             self,
@@ -182,8 +213,10 @@ class Daemon:
         self.ready = False
         self._chores.cancel()
         await self.ingestor.stop()
+        self.requests.stop()
         await self.dispatcher.drain(0 if self._fatal else self.settings.drain_timeout)
         if self._fatal is None:
+            await self.destinations.flush()
             await self.store.sync()
             await self.store.writer.close()
         self.write_status(stopped=True)
@@ -205,6 +238,7 @@ class Daemon:
         if self._definitions_changed():
             self._reload_definitions()
         await self.dispatcher.reap_idle()
+        self.requests.scan_soon()  # inotify wakes it; this catches anything it missed
         if self.store.compaction_due(self.settings.snapshot_every, self.settings.snapshot_interval):
             await self.store.compact(self.settings.retention)
         self.write_status()

@@ -19,6 +19,7 @@ from daemon.journal import JournalState, list_segments, list_snapshots, write_sn
 from daemon.journal_writer import JournalWriter
 from daemon.model import (
     NO_RAW,
+    Delivered,
     ErrorInfo,
     Event,
     JournalRecord,
@@ -135,6 +136,13 @@ class Store:
     def note(self, rec: JournalRecord) -> JournalRecord:
         """Journal a record that changes no event (a hook run, a control request)."""
         return self.writer.append(rec)
+
+    def mark_delivered(self, event: Event, destination: str, condition: str) -> None:
+        """Journal that the event's destination record was delivered."""
+        self.note(
+            Delivered(at=time.time(), id=event.id, destination=destination, condition=condition)
+        )
+        event.delivered = True
 
     async def sync(self) -> None:
         """Wait until every change so far is durable."""

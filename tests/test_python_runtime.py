@@ -196,7 +196,8 @@ async def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
         assert outcome.error is not None and outcome.error.type == "FunctionTimeout"
         assert outcome.error.message == "Function timed out after 1.00 seconds"
         assert outcome.usage.signal == signal.SIGKILL
-        assert 1000 <= outcome.usage.duration_ms < 5000
+        # uvloop's timers run on its cached millisecond clock: allow that much early
+        assert 990 <= outcome.usage.duration_ms < 5000
         match = re.search(r"grandchild (\d+)", log.read_text())
         assert match, log.read_text()
         await wait_for(lambda: gone(int(match.group(1))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,13 +135,27 @@ def _wait(future: concurrent.futures.Future[None]) -> None:
     concurrent.futures.wait([future])
 
 
-def _submit(
-    path: Path, data: bytes, before: concurrent.futures.Future[None] | None
-) -> concurrent.futures.Future[None]:
+# the last write handed over per log file: writes to one file keep their order even when they
+# come from several EventLogs (a hook's, then the event's)
+_tails: dict[Path, concurrent.futures.Future[None]] = {}
+_tails_lock = threading.Lock()
+
+
+def _submit(path: Path, data: bytes) -> concurrent.futures.Future[None]:
     global _log_pool
     if _log_pool is None:
         _log_pool = concurrent.futures.ThreadPoolExecutor(_LOG_THREADS, thread_name_prefix="logs")
-    return _log_pool.submit(_append_after, path, data, before)
+    with _tails_lock:
+        future = _log_pool.submit(_append_after, path, data, _tails.get(path))
+        _tails[path] = future
+    future.add_done_callback(lambda done: _forget_tail(path, done))
+    return future
+
+
+def _forget_tail(path: Path, done: concurrent.futures.Future[None]) -> None:
+    with _tails_lock:
+        if _tails.get(path) is done:
+            del _tails[path]
 
 
 class EventLog:
@@ -198,7 +213,7 @@ class EventLog:
 
     def _flush(self) -> None:
         if self._pending and self.path is not None and self._open:
-            self._last = _submit(self.path, bytes(self._pending), self._last)
+            self._last = _submit(self.path, bytes(self._pending))
             self._pending.clear()
 
 

@@ -40,3 +40,17 @@ def handler(event, context):
             hog[i] = 1
         time.sleep(5)
     return {"pid": os.getpid()}
+
+
+def ignore_term(event, context):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ignoring SIGTERM", flush=True)
+    time.sleep(event.get("sleep", 30))
+    return "done"
+
+
+def sleep_then_fail(event, context):
+    time.sleep(event.get("sleep", 0))
+    raise RuntimeError(f"failed on attempt {context.attempt}")

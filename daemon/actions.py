@@ -1,0 +1,206 @@
+"""`fnspool events stop` and `events reinvoke`: write control requests, follow their answers.
+
+A request works while the daemon is down: it waits in control/ and is applied when the daemon
+starts. The answer is the journal's `Request` record naming the request's file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import msgspec
+
+from daemon import control, lock
+from daemon.commands import (
+    _events,
+    _filter,
+    _find,
+    _payload,
+    _print_json,
+    _spool,
+    _wait_for,
+)
+from daemon.errors import FnspoolError
+from daemon.ids import new_request_id
+from daemon.journal import JournalFollower
+from daemon.model import Event, Request, State
+from daemon.query import select
+from daemon.spool import Spool
+
+POLL = 0.02
+ANSWER_WAIT = 10.0  # seconds to wait for a running daemon's answer without --wait
+EXIT_REFUSED = 1
+
+
+class Pending(msgspec.Struct, kw_only=True):
+    """A request written, and what became of it."""
+
+    name: str
+    id: str
+    answer: Request | None = None
+
+
+def _submit_all(
+    spool: Spool, requests: list[control.ControlRequest]
+) -> tuple[JournalFollower, list[Pending]]:
+    """Write the requests; the follower, loaded before them, sees every answer."""
+    follower = JournalFollower(spool.journal)
+    follower.load()
+    pending = [
+        Pending(name=control.submit(spool.root, request), id=request.id) for request in requests
+    ]
+    return follower, pending
+
+
+def _await_answers(
+    spool: Spool, follower: JournalFollower, pending: list[Pending], timeout: float | None
+) -> bool:
+    """Follow the journal until every request is answered; False when the daemon is down or
+    the time is up (the requests then wait in control/)."""
+    pending_by_name = {p.name: p for p in pending}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    warned = False
+    while any(p.answer is None for p in pending):
+        for rec in follower.poll():
+            if isinstance(rec, Request) and rec.name in pending_by_name:
+                pending_by_name[rec.name].answer = rec
+        if all(p.answer is not None for p in pending):
+            break
+        if lock.holder(spool.run) is None:
+            if timeout is not None:
+                return False
+            if not warned:
+                print("fnspool: the daemon is not running; waiting for it", file=sys.stderr)
+                warned = True
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
+def _say_queued(spool: Spool) -> None:
+    print(
+        f"fnspool: the daemon is not running; the request waits in {spool.control} "
+        "and is applied when it starts",
+        file=sys.stderr,
+    )
+
+
+def events_stop(args: argparse.Namespace) -> int:
+    """Stop an event: at once if not running, else forced (PreStop, kill) or gracefully."""
+    spool = _spool(args)
+    event = _find(_events(spool), args.id)
+    if event.ended:
+        raise FnspoolError(
+            f"event {event.id} has already ended: {event.state.value}",
+            title="cannot stop",
+            exit_code=EXIT_REFUSED,
+        )
+    stop = control.StopRequest(id=event.id, graceful=args.graceful)
+    follower, [pending] = _submit_all(spool, [stop])
+    answered = _await_answers(spool, follower, [pending], None if args.wait else ANSWER_WAIT)
+    if not answered:
+        _say_queued(spool)
+        return 0
+    assert pending.answer is not None
+    _print_answer(pending.answer)
+    if pending.answer.outcome != control.APPLIED:
+        return EXIT_REFUSED
+    if not args.wait:
+        return 0
+    ended = _wait_for(spool, [event.id], timeout=None)[event.id]
+    print(f"{event.id} {ended.state.value}")
+    return 0 if ended.state is State.STOPPED else 1
+
+
+def _print_answer(answer: Request) -> None:
+    stream = sys.stdout if answer.outcome == control.APPLIED else sys.stderr
+    prefix = "" if answer.outcome == control.APPLIED else "fnspool: refused: "
+    print(f"{prefix}{answer.id}: {answer.message}", file=stream)
+
+
+def events_reinvoke(args: argparse.Namespace) -> int:
+    """Re-invoke one ended event, or every ended event the filters match (after a confirmation)."""
+    spool = _spool(args)
+    events = _events(spool)
+    chosen = _chosen(args, events)
+    payload = msgspec.Raw(msgspec.json.encode(_payload(args))) if _has_payload(args) else None
+    if len(chosen) > 1 or not args.id:
+        if not chosen:
+            raise FnspoolError("no ended event matches the filters", title="nothing to re-invoke")
+        if not args.yes and not _confirm(len(chosen)):
+            print("fnspool: nothing re-invoked", file=sys.stderr)
+            return 1
+    given = {"payload": payload} if payload is not None else {}  # else the old event's
+    requests = [control.ReinvokeRequest(id=e.id, new_id=new_request_id(), **given) for e in chosen]
+    follower, pending = _submit_all(spool, list(requests))
+    if not _await_answers(spool, follower, pending, None if args.wait else ANSWER_WAIT):
+        _say_queued(spool)
+        for request in requests:
+            print(request.new_id)
+        return 0
+    return _report_reinvoked(spool, pending, args)
+
+
+def _chosen(args: argparse.Namespace, events: dict[str, Event]) -> list[Event]:
+    if args.id:
+        event = _find(events, args.id)
+        if not event.ended:
+            raise FnspoolError(
+                f"event {event.id} has not ended: {event.state.value}",
+                title="cannot re-invoke",
+                exit_code=EXIT_REFUSED,
+            )
+        return [event]
+    ended = (e for e in events.values() if e.ended)
+    return select(ended, _filter(args), limit=args.limit, newest_first=False)
+
+
+def _has_payload(args: argparse.Namespace) -> bool:
+    return args.payload is not None or args.payload_file is not None
+
+
+def _confirm(count: int) -> bool:
+    if not sys.stdin.isatty():
+        raise FnspoolError(
+            f"{count} events match: add --yes to re-invoke them without a terminal to confirm",
+            title="confirmation needed",
+            exit_code=2,
+        )
+    reply = input(f"Re-invoke {count} events? [y/N] ")
+    return reply.strip().lower() in ("y", "yes")
+
+
+def _report_reinvoked(spool: Spool, pending: list[Pending], args: argparse.Namespace) -> int:
+    answers = [p.answer for p in pending if p.answer is not None]
+    new_ids = [a.new_id for a in answers if a.outcome == control.APPLIED and a.new_id]
+    refused = [a for a in answers if a.outcome != control.APPLIED]
+    for answer in refused:
+        _print_answer(answer)
+    if args.wait and new_ids:
+        ended = _wait_for(spool, new_ids, timeout=None)
+        results = {i: ended[i].state.value for i in new_ids}
+        if args.json:
+            _print_json(
+                [
+                    {"id": i, "retry_of": _retry_of(pending, i), "state": s}
+                    for i, s in results.items()
+                ]
+            )
+        else:
+            for new_id, state in results.items():
+                print(f"{new_id} {state}")
+        failed = any(s != State.SUCCEEDED.value for s in results.values())
+        return 1 if refused or failed else 0
+    if args.json:
+        _print_json([{"id": i, "retry_of": _retry_of(pending, i)} for i in new_ids])
+    else:
+        for new_id in new_ids:
+            print(new_id)
+    return 1 if refused else 0
+
+
+def _retry_of(pending: list[Pending], new_id: str) -> str | None:
+    return next((p.id for p in pending if p.answer and p.answer.new_id == new_id), None)

@@ -1,0 +1,168 @@
+"""Destinations: one record per ended event (FC/Lambda shape), delivered exactly once.
+
+A record goes out only after the event's terminal state is durable. Delivery is idempotent (a
+folder record is never rewritten, a `function:OTHER` event has an id derived from the event's),
+and journaled as `Delivered`, so a crash between the two delivers again harmlessly at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from daemon.functions import AsyncConfig, Catalog
+from daemon.model import Event, Source, State, has_raw
+from daemon.query import iso
+
+log = logging.getLogger(__name__)
+
+FUNCTION_PREFIX = "function:"
+
+CONDITIONS = {
+    State.SUCCEEDED: "Success",
+    State.FAILED: "RetriesExhausted",
+    State.EXPIRED: "EventAgeExceeded",
+    State.INVALID: "Invalid",
+    State.STOPPED: "Stopped",
+}
+
+#: enqueues an event: (function, payload, request id, source) -> whether it was new
+Enqueue = Callable[[str, msgspec.Raw, str, Source], bool]
+#: journals a delivery: (event, destination, condition)
+MarkDelivered = Callable[[Event, str, str], None]
+
+
+def destination_of(config: AsyncConfig, event: Event) -> str:
+    """Where the event's record goes: on_success or on_failure ("" for nowhere)."""
+    return config.on_success if event.state is State.SUCCEEDED else config.on_failure
+
+
+def build_record(event: Event) -> dict[str, Any]:
+    """The destination record of an ended event, in Function Compute's and Lambda's shape."""
+    ok = event.state is State.SUCCEEDED
+    error = msgspec.to_builtins(event.error) if event.error is not None else None
+    result = msgspec.json.decode(event.result) if has_raw(event.result) else None
+    return {
+        "version": "1.0",
+        "timestamp": iso(event.ended_at),
+        "requestContext": {
+            "requestId": event.id,
+            "functionArn": f"fnspool:function:{event.function}",
+            "condition": CONDITIONS.get(event.state, event.state.value),
+            "approximateInvokeCount": event.attempts,
+        },
+        "requestPayload": msgspec.json.decode(event.payload),
+        "responseContext": {
+            "statusCode": 200 if ok else 500,
+            "functionError": None if ok else (error or {}).get("type", "Unhandled"),
+        },
+        "responsePayload": result if ok or result is not None else error,
+    }
+
+
+def folder_in_spool(root: Path, destination: str) -> Path:
+    """The folder a destination names, which must lie inside the spool; ValueError if not."""
+    folder = (root / destination).resolve()
+    if not folder.is_relative_to(root.resolve()) or folder == root.resolve():
+        raise ValueError(f"destination {destination!r} is not a folder inside the spool")
+    return folder
+
+
+def write_once(folder: Path, name: str, data: bytes) -> bool:
+    """Write `folder/name` atomically and durably unless it exists; whether it was written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    if target.exists():
+        return False
+    temp = folder / f".{name}.{os.getpid()}.tmp"
+    with open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(temp, target)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+class Destinations:
+    """Delivers the records of ended events, after their terminal state is durable."""
+
+    def __init__(
+        self,
+        root: Path,
+        catalog: Callable[[], Catalog],
+        sync: Callable[[], Any],
+        enqueue: Enqueue,
+        mark_delivered: MarkDelivered,
+    ) -> None:
+        self.root = root
+        self._catalog = catalog
+        self._sync = sync
+        self._enqueue = enqueue
+        self._mark = mark_delivered
+        self._pending: list[Event] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def ended(self, event: Event) -> None:
+        """An event reached a terminal state (its record may not be durable yet)."""
+        if not event.delivered and self._destination(event):
+            self._pending.append(event)
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._deliver_pending())
+
+    def recover(self, events: list[Event]) -> None:
+        """At start-up: deliver what a crash left undelivered."""
+        for event in events:
+            if event.ended:
+                self.ended(event)
+
+    async def flush(self) -> None:
+        """Wait until every pending record is delivered."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    def _destination(self, event: Event) -> str:
+        definition = self._catalog().functions.get(event.function)
+        config = definition.async_ if definition is not None else AsyncConfig()
+        destination = destination_of(config, event)
+        if (
+            destination.startswith(FUNCTION_PREFIX)
+            and event.source
+            and event.source.via == ("destination")
+        ):
+            return ""  # a destination event is never forwarded again: no loops between functions
+        return destination
+
+    async def _deliver_pending(self) -> None:
+        while self._pending:
+            await self._sync()  # the terminal states are durable before anything depends on them
+            batch, self._pending = self._pending, []
+            for event in batch:
+                try:
+                    await self._deliver(event)
+                except Exception as exc:  # one bad destination never stops the others
+                    log.error("event %s: destination delivery failed: %s", event.id, exc)
+
+    async def _deliver(self, event: Event) -> None:
+        destination = self._destination(event)
+        condition = CONDITIONS.get(event.state, event.state.value)
+        record = msgspec.json.encode(build_record(event))
+        if destination.startswith(FUNCTION_PREFIX):
+            function = destination.removeprefix(FUNCTION_PREFIX)
+            source = Source(via="destination")
+            self._enqueue(function, msgspec.Raw(record), f"{event.id}-{condition}", source)
+        else:
+            folder = folder_in_spool(self.root, destination)
+            await asyncio.to_thread(write_once, folder, f"{event.id}.json", record + b"\n")
+        self._mark(event, destination, condition)
+        log.info("event %s: %s record delivered to %s", event.id, condition, destination)

@@ -1,0 +1,239 @@
+"""Control requests from `control/`: read safely, decode, authorise, apply, answer in the journal.
+
+Each request is answered by a `Request` record naming its file (with who asked: the uid owning
+the file); the file is removed only once that answer is durable. A request file that cannot be
+read, decoded or authorised is set aside in `rejected/` with a reason, and answered as refused.
+Requests written while the daemon was down are applied at start-up, oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import grp
+import logging
+import os
+import pwd
+import time
+from collections.abc import Callable
+
+import msgspec
+from inotify_simple import INotify
+from inotify_simple import flags as F
+
+from daemon import control
+from daemon.control import ControlRequest, ReinvokeRequest, StopRequest
+from daemon.dispatcher import Dispatcher
+from daemon.model import Request, Source, has_raw
+from daemon.payload import is_ignored, too_deep
+from daemon.spool import Rejection, Spool, printable, reject, safe_read
+from daemon.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1 << 20
+MAX_DEPTH = 64
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
+    """What the daemon did with one request."""
+
+    outcome: str  # control.APPLIED | control.REFUSED
+    message: str
+    new_id: str | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def may_request(uid: int, spool_gid: int) -> bool:
+    """Root, the daemon's own user and members of the spool's group may send requests."""
+    if uid in (0, os.getuid()):
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if user.pw_gid == spool_gid:
+        return True
+    try:
+        return user.pw_name in grp.getgrgid(spool_gid).gr_mem
+    except KeyError:
+        return False
+
+
+class RequestIntake:
+    """Watches control/ and applies what is dropped there."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        store: Store,
+        dispatcher: Dispatcher,
+        grace: Callable[[str], float] = lambda function: 10.0,
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.dispatcher = dispatcher
+        self._grace = grace
+        self._gid = os.stat(spool.root).st_gid
+        self._inotify: INotify | None = None
+        self._scanning: asyncio.Task[None] | None = None
+        self._again = False
+
+    async def start(self) -> None:
+        """Apply the requests already waiting, then watch for new ones."""
+        self._inotify = INotify(nonblocking=True)
+        self._inotify.add_watch(self.spool.control, F.MOVED_TO | F.CLOSE_WRITE | F.ONLYDIR)
+        asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
+        await self.scan()
+
+    def stop(self) -> None:
+        """Stop watching (a request dropped from now on waits for the next start)."""
+        if self._inotify is not None:
+            asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
+
+    def _on_readable(self) -> None:
+        assert self._inotify is not None
+        try:
+            self._inotify.read(timeout=0)
+        except BlockingIOError:
+            return
+        self.scan_soon()
+
+    def scan_soon(self) -> None:
+        """Look at control/ again (at once, or after the pass running now)."""
+        if self._scanning is not None and not self._scanning.done():
+            self._again = True
+            return
+        self._scanning = asyncio.get_running_loop().create_task(self.scan())
+
+    async def scan(self) -> None:
+        """Take every request in control/, oldest name first; return once they are answered."""
+        while True:
+            self._again = False
+            try:
+                names = sorted(n for n in os.listdir(self.spool.control) if not is_ignored(n))
+            except OSError as exc:
+                log.error("cannot list %s: %s", self.spool.control, exc)
+                return
+            if names:
+                await self._take_all(names)
+            if not self._again:
+                return
+
+    async def _take_all(self, names: list[str]) -> None:
+        fd = os.open(self.spool.control, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            answered = [name for name in names if self._take(fd, name)]
+            await self.store.sync()  # answers are durable before the requests go
+            for name in answered:
+                with contextlib.suppress(FileNotFoundError):  # removed by hand meanwhile
+                    os.unlink(name, dir_fd=fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _take(self, dir_fd: int, name: str) -> bool:
+        """Read, apply and answer one request; False when it was not there to take."""
+        uid: int | None = None
+        try:
+            data, st = safe_read(dir_fd, name, MAX_REQUEST_BYTES, None)
+            uid = st.st_uid
+            if not may_request(uid, self._gid):
+                raise Rejection("owner", f"uid {uid} is not in the spool's group")
+            request = self._decode(data)
+        except FileNotFoundError:
+            return False
+        except (Rejection, OSError) as exc:
+            why = exc if isinstance(exc, Rejection) else Rejection("unreadable", str(exc))
+            self._set_aside(dir_fd, name, why, uid)
+            return False
+        answer = self._apply(request, uid)
+        self._answer(request, name, uid, answer)
+        return True
+
+    def _decode(self, data: bytes) -> ControlRequest:
+        if too_deep(data, MAX_DEPTH):
+            raise Rejection("too_deep", f"nested deeper than {MAX_DEPTH} levels")
+        try:
+            return control.DECODER.decode(data)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+            raise Rejection("bad_request", f"not a control request: {exc}") from None
+
+    def _set_aside(self, dir_fd: int, name: str, why: Rejection, uid: int | None) -> None:
+        try:
+            reject(self.spool, dir_fd, name, why, f"control/{name}")
+        except OSError as exc:
+            log.error("cannot set aside control/%s: %s", printable(name), exc)
+            return
+        outcome, message = control.REFUSED, why.message
+        self.store.note(
+            Request(
+                at=time.time(),
+                action="invalid",
+                id="",
+                uid=uid,
+                name=name,
+                outcome=outcome,
+                message=message,
+            )
+        )
+
+    # -- applying -------------------------------------------------------------------------
+
+    def _apply(self, request: ControlRequest, uid: int | None) -> Answer:
+        try:
+            match request:
+                case StopRequest(id=rid, graceful=graceful):
+                    grace = self._grace(self._function_of(rid))
+                    message = self.dispatcher.stop(rid, graceful=graceful, grace=grace)
+                    return Answer(outcome=control.APPLIED, message=message)
+                case ReinvokeRequest():
+                    return self._reinvoke(request, uid)
+        except ValueError as exc:
+            return Answer(outcome=control.REFUSED, message=str(exc))
+        raise AssertionError(f"unhandled request {request!r}")
+
+    def _function_of(self, request_id: str) -> str:
+        event = self.store.get(request_id)
+        return event.function if event is not None else ""
+
+    def _reinvoke(self, request: ReinvokeRequest, uid: int | None) -> Answer:
+        old = self.store.get(request.id)
+        if old is None:
+            raise ValueError(f"no event with id {request.id!r}")
+        if not old.ended:
+            raise ValueError(f"event {request.id} has not ended: {old.state.value}")
+        payload = request.payload if has_raw(request.payload) else old.payload
+        event = self.store.enqueue(
+            old.function,
+            payload,
+            request_id=request.new_id,
+            source=Source(via="reinvoke", uid=uid),
+            retry_of=old.id,
+        )
+        if event is None:
+            raise ValueError(f"id {request.new_id!r} is already used by another event")
+        self.dispatcher.submit(event)
+        log.info("event %s re-invoked as %s", old.id, event.id)
+        return Answer(outcome=control.APPLIED, message=f"re-invoked as {event.id}", new_id=event.id)
+
+    def _answer(self, request: ControlRequest, name: str, uid: int | None, a: Answer) -> None:
+        graceful = request.graceful if isinstance(request, StopRequest) else False
+        action = "stop" if isinstance(request, StopRequest) else "reinvoke"
+        self.store.note(
+            Request(
+                at=time.time(),
+                action=action,
+                id=request.id,
+                uid=uid,
+                graceful=graceful,
+                outcome=a.outcome,
+                name=name,
+                message=a.message,
+                new_id=a.new_id,
+            )
+        )
+        log.info("control/%s: %s %s by uid %s: %s", name, action, request.id, uid, a.message)

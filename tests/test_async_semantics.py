@@ -1,0 +1,267 @@
+"""Stop (forced, graceful), re-invoke, destinations, expiry and durable requests, through the
+real daemon and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from conftest import drop, events, fnspool, fnspool_json, gone, journal_records, wait_for
+
+from daemon.model import HookRun, Request
+
+
+def newest(spool: Path, function: str) -> dict | None:
+    found = events(spool, "--function", function)
+    return found[0] if found else None
+
+
+def event(spool: Path, request_id: str) -> dict:
+    return fnspool_json(spool, "events", "get", request_id)
+
+
+def state_of(spool: Path, request_id: str) -> str:
+    return event(spool, request_id)["state"]
+
+
+def running(spool: Path, function: str, payload: object) -> dict:
+    """Drop an event and wait until its handler runs."""
+    drop(spool, function, f"{function}.json", payload)
+    found = wait_for(lambda: newest(spool, function), what="the event")
+    wait_for(lambda: state_of(spool, found["id"]) == "Running", what="it to run")
+    return event(spool, found["id"])
+
+
+def pid_of_instance(spool: Path, function: str) -> int | None:
+    status = json.loads((spool / "run" / "status.json").read_text())
+    found = status["instances"].get(function)
+    return found[0]["pid"] if found else None
+
+
+def test_forced_stop_runs_prestop_beside_the_handler_then_kills(spool, daemon):
+    daemon.start()
+    ev = running(spool, "sleeper", {"sleep": 30})
+    pid = wait_for(lambda: pid_of_instance(spool, "sleeper"), what="the instance in status")
+    out = fnspool(spool, "events", "stop", ev["id"], "--wait")
+    assert f"{ev['id']} Stopped" in out.stdout
+    done = event(spool, ev["id"])
+    assert [h["state"] for h in done["history"]][-2:] == ["Stopping", "Stopped"]
+    assert done["error"]["type"] == "Stopped"
+    wait_for(lambda: gone(pid), what="the instance to be killed")
+    hooks = [h for h in journal_records(spool, HookRun) if h.hook == "pre_stop"]
+    assert [(h.request_id, h.ok) for h in hooks] == [(ev["id"], True)]
+    log = Path(done["log_path"]).read_text()
+    assert f"FC PreStop Start RequestId: {ev['id']}" in log and "pre-stop: flushing" in log
+    # a stopped event goes to on_failure (the dead-letter folder) with condition Stopped
+    dead = spool / "destinations" / "dead-letter" / f"{ev['id']}.json"
+    record = json.loads(wait_for(lambda: dead.exists() and dead.read_text(), what="dead letter"))
+    assert record["requestContext"]["condition"] == "Stopped"
+    assert record["requestPayload"] == {"sleep": 30}
+
+
+def test_graceful_stop_keeps_the_handlers_return_value(spool, daemon):
+    daemon.start()
+    ev = running(spool, "graceful", {})
+    fnspool(spool, "events", "stop", ev["id"], "--graceful", "--wait")
+    done = event(spool, ev["id"])
+    assert done["state"] == "Stopped" and done["result"] == "END"
+    log = Path(done["log_path"]).read_text()
+    assert "[PLATFORM] Signal received successfully." in log
+    assert "Graceful shutdown." in log
+
+
+def test_graceful_stop_of_a_handler_that_dies_of_sigterm_is_439(spool, daemon):
+    daemon.start()
+    ev = running(spool, "sleeper", {"sleep": 30})
+    fnspool(spool, "events", "stop", ev["id"], "--graceful", "--wait")
+    done = event(spool, ev["id"])
+    assert done["state"] == "Stopped"
+    assert done["error"] == {
+        "type": "UserProcessExit",
+        "message": "User process exit when running",
+        "code": 439,
+    }
+    assert done["history"][-1]["usage"]["signal"] == signal.SIGTERM
+
+
+def test_graceful_stop_is_forced_after_the_grace_period(spool, daemon):
+    daemon.start()
+    ev = running(spool, "deaf", {"sleep": 30})
+    wait_for(lambda: "ignoring SIGTERM" in Path(ev["log_path"]).read_text(), what="the handler")
+    fnspool(spool, "events", "stop", ev["id"], "--graceful", "--wait")
+    done = event(spool, ev["id"])
+    assert done["state"] == "Stopped" and done["error"]["type"] == "Stopped"
+    assert done["duration_ms"] < 10_000
+
+
+def test_stop_before_running_and_while_retrying(spool, daemon):
+    daemon.start()
+    out = fnspool(spool, "invoke", "echo", "--payload", "{}", "--delay", "60")
+    delayed = out.stdout.strip()
+    wait_for(lambda: state_of(spool, delayed) == "Enqueued", what="the delayed event")
+    fnspool(spool, "events", "stop", delayed, "--wait")
+    assert [h["state"] for h in event(spool, delayed)["history"]] == ["Enqueued", "Stopped"]
+
+    drop(spool, "slowfail", "a.json", 1)
+    failing = wait_for(lambda: newest(spool, "slowfail"), what="the event")
+    wait_for(lambda: state_of(spool, failing["id"]) == "Retrying", what="Retrying")
+    fnspool(spool, "events", "stop", failing["id"], "--wait")
+    done = event(spool, failing["id"])
+    assert [h["state"] for h in done["history"]][-2:] == ["Retrying", "Stopped"]
+    assert done["attempts"] == 1
+
+
+def test_stopping_an_ended_event_is_refused_naming_its_state(spool, daemon):
+    daemon.start()
+    out = fnspool(spool, "invoke", "echo", "--payload", "{}", "--wait")
+    request_id = json.loads(fnspool(spool, "events", "list", "--json").stdout)[0]["id"]
+    assert out.returncode == 0
+    refused = fnspool(spool, "events", "stop", request_id, check=False)
+    assert refused.returncode == 1
+    assert "already ended: Succeeded" in refused.stderr and "Traceback" not in refused.stderr
+    missing = fnspool(spool, "events", "stop", "no-such-id", check=False)
+    assert missing.returncode == 4 and "not found" in missing.stderr
+
+
+def test_reinvoke_one_and_in_bulk_with_lineage(spool, daemon):
+    daemon.start()
+    for n in range(3):
+        drop(spool, "fail", f"{n}.json", n)
+    wait_for(lambda: len(events(spool, "--function", "fail", "--status", "Failed")) == 3)
+    first = events(spool, "--function", "fail")[-1]
+    out = fnspool(
+        spool,
+        "events",
+        "reinvoke",
+        first["id"],
+        "--payload",
+        '"x"',
+        "--wait",
+        "--json",
+        check=False,
+    )
+    assert out.returncode == 1  # the new event failed too, as its function always does
+    again = json.loads(out.stdout)
+    assert len(again) == 1 and again[0]["retry_of"] == first["id"]
+    assert again[0]["state"] == "Failed"
+    new = event(spool, again[0]["id"])
+    assert new["retry_of"] == first["id"] and new["payload"] == "x"
+    assert new["function"] == "fail" and new["state"] == "Failed"
+
+    bulk = fnspool(
+        spool, "events", "reinvoke", "--function", "fail", "--status", "Failed", "--yes", "--json"
+    )
+    rows = json.loads(bulk.stdout)
+    assert len(rows) == 4 and {r["retry_of"] for r in rows} >= {first["id"]}
+    wait_for(lambda: len(events(spool, "--function", "fail")) == 8, what="the new events")
+    refused = fnspool(spool, "events", "reinvoke", "--function", "fail", check=False, input="")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    requests = journal_records(spool, Request)
+    assert all(r.uid == os.getuid() for r in requests)
+
+
+def test_reinvoke_of_a_running_event_is_refused(spool, daemon):
+    daemon.start()
+    ev = running(spool, "sleeper", {"sleep": 30})
+    refused = fnspool(spool, "events", "reinvoke", ev["id"], check=False)
+    assert refused.returncode == 1 and "has not ended: Running" in refused.stderr
+
+
+def test_destinations_success_folder_dead_letter_and_function(spool, daemon):
+    daemon.start()
+    drop(spool, "sleeper", "ok.json", {"sleep": 0})
+    ok = wait_for(lambda: newest(spool, "sleeper"), what="the event")
+    path = spool / "destinations" / "ok" / f"{ok['id']}.json"
+    record = json.loads(wait_for(lambda: path.exists() and path.read_text(), what="on_success"))
+    assert record["requestContext"] == {
+        "requestId": ok["id"],
+        "functionArn": "fnspool:function:sleeper",
+        "condition": "Success",
+        "approximateInvokeCount": 1,
+    }
+    assert record["responseContext"] == {"statusCode": 200, "functionError": None}
+    assert record["requestPayload"] == {"sleep": 0} and "pid" in record["responsePayload"]
+    assert record["timestamp"].endswith("Z")
+
+    drop(spool, "relay", "r.json", {"sleep": 0})
+    relayed = wait_for(lambda: newest(spool, "collector"), what="the collector's event")
+    failed = newest(spool, "relay")
+    assert relayed["id"] == f"{failed['id']}-RetriesExhausted"
+    wait_for(lambda: state_of(spool, relayed["id"]) == "Succeeded", what="the collector")
+    got = event(spool, relayed["id"])["result"]
+    assert got["requestContext"]["condition"] == "RetriesExhausted"
+    assert got["responseContext"]["functionError"] == "RuntimeError"
+    assert got["responsePayload"]["message"] == "failed on attempt 1"
+
+
+def test_undelivered_records_are_delivered_once_after_a_restart(spool, daemon):
+    blocker = spool / "destinations" / "ok"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the folder should be")
+    d = daemon.start()
+    drop(spool, "sleeper", "ok.json", {"sleep": 0})
+    ok = wait_for(lambda: newest(spool, "sleeper"), what="the event")
+    wait_for(lambda: "destination delivery failed" in d.log_text(), what="the failed delivery")
+    assert d.stop() == 0
+    blocker.unlink()
+    d = daemon.start()
+    path = blocker / f"{ok['id']}.json"
+    wait_for(lambda: path.exists(), what="delivery at start-up")
+    assert d.stop() == 0
+    daemon.start()  # a second restart delivers nothing again
+    fnspool(spool, "status")
+    assert sorted(p.name for p in blocker.iterdir()) == [f"{ok['id']}.json"]
+
+
+def test_requests_written_while_the_daemon_is_down_wait_for_it(spool, daemon):
+    d = daemon.start()
+    ev = running(spool, "sleeper", {"sleep": 30})
+    done_first = fnspool(spool, "invoke", "echo", "--payload", "1", "--wait")
+    assert done_first.returncode == 0
+    echo_id = events(spool, "--function", "echo")[0]["id"]
+    d.kill()
+    stop = fnspool(spool, "events", "stop", ev["id"])
+    assert "not running" in stop.stderr and stop.returncode == 0
+    again = fnspool(spool, "events", "reinvoke", echo_id)
+    assert "not running" in again.stderr
+    new_id = again.stdout.strip()
+    assert len(list((spool / "control").iterdir())) == 2
+    daemon.start()
+    wait_for(lambda: state_of(spool, ev["id"]) == "Stopped", what="the stop to be applied")
+    wait_for(lambda: state_of(spool, new_id) == "Succeeded", what="the re-invoke")
+    assert event(spool, new_id)["retry_of"] == echo_id
+    assert not list((spool / "control").iterdir())
+    answered = {r.action: r for r in journal_records(spool, Request)}
+    assert answered["stop"].uid == os.getuid() and answered["stop"].outcome == "applied"
+
+
+def test_malformed_control_files_are_set_aside_with_a_reason(spool, daemon):
+    daemon.start()
+    (spool / "control" / "junk.json").write_text('{"action": "explode", "id": 3}')
+    reason = spool / "rejected" / "junk.json.reason.json"
+    wait_for(reason.exists, what="the reason")
+    assert json.loads(reason.read_text())["reason"] == "bad_request"
+    refused = [r for r in journal_records(spool, Request) if r.name == "junk.json"]
+    assert refused and refused[0].outcome == "refused"
+    out = fnspool(spool, "invoke", "echo", "--payload", "2", "--wait")
+    assert out.returncode == 0  # still serving
+
+
+def test_an_event_older_than_max_event_age_expires_instead_of_running(spool, daemon):
+    (spool / "functions" / "brief.toml").write_text(
+        'code = "lifecycle"\nhandler = "index.handler"\n[async]\nmax_event_age = 1\n'
+    )
+    daemon.start()
+    out = fnspool(
+        spool, "invoke", "brief", "--payload", "{}", "--delay", "1.5", "--wait", check=False
+    )
+    assert out.returncode == 1
+    ev = newest(spool, "brief")
+    done = event(spool, ev["id"])
+    assert done["state"] == "Expired" and done["error"]["type"] == "EventExpired"
+    assert [h["state"] for h in done["history"]] == ["Enqueued", "Dequeued", "Expired"]
+    dead = spool / "destinations" / "dead-letter" / f"{ev['id']}.json"
+    record = json.loads(wait_for(lambda: dead.exists() and dead.read_text(), what="dead letter"))
+    assert record["requestContext"]["condition"] == "EventAgeExceeded"
