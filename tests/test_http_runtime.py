@@ -115,6 +115,9 @@ async def test_the_port_is_in_both_variables_and_the_server_is_reused(tmp_path: 
             assert isinstance(answer, dict) and answer["echo"] == n
             pids.add(answer["pid"])
         assert pids == {instance.pid}
+        assert answer["ports"] == [str(instance.port)] * 2
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        assert 10000 <= instance.port < low  # never an outgoing connection's port
         assert instance.events_served == 20
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import random
 import socket
 import sys
 import time
@@ -28,6 +29,7 @@ HOOK_REQUESTS = {
 
 _PROBE_FIRST, _PROBE_MAX = 0.001, 0.01  # seconds between connection attempts while it starts
 
+_PORT_FLOOR = 10000  # ports below are left to well-known services
 _ports_in_use: set[int] = set()  # handed to instances of this daemon that are still alive
 
 
@@ -120,15 +122,32 @@ def status_error(request: str, response: Response) -> ErrorInfo:
 
 
 def free_port() -> int:
-    """A TCP port free on the loopback now, not handed to another live instance of ours."""
-    for _ in range(100):
+    """A TCP port free now, not handed to another live instance of ours, and below the
+    ephemeral range: the kernel never gives such a port to an outgoing connection (ours to
+    other servers included) while the new server is still starting."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(_PORT_FLOOR, low) if low > _PORT_FLOOR + 1000 else 0
+        if port in _ports_in_use:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
+            try:
+                s.bind(("0.0.0.0", port))  # free on every address: the server may bind any
+            except OSError:
+                continue
             port = int(s.getsockname()[1])
         if port not in _ports_in_use:
             _ports_in_use.add(port)
             return port
     raise InstanceStartError(ErrorInfo(type="SpawnError", message="no free TCP port"))
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def release_port(port: int) -> None:

@@ -77,6 +77,7 @@ class Handler(BaseHTTPRequestHandler):
             answer = {
                 "echo": event.get("echo"),
                 "pid": os.getpid(),
+                "ports": [os.environ["FC_SERVER_PORT"], os.environ["PORT"]],
                 "request_id": rid,
                 "attempt": self.headers.get("x-fnspool-attempt"),
                 "timeout_ms": self.headers.get("x-fnspool-timeout-ms"),
