@@ -432,3 +432,17 @@ def test_a_forced_stop_runs_prestop_and_kills_the_server(
     wait_for(lambda: gone(int(pid)), what="the server to be killed")
     text = log.read_text()
     assert "[PLATFORM] FC PreStop Start RequestId: " + event["id"] in text
+
+
+def test_one_server_serves_concurrency_events_at_once(spool: Path, daemon) -> None:
+    http_function(spool, "wide", "concurrency = 3\nmax_instances = 1\n")
+    daemon.start()
+    for n in range(3):
+        drop(spool, "wide", f"{n}.json", {"sleep": 1, "echo": n})
+    done = wait_for(lambda: ended(spool, 3, "wide"), what="three concurrent events")
+    full = [fnspool_json(spool, "events", "get", e["id"]) for e in done]
+    assert {e["state"] for e in full} == {"Succeeded"}
+    assert len({e["result"]["pid"] for e in full}) == 1
+    starts = sorted(e["started_at"] for e in full)
+    ends = sorted(e["ended_at"] for e in full)
+    assert starts[-1] < ends[0], "all three ran side by side on one server"
