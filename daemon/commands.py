@@ -225,6 +225,24 @@ def _print_event(event: Event, spool: Spool) -> None:
     for h in view["history"]:
         extra = " ".join(f"{k}={h[k]}" for k in ("reason", "instance") if k in h)
         print(f"  {h['at']}  {h['state']:10} attempt {h['attempt']}  {extra}".rstrip())
+        if "usage" in h:
+            print(f"  {'':24}  {_usage_text(h['usage'])}")
+        if "error" in h and h["state"] != view["state"]:
+            print(f"  {'':24}  {h['error']['type']}: {h['error']['message']}")
+
+
+def _usage_text(usage: dict[str, Any]) -> str:
+    """An attempt's cost in words: wall time, CPU time, peak memory, how the process ended."""
+    parts = [f"wall {usage['duration_ms']:.1f}ms"]
+    if usage.get("cpu_ms") is not None:
+        parts.append(f"cpu {usage['cpu_ms']:.1f}ms")
+    if usage.get("max_memory_mb") is not None:
+        parts.append(f"peak memory {usage['max_memory_mb']:.1f}MB")
+    if usage.get("signal") is not None:
+        parts.append(f"killed by signal {usage['signal']}")
+    elif usage.get("exit_code") is not None:
+        parts.append(f"exit code {usage['exit_code']}")
+    return ", ".join(parts)
 
 
 def events_logs(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from conftest import drop, events, fnspool, fnspool_json, gone, journal_records, wait_for
 
 from daemon.model import HookRun, Request
@@ -265,3 +266,99 @@ def test_an_event_older_than_max_event_age_expires_instead_of_running(spool, dae
     dead = spool / "destinations" / "dead-letter" / f"{ev['id']}.json"
     record = json.loads(wait_for(lambda: dead.exists() and dead.read_text(), what="dead letter"))
     assert record["requestContext"]["condition"] == "EventAgeExceeded"
+
+
+def test_a_flaky_handler_succeeds_on_its_third_attempt(spool, daemon):
+    daemon.start()
+    drop(spool, "flaky", "a.json", {})
+    ev = wait_for(lambda: newest(spool, "flaky"), what="the event")
+    wait_for(lambda: state_of(spool, ev["id"]) == "Succeeded", what="success")
+    done = event(spool, ev["id"])
+    assert done["attempts"] == 3 and done["result"] == {"attempt": 3}
+    assert [h["state"] for h in done["history"]] == [
+        "Enqueued", "Dequeued", "Running", "Retrying", "Running", "Retrying", "Running",
+        "Succeeded",
+    ]  # fmt: skip
+    assert done["history"][3]["error"]["type"] == "ConnectionError"
+
+
+def test_retries_exhausted_after_three_attempts_with_one_dead_letter(spool, daemon):
+    daemon.start()
+    drop(spool, "doomed", "a.json", {"n": 1})
+    ev = wait_for(lambda: newest(spool, "doomed"), what="the event")
+    wait_for(lambda: state_of(spool, ev["id"]) == "Failed", what="Failed")
+    done = event(spool, ev["id"])
+    assert done["attempts"] == 3
+    assert done["error"]["message"] == "failed on attempt 3"
+    wait_for(lambda: list((spool / "destinations" / "dead-letter").glob(f"{ev['id']}*")))
+    letters = list((spool / "destinations" / "dead-letter").glob(f"{ev['id']}*"))
+    assert [p.name for p in letters] == [f"{ev['id']}.json"]
+    record = json.loads(letters[0].read_text())
+    assert set(record) >= {
+        "timestamp", "requestContext", "requestPayload", "responseContext", "responsePayload",
+    }  # fmt: skip
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["responseContext"] == {"statusCode": 500, "functionError": "RuntimeError"}
+    assert record["requestPayload"] == {"n": 1}
+
+
+def test_an_event_expires_while_the_only_instance_is_busy(spool, daemon):
+    daemon.start()
+    drop(spool, "single", "a.json", {"sleep": 2})
+    first = wait_for(lambda: newest(spool, "single"), what="the first event")
+    wait_for(lambda: state_of(spool, first["id"]) == "Running", what="it to run")
+    drop(spool, "single", "b.json", {})
+    second = wait_for(
+        lambda: [e for e in events(spool, "--function", "single") if e["id"] != first["id"]],
+        what="the second event",
+    )[0]
+    wait_for(lambda: state_of(spool, second["id"]) == "Expired", what="expiry", timeout=10)
+    assert state_of(spool, first["id"]) == "Succeeded"
+    assert event(spool, second["id"])["attempts"] == 0
+
+
+def test_forced_stop_of_an_endless_loop(spool, daemon):
+    daemon.start()
+    ev = running(spool, "spinner", {})
+    wait_for(lambda: "spinning" in Path(ev["log_path"]).read_text(), what="the loop")
+    pid = wait_for(lambda: pid_of_instance(spool, "spinner"), what="the instance")
+    fnspool(spool, "events", "stop", ev["id"], "--wait")
+    wait_for(lambda: gone(pid), what="the process to be gone")
+    done = event(spool, ev["id"])
+    assert done["state"] == "Stopped" and done["attempts"] == 1
+    hooks = [h for h in journal_records(spool, HookRun) if h.function == "spinner"]
+    assert [(h.hook, h.ok, h.request_id) for h in hooks] == [("pre_stop", True, ev["id"])]
+    assert state_of(spool, ev["id"]) == "Stopped"  # never retried
+
+
+def test_kill_9_during_an_attempt_then_it_succeeds_after_restart(spool, daemon):
+    d = daemon.start()
+    ev = running(spool, "sleeper", {"sleep": 1})
+    pid = wait_for(lambda: pid_of_instance(spool, "sleeper"), what="the instance")
+    d.kill()
+    wait_for(lambda: gone(pid), what="the instance to die with the daemon")
+    daemon.start()
+    wait_for(lambda: state_of(spool, ev["id"]) == "Succeeded", what="the rerun")
+    done = event(spool, ev["id"])
+    assert done["attempts"] == 2
+    retry = next(h for h in done["history"] if h["state"] == "Retrying")
+    assert retry["reason"] == "Interrupted"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a file as another user")
+def test_a_request_from_a_user_outside_the_spool_group_is_set_aside(spool, daemon):
+    daemon.start()
+    out = fnspool(spool, "invoke", "echo", "--payload", "1", "--wait")
+    assert out.returncode == 0
+    request_id = events(spool, "--function", "echo")[0]["id"]
+    staged = spool / "tmp" / ".intruder.tmp"
+    staged.write_text(json.dumps({"action": "reinvoke", "id": request_id, "new_id": "x-1"}))
+    os.chown(staged, 54321, 54321)
+    os.rename(staged, spool / "control" / "intruder.json")
+    reason = spool / "rejected" / "intruder.json.reason.json"
+    wait_for(reason.exists, what="the reason")
+    assert json.loads(reason.read_text())["reason"] == "owner"
+    answer = next(r for r in journal_records(spool, Request) if r.name == "intruder.json")
+    assert answer.outcome == "refused" and answer.uid == 54321
+    assert len(events(spool, "--function", "echo")) == 1  # nothing re-invoked

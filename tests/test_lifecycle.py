@@ -9,7 +9,16 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import drop, events, fnspool_json, gone, journal_records, process_state, wait_for
+from conftest import (
+    drop,
+    events,
+    fnspool,
+    fnspool_json,
+    gone,
+    journal_records,
+    process_state,
+    wait_for,
+)
 
 from daemon.model import HookRun
 
@@ -125,6 +134,9 @@ def test_going_over_memory_mb_is_memory_limit_exceeded(spool, daemon):
     assert "the limit is 100MB" in event["error"]["message"]
     usage = event["history"][-1]["usage"]
     assert usage["signal"] == signal.SIGKILL
+    text = fnspool(spool, "events", "get", done[0]["id"]).stdout
+    assert "error:        MemoryLimitExceeded: Memory limit exceeded" in text
+    assert re.search(r"wall [\d.]+ms, .*peak memory [\d.]+MB, killed by signal 9", text)
 
 
 def test_min_instances_kept_warm_and_recycled_after_max_events(spool, daemon):

@@ -54,3 +54,15 @@ def ignore_term(event, context):
 def sleep_then_fail(event, context):
     time.sleep(event.get("sleep", 0))
     raise RuntimeError(f"failed on attempt {context.attempt}")
+
+
+def third_time_lucky(event, context):
+    if context.attempt < 3:
+        raise ConnectionError(f"flaky on attempt {context.attempt}")
+    return {"attempt": context.attempt}
+
+
+def spin(event, context):
+    print("spinning", flush=True)
+    while True:
+        pass
