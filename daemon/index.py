@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import time
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
@@ -54,7 +55,7 @@ _TERMINAL_CODES = frozenset(STATE_CODE[s] for s in TERMINAL_STATES)
 _RUNNING, _SUCCEEDED = STATE_CODE[State.RUNNING], STATE_CODE[State.SUCCEEDED]
 MAX_FUNCTIONS = 255  # function codes are bytes; further names share code 255 ("other")
 NAN = math.nan
-_CHUNK = 8 * 1024 * 1024
+_CHUNK = 2 * 1024 * 1024  # small enough that a reader thread lets a UI thread run between them
 PREVIEW_BYTES = 512 * 1024  # the newest part of a snapshot read for a first screen
 
 
@@ -104,6 +105,11 @@ class EventTable:
         self.by_function: Counter[tuple[int, int]] = Counter()  # (function code, state code)
         self.monotone = True  # enqueued times never decrease: time ranges by bisection
         self.complete = True  # False for a preview of the newest rows only
+        # ids sorted, with their rows, for id-prefix search by bisection (rows past
+        # `_sorted_upto`, added live, are scanned instead)
+        self._sorted_ids: list[str] = []
+        self._sorted_rows = array("q")
+        self._sorted_upto = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -117,6 +123,23 @@ class EventTable:
                 self.functions.append(function)
             self._func_code[function] = code
         return code
+
+    def index_ids(self) -> None:
+        """Sort the ids for prefix search (once, after a load; ids by time sort in O(n))."""
+        order = sorted(range(len(self.ids)), key=self.ids.__getitem__)
+        self._sorted_ids = [self.ids[r] for r in order]
+        self._sorted_rows = array("q", order)
+        self._sorted_upto = len(self.ids)
+
+    def rows_with_prefix(self, prefix: str) -> Iterable[int]:
+        """The rows whose id starts with `prefix`."""
+        ids = self._sorted_ids
+        at = bisect_left(ids, prefix)
+        while at < len(ids) and ids[at].startswith(prefix):
+            yield self._sorted_rows[at]
+            at += 1
+        tail = range(self._sorted_upto, len(self.ids))
+        yield from compress(tail, map(methodcaller("startswith", prefix), self.ids[tail.start :]))
 
     def function(self, row: int) -> str:
         """The function of a row."""
@@ -317,7 +340,7 @@ def _time_mask(table: EventTable, since: float | None, until: float | None) -> b
 
 def _text_mask(table: EventTable, text: str) -> bytearray:
     mask = _function_mask(table, lambda name: text in name.lower())
-    for row in compress(range(len(table)), map(methodcaller("startswith", text), table.ids)):
+    for row in table.rows_with_prefix(text):
         mask[row] = 1
     for row, error in table.errors.items():
         if text in error.lower():
@@ -368,10 +391,12 @@ def read_snapshot_table(path: Path) -> tuple[SnapshotHeader, EventTable]:
                     table.extend(_decode_rows(data[: cut - 1].split(b"\n")))
                 except ValueError as exc:
                     raise ValueError(f"{path}: damaged snapshot: {exc}") from None
+            time.sleep(0)  # hand the GIL over: the UI thread may be waiting for it
     if pending:
         raise ValueError(f"{path}: torn snapshot")
     if header.count != len(table):
         raise ValueError(f"{path}: snapshot holds {len(table)} events, header says {header.count}")
+    table.index_ids()
     return header, table
 
 

@@ -18,7 +18,7 @@ from daemon.control import DECODER, ReinvokeRequest, StopRequest
 from daemon.model import State
 from daemon.spool import Spool
 from tui.app import FnspoolApp
-from tui.detail import DetailScreen
+from tui.detail import DetailScreen, LogScreen
 from tui.event_list import EventList
 from tui.functions import FunctionsScreen
 from tui.modals import ConfirmStop
@@ -44,7 +44,7 @@ def shown(app: FnspoolApp) -> list[tuple[str, str, str]]:
 
 
 def notices(app: FnspoolApp) -> list[str]:
-    return [n.message for n in app._notifications]
+    return [f"{n.title}: {n.message}" for n in app._notifications]
 
 
 def control_requests(spool: Path) -> list[Any]:
@@ -140,6 +140,12 @@ async def test_actions_while_the_daemon_is_down_queue_requests(tmp_path):
         await until(pilot, lambda: app.clipboard, "the payload in the clipboard")
         assert json.loads(app.clipboard) == {"n": 7}
 
+        await pilot.press("slash", *"echo", "enter")  # events 0, 3, 6 and 9 (running)
+        await pilot.press("R", "enter")  # every ended event the filter shows
+        await until(pilot, lambda: len(control_requests(spool)) == 5, "three more requests")
+        again = {r.id for r in control_requests(spool)[2:]}
+        assert again == {event_id(0), event_id(3), event_id(6)}
+
 
 async def test_detail_shows_timeline_payload_result_and_goes_back(tmp_path):
     spool = tmp_path / "spool"
@@ -169,8 +175,12 @@ async def test_detail_shows_timeline_payload_result_and_goes_back(tmp_path):
         assert '"ok": 9' in _text(screen.query_one("#detail-result"))
         await pilot.press("c")
         assert json.loads(app.clipboard) == {"n": 9}
-        await pilot.press("escape")
-        assert not isinstance(app.screen, DetailScreen)
+        await pilot.press("o")
+        assert isinstance(app.screen, LogScreen)
+        full = app.screen.query_one("#full-log")
+        await until(pilot, lambda: "second line" in "\n".join(full.lines), "the whole log")
+        await pilot.press("escape", "escape")
+        assert not isinstance(app.screen, DetailScreen | LogScreen)
 
 
 def _text(widget: Any) -> str:
@@ -221,9 +231,11 @@ async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool,
         await until(pilot, lambda: shown(app) and shown(app)[0][2] == "Running", "running")
         await pilot.press("x", "enter")
         await until(pilot, lambda: shown(app)[0][2] == "Stopped", "the stop applied", 30)
-        await until(pilot, lambda: any("done" in n or "applied" in n for n in notices(app)), "ok")
+        answered = "the daemon's answer told"
+        stop_told = lambda: any(n.startswith("done: stop of") for n in notices(app))  # noqa: E731
+        await until(pilot, stop_told, answered)
         stopped = shown(app)[0][0]
         await pilot.press("r", "enter")
         await until(pilot, lambda: len(shown(app)) == 2, "the re-invoked event", 30)
-        row = app.table.row_of[shown(app)[0][0]]
-        assert app.table.ids[row] != stopped
+        await until(pilot, lambda: any("re-invoked as" in n for n in notices(app)), answered)
+        assert shown(app)[0][0] != stopped and shown(app)[0][1] == "slow"

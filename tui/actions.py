@@ -51,7 +51,7 @@ class Requests:
             return None
         applied = record.outcome == APPLIED
         message = record.message or ("done" if applied else "refused")
-        if applied and record.new_id:
+        if applied and record.new_id and record.new_id not in message:
             message = f"{message} (new event {record.new_id})"
         return pending, applied, message
 

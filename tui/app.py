@@ -99,6 +99,8 @@ class FnspoolApp(App[None]):
         self.loads += 1
         self.table = message.table
         self.refilter()
+        if message.shown is not None:
+            self.call_after_refresh(message.shown.set)
         for damage in message.damages[:5]:
             self.notify(
                 f"{damage.path} at {damage.offset}: {damage.reason}",
@@ -165,6 +167,9 @@ class FnspoolApp(App[None]):
             events.show(self.table, self.rows)
         self.counts_markup = counts_markup(self.table.counts)
         self._show_filter()
+
+    def on_event_list_ready(self) -> None:
+        self._show()
 
     def _event_lists(self) -> list[EventList]:
         screens = [s for s in self.screen_stack if isinstance(s, EventsScreen)]

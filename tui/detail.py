@@ -183,8 +183,8 @@ class DetailScreen(Screen[None]):
             yield Static("reading the event…", id="detail-summary")
             yield Static(id="detail-result", classes="section")
             yield Static(id="detail-attempts", classes="section")
-            yield Static(id="detail-timeline", classes="section")
             yield Static(id="detail-payload", classes="section")
+            yield Static(id="detail-timeline", classes="section")
         yield LogView(self.log_path, self.running, LOG_TAIL_BYTES, id="detail-log")
         yield Footer()
 

@@ -73,6 +73,9 @@ class EventList(ScrollView, can_focus=True):
 
         event_id: str
 
+    class Ready(Message):
+        """The list is mounted: give it the rows."""
+
     @dataclass
     class FollowChanged(Message):
         """Follow mode went on or off."""
@@ -129,6 +132,9 @@ class EventList(ScrollView, can_focus=True):
     def _resize_virtual(self) -> None:
         width = max(FIXED_WIDTH + MIN_ERROR_WIDTH, self.scrollable_content_region.width)
         self.virtual_size = Size(width, self.count + 1)
+
+    def on_mount(self) -> None:
+        self.post_message(self.Ready())
 
     def on_resize(self) -> None:
         self._resize_virtual()

@@ -70,7 +70,14 @@ def age(since: float | None, now: float | None = None) -> str:
     """How long ago `since` was."""
     if since is None:
         return "-"
-    return duration(((now or time.time()) - since) * 1000)
+    seconds = max(0, int((now or time.time()) - since))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def counts_markup(counts: list[int], *, all_states: bool = False) -> str:

@@ -8,6 +8,8 @@ then every batch of new records as it is appended.
 from __future__ import annotations
 
 import json
+import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +26,8 @@ from daemon.spool import Spool
 
 POLL = 0.1  # seconds between two looks at the journal: new events show well under a second
 STATUS_EVERY = 0.5  # seconds between two looks at the lock, the heartbeat and the definitions
+FIRST_SCREEN_WAIT = 2.0  # seconds the full load waits for the preview to be painted
+LOAD_SWITCH_INTERVAL = 0.0002
 
 
 @dataclass
@@ -32,6 +36,7 @@ class TableLoaded(Message):
 
     table: EventTable
     damages: list[Damage] = field(default_factory=list)
+    shown: threading.Event | None = None  # set once it is on screen
 
 
 @dataclass
@@ -116,9 +121,19 @@ class JournalTail:
 
     def run(self) -> None:
         """Load, then follow until cancelled."""
-        self.post(TableLoaded(preview(self.spool.journal)))
+        shown = threading.Event()
+        self.post(TableLoaded(preview(self.spool.journal), shown=shown))
         self.post(StatusChanged(read_status(self.spool)))
-        state = self.follower.load()
+        # the full load holds the GIL for long stretches: let the first screen be painted first
+        shown.wait(FIRST_SCREEN_WAIT)
+        # the UI thread gives up the GIL at every select(): with the default 5 ms switch
+        # interval it would wait that long each time to get it back while this thread reads
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(LOAD_SWITCH_INTERVAL)
+        try:
+            state = self.follower.load()
+        finally:
+            sys.setswitchinterval(previous)
         reloads = self.follower.reloads
         self.post(TableLoaded(self.follower.table, list(state.damages)))
         last_status: DaemonStatus | None = None

@@ -1,0 +1,257 @@
+"""The dashboard over a million retained events: first screen, filters, memory.
+
+Builds a spool whose journal holds N ended events (a snapshot, as the daemon's compaction leaves
+it, plus a short segment of newer events), then runs `fnspool tui` headless (Textual's pilot) in
+a fresh process and prints:
+
+- first screen: from the process start (imports included) and from the app's start to the first
+  screen with rows; then until the whole journal is in (the list shows the newest events at
+  once, the rest is read in a worker);
+- filters: from applying a filter (state, function, free text, time range) to the list showing
+  its rows, on the whole table;
+- memory: the process's peak RSS.
+
+Targets (issue 5): first screen <= 2 s, filter <= 200 ms, memory <= 1 GiB.
+
+Usage: python benchmarks/bench_tui.py [--events 1000000] [--spool DIR (reuse or keep)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from daemon.journal import SnapshotHeader, encode_record, segment_name, snapshot_name  # noqa: E402
+from daemon.model import (  # noqa: E402
+    NO_RAW,
+    ErrorInfo,
+    Event,
+    HistoryEntry,
+    Source,
+    State,
+    Transition,
+    Usage,
+    raw_json,
+)
+
+FUNCTIONS = ("resize", "thumbnail", "notify", "billing", "echo", "hello")
+SEGMENT_EVENTS = 1000
+
+
+def uuid7(ms: int, n: int) -> str:
+    """A UUIDv7-shaped id for millisecond `ms`, made unique by `n`."""
+    h = f"{ms:012x}7{n >> 48 & 0xFFF:03x}{0x8000 | (n >> 36) & 0x3FFF:04x}{n & 0xFFFFFFFFF:012x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def _event(i: int, at: float) -> Event:
+    function = FUNCTIONS[i % len(FUNCTIONS)]
+    failed = i % 10 == 3
+    state = State.FAILED if failed else State.SUCCEEDED
+    error = ErrorInfo(type="ValueError", message=f"bad input {i % 97}") if failed else None
+    instance = f"python-{function}-{i % 4}"
+    usage = Usage(duration_ms=48.0, cpu_ms=3.1, max_memory_mb=21.5)
+    return Event(
+        id=uuid7(int(at * 1000), i),
+        function=function,
+        state=state,
+        enqueued_at=at,
+        payload=raw_json({"n": i, "user": f"user{i % 1000}@example.com", "size": [640, 480]}),
+        attempts=1,
+        started_at=at + 0.002,
+        ended_at=at + 0.05,
+        duration_ms=48.0,
+        result=NO_RAW if failed else raw_json({"ok": True}),
+        error=error,
+        source=Source(path=f"incoming/{function}/{i}.json", uid=1000, size=60),
+        history=[
+            HistoryEntry(state=State.ENQUEUED, at=at),
+            HistoryEntry(state=State.DEQUEUED, at=at + 0.001),
+            HistoryEntry(state=State.RUNNING, at=at + 0.002, attempt=1, instance=instance),
+            HistoryEntry(
+                state=state, at=at + 0.05, attempt=1, instance=instance, error=error, usage=usage
+            ),
+        ],
+        seq=4 * i + 4,
+    )
+
+
+def build_spool(root: Path, events: int) -> None:
+    """A spool whose journal holds `events` ended events: a snapshot and a short segment."""
+    journal = root / "journal"
+    journal.mkdir(parents=True)
+    for sub in ("functions", "control", "tmp", "incoming", "logs", "run"):
+        (root / sub).mkdir()
+    in_snapshot = max(0, events - SEGMENT_EVENTS)
+    start = time.time() - events * 0.05  # one event every 50 ms, ending now
+    last_seq = 4 * in_snapshot
+    with open(journal / snapshot_name(last_seq), "wb") as out:
+        out.write(encode_record(SnapshotHeader(seq=last_seq, at=time.time(), count=in_snapshot)))
+        buf = bytearray()
+        for i in range(in_snapshot):
+            buf += encode_record(_event(i, start + i * 0.05))
+            if len(buf) >= 1 << 20:
+                out.write(buf)
+                buf.clear()
+        out.write(buf)
+    with open(journal / segment_name(last_seq + 1), "wb") as out:
+        seq = last_seq
+        for i in range(in_snapshot, events):
+            event = _event(i, start + i * 0.05)
+            for h in event.history:
+                seq += 1
+                rec = Transition(
+                    seq=seq,
+                    at=h.at,
+                    id=event.id,
+                    function=event.function,
+                    state=h.state,
+                    attempt=h.attempt,
+                    instance=h.instance,
+                    payload=event.payload if h.state is State.ENQUEUED else NO_RAW,
+                    result=event.result if h.state is State.SUCCEEDED else NO_RAW,
+                    error=h.error,
+                    usage=h.usage,
+                )
+                out.write(encode_record(rec))
+
+
+# -- the measurement (in a fresh process) ------------------------------------------------------
+
+
+async def measure(spool: Path, spawned_at: float) -> dict[str, float]:
+    """Run the app headless over `spool`; the figures."""
+    from daemon.index import Query
+    from daemon.model import State
+    from daemon.spool import Spool
+    from tui.app import FnspoolApp
+    from tui.event_list import EventList
+
+    figures: dict[str, float] = {}
+    started = time.time()
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=(160, 40)) as pilot:
+        events = app.screen.query_one(EventList)
+        while events.count == 0:
+            await pilot.pause(0.005)
+        painted = asyncio.Event()
+        app.call_after_refresh(painted.set)  # the screen with the rows was rendered
+        await painted.wait()
+        now = time.time()
+        figures["first_screen_from_process_start_s"] = now - spawned_at
+        figures["first_screen_from_app_start_s"] = now - started
+        figures["rows_on_first_screen"] = events.count
+        # how the UI feels while the rest is read: the gaps of a 10 ms timer on the UI thread
+        gaps: list[float] = []
+        last = [time.perf_counter()]
+
+        def tick() -> None:
+            now = time.perf_counter()
+            gaps.append((now - last[0]) * 1000)
+            last[0] = now
+
+        timer = app.set_interval(0.01, tick)
+        while not app.table.complete:
+            await asyncio.sleep(0.01)
+        timer.stop()
+        gaps.sort()
+        figures["UI timer gap while loading, median (ms)"] = gaps[len(gaps) // 2] if gaps else 0
+        figures["UI timer gap while loading, max (ms)"] = gaps[-1] if gaps else 0
+        figures["whole_journal_in_s"] = time.time() - started
+        figures["events"] = len(app.table)
+        newest = app.table.enqueued[len(app.table) - 1]
+        filters = {
+            "state Failed": Query(states=frozenset({State.FAILED})),
+            "function billing": Query(function="billing"),
+            "text 'bad input 42'": Query(text="bad input 42"),
+            "text id prefix": Query(text=app.table.ids[len(app.table) // 2][:11]),
+            "time range last hour": Query(since=newest - 3600),
+            "Failed + billing + 1 day": Query(
+                states=frozenset({State.FAILED}), function="billing", since=newest - 86400
+            ),
+        }
+        for name, query in filters.items():
+            t = time.perf_counter()
+            app.query_ = query
+            app.refilter()
+            await pilot.pause()  # the list repainted with the filtered rows
+            figures[f"filter {name} (ms)"] = (time.perf_counter() - t) * 1000
+            figures[f"filter {name} rows"] = events.count
+        await pilot.press("slash", *"bad input 7")
+        t = time.perf_counter()
+        await pilot.press("enter")
+        figures["filter typed '/bad input 7', from enter to the list (ms)"] = (
+            time.perf_counter() - t
+        ) * 1000
+    figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--spool", type=Path, help="use (or build and keep) this spool")
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--spawned-at", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(asyncio.run(measure(args.measure, args.spawned_at))))
+        return 0
+
+    temp = None
+    spool = args.spool
+    if spool is None:
+        temp = tempfile.mkdtemp(prefix="fnspool-bench-tui-")
+        spool = Path(temp) / "spool"
+    try:
+        if not (spool / "journal").exists():
+            t = time.perf_counter()
+            build_spool(spool, args.events)
+            size = sum(p.stat().st_size for p in (spool / "journal").iterdir())
+            print(
+                f"built {args.events:,} events in {time.perf_counter() - t:.1f} s "
+                f"({size / 2**20:.0f} MiB of journal)"
+            )
+        spawned = time.time()
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure", str(spool), "--spawned-at", str(spawned)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+    for name, value in figures.items():
+        print(f"{name:58} {value:12,.3f}" if isinstance(value, float) else f"{name:58} {value}")
+    ok = (
+        figures["first_screen_from_process_start_s"] <= 2.0
+        and all(
+            v <= 200
+            for k, v in figures.items()
+            if k.startswith("filter ") and "(ms)" in k and "typed" not in k
+        )
+        and figures["peak_rss_mib"] <= 1024
+    )
+    print(
+        "targets (first screen <= 2 s, filter <= 200 ms, memory <= 1 GiB):",
+        "met" if ok else "NOT met",
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""SVG snapshots of the dashboard's main screens over a hand-written journal (fixed ids and times).
+
+Update them after an intended change with `pytest tests/test_tui_snapshots.py --snapshot-update`
+and look at the report it writes before committing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from tui_journal import write_journal
+
+from daemon.spool import Spool
+from tui.app import FnspoolApp
+from tui.detail import DetailScreen
+from tui.functions import FunctionsScreen
+
+SIZE = (140, 32)
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    """The dashboard over 40 events, in UTC, with the spool shown as `spool`."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    monkeypatch.chdir(tmp_path)
+    write_journal(tmp_path / "spool", 40, snapshot_upto=30)
+    yield FnspoolApp(Spool("spool"))
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+async def _loaded(pilot) -> None:
+    app = pilot.app
+    deadline = time.monotonic() + 20
+    while not (app.table.complete and "daemon down" in app.status_markup):
+        assert time.monotonic() < deadline, "the journal was not read"
+        await pilot.pause(0.05)
+    await pilot.pause()
+
+
+def test_events_screen(app, snap_compare):
+    assert snap_compare(app, terminal_size=SIZE, run_before=_loaded)
+
+
+def test_events_filtered_by_state_and_text(app, snap_compare):
+    async def run_before(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("s", *["down"] * 6, "space", "enter")
+        await pilot.press("slash", *"resize", "enter")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_detail_screen(app, snap_compare):
+    async def run_before(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press(*"jjjjjj", "enter")  # event 33: failed
+        screen = pilot.app.screen
+        assert isinstance(screen, DetailScreen)
+        deadline = time.monotonic() + 20
+        while screen.event is None or not screen.query_one("#detail-log").lines:
+            assert time.monotonic() < deadline
+            await pilot.pause(0.05)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_functions_screen(app, snap_compare):
+    async def run_before(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("2")
+        assert isinstance(pilot.app.screen, FunctionsScreen)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_stop_modal(app, snap_compare):
+    async def run_before(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("x", "g")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
