@@ -122,6 +122,15 @@ async def test_the_port_is_in_both_variables_and_the_server_is_reused(tmp_path: 
 
 
 @on_uvloop
+async def test_cpu_time_is_the_servers_over_the_attempt(tmp_path: Path) -> None:
+    async with running() as instance:
+        spin = await instance.invoke("s", raw({"spin": 0.3}), 1, 10.0, tmp_path / "s.log")
+        idle = await instance.invoke("i", raw({"sleep": 0.3}), 1, 10.0, tmp_path / "i.log")
+        assert spin.usage.cpu_ms is not None and 280 <= spin.usage.cpu_ms < 1000
+        assert idle.usage.cpu_ms is not None and idle.usage.cpu_ms < 100
+
+
+@on_uvloop
 async def test_a_body_that_is_not_json_is_kept_as_a_string(tmp_path: Path) -> None:
     async with running() as instance:
         outcome = await instance.invoke("r", raw({"text": "plain words"}), 1, 10.0, tmp_path / "l")

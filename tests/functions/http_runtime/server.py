@@ -64,6 +64,10 @@ class Handler(BaseHTTPRequestHandler):
         if "hog" in event:
             hog = b"x" * (event["hog"] << 20)  # noqa: F841 - held while it sleeps
             time.sleep(10)
+        if "spin" in event:
+            until = time.process_time() + event["spin"]
+            while time.process_time() < until:
+                pass
         if "sleep" in event:
             time.sleep(event["sleep"])
         if "exit" in event:
