@@ -291,7 +291,9 @@ class Dispatcher:
             self.submit(event)
         else:
             self._end(event, state, result=result, error=o.error, **fields)
-        log.info("event %s %s (attempt %d)", event.id, state.value, attempt)
+        # a success is the common case, and the journal has it: the daemon log keeps the rest
+        level = logging.DEBUG if state is State.SUCCEEDED else logging.INFO
+        log.log(level, "event %s %s (attempt %d)", event.id, state.value, attempt)
 
     def _stopped(self, event: Event, running: Attempt, attempt: int, o: Outcome) -> None:
         """A stopped attempt ended: its return value is kept; death by SIGTERM is code 439."""
