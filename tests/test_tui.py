@@ -239,3 +239,22 @@ async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool,
         await until(pilot, lambda: len(shown(app)) == 2, "the re-invoked event", 30)
         await until(pilot, lambda: any("re-invoked as" in n for n in notices(app)), answered)
         assert shown(app)[0][0] != stopped and shown(app)[0][1] == "slow"
+
+
+async def test_a_burst_keeps_the_filtered_index_and_counts_exact(spool, daemon):
+    from daemon.index import STATE_CODE, select
+
+    daemon.start()
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.table.complete, "the journal read")
+        await pilot.press("s", *["down"] * 5, "space", "enter")  # Succeeded only
+        assert app.query_.states == {State.SUCCEEDED}
+        for i in range(150):
+            drop(spool, "echo" if i % 3 else "fail", f"e{i}.json", {"i": i})
+        done = STATE_CODE[State.SUCCEEDED], STATE_CODE[State.FAILED]
+        await until(
+            pilot, lambda: sum(app.table.counts[c] for c in done) == 150, "the burst ended", 60
+        )
+        assert list(app.rows or []) == list(select(app.table, app.query_) or [])
+        assert len(shown(app)) == 100 and {s for _, _, s in shown(app)} == {"Succeeded"}

@@ -36,6 +36,7 @@ COLUMNS = (
 )
 _GAP = "  "
 FIXED_WIDTH = sum(w + len("  ") for _, w in COLUMNS)
+SHORT_ID = 20  # the id column in a narrow terminal: its first 19 characters and "…"
 MIN_ERROR_WIDTH = 30
 
 
@@ -88,6 +89,8 @@ class EventList(ScrollView, can_focus=True):
         self.rows: array[int] | None = None  # ascending row numbers passing the filter; None: all
         self.cursor = 0  # position in display order (0 = newest)
         self.selected_id: str | None = None
+        self.empty_text = ""  # what an empty list says
+        self.id_width = 36
 
     # -- the data --------------------------------------------------------------------------
 
@@ -113,6 +116,15 @@ class EventList(ScrollView, can_focus=True):
 
     def show(self, table: EventTable, rows: array[int] | None) -> None:
         """Show `rows` of `table` (after a load, a filter or a live batch), keeping the cursor."""
+        if not table.complete:
+            self.empty_text = "  reading the journal…"
+        elif rows is not None:
+            self.empty_text = "  no event matches the filter (esc clears it)"
+        else:
+            self.empty_text = (
+                "  no events yet: drop a JSON file into incoming/NAME/, or run"
+                " `fnspool invoke NAME --payload '{...}'`"
+            )
         old_cursor = self.cursor
         self.table, self.rows = table, rows
         self._resize_virtual()
@@ -130,7 +142,9 @@ class EventList(ScrollView, can_focus=True):
         self.refresh()
 
     def _resize_virtual(self) -> None:
-        width = max(FIXED_WIDTH + MIN_ERROR_WIDTH, self.scrollable_content_region.width)
+        room = self.scrollable_content_region.width
+        self.id_width = 36 if room >= FIXED_WIDTH + MIN_ERROR_WIDTH else SHORT_ID
+        width = max(self._fixed() + MIN_ERROR_WIDTH, room)
         self.virtual_size = Size(width, self.count + 1)
 
     def on_mount(self) -> None:
@@ -211,6 +225,10 @@ class EventList(ScrollView, can_focus=True):
         else:
             index = int(self.scroll_y) + y - 1
             if index >= self.count:
+                if self.count == 0 and y == 2:
+                    return Strip([Segment(self.empty_text, self._style("muted"))]).crop_extend(
+                        0, width, base
+                    )
                 return Strip.blank(width, base)
             strip = self._line(self.row_at(index))
             if index == self.cursor:
@@ -220,11 +238,17 @@ class EventList(ScrollView, can_focus=True):
     def _style(self, name: str) -> Style:
         return self.get_component_rich_style(f"event-list--{name}")
 
+    def _fixed(self) -> int:
+        return FIXED_WIDTH - 36 + self.id_width
+
     def _error_width(self) -> int:
-        return max(MIN_ERROR_WIDTH, self.virtual_size.width - FIXED_WIDTH)
+        return max(MIN_ERROR_WIDTH, self.virtual_size.width - self._fixed())
 
     def _header(self) -> Strip:
-        text = _GAP.join(_cell(t, w, right=t in ("ATT", "DURATION")) for t, w in COLUMNS)
+        text = _GAP.join(
+            _cell(t, self.id_width if t == "ID" else w, right=t in ("ATT", "DURATION"))
+            for t, w in COLUMNS
+        )
         return Strip([Segment(f"{text}{_GAP}ERROR", self._style("header"))])
 
     def _line(self, row: int) -> Strip:
@@ -234,7 +258,7 @@ class EventList(ScrollView, can_focus=True):
         error = t.errors.get(row, "") if state is not State.SUCCEEDED else ""
         return Strip(
             [
-                Segment(_cell(t.ids[row], 36) + _GAP),
+                Segment(_cell(t.ids[row], self.id_width) + _GAP),
                 Segment(_cell(t.function(row), 14) + _GAP),
                 Segment(_cell(state.value, 10), self._style(state_class(state))),
                 Segment(_GAP + _cell(str(t.attempts[row]), 3, right=True) + _GAP),

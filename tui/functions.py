@@ -7,6 +7,7 @@ import time
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
@@ -55,6 +56,7 @@ class FunctionsScreen(Screen[None]):
         yield StatusLine(id="status")
         with Vertical(id="functions-body"):
             yield DataTable(id="functions", cursor_type="row", zebra_stripes=True)
+            yield Static(id="definition-errors")
             yield Static(id="instances-title")
             yield DataTable(id="instances", cursor_type="row", zebra_stripes=True)
         yield Footer()
@@ -94,12 +96,12 @@ class FunctionsScreen(Screen[None]):
             if info is None:
                 runtime, limit, definition = "", "", "[$warning]no definition file[/]"
             elif info.error:
-                runtime, limit, definition = "", "", f"[$error]{info.error}[/]"
+                runtime, limit, definition = "", "", "[$error]error[/]"
             else:
                 runtime, limit, definition = info.runtime, f"/{info.max_instances}", "ok"
             error = status.definition_errors.get(name)
             if error and info is not None and not info.error:
-                definition = f"[$error]{error}[/]"
+                definition = "[$error]error[/]"
             cells = [
                 f"[$error]{n:,}[/]"
                 if n and state.value in ("Failed", "Expired", "Invalid")
@@ -108,6 +110,13 @@ class FunctionsScreen(Screen[None]):
             ]
             rows.append((name, runtime, f"{len(instances)}{limit}", *cells, definition))
         self._replace(grid, rows)
+        errors = {f.name: f.error for f in status.functions if f.error}
+        errors.update({n: e for n, e in status.definition_errors.items() if n not in errors})
+        box = self.query_one("#definition-errors", Static)
+        box.display = bool(errors)
+        box.update(
+            "\n".join(f"[$error]{escape(n)}: {escape(e)}[/]" for n, e in sorted(errors.items()))
+        )
 
     def _fill_instances(self, status: DaemonStatus) -> None:
         grid = self.query_one("#instances", DataTable)

@@ -246,8 +246,8 @@ HELP = """\
   [b]c[/]        copy the payload (OSC 52)    [b]o[/]  open the full log
 [b]Views[/]
   [b]1[/] events   [b]2[/] functions and instances   [b]ctrl+p[/] commands   [b]q[/] quit
-The dashboard only reads the journal; stop and re-invoke are requests in control/ that the
-daemon answers (while it is down they wait there).
+The dashboard only reads the journal. Stop and re-invoke are requests in control/
+that the daemon answers; while it is down they wait there.
 """
 
 
