@@ -177,10 +177,9 @@ async def test_commands_that_cannot_run(tmp_path: Path) -> None:
         assert message in caught.value.error.message
     with pytest.raises(InstanceStartError):
         await started(function("true", code_dir=str(tmp_path / "nowhere")))
-    unknown = await started(function("no-such-program-fnspool"))
-    outcome = await unknown.invoke("r", raw(None), 1, 10.0, tmp_path / "r.log")
-    assert not outcome.ok and outcome.error is not None
-    assert outcome.error.code == 127 and "not found" in outcome.error.message
+    with pytest.raises(InstanceStartError) as caught:
+        await started(function("no-such-program-fnspool"))
+    assert "'no-such-program-fnspool' is not found in PATH" in caught.value.error.message
 
 
 @on_uvloop

@@ -455,3 +455,26 @@ def test_one_server_serves_concurrency_events_at_once(spool: Path, daemon) -> No
     starts = sorted(e["started_at"] for e in full)
     ends = sorted(e["ended_at"] for e in full)
     assert starts[-1] < ends[0], "all three ran side by side on one server"
+
+
+def test_instances_die_with_a_killed_daemon(spool: Path, daemon) -> None:
+    http_function(spool, "orphan", "")
+    (spool / "functions" / "nap.toml").write_text(
+        'runtime = "exec"\ncode = "."\ncommand = ["sleep", "60"]\ntimeout = 120\n'
+    )
+    d = daemon.start()
+    drop(spool, "orphan", "a.json", {"echo": 1})
+    (done,) = wait_for(lambda: ended(spool, 1, "orphan"), what="the http event")
+    server = fnspool_json(spool, "events", "get", done["id"])["result"]["pid"]
+    wait_for(lambda: process_state(server) == "T", what="the server to be frozen")
+    drop(spool, "nap", "b.json", {})
+
+    def napping() -> int | None:
+        status = json.loads((spool / "run" / "status.json").read_text())
+        pids = [i["pid"] for i in status["instances"].get("nap", []) if i["pid"]]
+        return pids[0] if pids and process_state(pids[0]) == "S" else None
+
+    sleeper = wait_for(napping, what="the exec attempt to run")
+    d.kill()  # SIGKILL: no PreStop, no cleanup: the kernel's parent-death signal does it
+    wait_for(lambda: gone(server), 10, "the frozen server to die with the daemon")
+    wait_for(lambda: gone(sleeper), 10, "the exec attempt to die with the daemon")

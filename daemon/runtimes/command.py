@@ -4,6 +4,7 @@ time of a live process, and how a program's output becomes an event's result."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,24 +17,38 @@ from daemon.runtimes.base import InstanceStartError
 MAX_RESULT = 64 << 20  # bytes of a result, as the python runtime allows
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _RESULT_CHECK = msgspec.json.Decoder()
+_SETPRIV = shutil.which("setpriv")  # util-linux: sets the parent-death signal, then execs
 
 
 def command_argv(function: FunctionDef) -> list[str]:
     """The function's `command`, checked: a path with a `/` in it is taken from the code folder
-    (and must be there), a bare name is looked up in PATH. InstanceStartError when it cannot
-    run."""
+    (and must be there), a bare name is looked up in PATH (the function's own, if it sets one).
+    InstanceStartError when it cannot run."""
     code_dir = Path(function.code_dir)
     if not code_dir.is_dir():
         raise _start_error(f"the code folder {code_dir} does not exist")
     program, *args = function.command
     if "/" not in program:
-        return [program, *args]
+        search = function.environment.get("PATH", os.environ.get("PATH", os.defpath))
+        found = shutil.which(program, path=search)
+        if found is None:
+            raise _start_error(f"the command {program!r} is not found in PATH ({search})")
+        return [found, *args]
     path = code_dir / program  # an absolute `program` stays as it is
     if not path.is_file():
         raise _start_error(f"the command {program!r} is not a file in {code_dir}")
     if not os.access(path, os.X_OK):
         raise _start_error(f"the command {str(path)!r} is not executable (chmod +x it)")
     return [str(path), *args]
+
+
+def bound_to_daemon(argv: list[str]) -> list[str]:
+    """`argv` run so that the kernel kills it if the daemon dies (PR_SET_PDEATHSIG, through
+    util-linux's setpriv), even while it is frozen or when the daemon is killed with -9: a program
+    cannot set it for itself as the python worker does. Unchanged where setpriv is missing."""
+    if _SETPRIV is None:
+        return argv
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
 def command_env(function: FunctionDef, instance_id: str, extra: dict[str, str]) -> dict[str, str]:

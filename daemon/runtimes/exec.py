@@ -29,7 +29,13 @@ from daemon.runtimes.base import (
     describe_exit,
     memory_error,
 )
-from daemon.runtimes.command import MAX_RESULT, as_result, command_argv, command_env
+from daemon.runtimes.command import (
+    MAX_RESULT,
+    as_result,
+    bound_to_daemon,
+    command_argv,
+    command_env,
+)
 from daemon.runtimes.pipes import OutputRouter
 from daemon.supervise import Child, ExitStatus, MemoryWatch, spawn
 
@@ -179,7 +185,8 @@ class _Run:
             while view:
                 view = view[os.write(stdin, view) :]
             os.lseek(stdin, 0, os.SEEK_SET)
-            self.child = spawn(self.argv, self.env, {0: stdin, 1: out_w, 2: err_w}, cwd=cwd)
+            fds = {0: stdin, 1: out_w, 2: err_w}
+            self.child = spawn(bound_to_daemon(self.argv), self.env, fds, cwd=cwd)
         except BaseException:
             os.close(out_r)
             os.close(err_r)

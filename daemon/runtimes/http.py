@@ -35,7 +35,13 @@ from daemon.runtimes.base import (
     lost_outcome,
     memory_error,
 )
-from daemon.runtimes.command import as_result, command_argv, command_env, process_cpu_ms
+from daemon.runtimes.command import (
+    as_result,
+    bound_to_daemon,
+    command_argv,
+    command_env,
+    process_cpu_ms,
+)
 from daemon.runtimes.http_client import (
     HOOK_REQUESTS,
     Response,
@@ -228,7 +234,7 @@ class HttpInstance:
         # one pipe for stdout and stderr: their lines stay in order, and one read drains both
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self._child = spawn(argv, env, {1: out_w, 2: out_w}, cwd=fn.code_dir)
+            self._child = spawn(bound_to_daemon(argv), env, {1: out_w, 2: out_w}, cwd=fn.code_dir)
         except OSError as exc:
             os.close(out_r)
             message = f"cannot start {argv[0]}: {exc.strerror or exc}"
