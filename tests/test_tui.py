@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 from conftest import drop
 from textual.widgets import DataTable
 from tui_journal import T0, append_records, event_id, history, write_journal
@@ -218,10 +217,6 @@ async def test_events_appear_live_from_a_running_daemon_and_functions_show_insta
         assert app.screen.query_one(EventList)
 
 
-STOP_REASON = "the daemon side of control requests is being built (lead); passes once it lands"
-
-
-@pytest.mark.xfail(strict=False, reason=STOP_REASON)
 async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool, daemon):
     daemon.start()
     app = FnspoolApp(Spool(spool))
@@ -239,6 +234,15 @@ async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool,
         await until(pilot, lambda: len(shown(app)) == 2, "the re-invoked event", 30)
         await until(pilot, lambda: any("re-invoked as" in n for n in notices(app)), answered)
         assert shown(app)[0][0] != stopped and shown(app)[0][1] == "slow"
+
+        for i in range(3):
+            drop(spool, "echo", f"e{i}.json", {"i": i})
+        await pilot.press("slash", *"echo", "enter")
+        await until(pilot, lambda: [s for _, _, s in shown(app)] == ["Succeeded"] * 3, "3 echo")
+        await pilot.press("R", "enter")  # all three again, one notification for the lot
+        await until(pilot, lambda: len(shown(app)) == 6, "three re-invoked events", 30)
+        told = "re-invoke of 3 events: 3 applied"
+        await until(pilot, lambda: any(told in n for n in notices(app)), "the bulk answer")
 
 
 async def test_a_burst_keeps_the_filtered_index_and_counts_exact(spool, daemon):

@@ -158,3 +158,38 @@ def test_load_event_reads_one_whole_event(tmp_path):
         event = load_event(spool / "journal", event_id(i))
         assert event == whole[event_id(i)]
     assert load_event(spool / "journal", "no-such-id") is None
+
+
+def test_requests_claim_early_answers_and_tell_a_group_once(tmp_path):
+    from daemon.model import Request
+    from daemon.spool import Spool
+    from tui.actions import Requests
+
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    requests = Requests(spool)
+    group = requests.open_group("re-invoke of 3 events", 3)
+    notices = [requests.reinvoke(f"e{i}", group=group) for i in range(3)]
+    assert notices == [None, None, None]
+    names = sorted(p.name for p in spool.control.iterdir())
+    answers = [
+        Request(action="reinvoke", id="e0", name=names[0], outcome="applied"),
+        Request(action="reinvoke", id="e1", name=names[1], outcome="refused", message="running"),
+        Request(action="reinvoke", id="e2", name=names[2], outcome="applied"),
+    ]
+    told = [requests.answered(a) for a in answers]
+    assert told[:2] == [None, None]
+    assert told[2] is not None and told[2].error
+    assert told[2].message == "re-invoke of 3 events: 2 applied, 1 refused (running (1))"
+    assert not requests.pending and not requests.groups
+
+    # an answer read before its request was registered is claimed at registration
+    from daemon.control import StopRequest, submit
+
+    early = submit(spool.root, StopRequest(id="e9"))
+    stray = Request(action="stop", id="e9", name=early, outcome="applied", message="stopped")
+    assert requests.answered(stray) is None
+    from tui.actions import Pending
+
+    notice = requests._register(early, Pending(what="stop of e9", event_id="e9"))
+    assert notice is not None and notice.message == "stop of e9: stopped"

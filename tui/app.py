@@ -26,7 +26,7 @@ from textual.worker import get_current_worker
 from daemon.index import STATE_CODE, EventTable, Query, load_event, select
 from daemon.model import TERMINAL_STATES, Request, State, Transition
 from daemon.spool import Spool
-from tui.actions import Requests, reinvoke_refusal, stop_refusal
+from tui.actions import Notice, Requests, reinvoke_refusal, stop_refusal
 from tui.detail import DetailScreen, LogScreen
 from tui.event_list import EventList
 from tui.events import EventsScreen
@@ -298,11 +298,12 @@ class FnspoolApp(App[None]):
             if choice is None:
                 return
             try:
-                self.requests.stop(event_id, choice.graceful)
+                early = self.requests.stop(event_id, choice.graceful)
             except OSError as exc:
                 self.notify(f"cannot write the request: {exc}", severity="error")
                 return
             self._written(f"{'graceful stop' if choice.graceful else 'stop'} of {event_id}")
+            self._tell(early)
 
         self.push_screen(ConfirmStop(event_id, state), confirmed)
 
@@ -319,11 +320,12 @@ class FnspoolApp(App[None]):
             if not yes:
                 return
             try:
-                self.requests.reinvoke(event_id)
+                early = self.requests.reinvoke(event_id)
             except OSError as exc:
                 self.notify(f"cannot write the request: {exc}", severity="error")
                 return
             self._written(f"re-invoke of {event_id}")
+            self._tell(early)
 
         body = "A new event runs with the same function and payload (retry_of links them)."
         self.push_screen(Confirm(f"Re-invoke {event_id}?", body, "re-invoke"), confirmed)
@@ -351,23 +353,34 @@ class FnspoolApp(App[None]):
     def _reinvoke_many(self, ids: list[str]) -> None:
         """Write one request per event, off the UI thread (each is fsynced)."""
         worker = get_current_worker()
+        group = self.requests.open_group(f"re-invoke of {len(ids):,} events", len(ids))
         written = 0
-        for event_id in ids:
-            if worker.is_cancelled:
-                break
-            self.requests.reinvoke(event_id)
-            written += 1
-        self.call_from_thread(self._written, f"re-invoke of {written:,} events")
+        try:
+            for event_id in ids:
+                if worker.is_cancelled:
+                    break
+                notice = self.requests.reinvoke(event_id, group=group)
+                written += 1
+                if notice is not None:  # the daemon answered the last one before we noted it
+                    self.call_from_thread(self._tell, notice)
+        except OSError as exc:
+            self.call_from_thread(self.notify, f"cannot write a request: {exc}", severity="error")
+        finally:
+            notice = self.requests.close_group(group, written)
+            self.call_from_thread(self._written, f"re-invoke of {written:,} events")
+            if notice is not None:
+                self.call_from_thread(self._tell, notice)
 
     def _answered(self, record: Request) -> None:
-        answer = self.requests.answered(record)
-        if answer is None:
+        self._tell(self.requests.answered(record))
+
+    def _tell(self, notice: Notice | None) -> None:
+        if notice is None:
             return
-        pending, applied, message = answer
-        if applied:
-            self.notify(f"{pending.what}: {message}", title="done")
+        if notice.error:
+            self.notify(notice.message, title=notice.title, severity="error")
         else:
-            self.notify(f"{pending.what}: {message}", title="refused", severity="error")
+            self.notify(notice.message, title=notice.title)
 
     def action_copy(self) -> None:
         """Copy the current event's payload to the clipboard (OSC 52)."""
