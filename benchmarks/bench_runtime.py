@@ -261,7 +261,8 @@ async def exec_events(tmp: Path, events: int) -> None:
     report("spawn + reap of cat", here)
     s = report("the same in the code folder", there)
     w = report("invoke, log to /dev/null", invokes)
-    print(f"    ratio {w / s:.2f}x (overhead {(w - s) * 1e6:.1f} us per event)")
+    print(f"    ratio {w / s:.2f}x (overhead {(w - s) * 1e6:.1f} us per event, most of it the")
+    print("    exec of setpriv that makes the process die with the daemon)")
 
 
 if __name__ == "__main__":
