@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.functions import Catalog, FunctionDef
+from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
@@ -74,6 +75,7 @@ class Dispatcher:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self.metrics = Metrics()
         self.accepting = True
         self._cutting = False  # shutting down: attempts cut off now stay Running (Interrupted)
 
@@ -229,6 +231,7 @@ class Dispatcher:
         path = log_path(self.logs_dir, event)
         instance = lease.instance
         if instance is None:
+            self.metrics.cold_start(event.function)
             try:
                 instance = await lease.pool.start(lease, event.id, path)
             except InstanceStartError as exc:
@@ -270,6 +273,7 @@ class Dispatcher:
         """Journal how the attempt ended and decide what follows (no await: cannot be cut off)."""
         if event.state is State.STOPPING:
             self._stopped(event, running, attempt, o)
+            self.metrics.attempt_ended(event.function, State.STOPPED, o.usage.duration_ms)
             return
         state, not_before = State.SUCCEEDED, None
         if not o.ok:
@@ -291,6 +295,7 @@ class Dispatcher:
             self.submit(event)
         else:
             self._end(event, state, result=result, error=o.error, **fields)
+        self.metrics.attempt_ended(event.function, state, o.usage.duration_ms)
         # a success is the common case, and the journal has it: the daemon log keeps the rest
         level = logging.DEBUG if state is State.SUCCEEDED else logging.INFO
         log.log(level, "event %s %s (attempt %d)", event.id, state.value, attempt)

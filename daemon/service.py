@@ -271,6 +271,7 @@ class Daemon:
 
     def write_status(self, stopped: bool = False) -> None:
         """Write run/status.json atomically: the heartbeat the CLI and the TUI read."""
+        instances = {name: pool.snapshot() for name, pool in self.dispatcher.pools.items()}
         status = {
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -280,12 +281,16 @@ class Daemon:
             "queue_depth": self.dispatcher.queue_depth,
             "running": self.dispatcher.running,
             "events": {s.value: n for s, n in self.store.counts.items() if n},
-            "instances": {name: pool.snapshot() for name, pool in self.dispatcher.pools.items()},
+            "instances": instances,
             "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
             "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
             "reloads": self.reloads,
         }
         write_json_atomic(self.spool.run / "status.json", status)
+        metrics = self.dispatcher.metrics.render(
+            self.store.counts, instances, self.dispatcher.queue_depth
+        )
+        write_atomic(self.spool.run / "metrics.prom", metrics.encode())
         if not stopped:
             self.notifier.status(self._status_line())
 
@@ -299,7 +304,12 @@ class Daemon:
 
 
 def write_json_atomic(path: Path, value: object) -> None:
-    """Write JSON to a temp name, then rename it over `path` (readers never see half a file)."""
+    """Write JSON atomically (see write_atomic)."""
+    write_atomic(path, msgspec.json.encode(value))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp name, then rename it over `path` (readers never see half a file)."""
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(msgspec.json.encode(value))
+    temp.write_bytes(data)
     os.rename(temp, path)

@@ -353,3 +353,23 @@ def _in_spool(pid, spool):
         return str(spool) in os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return False
+
+
+def test_metrics_file_in_prometheus_text_format(spool, daemon):
+    daemon.start()
+    for i in range(3):
+        drop(spool, "echo", f"{i}.json", i)
+    wait_for(lambda: ended(spool, 3), what="the events")
+    metrics = spool / "run" / "metrics.prom"
+
+    def scraped() -> dict[str, float]:
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line[:1] != "#")}
+
+    wait_for(lambda: scraped().get('fnspool_events{state="Succeeded"}') == 3, what="metrics")
+    figures = scraped()
+    assert figures['fnspool_attempts_total{function="echo",outcome="Succeeded"}'] == 3
+    assert 1 <= figures['fnspool_cold_starts_total{function="echo"}'] <= 2
+    assert figures['fnspool_attempt_duration_seconds_count{function="echo"}'] == 3
+    assert figures["fnspool_queue_depth"] == 0
+    assert "# TYPE fnspool_attempts_total counter" in metrics.read_text()
