@@ -213,8 +213,11 @@ async def test_events_appear_live_from_a_running_daemon_and_functions_show_insta
         functions = app.screen.query_one("#functions", DataTable)
         names = [str(functions.get_row_at(i)[0]) for i in range(functions.row_count)]
         assert {"echo", "fail", "hello"} <= set(names)
-        await pilot.press("escape")
-        assert app.screen.query_one(EventList)
+        functions.focus()
+        functions.move_cursor(row=names.index("fail"))
+        await pilot.press("enter")  # a function's events
+        assert app.screen.query_one(EventList) and app.query_.function == "fail"
+        assert [f for _, f, _ in shown(app)] == ["fail"]
 
 
 async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool, daemon):

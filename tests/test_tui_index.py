@@ -193,3 +193,18 @@ def test_requests_claim_early_answers_and_tell_a_group_once(tmp_path):
 
     notice = requests._register(early, Pending(what="stop of e9", event_id="e9"))
     assert notice is not None and notice.message == "stop of e9: stopped"
+
+
+def test_the_index_stays_light():
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = "import sys, json, daemon.index\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    loaded = set(json.loads(out.stdout))
+    assert not loaded & {"textual", "uvloop", "asyncio", "daemon.service", "inotify_simple"}

@@ -252,6 +252,13 @@ class FnspoolApp(App[None]):
         current = self.time_range
         self.push_screen(PickTimeRange(current.since_text, current.until_text), chosen)
 
+    def show_function(self, name: str) -> None:
+        """The events of one function (enter in the functions view)."""
+        self.query_ = replace(self.query_, function=name)
+        self.refilter()
+        while not isinstance(self.screen, EventsScreen):
+            self.pop_screen()
+
     def action_clear_filters(self) -> None:
         """Show every event again."""
         if self.query_.empty:

@@ -155,6 +155,13 @@ class FunctionsScreen(Screen[None]):
         if rows:
             grid.move_cursor(row=min(cursor, len(rows) - 1))
 
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a function: its events."""
+        if event.data_table.id != "functions":
+            return
+        name = str(event.data_table.get_row_at(event.cursor_row)[0])
+        self.app.show_function(name)  # type: ignore[attr-defined]
+
     def action_cursor(self, delta: int) -> None:
         """Move in the focused table."""
         focused = self.focused
