@@ -208,3 +208,30 @@ def test_the_index_stays_light():
     )
     loaded = set(json.loads(out.stdout))
     assert not loaded & {"textual", "uvloop", "asyncio", "daemon.service", "inotify_simple"}
+
+
+def test_follower_reloads_when_compaction_outran_it(tmp_path):
+    import shutil
+
+    import msgspec
+
+    spool = tmp_path / "spool"
+    write_journal(spool, 10)
+    follower = TableFollower(spool / "journal")
+    follower.load()
+    reloads = follower.reloads
+    # meanwhile the daemon ran on, wrote a snapshot of 14 events and dropped the old segments
+    later = tmp_path / "later"
+    recs = write_journal(later, 14, snapshot_upto=14)
+    shutil.rmtree(spool / "journal")
+    shutil.copytree(later / "journal", spool / "journal")
+    extra = history(14, "echo", State.ENQUEUED, T0 + 14)
+    from daemon.journal import encode_record, segment_name
+
+    first = recs[-1].seq + 1
+    with open(spool / "journal" / segment_name(first), "wb") as f:
+        for k, rec in enumerate(extra):
+            f.write(encode_record(msgspec.structs.replace(rec, seq=first + k)))
+    follower.poll()
+    assert follower.reloads == reloads + 1
+    assert len(follower.table) == 15 and follower.table.ids[-1] == event_id(14)
