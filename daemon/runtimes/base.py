@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import threading
@@ -109,15 +108,53 @@ def iso_now() -> str:
 
 Defer = Callable[[Callable[[], None]], None]
 
-# A new file's first write takes about a millisecond on this kind of disk, yet such writes run
-# well side by side: event logs are written by a few threads, never on the event loop.
-_LOG_THREADS = 8
-_log_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+class _LogWriter:
+    """One thread appends every event log's writes, in the order they were handed over.
+
+    Never on the event loop: a new file costs tens of microseconds in the kernel here. Each pass
+    takes everything queued and opens each file once for all of its writes.
+    """
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[Path, bytes]] = []
+        self._cond = threading.Condition()
+        self._handed = 0  # writes handed over so far: the ticket of the last
+        self._written = 0  # writes done so far
+        self._thread: threading.Thread | None = None
+
+    def hand(self, path: Path, data: bytes) -> int:
+        """Queue one write; its ticket for `wait`."""
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="event-logs", daemon=True)
+                self._thread.start()
+            self._queue.append((path, data))
+            self._handed += 1
+            self._cond.notify_all()
+            return self._handed
+
+    def wait(self, ticket: int) -> None:
+        """Block until the write with that ticket (and every earlier one) is done."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._written >= ticket)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._queue))
+                batch, self._queue = self._queue, []
+            by_file: dict[Path, list[bytes]] = {}
+            for path, data in batch:  # dicts keep insertion order: one file's writes stay in order
+                by_file.setdefault(path, []).append(data)
+            for path, chunks in by_file.items():
+                _append(path, b"".join(chunks))
+            with self._cond:
+                self._written += len(batch)
+                self._cond.notify_all()
 
 
-def _append_after(path: Path, data: bytes, before: concurrent.futures.Future[None] | None) -> None:
-    if before is not None:
-        concurrent.futures.wait([before])  # keep one log's writes in order
+def _append(path: Path, data: bytes) -> None:
     fd = _open_append(path)
     if fd is None:
         return
@@ -131,39 +168,15 @@ def _append_after(path: Path, data: bytes, before: concurrent.futures.Future[Non
         os.close(fd)
 
 
-def _wait(future: concurrent.futures.Future[None]) -> None:
-    concurrent.futures.wait([future])
-
-
-# the last write handed over per log file: writes to one file keep their order even when they
-# come from several EventLogs (a hook's, then the event's)
-_tails: dict[Path, concurrent.futures.Future[None]] = {}
-_tails_lock = threading.Lock()
-
-
-def _submit(path: Path, data: bytes) -> concurrent.futures.Future[None]:
-    global _log_pool
-    if _log_pool is None:
-        _log_pool = concurrent.futures.ThreadPoolExecutor(_LOG_THREADS, thread_name_prefix="logs")
-    with _tails_lock:
-        future = _log_pool.submit(_append_after, path, data, _tails.get(path))
-        _tails[path] = future
-    future.add_done_callback(lambda done: _forget_tail(path, done))
-    return future
-
-
-def _forget_tail(path: Path, done: concurrent.futures.Future[None]) -> None:
-    with _tails_lock:
-        if _tails.get(path) is done:
-            del _tails[path]
+_writer = _LogWriter()
 
 
 class EventLog:
     """The log of one event while it runs: platform lines and capped function output.
 
-    Writes are handed to the log threads in order. `close` hands the last one to `defer` (the
-    journal's writer thread waits for it before writing the event's end record), or waits for it
-    when there is no `defer`.
+    Writes are handed to the log writer thread in order. `close` hands the wait for the last one
+    to `defer` (the journal's writer thread waits for it before writing the event's end record),
+    or waits itself when there is no `defer`.
     """
 
     def __init__(self, path: Path | None, cap: int = LOG_CAP, defer: Defer | None = None) -> None:
@@ -172,7 +185,7 @@ class EventLog:
         self.written = 0
         self._defer = defer
         self._pending = bytearray()  # platform lines wait to go out with the next output
-        self._last: concurrent.futures.Future[None] | None = None
+        self._last = 0  # the ticket of the last write handed over
         self._open = path is not None
 
     @property
@@ -203,17 +216,17 @@ class EventLog:
         """Send what waits; later writes are dropped."""
         self._flush()
         self._open = False
-        last, self._last = self._last, None
-        if last is None:
+        last, self._last = self._last, 0
+        if not last:
             return
         if self._defer is not None:
-            self._defer(lambda: _wait(last))
+            self._defer(lambda: _writer.wait(last))
         else:
-            concurrent.futures.wait([last])
+            _writer.wait(last)
 
     def _flush(self) -> None:
         if self._pending and self.path is not None and self._open:
-            self._last = _submit(self.path, bytes(self._pending))
+            self._last = _writer.hand(self.path, bytes(self._pending))
             self._pending.clear()
 
 
