@@ -23,14 +23,41 @@ def _read_pid(run_dir: Path) -> int | None:
         return None
 
 
+def _flock_owner(fd: int) -> int | None:
+    """The pid the kernel names as holding an flock on `fd`'s file (from /proc/locks), if any.
+
+    The pid file is written just after the lock is taken, so a daemon that loses the race at
+    start-up could read the previous holder's pid there; the kernel's table is never stale.
+    """
+    st = os.fstat(fd)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 4069 fe:00:2252965 0 EOF" ("->" marks a waiter)
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident:
+                    pid = int(fields[4])
+                    return pid if pid > 0 else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _holder_pid(fd: int, run_dir: Path) -> int | None:
+    return _flock_owner(fd) or _read_pid(run_dir)
+
+
 def acquire(run_dir: Path) -> int:
     """Take the lock and write our pid; return the lock's fd (keep it open). LockHeld if taken."""
     fd = os.open(run_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
-        raise LockHeld(_read_pid(run_dir)) from None
+        try:
+            raise LockHeld(_holder_pid(fd, run_dir)) from None
+        finally:
+            os.close(fd)
     temp = run_dir / ".daemon.pid.tmp"
     temp.write_text(f"{os.getpid()}\n")
     os.rename(temp, run_dir / "daemon.pid")
@@ -46,7 +73,7 @@ def holder(run_dir: Path) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _read_pid(run_dir) or 0
+        return _holder_pid(fd, run_dir) or 0
     finally:
         os.close(fd)
     return None

@@ -1,0 +1,1 @@
+"""The reliability matrix (issue 7): crashes, storage faults, damaged journals, the lock."""

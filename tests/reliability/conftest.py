@@ -1,0 +1,252 @@
+"""Helpers for the reliability matrix: seeded randomness, daemons under a wrapper (strace), real
+file systems (ext4 on a loop device, a small tmpfs), and reading back what the journal holds."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, REPO, DaemonProcess, wait_for
+
+from daemon.journal import JournalFollower, JournalState
+from daemon.model import State
+
+E2E_FUNCTIONS = Path(__file__).resolve().parent.parent / "e2e_functions"
+FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+FS_GOING_NOLOGFLUSH = 2  # the log is not flushed: whatever was not fsynced is gone
+ENDED = {State.SUCCEEDED, State.FAILED, State.EXPIRED, State.INVALID, State.STOPPED}
+
+
+def seeded(name: str) -> random.Random:
+    """A random generator whose seed is printed (pytest shows it on failure); FNSPOOL_SEED
+    replays one."""
+    seed = int(os.environ.get("FNSPOOL_SEED") or random.SystemRandom().randrange(1 << 32))
+    print(f"{name}: seed {seed} (FNSPOOL_SEED={seed} replays it)")
+    return random.Random(seed)
+
+
+def need_root(*tools: str) -> None:
+    """Skip unless root and every tool is on PATH."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mounts, loop devices or ptrace)")
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (Debian: .ci/run installs it)")
+
+
+def make_spool(root: Path) -> Path:
+    """The test spool's functions under `root` (as the `spool` fixture makes them)."""
+    shutil.copytree(EXAMPLES, root / "functions", dirs_exist_ok=True)
+    shutil.copytree(E2E_FUNCTIONS, root / "functions", dirs_exist_ok=True)
+    return root
+
+
+def feed(spool: Path, function: str, indexes: Sequence[int], *, stop: Any = None) -> list[int]:
+    """Drop payloads {"i": n} the maildir way (tmp/, then rename); return those renamed in."""
+    tmp, target = spool / "tmp", spool / "incoming" / function
+    tmp.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    done = []
+    for i in indexes:
+        if stop is not None and stop.is_set():
+            break
+        try:
+            temp = tmp / f".p{i:06d}.tmp"
+            temp.write_bytes(b'{"i": %d, "pad": "%s"}' % (i, b"x" * 64))
+            os.rename(temp, target / f"p{i:06d}.json")
+        except OSError:
+            break  # the file system went away under us (a shutdown)
+        done.append(i)
+    return done
+
+
+def replay(spool: Path) -> JournalState:
+    """What a reader finds in the journal (read-only: nothing is cut or set aside)."""
+    follower = JournalFollower(spool / "journal")
+    try:
+        return follower.load()
+    finally:
+        follower.close()
+
+
+def payload_counts(state: JournalState) -> Counter[int]:
+    """How many events carry each payload index `i`."""
+    return Counter(json.loads(bytes(e.payload))["i"] for e in state.events.values())
+
+
+def all_ended(spool: Path, count: int) -> JournalState | None:
+    """The journal's state once `count` events have ended, else None."""
+    state = replay(spool)
+    ended = sum(1 for e in state.events.values() if e.state in ENDED)
+    return state if len(state.events) >= count and ended == len(state.events) else None
+
+
+class Daemon(DaemonProcess):
+    """The conftest's daemon process, optionally under a wrapper command (strace), with the
+    daemon's own pid known and its exit awaited with a deadline."""
+
+    def __init__(self, spool: Path, prefix: Sequence[str] = (), env: dict[str, str] | None = None):
+        super().__init__(spool)
+        self.prefix = list(prefix)
+        self.env = env
+
+    def start(self, *extra: str, wait_ready: bool = True) -> Daemon:
+        self._logf = open(self.log, "ab")  # noqa: SIM115 - kept open while the daemon runs
+        argv = [sys.executable, "-m", "daemon", "daemon", "--spool", str(self.spool), *extra]
+        self.proc = subprocess.Popen(
+            [*self.prefix, *argv],
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **(self.env or {})},
+        )
+        if wait_ready:
+            wait_for(self.ready, 60, "the daemon to be ready")
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
+        try:
+            status = json.loads((self.spool / "run" / "status.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return status.get("pid") == self.pid and status.get("ready")
+
+    @property
+    def pid(self) -> int:
+        """The daemon's pid (the wrapper's child when there is a wrapper)."""
+        assert self.proc is not None
+        if not self.prefix:
+            return self.proc.pid
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int(children.read_text().split()[0])
+        return -1
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; fail after `timeout` seconds."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon still running after {timeout}s") from None
+
+
+@pytest.fixture
+def daemons() -> Iterator[Any]:
+    """Start `Daemon`s; every one still running is killed at the end."""
+    started: list[Daemon] = []
+
+    def start(
+        spool: Path,
+        *extra: str,
+        prefix: Sequence[str] = (),
+        wait_ready: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Daemon:
+        d = Daemon(spool, prefix, env)
+        started.append(d)
+        return d.start(*extra, wait_ready=wait_ready)
+
+    yield start
+    for d in started:
+        d.close()
+
+
+def run(*argv: str) -> str:
+    """Run a system command; its stdout."""
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+class LoopExt4:
+    """ext4 in a file, on a loop device, mounted: the spool's file system in power-loss tests."""
+
+    def __init__(self, where: Path, size_mb: int = 96) -> None:
+        self.image = where / "ext4.img"
+        self.mnt = where / "mnt"
+        self.mnt.mkdir()
+        with open(self.image, "wb") as f:
+            f.truncate(size_mb << 20)
+        run(
+            "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.image)
+        )
+        self.dev = run("losetup", "--find", "--show", str(self.image)).strip()
+        self.mounted = False
+        self.mount()
+
+    def mount(self) -> None:
+        run("mount", "-t", "ext4", self.dev, str(self.mnt))
+        self.mounted = True
+
+    def shutdown(self) -> None:
+        """FS_IOC_SHUTDOWN with NOLOGFLUSH: as if the power went, for everything not fsynced."""
+        import fcntl
+
+        fd = os.open(self.mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_NOLOGFLUSH))
+        finally:
+            os.close(fd)
+
+    def umount(self) -> None:
+        deadline = time.monotonic() + 20
+        while self.mounted:
+            try:
+                run("umount", str(self.mnt))
+                self.mounted = False
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # a process that had files open there is still exiting
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.umount()
+        with contextlib.suppress(Exception):
+            run("losetup", "-d", self.dev)
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[LoopExt4]:
+    """A fresh ext4 file system on a loop device (root only)."""
+    need_root("losetup", "mkfs.ext4", "mount")
+    if not Path("/dev/loop-control").exists():
+        pytest.skip("no loop devices here (/dev/loop-control)")
+    fs = LoopExt4(tmp_path)
+    try:
+        yield fs
+    finally:
+        fs.close()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `path` with `options` (size=, nr_inodes=) for the block."""
+    path.mkdir(parents=True, exist_ok=True)
+    run("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path))
+    try:
+        yield path
+    finally:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                run("umount", str(path))
+                break
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
