@@ -155,6 +155,9 @@ def test_min_instances_kept_warm_and_recycled_after_max_events(spool, daemon):
     wait_for(lambda: gone(first_pid), what="the recycled instance to be gone")
     assert ["pre_stop", str(first_pid), "-"] in marks(spool)
     wait_for(lambda: len(instances(spool, "warm")) == 1, what="one warm instance again")
+    # freeze = false: idle, but never stopped
+    wait_for(lambda: instance_states(spool, "warm") == ["idle"], what="an idle warm instance")
+    assert process_state(pids[3]) in ("S", "R")
 
 
 def test_a_changed_definition_replaces_its_instances_prestop_first(spool, daemon):
