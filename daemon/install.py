@@ -16,8 +16,10 @@ import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ SHIPPED_COMMAND = "/usr/local/bin/fnspool"
 SYSTEM_SPOOL = "/var/spool/fnspool"
 USER_SPOOL = "%h/.local/share/fnspool"
 SERVICE_USER = "fnspool"
+HOME_DIRS = ("/home", "/root", "/run/user")  # what ProtectHome=yes hides
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 #: installed name -> shipped file
 SYSTEM_UNITS = {
@@ -51,11 +54,44 @@ def fnspool_command() -> list[str]:
     return [sys.executable, "-m", "daemon"]
 
 
-def render(template: str, command: list[str], spool: str | None, default_spool: str) -> str:
+def installation_paths() -> list[Path]:
+    """What the service user must be able to read to run this installation."""
+    paths = [Path(sys.executable).resolve(), Path(sys.base_prefix).resolve()]
+    paths += [Path(p).resolve() for p in {sysconfig.get_path("purelib"), *sys.path} if p]
+    paths.append(Path(__file__).resolve().parent)
+    return [p for p in dict.fromkeys(paths) if p.exists() and p != Path(".").resolve()]
+
+
+def unreadable_by_others(paths: list[Path]) -> list[Path]:
+    """The first directory or file on the way to each path that others cannot get through."""
+    blocked = []
+    for path in paths:
+        for part in [*reversed(path.parents), path]:
+            st = part.stat()
+            need = stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else stat.S_IROTH
+            if not st.st_mode & need:
+                blocked.append(part)
+                break
+    return list(dict.fromkeys(blocked))
+
+
+def under_home(paths: list[Path]) -> bool:
+    """Whether any path lies where ProtectHome=yes would hide it."""
+    return any(str(p) == h or str(p).startswith(h + "/") for p in paths for h in HOME_DIRS)
+
+
+def render(
+    template: str,
+    command: list[str],
+    spool: str | None,
+    default_spool: str,
+    protect_home: str = "yes",
+) -> str:
     """A shipped unit with this installation's command and the chosen spool."""
     for part in command:
         _check_plain(part, "the fnspool command")
     text = template.replace(SHIPPED_COMMAND, " ".join(command))
+    text = text.replace("\nProtectHome=yes\n", f"\nProtectHome={protect_home}\n")
     if spool is not None:
         _check_plain(spool, "the spool path")
         text = text.replace(default_spool, spool)
@@ -78,7 +114,9 @@ def unit_dir(user: bool) -> Path:
     return Path(config) / "systemd" / "user"
 
 
-def rendered_units(user: bool, spool: str | None = None) -> dict[str, str]:
+def rendered_units(
+    user: bool, spool: str | None = None, protect_home: str = "yes"
+) -> dict[str, str]:
     """Every unit to install, by installed name, rendered for this installation."""
     names = USER_UNITS if user else SYSTEM_UNITS
     default = USER_SPOOL if user else SYSTEM_SPOOL
@@ -92,7 +130,7 @@ def rendered_units(user: bool, spool: str | None = None) -> dict[str, str]:
                 f"cannot read the shipped unit {UNITS_SOURCE / shipped}: {exc.strerror}",
                 title="systemd",
             ) from None
-        units[installed] = render(template, command, spool, default)
+        units[installed] = render(template, command, spool, default, protect_home)
     return units
 
 
@@ -104,9 +142,10 @@ def install(args: argparse.Namespace) -> int:
     user = bool(args.user)
     target = Path(args.unit_dir) if args.unit_dir else unit_dir(user)
     spool = str(Path(args.spool).absolute()) if args.spool else None
-    units = rendered_units(user, spool)
     if not user and os.geteuid() != 0 and not args.unit_dir:
         raise FnspoolError("installing the system unit needs root (or use --user)", title="systemd")
+    protect_home = "yes" if user else _check_reachable()
+    units = rendered_units(user, spool, protect_home)
     if user:
         root = Path(spool) if spool else Path.home() / ".local" / "share" / "fnspool"
         Spool(root).create()
@@ -125,6 +164,24 @@ def install(args: argparse.Namespace) -> int:
     else:
         print(f"to keep it running after logout: loginctl enable-linger {_login()}")
     return 0
+
+
+def _check_reachable() -> str:
+    """Refuse an installation the fnspool user could not run; the ProtectHome= it needs."""
+    paths = installation_paths()
+    blocked = unreadable_by_others(paths)
+    if blocked:
+        raise FnspoolError(
+            f"the {SERVICE_USER} user could not run this installation: "
+            f"{', '.join(map(str, blocked))} is closed to other users. Install fnspool where "
+            "every user can read it, e.g. `python3 -m venv /opt/fnspool && "
+            "/opt/fnspool/bin/pip install fnspool`, and run its `fnspool systemd install`",
+            title="systemd",
+        )
+    if under_home(paths):
+        print("this installation lies under a home directory: ProtectHome=read-only, not yes")
+        return "read-only"
+    return "yes"
 
 
 def _write_unit(path: Path, text: str) -> None:

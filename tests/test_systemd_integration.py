@@ -108,11 +108,30 @@ def _remove_cgroup(path: Path) -> None:
         path.rmdir()
 
 
+def open_installation(stash: Path) -> str:
+    """Shell lines that, inside a private mount namespace, let every user reach this
+    installation (an interpreter under /root, as pyenv puts it): each closed directory on the
+    way is covered by an open tmpfs holding bind mounts of just the entries needed."""
+    paths = [*install.installation_paths(), REPO]
+    lines = []
+    for i, closed in enumerate(install.unreadable_by_others(paths)):
+        if not closed.is_dir():
+            continue
+        keep = f"{stash}/{i}"
+        lines += [f"mkdir -p {keep}", f"mount --bind {closed} {keep}"]
+        lines.append(f"mount -t tmpfs -o mode=0755 fnspool-test-open {closed}")
+        for entry in sorted({p.relative_to(closed).parts[0] for p in paths if closed in p.parents}):
+            make = "mkdir" if (closed / entry).is_dir() else "touch"
+            lines += [f"{make} {closed}/{entry}", f"mount --bind {keep}/{entry} {closed}/{entry}"]
+    return "\n".join(lines) + "\n"
+
+
 class UserManager:
     """`systemd --user` in a private mount namespace and a cgroup of its own."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, setup: str = "") -> None:
         self.base = base
+        self.setup = setup  # more shell lines run in the namespace before the manager starts
         self.home = base / "home"
         self.home.mkdir()
         self.log = base / "manager.log"
@@ -141,6 +160,7 @@ mount -t tmpfs -o mode=0755 fnspool-test /run
 mount --bind {self.log} /dev/console
 mkdir -p /run/systemd/system {RUNTIME_DIR}
 chmod 0700 {RUNTIME_DIR}
+{self.setup}
 echo "{SETUP_DONE}"
 exec {SYSTEMD} --user --log-target=console --log-level=info
 """
@@ -165,22 +185,39 @@ exec {SYSTEMD} --user --log-target=console --log-level=info
 
         wait_for(up, 30, "the user manager's private socket")
 
-    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def inside(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command in the manager's mount namespace."""
         assert self.proc is not None
         proc = subprocess.run(
-            ["nsenter", "-t", str(self.proc.pid), "-m", "--", "systemctl", "--user", *args],
+            ["nsenter", "-t", str(self.proc.pid), "-m", "--", *argv],
             capture_output=True,
             text=True,
             env=self.env(),
             timeout=60,
             check=False,
+            cwd=REPO,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"systemctl --user {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}\n"
+                f"{' '.join(argv)}: exit {proc.returncode}\n{proc.stderr}\n"
                 f"--- daemon log ---\n{self.daemon_text()[-3000:]}"
             )
         return proc
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = self.inside("systemctl", "--user", *args, check=False)
+        if check and proc.returncode != 0:
+            status = self.inside("systemctl", "--user", "status", "fnspool.service", check=False)
+            raise AssertionError(
+                f"systemctl --user {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}\n"
+                f"{status.stdout}\n--- daemon log ---\n{self.daemon_text()[-3000:]}"
+            )
+        return proc
+
+    def path(self, path: str | Path) -> Path:
+        """A path of the namespace, seen from outside it."""
+        assert self.proc is not None
+        return Path(f"/proc/{self.proc.pid}/root") / Path(path).relative_to("/")
 
     def show(self, *props: str) -> dict[str, str]:
         out = self.systemctl("show", "fnspool.service", "-p", ",".join(props)).stdout

@@ -8,10 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import REPO
+from test_systemd_integration import open_installation
 
 from daemon import install
 
@@ -149,7 +151,7 @@ def test_system_install_creates_the_user_the_spool_and_the_units(tmp_path):
     spool = tmp_path / "var-spool-fnspool"
     host_passwd = Path("/etc/passwd").read_text()
     script = (
-        f"mount --bind {etc} /etc && "
+        open_installation(tmp_path / "stash").replace("\n", " && ") + f"mount --bind {etc} /etc && "
         f"{sys.executable} -m daemon systemd install --spool {spool} && "
         f'{sys.executable} -c \'import pwd, grp; print(pwd.getpwnam("fnspool").pw_uid, '
         f'grp.getgrnam("fnspool").gr_gid)\''
@@ -179,3 +181,26 @@ def test_system_install_creates_the_user_the_spool_and_the_units(tmp_path):
         assert st.st_mode & 0o7777 in (0o2775, 0o3775), (path, oct(st.st_mode))
     assert (spool / "tmp").stat().st_mode & 0o1000, "tmp/ keeps its sticky bit"
     assert "usermod -aG fnspool" in proc.stdout and "systemctl enable --now" in proc.stdout
+
+
+def test_an_installation_the_service_user_cannot_read_is_refused(monkeypatch):
+    # under /tmp itself: pytest's own temporary folders are closed to other users
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="fnspool-test-") as top:
+        closed = Path(top) / "closed"
+        (closed / "venv" / "bin").mkdir(parents=True)
+        python = closed / "venv" / "bin" / "python"
+        python.write_text("")
+        python.chmod(0o755)
+        os.chmod(top, 0o755)
+        closed.chmod(0o700)
+        assert install.unreadable_by_others([python]) == [closed]
+        monkeypatch.setattr(install, "installation_paths", lambda: [python])
+        with pytest.raises(install.FnspoolError, match=f"{closed} is closed to other users"):
+            install._check_reachable()
+        closed.chmod(0o755)
+        assert install.unreadable_by_others([python]) == []
+        assert install._check_reachable() == "yes"
+    assert install.under_home([Path("/root/.pyenv/bin/python")])
+    assert install.under_home([Path("/home/ada/venv")]) and not install.under_home([Path("/opt")])
+    rendered = install.rendered_units(user=False, protect_home="read-only")["fnspool.service"]
+    assert "\nProtectHome=read-only\n" in rendered and "ProtectHome=yes" not in rendered
