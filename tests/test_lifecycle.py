@@ -157,7 +157,7 @@ def test_min_instances_kept_warm_and_recycled_after_max_events(spool, daemon):
     wait_for(lambda: len(instances(spool, "warm")) == 1, what="one warm instance again")
     # freeze = false: idle, but never stopped
     wait_for(lambda: instance_states(spool, "warm") == ["idle"], what="an idle warm instance")
-    assert process_state(pids[3]) in ("S", "R")
+    assert process_state(instances(spool, "warm")[0]["pid"]) in ("S", "R")
 
 
 def test_a_changed_definition_replaces_its_instances_prestop_first(spool, daemon):
