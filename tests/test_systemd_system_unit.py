@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, drop, fnspool_json, wait_for
-from test_systemd_integration import UserManager, open_installation, pytestmark  # noqa: F401 - same skips
+from test_systemd_integration import UserManager, _ended, open_installation, pytestmark  # noqa: F401 - same skips
 
 from daemon import install
 
@@ -148,6 +148,13 @@ def test_the_system_unit_serves_as_fnspool_with_only_the_spool_writable(system):
         assert writable[OPEN_DIR] == "Read-only file system", writable
     assert writable["/etc"] != "writable"
     assert not (m.path(OPEN_DIR) / ".fnspool-probe").exists()
+    # a member of the fnspool group drops files too (the spool is group-writable and setgid)
+    m.inside("useradd", "--no-log-init", "--no-create-home", "--groups", "fnspool", "ada")
+    invoke = [*install.fnspool_command(), "invoke", "echo", "--payload", '{"by": "ada"}']
+    proc = m.inside("runuser", "-u", "ada", "--", *invoke, "--spool", SPOOL)
+    request_id = proc.stdout.strip()
+    event = wait_for(lambda: _ended(spool, request_id), 30, "ada's event")
+    assert event["state"] == "Succeeded" and event["result"] == {"by": "ada"}
     # reload and a clean stop, as the system unit does them
     m.systemctl("reload", "fnspool.service")
     m.systemctl("stop", "fnspool.service")
