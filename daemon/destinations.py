@@ -145,7 +145,13 @@ class Destinations:
 
     async def _deliver_pending(self) -> None:
         while self._pending:
-            await self._sync()  # the terminal states are durable before anything depends on them
+            try:
+                await (
+                    self._sync()
+                )  # the terminal states are durable before anything depends on them
+            except Exception as exc:  # the journal failed: the next start delivers them
+                log.error("destinations not delivered, the journal failed: %s", exc)
+                return
             batch, self._pending = self._pending, []
             for event in batch:
                 try:
