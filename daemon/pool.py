@@ -36,10 +36,6 @@ class Lease:
         self.instance = instance
 
 
-def _configured(value: str | bool) -> bool:
-    return bool(value)
-
-
 class FunctionPool:
     """The warm instances of one function definition."""
 
@@ -151,7 +147,7 @@ class FunctionPool:
     async def _initialize(
         self, instance: Instance, request_id: str | None, path: Path | None
     ) -> None:
-        if not _configured(self.definition.lifecycle.initializer):
+        if not self.definition.lifecycle.initializer:
             return
         outcome = await self._hook(instance, "initializer", request_id, path)
         if not outcome.ok:
@@ -199,7 +195,7 @@ class FunctionPool:
     def _go_idle(self, instance: Instance) -> None:
         """The instance has no event left: PreFreeze (if set), then SIGSTOP its group until its
         next event. Its places are taken away while PreFreeze runs."""
-        if not _configured(self.definition.lifecycle.pre_freeze):
+        if not self.definition.lifecycle.pre_freeze:
             self._freeze(instance)
             return
         self._drop_slots(instance)
@@ -243,7 +239,7 @@ class FunctionPool:
         if instance.id in self._frozen:
             self._frozen.discard(instance.id)
             instance.signal(signal.SIGCONT)
-        if _configured(self.definition.lifecycle.pre_stop) and instance.state != "dead":
+        if self.definition.lifecycle.pre_stop and instance.state != "dead":
             timeout = self.definition.lifecycle.pre_stop_timeout + RETIRE_SLACK
             try:
                 await asyncio.wait_for(
@@ -316,6 +312,7 @@ class FunctionPool:
             self.instances.remove(instance)
         self._load.pop(instance.id, None)
         self._frozen.discard(instance.id)
+        self._retiring.discard(instance.id)
 
     def _drop_slots(self, instance: Instance) -> None:
         self._free = [i for i in self._free if i is not instance]
