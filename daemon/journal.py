@@ -81,6 +81,8 @@ def decode_record(line: bytes) -> JournalRecord:
         return _record_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise ValueError(f"not a journal record: {exc}") from None
+    except RecursionError:  # a checksummed line nested past msgspec's limit: damage all the same
+        raise ValueError("not a journal record: nested too deeply") from None
 
 
 def segment_name(first_seq: int) -> str:
@@ -123,6 +125,8 @@ class SegmentReader:
         self.offset = 0  # end of the last whole line consumed
         self._read_pos = 0
         self._pending = b""
+        self._skipping = False  # inside a line longer than MAX_RECORD_BYTES
+        self._skipped = 0  # bytes of that line dropped so far
 
     def close(self) -> None:
         """Close the file."""
@@ -135,8 +139,16 @@ class SegmentReader:
 
     def lines(self) -> Iterator[tuple[int, bytes | None, str]]:
         """Yield (offset, line, reason) per new whole line; line is None for an overlong one."""
-        while chunk := self._read():
-            data = self._pending + chunk
+        while True:
+            if self._skipping:
+                if not self._skip_overlong():
+                    return  # still inside the overlong line: a torn tail unless a newline comes
+                data = self._pending  # what followed the overlong line in the last chunk
+            else:
+                chunk = self._read()
+                if not chunk:
+                    return
+                data = self._pending + chunk
             start = 0
             while (end := data.find(b"\n", start)) >= 0:
                 yield self.offset, data[start:end], ""
@@ -145,25 +157,27 @@ class SegmentReader:
             self._pending = data[start:]
             if len(self._pending) > MAX_RECORD_BYTES:
                 yield self.offset, None, "record longer than the limit"
-                self._skip_overlong()
+                self._skipped, self._pending, self._skipping = len(self._pending), b"", True
 
-    def _skip_overlong(self) -> None:
-        """Drop bytes up to the next newline (resynchronise after an overlong line)."""
-        skipped = len(self._pending)
-        self._pending = b""
+    def _skip_overlong(self) -> bool:
+        """Drop bytes up to the next newline (resynchronise after an overlong line); False when
+        the file ends first. The offset stays at the line's start until its newline is found, so
+        an overlong line at the end is a torn tail that recovery cuts, not a prefix glued to the
+        next record appended."""
         while chunk := self._read():
             end = chunk.find(b"\n")
             if end >= 0:
                 self._pending = chunk[end + 1 :]
-                self.offset += skipped + end + 1
-                return
-            skipped += len(chunk)
-        self.offset += skipped
+                self.offset += self._skipped + end + 1
+                self._skipped, self._skipping = 0, False
+                return True
+            self._skipped += len(chunk)
+        return False
 
     @property
     def torn_bytes(self) -> int:
         """Bytes after the last newline read so far (a torn tail, or a record being written)."""
-        return len(self._pending)
+        return len(self._pending) + self._skipped
 
     def records(self, damages: list[Damage]) -> Iterator[JournalRecord]:
         """Decode the new whole lines, adding what cannot be read to `damages`."""
@@ -174,11 +188,41 @@ class SegmentReader:
             try:
                 yield decode_record(line)
             except ValueError as exc:
-                damages.append(
-                    Damage(
-                        path=str(self.path), offset=offset, length=len(line) + 1, reason=str(exc)
-                    )
+                salvaged = salvage(line)
+                reason = (
+                    f"{exc}; {len(salvaged)} whole records inside kept" if salvaged else str(exc)
                 )
+                damages.append(
+                    Damage(path=str(self.path), offset=offset, length=len(line) + 1, reason=reason)
+                )
+                yield from salvaged
+
+
+_FRAME_START = re.compile(rb"(?=[0-9a-f]{8} )")
+_SALVAGE_MAX_LINE = 1 << 20  # bytes: longer damaged lines are not searched
+_SALVAGE_MAX_STARTS = 32
+
+
+def salvage(line: bytes) -> list[JournalRecord]:
+    """The whole records inside a damaged line: a flipped newline joins two good records into
+    one line that fails its checksum, and neither is damaged. A fragment counts only when its own
+    checksum matches, so text inside a record that looks like a frame start cannot fool it."""
+    if len(line) > _SALVAGE_MAX_LINE:
+        return []
+    starts = [m.start() for m in _FRAME_START.finditer(line)][:_SALVAGE_MAX_STARTS]
+    found: list[JournalRecord] = []
+    found_end = 0
+    for i, start in enumerate(starts):
+        if start < found_end:
+            continue
+        for end in [s - 1 for s in starts[i + 1 :] if s - 1 > start] + [len(line)]:
+            try:
+                found.append(decode_record(line[start:end]))
+            except ValueError:
+                continue
+            found_end = end
+            break
+    return found
 
 
 def write_snapshot(directory: Path, seq: int, at: float, events: list[Event]) -> Path:
@@ -186,17 +230,21 @@ def write_snapshot(directory: Path, seq: int, at: float, events: list[Event]) ->
     final = directory / snapshot_name(seq)
     temp = directory / f".{final.name}.tmp"
     header = SnapshotHeader(seq=seq, at=at, count=len(events))
-    with open(temp, "wb") as out:
-        out.write(encode_record(header))
-        buf = bytearray()
-        for event in events:
-            buf += encode_record(event)
-            if len(buf) >= _READ_CHUNK:
-                out.write(buf)
-                buf.clear()
-        out.write(buf)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(temp, "wb") as out:
+            out.write(encode_record(header))
+            buf = bytearray()
+            for event in events:
+                buf += encode_record(event)
+                if len(buf) >= _READ_CHUNK:
+                    out.write(buf)
+                    buf.clear()
+            out.write(buf)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk must not keep half a snapshot around
+        raise
     os.rename(temp, final)
     fsync_dir(directory)
     return final
@@ -215,8 +263,8 @@ def read_snapshot(path: Path) -> tuple[SnapshotHeader, dict[str, Event]]:
         for line in lines[1:-1]:
             event = _event_decoder.decode(unframe(line))
             events[event.id] = event
-    except (ValueError, msgspec.DecodeError) as exc:
-        raise ValueError(f"{path}: damaged snapshot: {exc}") from None
+    except (ValueError, msgspec.DecodeError, RecursionError) as exc:
+        raise ValueError(f"{path}: damaged snapshot: {exc!s:.200}") from None
     if header.count != len(events):
         raise ValueError(f"{path}: snapshot holds {len(events)} events, header says {header.count}")
     return header, events

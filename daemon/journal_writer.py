@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Record)
 
+#: TEST ONLY: skip the journal's fdatasync, so the power-loss test can show that it then loses
+#: acknowledged payloads (proof that the test can fail). Never set it anywhere else.
+SKIP_FDATASYNC_TEST_ONLY = "FNSPOOL_TEST_ONLY_SKIP_JOURNAL_FDATASYNC"
+
 
 class JournalFailed(Exception):
     """The journal could not be written durably; the daemon must stop taking work."""
@@ -81,19 +85,22 @@ def _set_aside_damage(path: Path, damages: list[Damage]) -> None:
 
 def _cut_torn_tail(path: Path, good_end: int) -> Damage:
     """Truncate a segment after its last whole record, keeping the cut bytes in `.broken`."""
+    torn = 0
     with open(path, "r+b") as f:
         f.seek(good_end)
-        torn = f.read()
         with open(f"{path}.broken", "ab") as out:
             out.write(b"# torn tail cut at offset %d\n" % good_end)
-            out.write(torn + b"\n")
+            while chunk := f.read(1 << 20):  # in pieces: a tail may be any size (zeros, garbage)
+                out.write(chunk)
+                torn += len(chunk)
+            out.write(b"\n")
             out.flush()
             os.fsync(out.fileno())
         f.truncate(good_end)
         f.flush()
         os.fsync(f.fileno())
-    log.warning("journal %s: torn tail of %d bytes cut at offset %d", path, len(torn), good_end)
-    return Damage(path=str(path), offset=good_end, length=len(torn), reason="torn tail cut")
+    log.warning("journal %s: torn tail of %d bytes cut at offset %d", path, torn, good_end)
+    return Damage(path=str(path), offset=good_end, length=torn, reason="torn tail cut")
 
 
 class JournalWriter:
@@ -123,6 +130,11 @@ class JournalWriter:
         self._fd = -1
         self._size = 0
         self.segment_first_seq = 0
+        self._skip_fdatasync = os.environ.get(SKIP_FDATASYNC_TEST_ONLY) == "1"
+        if self._skip_fdatasync:
+            log.critical(
+                "%s is set: the journal is NOT durable (tests only)", SKIP_FDATASYNC_TEST_ONLY
+            )
         self._open_segment()
         self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="journal")
 
@@ -174,7 +186,11 @@ class JournalWriter:
         """
         await self.sync()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._rotate_sync)
+        try:
+            await loop.run_in_executor(self._executor, self._rotate_sync)
+        except OSError as exc:  # no new segment (ENOSPC, no inode left): nowhere left to write
+            self._fail(exc)
+            raise JournalFailed(str(exc)) from exc
         return self.segment_first_seq
 
     async def close(self) -> None:
@@ -208,7 +224,7 @@ class JournalWriter:
         if self._size == 0:
             return  # the current segment is empty: it already starts where a new one would
         os.fsync(self._fd)
-        os.close(self._fd)
+        self._close_fd()  # never left pointing at a closed (and maybe reused) descriptor
         self._create_segment(self._written_seq + 1)
 
     def _close_fd(self) -> None:
@@ -261,18 +277,21 @@ class JournalWriter:
             raise
         self._size += len(data)
         self._written_seq = upto
-        os.fdatasync(self._fd)
+        if not self._skip_fdatasync:
+            os.fdatasync(self._fd)
         if self._size >= self.segment_bytes:
-            os.close(self._fd)
+            self._close_fd()
             self._create_segment(upto + 1)
 
     def _fail(self, exc: BaseException) -> None:
         """Refuse everything from now on; wake every waiter with the failure."""
-        log.critical("journal write failed, refusing further work: %s", exc)
-        self._failed = exc
+        first = self._failed is None
+        if first:
+            log.critical("journal write failed, refusing further work: %s", exc)
+            self._failed = exc
         while self._waiters:
             _, future = self._waiters.popleft()
             if not future.done():
                 future.set_exception(JournalFailed(str(exc)))
-        if self._on_fatal is not None:
+        if first and self._on_fatal is not None:
             self._on_fatal(exc)
