@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,26 @@ class HookOutcome(msgspec.Struct, frozen=True, kw_only=True):
     duration_ms: float
     error: ErrorInfo | None = None
     instance_lost: bool = False
+
+
+class InstanceBase:
+    """What every runtime's instance holds: its identity, state and counters, and event logs."""
+
+    kind = "instance"  # the runtime's name, the start of every instance id
+
+    def __init__(self, function: FunctionDef, *, log_cap: int, defer_io: Defer | None) -> None:
+        self.function = function
+        self.id = f"{self.kind}-{function.name}-{secrets.token_hex(4)}"
+        self.pid: int | None = None
+        self.state = "starting"
+        self.events_served = 0
+        self.started_at = 0.0  # wall clock
+        self.last_used = time.monotonic()
+        self.log_cap = log_cap
+        self.defer_io = defer_io  # where event logs hand the wait for their last write
+
+    def _event_log(self, path: Path) -> EventLog:
+        return EventLog(path, self.log_cap, self.defer_io)
 
 
 class InstanceStartError(Exception):

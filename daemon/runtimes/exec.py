@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from daemon.runtimes.base import (
     Defer,
     EventLog,
     HookOutcome,
+    InstanceBase,
     Outcome,
     describe_exit,
     memory_error,
@@ -46,7 +46,9 @@ STDERR_TAIL = 1000  # characters of stderr quoted in a failed attempt's error
 _READ_SIZE = 1 << 16
 
 
-class ExecInstance:
+class ExecInstance(InstanceBase):
+    kind = "exec"
+
     """Runs a function's `command` once per attempt, up to `concurrency` at once."""
 
     def __init__(
@@ -57,16 +59,8 @@ class ExecInstance:
         on_exit: Callable[[ExecInstance], None] | None = None,
         defer_io: Defer | None = None,
     ) -> None:
-        self.function = function
-        self.id = f"exec-{function.name}-{secrets.token_hex(4)}"
-        self.pid: int | None = None  # the latest attempt's process while it runs
-        self.state = "starting"
-        self.events_served = 0
-        self.started_at = 0.0
-        self.last_used = time.monotonic()
-        self.log_cap = log_cap
+        super().__init__(function, log_cap=log_cap, defer_io=defer_io)
         self.on_exit = on_exit  # never called: no process outlives its attempt
-        self.defer_io = defer_io
         self._argv: list[str] = []
         self._running: set[Child] = set()
 
@@ -83,7 +77,7 @@ class ExecInstance:
         """Run the command once with the payload on stdin; stderr goes to the event's log."""
         if self.state not in ("idle", "busy") or len(self._running) >= self.function.concurrency:
             return self._unavailable(request_id)
-        event_log = EventLog(log_path, self.log_cap, self.defer_io)
+        event_log = self._event_log(log_path)
         event_log.platform(f"FC Invoke Start RequestId: {request_id}")
         began = time.monotonic()
         try:

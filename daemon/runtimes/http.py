@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from daemon.runtimes.base import (
     Defer,
     EventLog,
     HookOutcome,
+    InstanceBase,
     InstanceStartError,
     Outcome,
     describe_exit,
@@ -74,7 +74,9 @@ TIMED_OUT = _Timeout()
 Reply = Response | ExitStatus | _Timeout | ErrorInfo  # ErrorInfo: the server could not be reached
 
 
-class HttpInstance:
+class HttpInstance(InstanceBase):
+    kind = "http"
+
     """One running HTTP server of one function, serving up to `concurrency` events at once."""
 
     def __init__(
@@ -86,18 +88,10 @@ class HttpInstance:
         on_exit: Callable[[HttpInstance], None] | None = None,
         defer_io: Defer | None = None,
     ) -> None:
-        self.function = function
-        self.id = f"http-{function.name}-{secrets.token_hex(4)}"
-        self.pid: int | None = None
-        self.state = "starting"
-        self.events_served = 0
-        self.started_at = 0.0
-        self.last_used = time.monotonic()
+        super().__init__(function, log_cap=log_cap, defer_io=defer_io)
         self.port = 0
-        self.log_cap = log_cap
         self.start_timeout = start_timeout
         self.on_exit = on_exit  # called once when the server dies on its own
-        self.defer_io = defer_io
         self._child: Child | None = None
         self._output: OutputRouter | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -413,9 +407,6 @@ class HttpInstance:
             log.error("instance %s: pid %d not reaped %.0fs after SIGKILL",
                       self.id, child.pid, REAP_GRACE)  # fmt: skip
             return None
-
-    def _event_log(self, path: Path) -> EventLog:
-        return EventLog(path, self.log_cap, self.defer_io)
 
     def _attach(self, event_log: EventLog | None) -> int | None:
         """Count `event_log` among the calls in flight; the server's output goes to the oldest."""

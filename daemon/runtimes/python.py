@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from daemon.runtimes.base import (
     Defer,
     EventLog,
     HookOutcome,
+    InstanceBase,
     InstanceStartError,
     Outcome,
     describe_exit,
@@ -63,7 +63,9 @@ Reply = WorkerFrame | ExitStatus | _Timeout | ErrorInfo  # ErrorInfo: a protocol
 # -- the instance -----------------------------------------------------------------------------
 
 
-class PythonInstance:
+class PythonInstance(InstanceBase):
+    kind = "python"
+
     """One warm worker process of one python function."""
 
     def __init__(
@@ -75,15 +77,7 @@ class PythonInstance:
         on_exit: Callable[[PythonInstance], None] | None = None,
         defer_io: Defer | None = None,
     ) -> None:
-        self.function = function
-        self.id = f"python-{function.name}-{secrets.token_hex(4)}"
-        self.pid: int | None = None
-        self.state = "starting"
-        self.events_served = 0
-        self.started_at = 0.0
-        self.last_used = time.monotonic()
-        self.log_cap = log_cap
-        self.defer_io = defer_io  # where quiet events' log files are written (see EventLog)
+        super().__init__(function, log_cap=log_cap, defer_io=defer_io)
         self.start_timeout = start_timeout
         self.on_exit = on_exit  # called once when the worker dies on its own
         self._child: Child | None = None
@@ -195,9 +189,6 @@ class PythonInstance:
     def signal(self, sig: int) -> bool:
         """Send `sig` to the worker's process group; False if it is gone."""
         return self._child.kill_group(sig) if self._child is not None else False
-
-    def _event_log(self, path: Path) -> EventLog:
-        return EventLog(path, self.log_cap, self.defer_io)
 
     # -- start-up ---------------------------------------------------------------------------
 
