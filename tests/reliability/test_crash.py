@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, wait_for
+from conftest import REPO, drop, gone, wait_for
+
+from daemon.model import State
+from reliability.conftest import all_ended, feed, make_spool, payload_counts, replay, seeded
 
 pytestmark = pytest.mark.reliability
 
@@ -66,3 +74,171 @@ def test_lock_two_daemons_at_once_exactly_one_runs(tmp_path):
 @pytest.mark.slow
 def test_lock_two_daemons_at_once_100_rounds(tmp_path):
     _lock_rounds(tmp_path / "spool", 100)
+
+
+# -- crash-ingest ---------------------------------------------------------------------------
+
+
+def _crash_ingest(spool: Path, daemons, total: int, cycles: int) -> None:
+    rng = seeded("crash-ingest")
+    make_spool(spool)
+    (spool / "incoming" / "echo").mkdir(parents=True)
+    pace = total / (cycles * 1.1)  # payloads per second: the feeder drops through every cycle
+    dropped: list[int] = []
+
+    def feeder() -> None:
+        t0 = time.monotonic()
+        for start in range(0, total, 10):
+            dropped.extend(feed(spool, "echo", range(start, min(start + 10, total))))
+            ahead = t0 + (start + 10) / pace - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+
+    thread = threading.Thread(target=feeder)
+    t0 = time.monotonic()
+    thread.start()
+    before_ready = 0
+    try:
+        for _ in range(cycles):
+            d = daemons(spool, wait_ready=False)
+            deadline = time.monotonic() + rng.uniform(0.05, 2.0)  # the moment is random
+            was_ready = False
+            while time.monotonic() < deadline:
+                was_ready = was_ready or _is_ready(d)
+                time.sleep(0.01)
+            before_ready += not was_ready
+            d.kill()  # SIGKILL
+    finally:
+        thread.join()
+    assert dropped == list(range(total))
+    daemons(spool)
+    state = wait_for(
+        lambda: not os.listdir(spool / "incoming" / "echo") and all_ended(spool, total),
+        300,
+        "every payload to be taken and run",
+    )
+    counts = payload_counts(state)
+    lost = sorted(set(range(total)) - set(counts))
+    twice = sorted(i for i, n in counts.items() if n > 1)
+    assert not lost, f"{len(lost)} payloads lost, e.g. {lost[:10]}"
+    assert not twice, f"{len(twice)} payloads are two events, e.g. {twice[:10]}"
+    assert len(state.events) == total and not state.illegal
+    assert not list((spool / "rejected").iterdir()), "a payload was rejected"
+    states = Counter(e.state.value for e in state.events.values())
+    interrupted = sum(
+        1 for e in state.events.values() if any(h.reason == "Interrupted" for h in e.history)
+    )
+    assert states == {"Succeeded": total}, states
+    print(
+        f"crash-ingest: {cycles} kill -9 at 50-2000 ms ({before_ready} before the daemon was "
+        f"ready), {total} payloads fed at {pace:.0f}/s: {total} events, none lost, none twice, "
+        f"all Succeeded ({interrupted} re-run after Interrupted); {time.monotonic() - t0:.1f} s"
+    )
+
+
+def _is_ready(d) -> bool:
+    try:
+        return d.ready()
+    except AssertionError:
+        return False
+
+
+def test_crash_ingest_kill_9_while_feeding(tmp_path, daemons):
+    _crash_ingest(tmp_path / "spool", daemons, total=1000, cycles=5)
+
+
+@pytest.mark.slow
+def test_crash_ingest_kill_9_while_feeding_10000(tmp_path, daemons):
+    _crash_ingest(tmp_path / "spool", daemons, total=10_000, cycles=30)
+
+
+# -- crash-running --------------------------------------------------------------------------
+
+HOLD_PY = """
+import fcntl, os, time
+
+def handler(event, context):
+    locks = os.environ["LOCKS"]
+    fd = os.open(os.path.join(locks, context.request_id), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this attempt runs
+    except BlockingIOError:
+        with open(os.path.join(locks, "DOUBLE"), "a") as f:
+            f.write(context.request_id + "\\n")
+    with open(os.path.join(locks, "starts"), "a") as f:
+        f.write(f"{context.request_id} {context.attempt} {os.getpid()}\\n")
+    time.sleep(120 if context.attempt == 1 else 0.2)
+    return {"attempt": context.attempt}
+"""
+# the same in sh for the exec runtime: fd 9 holds the lock until `sleep` (same pid) ends
+HOLD_SH = (
+    'exec 9>>"$LOCKS/$FNSPOOL_REQUEST_ID"; '
+    'flock -n 9 || echo "$FNSPOOL_REQUEST_ID" >> "$LOCKS/DOUBLE"; '
+    'echo "$FNSPOOL_REQUEST_ID $FNSPOOL_ATTEMPT $$" >> "$LOCKS/starts"; '
+    'if [ "$FNSPOOL_ATTEMPT" = 1 ]; then exec sleep 120; fi; echo \'"done"\''
+)
+
+
+def _hold_functions(spool: Path, locks: Path, python: int, exec_: int) -> None:
+    functions = spool / "functions"
+    (functions / "hold").mkdir(parents=True)
+    (functions / "hold" / "index.py").write_text(HOLD_PY)
+    env = f'environment = {{ LOCKS = "{locks}" }}\n[async]\nmax_retries = 0\n'
+    (functions / "hold.toml").write_text(
+        f'handler = "index.handler"\ntimeout = 300\nmax_instances = {python}\nfreeze = false\n'
+        + env
+    )
+    (functions / "holdx").mkdir()
+    (functions / "holdx.toml").write_text(
+        f'runtime = "exec"\ncommand = ["/bin/sh", "-c", {json.dumps(HOLD_SH)}]\n'
+        f"timeout = 300\nmax_instances = {exec_}\n" + env
+    )
+
+
+def test_crash_running_kill_9_with_50_events_running(tmp_path, daemons):
+    if shutil.which("flock") is None:
+        pytest.skip("needs util-linux's flock")
+    spool, locks = tmp_path / "spool", tmp_path / "locks"
+    locks.mkdir()
+    make_spool(spool)
+    python, exec_ = 30, 20
+    _hold_functions(spool, locks, python, exec_)
+    d = daemons(spool)
+    for i in range(python):
+        drop(spool, "hold", f"h{i:02d}.json", {"i": i})
+    for i in range(exec_):
+        drop(spool, "holdx", f"x{i:02d}.json", {"i": python + i})
+    total = python + exec_
+
+    def running() -> list[str] | None:
+        starts = (locks / "starts").read_text().split() if (locks / "starts").exists() else []
+        state = replay(spool)
+        on = [e for e in state.events.values() if e.state is State.RUNNING]
+        return starts if len(on) == total and len(starts) == 3 * total else None
+
+    starts = wait_for(running, 120, f"{total} events to be Running")
+    pids = [int(p) for p in starts[2::3]]
+    t_kill = time.monotonic()
+    d.kill()  # SIGKILL: nothing of the daemon runs after this
+    restarted = daemons(spool, wait_ready=False)  # at once: the old attempts may still run
+    survivors = wait_for(
+        lambda: not [p for p in pids if not gone(p)] or None, 10, "every instance to die"
+    )
+    died_ms = (time.monotonic() - t_kill) * 1000
+    wait_for(restarted.ready, 60, "the daemon to be ready again")
+    state = wait_for(lambda: all_ended(spool, total), 120, "every event to end")
+    assert not (locks / "DOUBLE").exists(), (
+        f"ran twice at once: {(locks / 'DOUBLE').read_text().split()}"
+    )
+    for event in state.events.values():
+        reasons = [(h.state.value, h.reason) for h in event.history]
+        assert event.state is State.SUCCEEDED, f"{event.id}: {reasons}"
+        assert ("Retrying", "Interrupted") in reasons, f"{event.id}: {reasons}"
+        assert event.attempts == 2, f"{event.id}: {event.attempts} attempts"
+    assert not state.illegal
+    assert survivors
+    print(
+        f"crash-running: kill -9 with {total} events Running ({python} python, {exec_} exec): "
+        f"every instance gone {died_ms:.0f} ms after the kill; all {total} re-run after "
+        "Interrupted, then Succeeded, on attempt 2 (no retry used); none ran twice at once"
+    )
