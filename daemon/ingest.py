@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Protocol
 
 import msgspec
@@ -29,7 +29,16 @@ from daemon.payload import (
     decode,
     is_ignored,
 )
-from daemon.spool import DirFds, Rejection, Spool, printable, reject, safe_read, same_file
+from daemon.spool import (
+    DirFds,
+    Rejection,
+    Spool,
+    printable,
+    reject,
+    safe_read,
+    same_file,
+    unlink_if_same,
+)
 
 __all__ = ["Accepted", "IngestSink", "IngestStats", "Ingestor"]
 
@@ -95,7 +104,7 @@ class Ingestor:
         max_depth: int = 64,
         settle: float = 2.0,
         scan_interval: float = 5.0,
-        allowed_uids: set[int] | None = None,
+        allowed_uids: Container[int] | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.spool = spool
@@ -457,11 +466,7 @@ def _remove_files(incoming: os.PathLike[str], files: list[tuple[Key, os.stat_res
 def _unlink_same(dirs: DirFds, key: Key, st: os.stat_result) -> bool:
     """Unlink the file at `key` if it is still the one journaled (not a new one renamed over it)."""
     try:
-        fd = dirs.get(key[0])
-        if not same_file(fd, key[1], st):
-            return False
-        os.unlink(key[1], dir_fd=fd)
-        return True
+        return unlink_if_same(dirs.get(key[0]), key[1], st)
     except FileNotFoundError:
         return False
     except OSError as exc:

@@ -27,7 +27,7 @@ from daemon.control import ControlRequest, ReinvokeRequest, StopRequest
 from daemon.dispatcher import Dispatcher
 from daemon.model import Request, Source, has_raw
 from daemon.payload import is_ignored, too_deep
-from daemon.spool import Rejection, Spool, printable, reject, safe_read
+from daemon.spool import Rejection, Spool, printable, reject, safe_read, unlink_if_same
 from daemon.store import Store
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,16 @@ def may_request(uid: int, spool_gid: int) -> bool:
         return user.pw_name in grp.getgrgid(spool_gid).gr_mem
     except KeyError:
         return False
+
+
+class Submitters:
+    """The uids that may drop payloads and requests: `may_request` as a container."""
+
+    def __init__(self, spool_gid: int) -> None:
+        self.spool_gid = spool_gid
+
+    def __contains__(self, uid: object) -> bool:
+        return isinstance(uid, int) and may_request(uid, self.spool_gid)
 
 
 class RequestIntake:
@@ -126,17 +136,20 @@ class RequestIntake:
     async def _take_all(self, names: list[str]) -> None:
         fd = os.open(self.spool.control, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            answered = [name for name in names if self._take(fd, name)]
+            answered = [(name, st) for name in names if (st := self._take(fd, name))]
             await self.store.sync()  # answers are durable before the requests go
-            for name in answered:
+            for name, st in answered:
+                # only the file answered: one renamed over it meanwhile is a new request
                 with contextlib.suppress(FileNotFoundError):  # removed by hand meanwhile
-                    os.unlink(name, dir_fd=fd)
+                    if not unlink_if_same(fd, name, st):
+                        self.scan_soon()
             os.fsync(fd)
         finally:
             os.close(fd)
 
-    def _take(self, dir_fd: int, name: str) -> bool:
-        """Read, apply and answer one request; False when it was not there to take."""
+    def _take(self, dir_fd: int, name: str) -> os.stat_result | None:
+        """Read, apply and answer one request; the file's stat, or None when it was not there
+        to take or was set aside."""
         uid: int | None = None
         try:
             data, st = safe_read(dir_fd, name, MAX_REQUEST_BYTES, None)
@@ -145,14 +158,14 @@ class RequestIntake:
                 raise Rejection("owner", f"uid {uid} is not in the spool's group")
             request = self._decode(data)
         except FileNotFoundError:
-            return False
+            return None
         except (Rejection, OSError) as exc:
             why = exc if isinstance(exc, Rejection) else Rejection("unreadable", str(exc))
             self._set_aside(dir_fd, name, why, uid)
-            return False
+            return None
         answer = self._apply(request, uid)
         self._answer(request, name, uid, answer)
-        return True
+        return st
 
     def _decode(self, data: bytes) -> ControlRequest:
         if too_deep(data, MAX_DEPTH):

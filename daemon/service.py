@@ -21,7 +21,7 @@ from daemon.journal_writer import JournalWriter, recover
 from daemon.model import Source
 from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.pool import InstanceFactory
-from daemon.requests import RequestIntake
+from daemon.requests import RequestIntake, Submitters
 from daemon.runtimes.exec import ExecInstance
 from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
@@ -111,6 +111,7 @@ class Daemon:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit status."""
         self.spool.create()
+        self.spool.check_modes()
         lock_fd = lock.acquire(self.spool.run)
         try:
             await self._start()
@@ -164,6 +165,7 @@ class Daemon:
             max_bytes=self.settings.max_payload_bytes,
             settle=self.settings.settle,
             scan_interval=self.settings.scan_interval,
+            allowed_uids=Submitters(os.stat(self.spool.root).st_gid),
         )
         await self.ingestor.start()
         self._install_signals()

@@ -7,13 +7,17 @@ import errno
 import logging
 import os
 import re
+import shlex
 import stat
 import threading
 import time
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from daemon.errors import FnspoolError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,25 @@ class Spool:
             mode = DIR_MODE | stat.S_ISVTX if name in _STICKY_DIRS else DIR_MODE
             _make_dir(self.root / name, mode)
 
+    def check_modes(self) -> None:
+        """Refuse a spool whose directories anyone may write (FnspoolError naming the fix)."""
+        loose = []
+        for path in (self.root, *(self.root / name for name in _SUBDIRS)):
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                continue
+            if mode & stat.S_IWOTH:
+                loose.append(path)
+        if loose:
+            names = ", ".join(f"{p} (mode {stat.S_IMODE(os.stat(p).st_mode):o})" for p in loose)
+            fix = " ".join(shlex.quote(str(p)) for p in loose)
+            raise FnspoolError(
+                f"{names}: anyone could drop, replace or remove files there; "
+                f"fix with: chmod o-w {fix}",
+                title="spool is world-writable",
+            )
+
     def relpath(self, path: str | os.PathLike[str]) -> str:
         """`path` relative to the spool root (as given when it lies outside)."""
         try:
@@ -95,7 +118,7 @@ class Rejection(Exception):
 
 
 def safe_read(
-    dir_fd: int, name: str, max_bytes: int, allowed_uids: set[int] | None
+    dir_fd: int, name: str, max_bytes: int, allowed_uids: Container[int] | None
 ) -> tuple[bytes, os.stat_result]:
     """Read a user file relative to `dir_fd` without following links; Rejection when unsafe."""
     # lstat first so fifos, sockets and devices are never opened at all
@@ -146,11 +169,36 @@ def same_file(dir_fd: int, name: str, st: os.stat_result) -> bool:
     return _identity(now) == _identity(st)
 
 
+def unlink_if_same(dir_fd: int, name: str, st: os.stat_result) -> bool:
+    """Remove `name` if it still is the file `st` describes; True when it was removed.
+
+    A check then an unlink would remove a file renamed over the name in between (a new payload,
+    never journaled, silently lost). So the file is first renamed aside to a hidden name, checked
+    there, and put back (never over a newer one) when it turns out to be another file."""
+    if not same_file(dir_fd, name, st):
+        return False
+    aside = f".fnspool-removing.{st.st_ino}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    if same_file(dir_fd, aside, st):
+        os.unlink(aside, dir_fd=dir_fd)
+        return True
+    log.warning("%s was replaced while being removed: kept", printable(name))
+    stem, dot, ext = name.rpartition(".")
+    for n in range(10_000):
+        candidate = name if n == 0 else f"{stem}.{n}{dot}{ext}" if dot else f"{name}.{n}"
+        if _rename_noreplace(dir_fd, aside, dir_fd, candidate):
+            return False
+    raise OSError(errno.EEXIST, f"no free name to put back {printable(name)!r}")
+
+
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def check_stat(st: os.stat_result, max_bytes: int, allowed_uids: set[int] | None) -> None:
+def check_stat(st: os.stat_result, max_bytes: int, allowed_uids: Container[int] | None) -> None:
     """Raise Rejection unless `st` is a one-link regular file of an allowed owner, under the cap."""
     if stat.S_ISLNK(st.st_mode):
         raise Rejection("symlink", "a symbolic link, not a file")

@@ -3,13 +3,22 @@
 The one place for process handling, shared by every runtime. `posix_spawn` (never fork with a
 `preexec_fn`: the daemon has threads), exit noticed through a pidfd on the event loop, status and
 resource usage reaped with `wait4`.
+
+A process group is not a jail: a descendant that calls `setsid()` leaves it, and one whose parent
+dies is reparented. So the daemon makes itself a child subreaper (orphans of its instances come to
+it, not to init), marks every child's environment with a token of its own, and a kill stops and
+kills the whole tree: the group, every descendant found through /proc/PID/task/*/children, and every
+orphan carrying the token. What still escapes is a process that both left the tree and cleared its
+environment; a delegated cgroup (`cgroup.kill`) is the only complete answer to that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
+import itertools
 import logging
 import os
 import signal
@@ -35,6 +44,13 @@ _DEFAULT_SIGNALS = (
 
 _POLL_INTERVAL = 0.05  # seconds, only where pidfd_open is missing
 
+TOKEN_VAR = "FNSPOOL_SUPERVISOR_TOKEN"  # in every child's environment: finds orphaned descendants
+_tokens = itertools.count(1)
+_spawned: set[int] = set()  # pids spawned here and not yet reaped: never reaped as orphans
+_PR_SET_CHILD_SUBREAPER = 36
+_subreaper = False
+_MAX_KILL_ROUNDS = 50  # rounds of "stop what is new" before the kill, against a forking tree
+
 
 class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
     """How a child ended and what it cost over its whole life."""
@@ -57,8 +73,9 @@ class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
 class Child:
     """A spawned process leading its own session and process group."""
 
-    def __init__(self, pid: int, *, kill_group_on_exit: bool) -> None:
+    def __init__(self, pid: int, *, kill_group_on_exit: bool, token: str = "") -> None:
         self.pid = pid
+        self.token = token
         self.status: ExitStatus | None = None
         self._kill_group_on_exit = kill_group_on_exit
         self._loop = asyncio.get_running_loop()
@@ -81,6 +98,8 @@ class Child:
         if self.status is not None:
             # reaped: the group id may belong to someone else by now
             return False
+        if sig == signal.SIGKILL:
+            kill_tree(self.pid, self.token)
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
@@ -108,12 +127,16 @@ class Child:
                 os.killpg(self.pid, signal.SIGKILL)
         try:
             pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            if pid != 0 and self._kill_group_on_exit:
+                kill_tree(None, self.token)  # its orphans, reparented to the daemon
+                self._loop.call_later(0.1, reap_orphans)
         except ChildProcessError:
             # reaped by someone else: the status is lost, the notification must not be
             log.warning("child %d was reaped elsewhere: exit status unknown", self.pid)
             pid, status, usage = self.pid, 255 << 8, None
         if pid == 0:
             return False
+        _spawned.discard(self.pid)
         self.status = ExitStatus(
             returncode=os.waitstatus_to_exitcode(status),
             cpu_ms=round((usage.ru_utime + usage.ru_stime) * 1000, 3) if usage else 0.0,
@@ -149,7 +172,9 @@ def spawn(
 ) -> Child:
     """Start `argv` in a new session with `fds` mapped (child fd -> our fd); stdin is /dev/null
     unless mapped. Call from the event loop; OSError if it cannot be executed."""
-    env = child_env(env, {})
+    _become_subreaper()
+    token = f"{os.getpid()}-{next(_tokens)}"
+    env = child_env(env, {TOKEN_VAR: token})
     argv = list(argv)
     if cwd is not None:
         # posix_spawn has no chdir action in Python 3.11: let a shell change directory, then exec
@@ -169,7 +194,98 @@ def spawn(
     finally:
         for fd in temporaries:
             os.close(fd)
-    return Child(pid, kill_group_on_exit=kill_group_on_exit)
+    _spawned.add(pid)
+    return Child(pid, kill_group_on_exit=kill_group_on_exit, token=token)
+
+
+def _become_subreaper() -> None:
+    """Orphaned descendants of instances come to the daemon (once, at the first spawn)."""
+    global _subreaper
+    if _subreaper:
+        return
+    _subreaper = True
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            log.warning("cannot become a child subreaper: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot become a child subreaper: %s", exc)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                found.extend(int(child) for child in f.read().split())
+    except (OSError, ValueError):
+        pass  # it exited meanwhile
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of `pid` (whatever its session or group), found through /proc."""
+    found: set[int] = set()
+    todo = _children(pid)
+    while todo:
+        current = todo.pop()
+        if current not in found:
+            found.add(current)
+            todo.extend(_children(current))
+    return found
+
+
+def _has_token(pid: int, token: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{TOKEN_VAR}={token}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _orphans(token: str) -> set[int]:
+    """Processes reparented to the daemon that carry `token`, and their descendants."""
+    if not token:
+        return set()
+    found: set[int] = set()
+    for pid in _children(os.getpid()):
+        if pid not in _spawned and _has_token(pid, token):
+            found.add(pid)
+            found |= descendants(pid)
+    return found
+
+
+def kill_tree(pid: int | None, token: str) -> int:
+    """SIGKILL the group led by `pid`, all its descendants and the orphans marked `token`; first
+    SIGSTOP them, round after round, so that nothing forks away meanwhile. How many were found."""
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGSTOP)
+    stopped: set[int] = set()
+    for _ in range(_MAX_KILL_ROUNDS):
+        found = (descendants(pid) if pid is not None else set()) | _orphans(token)
+        new = found - stopped
+        if not new:
+            break
+        for each in new:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(each, signal.SIGSTOP)
+        stopped |= new
+    for each in stopped:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(each, signal.SIGKILL)
+    if stopped:
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_later(0.1, reap_orphans)
+    return len(stopped)
+
+
+def reap_orphans() -> None:
+    """Reap the daemon's children that it did not spawn (orphans of instances that ended)."""
+    for pid in _children(os.getpid()):
+        if pid not in _spawned:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 def _file_actions(fds: Mapping[int, int]) -> tuple[list[tuple[int, int, int]], list[int]]:
