@@ -29,7 +29,7 @@ from daemon import install
 SYSTEMD = Path("/usr/lib/systemd/systemd")
 RUNTIME_DIR = "/run/user/0"  # inside the manager's mount namespace
 DRAIN = 2  # seconds the daemon lets a running event finish on stop
-WATCHDOG = 4  # WatchdogSec= for the test (pings every 2 s)
+WATCHDOG = 6  # WatchdogSec= for the test (pings every 3 s)
 SETUP_DONE = "namespace and cgroup ready"
 
 pytestmark = [
@@ -207,7 +207,8 @@ exec {SYSTEMD} --user --log-target=console --log-level=info
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = self.inside("systemctl", "--user", *args, check=False)
         if check and proc.returncode != 0:
-            status = self.inside("systemctl", "--user", "status", "fnspool.service", check=False)
+            unit = next((a for a in reversed(args) if a.endswith(".service")), "fnspool.service")
+            status = self.inside("systemctl", "--user", "status", unit, check=False)
             raise AssertionError(
                 f"systemctl --user {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}\n"
                 f"{status.stdout}\n--- daemon log ---\n{self.daemon_text()[-3000:]}"

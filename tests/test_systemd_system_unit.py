@@ -93,13 +93,14 @@ def _install(m: UserManager) -> None:
     if refused:
         refusals = ", ".join(refused)
         warnings.warn(f"this host refuses {refusals} to every unit: off here", stacklevel=1)
-    dropin = units / "fnspool.service.d" / "test.conf"
-    dropin.parent.mkdir()
-    dropin.write_text(
-        "[Service]\n"
-        + "".join(f"{opt.split('=')[0]}=no\n" for opt in refused)
-        + f"StandardOutput=append:{m.daemon_log}\nStandardError=inherit\n"
-    )
+    for unit in ("fnspool.service", "fnspool@.service"):
+        dropin = units / f"{unit}.d" / "test.conf"
+        dropin.parent.mkdir()
+        dropin.write_text(
+            "[Service]\n"
+            + "".join(f"{opt.split('=')[0]}=no\n" for opt in refused)
+            + f"StandardOutput=append:{m.daemon_log}\nStandardError=inherit\n"
+        )
     m.refused = refused  # type: ignore[attr-defined]
     functions = m.path(SPOOL) / "functions"
     shutil.copytree(EXAMPLES / "echo", functions / "echo")
@@ -162,3 +163,18 @@ def test_the_system_unit_serves_as_fnspool_with_only_the_spool_writable(system):
     assert props == {"Result": "success", "ExecMainStatus": "0"}, props
     assert "SIGHUP: reloading definitions" in m.daemon_text()
     assert os.stat(spool).st_mode & 0o7777 == 0o2775
+
+
+def test_the_template_serves_a_second_spool_it_creates(system):
+    m = system
+    m.systemctl("start", "fnspool@two.service")
+    spool = m.path(SPOOL + "-two")
+    st = spool.stat()
+    passwd = (m.base / "etc" / "passwd").read_text()
+    uid = next(int(x.split(":")[2]) for x in passwd.splitlines() if x.startswith("fnspool:"))
+    assert st.st_uid == uid and st.st_mode & 0o7777 == 0o2775
+    assert json.loads((spool / "run" / "status.json").read_text())["ready"]
+    assert fnspool_json(spool, "status")["running"]
+    m.systemctl("stop", "fnspool@two.service")
+    out = m.systemctl("show", "fnspool@two.service", "-p", "Result").stdout
+    assert out.strip() == "Result=success"

@@ -55,9 +55,9 @@ def test_rendering_uses_this_installation_and_the_chosen_spool(tmp_path):
     assert install.SHIPPED_COMMAND not in service
     command = " ".join(install.fnspool_command())
     assert f"ExecStart={command} daemon --spool {tmp_path / 'sp'}\n" in service
-    assert f"ReadWritePaths={tmp_path / 'sp'}\n" in service
+    assert f"ReadWritePaths=-{tmp_path / 'sp'}\n" in service
     assert "ExecReload=" in service and "--pid $MAINPID" in service
-    assert f"ReadWritePaths={tmp_path / 'sp'}-%i\n" in units["fnspool@.service"]
+    assert f"ReadWritePaths=-{tmp_path / 'sp'}-%i\n" in units["fnspool@.service"]
     with pytest.raises(install.FnspoolError, match="characters systemd would interpret"):
         install.rendered_units(user=False, spool="/var/spool/has space")
 
@@ -85,7 +85,7 @@ def test_security_exposure_is_low_and_the_spool_is_the_only_writable_path(tmp_pa
     settings = [line for line in path.read_text().splitlines() if "=" in line and line[0] != "#"]
     assert "ProtectSystem=strict" in settings and "ProtectHome=yes" in settings
     writable = [s for s in settings if s.startswith(("ReadWritePaths=", "StateDirectory="))]
-    assert writable == ["ReadWritePaths=/var/spool/fnspool" + ("-%i" if "@" in name else "")]
+    assert writable == ["ReadWritePaths=-/var/spool/fnspool" + ("-%i" if "@" in name else "")]
 
 
 # -- the installer ---------------------------------------------------------------------------
