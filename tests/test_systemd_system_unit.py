@@ -178,3 +178,18 @@ def test_the_template_serves_a_second_spool_it_creates(system):
     m.systemctl("stop", "fnspool@two.service")
     out = m.systemctl("show", "fnspool@two.service", "-p", "Result").stdout
     assert out.strip() == "Result=success"
+
+
+def test_the_path_unit_starts_the_service_when_an_envelope_waits(system):
+    m = system
+    m.systemctl("stop", "fnspool.service")
+    m.systemctl("start", "fnspool.path")
+    try:
+        assert m.show("ActiveState")["ActiveState"] == "inactive"
+        invoke = [*install.fnspool_command(), "invoke", "echo", "--payload", '{"path": 1}']
+        request_id = m.inside(*invoke, "--spool", SPOOL).stdout.strip()
+        event = wait_for(lambda: _ended(m.path(SPOOL), request_id), 30, "the event, via .path")
+        assert event["state"] == "Succeeded"
+        assert m.show("ActiveState")["ActiveState"] == "active"
+    finally:
+        m.systemctl("stop", "fnspool.path", "fnspool.service")
