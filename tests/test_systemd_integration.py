@@ -407,3 +407,22 @@ def test_stop_ran_prestop_on_the_instance(manager):
     if manager.prestop_seen is None:
         pytest.skip("the stop test did not run")
     assert manager.prestop_seen, "PreStop did not run when systemd stopped the daemon"
+
+
+def test_install_now_enables_and_uninstall_now_removes(manager):
+    m = manager
+    unit = m.home / ".config" / "systemd" / "user" / "fnspool.service"
+    m.systemctl("stop", "fnspool.service")
+    proc = m.inside(*install.fnspool_command(), "systemd", "install", "--user", "--now")
+    assert "running: systemctl --user enable --now fnspool.service" in proc.stdout
+    assert (unit.parent / "default.target.wants" / "fnspool.service").is_symlink()
+    assert m.show("ActiveState", "UnitFileState") == {
+        "ActiveState": "active",
+        "UnitFileState": "enabled",
+    }
+    m.inside(*install.fnspool_command(), "systemd", "uninstall", "--user", "--now")
+    assert not unit.exists()
+    assert not (unit.parent / "default.target.wants" / "fnspool.service").is_symlink()
+    props = m.show("ActiveState", "LoadState")
+    assert props == {"ActiveState": "inactive", "LoadState": "not-found"}, props
+    assert (m.spool / "journal").is_dir(), "the spool is kept"
