@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -171,6 +172,10 @@ def notified_daemon(spool, daemon, manager, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.setenv(STUCK_LOOP_KNOB, "1")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    # waiting before the start: READY=1 must come after the first scan has journaled it
+    (spool / "incoming").mkdir(parents=True, exist_ok=True)
+    envelope = {"function": "echo", "payload": {}, "id": "waiting"}
+    (spool / "incoming" / "waiting.json").write_text(json.dumps(envelope))
     return daemon.start(wait_ready=False)
 
 
@@ -178,13 +183,19 @@ def test_the_daemon_speaks_the_protocol(spool, notified_daemon, manager):
     d = notified_daemon
     ready = manager.wait("READY", "1")
     assert d.ready(), "READY=1 only once the daemon is ready (status.json says so)"
-    assert manager.messages[ready]["STATUS"].startswith("ready: queue 0, running 0")
+    assert re.fullmatch(
+        r"ready: queue \d+, running \d+, instances \d+", manager.messages[ready]["STATUS"]
+    )
+    # the file that waited is journaled (durably: Enqueued is fsynced before READY=1)
+    assert fnspool_json(spool, "events", "get", "waiting")["function"] == "echo"
     first_ping = manager.wait("WATCHDOG", "1")
     manager.wait("WATCHDOG", "1", after=first_ping + 1)  # and again: pings keep coming
     manager.wait("STATUS", after=ready + 1)  # heartbeat STATUS lines
     # an event runs, and its instance does not see the daemon's notify socket or watchdog
     drop(spool, "envdump", "e.json", {})
-    (event,) = wait_for(lambda: events(spool, "--status", "Succeeded"), what="the event")
+    (event,) = wait_for(
+        lambda: events(spool, "--status", "Succeeded", "--function", "envdump"), what="the event"
+    )
     names = fnspool_json(spool, "events", "get", event["id"])["result"]
     assert "PATH" in names and not set(names) & {"NOTIFY_SOCKET", "WATCHDOG_USEC"}
     # SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1
