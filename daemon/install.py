@@ -56,7 +56,8 @@ def fnspool_command() -> list[str]:
 
 def installation_paths() -> list[Path]:
     """What the service user must be able to read to run this installation."""
-    paths = [Path(sys.executable).resolve(), Path(sys.base_prefix).resolve()]
+    paths = [Path(fnspool_command()[0]), Path(sys.executable).resolve()]
+    paths.append(Path(sys.base_prefix).resolve())
     paths += [Path(p).resolve() for p in {sysconfig.get_path("purelib"), *sys.path} if p]
     paths.append(Path(__file__).resolve().parent)
     return [p for p in dict.fromkeys(paths) if p.exists() and p != Path(".").resolve()]
@@ -142,16 +143,16 @@ def install(args: argparse.Namespace) -> int:
     user = bool(args.user)
     target = Path(args.unit_dir) if args.unit_dir else unit_dir(user)
     spool = str(Path(args.spool).absolute()) if args.spool else None
-    if not user and os.geteuid() != 0 and not args.unit_dir:
+    if not user and os.geteuid() != 0:
         raise FnspoolError("installing the system unit needs root (or use --user)", title="systemd")
-    protect_home = "yes" if user else _check_reachable()
-    units = rendered_units(user, spool, protect_home)
     if user:
         root = Path(spool) if spool else Path.home() / ".local" / "share" / "fnspool"
+        units = rendered_units(user, spool)
         Spool(root).create()
     else:
         root = Path(spool or SYSTEM_SPOOL)
-        _create_service_user()
+        units = rendered_units(user, spool, _check_reachable(root))
+        _create_service_user(root)
         _create_system_spool(root)
     target.mkdir(parents=True, exist_ok=True)
     for name, text in units.items():
@@ -166,9 +167,18 @@ def install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_reachable() -> str:
+def _check_reachable(spool: Path) -> str:
     """Refuse an installation the fnspool user could not run; the ProtectHome= it needs."""
     paths = installation_paths()
+    blocked = unreadable_by_others([p for p in spool.parents if p.exists()][:1])
+    if blocked:
+        raise FnspoolError(
+            f"the {SERVICE_USER} user could not reach the spool {spool}: {blocked[0]} is closed "
+            "to other users",
+            title="systemd",
+        )
+    if under_home([spool]):
+        raise FnspoolError(f"the spool {spool} is under a home directory", title="systemd")
     blocked = unreadable_by_others(paths)
     if blocked:
         raise FnspoolError(
@@ -191,7 +201,7 @@ def _write_unit(path: Path, text: str) -> None:
     os.rename(temp, path)
 
 
-def _create_service_user() -> None:
+def _create_service_user(home: Path) -> None:
     """The fixed `fnspool` system user and group (DynamicUser would hide the spool from people)."""
     try:
         grp.getgrnam(SERVICE_USER)
@@ -208,7 +218,7 @@ def _create_service_user() -> None:
                 "--gid",
                 SERVICE_USER,
                 "--home-dir",
-                SYSTEM_SPOOL,
+                str(home),
                 "--no-create-home",
                 "--no-log-init",  # no lastlog/faillog entries for a service user
                 "--shell",
@@ -221,7 +231,9 @@ def _create_service_user() -> None:
 
 
 def _create_system_spool(root: Path) -> None:
-    """The spool and its folders, owned by fnspool, group-writable and setgid."""
+    """The spool and its folders, owned by fnspool, group-writable and setgid; what the daemon
+    wrote before (a spool run as another user) becomes fnspool's, what people dropped stays
+    theirs (the journal records who submitted)."""
     spool = Spool(root)
     spool.create()
     uid, gid = pwd.getpwnam(SERVICE_USER).pw_uid, grp.getgrnam(SERVICE_USER).gr_gid
@@ -229,6 +241,10 @@ def _create_system_spool(root: Path) -> None:
         os.chown(path, uid, gid)
         mode = DIR_MODE | (os.stat(path).st_mode & 0o1000)  # keep tmp/'s sticky bit
         os.chmod(path, mode)
+    for written in (spool.journal, spool.logs, spool.run, spool.destinations, spool.rejected):
+        for top, dirs, files in os.walk(written):
+            for name in dirs + files:
+                os.chown(os.path.join(top, name), uid, gid, follow_symlinks=False)
 
 
 def _run(argv: list[str]) -> None:

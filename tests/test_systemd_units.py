@@ -148,11 +148,17 @@ def test_system_install_creates_the_user_the_spool_and_the_units(tmp_path):
     shutil.copytree("/etc", etc, symlinks=True)
     for stale in ("systemd/system/fnspool.service", "systemd/system/fnspool@.service"):
         (etc / stale).unlink(missing_ok=True)
-    spool = tmp_path / "var-spool-fnspool"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    # the service user must reach the spool: in the namespace it is /mnt/spool (/mnt a tmpfs
+    # open to all, the spool a bind mount of ours), where pytest's own folders are closed
+    seen_as = "/mnt/spool"
     host_passwd = Path("/etc/passwd").read_text()
     script = (
-        open_installation(tmp_path / "stash").replace("\n", " && ") + f"mount --bind {etc} /etc && "
-        f"{sys.executable} -m daemon systemd install --spool {spool} && "
+        open_installation(tmp_path / "stash").replace("\n", " && ")
+        + f"mount --bind {etc} /etc && mount -t tmpfs -o mode=0755 fnspool-test /mnt && "
+        f"mkdir {seen_as} && mount --bind {spool} {seen_as} && "
+        f"{sys.executable} -m daemon systemd install --spool {seen_as} && "
         f'{sys.executable} -c \'import pwd, grp; print(pwd.getpwnam("fnspool").pw_uid, '
         f'grp.getgrnam("fnspool").gr_gid)\''
     )
@@ -174,7 +180,7 @@ def test_system_install_creates_the_user_the_spool_and_the_units(tmp_path):
     for name in install.SYSTEM_UNITS:
         unit = etc / "systemd" / "system" / name
         assert unit.stat().st_mode & 0o777 == 0o644
-        assert str(spool) in unit.read_text()
+        assert seen_as in unit.read_text()
     for path in [spool, *spool.iterdir()]:
         st = path.stat()
         assert (st.st_uid, st.st_gid) == (uid, gid), path
@@ -195,11 +201,16 @@ def test_an_installation_the_service_user_cannot_read_is_refused(monkeypatch):
         closed.chmod(0o700)
         assert install.unreadable_by_others([python]) == [closed]
         monkeypatch.setattr(install, "installation_paths", lambda: [python])
+        spool = Path("/var/spool/fnspool")
         with pytest.raises(install.FnspoolError, match=f"{closed} is closed to other users"):
-            install._check_reachable()
+            install._check_reachable(spool)
+        with pytest.raises(install.FnspoolError, match=f"could not reach the spool {closed}/s"):
+            install._check_reachable(closed / "s")
         closed.chmod(0o755)
         assert install.unreadable_by_others([python]) == []
-        assert install._check_reachable() == "yes"
+        assert install._check_reachable(spool) == "yes"
+        with pytest.raises(install.FnspoolError, match="under a home directory"):
+            install._check_reachable(Path("/home/ada/spool"))
     assert install.under_home([Path("/root/.pyenv/bin/python")])
     assert install.under_home([Path("/home/ada/venv")]) and not install.under_home([Path("/opt")])
     rendered = install.rendered_units(user=False, protect_home="read-only")["fnspool.service"]
