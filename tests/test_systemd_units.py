@@ -77,6 +77,8 @@ def test_systemd_analyze_verify_says_nothing(tmp_path, user):
 def test_security_exposure_is_low_and_the_spool_is_the_only_writable_path(tmp_path, name):
     path = write_units(tmp_path, user=False)[name]
     proc = analyze("security", "--offline=true", "--no-pager", str(path), tmp_path=tmp_path)
+    if "offline" in proc.stderr and ("unrecognized" in proc.stderr or "Unknown" in proc.stderr):
+        pytest.skip("systemd-analyze security --offline needs systemd 250 or later")
     assert proc.returncode == 0, proc.stderr
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
     assert found, proc.stdout[-2000:]
