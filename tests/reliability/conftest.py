@@ -97,10 +97,18 @@ class Daemon(DaemonProcess):
     """The conftest's daemon process, optionally under a wrapper command (strace), with the
     daemon's own pid known and its exit awaited with a deadline."""
 
-    def __init__(self, spool: Path, prefix: Sequence[str] = (), env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        spool: Path,
+        prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ):
         super().__init__(spool)
         self.prefix = list(prefix)
         self.env = env
+        if log is not None:  # e.g. off a file system that is to be unmounted
+            self.log = log
 
     def start(self, *extra: str, wait_ready: bool = True) -> Daemon:
         self._logf = open(self.log, "ab")  # noqa: SIM115 - kept open while the daemon runs
@@ -157,8 +165,9 @@ def daemons() -> Iterator[Any]:
         prefix: Sequence[str] = (),
         wait_ready: bool = True,
         env: dict[str, str] | None = None,
+        log: Path | None = None,
     ) -> Daemon:
-        d = Daemon(spool, prefix, env)
+        d = Daemon(spool, prefix, env, log)
         started.append(d)
         return d.start(*extra, wait_ready=wait_ready)
 
