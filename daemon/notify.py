@@ -46,6 +46,7 @@ class Notifier:
         self.watchdog_usec = _watchdog_usec(env)
         self._sock: socket.socket | None = None
         self._failed = False
+        self._status = ""  # the last STATUS= sent: the heartbeat repeats only a change
         if self.socket_name and (self.socket_name[0] in "/@"):
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.setblocking(False)
@@ -71,6 +72,9 @@ class Notifier:
             self._failed = True
             return False
         self._failed = False
+        for assignment in assignments:
+            if assignment.startswith("STATUS="):
+                self._status = assignment[len("STATUS=") :]
         return True
 
     def ready(self, status: str = "") -> bool:
@@ -86,7 +90,9 @@ class Notifier:
         return self.send("STOPPING=1", f"STATUS={status}")
 
     def status(self, text: str) -> bool:
-        """A free-form status line (`systemctl status` shows it)."""
+        """A free-form status line (`systemctl status` shows it), sent when it changed."""
+        if text == self._status:
+            return False
         return self.send(f"STATUS={text}")
 
     def watchdog(self) -> bool:

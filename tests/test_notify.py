@@ -47,7 +47,10 @@ class Manager:
                     return i + 1  # truthy even for the first message
             return None
 
-        return wait_for(found, timeout, f"{key}={value or '*'} on the notify socket") - 1
+        try:
+            return wait_for(found, timeout, f"{key}={value or '*'} on the notify socket") - 1
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; received {self.messages}") from None
 
 
 @pytest.fixture
@@ -85,6 +88,17 @@ def test_messages_reach_a_path_socket(manager):
     assert reloading["RELOADING"] == "1"
     assert before <= int(reloading["MONOTONIC_USEC"]) <= monotonic_usec()
     assert stopping["STOPPING"] == "1"
+
+
+def test_a_status_line_is_sent_again_only_when_it_changed(manager):
+    notifier = Notifier({"NOTIFY_SOCKET": manager.name})
+    assert notifier.status("queue 1")
+    assert not notifier.status("queue 1")
+    assert notifier.ready("queue 2")
+    assert not notifier.status("queue 2")
+    assert notifier.status("queue 3")
+    statuses = wait_for(lambda: len(manager.poll()) >= 3 and manager.messages)
+    assert [m["STATUS"] for m in statuses] == ["queue 1", "queue 2", "queue 3"]
 
 
 def test_messages_reach_an_abstract_socket(abstract_manager):
@@ -190,7 +204,6 @@ def test_the_daemon_speaks_the_protocol(spool, notified_daemon, manager):
     assert fnspool_json(spool, "events", "get", "waiting")["function"] == "echo"
     first_ping = manager.wait("WATCHDOG", "1")
     manager.wait("WATCHDOG", "1", after=first_ping + 1)  # and again: pings keep coming
-    manager.wait("STATUS", after=ready + 1)  # heartbeat STATUS lines
     # an event runs, and its instance does not see the daemon's notify socket or watchdog
     drop(spool, "envdump", "e.json", {})
     (event,) = wait_for(
@@ -198,6 +211,8 @@ def test_the_daemon_speaks_the_protocol(spool, notified_daemon, manager):
     )
     names = fnspool_json(spool, "events", "get", event["id"])["result"]
     assert "PATH" in names and not set(names) & {"NOTIFY_SOCKET", "WATCHDOG_USEC"}
+    # the heartbeat tells systemd of the change (one more instance: envdump's)
+    manager.wait("STATUS", after=ready + 1)
     # SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1
     mark = len(manager.poll())
     d.signal(signal.SIGHUP)
