@@ -234,6 +234,7 @@ def test_requests_written_while_the_daemon_is_down_wait_for_it(spool, daemon):
     wait_for(lambda: state_of(spool, new_id) == "Succeeded", what="the re-invoke")
     assert event(spool, new_id)["retry_of"] == echo_id
     assert not list((spool / "control").iterdir())
+    wait_for(lambda: len(journal_records(spool, Request)) == 2, what="both answers")
     answered = {r.action: r for r in journal_records(spool, Request)}
     assert answered["stop"].uid == os.getuid() and answered["stop"].outcome == "applied"
 
@@ -244,7 +245,10 @@ def test_malformed_control_files_are_set_aside_with_a_reason(spool, daemon):
     reason = spool / "rejected" / "junk.json.reason.json"
     wait_for(reason.exists, what="the reason")
     assert json.loads(reason.read_text())["reason"] == "bad_request"
-    refused = [r for r in journal_records(spool, Request) if r.name == "junk.json"]
+    refused = wait_for(
+        lambda: [r for r in journal_records(spool, Request) if r.name == "junk.json"],
+        what="the answer",
+    )
     assert refused and refused[0].outcome == "refused"
     out = fnspool(spool, "invoke", "echo", "--payload", "2", "--wait")
     assert out.returncode == 0  # still serving
@@ -359,6 +363,9 @@ def test_a_request_from_a_user_outside_the_spool_group_is_set_aside(spool, daemo
     reason = spool / "rejected" / "intruder.json.reason.json"
     wait_for(reason.exists, what="the reason")
     assert json.loads(reason.read_text())["reason"] == "owner"
-    answer = next(r for r in journal_records(spool, Request) if r.name == "intruder.json")
+    answer = wait_for(
+        lambda: [r for r in journal_records(spool, Request) if r.name == "intruder.json"],
+        what="the answer",
+    )[0]
     assert answer.outcome == "refused" and answer.uid == 54321
     assert len(events(spool, "--function", "echo")) == 1  # nothing re-invoked

@@ -43,6 +43,10 @@ def instances(spool: Path, function: str) -> list[dict]:
     return status(spool)["instances"].get(function, [])
 
 
+def hook_records(spool: Path, function: str) -> list[HookRun]:
+    return [h for h in journal_records(spool, HookRun) if h.function == function]
+
+
 def instance_states(spool: Path, function: str) -> list[str]:
     return [i["state"] for i in instances(spool, function)]
 
@@ -64,7 +68,9 @@ def test_initializer_once_then_prefreeze_and_frozen_between_events(spool, daemon
     assert kinds.count("init") == 1 and kinds[0] == "init"
     assert kinds.count("pre_freeze") == 4
 
-    hooks = [h for h in journal_records(spool, HookRun) if h.function == "lifecycle"]
+    # the last PreFreeze record may still be on its way to the disk
+    wait_for(lambda: len(hook_records(spool, "lifecycle")) == 5, what="every hook record")
+    hooks = hook_records(spool, "lifecycle")
     assert [h.hook for h in hooks].count("initializer") == 1
     assert [h.hook for h in hooks].count("pre_freeze") == 4
     assert all(h.ok and h.instance.startswith("python-lifecycle-") for h in hooks)
@@ -85,7 +91,10 @@ def test_prestop_runs_on_idle_timeout_and_the_process_is_gone(spool, daemon):
     wait_for(lambda: ["pre_stop", str(pid), "-"] in marks(spool), what="PreStop on idle timeout")
     wait_for(lambda: gone(pid), what="the idle instance to be gone")
     wait_for(lambda: not instances(spool, "idler"), what="status to drop the instance")
-    stops = [h for h in journal_records(spool, HookRun) if h.hook == "pre_stop"]
+    stops = wait_for(
+        lambda: [h for h in journal_records(spool, HookRun) if h.hook == "pre_stop"],
+        what="the PreStop record",
+    )
     assert len(stops) == 1 and stops[0].ok and stops[0].request_id is None
 
 
