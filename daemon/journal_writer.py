@@ -130,13 +130,15 @@ class JournalWriter:
         self._fd = -1
         self._size = 0
         self.segment_first_seq = 0
+        self._switch_again_at = 0.0  # monotonic time to try a new segment again after a failure
         self._skip_fdatasync = os.environ.get(SKIP_FDATASYNC_TEST_ONLY) == "1"
         if self._skip_fdatasync:
             log.critical(
                 "%s is set: the journal is NOT durable (tests only)", SKIP_FDATASYNC_TEST_ONLY
             )
         self._open_segment()
-        self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="journal")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._flush_loop(), name="journal")
 
     @property
     def last_seq(self) -> int:
@@ -186,11 +188,7 @@ class JournalWriter:
         """
         await self.sync()
         loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._rotate_sync)
-        except OSError as exc:  # no new segment (ENOSPC, no inode left): nowhere left to write
-            self._fail(exc)
-            raise JournalFailed(str(exc)) from exc
+        await loop.run_in_executor(self._executor, self._rotate_sync)
         return self.segment_first_seq
 
     async def close(self) -> None:
@@ -214,18 +212,38 @@ class JournalWriter:
         self._create_segment(self._next_seq)
 
     def _create_segment(self, first_seq: int) -> None:
+        """Open a new segment; on failure (no space, no inode) nothing is left behind: readers
+        that saw an empty later segment would stop following the current one."""
         path = self.directory / segment_name(first_seq)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        self._fd = os.open(path, flags, 0o644)
-        self._size, self.segment_first_seq = 0, first_seq
-        fsync_dir(self.directory)
+        fd = os.open(path, flags, 0o644)
+        try:
+            fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._fd, self._size, self.segment_first_seq = fd, 0, first_seq
+
+    def _switch_segment(self, first_seq: int) -> None:
+        """Move to a new segment; when it cannot be created, keep appending to the current one
+        (an OSError tells the caller). The old descriptor is closed only once replaced."""
+        old = self._fd
+        self._create_segment(first_seq)
+        os.close(old)
 
     def _rotate_sync(self) -> None:
         if self._size == 0:
             return  # the current segment is empty: it already starts where a new one would
-        os.fsync(self._fd)
-        self._close_fd()  # never left pointing at a closed (and maybe reused) descriptor
-        self._create_segment(self._written_seq + 1)
+        self._sync_fd()  # an fsync error here is fatal like any other: raised to _fail below
+        self._switch_segment(self._written_seq + 1)
+
+    def _sync_fd(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._loop.call_soon_threadsafe(self._fail, exc)
+            raise
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -279,9 +297,12 @@ class JournalWriter:
         self._written_seq = upto
         if not self._skip_fdatasync:
             os.fdatasync(self._fd)
-        if self._size >= self.segment_bytes:
-            self._close_fd()
-            self._create_segment(upto + 1)
+        if self._size >= self.segment_bytes and time.monotonic() >= self._switch_again_at:
+            try:
+                self._switch_segment(upto + 1)
+            except OSError as exc:  # the batch is durable: go on in this segment, past its size
+                self._switch_again_at = time.monotonic() + 10.0
+                log.error("cannot start a new journal segment, appending to the current: %s", exc)
 
     def _fail(self, exc: BaseException) -> None:
         """Refuse everything from now on; wake every waiter with the failure."""

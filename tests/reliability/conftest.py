@@ -154,12 +154,15 @@ class Daemon(DaemonProcess):
             raise AssertionError(f"daemon still running after {timeout}s") from None
 
 
-@pytest.fixture
-def daemons() -> Iterator[Any]:
-    """Start `Daemon`s; every one still running is killed at the end."""
-    started: list[Daemon] = []
+class Daemons:
+    """Starts `Daemon`s; `closing()` kills every one still running when its block ends (before
+    the file system they use is unmounted)."""
 
-    def start(
+    def __init__(self) -> None:
+        self.started: list[Daemon] = []
+
+    def __call__(
+        self,
         spool: Path,
         *extra: str,
         prefix: Sequence[str] = (),
@@ -168,12 +171,27 @@ def daemons() -> Iterator[Any]:
         log: Path | None = None,
     ) -> Daemon:
         d = Daemon(spool, prefix, env, log)
-        started.append(d)
+        self.started.append(d)
         return d.start(*extra, wait_ready=wait_ready)
 
-    yield start
-    for d in started:
-        d.close()
+    def close(self) -> None:
+        for d in self.started:
+            d.close()
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    """Start `Daemon`s; every one still running is killed at the end."""
+    started = Daemons()
+    yield started
+    started.close()
 
 
 def run(*argv: str) -> str:

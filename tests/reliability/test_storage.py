@@ -23,7 +23,10 @@ from reliability.conftest import (
     make_spool,
     need_root,
     payload_counts,
+    replay,
+    run,
     seeded,
+    tmpfs,
 )
 
 pytestmark = pytest.mark.reliability
@@ -145,3 +148,122 @@ def test_power_loss_rounds(tmp_path, daemons):
             fs.close()
         print(f"power-loss round {round_}: {figures}")
         assert figures["lost"] == 0
+
+
+# -- a full journal file system -----------------------------------------------------------
+
+
+def _segments_end_whole(journal: Path) -> bool:
+    return all(
+        p.read_bytes().endswith(b"\n") or p.stat().st_size == 0 for p in journal.glob("segment-*")
+    )
+
+
+def _taken_are_journaled(spool: Path, dropped: list[int]) -> tuple[set[int], set[int]]:
+    """Every file gone from incoming/ has its event in the journal; (taken, journaled)."""
+    taken = set(dropped) - incoming_names(spool)
+    journaled = set(payload_counts(replay(spool)))
+    assert taken <= journaled, f"taken but not journaled: {sorted(taken - journaled)[:10]}"
+    return taken, journaled
+
+
+def _all_once(spool: Path, dropped: list[int]) -> None:
+    wait_for(lambda: not incoming_names(spool), 120, "incoming/ to be empty")
+    state = wait_for(lambda: all_ended(spool, len(dropped)), 120, "every event to end")
+    counts = payload_counts(state)
+    assert sorted(counts) == sorted(dropped) and set(counts.values()) == {1}
+    assert {e.state.value for e in state.events.values()} == {"Succeeded"}
+    assert not state.illegal
+
+
+def test_enospc_a_full_journal_stops_the_daemon_cleanly(tmp_path, daemons):
+    need_root("mount")
+    spool = make_spool(tmp_path / "spool")
+    journal, log = spool / "journal", tmp_path / "daemon.log"
+    with tmpfs(journal, "size=96k,mode=2775"), daemons.closing():
+        d = daemons(spool, log=log)
+        dropped = feed(spool, "echo", range(600))
+        wait_for(lambda: "journal write failed" in d.log_text(), 60, "the journal to fill up")
+        t_fail = time.monotonic()
+        assert d.wait(30) == 1, "a full journal is a non-zero exit"
+        exit_s = time.monotonic() - t_fail
+        text = d.log_text()
+        assert "No space left on device" in text and "fnspool daemon stopped" in text
+        assert _segments_end_whole(journal), "a short write was not cut back to a whole record"
+        taken, journaled = _taken_are_journaled(spool, dropped)
+        used = sum(p.stat().st_size for p in journal.iterdir())
+        run("mount", "-o", "remount,size=64m", str(journal))  # space returns
+        d = daemons(spool, log=log)
+        _all_once(spool, dropped)
+        assert d.stop() == 0
+    print(
+        f"enospc: journal full at {used >> 10} KiB after {len(taken)} of {len(dropped)} payloads "
+        f"taken ({len(journaled)} journaled); the daemon exited 1 {exit_s:.2f} s after the failed "
+        f"write; after space returned all {len(dropped)} ran once"
+    )
+
+
+@pytest.mark.parametrize("inodes", [2, 3], ids=["no new segment", "no snapshot"])
+def test_no_inode_left_for_segments_or_snapshots_keeps_the_journal_going(tmp_path, daemons, inodes):
+    need_root("mount")
+    spool = make_spool(tmp_path / "spool")
+    journal, log = spool / "journal", tmp_path / "daemon.log"
+    with tmpfs(journal, f"size=64m,nr_inodes={inodes},mode=2775"), daemons.closing():
+        d = daemons(spool, "--snapshot-every", "20", log=log)
+        dropped = feed(spool, "echo", range(300))
+        _all_once(spool, dropped)  # a snapshot cannot be made: the journal goes on regardless
+        wait_for(lambda: "No space left on device" in d.log_text(), 30, "compaction to fail")
+        assert d.proc.poll() is None
+        files = sorted(p.name for p in journal.iterdir())
+        run("mount", "-o", "remount,nr_inodes=1000", str(journal))
+        more = feed(spool, "echo", range(300, 330))
+        wait_for(lambda: list(journal.glob("snapshot-*")), 30, "a snapshot once inodes return")
+        _all_once(spool, dropped + more)
+        assert d.stop() == 0
+    print(f"{inodes} inodes: 300 payloads ran once while the journal held only {files}")
+
+
+# -- EIO from fdatasync -------------------------------------------------------------------
+
+
+def _eio_on_nth_fdatasync(tmp_path: Path, daemons, n: int) -> str:
+    need_root("strace")
+    spool = make_spool(tmp_path / "spool")
+    trace = tmp_path / "strace.log"
+    strace = ["strace", "-f", "-qq", "--seccomp-bpf", "-y", "-o", str(trace)]
+    strace += ["-e", "trace=fdatasync,write,pwrite64"]
+    strace += ["-e", f"inject=fdatasync:error=EIO:when={n}"]
+    d = daemons(spool, prefix=strace, log=tmp_path / "daemon.log")
+    dropped: list[int] = []
+    for start in range(0, 400, 20):  # in small bursts: several batches, several fdatasyncs
+        if d.proc.poll() is not None:
+            break
+        dropped += feed(spool, "echo", range(start, start + 20))
+        time.sleep(0.05)
+    assert d.wait(60) == 1, "an fdatasync error is a non-zero exit"
+    text = d.log_text()
+    assert "Input/output error" in text and "fnspool daemon stopped" in text
+    lines = trace.read_text().splitlines()
+    (failed,) = [i for i, line in enumerate(lines) if "fdatasync(" in line and "INJECTED" in line]
+    after = [line for line in lines[failed + 1 :] if "segment-" in line]
+    assert not after, f"the journal was touched after the failed fdatasync: {after[:3]}"
+    taken, journaled = _taken_are_journaled(spool, dropped)
+    daemons(spool, log=tmp_path / "daemon2.log")  # the restart replays; nothing is lost
+    _all_once(spool, dropped)
+    return (
+        f"EIO on fdatasync #{n}: exit 1, no journal write after it; {len(taken)} of "
+        f"{len(dropped)} payloads taken before ({len(journaled)} journaled); all ran once after "
+        "the restart"
+    )
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_eio_on_fdatasync_is_never_acknowledged(tmp_path, daemons, n):
+    print(_eio_on_nth_fdatasync(tmp_path, daemons, n))
+
+
+@pytest.mark.slow
+def test_eio_on_fdatasync_every_n(tmp_path, daemons):
+    for n in range(1, 13):
+        (tmp_path / str(n)).mkdir()
+        print(_eio_on_nth_fdatasync(tmp_path / str(n), daemons, n))
