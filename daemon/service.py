@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from daemon import lock
+from daemon import lock, supervise
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
 from daemon.functions import Catalog, load_catalog
@@ -122,6 +122,8 @@ class Daemon:
         return 1 if self._fatal else 0
 
     async def _start(self) -> None:
+        # before any instance starts: its setsid() escapees and orphans come to the daemon
+        supervise.adopt_orphans(asyncio.get_running_loop())
         state = recover(self.spool.journal)
         for damage in state.damages:
             log.error(

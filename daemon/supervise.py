@@ -49,6 +49,7 @@ _tokens = itertools.count(1)
 _spawned: set[int] = set()  # pids spawned here and not yet reaped: never reaped as orphans
 _PR_SET_CHILD_SUBREAPER = 36
 _subreaper = False
+_REAP_INTERVAL = 0.25  # seconds between looks for exited orphans (zombies) to reap
 _MAX_KILL_ROUNDS = 50  # rounds of "stop what is new" before the kill, against a forking tree
 
 
@@ -100,6 +101,7 @@ class Child:
             return False
         if sig == signal.SIGKILL:
             kill_tree(self.pid, self.token)
+            _sweep_soon(self.token)
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
@@ -129,7 +131,7 @@ class Child:
             pid, status, usage = os.wait4(self.pid, os.WNOHANG)
             if pid != 0 and self._kill_group_on_exit:
                 kill_tree(None, self.token)  # its orphans, reparented to the daemon
-                self._loop.call_later(0.1, reap_orphans)
+                _sweep_soon(self.token)
         except ChildProcessError:
             # reaped by someone else: the status is lost, the notification must not be
             log.warning("child %d was reaped elsewhere: exit status unknown", self.pid)
@@ -172,7 +174,6 @@ def spawn(
 ) -> Child:
     """Start `argv` in a new session with `fds` mapped (child fd -> our fd); stdin is /dev/null
     unless mapped. Call from the event loop; OSError if it cannot be executed."""
-    _become_subreaper()
     token = f"{os.getpid()}-{next(_tokens)}"
     env = child_env(env, {TOKEN_VAR: token})
     argv = list(argv)
@@ -198,18 +199,30 @@ def spawn(
     return Child(pid, kill_group_on_exit=kill_group_on_exit, token=token)
 
 
-def _become_subreaper() -> None:
-    """Orphaned descendants of instances come to the daemon (once, at the first spawn)."""
+def adopt_orphans(loop: asyncio.AbstractEventLoop) -> None:
+    """Make this process (the daemon, from its main thread) a child subreaper: orphaned
+    descendants of instances come to it, to be killed with their instance and reaped here.
+    Not done by default: a process that also runs other children (a test runner) would have
+    their statuses taken."""
     global _subreaper
     if _subreaper:
         return
-    _subreaper = True
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             log.warning("cannot become a child subreaper: errno %d", ctypes.get_errno())
+            return
     except (OSError, AttributeError) as exc:
         log.warning("cannot become a child subreaper: %s", exc)
+        return
+    _subreaper = True
+    # uvloop keeps SIGCHLD for itself: orphans that exit are reaped on a short timer instead
+
+    def tick() -> None:
+        reap_orphans()
+        loop.call_later(_REAP_INTERVAL, tick)
+
+    loop.call_later(_REAP_INTERVAL, tick)
 
 
 def _children(pid: int) -> list[int]:
@@ -275,13 +288,31 @@ def kill_tree(pid: int | None, token: str) -> int:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(each, signal.SIGKILL)
     if stopped:
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().call_later(0.1, reap_orphans)
+        log.info(
+            "killed %d processes %s (setsid escapees, orphans and their children)",
+            len(stopped),
+            f"of the tree of pid {pid}" if pid is not None else f"marked {token}",
+        )
     return len(stopped)
+
+
+_SWEEPS = (0.02, 0.1, 0.3, 0.7)  # seconds after a kill: orphans caught between two parents
+
+
+def _sweep_soon(token: str) -> None:
+    """Look for orphans marked `token` again a few times shortly: one whose parent was exiting
+    during the kill was in neither's list of children at that moment."""
+    if not _subreaper or not token:
+        return
+    loop = asyncio.get_running_loop()
+    for delay in _SWEEPS:
+        loop.call_later(delay, kill_tree, None, token)
 
 
 def reap_orphans() -> None:
     """Reap the daemon's children that it did not spawn (orphans of instances that ended)."""
+    if not _subreaper:
+        return
     for pid in _children(os.getpid()):
         if pid not in _spawned:
             with contextlib.suppress(ChildProcessError):

@@ -31,11 +31,16 @@ class FrameReader(Generic[T]):
     """
 
     def __init__(
-        self, fd: int, decoder: msgspec.json.Decoder[T], on_frame: Callable[[T | ErrorInfo], None]
+        self,
+        fd: int,
+        decoder: msgspec.json.Decoder[T],
+        on_frame: Callable[[T | ErrorInfo], None],
+        on_eof: Callable[[], None] | None = None,
     ) -> None:
         self.fd: int | None = fd
         self._decoder = decoder
         self._on_frame = on_frame
+        self._on_eof = on_eof
         self._buf = bytearray()
         self._loop = asyncio.get_running_loop()
         os.set_blocking(fd, False)
@@ -64,6 +69,8 @@ class FrameReader(Generic[T]):
             data = b""
         if not data:
             self._loop.remove_reader(self.fd)  # EOF: the process exit is noticed elsewhere
+            if self._on_eof is not None:  # (unless it closed the pipe and lives on)
+                self._on_eof()
             return False
         if not self._buf and self._one_frame(data):
             return True

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 BOOTSTRAP = Path(__file__).resolve().parent.parent / "worker" / "bootstrap.py"
 CTL_IN, CTL_OUT, CTL_STOP = 3, 4, 5  # the worker's fds for the control pipes (PreStop: its own)
 REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed group leader to be reaped
+PIPE_CLOSED_GRACE = 0.5  # seconds between a worker's closed pipe and its kill, if it lives on
 
 
 class _Timeout:
@@ -213,7 +214,7 @@ class PythonInstance(InstanceBase):
             for fd in theirs:
                 os.close(fd)
         self.pid = self._child.pid
-        self._reader = FrameReader(ctl_out_r, DECODER, self._on_frame)
+        self._reader = FrameReader(ctl_out_r, DECODER, self._on_frame, self._on_pipe_closed)
         self._writer = PipeWriter(ctl_in_w)
         self._stop_writer = PipeWriter(stop_w)
         self._output = OutputRouter({out_r: "output"}, self.id)
@@ -434,6 +435,15 @@ class PythonInstance(InstanceBase):
             self.state = "dead"
             if self.on_exit is not None:
                 self.on_exit(self)
+
+    def _on_pipe_closed(self) -> None:
+        # a worker that exits closes its pipe too: give the exit a moment to be noticed first
+        asyncio.get_running_loop().call_later(PIPE_CLOSED_GRACE, self._kill_if_mute)
+
+    def _kill_if_mute(self) -> None:
+        if self._child is not None and self._child.status is None and self.state != "dead":
+            log.error("instance %s closed its pipe to the daemon but still runs: killed", self.id)
+            self._kill()
 
     def _kill(self) -> None:
         if self._child is not None:

@@ -1,0 +1,305 @@
+"""Functions that misbehave: escapees and fork bombs, a flood of output, closed pipes, exits and
+crashes, ignored SIGTERM, a hanging PreStop, a memory hog (issue 7). Each ends in its documented
+outcome, leaves no process behind, and the daemon stays responsive."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import fnspool, gone, wait_for
+
+from daemon.model import State
+from daemon.runtimes.base import LOG_CAP
+from daemon.supervise import TOKEN_VAR
+from reliability.hostile_helpers import Journal, Probe, drop_envelope, install_functions, rss_kb
+
+pytestmark = pytest.mark.reliability
+
+ENDED = (State.SUCCEEDED, State.FAILED, State.STOPPED, State.INVALID, State.EXPIRED)
+MARK = "FNSPOOL_TEST_MARK"
+
+
+@pytest.fixture
+def marked(spool: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A mark in the daemon's environment, so in every process of its instances (fork without
+    exec keeps the environment /proc shows): survivors are found wherever they went."""
+    install_functions(spool)
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv(MARK, mark)
+    return mark
+
+
+def marked_pids(mark: str, *, but: int, token: str | None = None) -> set[int]:
+    """Every live (non-zombie) process whose environment holds the mark (and the daemon's
+    supervisor token of one instance, if given), except `but`."""
+    needles = {f"{MARK}={mark}".encode()}
+    if token is not None:
+        needles.add(f"{TOKEN_VAR}={token}".encode())
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == but:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needles <= set(f.read().split(b"\0")) and not gone(int(entry)):
+                    found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def token_of(pid: int) -> str:
+    """The supervisor token in a live process's environment."""
+    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if entry.startswith(f"{TOKEN_VAR}=".encode()):
+            return entry.split(b"=", 1)[1].decode()
+    raise AssertionError(f"no {TOKEN_VAR} in the environment of {pid}")
+
+
+def start_event(spool: Path, function: str, payload: dict, rid: str | None = None) -> str:
+    rid = rid or f"{function}-{uuid.uuid4().hex[:8]}"
+    drop_envelope(spool, f"{rid}.json", {"function": function, "payload": payload, "id": rid})
+    return rid
+
+
+def notes(folder: Path, what: str) -> list[int]:
+    return [int(p.name.split("-")[1]) for p in folder.glob(f"{what}-*")]
+
+
+@pytest.mark.parametrize("how", ["forced stop", "timeout", "idle instance destroyed"])
+def test_escapees_and_fork_bombs_are_gone_within_a_second_of_the_kill(
+    spool, daemon, marked, tmp_path, how
+):
+    """Double-forked daemons (orphans), setsid() children, pid-hopping lineages that setsid at
+    every hop, and a fork bomb inside the group: a process group kill alone misses all but the
+    last; the daemon's tree kill (subreaper, /proc children, token-marked orphans) takes them."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    d = daemon.start()
+    journal = Journal(spool)
+    function = "escape" if how == "forced stop" else "escape_timeout"
+    payload = {"pids": str(pids), "daemons": 2, "sessions": 2, "hoppers": 3, "group": 3}
+    if how == "idle instance destroyed":
+        # the instance is frozen (SIGSTOP of its group) once the handler returns: a fork bomb
+        # inside the group would stop with it; the hoppers settle after 20 hops
+        payload |= {"return": True, "hops": 20, "group": 0}
+    rid = start_event(spool, function, payload)
+    worker = wait_for(lambda: notes(pids, "worker"), 20, "the handler to run")[0]
+    token = token_of(worker)  # what every process of this instance inherits
+
+    def left():
+        return marked_pids(marked, but=d.proc.pid, token=token)
+
+    wait_for(lambda: len(notes(pids, "daemon")) == 2 and len(notes(pids, "session")) == 2)
+    wait_for(lambda: len(notes(pids, "group")) == payload["group"], what="the fork bombers")
+    if how == "idle instance destroyed":
+        wait_for(lambda: len(notes(pids, "hopper")) == 3, what="the hoppers to settle")
+    before = left()
+    # the worker, 2 daemons, 2 sessions, the bombers (hoppers live 2 ms per pid: not counted)
+    assert len(before) >= 5 + payload["group"], sorted(before)
+    escapees = set(notes(pids, "daemon") + notes(pids, "session"))
+    assert escapees <= before
+    for pid in escapees:  # they did leave the worker's session
+        assert os.getsid(pid) != os.getsid(worker)
+
+    if how == "forced stop":
+        fnspool(spool, "events", "stop", rid)
+        journal.wait_state(rid, State.STOPPED)
+    elif how == "timeout":
+        done = journal.wait_state(rid, *ENDED)
+        assert done.state is State.FAILED and done.error.type == "FunctionTimeout", done.error
+    else:
+        journal.wait_state(rid, State.SUCCEEDED)
+        assert left() >= escapees  # alive while the instance is
+    # the instance is killed (the idle timeout, 1 s, destroys an idle one): its worker goes
+    wait_for(lambda: gone(worker), 20, "the instance's worker to be killed")
+    killed = time.monotonic()
+    try:
+        wait_for(lambda: not left(), 1.0, "every escapee to be gone")
+    except AssertionError:
+        survivors = left()
+        raise AssertionError(f"daemon {d.proc.pid}; {_describe(survivors)}") from None
+    took = time.monotonic() - killed
+    # and nothing left as a zombie of the daemon for long
+    wait_for(lambda: not _zombie_children(d.proc.pid), 5, "the orphans to be reaped")
+    journal.close()
+    print(
+        f"\n{how}: {len(before)} processes of the instance ({len(escapees)} setsid escapees, "
+        f"3 pid hoppers, {payload['group']} fork bombers); none left {took * 1000:.0f} ms after "
+        "the kill was seen"
+    )
+    assert d.proc.poll() is None
+
+
+def stop_took(event) -> float:
+    """Seconds from the Stopping record to the Stopped one (the daemon's own clock)."""
+    at = {h.state: h.at for h in event.history}
+    return at[State.STOPPED] - at[State.STOPPING]
+
+
+def _describe(pids: set[int]) -> str:
+    """ps-like lines for the survivors."""
+    lines = []
+    for pid in sorted(pids):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            token = [e for e in env if e.startswith(b"FNSPOOL_SUPERVISOR_TOKEN")]
+            lines.append(
+                f"pid {pid} state {fields[0]} ppid {fields[1]} pgid {fields[2]} "
+                f"sid {fields[3]} {token}"
+            )
+        except OSError:
+            lines.append(f"pid {pid} gone")
+    return "survivors:\n" + "\n".join(lines)
+
+
+def _zombie_children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
+            try:
+                state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state == "Z":
+                found.append(int(child))
+    return found
+
+
+@pytest.mark.parametrize(
+    "seconds", [pytest.param(3, id="3s"), pytest.param(60, id="60s", marks=pytest.mark.slow)]
+)
+def test_a_flood_of_output_is_capped_and_the_daemon_stays_responsive(
+    spool, daemon, marked, seconds
+):
+    d = daemon.start()
+    journal = Journal(spool)
+    # warm up: an echo instance and the flood function's instance exist before measuring
+    journal.wait_state(start_event(spool, "echo", {"warm": 1}), State.SUCCEEDED)
+    rss_before = rss_kb(d.proc.pid)
+    with Probe(spool, every=0.05) as probe:
+        rid = start_event(spool, "flood", {"seconds": seconds})
+        done = journal.wait_state(rid, *ENDED, timeout=seconds + 60)
+        rss_peak = rss_kb(d.proc.pid)
+    assert done.state is State.SUCCEEDED, done.error
+    written = json.loads(bytes(done.result))["written"]
+    log = spool / "logs" / "flood" / f"{rid}.log"
+    size = log.stat().st_size
+    tail = log.read_bytes()[-4096:]
+    rss_after = rss_kb(d.proc.pid)
+    journal.close()
+    print(
+        f"\nflood: {written / seconds / 1e9:.2f} GB/s for {seconds} s ({written / 1e9:.1f} GB); "
+        f"log kept {size / 2**20:.1f} MiB (cap {LOG_CAP / 2**20:.0f} MiB); daemon RSS "
+        f"{rss_before / 1024:.0f} -> peak {rss_peak / 1024:.0f} -> {rss_after / 1024:.0f} MiB; "
+        f"{probe.figures()}"
+    )
+    assert written > 50 * LOG_CAP / 10 * seconds / 3  # the flood was real (>= ~170 MB/s)
+    assert LOG_CAP <= size < LOG_CAP + (1 << 20), size
+    assert b"[PLATFORM]" in tail  # the end of the event is logged after the cut
+    assert rss_peak - rss_before < 64 * 1024 and rss_after - rss_before < 64 * 1024
+    probe.check(max_latency=1.0, max_gap=1.5)
+    gaps = sorted(probe.heartbeat_gaps)
+    # the heartbeat is a 1 s sleep then the chores: a gap past 1.1 s is a stalled loop
+    assert gaps and gaps[-1] < 1.1 + 0.1, gaps
+
+
+def test_a_function_that_closes_its_pipes_but_keeps_running_is_failed_and_killed(
+    spool, daemon, marked, tmp_path
+):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    daemon.start()
+    journal = Journal(spool)
+    started = time.monotonic()
+    rid = start_event(spool, "closer", {"pids": str(pids)})
+    done = journal.wait_state(rid, *ENDED)
+    took = time.monotonic() - started
+    assert done.state is State.FAILED, done.state
+    worker = notes(pids, "worker")[0]
+    wait_for(lambda: gone(worker), 1.0, "the worker that closed its pipes to be killed")
+    journal.close()
+    print(f"\nclosed pipes: {done.error.type}: {done.error.message!r} after {took:.2f} s")
+    assert took < 10  # noticed at once, not at the 60 s timeout
+    assert "exited unexpectedly" in done.error.message or done.error.type != "FunctionTimeout"
+
+
+@pytest.mark.parametrize(
+    ("function", "exit_code", "sig"), [("quitter", 3, None), ("crasher", None, signal.SIGSEGV)]
+)
+def test_an_exit_or_a_segfault_mid_event_fails_the_attempt_and_the_next_event_runs(
+    spool, daemon, marked, function, exit_code, sig
+):
+    d = daemon.start()
+    journal = Journal(spool)
+    others = marked_pids(marked, but=d.proc.pid)
+    rid = start_event(spool, function, {})
+    done = journal.wait_state(rid, *ENDED)
+    assert done.state is State.FAILED
+    assert "Process exited unexpectedly" in done.error.message, done.error
+    usage = done.history[-1].usage
+    assert (usage.exit_code, usage.signal) == (exit_code, sig), usage
+    log = (spool / "logs" / function / f"{rid}.log").read_text()
+    assert "about to" in log
+    # the function still works: a new instance serves the next event
+    again = journal.wait_state(start_event(spool, function, {}), *ENDED)
+    assert again.state is State.FAILED
+    assert (again.history[-1].usage.exit_code, again.history[-1].usage.signal) == (exit_code, sig)
+    wait_for(lambda: marked_pids(marked, but=d.proc.pid) <= others, 2, "no instance left")
+    journal.close()
+    print(f"\n{function}: {done.error.message}")
+
+
+def test_a_handler_ignoring_sigterm_is_forced_after_the_grace_period(
+    spool, daemon, marked, tmp_path
+):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    daemon.start()
+    journal = Journal(spool)
+    rid = start_event(spool, "deaf2", {"pids": str(pids)})
+    worker = wait_for(lambda: notes(pids, "worker"), what="the handler")[0]
+    fnspool(spool, "events", "stop", rid, "--graceful")
+    took = stop_took(journal.wait_state(rid, State.STOPPED))
+    wait_for(lambda: gone(worker), 2.0, "the worker to be killed")
+    journal.close()
+    print(f"\nignored SIGTERM: Stopping -> Stopped took {took:.2f} s (stop_grace 1 s)")
+    assert 0.95 <= took < 3.0
+
+
+def test_a_hanging_prestop_is_cut_at_its_timeout_on_a_forced_stop(spool, daemon, marked, tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    daemon.start()
+    journal = Journal(spool)
+    rid = start_event(spool, "hangstop", {"pids": str(pids)})
+    worker = wait_for(lambda: notes(pids, "worker"), what="the handler")[0]
+    fnspool(spool, "events", "stop", rid)
+    took = stop_took(journal.wait_state(rid, State.STOPPED))
+    wait_for(lambda: gone(worker), 2.0, "the worker to be killed")
+    hooks = [r for r in journal.records if getattr(r, "hook", None) == "pre_stop"]
+    journal.close()
+    print(f"\nhanging PreStop: Stopping -> Stopped took {took:.2f} s (pre_stop_timeout 1 s)")
+    assert hooks and not hooks[-1].ok, hooks
+    assert 0.95 <= took < 3.0
+
+
+def test_a_memory_hog_is_memory_limit_exceeded_and_killed(spool, daemon, marked):
+    d = daemon.start()
+    journal = Journal(spool)
+    others = marked_pids(marked, but=d.proc.pid)
+    started = time.monotonic()
+    rid = start_event(spool, "hog", {"hog_mb": 400})
+    done = journal.wait_state(rid, *ENDED)
+    took = time.monotonic() - started
+    assert done.state is State.FAILED and done.error.type == "MemoryLimitExceeded", done.error
+    wait_for(lambda: marked_pids(marked, but=d.proc.pid) <= others, 2, "the hog to be gone")
+    journal.close()
+    print(f"\nmemory hog: {done.error.message} after {took:.2f} s")
