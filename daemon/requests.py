@@ -74,6 +74,8 @@ class Submitters:
 class RequestIntake:
     """Watches control/ and applies what is dropped there."""
 
+    chunk = 64  # requests taken between two yields to the event loop
+
     def __init__(
         self,
         spool: Spool,
@@ -134,6 +136,11 @@ class RequestIntake:
                 return
 
     async def _take_all(self, names: list[str]) -> None:
+        # in chunks: a flood of requests must not hold the event loop (and ingestion) for long
+        for start in range(0, len(names), self.chunk):
+            await self._take_chunk(names[start : start + self.chunk])
+
+    async def _take_chunk(self, names: list[str]) -> None:
         fd = os.open(self.spool.control, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             answered = [(name, st) for name in names if (st := self._take(fd, name))]
