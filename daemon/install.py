@@ -33,6 +33,7 @@ SYSTEM_SPOOL = "/var/spool/fnspool"
 USER_SPOOL = "%h/.local/share/fnspool"
 SERVICE_USER = "fnspool"
 HOME_DIRS = ("/home", "/root", "/run/user")  # what ProtectHome=yes hides
+TMP_DIRS = ("/tmp", "/var/tmp")  # what PrivateTmp=yes hides
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 #: installed name -> shipped file
 SYSTEM_UNITS = {
@@ -78,7 +79,16 @@ def unreadable_by_others(paths: list[Path]) -> list[Path]:
 
 def under_home(paths: list[Path]) -> bool:
     """Whether any path lies where ProtectHome=yes would hide it."""
-    return any(str(p) == h or str(p).startswith(h + "/") for p in paths for h in HOME_DIRS)
+    return _under(paths, HOME_DIRS)
+
+
+def under_tmp(paths: list[Path]) -> list[Path]:
+    """The paths that lie where PrivateTmp=yes would hide them."""
+    return [p for p in paths if _under([p], TMP_DIRS)]
+
+
+def _under(paths: list[Path], tops: tuple[str, ...]) -> bool:
+    return any(str(p) == top or str(p).startswith(top + "/") for p in paths for top in tops)
 
 
 def render(
@@ -186,6 +196,13 @@ def _check_reachable(spool: Path) -> str:
             f"{', '.join(map(str, blocked))} is closed to other users. Install fnspool where "
             "every user can read it, e.g. `python3 -m venv /opt/fnspool && "
             "/opt/fnspool/bin/pip install fnspool`, and run its `fnspool systemd install`",
+            title="systemd",
+        )
+    hidden = under_tmp([spool, *paths])
+    if hidden:
+        raise FnspoolError(
+            f"{hidden[0]} lies under a temporary directory, which the service's PrivateTmp=yes "
+            "hides (and cleaners empty): install fnspool and its spool elsewhere, e.g. /opt",
             title="systemd",
         )
     if under_home(paths):

@@ -210,6 +210,9 @@ def test_an_installation_the_service_user_cannot_read_is_refused(monkeypatch):
             install._check_reachable(closed / "s")
         closed.chmod(0o755)
         assert install.unreadable_by_others([python]) == []
+        with pytest.raises(install.FnspoolError, match=f"{python} lies under a temporary"):
+            install._check_reachable(spool)  # PrivateTmp=yes would hide it from the service
+        monkeypatch.setattr(install, "TMP_DIRS", ())
         assert install._check_reachable(spool) == "yes"
         with pytest.raises(install.FnspoolError, match="under a home directory"):
             install._check_reachable(Path("/home/ada/spool"))
