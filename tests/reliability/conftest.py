@@ -219,6 +219,14 @@ class LoopExt4:
         run("mount", "-t", "ext4", self.dev, str(self.mnt))
         self.mounted = True
 
+    def remount_elsewhere(self) -> None:
+        """Unmount, then mount the image from another loop device: after a reboot a disk may
+        come back with another device number, and the spool must not care."""
+        self.umount()
+        old, self.dev = self.dev, run("losetup", "--find", "--show", str(self.image)).strip()
+        run("losetup", "-d", old)
+        self.mount()
+
     def shutdown(self) -> None:
         """FS_IOC_SHUTDOWN with NOLOGFLUSH: as if the power went, for everything not fsynced."""
         import fcntl
