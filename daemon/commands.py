@@ -338,7 +338,8 @@ def functions_list(args: argparse.Namespace) -> int:
             {
                 "name": name,
                 "runtime": d.runtime,
-                "handler": d.handler,
+                "handler": d.handler if d.runtime == "python" else None,
+                "command": d.command or None,
                 "timeout": d.timeout,
                 "max_instances": d.max_instances,
                 "error": None,
@@ -355,7 +356,8 @@ def functions_list(args: argparse.Namespace) -> int:
             print(f"{row['name']:20} ERROR  {row['path']}: {row['error']}")
         else:
             count = f"{len(row['instances'])}/{row['max_instances']}"
-            print(f"{row['name']:20} {row['runtime']:7} {row['handler']:24} instances {count}")
+            runs = row["handler"] or " ".join(row["command"] or [])
+            print(f"{row['name']:20} {row['runtime']:7} {runs[:32]:32} instances {count}")
     return 1 if catalog.errors else 0
 
 
