@@ -172,9 +172,11 @@ class Daemon:
         await self.ingestor.start()
         self._install_signals()
         self._chores = asyncio.get_running_loop().create_task(self._run_chores())
+        self._watchdog = asyncio.get_running_loop().create_task(self.notifier.run_watchdog())
+        if self._fatal is not None:
+            return  # the journal failed while starting (a full disk): never announced ready
         self.ready = True
         self.write_status()
-        self._watchdog = asyncio.get_running_loop().create_task(self.notifier.run_watchdog())
         self.notifier.ready(self._status_line())
         log.info(
             "fnspool daemon ready on %s (pid %d): %d events retained, %d functions",
@@ -211,6 +213,9 @@ class Daemon:
 
     def _on_fatal(self, exc: BaseException) -> None:
         self._fatal = exc
+        dispatcher = getattr(self, "dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.accepting = False  # start no attempt whose records could not be written
         self.request_stop("journal failure")
 
     async def _shutdown(self) -> None:

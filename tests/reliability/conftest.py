@@ -177,6 +177,7 @@ class Daemons:
     def close(self) -> None:
         for d in self.started:
             d.close()
+        self.started.clear()
 
     @contextlib.contextmanager
     def closing(self) -> Iterator[None]:
