@@ -75,6 +75,9 @@ class Dispatcher:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        # when each unfinished event was born, on the monotonic clock: its age for expiry
+        # does not move with wall-clock jumps (taken from the wall clock once, when first seen)
+        self._born: dict[str, float] = {}
         self.metrics = Metrics()
         self.accepting = True
         self._cutting = False  # shutting down: attempts cut off now stay Running (Interrupted)
@@ -83,6 +86,8 @@ class Dispatcher:
 
     def submit(self, event: Event) -> None:
         """Queue an event now, or when its `not_before` time comes."""
+        if event.id not in self._born:
+            self._born[event.id] = time.monotonic() - max(0.0, time.time() - event.enqueued_at)
         wait = (event.not_before or 0) - time.time()
         if wait > 0:
             handle = asyncio.get_running_loop().call_later(wait, self._due, event.id)
@@ -218,7 +223,7 @@ class Dispatcher:
         """Dequeued (or due again after Retrying); expire an event too old to run."""
         if event.state is State.ENQUEUED:
             self.store.transition(event, State.DEQUEUED)
-        age = time.time() - event.enqueued_at
+        age = self._age(event)
         if age > definition.async_.max_event_age:
             limit = definition.async_.max_event_age
             message = f"event is {age:.0f}s old, older than max_event_age {limit:.0f}s"
@@ -321,8 +326,16 @@ class Dispatcher:
         )
         log.info("event %s Stopped (%s)", event.id, running.stop)
 
+    def _age(self, event: Event) -> float:
+        """Seconds since the event was enqueued, on the monotonic clock once it is known here."""
+        born = self._born.get(event.id)
+        if born is None:
+            return time.time() - event.enqueued_at
+        return time.monotonic() - born
+
     def _end(self, event: Event, state: State, **fields: Any) -> None:
         """Journal a terminal state, then hand the event to the destinations."""
+        self._born.pop(event.id, None)
         self.store.transition(event, state, **fields)
         if self.on_ended is not None:
             self.on_ended(event)

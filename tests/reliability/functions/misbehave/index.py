@@ -129,3 +129,11 @@ def hanging_pre_stop(context):
 def echo(event, context):
     """Return the event."""
     return event
+
+
+def sleep_or_fail(event, context):
+    """Fail at once when asked, else sleep (until the timeout cuts the attempt)."""
+    if event.get("fail"):
+        raise RuntimeError(f"failing attempt {context.attempt} on purpose")
+    time.sleep(event.get("sleep", 1000))
+    return "slept"
