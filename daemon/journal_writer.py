@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import msgspec
 
+from daemon.errors import FnspoolError
 from daemon.journal import (
     Damage,
     JournalState,
@@ -59,7 +60,15 @@ def recover(directory: Path) -> JournalState:
                 fold(state, rec)
             _set_aside_damage(path, state.damages[seen:])
             if reader.torn_bytes:
-                state.damages.append(_cut_torn_tail(path, reader.offset))
+                try:
+                    state.damages.append(_cut_torn_tail(path, reader.offset))
+                except OSError as exc:  # never cut what cannot be kept
+                    raise FnspoolError(
+                        f"cannot cut the torn tail of {path} at offset {reader.offset}: keeping "
+                        f"it in {path.name}.broken failed ({exc.strerror or exc}); free space on "
+                        "the journal's file system and start again",
+                        title="journal",
+                    ) from None
         finally:
             reader.close()
     return state
@@ -72,15 +81,27 @@ def _covered(directory: Path, first_seq: int, snapshot_seq: int) -> bool:
 
 
 def _set_aside_damage(path: Path, damages: list[Damage]) -> None:
-    """Copy each damaged line into `SEGMENT.broken` for inspection; the segment stays as it is."""
+    """Copy each damaged line into `SEGMENT.broken` for inspection (once: a restart finds the
+    same damage again); the segment stays as it is, and reading goes on if the copy fails."""
     if not damages:
         return
-    with open(path, "rb") as src, open(f"{path}.broken", "ab") as out:
-        for damage in damages:
-            src.seek(damage.offset)
-            out.write(b"# offset %d: %s\n" % (damage.offset, damage.reason.encode()))
-            out.write(src.read(min(damage.length, 1 << 20)))
-            log.error("journal damage in %s at offset %d: %s", path, damage.offset, damage.reason)
+    broken = Path(f"{path}.broken")
+    try:
+        small = broken.exists() and broken.stat().st_size <= 16 << 20  # else: kept twice
+        kept = broken.read_bytes() if small else b""
+        with open(path, "rb") as src, open(broken, "ab") as out:
+            for damage in damages:
+                log.error(
+                    "journal damage in %s at offset %d: %s", path, damage.offset, damage.reason
+                )
+                header = b"# offset %d: %s\n" % (damage.offset, damage.reason.encode())
+                if header in kept:
+                    continue
+                src.seek(damage.offset)
+                out.write(header)
+                out.write(src.read(min(damage.length, 1 << 20)))
+    except OSError as exc:
+        log.error("cannot keep the damaged journal lines of %s in %s: %s", path, broken, exc)
 
 
 def _cut_torn_tail(path: Path, good_end: int) -> Damage:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import msgspec
 import pytest
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon.errors import FnspoolError
 from daemon.journal import (
     MAX_RECORD_BYTES,
     JournalState,
@@ -350,3 +354,36 @@ def test_very_deep_payloads_are_rejected_quickly(levels):
             decode(blob, "f", SOURCE, 64)
         assert why.value.code in {"too_deep", "not_json"}
         assert time.monotonic() - t0 < CASE_SECONDS
+
+
+def test_damage_is_set_aside_once_however_often_the_daemon_restarts(tmp_path):
+    data = bytearray(segment_of(10))
+    data[line_starts(bytes(data))[4] + 20] ^= 0x01
+    segment = reset(tmp_path, bytes(data))
+    broken = tmp_path / f"{segment.name}.broken"
+    for _ in range(3):
+        state = recover(tmp_path)
+        assert len(state.events) == 9 and len(state.damages) == 1
+    assert broken.read_bytes().count(b"# offset") == 1
+
+
+def test_a_torn_tail_that_cannot_be_kept_is_not_cut_and_the_daemon_says_why(tmp_path):
+    spool = tmp_path / "spool"
+    (spool / "journal").mkdir(parents=True)
+    good = segment_of(5)
+    segment = spool / "journal" / "segment-0000000000000001.jsonl"
+    segment.write_bytes(good + b"0123abcd {torn")
+    (spool / "journal" / f"{segment.name}.broken").mkdir()  # where the cut bytes would go
+    with pytest.raises(FnspoolError, match="cannot cut the torn tail"):
+        recover(spool / "journal")
+    assert segment.read_bytes() == good + b"0123abcd {torn", "cut without keeping the bytes"
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1
+    assert "fnspool: journal: cannot cut the torn tail" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
