@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "--snapshot-every", type=int, default=200_000, metavar="N", help="records between snapshots"
     )
+    daemon.add_argument(
+        "--segment-bytes", type=int, default=64 << 20, metavar="N", help="journal segment size"
+    )
     daemon.add_argument("-v", "--verbose", action="store_true")
     daemon.set_defaults(run=commands.daemon)
 

@@ -62,6 +62,7 @@ def daemon(args: argparse.Namespace) -> int:
         max_payload_bytes=args.max_payload_bytes,
         retention=time.time() - parse_time(args.retention),
         snapshot_every=args.snapshot_every,
+        segment_bytes=args.segment_bytes,
     )
     try:
         return uvloop.run(Daemon(_spool(args), settings).run())
