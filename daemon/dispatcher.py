@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.functions import Catalog, FunctionDef
+from daemon.journal_writer import JournalFailed
 from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
@@ -183,19 +184,23 @@ class Dispatcher:
     def _record_hook(
         self, instance: Instance, outcome: HookOutcome, request_id: str | None
     ) -> None:
-        self.store.note(
-            HookRun(
-                at=time.time(),
-                instance=instance.id,
-                function=instance.function.name,
-                hook=outcome.hook,
-                started=outcome.started,
-                duration_ms=outcome.duration_ms,
-                ok=outcome.ok,
-                error=outcome.error,
-                request_id=request_id,
-            )
+        record = HookRun(
+            at=time.time(),
+            instance=instance.id,
+            function=instance.function.name,
+            hook=outcome.hook,
+            started=outcome.started,
+            duration_ms=outcome.duration_ms,
+            ok=outcome.ok,
+            error=outcome.error,
+            request_id=request_id,
         )
+        try:
+            self.store.note(record)
+        except JournalFailed:  # the daemon is stopping: PreStop goes on, unrecorded
+            log.info(
+                "instance %s: %s not journaled (the journal failed)", instance.id, outcome.hook
+            )
 
     def _invalidate(self, request_id: str, kind: str, message: str) -> None:
         event = self.store.get(request_id)
@@ -215,6 +220,9 @@ class Dispatcher:
                 lease.pool.give_back(lease)
                 return
             await self._attempt(event, definition, lease)
+        except JournalFailed:
+            # the daemon is stopping (the journal failed): the restart replays this event
+            log.info("event %s: left to the restart (the journal failed)", event.id)
         except Exception:
             log.exception("event %s: internal error while running", event.id)
             raise

@@ -21,8 +21,6 @@ from conftest import REPO, drop, gone, wait_for
 from daemon.model import State
 from reliability.conftest import all_ended, feed, make_spool, payload_counts, replay, seeded
 
-pytestmark = pytest.mark.reliability
-
 
 def _lock_rounds(spool: Path, rounds: int) -> None:
     spool.mkdir(exist_ok=True)
@@ -68,6 +66,7 @@ def _lock_rounds(spool: Path, rounds: int) -> None:
     )
 
 
+@pytest.mark.reliability
 def test_lock_two_daemons_at_once_exactly_one_runs(tmp_path):
     _lock_rounds(tmp_path / "spool", 5)
 
@@ -144,6 +143,7 @@ def _is_ready(d) -> bool:
         return False
 
 
+@pytest.mark.reliability
 def test_crash_ingest_kill_9_while_feeding(tmp_path, daemons):
     _crash_ingest(tmp_path / "spool", daemons, total=1000, cycles=5)
 
@@ -196,6 +196,7 @@ def _hold_functions(spool: Path, locks: Path, python: int, exec_: int) -> None:
     )
 
 
+@pytest.mark.reliability
 def test_crash_running_kill_9_with_50_events_running(tmp_path, daemons):
     if shutil.which("flock") is None:
         pytest.skip("needs util-linux's flock")
@@ -264,6 +265,7 @@ def handler(event, context):
     "kill -9 of the daemon, and the restarted daemon does not look for it: needs a cgroup or "
     "the start-up sweep of the previous daemon's processes (daemon/supervise.py)",
 )
+@pytest.mark.reliability
 def test_crash_running_children_of_instances_die_with_the_daemon(tmp_path, daemons):
     spool, pids = tmp_path / "spool", tmp_path / "pids"
     make_spool(spool)

@@ -36,8 +36,6 @@ from daemon.payload import decode
 from daemon.spool import Rejection
 from daemon.store import Store
 
-pytestmark = pytest.mark.reliability
-
 CASE_SECONDS = 1.0  # the promise: each damaged journal is answered within this
 
 
@@ -83,6 +81,7 @@ async def append_one(directory: Path, state: JournalState, i: int) -> None:
     await writer.close()
 
 
+@pytest.mark.reliability
 async def test_a_cut_at_every_byte_of_the_last_records_keeps_every_whole_one(tmp_path):
     whole = segment_of(40)
     starts = line_starts(whole)
@@ -128,6 +127,7 @@ async def test_a_cut_at_every_byte_of_the_last_records_keeps_every_whole_one(tmp
     ],
     ids=["1 zero", "4 KiB zeros", "zeros past the limit", "text", "binary", "bad line", "lines"],
 )
+@pytest.mark.reliability
 async def test_zeros_and_garbage_after_the_last_record(tmp_path, tail):
     good = segment_of(20)
     segment = reset(tmp_path, good + tail)
@@ -151,6 +151,7 @@ async def test_zeros_and_garbage_after_the_last_record(tmp_path, tail):
     )
 
 
+@pytest.mark.reliability
 def test_an_overlong_line_is_never_buffered_whole(tmp_path):
     big = 3 * MAX_RECORD_BYTES
     data = segment_of(5) + b"x" * big + b"\n" + encode_record(enqueued(7, seq=8))
@@ -167,6 +168,7 @@ def test_an_overlong_line_is_never_buffered_whole(tmp_path):
     print(f"{big >> 20} MiB line: {elapsed * 1000:.0f} ms, peak {peak / (1 << 20):.1f} MiB")
 
 
+@pytest.mark.reliability
 def test_every_single_bit_flip_loses_at_most_the_record_it_hits(tmp_path):
     whole = segment_of(7)
     starts = line_starts(whole)
@@ -194,6 +196,7 @@ def test_every_single_bit_flip_loses_at_most_the_record_it_hits(tmp_path):
     )
 
 
+@pytest.mark.reliability
 async def test_a_damaged_newest_snapshot_falls_back_to_the_previous_one(tmp_path):
     writer = JournalWriter(tmp_path, 1)
     store = Store(writer, recover(tmp_path), tmp_path / "logs")
@@ -217,6 +220,7 @@ async def test_a_damaged_newest_snapshot_falls_back_to_the_previous_one(tmp_path
 # -- hypothesis ---------------------------------------------------------------------------
 
 
+@pytest.mark.reliability
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600))
 def test_the_record_decoder_only_ever_says_valueerror(blob):
@@ -225,6 +229,7 @@ def test_the_record_decoder_only_ever_says_valueerror(blob):
             decode_record(line)
 
 
+@pytest.mark.reliability
 @settings(max_examples=50, deadline=None)
 @given(depth=st.integers(min_value=500, max_value=200_000))
 def test_a_deeply_nested_record_with_a_valid_checksum_is_damage(depth):
@@ -267,6 +272,7 @@ def mutate(data: bytes, ops: list[tuple[str, int, object]]) -> bytes:
 @settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@pytest.mark.reliability
 @given(ops=st.lists(mutation, min_size=1, max_size=4))
 def test_replay_keeps_every_record_left_whole_by_any_damage(tmp_path_factory, ops):
     directory = tmp_path_factory.mktemp("j")
@@ -309,6 +315,7 @@ def depth(value: object) -> int:
     return 0
 
 
+@pytest.mark.reliability
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=300))
 def test_the_payload_parser_accepts_or_rejects_any_bytes(blob):
@@ -329,6 +336,7 @@ def test_the_payload_parser_accepts_or_rejects_any_bytes(blob):
         assert depth(msgspec.json.decode(raw)) <= MAX_DEPTH
 
 
+@pytest.mark.reliability
 @settings(max_examples=400, deadline=None)
 @given(value=json_values, ensure_ascii=st.booleans(), indent=st.sampled_from([None, 0, 2]))
 def test_the_payload_parser_judges_depth_exactly(value, ensure_ascii, indent):
@@ -346,6 +354,7 @@ def test_the_payload_parser_judges_depth_exactly(value, ensure_ascii, indent):
         )
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("levels", [1_000, 100_000])
 def test_very_deep_payloads_are_rejected_quickly(levels):
     for blob in (b"[" * levels + b"]" * levels, b"[" * levels, b'{"a":' * levels + b"1"):
@@ -356,6 +365,7 @@ def test_very_deep_payloads_are_rejected_quickly(levels):
         assert time.monotonic() - t0 < CASE_SECONDS
 
 
+@pytest.mark.reliability
 def test_damage_is_set_aside_once_however_often_the_daemon_restarts(tmp_path):
     data = bytearray(segment_of(10))
     data[line_starts(bytes(data))[4] + 20] ^= 0x01
@@ -367,6 +377,7 @@ def test_damage_is_set_aside_once_however_often_the_daemon_restarts(tmp_path):
     assert broken.read_bytes().count(b"# offset") == 1
 
 
+@pytest.mark.reliability
 def test_a_torn_tail_that_cannot_be_kept_is_not_cut_and_the_daemon_says_why(tmp_path):
     spool = tmp_path / "spool"
     (spool / "journal").mkdir(parents=True)
