@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import time
 import uuid
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_escapees_and_fork_bombs_are_gone_within_a_second_of_the_kill(
     else:
         journal.wait_state(rid, State.SUCCEEDED)
         assert left() >= escapees  # alive while the instance is
-    # the instance is killed (the idle timeout, 1 s, destroys an idle one): its worker goes
+    # the instance is killed (the idle timeout, 2 s, destroys an idle one): its worker goes
     wait_for(lambda: gone(worker), 20, "the instance's worker to be killed")
     killed = time.monotonic()
     try:
@@ -206,6 +207,8 @@ def test_a_flood_of_output_is_capped_and_the_daemon_stays_responsive(
     assert b"[PLATFORM]" in tail  # the end of the event is logged after the cut
     assert rss_peak - rss_before < 64 * 1024 and rss_after - rss_before < 64 * 1024
     probe.check(max_latency=1.0, max_gap=1.5)
+    # a probe event needs the loop to ingest, dispatch and collect it: the loop's lag is below
+    assert statistics.median(probe.latencies) < 0.1, probe.figures()
     gaps = sorted(probe.heartbeat_gaps)
     # the heartbeat is a 1 s sleep then the chores: a gap past 1.1 s is a stalled loop
     assert gaps and gaps[-1] < 1.1 + 0.1, gaps
