@@ -47,9 +47,10 @@ _POLL_INTERVAL = 0.05  # seconds, only where pidfd_open is missing
 TOKEN_VAR = "FNSPOOL_SUPERVISOR_TOKEN"  # in every child's environment: finds orphaned descendants
 _tokens = itertools.count(1)
 _spawned: set[int] = set()  # pids spawned here and not yet reaped: never reaped as orphans
+_live_tokens: set[str] = set()  # tokens of children not yet reaped: their orphans may live
 _PR_SET_CHILD_SUBREAPER = 36
 _subreaper = False
-_REAP_INTERVAL = 0.25  # seconds between looks for exited orphans (zombies) to reap
+_REAP_INTERVAL = 0.25  # seconds between looks at orphans: kill those of ended instances, reap
 _MAX_KILL_ROUNDS = 50  # rounds of "stop what is new" before the kill, against a forking tree
 
 
@@ -101,7 +102,6 @@ class Child:
             return False
         if sig == signal.SIGKILL:
             kill_tree(self.pid, self.token)
-            _sweep_soon(self.token)
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
@@ -130,8 +130,8 @@ class Child:
         try:
             pid, status, usage = os.wait4(self.pid, os.WNOHANG)
             if pid != 0 and self._kill_group_on_exit:
+                _live_tokens.discard(self.token)  # orphans in transit: the reaper's next tick
                 kill_tree(None, self.token)  # its orphans, reparented to the daemon
-                _sweep_soon(self.token)
         except ChildProcessError:
             # reaped by someone else: the status is lost, the notification must not be
             log.warning("child %d was reaped elsewhere: exit status unknown", self.pid)
@@ -196,6 +196,7 @@ def spawn(
         for fd in temporaries:
             os.close(fd)
     _spawned.add(pid)
+    _live_tokens.add(token)
     return Child(pid, kill_group_on_exit=kill_group_on_exit, token=token)
 
 
@@ -216,7 +217,7 @@ def adopt_orphans(loop: asyncio.AbstractEventLoop) -> None:
         log.warning("cannot become a child subreaper: %s", exc)
         return
     _subreaper = True
-    # uvloop keeps SIGCHLD for itself: orphans that exit are reaped on a short timer instead
+    # uvloop keeps SIGCHLD for itself: orphans are looked at on a short timer instead
 
     def tick() -> None:
         reap_orphans()
@@ -248,21 +249,13 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def _has_token(pid: int, token: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f"{TOKEN_VAR}={token}".encode() in f.read().split(b"\0")
-    except OSError:
-        return False
-
-
 def _orphans(token: str) -> set[int]:
     """Processes reparented to the daemon that carry `token`, and their descendants."""
     if not token:
         return set()
     found: set[int] = set()
     for pid in _children(os.getpid()):
-        if pid not in _spawned and _has_token(pid, token):
+        if pid not in _spawned and _token_of(pid) == token:
             found.add(pid)
             found |= descendants(pid)
     return found
@@ -289,34 +282,38 @@ def kill_tree(pid: int | None, token: str) -> int:
             os.kill(each, signal.SIGKILL)
     if stopped:
         log.info(
-            "killed %d processes %s (setsid escapees, orphans and their children)",
+            "killed %d processes %s",
             len(stopped),
-            f"of the tree of pid {pid}" if pid is not None else f"marked {token}",
+            f"descending from pid {pid}" if pid is not None else f"orphaned, marked {token}",
         )
     return len(stopped)
 
 
-_SWEEPS = (0.02, 0.1, 0.3, 0.7)  # seconds after a kill: orphans caught between two parents
-
-
-def _sweep_soon(token: str) -> None:
-    """Look for orphans marked `token` again a few times shortly: one whose parent was exiting
-    during the kill was in neither's list of children at that moment."""
-    if not _subreaper or not token:
-        return
-    loop = asyncio.get_running_loop()
-    for delay in _SWEEPS:
-        loop.call_later(delay, kill_tree, None, token)
-
-
 def reap_orphans() -> None:
-    """Reap the daemon's children that it did not spawn (orphans of instances that ended)."""
+    """Kill the orphans whose instance has ended (one whose parent was exiting during the kill
+    was in neither's list of children then), and reap the ones that exited."""
     if not _subreaper:
         return
     for pid in _children(os.getpid()):
-        if pid not in _spawned:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+        if pid in _spawned:
+            continue
+        token = _token_of(pid)
+        if token and token not in _live_tokens:
+            kill_tree(None, token)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _token_of(pid: int) -> str | None:
+    prefix = f"{TOKEN_VAR}=".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                if entry.startswith(prefix):
+                    return entry[len(prefix) :].decode(errors="replace")
+    except OSError:
+        pass
+    return None
 
 
 def _file_actions(fds: Mapping[int, int]) -> tuple[list[tuple[int, int, int]], list[int]]:
