@@ -283,7 +283,7 @@ def test_crash_running_children_of_instances_die_with_the_daemon(tmp_path, daemo
     d.kill()
     daemons(spool)  # the restarted daemon could sweep what the old one left
     try:
-        wait_for(lambda: all(gone(p) for p in children), 5, "the instances' children to die")
+        wait_for(lambda: all(gone(p) for p in children), 3, "the instances' children to die")
     finally:
         for pid in children:  # this test's own leftovers: never left running
             if not gone(pid):
