@@ -14,8 +14,6 @@ from conftest import wait_for
 from daemon.model import State, Transition
 from reliability.hostile_helpers import Journal, drop_envelope, install_functions
 
-pytestmark = pytest.mark.reliability
-
 LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))), None)
 JUMP = 2 * 3600  # seconds: twice the clock function's max_event_age
 
@@ -42,6 +40,7 @@ def jump(clock: Path, offset: int) -> None:
     os.rename(temp, clock)
 
 
+@pytest.mark.reliability
 def test_wall_clock_jumps_do_not_move_timeouts_backoffs_or_expiry(spool, daemon, faked):
     daemon.start()
     journal = Journal(spool)

@@ -18,8 +18,6 @@ from conftest import wait_for
 from daemon.model import State, Transition
 from reliability.hostile_helpers import Journal, Probe, drop_envelope, reasons
 
-pytestmark = pytest.mark.reliability
-
 ROOT = os.geteuid() == 0
 
 
@@ -65,7 +63,11 @@ def _request_kinds(rng: random.Random, ended: list[str], running: str) -> list[t
 
 
 @pytest.mark.parametrize(
-    "scale", [pytest.param(1, id="2k"), pytest.param(10, id="20k", marks=pytest.mark.slow)]
+    "scale",
+    [
+        pytest.param(1, id="2k", marks=pytest.mark.reliability),
+        pytest.param(10, id="20k", marks=pytest.mark.slow),
+    ],
 )
 def test_thousands_of_abusive_requests_are_each_answered_once_and_ingest_is_unaffected(
     spool, daemon, scale

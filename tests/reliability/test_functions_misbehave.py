@@ -20,8 +20,6 @@ from daemon.runtimes.base import LOG_CAP
 from daemon.supervise import TOKEN_VAR
 from reliability.hostile_helpers import Journal, Probe, drop_envelope, install_functions, rss_kb
 
-pytestmark = pytest.mark.reliability
-
 ENDED = (State.SUCCEEDED, State.FAILED, State.STOPPED, State.INVALID, State.EXPIRED)
 MARK = "FNSPOOL_TEST_MARK"
 
@@ -73,6 +71,7 @@ def notes(folder: Path, what: str) -> list[int]:
     return [int(p.name.split("-")[1]) for p in folder.glob(f"{what}-*")]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("how", ["forced stop", "timeout", "idle instance destroyed"])
 def test_escapees_and_fork_bombs_are_gone_within_a_second_of_the_kill(
     spool, daemon, marked, tmp_path, how
@@ -175,7 +174,11 @@ def _zombie_children(pid: int) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    "seconds", [pytest.param(3, id="3s"), pytest.param(60, id="60s", marks=pytest.mark.slow)]
+    "seconds",
+    [
+        pytest.param(3, id="3s", marks=pytest.mark.reliability),
+        pytest.param(60, id="60s", marks=pytest.mark.slow),
+    ],
 )
 def test_a_flood_of_output_is_capped_and_the_daemon_stays_responsive(
     spool, daemon, marked, seconds
@@ -214,6 +217,7 @@ def test_a_flood_of_output_is_capped_and_the_daemon_stays_responsive(
     assert gaps and gaps[-1] < 1.1 + 0.1, gaps
 
 
+@pytest.mark.reliability
 def test_a_function_that_closes_its_pipes_but_keeps_running_is_failed_and_killed(
     spool, daemon, marked, tmp_path
 ):
@@ -234,6 +238,7 @@ def test_a_function_that_closes_its_pipes_but_keeps_running_is_failed_and_killed
     assert "exited unexpectedly" in done.error.message or done.error.type != "FunctionTimeout"
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize(
     ("function", "exit_code", "sig"), [("quitter", 3, None), ("crasher", None, signal.SIGSEGV)]
 )
@@ -260,6 +265,7 @@ def test_an_exit_or_a_segfault_mid_event_fails_the_attempt_and_the_next_event_ru
     print(f"\n{function}: {done.error.message}")
 
 
+@pytest.mark.reliability
 def test_a_handler_ignoring_sigterm_is_forced_after_the_grace_period(
     spool, daemon, marked, tmp_path
 ):
@@ -277,6 +283,7 @@ def test_a_handler_ignoring_sigterm_is_forced_after_the_grace_period(
     assert 0.95 <= took < 3.0
 
 
+@pytest.mark.reliability
 def test_a_hanging_prestop_is_cut_at_its_timeout_on_a_forced_stop(spool, daemon, marked, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -294,6 +301,7 @@ def test_a_hanging_prestop_is_cut_at_its_timeout_on_a_forced_stop(spool, daemon,
     assert 0.95 <= took < 3.0
 
 
+@pytest.mark.reliability
 def test_a_memory_hog_is_memory_limit_exceeded_and_killed(spool, daemon, marked):
     d = daemon.start()
     journal = Journal(spool)

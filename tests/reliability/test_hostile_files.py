@@ -25,8 +25,6 @@ from daemon.model import State
 from daemon.spool import printable
 from reliability.hostile_helpers import Journal, Probe, fingerprint, read_bytes, reasons
 
-pytestmark = pytest.mark.reliability
-
 ACCEPTED = "accepted"
 SECRET = b'{"secret": "outside the spool"}'
 
@@ -116,6 +114,7 @@ def _hostile_cases(spool: Path, outside: Path) -> dict[bytes, str]:
     return expected
 
 
+@pytest.mark.reliability
 def test_every_hostile_file_is_rejected_with_its_reason_or_accepted_once(spool, daemon, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -197,6 +196,7 @@ def test_every_hostile_file_is_rejected_with_its_reason_or_accepted_once(spool, 
     assert d.proc.poll() is None
 
 
+@pytest.mark.reliability
 def test_a_file_swapped_for_a_link_while_it_is_taken_never_leaks(spool, daemon, tmp_path):
     """Renames a good file in, then at once a symlink (to a secret outside) or a hard link over
     the same name, many times: no event ever carries the secret, each name is enqueued at most
@@ -279,7 +279,10 @@ print(time.monotonic() - t)
 
 @pytest.mark.parametrize(
     "count",
-    [pytest.param(20_000, id="20k"), pytest.param(100_000, id="100k", marks=pytest.mark.slow)],
+    [
+        pytest.param(20_000, id="20k", marks=pytest.mark.reliability),
+        pytest.param(100_000, id="100k", marks=pytest.mark.slow),
+    ],
 )
 def test_a_burst_of_files_is_taken_exactly_once_while_the_daemon_stays_responsive(
     spool, daemon, count
@@ -297,6 +300,13 @@ def test_a_burst_of_files_is_taken_exactly_once_while_the_daemon_stays_responsiv
     finally:
         d.signal(signal.SIGCONT)
     started = time.monotonic()
+
+    def heartbeat() -> float:
+        return json.loads((spool / "run" / "status.json").read_text())["updated_at"]
+
+    frozen_beat = heartbeat()
+    # the heartbeat gap that spans the freeze is not the daemon's: probe from the next beat on
+    wait_for(lambda: heartbeat() != frozen_beat, 10, "a heartbeat after the freeze")
     with Probe(spool, every=0.1) as probe:
 
         def taken():
@@ -323,6 +333,7 @@ def test_a_burst_of_files_is_taken_exactly_once_while_the_daemon_stays_responsiv
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as other users")
+@pytest.mark.reliability
 def test_payloads_from_users_outside_the_spool_group_are_rejected_and_logged(spool, daemon):
     """The spool's group may submit; other users may not (the same rule as control requests)."""
     nobody = 65534  # nobody:nogroup on Debian
@@ -346,6 +357,7 @@ def test_payloads_from_users_outside_the_spool_group_are_rejected_and_logged(spo
     assert "incoming/echo/outsider.json" in d.log_text() and "owner" in d.log_text()
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("loose", ["incoming", "journal", "control", "."])
 def test_the_daemon_refuses_a_world_writable_spool_and_says_how_to_fix_it(spool, loose):
     (spool / loose).mkdir(parents=True, exist_ok=True)
@@ -367,6 +379,7 @@ def test_the_daemon_refuses_a_world_writable_spool_and_says_how_to_fix_it(spool,
     assert not stat.S_IMODE(os.stat(path).st_mode) & stat.S_IWOTH
 
 
+@pytest.mark.reliability
 def test_the_outside_file_behind_a_symlink_is_never_opened(spool, daemon, tmp_path):
     """A symlink to a FIFO outside the spool: opening the target would block on the FIFO (or
     wake a writer waiting on it); the daemon must reject the link without opening it."""

@@ -34,8 +34,6 @@ from daemon.journal import JournalFollower, decode_record, list_segments
 from daemon.model import TERMINAL_STATES, State, Transition
 from reliability.hostile_helpers import drop_envelope
 
-pytestmark = pytest.mark.reliability
-
 E2E = Path(__file__).resolve().parent.parent / "e2e_functions"
 #: what each function does: echo succeeds, fail fails twice (one retry), slow sleeps a while
 FUNCTIONS = {"echo": {}, "fail": {}, "slow": {"sleep": 1.5}}
@@ -250,6 +248,7 @@ def _run(max_examples: int, steps: int) -> None:
     DaemonMachine.TestCase().runTest()
 
 
+@pytest.mark.reliability
 def test_model_short() -> None:
     """CI: two short runs (derandomized; FNSPOOL_MODEL_RANDOM=1 explores)."""
     _run(max_examples=2, steps=8)

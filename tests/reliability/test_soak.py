@@ -17,8 +17,6 @@ from daemon.journal import JournalFollower, list_segments, list_snapshots
 from daemon.model import State, Transition
 from reliability.hostile_helpers import drop_envelope, open_fds, rss_kb
 
-pytestmark = pytest.mark.reliability
-
 
 class Feeder(threading.Thread):
     """Drops `rate` envelopes a second for `seconds`, on a fixed schedule."""
@@ -68,7 +66,7 @@ class Reader:
 @pytest.mark.parametrize(
     ("rate", "seconds", "retention"),
     [
-        pytest.param(150, 12, 4, id="12s-150/s"),
+        pytest.param(150, 12, 4, id="12s-150/s", marks=pytest.mark.reliability),
         pytest.param(500, 600, 60, id="10min-500/s", marks=pytest.mark.slow),
     ],
 )
