@@ -127,6 +127,9 @@ def test_power_loss_loses_nothing_acknowledged(ext4, daemons):
 def test_power_loss_test_fails_without_the_journal_fdatasync(ext4, daemons):
     """The same cut with the journal's fdatasync skipped (a test-only knob) loses acknowledged
     payloads: the test above can fail."""
+    expire = Path("/proc/sys/vm/dirty_expire_centisecs")
+    if expire.exists() and int(expire.read_text()) < 500:
+        pytest.skip("dirty pages are written back within 5 s here: unsynced data may survive")
     rng = seeded("power-loss without fdatasync")
     figures = _power_loss(ext4, daemons, rng, skip_fdatasync=True)
     print(f"power-loss without the journal's fdatasync: {figures}")
