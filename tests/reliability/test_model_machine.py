@@ -255,6 +255,7 @@ def test_model_short() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_model_long() -> None:
     """Many longer runs."""
     _run(max_examples=25, steps=25)

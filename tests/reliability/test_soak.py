@@ -67,7 +67,9 @@ class Reader:
     ("rate", "seconds", "retention"),
     [
         pytest.param(150, 12, 4, id="12s-150/s", marks=pytest.mark.reliability),
-        pytest.param(500, 600, 60, id="10min-500/s", marks=pytest.mark.slow),
+        pytest.param(
+            500, 600, 60, id="10min-500/s", marks=[pytest.mark.slow, pytest.mark.timeout(1200)]
+        ),
     ],
 )
 def test_soak_memory_and_descriptors_flat_nothing_lost_segments_rotate_and_compact(
