@@ -44,6 +44,8 @@ __all__ = ["Accepted", "IngestSink", "IngestStats", "Ingestor"]
 
 log = logging.getLogger(__name__)
 
+GONE_KEPT = 100_000  # removed files remembered, to tell a new file from a crash's leftover
+
 Key = tuple[str, str]  # (directory under incoming/, "" for incoming/ itself; file name)
 
 _WATCH_ROOT = F.MOVED_TO | F.CLOSE_WRITE | F.CREATE | F.ONLYDIR | F.DONT_FOLLOW
@@ -126,6 +128,9 @@ class Ingestor:
         self._drainer: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self._removing: list[tuple[Key, os.stat_result]] = []  # journaled, not yet unlinked
+        # identities of journaled files whose removal is durable (unlinked, directory fsynced),
+        # newest last: a file found later with one of them is new, not a crash's leftover
+        self._gone: dict[tuple[object, ...], None] = {}
         self._scan_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
@@ -311,10 +316,26 @@ class Ingestor:
         while self._removing:
             files, self._removing = self._removing, []
             try:
-                await asyncio.to_thread(_remove_files, self.spool.incoming, files)
+                gone = await asyncio.to_thread(_remove_files, self.spool.incoming, files)
+                for key, st in gone:
+                    self._remember_gone(key, st)
             finally:
                 self._inflight.difference_update(key for key, _ in files)
                 self._kick()
+
+    def _was_gone(self, key: Key, st: os.stat_result) -> bool:
+        """Whether a file like this one was removed for good (it is forgotten: the file taken
+        now is journaled under the same identity)."""
+        try:
+            del self._gone[_identity(key, st)]
+        except KeyError:
+            return False
+        return True
+
+    def _remember_gone(self, key: Key, st: os.stat_result) -> None:
+        self._gone[_identity(key, st)] = None
+        if len(self._gone) > GONE_KEPT:  # only recent ones can be matched (same mtime)
+            del self._gone[next(iter(self._gone))]
 
     async def _synced(self) -> None:
         """Wait until every unlink so far is fsynced."""
@@ -394,7 +415,9 @@ class Ingestor:
             mtime_ns=st.st_mtime_ns,
             uid=st.st_uid,
         )
-        if self.sink.already_journaled(source):
+        # a journaled identity whose file was removed for good in this run is a new file that
+        # reuses its inode, size and mtime (`cp -p`, tar, rsync -t of the same file again)
+        if self.sink.already_journaled(source) and not self._was_gone(key, st):
             return st, None
         try:
             item = decode(data, dirname or None, source, self.max_depth)
@@ -440,25 +463,37 @@ class Ingestor:
             log.error("cannot reject %s (%s): %s", printable(relpath), why.code, exc)
 
 
+def _identity(key: Key, st: os.stat_result) -> tuple[object, ...]:
+    """The identity the store keeps for the file at `key` (see Store.already_journaled)."""
+    path = f"incoming/{_join(*key)}"
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _join(dirname: str, name: str) -> str:
     return f"{dirname}/{name}" if dirname else name
 
 
-def _remove_files(incoming: os.PathLike[str], files: list[tuple[Key, os.stat_result]]) -> None:
-    """Unlink journaled files, then fsync each directory touched once (I1's last two steps)."""
+def _remove_files(
+    incoming: os.PathLike[str], files: list[tuple[Key, os.stat_result]]
+) -> list[tuple[Key, os.stat_result]]:
+    """Unlink journaled files, then fsync each directory touched once (I1's last two steps);
+    return the files whose removal is durable."""
     try:
         dirs = DirFds(incoming)
     except OSError as exc:
         log.error("cannot open %s to remove journaled files: %s", incoming, exc)
-        return
+        return []
     try:
-        touched = {key[0] for key, st in files if _unlink_same(dirs, key, st)}
-        for name in touched:
+        removed = [(key, st) for key, st in files if _unlink_same(dirs, key, st)]
+        synced = set()
+        for name in {key[0] for key, _ in removed}:
             try:
                 os.fsync(dirs.get(name))
+                synced.add(name)
             except OSError as exc:
                 # the files are journaled: one that comes back is recognised and removed again
                 log.error("fsync of incoming/%s failed: %s", printable(name), exc)
+        return [(key, st) for key, st in removed if key[0] in synced]
     finally:
         dirs.close()
 
