@@ -407,3 +407,36 @@ def test_the_outside_file_behind_a_symlink_is_never_opened(spool, daemon, tmp_pa
     t.join(5)
     os.close(fd)
     assert opened.is_set()
+
+
+@pytest.mark.reliability
+def test_a_file_renamed_over_a_journaled_one_just_before_its_removal_is_kept(tmp_path, monkeypatch):
+    """The swap race made deterministic: between the identity check and the removal, a new file
+    takes the name. A check-then-unlink removes the new file (never journaled: lost); the daemon
+    renames aside, checks again and puts the new one back."""
+    from daemon import spool as spool_module
+
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    (folder / "a.json").write_text("old")
+    journaled = os.stat(folder / "a.json")
+    real = spool_module.same_file
+    calls = []
+
+    def same_file_then_swap(dir_fd, name, st):
+        result = real(dir_fd, name, st)
+        if not calls:  # right after the first check: a writer renames a new file in
+            (folder / ".new.tmp").write_text("new")
+            os.rename(folder / ".new.tmp", folder / "a.json")
+        calls.append(name)
+        return result
+
+    monkeypatch.setattr(spool_module, "same_file", same_file_then_swap)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        removed = spool_module.unlink_if_same(fd, "a.json", journaled)
+    finally:
+        os.close(fd)
+    assert not removed
+    assert (folder / "a.json").read_text() == "new"  # kept, under its name
+    assert sorted(os.listdir(folder)) == ["a.json"]  # nothing left aside
