@@ -44,8 +44,6 @@ __all__ = ["Accepted", "IngestSink", "IngestStats", "Ingestor"]
 
 log = logging.getLogger(__name__)
 
-GONE_KEPT = 100_000  # removed files remembered, to tell a new file from a crash's leftover
-
 Key = tuple[str, str]  # (directory under incoming/, "" for incoming/ itself; file name)
 
 _WATCH_ROOT = F.MOVED_TO | F.CLOSE_WRITE | F.CREATE | F.ONLYDIR | F.DONT_FOLLOW
@@ -128,9 +126,11 @@ class Ingestor:
         self._drainer: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self._removing: list[tuple[Key, os.stat_result]] = []  # journaled, not yet unlinked
-        # identities of journaled files whose removal is durable (unlinked, directory fsynced),
-        # newest last: a file found later with one of them is new, not a crash's leftover
-        self._gone: dict[tuple[object, ...], None] = {}
+        # a file whose identity is journaled is one already taken only if it was there at
+        # start-up (a crash's leftover) or its removal failed in this run; any other is a new
+        # file reusing a freed inode with the same size and mtime (`cp -p`, tar, rsync -t)
+        self._starting = True
+        self._unremoved: set[tuple[object, ...]] = set()
         self._scan_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
@@ -141,6 +141,7 @@ class Ingestor:
         self._inotify = INotify(nonblocking=True)
         asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
         await self.scan()
+        self._starting = False
         self._schedule_scan()
 
     async def stop(self) -> None:
@@ -316,26 +317,23 @@ class Ingestor:
         while self._removing:
             files, self._removing = self._removing, []
             try:
-                gone = await asyncio.to_thread(_remove_files, self.spool.incoming, files)
-                for key, st in gone:
-                    self._remember_gone(key, st)
+                try:
+                    failed = await asyncio.to_thread(_remove_files, self.spool.incoming, files)
+                except Exception:
+                    log.exception("removing journaled files from incoming/ failed")
+                    failed = {key for key, _ in files}
+                for key, st in files:
+                    if key in failed:
+                        self._unremoved.add(_identity(key, st))
+                    elif self._unremoved:
+                        self._unremoved.discard(_identity(key, st))
             finally:
                 self._inflight.difference_update(key for key, _ in files)
                 self._kick()
 
-    def _was_gone(self, key: Key, st: os.stat_result) -> bool:
-        """Whether a file like this one was removed for good (it is forgotten: the file taken
-        now is journaled under the same identity)."""
-        try:
-            del self._gone[_identity(key, st)]
-        except KeyError:
-            return False
-        return True
-
-    def _remember_gone(self, key: Key, st: os.stat_result) -> None:
-        self._gone[_identity(key, st)] = None
-        if len(self._gone) > GONE_KEPT:  # only recent ones can be matched (same mtime)
-            del self._gone[next(iter(self._gone))]
+    def _taken_before(self, key: Key, st: os.stat_result) -> bool:
+        """Whether a file with a journaled identity is the one taken (see _starting)."""
+        return self._starting or _identity(key, st) in self._unremoved
 
     async def _synced(self) -> None:
         """Wait until every unlink so far is fsynced."""
@@ -415,9 +413,7 @@ class Ingestor:
             mtime_ns=st.st_mtime_ns,
             uid=st.st_uid,
         )
-        # a journaled identity whose file was removed for good in this run is a new file that
-        # reuses its inode, size and mtime (`cp -p`, tar, rsync -t of the same file again)
-        if self.sink.already_journaled(source) and not self._was_gone(key, st):
+        if self.sink.already_journaled(source) and self._taken_before(key, st):
             return st, None
         try:
             item = decode(data, dirname or None, source, self.max_depth)
@@ -473,37 +469,37 @@ def _join(dirname: str, name: str) -> str:
     return f"{dirname}/{name}" if dirname else name
 
 
-def _remove_files(
-    incoming: os.PathLike[str], files: list[tuple[Key, os.stat_result]]
-) -> list[tuple[Key, os.stat_result]]:
+def _remove_files(incoming: os.PathLike[str], files: list[tuple[Key, os.stat_result]]) -> set[Key]:
     """Unlink journaled files, then fsync each directory touched once (I1's last two steps);
-    return the files whose removal is durable."""
+    return the keys of those still there, or whose removal may not be durable."""
     try:
         dirs = DirFds(incoming)
     except OSError as exc:
         log.error("cannot open %s to remove journaled files: %s", incoming, exc)
-        return []
+        return {key for key, _ in files}
     try:
-        removed = [(key, st) for key, st in files if _unlink_same(dirs, key, st)]
-        synced = set()
-        for name in {key[0] for key, _ in removed}:
+        failed: set[Key] = set()
+        removed = [key for key, st in files if _unlink_same(dirs, key, st, failed)]
+        for name in {key[0] for key in removed}:
             try:
                 os.fsync(dirs.get(name))
-                synced.add(name)
             except OSError as exc:
                 # the files are journaled: one that comes back is recognised and removed again
                 log.error("fsync of incoming/%s failed: %s", printable(name), exc)
-        return [(key, st) for key, st in removed if key[0] in synced]
+                failed.update(key for key in removed if key[0] == name)
+        return failed
     finally:
         dirs.close()
 
 
-def _unlink_same(dirs: DirFds, key: Key, st: os.stat_result) -> bool:
-    """Unlink the file at `key` if it is still the one journaled (not a new one renamed over it)."""
+def _unlink_same(dirs: DirFds, key: Key, st: os.stat_result, failed: set[Key]) -> bool:
+    """Unlink the file at `key` if it is still the one journaled (not a new one renamed over
+    it); add `key` to `failed` when it cannot be."""
     try:
         return unlink_if_same(dirs.get(key[0]), key[1], st)
     except FileNotFoundError:
         return False
     except OSError as exc:
         log.error("cannot remove incoming/%s: %s", printable(_join(*key)), exc)
+        failed.add(key)
         return False
