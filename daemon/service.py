@@ -205,10 +205,9 @@ class Daemon:
     def request_stop(self, why: str = "") -> None:
         """Begin a graceful shutdown."""
         if not self._stop.is_set():
+            drain = 0.0 if self._fatal else self.settings.drain_timeout
             self.notifier.stopping(f"stopping ({why}): draining")
-            log.info(
-                "%s: draining (up to %.0fs) and shutting down", why, self.settings.drain_timeout
-            )
+            log.info("%s: draining (up to %.0fs) and shutting down", why, drain)
         self._stop.set()
 
     def _on_fatal(self, exc: BaseException) -> None:
