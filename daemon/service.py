@@ -124,6 +124,8 @@ class Daemon:
     async def _start(self) -> None:
         # before any instance starts: its setsid() escapees and orphans come to the daemon
         supervise.adopt_orphans(asyncio.get_running_loop())
+        root = os.stat(self.spool.root)
+        supervise.sweep_predecessors(f"{root.st_dev:x}.{root.st_ino:x}")
         state = recover(self.spool.journal)
         for damage in state.damages:
             log.error(

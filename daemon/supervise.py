@@ -52,6 +52,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 _subreaper = False
 _REAP_INTERVAL = 0.25  # seconds between looks at orphans: kill those of ended instances, reap
 _MAX_KILL_ROUNDS = 50  # rounds of "stop what is new" before the kill, against a forking tree
+_mark = "-"  # the spool's mark, the start of every token: finds a killed predecessor's leftovers
 
 
 class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -174,7 +175,7 @@ def spawn(
 ) -> Child:
     """Start `argv` in a new session with `fds` mapped (child fd -> our fd); stdin is /dev/null
     unless mapped. Call from the event loop; OSError if it cannot be executed."""
-    token = f"{os.getpid()}-{next(_tokens)}"
+    token = f"{_mark}/{os.getpid()}-{next(_tokens)}"
     env = child_env(env, {TOKEN_VAR: token})
     argv = list(argv)
     if cwd is not None:
@@ -224,6 +225,39 @@ def adopt_orphans(loop: asyncio.AbstractEventLoop) -> None:
         loop.call_later(_REAP_INTERVAL, tick)
 
     loop.call_later(_REAP_INTERVAL, tick)
+
+
+def sweep_predecessors(spool_mark: str) -> int:
+    """Mark this daemon's children with `spool_mark`, and SIGKILL what a predecessor on the same
+    spool left running: a handler's own children outlive a `kill -9` of the daemon (only the
+    instance itself has the parent-death signal). Call with the spool's lock held, before any
+    spawn. How many were killed."""
+    global _mark
+    _mark = spool_mark
+    mine = f"{spool_mark}/{os.getpid()}-"
+    killed: set[int] = set()
+    for _ in range(_MAX_KILL_ROUNDS):  # a forking leftover: again until nothing new is found
+        found = {
+            pid
+            for pid in _all_pids()
+            if pid not in killed
+            and (token := _token_of(pid)) is not None
+            and token.startswith(f"{spool_mark}/")
+            and not token.startswith(mine)
+        }
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= found
+    if killed:
+        log.warning("killed %d processes a previous daemon of this spool left running", len(killed))
+    return len(killed)
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
 def _children(pid: int) -> list[int]:

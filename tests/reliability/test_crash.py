@@ -259,12 +259,6 @@ def handler(event, context):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a handler's own child (same process group, no parent-death signal) outlives a "
-    "kill -9 of the daemon, and the restarted daemon does not look for it: needs a cgroup or "
-    "the start-up sweep of the previous daemon's processes (daemon/supervise.py)",
-)
 @pytest.mark.reliability
 def test_crash_running_children_of_instances_die_with_the_daemon(tmp_path, daemons):
     spool, pids = tmp_path / "spool", tmp_path / "pids"
