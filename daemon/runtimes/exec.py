@@ -47,9 +47,9 @@ _READ_SIZE = 1 << 16
 
 
 class ExecInstance(InstanceBase):
-    kind = "exec"
+    """Runs a function's `command` once per attempt (the pool gives each instance one at a time)."""
 
-    """Runs a function's `command` once per attempt, up to `concurrency` at once."""
+    kind = "exec"
 
     def __init__(
         self,

@@ -75,9 +75,9 @@ Reply = Response | ExitStatus | _Timeout | ErrorInfo  # ErrorInfo: the server co
 
 
 class HttpInstance(InstanceBase):
-    kind = "http"
-
     """One running HTTP server of one function, serving up to `concurrency` events at once."""
+
+    kind = "http"
 
     def __init__(
         self,

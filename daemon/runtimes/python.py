@@ -65,9 +65,9 @@ Reply = WorkerFrame | ExitStatus | _Timeout | ErrorInfo  # ErrorInfo: a protocol
 
 
 class PythonInstance(InstanceBase):
-    kind = "python"
-
     """One warm worker process of one python function."""
+
+    kind = "python"
 
     def __init__(
         self,
