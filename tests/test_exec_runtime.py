@@ -4,35 +4,21 @@ the real daemon."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import re
 import sys
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 
-import msgspec
 import pytest
-import uvloop
-from conftest import drop, events, fnspool, fnspool_json, wait_for
+from conftest import drop, events, fnspool, fnspool_json, gone, wait_for
+from runtime_helpers import LINE_TIME, on_uvloop, raw, value
 
 from daemon.functions import FunctionDef
 from daemon.runtimes.base import InstanceStartError
 from daemon.runtimes.exec import ExecInstance
 
 CODE = Path(__file__).parent / "functions" / "exec_runtime"
-LINE_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
-
-
-def on_uvloop(test: Callable[..., Coroutine[object, object, None]]) -> Callable[..., None]:
-    """Run an async test on uvloop, as the daemon runs."""
-
-    @functools.wraps(test)
-    def run(*args: object, **kwargs: object) -> None:
-        uvloop.run(test(*args, **kwargs))
-
-    return run
 
 
 def function(*command: str, **changes: object) -> FunctionDef:
@@ -48,24 +34,6 @@ def function(*command: str, **changes: object) -> FunctionDef:
 
 def sh(line: str, **changes: object) -> FunctionDef:
     return function("sh", "-c", line, **changes)
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.json.encode(value))
-
-
-def value(raw_json: msgspec.Raw | None) -> object:
-    assert raw_json is not None
-    return msgspec.json.decode(raw_json)
-
-
-def gone(pid: int) -> bool:
-    """Whether `pid` no longer runs (a zombie counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 async def started(definition: FunctionDef) -> ExecInstance:

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import pytest
-import uvloop
-from conftest import drop, events, fnspool, fnspool_json, process_state, wait_for
+from conftest import drop, events, fnspool, fnspool_json, gone, process_state, wait_for
+from runtime_helpers import LINE_TIME, on_uvloop, raw, value
 
 from daemon.functions import FunctionDef, LifecycleConfig
 from daemon.runtimes.base import InstanceStartError
@@ -24,17 +22,6 @@ from daemon.runtimes.http import HttpInstance
 
 CODE = Path(__file__).parent / "functions" / "http_runtime"
 SERVER = [sys.executable, "-u", "server.py"]
-LINE_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
-
-
-def on_uvloop(test: Callable[..., Coroutine[object, object, None]]) -> Callable[..., None]:
-    """Run an async test on uvloop, as the daemon runs."""
-
-    @functools.wraps(test)
-    def run(*args: object, **kwargs: object) -> None:
-        uvloop.run(test(*args, **kwargs))
-
-    return run
 
 
 def function(**changes: object) -> FunctionDef:
@@ -46,24 +33,6 @@ def function(**changes: object) -> FunctionDef:
         "code_dir": str(CODE),
     }
     return FunctionDef(**{**fields, **changes})  # type: ignore[arg-type]
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.json.encode(value))
-
-
-def value(raw_json: msgspec.Raw | None) -> object:
-    assert raw_json is not None
-    return msgspec.json.decode(raw_json)
-
-
-def gone(pid: int) -> bool:
-    """Whether `pid` no longer runs (a zombie counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @contextlib.asynccontextmanager

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
-import uvloop
+from conftest import gone
+from runtime_helpers import LINE_TIME, on_uvloop, raw, value, wait_until
 
 from daemon.functions import FunctionDef, LifecycleConfig
 from daemon.pool import FunctionPool
@@ -23,17 +23,6 @@ from daemon.runtimes.base import HookOutcome, InstanceStartError
 from daemon.runtimes.python import PythonInstance
 
 CODE = Path(__file__).parent / "functions" / "python_runtime"
-LINE_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
-
-
-def on_uvloop(test: Callable[..., Coroutine[object, object, None]]) -> Callable[..., None]:
-    """Run an async test on uvloop, as the daemon runs (one test below checks plain asyncio)."""
-
-    @functools.wraps(test)
-    def run(*args: object, **kwargs: object) -> None:
-        uvloop.run(test(*args, **kwargs))
-
-    return run
 
 
 def function(handler: str, **changes: object) -> FunctionDef:
@@ -45,36 +34,6 @@ def function(handler: str, **changes: object) -> FunctionDef:
         "interpreter": sys.executable,
     }
     return FunctionDef(**{**fields, **changes})  # type: ignore[arg-type]
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.json.encode(value))
-
-
-def value(raw_json: msgspec.Raw | None) -> object:
-    assert raw_json is not None
-    return msgspec.json.decode(raw_json)
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-def gone(pid: int) -> bool:
-    """Whether `pid` no longer runs (a zombie waiting for some init to reap it counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @contextlib.asynccontextmanager
@@ -200,7 +159,7 @@ async def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
         assert 990 <= outcome.usage.duration_ms < 5000
         match = re.search(r"grandchild (\d+)", log.read_text())
         assert match, log.read_text()
-        await wait_for(lambda: gone(int(match.group(1))))
+        await wait_until(lambda: gone(int(match.group(1))))
         assert gone(pid)
         assert "FC Invoke End RequestId: r" in log.read_text()
 
@@ -272,7 +231,7 @@ async def test_handler_catches_sigterm(tmp_path: Path) -> None:
     async with running("handlers.graceful") as instance:
         log = tmp_path / "r.log"
         task = asyncio.create_task(instance.invoke("r", raw(None), 1, 30.0, log))
-        await wait_for(lambda: log.exists() and "installed" in log.read_text())
+        await wait_until(lambda: log.exists() and "installed" in log.read_text())
         assert instance.signal(signal.SIGTERM)
         outcome = await task
         assert outcome.ok, outcome.error
@@ -416,7 +375,7 @@ async def test_death_while_idle_is_noticed() -> None:
     async with running("handlers.echo") as instance:
         instance.on_exit = exited.append
         assert instance.signal(signal.SIGKILL)
-        await wait_for(lambda: instance.state == "dead")
+        await wait_until(lambda: instance.state == "dead")
         assert exited == [instance]
 
 
@@ -440,7 +399,7 @@ async def test_pre_stop_runs_beside_a_busy_handler(tmp_path: Path) -> None:
     log = tmp_path / "r.log"
     async with running("handlers.sleepy", lifecycle=lifecycle) as instance:
         invoke = asyncio.ensure_future(instance.invoke("r", raw(30), 1, 60.0, log))
-        await wait_for(lambda: log.exists() and "grandchild" in log.read_text())
+        await wait_until(lambda: log.exists() and "grandchild" in log.read_text())
         began = time.monotonic()
         hook = await instance.run_hook("pre_stop", request_id="r", log_path=log)
         assert hook.ok and time.monotonic() - began < 2
@@ -448,4 +407,4 @@ async def test_pre_stop_runs_beside_a_busy_handler(tmp_path: Path) -> None:
         await instance.stop()
         outcome = await invoke
         assert not outcome.ok and outcome.instance_lost
-    await wait_for(lambda: "pre-stop r" in log.read_text())
+    await wait_until(lambda: "pre-stop r" in log.read_text())
