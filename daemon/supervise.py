@@ -235,22 +235,17 @@ def sweep_predecessors(spool_mark: str) -> int:
     global _mark
     _mark = spool_mark
     mine = f"{spool_mark}/{os.getpid()}-"
-    killed: set[int] = set()
-    for _ in range(_MAX_KILL_ROUNDS):  # a forking leftover: again until nothing new is found
-        found = {
+
+    def leftovers() -> set[int]:
+        return {
             pid
             for pid in _all_pids()
-            if pid not in killed
-            and (token := _token_of(pid)) is not None
+            if (token := _token_of(pid)) is not None
             and token.startswith(f"{spool_mark}/")
             and not token.startswith(mine)
         }
-        if not found:
-            break
-        for pid in found:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        killed |= found
+
+    killed = _stop_then_kill(leftovers)
     if killed:
         log.warning("killed %d processes a previous daemon of this spool left running", len(killed))
     return len(killed)
@@ -301,10 +296,24 @@ def kill_tree(pid: int | None, token: str) -> int:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGSTOP)
+    stopped = _stop_then_kill(
+        lambda: (descendants(pid) if pid is not None else set()) | _orphans(token)
+    )
+    if stopped:
+        log.info(
+            "killed %d processes %s",
+            len(stopped),
+            f"descending from pid {pid}" if pid is not None else f"orphaned, marked {token}",
+        )
+    return len(stopped)
+
+
+def _stop_then_kill(find: Callable[[], set[int]]) -> set[int]:
+    """SIGSTOP what `find` returns, round after round until nothing new appears (so that nothing
+    forks away meanwhile), then SIGKILL all of it; what was found."""
     stopped: set[int] = set()
     for _ in range(_MAX_KILL_ROUNDS):
-        found = (descendants(pid) if pid is not None else set()) | _orphans(token)
-        new = found - stopped
+        new = find() - stopped
         if not new:
             break
         for each in new:
@@ -314,13 +323,7 @@ def kill_tree(pid: int | None, token: str) -> int:
     for each in stopped:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(each, signal.SIGKILL)
-    if stopped:
-        log.info(
-            "killed %d processes %s",
-            len(stopped),
-            f"descending from pid {pid}" if pid is not None else f"orphaned, marked {token}",
-        )
-    return len(stopped)
+    return stopped
 
 
 def reap_orphans() -> None:
