@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from daemon import lock, supervise
+from daemon.cgroups import Cgroups
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
 from daemon.functions import Catalog, load_catalog
@@ -125,7 +126,10 @@ class Daemon:
         # before any instance starts: its setsid() escapees and orphans come to the daemon
         supervise.adopt_orphans(asyncio.get_running_loop())
         root = os.stat(self.spool.root)
-        supervise.sweep_predecessors(f"{root.st_dev:x}.{root.st_ino:x}")
+        mark = f"{root.st_dev:x}.{root.st_ino:x}"
+        supervise.sweep_predecessors(mark)
+        self.cgroups = Cgroups.make(f"fnspool-{mark}")
+        supervise.use_cgroups(self.cgroups)
         state = recover(self.spool.journal)
         for damage in state.damages:
             log.error(
@@ -229,6 +233,7 @@ class Daemon:
             await self.destinations.flush()
             await self.store.sync()
             await self.store.writer.close()
+        await supervise.release_cgroups()
         self.write_status(stopped=True)
         self._watchdog.cancel()
         self.notifier.close()

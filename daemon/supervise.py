@@ -23,8 +23,11 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import msgspec
+
+from daemon.cgroups import Cgroups
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ _subreaper = False
 _REAP_INTERVAL = 0.25  # seconds between looks at orphans: kill those of ended instances, reap
 _MAX_KILL_ROUNDS = 50  # rounds of "stop what is new" before the kill, against a forking tree
 _mark = "-"  # the spool's mark, the start of every token: finds a killed predecessor's leftovers
+_cgroups: Cgroups | None = None  # a cgroup v2 group per child, where the daemon may make them
+_emptied: set[Path] = set()  # groups killed, to be removed once their processes are gone
 
 
 class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,9 +81,17 @@ class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
 class Child:
     """A spawned process leading its own session and process group."""
 
-    def __init__(self, pid: int, *, kill_group_on_exit: bool, token: str = "") -> None:
+    def __init__(
+        self,
+        pid: int,
+        *,
+        kill_group_on_exit: bool,
+        token: str = "",
+        cgroup: Path | None = None,
+    ) -> None:
         self.pid = pid
         self.token = token
+        self.cgroup = cgroup
         self.status: ExitStatus | None = None
         self._kill_group_on_exit = kill_group_on_exit
         self._loop = asyncio.get_running_loop()
@@ -103,6 +116,8 @@ class Child:
             return False
         if sig == signal.SIGKILL:
             kill_tree(self.pid, self.token)
+            if self.cgroup is not None:
+                Cgroups.kill(self.cgroup)  # also what left the tree and cleared its environment
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
@@ -133,6 +148,9 @@ class Child:
             if pid != 0 and self._kill_group_on_exit:
                 _live_tokens.discard(self.token)  # orphans in transit: the reaper's next tick
                 kill_tree(None, self.token)  # its orphans, reparented to the daemon
+                if self.cgroup is not None:
+                    Cgroups.kill(self.cgroup)
+                    _emptied.add(self.cgroup)
         except ChildProcessError:
             # reaped by someone else: the status is lost, the notification must not be
             log.warning("child %d was reaped elsewhere: exit status unknown", self.pid)
@@ -198,7 +216,27 @@ def spawn(
             os.close(fd)
     _spawned.add(pid)
     _live_tokens.add(token)
-    return Child(pid, kill_group_on_exit=kill_group_on_exit, token=token)
+    # moved in just after the spawn: what it forks in that instant is still caught by kill_tree
+    group = _cgroups.place(token.replace("/", "_"), pid) if _cgroups is not None else None
+    return Child(pid, kill_group_on_exit=kill_group_on_exit, token=token, cgroup=group)
+
+
+async def release_cgroups(timeout: float = 2.0) -> None:
+    """At shutdown: remove the killed instances' groups once emptied, then the daemon's own."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while _emptied and asyncio.get_running_loop().time() < deadline:
+        for group in list(_emptied):
+            if Cgroups.remove(group):
+                _emptied.discard(group)
+        await asyncio.sleep(0.02)
+    if _cgroups is not None:
+        _cgroups.close()
+
+
+def use_cgroups(groups: Cgroups | None) -> None:
+    """Put every child spawned from now on into a cgroup of its own under `groups`."""
+    global _cgroups
+    _cgroups = groups
 
 
 def adopt_orphans(loop: asyncio.AbstractEventLoop) -> None:
@@ -331,6 +369,9 @@ def reap_orphans() -> None:
     was in neither's list of children then), and reap the ones that exited."""
     if not _subreaper:
         return
+    for group in list(_emptied):
+        if Cgroups.remove(group):
+            _emptied.discard(group)
     for pid in _children(os.getpid()):
         if pid in _spawned:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -179,3 +180,21 @@ def process_state(pid: int) -> str | None:
 def gone(pid: int) -> bool:
     """Whether `pid` no longer runs (a zombie waiting to be reaped counts as gone)."""
     return process_state(pid) in (None, "Z")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_leftover_cgroups() -> Iterator[None]:
+    """Daemons killed by tests leave their (empty) instance cgroups behind: remove the new ones."""
+    from daemon.cgroups import own_cgroup
+
+    own = own_cgroup()
+    before = set(own.glob("fnspool-*")) if own is not None else set()
+    yield
+    if own is None:
+        return
+    for base in set(own.glob("fnspool-*")) - before:
+        for group in [p for p in base.iterdir() if p.is_dir()]:
+            with contextlib.suppress(OSError):
+                group.rmdir()  # fails, harmlessly, while a process is still in it
+        with contextlib.suppress(OSError):
+            base.rmdir()

@@ -1,0 +1,104 @@
+"""One cgroup v2 group per instance, where the daemon may make them (a delegated cgroup, or root).
+
+`cgroup.kill` ends every process in a group at once, whatever it did to leave the instance's
+process tree: `setsid()`, double forks, a cleared environment. Where no writable cgroup v2 is
+found, nothing is done here and the process-tree kill in supervise.py stands alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def own_cgroup() -> Path | None:
+    """The directory of this process's cgroup v2 group, if a cgroup2 hierarchy is mounted."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split() for line in f]
+        with open("/proc/self/cgroup") as f:
+            unified = [line[3:].strip() for line in f if line.startswith("0::")]
+    except OSError:
+        return None
+    points = [m[4] for m in mounts if "-" in m and m[m.index("-") + 1] == "cgroup2"]
+    if not points or not unified:
+        return None
+    return Path(points[0]) / unified[0].lstrip("/")
+
+
+class Cgroups:
+    """The groups of one daemon's instances, under `base`."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    @classmethod
+    def make(cls, name: str) -> Cgroups | None:
+        """Groups under `name` in this process's own cgroup, or None where it may not make them.
+        Groups a killed predecessor left there are emptied and removed first."""
+        own = own_cgroup()
+        if own is None:
+            return None
+        base = own / name
+        try:
+            base.mkdir(exist_ok=True)
+        except OSError:
+            return None
+        if not (base / "cgroup.kill").exists():  # cgroup.kill came with Linux 5.14
+            with contextlib.suppress(OSError):
+                base.rmdir()
+            return None
+        groups = cls(base)
+        groups.sweep()
+        log.info("instances get cgroups under %s", base)
+        return groups
+
+    def place(self, key: str, pid: int) -> Path | None:
+        """Move `pid` into a new group of its own; None (logged) when it cannot be."""
+        group = self.base / key
+        try:
+            group.mkdir()
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            log.warning("cannot put pid %d into cgroup %s: %s", pid, group, exc)
+            with contextlib.suppress(OSError):
+                group.rmdir()
+            return None
+        return group
+
+    @staticmethod
+    def kill(group: Path) -> None:
+        """SIGKILL every process in `group`."""
+        with contextlib.suppress(OSError):
+            (group / "cgroup.kill").write_text("1")
+
+    @staticmethod
+    def remove(group: Path) -> bool:
+        """Remove an emptied group; False while its processes are still on their way out."""
+        try:
+            group.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def sweep(self) -> int:
+        """Kill and remove every group found (a killed predecessor's); how many were found."""
+        try:
+            groups = [p for p in self.base.iterdir() if p.is_dir()]
+        except OSError:
+            return 0
+        for group in groups:
+            self.kill(group)
+        if groups:
+            log.warning("killed what %d cgroups of a previous daemon still held", len(groups))
+        return len(groups)
+
+    def close(self) -> None:
+        """Remove the base group if nothing is left in it."""
+        with contextlib.suppress(OSError):
+            self.base.rmdir()
