@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Container
 from typing import Protocol
 
@@ -30,6 +31,7 @@ from daemon.payload import (
     is_ignored,
 )
 from daemon.spool import (
+    ASIDE_PREFIX,
     DirFds,
     Rejection,
     Spool,
@@ -138,11 +140,46 @@ class Ingestor:
 
     async def start(self) -> None:
         """Watch incoming/ and take every file already there; returns after that first scan."""
+        self._recover_removals()
         self._inotify = INotify(nonblocking=True)
         asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
         await self.scan()
         self._starting = False
         self._schedule_scan()
+
+    def _recover_removals(self) -> None:
+        """A crash between moving a journaled file aside and deleting it (spool.unlink_if_same)
+        leaves it hidden: delete it when it is journaled, else it is a payload renamed over the
+        journaled one in that instant, brought back under a visible name to be taken."""
+        try:
+            dirs = DirFds(self.spool.incoming)
+        except OSError:
+            return
+        try:
+            for dirname in ["", *(n for n in os.listdir(dirs.root) if not is_ignored(n))]:
+                with contextlib.suppress(OSError):  # a file, not a directory; or gone
+                    for name in os.listdir(dirs.get(dirname)):
+                        if name.startswith(ASIDE_PREFIX):
+                            self._recover_one(dirs.get(dirname), dirname, name)
+        finally:
+            dirs.close()
+
+    def _recover_one(self, dir_fd: int, dirname: str, name: str) -> None:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        source = Source(device=st.st_dev, inode=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if self.sink.already_journaled(source):
+            os.unlink(name, dir_fd=dir_fd)
+            log.info(
+                "removed incoming/%s, journaled before a crash", printable(_join(dirname, name))
+            )
+            return
+        visible = f"recovered-{st.st_ino}-{time.time_ns()}.json"
+        os.rename(name, visible, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        log.warning(
+            "incoming/%s was being set aside at a crash and is not journaled: taken as %s",
+            printable(_join(dirname, name)),
+            visible,
+        )
 
     async def stop(self) -> None:
         """Stop taking files; wait for the batch in flight to be journaled and unlinked."""

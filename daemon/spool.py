@@ -169,6 +169,9 @@ def same_file(dir_fd: int, name: str, st: os.stat_result) -> bool:
     return _identity(now) == _identity(st)
 
 
+ASIDE_PREFIX = ".fnspool-removing."  # a file being removed, for an instant (see below)
+
+
 def unlink_if_same(dir_fd: int, name: str, st: os.stat_result) -> bool:
     """Remove `name` if it still is the file `st` describes; True when it was removed.
 
@@ -177,7 +180,7 @@ def unlink_if_same(dir_fd: int, name: str, st: os.stat_result) -> bool:
     there, and put back (never over a newer one) when it turns out to be another file."""
     if not same_file(dir_fd, name, st):
         return False
-    aside = f".fnspool-removing.{st.st_ino}.{os.getpid()}.{threading.get_ident()}"
+    aside = f"{ASIDE_PREFIX}{st.st_ino}.{os.getpid()}.{threading.get_ident()}"
     try:
         os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except FileNotFoundError:

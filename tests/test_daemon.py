@@ -373,3 +373,15 @@ def test_metrics_file_in_prometheus_text_format(spool, daemon):
     assert figures['fnspool_attempt_duration_seconds_count{function="echo"}'] == 3
     assert figures["fnspool_queue_depth"] == 0
     assert "# TYPE fnspool_attempts_total counter" in metrics.read_text()
+
+
+def test_a_file_left_aside_by_a_crash_mid_removal_is_taken_if_not_journaled(spool, daemon):
+    # the instant between moving a journaled file aside and deleting it: a file renamed over it
+    # meanwhile was moved aside in its place, and must not be lost when the daemon dies there
+    folder = spool / "incoming" / "echo"
+    folder.mkdir(parents=True)
+    (folder / ".fnspool-removing.1234.1.1").write_text('{"swapped": true}')
+    daemon.start()
+    done = wait_for(lambda: ended(spool, 1), what="the recovered payload")
+    assert fnspool_json(spool, "events", "get", done[0]["id"])["payload"] == {"swapped": True}
+    assert not [p for p in folder.iterdir() if p.name.startswith(".fnspool-removing.")]

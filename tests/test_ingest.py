@@ -367,6 +367,21 @@ async def test_already_journaled_file_is_unlinked_not_accepted(sp: Spool, sink: 
     assert not path.exists() and sink.accepted == [] and ing.stats.recovered == 1
 
 
+async def test_a_journaled_file_left_aside_by_a_crash_is_removed(sp: Spool, sink: FakeSink) -> None:
+    aside = sp.incoming / "echo" / ".fnspool-removing.7.1.1"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    aside.write_text("{}")
+    st = os.stat(aside)
+    sink.journaled.add((None, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))  # at any path
+    other = sp.incoming / ".fnspool-removing.8.1.1"
+    other.write_text('{"function": "echo", "payload": 2}')
+    ing = Ingestor(sp, sink, settle=SETTLE, scan_interval=60.0)
+    await ing.start()
+    await ing.stop()
+    assert not aside.exists() and not other.exists()
+    assert [bytes(a.payload) for a in sink.accepted] == [b"2"]  # the other one is taken
+
+
 async def test_journal_failure_unlinks_nothing(sp: Spool, sink: FakeSink) -> None:
     fatal: list[BaseException] = []
     sink.fail = OSError(5, "EIO")
