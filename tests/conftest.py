@@ -55,24 +55,40 @@ def fnspool_json(spool: Path, *args: str) -> Any:
 
 
 class DaemonProcess:
-    """`fnspool daemon` running for real over a temporary spool."""
+    """`fnspool daemon` running for real over a temporary spool (optionally under a wrapper
+    command such as strace, and with extra environment)."""
 
     def __init__(self, spool: Path) -> None:
         self.spool = spool
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = spool.parent / "daemon.log"
+        self.prefix: list[str] = []
+        self.env: dict[str, str] | None = None
 
     def start(self, *extra: str, wait_ready: bool = True) -> DaemonProcess:
         self._logf = open(self.log, "ab")  # noqa: SIM115 - kept open while the daemon runs
+        argv = [sys.executable, "-m", "daemon", "daemon", "--spool", str(self.spool), *extra]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "daemon", "--spool", str(self.spool), *extra],
+            [*self.prefix, *argv],
             stdout=self._logf,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            env={**os.environ, **(self.env or {})},
         )
         if wait_ready:
-            wait_for(self.ready, 30, "the daemon to be ready")
+            wait_for(self.ready, 60, "the daemon to be ready")
         return self
+
+    @property
+    def pid(self) -> int:
+        """The daemon's pid (the wrapper's child when there is a wrapper)."""
+        assert self.proc is not None
+        if not self.prefix:
+            return self.proc.pid
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int(children.read_text().split()[0])
+        return -1
 
     def ready(self) -> bool:
         assert self.proc is not None
@@ -82,7 +98,7 @@ class DaemonProcess:
             status = json.loads((self.spool / "run" / "status.json").read_text())
         except (OSError, ValueError):
             return False
-        return status.get("pid") == self.proc.pid and status.get("ready")
+        return status.get("pid") == self.pid and status.get("ready")
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -10,7 +10,6 @@ import random
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, REPO, DaemonProcess, wait_for
+from conftest import EXAMPLES, DaemonProcess
 
 from daemon.journal import JournalFollower, JournalState
 from daemon.model import State
@@ -94,8 +93,8 @@ def all_ended(spool: Path, count: int) -> JournalState | None:
 
 
 class Daemon(DaemonProcess):
-    """The conftest's daemon process, optionally under a wrapper command (strace), with the
-    daemon's own pid known and its exit awaited with a deadline."""
+    """The conftest's daemon process, with a wrapper command (strace), environment and log
+    chosen, and its exit awaited with a deadline."""
 
     def __init__(
         self,
@@ -109,41 +108,6 @@ class Daemon(DaemonProcess):
         self.env = env
         if log is not None:  # e.g. off a file system that is to be unmounted
             self.log = log
-
-    def start(self, *extra: str, wait_ready: bool = True) -> Daemon:
-        self._logf = open(self.log, "ab")  # noqa: SIM115 - kept open while the daemon runs
-        argv = [sys.executable, "-m", "daemon", "daemon", "--spool", str(self.spool), *extra]
-        self.proc = subprocess.Popen(
-            [*self.prefix, *argv],
-            stdout=self._logf,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, **(self.env or {})},
-        )
-        if wait_ready:
-            wait_for(self.ready, 60, "the daemon to be ready")
-        return self
-
-    def ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
-        try:
-            status = json.loads((self.spool / "run" / "status.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return status.get("pid") == self.pid and status.get("ready")
-
-    @property
-    def pid(self) -> int:
-        """The daemon's pid (the wrapper's child when there is a wrapper)."""
-        assert self.proc is not None
-        if not self.prefix:
-            return self.proc.pid
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            return int(children.read_text().split()[0])
-        return -1
 
     def wait(self, timeout: float) -> int:
         """Wait for the process to exit; fail after `timeout` seconds."""
