@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from daemon.functions import Catalog, FunctionDef
 from daemon.journal_writer import JournalFailed
 from daemon.metrics import Metrics
@@ -40,6 +42,11 @@ def backoff_delay(definition: FunctionDef, failures: int) -> float:
 def failed_attempts(event: Event) -> int:
     """Attempts that failed and counted against the retry budget (interruptions do not)."""
     return sum(1 for h in event.history if h.state is State.RETRYING and h.reason != INTERRUPTED)
+
+
+def _result(o: Outcome) -> msgspec.Raw:
+    """What an attempt returned, for its record (nothing when it failed)."""
+    return o.result if o.ok and o.result is not None else NO_RAW
 
 
 class Attempt:
@@ -297,7 +304,6 @@ class Dispatcher:
                 not_before = time.time() + (
                     delay if delay is not None else backoff_delay(definition, failures)
                 )
-        result = o.result if o.ok and o.result is not None else NO_RAW
         fields: dict[str, Any] = {
             "attempt": attempt,
             "instance": running.instance.id,
@@ -307,7 +313,7 @@ class Dispatcher:
             self.store.transition(event, state, error=o.error, not_before=not_before, **fields)
             self.submit(event)
         else:
-            self._end(event, state, result=result, error=o.error, **fields)
+            self._end(event, state, result=_result(o), error=o.error, **fields)
         self.metrics.attempt_ended(event.function, state, o.usage.duration_ms)
         # a success is the common case, and the journal has it: the daemon log keeps the rest
         level = logging.DEBUG if state is State.SUCCEEDED else logging.INFO
@@ -318,17 +324,14 @@ class Dispatcher:
         error = None
         if not o.ok:
             sigterm = running.stop == "graceful" and o.usage.signal == signal.SIGTERM
-            error = (
-                USER_EXIT if sigterm else ErrorInfo(type="Stopped", message="stopped by request")
-            )
-        result = o.result if o.ok and o.result is not None else NO_RAW
+            error = USER_EXIT if sigterm else STOPPED_ERROR
         self._end(
             event,
             State.STOPPED,
             attempt=attempt,
             instance=running.instance.id,
             usage=o.usage,
-            result=result,
+            result=_result(o),
             error=error,
             reason=running.stop,
         )

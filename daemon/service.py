@@ -173,7 +173,7 @@ class Daemon:
             max_bytes=self.settings.max_payload_bytes,
             settle=self.settings.settle,
             scan_interval=self.settings.scan_interval,
-            allowed_uids=Submitters(os.stat(self.spool.root).st_gid),
+            allowed_uids=Submitters(root.st_gid),
         )
         await self.ingestor.start()
         self._install_signals()
