@@ -36,7 +36,7 @@ from daemon.runtimes.command import (
     command_argv,
     command_env,
 )
-from daemon.runtimes.pipes import OutputRouter
+from daemon.runtimes.pipes import OutputRouter, read_some
 from daemon.supervise import Child, ExitStatus, MemoryWatch, spawn
 
 log = logging.getLogger(__name__)
@@ -239,12 +239,9 @@ class _Run:
     def _read_stdout(self) -> bool:
         """Read once; True if there may be more."""
         assert self._stdout_fd is not None
-        try:
-            data = os.read(self._stdout_fd, _READ_SIZE)
-        except BlockingIOError:
+        data = read_some(self._stdout_fd, _READ_SIZE)
+        if data is None:
             return False
-        except OSError:
-            data = b""
         if not data:
             asyncio.get_running_loop().remove_reader(self._stdout_fd)
             os.close(self._stdout_fd)

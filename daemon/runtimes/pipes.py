@@ -23,6 +23,17 @@ _STRAY_CAP = 64 << 10  # bytes of output outside events logged per gap between e
 _TAIL = 2048  # bytes of output kept to explain a worker that dies at start
 
 
+def read_some(fd: int, size: int = _READ_SIZE) -> bytes | None:
+    """One read from a non-blocking pipe: the bytes, b"" at its end (or on a read error), None
+    when nothing is there yet."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 class FrameReader(Generic[T]):
     """Reads length-prefixed JSON frames from a pipe and hands each one, decoded, to `on_frame`.
 
@@ -61,12 +72,9 @@ class FrameReader(Generic[T]):
     def _on_readable(self) -> bool:
         """Read once; True if there may be more to read."""
         assert self.fd is not None
-        try:
-            data = os.read(self.fd, _READ_SIZE)
-        except BlockingIOError:
+        data = read_some(self.fd)
+        if data is None:
             return False
-        except OSError:
-            data = b""
         if not data:
             self._loop.remove_reader(self.fd)  # EOF: the process exit is noticed elsewhere
             if self._on_eof is not None:  # (unless it closed the pipe and lives on)
@@ -208,12 +216,9 @@ class OutputRouter:
         os.close(fd)
 
     def _on_readable(self, fd: int) -> bool:
-        try:
-            data = os.read(fd, _READ_SIZE)
-        except BlockingIOError:
+        data = read_some(fd)
+        if data is None:
             return False
-        except OSError:
-            data = b""
         if not data:
             self._forget(fd)
             return False
