@@ -16,6 +16,7 @@ import msgspec
 
 from daemon.functions import Catalog, FunctionDef
 from daemon.journal_writer import JournalFailed
+from daemon.logfiles import DirectLogs, LogSink
 from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
@@ -70,12 +71,14 @@ class Dispatcher:
         factories: Mapping[str, InstanceFactory],
         logs_dir: Path,
         on_ended: Ended | None = None,
+        log_sink: LogSink | None = None,
     ) -> None:
         self.store = store
         self._catalog = catalog
         self._factories = factories
         self.logs_dir = logs_dir
         self.on_ended = on_ended  # destinations: called once the terminal record is written
+        self.log_sink = log_sink or DirectLogs()  # where the instances write event logs too
         self.pools: dict[str, FunctionPool] = {}
         self.attempts: dict[str, Attempt] = {}
         self._queues: dict[str, collections.deque[str]] = {}
@@ -387,7 +390,7 @@ class Dispatcher:
 
     async def _terminate(self, running: Attempt, grace: float) -> None:
         """SIGTERM to the instance; forced if the attempt still runs after `grace` seconds."""
-        event_log = EventLog(running.log_path)
+        event_log = EventLog(running.log_path, sink=self.log_sink)
         sent = running.instance.signal(signal.SIGTERM)
         event_log.platform("Signal received successfully." if sent else "Signal reception failed.")
         event_log.close()

@@ -31,6 +31,7 @@ from daemon.journal import (
     load_snapshot,
     segment_name,
 )
+from daemon.logfiles import append_all
 from daemon.model import Record
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class JournalWriter:
         self._durable_seq = next_seq - 1
         self._written_seq = next_seq - 1  # touched only by the writer thread
         self._buffer = bytearray()
-        self._io: list[Callable[[], None]] = []  # file work to do before the next batch is written
+        self._logs: list[tuple[Path, bytes]] = []  # event log writes, before the next records
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._wake = asyncio.Event()
@@ -176,13 +177,10 @@ class JournalWriter:
         self._wake.set()
         return rec
 
-    def defer(self, work: Callable[[], None]) -> None:
-        """Run `work` in the writer thread before the records appended after this call are written.
-
-        Lets small file writes (an event's log) leave the event loop yet stay ordered before the
-        record that makes them visible.
-        """
-        self._io.append(work)
+    def write_log(self, path: Path, data: bytes) -> None:
+        """Append `data` to an event log from the writer thread, before the records appended
+        after this call: the log is on file before the record that makes it visible."""
+        self._logs.append((path, data))
         self._wake.set()
 
     async def sync(self) -> None:
@@ -276,15 +274,15 @@ class JournalWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._buffer and not self._io:
+            if not self._buffer and not self._logs:
                 if self._closing:
                     return
                 continue
-            data, upto, io = bytes(self._buffer), self._next_seq - 1, self._io
+            data, upto, logs = bytes(self._buffer), self._next_seq - 1, self._logs
             self._buffer.clear()
-            self._io = []
+            self._logs = []
             try:
-                await loop.run_in_executor(self._executor, self._write_sync, data, upto, io)
+                await loop.run_in_executor(self._executor, self._write_sync, data, upto, logs)
             except BaseException as exc:
                 self._fail(exc)
                 return
@@ -296,13 +294,9 @@ class JournalWriter:
             if self._closing and not self._buffer:
                 return
 
-    def _write_sync(self, data: bytes, upto: int, io: list[Callable[[], None]]) -> None:
+    def _write_sync(self, data: bytes, upto: int, logs: list[tuple[Path, bytes]]) -> None:
         """Write and fdatasync one batch; on a short or failed write cut back to the last record."""
-        for work in io:
-            try:
-                work()
-            except Exception:
-                log.exception("deferred file work failed")
+        append_all(logs)  # an event log's failure is logged there: the journal goes on
         if not data:
             return
         start = self._size

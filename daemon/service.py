@@ -143,9 +143,9 @@ class Daemon:
         )
         self.store = Store(writer, state, self.spool.logs)
         factories: dict[str, InstanceFactory] = {
-            "python": functools.partial(PythonInstance, defer_io=writer.defer),
-            "http": functools.partial(HttpInstance, defer_io=writer.defer),
-            "exec": functools.partial(ExecInstance, defer_io=writer.defer),
+            "python": functools.partial(PythonInstance, logs=writer),
+            "http": functools.partial(HttpInstance, logs=writer),
+            "exec": functools.partial(ExecInstance, logs=writer),
         }
         self.destinations = Destinations(
             self.spool.root,
@@ -160,6 +160,7 @@ class Daemon:
             factories,
             self.spool.logs,
             on_ended=self.destinations.ended,
+            log_sink=writer,
         )
         self._reload_definitions()
         self.dispatcher.recover()

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
 from daemon.functions import FunctionDef
+from daemon.logfiles import DirectLogs, LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.supervise import ExitStatus
 
 log = logging.getLogger(__name__)
 
 LOG_CAP = 10 << 20  # bytes of a function's own output kept per event log
+_DIRECT = DirectLogs()
 
 #: hook names as in `[lifecycle]`, and how their lines read in an event's log
 HOOK_LABELS = {
@@ -56,7 +55,7 @@ class InstanceBase:
 
     kind = "instance"  # the runtime's name, the start of every instance id
 
-    def __init__(self, function: FunctionDef, *, log_cap: int, defer_io: Defer | None) -> None:
+    def __init__(self, function: FunctionDef, *, log_cap: int, logs: LogSink | None) -> None:
         self.function = function
         self.id = f"{self.kind}-{function.name}-{secrets.token_hex(4)}"
         self.pid: int | None = None
@@ -65,10 +64,10 @@ class InstanceBase:
         self.started_at = 0.0  # wall clock
         self.last_used = time.monotonic()
         self.log_cap = log_cap
-        self.defer_io = defer_io  # where event logs hand the wait for their last write
+        self.logs = logs or _DIRECT  # where event logs are written
 
     def _event_log(self, path: Path) -> EventLog:
-        return EventLog(path, self.log_cap, self.defer_io)
+        return EventLog(path, self.log_cap, self.logs)
 
 
 class InstanceStartError(Exception):
@@ -127,86 +126,16 @@ def iso_now() -> str:
     return f"{text}.{int((now - whole) * 1000):03d}Z"
 
 
-Defer = Callable[[Callable[[], None]], None]
-
-
-class _LogWriter:
-    """One thread appends every event log's writes, in the order they were handed over.
-
-    Never on the event loop: a new file costs tens of microseconds in the kernel here. Each pass
-    takes everything queued and opens each file once for all of its writes.
-    """
-
-    def __init__(self) -> None:
-        self._queue: list[tuple[Path, bytes]] = []
-        self._cond = threading.Condition()
-        self._handed = 0  # writes handed over so far: the ticket of the last
-        self._written = 0  # writes done so far
-        self._thread: threading.Thread | None = None
-
-    def hand(self, path: Path, data: bytes) -> int:
-        """Queue one write; its ticket for `wait`."""
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="event-logs", daemon=True)
-                self._thread.start()
-            self._queue.append((path, data))
-            self._handed += 1
-            self._cond.notify_all()
-            return self._handed
-
-    def wait(self, ticket: int) -> None:
-        """Block until the write with that ticket (and every earlier one) is done."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._written >= ticket)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._queue))
-                batch, self._queue = self._queue, []
-            by_file: dict[Path, list[bytes]] = {}
-            for path, data in batch:  # dicts keep insertion order: one file's writes stay in order
-                by_file.setdefault(path, []).append(data)
-            for path, chunks in by_file.items():
-                _append(path, b"".join(chunks))
-            with self._cond:
-                self._written += len(batch)
-                self._cond.notify_all()
-
-
-def _append(path: Path, data: bytes) -> None:
-    fd = _open_append(path)
-    if fd is None:
-        return
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError as exc:
-        log.error("event log %s: write failed: %s", path, exc)
-    finally:
-        os.close(fd)
-
-
-_writer = _LogWriter()
-
-
 class EventLog:
-    """The log of one event while it runs: platform lines and capped function output.
+    """The log of one event while it runs: platform lines and capped function output, handed to
+    a sink in order (the journal's writer thread in the daemon)."""
 
-    Writes are handed to the log writer thread in order. `close` hands the wait for the last one
-    to `defer` (the journal's writer thread waits for it before writing the event's end record),
-    or waits itself when there is no `defer`.
-    """
-
-    def __init__(self, path: Path | None, cap: int = LOG_CAP, defer: Defer | None = None) -> None:
+    def __init__(self, path: Path | None, cap: int = LOG_CAP, sink: LogSink = _DIRECT) -> None:
         self.path = path
         self.cap = cap
         self.written = 0
-        self._defer = defer
+        self._sink = sink
         self._pending = bytearray()  # platform lines wait to go out with the next output
-        self._last = 0  # the ticket of the last write handed over
         self._open = path is not None
 
     @property
@@ -237,32 +166,11 @@ class EventLog:
         """Send what waits; later writes are dropped."""
         self._flush()
         self._open = False
-        last, self._last = self._last, 0
-        if not last:
-            return
-        if self._defer is not None:
-            self._defer(lambda: _writer.wait(last))
-        else:
-            _writer.wait(last)
 
     def _flush(self) -> None:
         if self._pending and self.path is not None and self._open:
-            self._last = _writer.hand(self.path, bytes(self._pending))
+            self._sink.write_log(self.path, bytes(self._pending))
             self._pending.clear()
-
-
-def _open_append(path: Path) -> int | None:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-    try:
-        try:
-            return os.open(path, flags, 0o640)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(path, flags, 0o640)
-    except OSError as exc:
-        # the event runs without its log rather than not at all
-        log.error("cannot open event log %s: %s", path, exc)
-        return None
 
 
 # -- outcomes of a process that ended ------------------------------------------------------

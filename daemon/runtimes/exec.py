@@ -18,10 +18,10 @@ from pathlib import Path
 import msgspec
 
 from daemon.functions import FunctionDef
+from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.base import (
     LOG_CAP,
-    Defer,
     EventLog,
     HookOutcome,
     InstanceBase,
@@ -57,9 +57,9 @@ class ExecInstance(InstanceBase):
         *,
         log_cap: int = LOG_CAP,
         on_exit: Callable[[ExecInstance], None] | None = None,
-        defer_io: Defer | None = None,
+        logs: LogSink | None = None,
     ) -> None:
-        super().__init__(function, log_cap=log_cap, defer_io=defer_io)
+        super().__init__(function, log_cap=log_cap, logs=logs)
         self.on_exit = on_exit  # never called: no process outlives its attempt
         self._argv: list[str] = []
         self._running: set[Child] = set()

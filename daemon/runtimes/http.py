@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from daemon.functions import FunctionDef
+from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.base import (
     HOOK_LABELS,
     LOG_CAP,
-    Defer,
     EventLog,
     HookOutcome,
     InstanceBase,
@@ -86,9 +86,9 @@ class HttpInstance(InstanceBase):
         log_cap: int = LOG_CAP,
         start_timeout: float = 30.0,
         on_exit: Callable[[HttpInstance], None] | None = None,
-        defer_io: Defer | None = None,
+        logs: LogSink | None = None,
     ) -> None:
-        super().__init__(function, log_cap=log_cap, defer_io=defer_io)
+        super().__init__(function, log_cap=log_cap, logs=logs)
         self.port = 0
         self.start_timeout = start_timeout
         self.on_exit = on_exit  # called once when the server dies on its own

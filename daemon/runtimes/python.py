@@ -17,11 +17,11 @@ from pathlib import Path
 import msgspec
 
 from daemon.functions import FunctionDef
+from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.base import (
     HOOK_LABELS,
     LOG_CAP,
-    Defer,
     EventLog,
     HookOutcome,
     InstanceBase,
@@ -76,9 +76,9 @@ class PythonInstance(InstanceBase):
         log_cap: int = LOG_CAP,
         start_timeout: float = 30.0,
         on_exit: Callable[[PythonInstance], None] | None = None,
-        defer_io: Defer | None = None,
+        logs: LogSink | None = None,
     ) -> None:
-        super().__init__(function, log_cap=log_cap, defer_io=defer_io)
+        super().__init__(function, log_cap=log_cap, logs=logs)
         self.start_timeout = start_timeout
         self.on_exit = on_exit  # called once when the worker dies on its own
         self._child: Child | None = None
