@@ -188,6 +188,19 @@ class FunctionPool:
         if self._waiters:
             self._hand_over()  # straight to the next event: no PreFreeze, no freeze
         elif self._load[instance.id] == 0:
+            # idle once the callbacks already due have run: in a burst, the queue's runner
+            # (woken by another instance's release) takes this one there, unfrozen
+            asyncio.get_running_loop().call_soon(self._idle_if_free, instance)
+
+    def _idle_if_free(self, instance: Instance) -> None:
+        if (
+            instance.id in self._load
+            and self._load[instance.id] == 0
+            and instance.id not in self._retiring
+            and instance.id not in self._settling
+            and instance.id not in self._frozen
+            and not self.closed
+        ):
             self._go_idle(instance)
 
     # -- freezing -------------------------------------------------------------------------
