@@ -127,12 +127,19 @@ def cpu_split(pid: int) -> dict[str, float]:
     return split
 
 
-def succeeded(follower: JournalFollower) -> int:
-    """Succeeded transitions read since the last call (cheap: only the new records)."""
-    return sum(1 for r in follower.poll() if getattr(r, "state", None) is State.SUCCEEDED)
+def ended(follower: JournalFollower) -> tuple[int, int]:
+    """Events ended since the last call, and how many of them did not succeed (cheap: only the
+    new records are read)."""
+    done = failed = 0
+    for rec in follower.poll():
+        state = getattr(rec, "state", None)
+        if state is not None and state.terminal:
+            done += 1
+            failed += state is not State.SUCCEEDED
+    return done, failed
 
 
-def burst(spool: Path, count: int) -> float:
+def burst(spool: Path, count: int, deadline: float = 120.0) -> float:
     """Events/s for `count` files renamed into incoming/ at once, until all Succeeded."""
     staging = spool / "tmp"
     names = []
@@ -146,10 +153,15 @@ def burst(spool: Path, count: int) -> float:
     start = time.perf_counter()
     for i, path in enumerate(names):
         os.rename(path, target / f"b{i:06d}.json")
-    done = 0
+    done = failed = 0
     while done < count:
+        if time.perf_counter() - start > deadline:
+            raise SystemExit(f"only {done} of {count} events ended within {deadline:.0f} s")
         time.sleep(0.005)
-        done += succeeded(follower)
+        more, bad = ended(follower)
+        done, failed = done + more, failed + bad
+    if failed:
+        raise SystemExit(f"{failed} of {count} events did not succeed: see `fnspool events list`")
     return count / (time.perf_counter() - start)
 
 

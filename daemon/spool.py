@@ -134,7 +134,7 @@ def safe_read(
     try:
         st = os.fstat(fd)
         check_stat(st, max_bytes, allowed_uids)
-        return _read_bounded(fd, max_bytes), st
+        return _read_bounded(fd, st.st_size, max_bytes), st
     finally:
         os.close(fd)
 
@@ -226,16 +226,20 @@ def _kind(mode: int) -> str:
     return kinds.get(stat.S_IFMT(mode), "unknown type")
 
 
-def _read_bounded(fd: int, max_bytes: int) -> bytes:
-    # read at most max_bytes + 1: a file that grows after fstat is still bounded
+def _read_bounded(fd: int, size: int, max_bytes: int) -> bytes:
+    """Read a regular file that fstat said holds `size` bytes, never more than max_bytes + 1 in
+    all (a file that grows meanwhile is still bounded). A short read is the end of a regular
+    file: one read when it did not grow."""
     chunks: list[bytes] = []
     total = 0
+    want = min(size, max_bytes) + 1
     while total <= max_bytes:
-        chunk = os.read(fd, max_bytes + 1 - total)
-        if not chunk:
-            break
+        chunk = os.read(fd, want)
         chunks.append(chunk)
         total += len(chunk)
+        if len(chunk) < want:
+            break
+        want = max_bytes + 1 - total
     if total > max_bytes:
         raise Rejection("too_large", f"grew past the {max_bytes}-byte limit while being read")
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
