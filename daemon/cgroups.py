@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+#: TEST ONLY: make no cgroups even where the daemon may, so that tests run the process-tree kill
+#: alone (as on a host without a writable cgroup v2) on machines that have them. Never set it
+#: anywhere else.
+NO_CGROUPS_TEST_ONLY = "FNSPOOL_TEST_ONLY_NO_CGROUPS"
 
 
 def own_cgroup() -> Path | None:
@@ -39,6 +45,9 @@ class Cgroups:
     def make(cls, name: str) -> Cgroups | None:
         """Groups under `name` in this process's own cgroup, or None where it may not make them.
         Groups a killed predecessor left there are emptied and removed first."""
+        if os.environ.get(NO_CGROUPS_TEST_ONLY) == "1":
+            log.critical("%s is set: instances get NO cgroups (tests only)", NO_CGROUPS_TEST_ONLY)
+            return None
         own = own_cgroup()
         if own is None:
             return None
@@ -86,12 +95,17 @@ class Cgroups:
             return False
         return True
 
-    def sweep(self) -> int:
-        """Kill and remove every group found (a killed predecessor's); how many were found."""
+    def groups(self) -> list[Path]:
+        """Every group under the base."""
         try:
-            groups = [p for p in self.base.iterdir() if p.is_dir()]
+            return [p for p in self.base.iterdir() if p.is_dir()]
         except OSError:
-            return 0
+            return []
+
+    def sweep(self) -> int:
+        """Kill every group found (a killed predecessor's; removed with the others at shutdown);
+        how many were found."""
+        groups = self.groups()
         for group in groups:
             self.kill(group)
         if groups:

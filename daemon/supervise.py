@@ -8,8 +8,10 @@ A process group is not a jail: a descendant that calls `setsid()` leaves it, and
 dies is reparented. So the daemon makes itself a child subreaper (orphans of its instances come to
 it, not to init), marks every child's environment with a token of its own, and a kill stops and
 kills the whole tree: the group, every descendant found through /proc/PID/task/*/children, and every
-orphan carrying the token. What still escapes is a process that both left the tree and cleared its
-environment; a delegated cgroup (`cgroup.kill`) is the only complete answer to that.
+orphan carrying the token. At shutdown, whatever still carries one of the daemon's tokens is killed
+before the daemon exits: a pid hopper caught between two reads of /proc would otherwise run on under
+init. What still escapes is a process that both left the tree and cleared its environment; a
+delegated cgroup (`cgroup.kill`) is the only complete answer to that.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import itertools
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -55,6 +57,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 _subreaper = False
 _REAP_INTERVAL = 0.25  # seconds between looks at orphans: kill those of ended instances, reap
 _MAX_KILL_ROUNDS = 50  # rounds of "stop what is new" before the kill, against a forking tree
+_NEWEST = 64  # pids last handed out, read first in a sweep of /proc: a pid hopper has one of them
 _mark = "-"  # the spool's mark, the start of every token: finds a killed predecessor's leftovers
 _cgroups: Cgroups | None = None  # a cgroup v2 group per child, where the daemon may make them
 _emptied: set[Path] = set()  # groups killed, to be removed once their processes are gone
@@ -222,12 +225,23 @@ def spawn(
 
 
 async def release_cgroups(timeout: float = 2.0) -> None:
-    """At shutdown: remove the killed instances' groups once emptied, then the daemon's own."""
+    """At shutdown, once every instance is retired: kill what still carries one of this daemon's
+    tokens (`sweep_own`) and what the instances' groups still hold, wait (up to `timeout`) until
+    it is gone, then remove the groups and the daemon's own."""
+    killed = sweep_own()
+    if _cgroups is not None:
+        for group in _cgroups.groups():
+            Cgroups.kill(group)
+            _emptied.add(group)
     deadline = asyncio.get_running_loop().time() + timeout
-    while _emptied and asyncio.get_running_loop().time() < deadline:
+    while asyncio.get_running_loop().time() < deadline:
         for group in list(_emptied):
             if Cgroups.remove(group):
                 _emptied.discard(group)
+        _reap_exited()
+        killed = {pid for pid in killed if _alive(pid)}
+        if not _emptied and not killed:
+            break
         await asyncio.sleep(0.02)
     if _cgroups is not None:
         _cgroups.close()
@@ -273,24 +287,80 @@ def sweep_predecessors(spool_mark: str) -> int:
     global _mark
     _mark = spool_mark
     mine = f"{spool_mark}/{os.getpid()}-"
-
-    def leftovers() -> set[int]:
-        return {
-            pid
-            for pid in _all_pids()
-            if (token := _token_of(pid)) is not None
-            and token.startswith(f"{spool_mark}/")
-            and not token.startswith(mine)
-        }
-
-    killed = _stop_then_kill(leftovers)
+    killed = _stop_then_kill(
+        lambda: _carrying(
+            lambda token: token.startswith(f"{spool_mark}/") and not token.startswith(mine)
+        ),
+        until_still=True,
+    )
     if killed:
         log.warning("killed %d processes a previous daemon of this spool left running", len(killed))
     return len(killed)
 
 
-def _all_pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+def sweep_own() -> set[int]:
+    """SIGKILL every process that carries one of this daemon's tokens, wherever it went: at
+    shutdown, once every instance is retired, nothing of theirs may outlive the daemon under init
+    (a pid hopper, which forks, calls setsid() and exits again and again, can slip between two
+    reads of /proc while its instance is killed). What was killed."""
+    mine = f"{_mark}/{os.getpid()}-"
+
+    def find() -> Iterator[int]:
+        _reap_exited()  # a hopper leaves a zombie at every hop: the lists stay short
+        # the daemon's own children first, the newest first: orphans come to it (a subreaper)
+        for pid in reversed(_children(os.getpid())):
+            if (_token_of(pid) or "").startswith(mine):
+                yield pid
+        yield from _carrying(lambda token: token.startswith(mine))
+
+    killed = _stop_then_kill(find, until_still=True)
+    if killed:
+        log.warning("killed %d processes carrying this daemon's tokens at shutdown", len(killed))
+    return killed
+
+
+def _carrying(match: Callable[[str], bool]) -> Iterator[int]:
+    """Every live process whose token `match`es, the newest first: the last pids handed out are
+    read at once (a pid hopper has one of them, and is gone from a pid read too late), then the
+    rest of /proc."""
+    last = _last_pid() or 0
+    top = _read_int("/proc/sys/kernel/pid_max") or 1 << 22  # pids are handed out in turn to it
+    newest = [(last - i - 1) % top + 1 for i in range(_NEWEST)] if last else []
+    yield from (pid for pid in newest if _carries(pid, match))
+    listed = {int(entry) for entry in os.listdir("/proc") if entry.isdigit()} - set(newest)
+    rest = sorted(listed, key=lambda pid: (last - pid) % top)
+    yield from (pid for pid in rest if _carries(pid, match))
+
+
+def _carries(pid: int, match: Callable[[str], bool]) -> bool:
+    # a thread's id opens in /proc too (though not listed there): only its process counts
+    token = _token_of(pid) if pid != os.getpid() else None
+    return token is not None and match(token) and _leads(pid)
+
+
+def _leads(pid: int) -> bool:
+    """Whether `pid` is a process (the leader of its thread group), not one of its threads."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1]) == pid
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _last_pid() -> int | None:
+    """The pid last handed out (in this pid namespace), where the kernel tells."""
+    return _read_int("/proc/sys/kernel/ns_last_pid")
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _children(pid: int) -> list[int]:
@@ -304,28 +374,28 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live descendant of `pid` (whatever its session or group), found through /proc."""
+def descendants(pid: int) -> Iterator[int]:
+    """Every live descendant of `pid` (whatever its session or group), found through /proc; each
+    one before its children are read, so that it can be stopped first."""
     found: set[int] = set()
     todo = _children(pid)
     while todo:
         current = todo.pop()
         if current not in found:
             found.add(current)
+            yield current
             todo.extend(_children(current))
-    return found
 
 
-def _orphans(token: str) -> set[int]:
-    """Processes reparented to the daemon that carry `token`, and their descendants."""
+def _orphans(token: str) -> Iterator[int]:
+    """Processes reparented to the daemon that carry `token` (the newest first), and their
+    descendants."""
     if not token:
-        return set()
-    found: set[int] = set()
-    for pid in _children(os.getpid()):
+        return
+    for pid in reversed(_children(os.getpid())):
         if pid not in _spawned and _token_of(pid) == token:
-            found.add(pid)
-            found |= descendants(pid)
-    return found
+            yield pid
+            yield from descendants(pid)
 
 
 def kill_tree(pid: int | None, token: str) -> int:
@@ -335,7 +405,7 @@ def kill_tree(pid: int | None, token: str) -> int:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGSTOP)
     stopped = _stop_then_kill(
-        lambda: (descendants(pid) if pid is not None else set()) | _orphans(token)
+        lambda: itertools.chain(descendants(pid) if pid is not None else (), _orphans(token))
     )
     if stopped:
         log.info(
@@ -346,18 +416,23 @@ def kill_tree(pid: int | None, token: str) -> int:
     return len(stopped)
 
 
-def _stop_then_kill(find: Callable[[], set[int]]) -> set[int]:
-    """SIGSTOP what `find` returns, round after round until nothing new appears (so that nothing
-    forks away meanwhile), then SIGKILL all of it; what was found."""
+def _stop_then_kill(find: Callable[[], Iterable[int]], *, until_still: bool = False) -> set[int]:
+    """SIGSTOP each process `find` yields as soon as it is found, round after round until a round
+    finds none new (so that nothing forks away meanwhile), then SIGKILL all of it; what was found.
+    `until_still`: and until no process at all was made during a round, for a search of all /proc:
+    a pid hopper may have left a pid in the instant between the listing and its reading."""
     stopped: set[int] = set()
     for _ in range(_MAX_KILL_ROUNDS):
-        new = find() - stopped
-        if not new:
+        last = _last_pid() if until_still else None
+        new = False
+        for each in find():
+            if each not in stopped:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(each, signal.SIGSTOP)
+                stopped.add(each)
+                new = True
+        if not new and (last is None or _last_pid() == last):
             break
-        for each in new:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(each, signal.SIGSTOP)
-        stopped |= new
     for each in stopped:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(each, signal.SIGKILL)
@@ -378,8 +453,26 @@ def reap_orphans() -> None:
         token = _token_of(pid)
         if token and token not in _live_tokens:
             kill_tree(None, token)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+    _reap_exited()
+
+
+def _reap_exited() -> None:
+    """Reap the orphans that exited (as a subreaper only: else a child is someone else's)."""
+    if not _subreaper:
+        return
+    for pid in _children(os.getpid()):
+        if pid not in _spawned:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _token_of(pid: int) -> str | None:

@@ -148,6 +148,12 @@ def daemon(spool: Path) -> Iterator[DaemonProcess]:
             started.append(d)
             return d
 
+        def close(self) -> None:
+            """Kill every daemon started so far (for a fixture whose teardown must come after
+            theirs); the end of the test kills them again, harmlessly."""
+            for d in started:
+                d.close()
+
     yield Factory()  # type: ignore[misc]
     for d in started:
         d.close()

@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,48 @@ def read_bytes(pid: int) -> int:
         if line.startswith("rchar:"):
             return int(line.split()[1])
     return 0
+
+
+def newest_pids(probe: int = 64) -> Iterator[int]:
+    """Pids to read, the most recently handed out first: the last `probe` handed out (at once,
+    without listing /proc: some are gone, or threads), then every other one listed. A pid hopper
+    (a lineage that forks and exits again and again) has one of the last, and is gone from a pid
+    read too late."""
+    try:
+        last = int(Path("/proc/sys/kernel/ns_last_pid").read_bytes())
+        top = int(Path("/proc/sys/kernel/pid_max").read_bytes())
+    except (OSError, ValueError):
+        last, top = 0, 1 << 22
+    newest = [(last - i - 1) % top + 1 for i in range(probe)] if last else []
+    yield from newest
+    listed = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    yield from sorted(set(listed) - set(newest), key=lambda pid: (last - pid) % top)
+
+
+def processes_with(
+    needles: set[bytes], *, but: int, then: Callable[[int], object] | None = None
+) -> set[int]:
+    """Every live (non-zombie) process whose environment holds all of `needles`, except `but`,
+    the newest first (see `newest_pids`); `then(pid)` is called on each as soon as it is found
+    (SIGSTOP: it forks no more)."""
+    found = set()
+    for pid in newest_pids():
+        if pid == but:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+            if all(n in environ for n in needles) and needles <= set(environ.split(b"\0")):
+                status = dict(
+                    line.split(b":", 1)
+                    for line in Path(f"/proc/{pid}/status").read_bytes().split(b"\n")
+                    if b":" in line
+                )
+                # a zombie is gone; a thread's pid is read too (not listed, but there): its process
+                if not status[b"State"].strip().startswith(b"Z") and int(status[b"Tgid"]) == pid:
+                    found.add(pid)
+                    if then is not None:
+                        then(pid)
+        except (OSError, KeyError, ValueError):
+            continue  # gone meanwhile, or never there
+    return found

@@ -4,52 +4,108 @@ outcome, leaves no process behind, and the daemon stays responsive."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import fnspool, gone, wait_for
 
+from daemon.cgroups import NO_CGROUPS_TEST_ONLY
 from daemon.model import State
 from daemon.runtimes.base import LOG_CAP
 from daemon.supervise import TOKEN_VAR
-from reliability.hostile_helpers import Journal, Probe, drop_envelope, install_functions, rss_kb
+from reliability.hostile_helpers import (
+    Journal,
+    Probe,
+    drop_envelope,
+    install_functions,
+    processes_with,
+    rss_kb,
+)
 
 ENDED = (State.SUCCEEDED, State.FAILED, State.STOPPED, State.INVALID, State.EXPIRED)
 MARK = "FNSPOOL_TEST_MARK"
 
 
 @pytest.fixture
-def marked(spool: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def marked(spool: Path, daemon: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A mark in the daemon's environment, so in every process of its instances (fork without
-    exec keeps the environment /proc shows): survivors are found wherever they went."""
+    exec keeps the environment /proc shows): survivors are found wherever they went. At the end
+    the daemons are killed, and whatever still carries the mark once their instances have died
+    with them is killed too, and fails the test: no test leaves a runaway chain on the machine
+    (a pid hopper left by one once ran for hours under init, eating a core)."""
     install_functions(spool)
     mark = uuid.uuid4().hex
     monkeypatch.setenv(MARK, mark)
-    return mark
+    yield mark
+    daemon.close()
+    # instances die with their daemon (the parent-death signal), soon but not in that instant
+    deadline = time.monotonic() + 5
+    while (left := seen_marked(mark, but=os.getpid())) and time.monotonic() < deadline:
+        pass
+    if left:
+        killed = kill_marked(mark)
+        pytest.fail(
+            f"processes of this test outlived its daemon by 5 s, by token: "
+            f"{Counter(left.values())}; now killed:\n" + "\n".join(killed.values())
+        )
 
 
-def marked_pids(mark: str, *, but: int, token: str | None = None) -> set[int]:
+def marked_pids(
+    mark: str, *, but: int, token: str | None = None, then: Callable[[int], object] | None = None
+) -> set[int]:
     """Every live (non-zombie) process whose environment holds the mark (and the daemon's
-    supervisor token of one instance, if given), except `but`."""
+    supervisor token of one instance, if given), except `but`; `then(pid)` on each when found."""
     needles = {f"{MARK}={mark}".encode()}
     if token is not None:
         needles.add(f"{TOKEN_VAR}={token}".encode())
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == but:
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needles <= set(f.read().split(b"\0")) and not gone(int(entry)):
-                    found.add(int(entry))
-        except OSError:
-            continue
+    return processes_with(needles, but=but, then=then)
+
+
+def seen_marked(mark: str, *, but: int, seconds: float = 0.3) -> dict[int, str]:
+    """The processes carrying the mark seen in `seconds` of looking again and again (one look
+    can miss a pid hopper between two pids, so many looks cannot), with their tokens."""
+    seen: dict[int, str] = {}
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        marked_pids(mark, but=but, then=lambda pid: seen.setdefault(pid, _token_or_gone(pid)))
+    return seen
+
+
+def kill_marked(mark: str, quiet: float = 0.3, timeout: float = 10) -> dict[int, str]:
+    """SIGSTOP every process carrying the mark as soon as it is found (so that it forks no more),
+    until none new is found for `quiet` seconds, then SIGKILL them all, as the daemon does; again
+    while any is left. Every one found, described while stopped."""
+    found: dict[int, str] = {}
+    deadline = time.monotonic() + timeout
+
+    def stop(pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+
+    while seen_marked(mark, but=os.getpid()) and time.monotonic() < deadline:
+        stopped: set[int] = set()
+        calm = time.monotonic() + quiet
+        while time.monotonic() < min(calm, deadline):
+            new = marked_pids(mark, but=os.getpid(), then=stop) - stopped
+            if new:
+                stopped |= new
+                calm = time.monotonic() + quiet
+        found |= {pid: _line(pid) for pid in stopped}
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     return found
 
 
@@ -59,6 +115,13 @@ def token_of(pid: int) -> str:
         if entry.startswith(f"{TOKEN_VAR}=".encode()):
             return entry.split(b"=", 1)[1].decode()
     raise AssertionError(f"no {TOKEN_VAR} in the environment of {pid}")
+
+
+def _token_or_gone(pid: int) -> str:
+    try:
+        return token_of(pid)
+    except (OSError, AssertionError):
+        return "gone"
 
 
 def start_event(spool: Path, function: str, payload: dict, rid: str | None = None) -> str:
@@ -72,15 +135,27 @@ def notes(folder: Path, what: str) -> list[int]:
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("how", ["forced stop", "timeout", "idle instance destroyed"])
+@pytest.mark.parametrize(
+    ("how", "cgroups"),
+    [
+        pytest.param("forced stop", True, id="forced stop"),
+        pytest.param("timeout", True, id="timeout"),
+        pytest.param("idle instance destroyed", True, id="idle instance destroyed"),
+        pytest.param("forced stop", False, id="forced stop without cgroups"),
+        pytest.param("timeout", False, id="timeout without cgroups"),
+    ],
+)
 def test_escapees_and_fork_bombs_are_gone_within_a_second_of_the_kill(
-    spool, daemon, marked, tmp_path, how
+    spool, daemon, marked, tmp_path, monkeypatch, how, cgroups
 ):
     """Double-forked daemons (orphans), setsid() children, pid-hopping lineages that setsid at
     every hop, and a fork bomb inside the group: a process group kill alone misses all but the
-    last; the daemon's tree kill (subreaper, /proc children, token-marked orphans) takes them."""
+    last; the daemon's tree kill (subreaper, /proc children, token-marked orphans) takes them,
+    also where the daemon may make no cgroups (their `cgroup.kill` where it may)."""
     pids = tmp_path / "pids"
     pids.mkdir()
+    if not cgroups:
+        monkeypatch.setenv(NO_CGROUPS_TEST_ONLY, "1")
     d = daemon.start()
     journal = Journal(spool)
     function = "escape" if how == "forced stop" else "escape_timeout"
@@ -92,6 +167,8 @@ def test_escapees_and_fork_bombs_are_gone_within_a_second_of_the_kill(
     rid = start_event(spool, function, payload)
     worker = wait_for(lambda: notes(pids, "worker"), 20, "the handler to run")[0]
     token = token_of(worker)  # what every process of this instance inherits
+    if not cgroups:  # the worker stayed in the daemon's own group
+        assert in_cgroup(worker) == in_cgroup(d.proc.pid)
 
     def left():
         return marked_pids(marked, but=d.proc.pid, token=token)
@@ -137,6 +214,99 @@ def test_escapees_and_fork_bombs_are_gone_within_a_second_of_the_kill(
     assert d.proc.poll() is None
 
 
+HOPPER = """
+import os, time
+
+
+def _hop(pause):
+    \"\"\"A lineage that never keeps a pid: fork, setsid, the parent exits, again and again.\"\"\"
+    os.setsid()
+    while True:
+        if os.fork() != 0:
+            os._exit(0)
+        os.setsid()
+        time.sleep(pause)
+
+
+def handler(event, context):
+    \"\"\"Start pid hoppers and return at once, once they have left the group (an idle
+    instance's group is frozen).\"\"\"
+    group = os.getpgrp()
+    for _ in range(event["hoppers"]):
+        child = os.fork()
+        if child == 0:
+            _hop(event["pause"])
+        while True:
+            try:
+                if os.getpgid(child) != group:
+                    break
+            except ProcessLookupError:
+                break
+            time.sleep(0.001)
+    return {"worker": os.getpid()}
+"""
+
+# run by the test with one of the daemon's tokens: a hopper already outside the daemon's tree
+STRAY = """
+import os, sys
+if os.fork() != 0:
+    sys.exit(0)
+sys.path.insert(0, sys.argv[1])
+import index
+index._hop(0.002)
+"""
+
+
+@pytest.mark.reliability
+def test_pid_hoppers_a_handler_left_running_are_gone_once_the_daemon_stopped(
+    spool, daemon, marked, monkeypatch
+):
+    """Where the daemon may make no cgroups, a lineage that forks, calls setsid() and exits, again
+    and again, can slip between two reads of /proc while its instance is killed at shutdown, and
+    would run on under init once the daemon is gone. The daemon's last sweep kills whatever
+    carries its tokens. The kill of the instance catches the handler's hoppers but in a narrow
+    race, so one it missed is made here: a hopper outside the daemon's tree, with its token."""
+    monkeypatch.setenv(NO_CGROUPS_TEST_ONLY, "1")
+    code = spool / "functions" / "hopper"
+    code.mkdir()
+    (code / "index.py").write_text(HOPPER)
+    (spool / "functions" / "hopper.toml").write_text(
+        'handler = "index.handler"\ntimeout = 60\n[async]\nmax_retries = 0\n'
+    )
+    hoppers = 3
+    d = daemon.start()
+    journal = Journal(spool)
+    rid = start_event(spool, "hopper", {"hoppers": hoppers, "pause": 0.002})
+    done = journal.wait_state(rid, *ENDED)
+    journal.close()
+    assert done.state is State.SUCCEEDED, done.error
+    worker = json.loads(bytes(done.result))["worker"]
+    stray = f"{token_of(worker).rsplit('-', 1)[0]}-{10**6}"  # of this daemon, of no instance
+    env = {**os.environ, TOKEN_VAR: stray}
+    subprocess.run([sys.executable, "-c", STRAY, str(code)], env=env, check=True, timeout=10)
+    # the idle instance's worker, the hoppers and the stray one (each may be between two pids)
+    wait_for(lambda: len(marked_pids(marked, but=d.proc.pid)) > hoppers + 1, 5, "the hoppers")
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+    stopped = time.monotonic()
+    try:  # one that outlived the daemon runs on under init: it is seen again and again
+        wait_for(lambda: not seen_marked(marked, but=d.proc.pid), 2.0, "every hopper to be gone")
+    except AssertionError:
+        seen = Counter(seen_marked(marked, but=d.proc.pid).values())
+        raise AssertionError(f"pids seen after the daemon exited, by token: {seen}") from None
+    took = time.monotonic() - stopped
+    print(
+        f"\n{hoppers} pid hoppers of a handler and 1 outside the daemon's tree: none seen in the "
+        f"{took * 1000:.0f} ms watched after the daemon exited"
+    )
+
+
+def in_cgroup(pid: int) -> str:
+    """The cgroup v2 group of `pid` (the "0::" line of /proc/PID/cgroup)."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return next((line for line in lines if line.startswith("0::")), "")
+
+
 def stop_took(event) -> float:
     """Seconds from the Stopping record to the Stopped one (the daemon's own clock)."""
     at = {h.state: h.at for h in event.history}
@@ -145,19 +315,20 @@ def stop_took(event) -> float:
 
 def _describe(pids: set[int]) -> str:
     """ps-like lines for the survivors."""
-    lines = []
-    for pid in sorted(pids):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            token = [e for e in env if e.startswith(b"FNSPOOL_SUPERVISOR_TOKEN")]
-            lines.append(
-                f"pid {pid} state {fields[0]} ppid {fields[1]} pgid {fields[2]} "
-                f"sid {fields[3]} {token}"
-            )
-        except OSError:
-            lines.append(f"pid {pid} gone")
-    return "survivors:\n" + "\n".join(lines)
+    return "survivors:\n" + "\n".join(_line(pid) for pid in sorted(pids))
+
+
+def _line(pid: int) -> str:
+    """A ps-like line for one process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        token = [e for e in env if e.startswith(b"FNSPOOL_SUPERVISOR_TOKEN")]
+        return (
+            f"pid {pid} state {fields[0]} ppid {fields[1]} pgid {fields[2]} sid {fields[3]} {token}"
+        )
+    except (OSError, IndexError):
+        return f"pid {pid} gone"
 
 
 def _zombie_children(pid: int) -> list[int]:
@@ -294,7 +465,13 @@ def test_a_hanging_prestop_is_cut_at_its_timeout_on_a_forced_stop(spool, daemon,
     fnspool(spool, "events", "stop", rid)
     took = stop_took(journal.wait_state(rid, State.STOPPED))
     wait_for(lambda: gone(worker), 2.0, "the worker to be killed")
-    hooks = [r for r in journal.records if getattr(r, "hook", None) == "pre_stop"]
+
+    def pre_stops() -> list[Any]:
+        journal.poll()
+        return [r for r in journal.records if getattr(r, "hook", None) == "pre_stop"]
+
+    # the hook's record may come after Stopped, in a later group commit of the journal
+    hooks = wait_for(pre_stops, 5, "the PreStop's record")
     journal.close()
     print(f"\nhanging PreStop: Stopping -> Stopped took {took:.2f} s (pre_stop_timeout 1 s)")
     assert hooks and not hooks[-1].ok, hooks
