@@ -65,6 +65,17 @@ async def test_echo_returns_the_event(tmp_path: Path) -> None:
 
 
 @on_uvloop
+async def test_instances_run_as_batch_work_that_never_preempts_the_daemon(tmp_path: Path) -> None:
+    # SCHED_BATCH: a worker woken by an event's frame no longer takes the CPU from the event
+    # loop in the middle of its write; what the handler starts inherits it
+    async with running("handlers.policies") as instance:
+        outcome = await instance.invoke("r1", raw(None), 1, 10.0, tmp_path / "r1.log")
+        assert outcome.ok, outcome.error
+        assert value(outcome.result) == [os.SCHED_BATCH, os.SCHED_BATCH]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the daemon itself is left as it was
+
+
+@on_uvloop
 async def test_one_instance_serves_100_events(tmp_path: Path) -> None:
     async with running("handlers.pid") as instance:
         pids = set()

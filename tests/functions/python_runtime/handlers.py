@@ -111,3 +111,14 @@ def was_initialized(event, context):
 
 def pre_stop(context):
     print(f"pre-stop {context.request_id}", flush=True)
+
+
+def policies(event, context):
+    """The scheduling policy of the worker and of a process it starts."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [os.sched_getscheduler(0), int(child.stdout)]
