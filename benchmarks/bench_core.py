@@ -110,20 +110,22 @@ def _cpu(stat_path: str) -> float:
 
 
 def cpu_split(pid: int) -> dict[str, float]:
-    """CPU seconds so far of the daemon's event-loop thread, its other threads, its instances."""
+    """CPU seconds so far of the daemon's event-loop thread, its other threads, its file helper
+    and its instances."""
     main = _cpu(f"/proc/{pid}/task/{pid}/stat")
     split = {"event loop": main, "daemon threads": _cpu(f"/proc/{pid}/stat") - main}
-    children = 0.0
+    split["file helper"] = split["instances"] = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            helper = b"daemon.filehelper" in Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
         if int(fields[1]) == pid:
-            children += (int(fields[11]) + int(fields[12])) / _HZ
-    split["instances"] = children
+            part = "file helper" if helper else "instances"
+            split[part] += (int(fields[11]) + int(fields[12])) / _HZ
     return split
 
 

@@ -14,6 +14,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Container
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
@@ -33,20 +34,24 @@ from daemon.payload import (
 from daemon.spool import (
     ASIDE_PREFIX,
     DirFds,
+    FileId,
+    Key,
     Rejection,
     Spool,
     printable,
     reject,
+    remove_journaled,
     safe_read,
     same_file,
-    unlink_if_same,
 )
 
 __all__ = ["Accepted", "IngestSink", "IngestStats", "Ingestor"]
 
+#: unlinks journaled files still there, fsyncs their folders; the keys it could not remove
+Remover = Callable[[Path, list[tuple[Key, FileId]]], set[Key]]
+
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (directory under incoming/, "" for incoming/ itself; file name)
 
 _WATCH_ROOT = F.MOVED_TO | F.CLOSE_WRITE | F.CREATE | F.ONLYDIR | F.DONT_FOLLOW
 _WATCH_SUB = _WATCH_ROOT | F.MOVE_SELF
@@ -108,6 +113,7 @@ class Ingestor:
         scan_interval: float = 5.0,
         allowed_uids: Container[int] | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        remove: Remover = remove_journaled,
     ) -> None:
         self.spool = spool
         self.sink = sink
@@ -117,6 +123,7 @@ class Ingestor:
         self.scan_interval = scan_interval
         self.allowed_uids = allowed_uids
         self.on_fatal = on_fatal
+        self._remove = remove  # in a worker thread: unlinks journaled files, fsyncs folders
         self.stats = IngestStats()
         self.failed: BaseException | None = None
         self._pending: dict[Key, bool] = {}  # -> renamed in, so complete
@@ -127,7 +134,7 @@ class Ingestor:
         self._inotify: INotify | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
-        self._removing: list[tuple[Key, os.stat_result]] = []  # journaled, not yet unlinked
+        self._removing: list[tuple[Key, FileId]] = []  # journaled, not yet unlinked
         # a file whose identity is journaled is one already taken only if it was there at
         # start-up (a crash's leftover) or its removal failed in this run; any other is a new
         # file reusing a freed inode with the same size and mtime (`cp -p`, tar, rsync -t)
@@ -338,7 +345,7 @@ class Ingestor:
                 self._examine_one(batch, key, complete)
             if batch.found and not await self._accept(batch):
                 return set()  # the journal failed: unlink nothing, take nothing more
-            self._removing += batch.done
+            self._removing += [(key, FileId.of(st)) for key, st in batch.done]
             self._remove_soon()
             self.stats.batches += 1
             return {key for key, _ in batch.done}
@@ -355,7 +362,7 @@ class Ingestor:
             files, self._removing = self._removing, []
             try:
                 try:
-                    failed = await asyncio.to_thread(_remove_files, self.spool.incoming, files)
+                    failed = await asyncio.to_thread(self._remove, self.spool.incoming, files)
                 except Exception:
                     log.exception("removing journaled files from incoming/ failed")
                     failed = {key for key, _ in files}
@@ -496,7 +503,7 @@ class Ingestor:
             log.error("cannot reject %s (%s): %s", printable(relpath), why.code, exc)
 
 
-def _identity(key: Key, st: os.stat_result) -> tuple[object, ...]:
+def _identity(key: Key, st: os.stat_result | FileId) -> tuple[object, ...]:
     """The identity the store keeps for the file at `key` (see Store.already_journaled)."""
     path = f"incoming/{_join(*key)}"
     return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -504,39 +511,3 @@ def _identity(key: Key, st: os.stat_result) -> tuple[object, ...]:
 
 def _join(dirname: str, name: str) -> str:
     return f"{dirname}/{name}" if dirname else name
-
-
-def _remove_files(incoming: os.PathLike[str], files: list[tuple[Key, os.stat_result]]) -> set[Key]:
-    """Unlink journaled files, then fsync each directory touched once (I1's last two steps);
-    return the keys of those still there, or whose removal may not be durable."""
-    try:
-        dirs = DirFds(incoming)
-    except OSError as exc:
-        log.error("cannot open %s to remove journaled files: %s", incoming, exc)
-        return {key for key, _ in files}
-    try:
-        failed: set[Key] = set()
-        removed = [key for key, st in files if _unlink_same(dirs, key, st, failed)]
-        for name in {key[0] for key in removed}:
-            try:
-                os.fsync(dirs.get(name))
-            except OSError as exc:
-                # the files are journaled: one that comes back is recognised and removed again
-                log.error("fsync of incoming/%s failed: %s", printable(name), exc)
-                failed.update(key for key in removed if key[0] == name)
-        return failed
-    finally:
-        dirs.close()
-
-
-def _unlink_same(dirs: DirFds, key: Key, st: os.stat_result, failed: set[Key]) -> bool:
-    """Unlink the file at `key` if it is still the one journaled (not a new one renamed over
-    it); add `key` to `failed` when it cannot be."""
-    try:
-        return unlink_if_same(dirs.get(key[0]), key[1], st)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        log.error("cannot remove incoming/%s: %s", printable(_join(*key)), exc)
-        failed.add(key)
-        return False

@@ -135,8 +135,10 @@ class JournalWriter:
         *,
         segment_bytes: int = 64 << 20,
         on_fatal: Callable[[BaseException], None] | None = None,
+        write_logs: Callable[[list[tuple[Path, bytes]]], None] = append_all,
     ) -> None:
         self.directory = directory
+        self._write_logs = write_logs  # in the writer thread, before the records that follow
         self.segment_bytes = segment_bytes
         self._on_fatal = on_fatal
         self._next_seq = next_seq
@@ -296,7 +298,7 @@ class JournalWriter:
 
     def _write_sync(self, data: bytes, upto: int, logs: list[tuple[Path, bytes]]) -> None:
         """Write and fdatasync one batch; on a short or failed write cut back to the last record."""
-        append_all(logs)  # an event log's failure is logged there: the journal goes on
+        self._write_logs(logs)  # an event log's failure is logged there: the journal goes on
         if not data:
             return
         start = self._size

@@ -16,6 +16,7 @@ from daemon import lock, supervise
 from daemon.cgroups import Cgroups
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
+from daemon.filehelper import FileHelper
 from daemon.functions import Catalog, load_catalog
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalWriter, recover
@@ -60,6 +61,7 @@ class Daemon:
         self.ready = False
         # systemd (Type=notify): READY, STATUS, RELOADING, STOPPING and the watchdog
         self.notifier = Notifier()
+        self.files = FileHelper()  # event logs and removals from incoming/, out of the process
         self.reloads = 0  # SIGHUP reloads done; `fnspool systemd reload` waits on it
 
     # -- the ingestor's sink --------------------------------------------------------------
@@ -135,11 +137,13 @@ class Daemon:
             log.error(
                 "journal damage: %s at offset %d: %s", damage.path, damage.offset, damage.reason
             )
+        self.files.start()
         writer = JournalWriter(
             self.spool.journal,
             state.last_seq + 1,
             segment_bytes=self.settings.segment_bytes,
             on_fatal=self._on_fatal,
+            write_logs=self.files.append,
         )
         self.store = Store(writer, state, self.spool.logs)
         factories: dict[str, InstanceFactory] = {
@@ -175,6 +179,7 @@ class Daemon:
             settle=self.settings.settle,
             scan_interval=self.settings.scan_interval,
             allowed_uids=Submitters(root.st_gid),
+            remove=self.files.remove,
         )
         await self.ingestor.start()
         self._install_signals()
@@ -234,6 +239,7 @@ class Daemon:
             await self.destinations.flush()
             await self.store.sync()
             await self.store.writer.close()
+        await self.files.stop()
         await supervise.release_cgroups()
         self.write_status(stopped=True)
         self._watchdog.cancel()

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Container
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -160,7 +160,21 @@ class DirFds:
         self.fds.clear()
 
 
-def same_file(dir_fd: int, name: str, st: os.stat_result) -> bool:
+class FileId(NamedTuple):
+    """One version of a file: the same inode, size and modification time (stat's names)."""
+
+    st_dev: int
+    st_ino: int
+    st_size: int
+    st_mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileId:
+        """The identity `st` describes."""
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def same_file(dir_fd: int, name: str, st: os.stat_result | FileId) -> bool:
     """Whether `name` still is the file `st` describes (same inode, size and mtime)."""
     try:
         now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -172,7 +186,7 @@ def same_file(dir_fd: int, name: str, st: os.stat_result) -> bool:
 ASIDE_PREFIX = ".fnspool-removing."  # a file being removed, for an instant (see below)
 
 
-def unlink_if_same(dir_fd: int, name: str, st: os.stat_result) -> bool:
+def unlink_if_same(dir_fd: int, name: str, st: os.stat_result | FileId) -> bool:
     """Remove `name` if it still is the file `st` describes; True when it was removed.
 
     A check then an unlink would remove a file renamed over the name in between (a new payload,
@@ -197,8 +211,50 @@ def unlink_if_same(dir_fd: int, name: str, st: os.stat_result) -> bool:
     raise OSError(errno.EEXIST, f"no free name to put back {printable(name)!r}")
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+def _identity(st: os.stat_result | FileId) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+#: (folder under incoming/, "" for incoming/ itself; file name)
+Key = tuple[str, str]
+
+
+def remove_journaled(incoming: str | os.PathLike[str], files: list[tuple[Key, FileId]]) -> set[Key]:
+    """Unlink journaled files that are still the ones journaled, then fsync each folder touched
+    once (invariant I1's last two steps); return the keys of those still there, or whose removal
+    may not be durable."""
+    try:
+        dirs = DirFds(incoming)
+    except OSError as exc:
+        log.error("cannot open %s to remove journaled files: %s", incoming, exc)
+        return {key for key, _ in files}
+    try:
+        failed: set[Key] = set()
+        removed = [key for key, st in files if _unlink_journaled(dirs, key, st, failed)]
+        for name in {key[0] for key in removed}:
+            try:
+                os.fsync(dirs.get(name))
+            except OSError as exc:
+                # the files are journaled: one that comes back is recognised and removed again
+                log.error("fsync of incoming/%s failed: %s", printable(name), exc)
+                failed.update(key for key in removed if key[0] == name)
+        return failed
+    finally:
+        dirs.close()
+
+
+def _unlink_journaled(dirs: DirFds, key: Key, st: FileId, failed: set[Key]) -> bool:
+    """Unlink the file at `key` if it is still the one journaled (not a new one renamed over
+    it); add `key` to `failed` when it cannot be."""
+    try:
+        return unlink_if_same(dirs.get(key[0]), key[1], st)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        path = f"{key[0]}/{key[1]}" if key[0] else key[1]
+        log.error("cannot remove incoming/%s: %s", printable(path), exc)
+        failed.add(key)
+        return False
 
 
 def check_stat(st: os.stat_result, max_bytes: int, allowed_uids: Container[int] | None) -> None:
