@@ -385,3 +385,32 @@ def test_a_file_left_aside_by_a_crash_mid_removal_is_taken_if_not_journaled(spoo
     done = wait_for(lambda: ended(spool, 1), what="the recovered payload")
     assert fnspool_json(spool, "events", "get", done[0]["id"])["payload"] == {"swapped": True}
     assert not [p for p in folder.iterdir() if p.name.startswith(".fnspool-removing.")]
+
+
+def _file_helper_of(daemon_pid: int) -> int | None:
+    """The pid of the daemon's file helper process."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == daemon_pid and b"daemon.filehelper" in command:
+            return int(entry)
+    return None
+
+
+def test_events_keep_their_logs_when_the_file_helper_is_killed(spool, daemon):
+    d = daemon.start()
+    helper = wait_for(lambda: _file_helper_of(d.pid), what="the daemon's file helper")
+    os.kill(helper, signal.SIGKILL)
+    for i in range(20):
+        drop(spool, "echo", f"{i:02d}.json", {"i": i})
+    done = wait_for(lambda: ended(spool, 20), what="20 events to end")
+    assert {e["state"] for e in done} == {"Succeeded"}
+    for event in done:
+        log = (spool / "logs" / "echo" / f"{event['id']}.log").read_text()
+        assert f"FC Invoke End RequestId: {event['id']}" in log
+    wait_for(lambda: not list((spool / "incoming" / "echo").iterdir()), what="incoming/ emptied")
+    assert "the file helper failed" in d.log_text()
+    assert d.stop() == 0
