@@ -1,6 +1,11 @@
 """Core figures, each beside a baseline measured in the same run (this machine is shared and noisy).
 
-- baseline: a bare warm-worker pipe round trip (length-prefixed frames to a child python);
+- baseline: a bare warm-worker pipe round trip (length-prefixed frames to a child python). On a
+  virtual machine it moves with the load: a round trip to an idle CPU pays that CPU's wake-up
+  (here 8 us with the other CPU busy, 70 us with both idle);
+- baseline: creating a small file where the spool is. On ext4 without a journal (this machine's
+  disk) it grows with the files deleted in the last minutes (each new inode skips the recently
+  freed ones), so back-to-back runs are slower: the log file of each event pays it;
 - burst: N no-op events dropped as files (tmp/ -> rename) into a running daemon with 2 instances,
   durable journaling on: events/s from the first rename until all have Succeeded;
 - latency: an idle daemon, one file at a time: from its rename into incoming/ to its handler

@@ -1,8 +1,7 @@
-"""Event log files: appended by the journal's writer thread in batches, never on the event loop.
-
-A new file costs tens of microseconds in the kernel here, and a thread of their own cost more in
-hand-overs than the writes: the journal's writer already wakes for every event, and writing the
-logs there, before the records that follow, keeps each log ahead of the record that shows it.
+"""Event log files: their writes go through the journal's writer thread, which hands them to the
+file helper process (daemon/filehelper.py) in batches before writing the records that follow, so
+a log is on file before the record that shows it. Never written on the event loop: a new file
+costs tens of microseconds in the kernel here.
 """
 
 from __future__ import annotations
