@@ -157,6 +157,13 @@ def daemon(spool: Path) -> Iterator[DaemonProcess]:
     yield Factory()  # type: ignore[misc]
     for d in started:
         d.close()
+    if started and spool.is_dir():
+        # a daemon killed with -9 leaves what its handlers started: kill it as the next daemon
+        # on this spool would, so that no test leaves a process running
+        from daemon import supervise
+
+        root = spool.stat()
+        supervise.sweep_predecessors(f"{root.st_dev:x}.{root.st_ino:x}")
 
 
 def drop(spool: Path, function: str, name: str, payload: Any) -> Path:
