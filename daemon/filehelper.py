@@ -7,7 +7,7 @@ process of its own they cost the daemon two pipe operations per batch. Calls blo
 a worker thread) until the work is done, so an event's log is written before the record that
 shows it. If the helper cannot start or dies, the work is done in the calling thread.
 
-Run as `python -m daemon.filehelper`: requests on stdin, answers on stdout.
+The process itself is daemon/filework.py.
 """
 
 from __future__ import annotations
@@ -23,37 +23,13 @@ from pathlib import Path
 import msgspec
 
 from daemon import supervise
+from daemon.filework import ANSWERS, ENCODER, Append, Done, Remove, read_frame, write_frame
 from daemon.logfiles import append_all
 from daemon.spool import FileId, Key, remove_journaled
 
 log = logging.getLogger(__name__)
 
-_HEADER = 4  # bytes of big-endian frame length
 _EXIT_GRACE = 5.0  # seconds for the helper to exit once its pipes are closed
-
-
-class Append(msgspec.Struct, tag=True, array_like=True):
-    """Append to event logs, in order."""
-
-    writes: list[tuple[str, bytes]]
-
-
-class Remove(msgspec.Struct, tag=True, array_like=True):
-    """Remove journaled files from incoming/ (spool.remove_journaled)."""
-
-    incoming: str
-    files: list[tuple[Key, FileId]]
-
-
-class Done(msgspec.Struct, array_like=True):
-    """The answer: the keys of the files that could not be removed."""
-
-    failed: list[Key] = []
-
-
-_encoder = msgspec.msgpack.Encoder()
-_requests = msgspec.msgpack.Decoder(Append | Remove)
-_answers = msgspec.msgpack.Decoder(Done)
 
 
 class FileHelper:
@@ -79,7 +55,7 @@ class FileHelper:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         try:
             self._child = supervise.spawn(
-                [sys.executable, "-m", "daemon.filehelper"], env, {0: to_r, 1: from_w, 2: 2}
+                [sys.executable, "-m", "daemon.filework"], env, {0: to_r, 1: from_w, 2: 2}
             )
         except OSError as exc:
             log.error("cannot start the file helper, file work stays in the daemon: %s", exc)
@@ -122,8 +98,8 @@ class FileHelper:
             if self._to < 0:
                 return None
             try:
-                _write_frame(self._to, _encoder.encode(request))
-                return _answers.decode(_read_frame(self._from))
+                write_frame(self._to, ENCODER.encode(request))
+                return ANSWERS.decode(read_frame(self._from))
             except (OSError, EOFError, msgspec.DecodeError) as exc:
                 log.error("the file helper failed (%r): file work goes on in the daemon", exc)
                 self._close_pipes()
@@ -135,51 +111,3 @@ class FileHelper:
         os.close(self._to)
         os.close(self._from)
         self._to = self._from = -1
-
-
-def _write_frame(fd: int, body: bytes) -> None:
-    view = memoryview(len(body).to_bytes(_HEADER, "big") + body)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _read_frame(fd: int) -> bytes:
-    size = int.from_bytes(_read_exactly(fd, _HEADER), "big")
-    return _read_exactly(fd, size)
-
-
-def _read_exactly(fd: int, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = os.read(fd, size)
-        if not chunk:
-            raise EOFError("the pipe was closed")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _serve(request: Append | Remove) -> Done:
-    if isinstance(request, Append):
-        append_all([(Path(p), d) for p, d in request.writes])
-        return Done()
-    return Done(sorted(remove_journaled(request.incoming, request.files)))
-
-
-def main() -> int:
-    """Serve requests until the daemon closes the pipe (or dies)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    while True:
-        try:
-            request = _requests.decode(_read_frame(0))
-            _write_frame(1, _encoder.encode(_serve(request)))
-        except (EOFError, BrokenPipeError):  # the daemon is gone, or stopping
-            return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """Event log files: their writes go through the journal's writer thread, which hands them to the
-file helper process (daemon/filehelper.py) in batches before writing the records that follow, so
+file helper process (daemon/filework.py) in batches before writing the records that follow, so
 a log is on file before the record that shows it. Never written on the event loop: a new file
 costs tens of microseconds in the kernel here.
 """
