@@ -46,7 +46,7 @@ PROBE_PY = """import os
 
 
 def handler(event, context):
-    found = {"uid": os.getuid(), "writes": {}}
+    found = {"uid": os.getuid(), "policy": os.sched_getscheduler(0), "writes": {}}
     for path in event["paths"]:
         try:
             with open(os.path.join(path, ".fnspool-probe"), "w") as f:
@@ -146,6 +146,7 @@ def test_the_system_unit_serves_as_fnspool_with_only_the_spool_writable(system):
     (event,) = wait_for(lambda: _succeeded(spool, "probe"), 30, "the probe event")
     result = fnspool_json(spool, "events", "get", event["id"])["result"]
     assert result["uid"] == uid
+    assert result["policy"] == os.SCHED_BATCH  # the unit's system call filter lets it be set
     writable = result["writes"]
     assert writable[SPOOL + "/tmp"] == "writable"
     if "ProtectSystem=strict" not in m.refused:  # type: ignore[attr-defined]
