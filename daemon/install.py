@@ -26,7 +26,16 @@ from pathlib import Path
 from daemon.errors import FnspoolError
 from daemon.spool import DIR_MODE, Spool
 
-UNITS_SOURCE = Path(__file__).resolve().parent.parent / "systemd"
+
+def _units_source() -> Path:
+    """The shipped units: inside the package when installed from a wheel (daemon/units), else
+    the checkout's systemd/ folder (an editable install, or running from the checkout)."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "units"
+    return packaged if packaged.is_dir() else package.parent / "systemd"
+
+
+UNITS_SOURCE = _units_source()
 MARK = "# Written by `fnspool systemd install`; `fnspool systemd uninstall` removes it.\n"
 SHIPPED_COMMAND = "/usr/local/bin/fnspool"
 SYSTEM_SPOOL = "/var/spool/fnspool"

@@ -49,6 +49,32 @@ def test_every_shipped_unit_is_installed_somewhere():
     assert shipped == used
 
 
+def test_an_installed_wheel_carries_the_units(tmp_path):
+    """Installed from a wheel (not a checkout), `fnspool systemd install` finds the units inside
+    the package."""
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("daemon", "tui", "systemd"):
+        shutil.copytree(REPO / part, source / part, ignore=ignore)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, source / part)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source]
+    subprocess.run(build, check=True, timeout=300, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("fnspool-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True, timeout=300)
+    probe = "from daemon import install; print(install.UNITS_SOURCE, *install.rendered_units(True))"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    where, *units = out.stdout.split()
+    assert Path(where) == site / "daemon" / "units"
+    assert units == list(install.USER_UNITS)
+
+
 def test_rendering_uses_this_installation_and_the_chosen_spool(tmp_path):
     units = install.rendered_units(user=False, spool=str(tmp_path / "sp"))
     service = units["fnspool.service"]
