@@ -377,6 +377,7 @@ def status(args: argparse.Namespace) -> int:
         "events": info.get("events", {}),
         "definition_errors": info.get("definition_errors", {}),
         "journal_damage": info.get("journal_damage", []),
+        "file_helper": info.get("file_helper") if running else None,
         "heartbeat_age_s": round(time.time() - info["updated_at"], 1)
         if "updated_at" in info
         else None,
@@ -393,6 +394,9 @@ def status(args: argparse.Namespace) -> int:
         if running:
             print(f"queue depth {view['queue_depth']}, running {view['running_events']}")
             print("events: " + ", ".join(f"{k} {v}" for k, v in sorted(view["events"].items())))
+            helper = view["file_helper"]
+            if helper is not None and not helper.get("running"):
+                print("file helper: not running (the daemon writes logs and removes files itself)")
         for name, message in view["definition_errors"].items():
             print(f"definition error: {name}: {message}")
         for damage in view["journal_damage"]:

@@ -46,6 +46,11 @@ class FileHelper:
         """The helper's process id, once started."""
         return self._child.pid if self._child is not None else None
 
+    @property
+    def running(self) -> bool:
+        """Whether the work goes to the helper (else it is done in the daemon)."""
+        return self._to >= 0
+
     def start(self) -> None:
         """Start the process (from the event loop); on failure, work stays in-process."""
         to_r, to_w = os.pipe2(os.O_CLOEXEC)

@@ -307,6 +307,7 @@ class Daemon:
             "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
             "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
             "reloads": self.reloads,
+            "file_helper": {"pid": self.files.pid, "running": self.files.running},
         }
         write_json_atomic(self.spool.run / "status.json", status)
         metrics = self.dispatcher.metrics.render(

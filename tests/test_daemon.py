@@ -403,6 +403,7 @@ def _file_helper_of(daemon_pid: int) -> int | None:
 def test_events_keep_their_logs_when_the_file_helper_is_killed(spool, daemon):
     d = daemon.start()
     helper = wait_for(lambda: _file_helper_of(d.pid), what="the daemon's file helper")
+    assert fnspool_json(spool, "status")["file_helper"] == {"pid": helper, "running": True}
     os.kill(helper, signal.SIGKILL)
     for i in range(20):
         drop(spool, "echo", f"{i:02d}.json", {"i": i})
@@ -413,4 +414,7 @@ def test_events_keep_their_logs_when_the_file_helper_is_killed(spool, daemon):
         assert f"FC Invoke End RequestId: {event['id']}" in log
     wait_for(lambda: not list((spool / "incoming" / "echo").iterdir()), what="incoming/ emptied")
     assert "the file helper failed" in d.log_text()
+    helper_state = {"pid": helper, "running": False}
+    wait_for(lambda: fnspool_json(spool, "status")["file_helper"] == helper_state, what="status")
+    assert "file helper: not running" in fnspool(spool, "status").stdout
     assert d.stop() == 0
