@@ -13,6 +13,7 @@ The process itself is daemon/filework.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -33,7 +34,8 @@ _EXIT_GRACE = 5.0  # seconds for the helper to exit once its pipes are closed
 
 
 class FileHelper:
-    """The daemon's side: one helper process, called by one thread at a time."""
+    """The daemon's side: one helper process. Calls come from worker threads (the journal's
+    writer, the ingestor's unlinker) and are served one at a time."""
 
     def __init__(self) -> None:
         self._child: supervise.Child | None = None
@@ -79,7 +81,7 @@ class FileHelper:
             append_all(writes)
 
     def remove(self, incoming: Path, files: list[tuple[Key, FileId]]) -> set[Key]:
-        """spool.remove_journaled, in the helper."""
+        """spool.remove_journaled, in the helper: the keys of the files it could not remove."""
         done = self._call(Remove(str(incoming), files))
         if done is None:
             return remove_journaled(str(incoming), files)
@@ -109,7 +111,8 @@ class FileHelper:
                 log.error("the file helper failed (%r): file work goes on in the daemon", exc)
                 self._close_pipes()
                 if self._child is not None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._child.kill_group, signal.SIGKILL)
+                    with contextlib.suppress(RuntimeError):  # the loop has closed: it is gone
+                        self._loop.call_soon_threadsafe(self._child.kill_group, signal.SIGKILL)
                 return None
 
     def _close_pipes(self) -> None:
