@@ -63,6 +63,8 @@ class Daemon:
         self.notifier = Notifier()
         self.files = FileHelper()  # event logs and removals from incoming/, out of the process
         self.reloads = 0  # SIGHUP reloads done; `fnspool systemd reload` waits on it
+        self._starting = True
+        self._sighup_while_starting = False
 
     # -- the ingestor's sink --------------------------------------------------------------
 
@@ -113,6 +115,9 @@ class Daemon:
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit status."""
+        # first: a stop asked for while starting (`systemctl stop` during activation) is a clean
+        # shutdown once started, not the default death by signal
+        self._install_signals()
         self.spool.create()
         self.spool.check_modes()
         lock_fd = lock.acquire(self.spool.run)
@@ -182,11 +187,13 @@ class Daemon:
             remove=self.files.remove,
         )
         await self.ingestor.start()
-        self._install_signals()
         self._chores = asyncio.get_running_loop().create_task(self._run_chores())
         self._watchdog = asyncio.get_running_loop().create_task(self.notifier.run_watchdog())
-        if self._fatal is not None:
-            return  # the journal failed while starting (a full disk): never announced ready
+        self._starting = False
+        if self._fatal is not None or self._stop.is_set():
+            return  # the journal failed while starting (a full disk), or asked to stop: not ready
+        if self._sighup_while_starting:
+            self._on_sighup()
         self.ready = True
         self.write_status()
         self.notifier.ready(self._status_line())
@@ -207,6 +214,9 @@ class Daemon:
 
     def _on_sighup(self) -> None:
         """Reload the definitions, telling systemd that a reload runs (ExecReload waits on it)."""
+        if self._starting:  # the definitions may be loaded already: again once started
+            self._sighup_while_starting = True
+            return
         self.notifier.reloading()
         log.info("SIGHUP: reloading definitions")
         self._reload_definitions()

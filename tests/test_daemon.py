@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, drop, events, fnspool, fnspool_json, wait_for
 
-from daemon.journal import list_segments
+from daemon import lock
+from daemon.journal import encode_record, list_segments, segment_name
+from daemon.model import HookRun
 
 FULL_HISTORY = ["Enqueued", "Dequeued", "Running", "Succeeded"]
 # DESIGN.md's JSON shapes: `events list` fields, and what `events get` adds
@@ -418,3 +420,24 @@ def test_events_keep_their_logs_when_the_file_helper_is_killed(spool, daemon):
     wait_for(lambda: fnspool_json(spool, "status")["file_helper"] == helper_state, what="status")
     assert "file helper: not running" in fnspool(spool, "status").stdout
     assert d.stop() == 0
+
+
+def test_sigterm_while_starting_is_a_clean_stop(spool, daemon):
+    # a journal that takes a while to replay keeps the daemon starting (`systemctl stop` during
+    # activation): the stop must wait for the start, then drain and exit 0, never die by signal
+    journal = spool / "journal"
+    journal.mkdir(parents=True)
+    hook = {"instance": "i", "function": "echo", "hook": "pre_freeze", "started": 1.0}
+    records = (
+        encode_record(HookRun(seq=seq, at=1.0, duration_ms=0.1, ok=True, **hook))
+        for seq in range(1, 300_001)
+    )
+    (journal / segment_name(1)).write_bytes(b"".join(records))
+    d = daemon.start(wait_ready=False)
+    wait_for(lambda: lock.holder(spool / "run") == d.pid, what="the daemon to take its lock")
+    assert not (spool / "run" / "status.json").exists(), "ready already: replay a longer journal"
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(60) == 0, d.log_text()
+    assert "SIGTERM: draining" in d.log_text()
+    status = json.loads((spool / "run" / "status.json").read_text())
+    assert status["stopped"] and not status["ready"]
