@@ -221,9 +221,17 @@ def _no_leftover_cgroups() -> Iterator[None]:
     yield
     if own is None:
         return
-    for base in set(own.glob("fnspool-*")) - before:
-        for group in [p for p in base.iterdir() if p.is_dir()]:
+    left = set(own.glob("fnspool-*")) - before
+    # a killed daemon's last processes may still be on their way out (reaped by init): a group
+    # cannot be removed until they are gone
+    deadline = time.monotonic() + 5.0
+    while left and time.monotonic() < deadline:
+        for base in list(left):
+            for group in [p for p in base.iterdir() if p.is_dir()]:
+                with contextlib.suppress(OSError):
+                    group.rmdir()
             with contextlib.suppress(OSError):
-                group.rmdir()  # fails, harmlessly, while a process is still in it
-        with contextlib.suppress(OSError):
-            base.rmdir()
+                base.rmdir()
+                left.discard(base)
+        if left:
+            time.sleep(0.05)
