@@ -33,15 +33,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 
 
 def fnspool(
-    spool: Path, *args: str, check: bool = True, input: str | None = None
+    spool: Path,
+    *args: str,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess:
-    """Run the CLI against `spool`."""
+    """Run the CLI against `spool` (`fnspool daemon` too, for one that must exit at once)."""
     proc = subprocess.run(
         [sys.executable, "-m", "daemon", *args, "--spool", str(spool)],
         capture_output=True,
         text=True,
         input=input,
-        timeout=60,
+        timeout=timeout,
         cwd=REPO,
     )
     if check and proc.returncode != 0:

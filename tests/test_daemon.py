@@ -128,13 +128,7 @@ def daemon_alive(spool):
 
 def test_a_second_daemon_exits_naming_the_first(spool, daemon):
     first = daemon.start()
-    proc = subprocess.run(
-        [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
+    proc = fnspool(spool, "daemon", check=False, timeout=30)
     assert proc.returncode != 0
     assert f"pid {first.proc.pid}" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, wait_for
+from conftest import REPO, fnspool, wait_for
 
 from daemon.model import State
 from daemon.spool import printable
@@ -363,13 +363,7 @@ def test_the_daemon_refuses_a_world_writable_spool_and_says_how_to_fix_it(spool,
     (spool / loose).mkdir(parents=True, exist_ok=True)
     path = (spool / loose).resolve()
     os.chmod(path, 0o777)
-    proc = subprocess.run(
-        [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
+    proc = fnspool(spool, "daemon", check=False, timeout=30)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import REPO
+from conftest import fnspool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -388,13 +386,7 @@ def test_a_torn_tail_that_cannot_be_kept_is_not_cut_and_the_daemon_says_why(tmp_
     with pytest.raises(FnspoolError, match="cannot cut the torn tail"):
         recover(spool / "journal")
     assert segment.read_bytes() == good + b"0123abcd {torn", "cut without keeping the bytes"
-    proc = subprocess.run(
-        [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    proc = fnspool(spool, "daemon", check=False)
     assert proc.returncode == 1
     assert "fnspool: journal: cannot cut the torn tail" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
