@@ -38,6 +38,7 @@ from daemon.spool import (
     Key,
     Rejection,
     Spool,
+    incoming_name,
     printable,
     reject,
     remove_journaled,
@@ -177,14 +178,15 @@ class Ingestor:
         if self.sink.already_journaled(source):
             os.unlink(name, dir_fd=dir_fd)
             log.info(
-                "removed incoming/%s, journaled before a crash", printable(_join(dirname, name))
+                "removed incoming/%s, journaled before a crash",
+                printable(incoming_name(dirname, name)),
             )
             return
         visible = f"recovered-{st.st_ino}-{time.time_ns()}.json"
         os.rename(name, visible, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         log.warning(
             "incoming/%s was being set aside at a crash and is not journaled: taken as %s",
-            printable(_join(dirname, name)),
+            printable(incoming_name(dirname, name)),
             visible,
         )
 
@@ -426,7 +428,7 @@ class Ingestor:
                 self._reject(batch, key, why)
             return
         except Exception:
-            log.exception("unexpected error on incoming/%s", printable(_join(*key)))
+            log.exception("unexpected error on incoming/%s", printable(incoming_name(*key)))
             self._reject(batch, key, Rejection("internal", "an internal error; see the daemon log"))
             return
         if outcome is None:
@@ -450,7 +452,7 @@ class Ingestor:
         if dirname:
             self._check_function(dirname)
         source = Source(
-            path=f"incoming/{_join(dirname, name)}",
+            path=f"incoming/{incoming_name(dirname, name)}",
             device=st.st_dev,
             inode=st.st_ino,
             size=st.st_size,
@@ -493,7 +495,7 @@ class Ingestor:
 
     def _reject(self, batch: _Batch, key: Key, why: Rejection) -> None:
         self._settling.forget(key)
-        relpath = f"incoming/{_join(*key)}"
+        relpath = f"incoming/{incoming_name(*key)}"
         try:
             reject(self.spool, batch.dirs.get(key[0]), key[1], why, relpath)
             self.stats.rejected += 1
@@ -505,9 +507,5 @@ class Ingestor:
 
 def _identity(key: Key, st: os.stat_result | FileId) -> tuple[object, ...]:
     """The identity the store keeps for the file at `key` (see Store.already_journaled)."""
-    path = f"incoming/{_join(*key)}"
+    path = f"incoming/{incoming_name(*key)}"
     return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _join(dirname: str, name: str) -> str:
-    return f"{dirname}/{name}" if dirname else name

@@ -194,8 +194,7 @@ class FunctionPool:
 
     def _idle_if_free(self, instance: Instance) -> None:
         if (
-            instance.id in self._load
-            and self._load[instance.id] == 0
+            self._load.get(instance.id) == 0  # still here, and still without an event
             and instance.id not in self._retiring
             and instance.id not in self._settling
             and instance.id not in self._frozen

@@ -219,6 +219,11 @@ def _identity(st: os.stat_result | FileId) -> tuple[int, int, int, int]:
 Key = tuple[str, str]
 
 
+def incoming_name(dirname: str, name: str) -> str:
+    """A file's path relative to incoming/ ("" for a file in incoming/ itself)."""
+    return f"{dirname}/{name}" if dirname else name
+
+
 def remove_journaled(incoming: str | os.PathLike[str], files: list[tuple[Key, FileId]]) -> set[Key]:
     """Unlink journaled files that are still the ones journaled, then fsync each folder touched
     once (invariant I1's last two steps); return the keys of those still there, or whose removal
@@ -251,8 +256,7 @@ def _unlink_journaled(dirs: DirFds, key: Key, st: FileId, failed: set[Key]) -> b
     except FileNotFoundError:
         return False
     except OSError as exc:
-        path = f"{key[0]}/{key[1]}" if key[0] else key[1]
-        log.error("cannot remove incoming/%s: %s", printable(path), exc)
+        log.error("cannot remove incoming/%s: %s", printable(incoming_name(*key)), exc)
         failed.add(key)
         return False
 
