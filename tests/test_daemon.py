@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, drop, events, fnspool, fnspool_json, wait_for
+from conftest import REPO, drop, events, fnspool, fnspool_json, journal_records, wait_for
 
 from daemon import lock
 from daemon.journal import encode_record, list_segments, segment_name
@@ -435,3 +435,27 @@ def test_sigterm_while_starting_is_a_clean_stop(spool, daemon):
     assert "SIGTERM: draining" in d.log_text()
     status = json.loads((spool / "run" / "status.json").read_text())
     assert status["stopped"] and not status["ready"]
+
+
+def test_a_burst_does_not_freeze_instances_between_its_events(spool, daemon):
+    # an instance freed while events wait goes to the next one: no PreFreeze (nor SIGSTOP and
+    # SIGCONT) per event, only once the queue has run dry (the files wait before the start, so
+    # the first scan queues them all at once)
+    code = spool / "functions" / "busy"
+    code.mkdir(parents=True)
+    (code / "index.py").write_text(
+        "def handler(event, context):\n    return event\n\n\ndef pre_freeze(context):\n    pass\n"
+    )
+    (spool / "functions" / "busy.toml").write_text(
+        'handler = "index.handler"\nmax_instances = 2\n'
+        '[lifecycle]\npre_freeze = "index.pre_freeze"\n'
+    )
+    for i in range(400):
+        drop(spool, "busy", f"b{i:03d}.json", {"i": i})
+    d = daemon.start()
+    done = wait_for(lambda: ended(spool, 400, "busy"), 120, "400 events to end")
+    assert {e["state"] for e in done} == {"Succeeded"}
+    freezes = [r for r in journal_records(spool, HookRun) if r.hook == "pre_freeze"]
+    # one when each instance went idle at the end (the old pool froze dozens to hundreds)
+    assert len(freezes) <= 4, f"{len(freezes)} PreFreeze runs for 400 events in one burst"
+    assert d.stop() == 0
