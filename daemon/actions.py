@@ -14,19 +14,19 @@ import msgspec
 
 from daemon import control, lock
 from daemon.commands import (
-    _events,
     _filter,
     _find,
     _payload,
     _print_json,
+    _reads,
     _spool,
     _wait_for,
 )
 from daemon.errors import FnspoolError
 from daemon.ids import new_request_id
-from daemon.journal import JournalFollower
-from daemon.model import Event, Request, State
-from daemon.query import select
+from daemon.journal import Damage, JournalTail, Outrun
+from daemon.model import TERMINAL_STATES, Event, JournalRecord, Request, State
+from daemon.reads import EventReads
 from daemon.spool import Spool
 
 POLL = 0.02
@@ -44,10 +44,10 @@ class Pending(msgspec.Struct, kw_only=True):
 
 def _submit_all(
     spool: Spool, requests: list[control.ControlRequest]
-) -> tuple[JournalFollower, list[Pending]]:
-    """Write the requests; the follower, loaded before them, sees every answer."""
-    follower = JournalFollower(spool.journal)
-    follower.load()
+) -> tuple[JournalTail, list[Pending]]:
+    """Write the requests; the tail, taken before them, sees every answer."""
+    damages: list[Damage] = []
+    follower = JournalTail.from_end(spool.journal, damages)
     pending = [
         Pending(name=control.submit(spool.root, request), id=request.id) for request in requests
     ]
@@ -55,7 +55,7 @@ def _submit_all(
 
 
 def _await_answers(
-    spool: Spool, follower: JournalFollower, pending: list[Pending], timeout: float | None
+    spool: Spool, follower: JournalTail, pending: list[Pending], timeout: float | None
 ) -> bool:
     """Follow the journal until every request is answered; False when the daemon is down or
     the time is up (the requests then wait in control/)."""
@@ -63,7 +63,7 @@ def _await_answers(
     deadline = None if timeout is None else time.monotonic() + timeout
     warned = False
     while any(p.answer is None for p in pending):
-        for rec in follower.poll():
+        for rec in _new_records(follower):
             if isinstance(rec, Request) and rec.name in pending_by_name:
                 pending_by_name[rec.name].answer = rec
         if all(p.answer is not None for p in pending):
@@ -80,6 +80,14 @@ def _await_answers(
     return True
 
 
+def _new_records(follower: JournalTail) -> list[JournalRecord]:
+    try:
+        return list(follower.read())
+    except Outrun:  # compacted between two looks: follow from the end again
+        follower.cursor = JournalTail.from_end(follower.directory, follower.damages).cursor
+        return []
+
+
 def _say_queued(spool: Spool) -> None:
     print(
         f"fnspool: the daemon is not running; the request waits in {spool.control} "
@@ -91,7 +99,7 @@ def _say_queued(spool: Spool) -> None:
 def events_stop(args: argparse.Namespace) -> int:
     """Stop an event: at once if not running, else forced (PreStop, kill) or gracefully."""
     spool = _spool(args)
-    event = _find(_events(spool), args.id)
+    event = _find(_reads(spool), args.id)
     if event.ended:
         raise FnspoolError(
             f"event {event.id} has already ended: {event.state.value}",
@@ -124,8 +132,7 @@ def _print_answer(answer: Request) -> None:
 def events_reinvoke(args: argparse.Namespace) -> int:
     """Re-invoke one ended event, or every ended event the filters match (after a confirmation)."""
     spool = _spool(args)
-    events = _events(spool)
-    chosen = _chosen(args, events)
+    chosen = _chosen(args, _reads(spool))
     payload = msgspec.Raw(msgspec.json.encode(_payload(args))) if _has_payload(args) else None
     if len(chosen) > 1 or not args.id:
         if not chosen:
@@ -144,9 +151,9 @@ def events_reinvoke(args: argparse.Namespace) -> int:
     return _report_reinvoked(spool, pending, args)
 
 
-def _chosen(args: argparse.Namespace, events: dict[str, Event]) -> list[Event]:
+def _chosen(args: argparse.Namespace, reads: EventReads) -> list[Event]:
     if args.id:
-        event = _find(events, args.id)
+        event = _find(reads, args.id)
         if not event.ended:
             raise FnspoolError(
                 f"event {event.id} has not ended: {event.state.value}",
@@ -154,8 +161,9 @@ def _chosen(args: argparse.Namespace, events: dict[str, Event]) -> list[Event]:
                 exit_code=EXIT_REFUSED,
             )
         return [event]
-    ended = (e for e in events.values() if e.ended)
-    return select(ended, _filter(args), limit=args.limit, newest_first=False)
+    flt = _filter(args)
+    flt.states = (flt.states or set(TERMINAL_STATES)) & TERMINAL_STATES
+    return reads.select(flt, limit=args.limit, newest_first=False) if flt.states else []
 
 
 def _has_payload(args: argparse.Namespace) -> bool:

@@ -15,9 +15,9 @@ import msgspec
 from daemon import lock
 from daemon.errors import FnspoolError
 from daemon.functions import NAME_RE, load_catalog
-from daemon.journal import JournalFollower
 from daemon.model import Event, State
-from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, select, summary
+from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, summary
+from daemon.reads import EventReads
 from daemon.spool import Spool
 
 POLL = 0.05
@@ -28,16 +28,16 @@ def _spool(args: argparse.Namespace) -> Spool:
     return Spool.resolve(args.spool)
 
 
-def _events(spool: Spool) -> dict[str, Event]:
-    return JournalFollower(spool.journal).load().events
+def _reads(spool: Spool) -> EventReads:
+    return EventReads(spool.journal)
 
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-def _find(events: dict[str, Event], request_id: str) -> Event:
-    event = events.get(request_id)
+def _find(reads: EventReads, request_id: str) -> Event:
+    event = reads.get(request_id)
     if event is None:
         raise FnspoolError(f"no event with id {request_id!r}", title="not found", exit_code=4)
     return event
@@ -169,11 +169,8 @@ _ROW = "{:36}  {:16} {:10} {:>3}  {:24} {:>10}  {}"
 
 def events_list(args: argparse.Namespace) -> int:
     """List events matching the filters, newest first unless --order asc."""
-    chosen = select(
-        _events(_spool(args)).values(),
-        _filter(args),
-        limit=args.limit,
-        newest_first=args.order == "desc",
+    chosen = _reads(_spool(args)).select(
+        _filter(args), limit=args.limit, newest_first=args.order == "desc"
     )
     if args.json:
         _print_json([summary(e) for e in chosen])
@@ -193,7 +190,7 @@ def events_list(args: argparse.Namespace) -> int:
 def events_get(args: argparse.Namespace) -> int:
     """Show one event: state, attempts, history, payload, result or error."""
     spool = _spool(args)
-    event = _find(_events(spool), args.id)
+    event = _find(_reads(spool), args.id)
     if args.json:
         _print_json(detail(event, spool.logs))
     else:
@@ -249,17 +246,17 @@ def _usage_text(usage: dict[str, Any]) -> str:
 def events_logs(args: argparse.Namespace) -> int:
     """Print an event's log; with --follow, keep printing until the event ends."""
     spool = _spool(args)
-    follower = JournalFollower(spool.journal)
-    event = _find(follower.load().events, args.id)
+    reads = _reads(spool)
+    event = _find(reads, args.id)
     path = log_path(spool.logs, event)
     offset = 0
     while True:
         offset = _copy_from(path, offset)
-        if not args.follow or follower.state.events[args.id].ended:
+        if not args.follow or event.ended:
             offset = _copy_from(path, offset)
             return 0
         time.sleep(POLL)
-        follower.poll()
+        event = reads.get(args.id) or event
 
 
 def _copy_from(path: os.PathLike[str], offset: int) -> int:
@@ -286,16 +283,15 @@ def events_wait(args: argparse.Namespace) -> int:
 def _wait_for(
     spool: Spool, ids: list[str], timeout: float | None, known_only: bool = False
 ) -> dict[str, Event]:
-    """Follow the journal until every id has ended."""
-    follower = JournalFollower(spool.journal)
-    events = follower.load().events
+    """Poll the events until every id has ended."""
+    reads = _reads(spool)
     if known_only:
         for request_id in ids:
-            _find(events, request_id)
+            _find(reads, request_id)
     deadline = None if timeout is None else time.monotonic() + timeout
     warned = False
     while True:
-        events = follower.state.events
+        events = reads.get_many(ids)
         if all(i in events and events[i].ended for i in ids):
             return {i: events[i] for i in ids}
         _check_rejected(spool, ids, events)
@@ -305,7 +301,6 @@ def _wait_for(
         if deadline is not None and time.monotonic() > deadline:
             raise FnspoolError("timed out waiting for the events to end", exit_code=124)
         time.sleep(POLL)
-        follower.poll()
 
 
 def _check_rejected(spool: Spool, ids: list[str], events: dict[str, Event]) -> None:

@@ -113,9 +113,13 @@ class Destinations:
         self._pending: list[Event] = []
         self._task: asyncio.Task[None] | None = None
 
+    def owes(self, event: Event) -> bool:
+        """Whether an ended event still has a record to deliver."""
+        return not event.delivered and bool(self._destination(event))
+
     def ended(self, event: Event) -> None:
         """An event reached a terminal state (its record may not be durable yet)."""
-        if not event.delivered and self._destination(event):
+        if self.owes(event):
             self._pending.append(event)
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._deliver_pending())

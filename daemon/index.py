@@ -13,7 +13,6 @@ Light on purpose: no asyncio, no uvloop, no textual.
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import time
 import zlib
@@ -24,15 +23,20 @@ from collections.abc import Callable, Iterable
 from itertools import compress
 from operator import attrgetter, methodcaller
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
 from daemon.journal import (
+    ArchiveHeader,
+    Cursor,
     Damage,
     JournalFollower,
     JournalState,
+    JournalTail,
     SegmentReader,
     SnapshotHeader,
+    list_archives,
     list_segments,
     list_snapshots,
     unframe,
@@ -41,12 +45,11 @@ from daemon.model import (
     TERMINAL_STATES,
     ErrorInfo,
     Event,
-    IllegalTransition,
     JournalRecord,
     State,
     Transition,
-    apply,
 )
+from daemon.reads import EventReads
 
 STATES: tuple[State, ...] = tuple(State)
 STATE_CODE: dict[State, int] = {s: i for i, s in enumerate(STATES)}
@@ -75,6 +78,8 @@ class _Row(msgspec.Struct):
 
 _rows_decoder = msgspec.json.Decoder(list[_Row])
 _header_decoder = msgspec.json.Decoder(SnapshotHeader)
+_archive_decoder = msgspec.json.Decoder(ArchiveHeader)
+H = TypeVar("H", SnapshotHeader, ArchiveHeader)
 _event_decoder = msgspec.json.Decoder(Event)
 _record_decoder = msgspec.json.Decoder(JournalRecord)
 
@@ -375,10 +380,18 @@ def _decode_rows(lines: list[bytes]) -> list[_Row]:
 
 def read_snapshot_table(path: Path) -> tuple[SnapshotHeader, EventTable]:
     """Read a snapshot into a table, streaming; ValueError when damaged anywhere (as journal's)."""
-    table = EventTable()
+    return read_events_table(path, _header_decoder)
+
+
+def read_events_table(
+    path: Path, header_decoder: msgspec.json.Decoder[H], table: EventTable | None = None
+) -> tuple[H, EventTable]:
+    """Read a snapshot or an archive into a (new) table, streaming; ValueError when damaged."""
+    table = table if table is not None else EventTable()
+    before = len(table)
     with open(path, "rb") as f:
         try:
-            header = _header_decoder.decode(unframe(f.readline().rstrip(b"\n")))
+            header = header_decoder.decode(unframe(f.readline().rstrip(b"\n")))
         except (ValueError, msgspec.DecodeError) as exc:
             raise ValueError(f"{path}: damaged snapshot header: {exc}") from None
         pending = b""
@@ -394,8 +407,10 @@ def read_snapshot_table(path: Path) -> tuple[SnapshotHeader, EventTable]:
             time.sleep(0)  # hand the GIL over: the UI thread may be waiting for it
     if pending:
         raise ValueError(f"{path}: torn snapshot")
-    if header.count != len(table):
-        raise ValueError(f"{path}: snapshot holds {len(table)} events, header says {header.count}")
+    if header.count != len(table) - before:
+        raise ValueError(
+            f"{path}: holds {len(table) - before} events, its header says {header.count}"
+        )
     table.index_ids()
     return header, table
 
@@ -408,31 +423,44 @@ class TableFollower(JournalFollower):
         self.table = EventTable()
 
     def load(self) -> JournalState:
-        """(Re)read everything from the newest readable snapshot on, into a new table."""
+        """(Re)read archives and the newest readable snapshot, then the segments, into a table."""
         self.close()
         self.state = JournalState()
         self.table = EventTable()
-        self._finished = 0
         self.reloads += 1
-        for _seq, path in reversed(list_snapshots(self.directory)):
-            try:
-                header, self.table = read_snapshot_table(path)
-            except FileNotFoundError:
-                continue  # compacted away under us
-            except ValueError as exc:
-                self.state.damages.append(_damage(path, str(exc)))
-                continue
-            self.state.last_seq = self.state.snapshot_seq = header.seq
-            break
+        snapshots = list_snapshots(self.directory)
+        newest = snapshots[-1][0] if snapshots else 0
+        for seq, path in list_archives(self.directory):
+            if seq <= newest:
+                self._load_file(path, _archive_decoder)
+        for _seq, path in reversed(snapshots):
+            header = self._load_file(path, _header_decoder)
+            if header is not None:
+                self.state.last_seq = self.state.snapshot_seq = header.seq
+                break
+        self._tail = JournalTail(
+            self.directory, Cursor(seq=self.state.last_seq), self.state.damages
+        )
         for rec in self.poll():
             if isinstance(rec, Transition):
                 self.table.apply(rec)
         return self.state
 
-    def _drain(self) -> list[JournalRecord]:
-        assert self._reader is not None
+    def _load_file(self, path: Path, decoder: msgspec.json.Decoder[H]) -> H | None:
+        try:
+            header, self.table = read_events_table(path, decoder, self.table)
+        except FileNotFoundError:
+            return None  # compacted away under us
+        except ValueError as exc:
+            self.state.damages.append(_damage(path, str(exc)))
+            return None
+        return header
+
+    def _fold_tail(self) -> list[JournalRecord]:
+        if self._tail is None:
+            return []
         new = []
-        for rec in self._reader.records(self.state.damages):
+        for rec in self._tail.read():
             if rec.seq > self.state.last_seq:
                 self.state.last_seq = rec.seq
                 new.append(rec)
@@ -487,58 +515,5 @@ def _tail_rows(path: Path, tail_bytes: int) -> list[_Row]:
 
 
 def load_event(directory: Path, request_id: str) -> Event | None:
-    """One whole event (payload, history, result): its snapshot line plus later records."""
-    key = msgspec.json.encode(request_id)
-    event, covered = None, 0
-    for seq, path in reversed(list_snapshots(directory)):
-        try:
-            event = _find_in_snapshot(path, b'{"id":' + key + b",")
-        except FileNotFoundError:
-            continue
-        except ValueError:
-            continue  # damaged: an older snapshot may stand
-        covered = seq
-        break
-    events = {event.id: event} if event is not None else {}
-    needle = b'"id":' + key + b","
-    for _first, path in list_segments(directory):
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            continue
-        for line in data.split(b"\n"):
-            if needle not in line:
-                continue
-            try:
-                body = unframe(line)
-                rec = _record_decoder.decode(body)
-            except (ValueError, msgspec.DecodeError):
-                continue
-            if not isinstance(rec, Transition) or rec.seq <= covered:
-                continue
-            known = events.get(request_id)
-            if known is not None and rec.seq <= known.seq:
-                continue
-            try:
-                apply(events, rec)
-            except IllegalTransition:
-                continue
-    return events.get(request_id)
-
-
-def _find_in_snapshot(path: Path, prefix: bytes) -> Event | None:
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return None
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            at = data.find(b" " + prefix)
-            if at < 0:
-                return None
-            start = data.rfind(b"\n", 0, at) + 1
-            end = data.find(b"\n", at)
-            line = data[start:end]
-    try:
-        return _event_decoder.decode(unframe(line))
-    except msgspec.DecodeError as exc:
-        raise ValueError(str(exc)) from None
+    """One whole event (payload, history, result), from the index and the journal."""
+    return EventReads(directory).get(request_id)

@@ -17,6 +17,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SEGMENT_RE = re.compile(r"^segment-(\d{16})\.jsonl$")
 SNAPSHOT_RE = re.compile(r"^snapshot-(\d{16})\.jsonl$")
+ARCHIVE_RE = re.compile(r"^archive-(\d{16})\.jsonl$")
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # a longer line is damage, never buffered further
 _READ_CHUNK = 1024 * 1024
 
@@ -35,14 +37,35 @@ _encoder = msgspec.json.Encoder()
 
 
 class SnapshotHeader(msgspec.Struct, frozen=True, kw_only=True, tag="snapshot", tag_field="kind"):
-    """The first line of a snapshot: the last sequence number it covers."""
+    """The first line of a snapshot: the last sequence number it covers.
+
+    A snapshot holds the events still in the daemon's care (not ended, or ended with a
+    destination record to deliver); `archived` counts by state the events of the archives it
+    stands on. A snapshot of an older version holds ended events too, and no `archived`.
+    """
 
     seq: int
     at: float
     count: int
+    archived: dict[str, int] | None = None
+
+
+class ArchiveHeader(msgspec.Struct, frozen=True, kw_only=True, tag="archive", tag_field="kind"):
+    """The first line of an archive: ended events set aside by the compaction at `seq`.
+
+    Archives are immutable; each holds the events that left the daemon's care since the
+    compaction before it. One goes as a whole once its newest event is past retention.
+    """
+
+    seq: int
+    at: float
+    count: int
+    last_ended: float  # the latest end among its events: retention drops the archive after it
+    counts: dict[str, int]  # its events by state
 
 
 _header_decoder = msgspec.json.Decoder(SnapshotHeader)
+_archive_decoder = msgspec.json.Decoder(ArchiveHeader)
 
 
 class Damage(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,15 +138,26 @@ def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
     return list_numbered(directory, SNAPSHOT_RE)
 
 
+def archive_name(seq: int) -> str:
+    """The file name of the archive written by the compaction at `seq`."""
+    return f"archive-{seq:016d}.jsonl"
+
+
+def list_archives(directory: Path) -> list[tuple[int, Path]]:
+    """(compaction sequence number, path) of every archive, oldest first."""
+    return list_numbered(directory, ARCHIVE_RE)
+
+
 class SegmentReader:
     """Reads whole lines from one segment file as they are appended; keeps a torn tail pending."""
 
-    def __init__(self, path: Path, first_seq: int) -> None:
+    def __init__(self, path: Path, first_seq: int, offset: int = 0) -> None:
         self.path = path
         self.first_seq = first_seq
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # kept open to follow the file
-        self.offset = 0  # end of the last whole line consumed
-        self._read_pos = 0
+        self.offset = offset  # end of the last whole line consumed
+        self._read_pos = offset
+        self.damaged = 0  # lines that could not be read: each may have hidden one record
         self._pending = b""
         self._skipping = False  # inside a line longer than MAX_RECORD_BYTES
         self._skipped = 0  # bytes of that line dropped so far
@@ -183,11 +217,13 @@ class SegmentReader:
         """Decode the new whole lines, adding what cannot be read to `damages`."""
         for offset, line, reason in self.lines():
             if line is None:
+                self.damaged += 1
                 damages.append(Damage(path=str(self.path), offset=offset, length=0, reason=reason))
                 continue
             try:
                 yield decode_record(line)
             except ValueError as exc:
+                self.damaged += 1
                 salvaged = salvage(line)
                 reason = (
                     f"{exc}; {len(salvaged)} whole records inside kept" if salvaged else str(exc)
@@ -225,11 +261,31 @@ def salvage(line: bytes) -> list[JournalRecord]:
     return found
 
 
-def write_snapshot(directory: Path, seq: int, at: float, events: list[Event]) -> Path:
+def write_snapshot(
+    directory: Path,
+    seq: int,
+    at: float,
+    events: list[Event],
+    archived: dict[str, int] | None = None,
+) -> Path:
     """Write a snapshot durably (temp file, fsync, rename, directory fsync); return its path."""
-    final = directory / snapshot_name(seq)
-    temp = directory / f".{final.name}.tmp"
-    header = SnapshotHeader(seq=seq, at=at, count=len(events))
+    header = SnapshotHeader(seq=seq, at=at, count=len(events), archived=archived)
+    return write_events_file(directory / snapshot_name(seq), header, events)
+
+
+def write_archive(directory: Path, seq: int, at: float, events: list[Event]) -> Path:
+    """Write the archive of ended events set aside by the compaction at `seq` (durably)."""
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.state.value] = counts.get(event.state.value, 0) + 1
+    last_ended = max((e.ended_at or 0.0 for e in events), default=0.0)
+    header = ArchiveHeader(seq=seq, at=at, count=len(events), last_ended=last_ended, counts=counts)
+    return write_events_file(directory / archive_name(seq), header, events)
+
+
+def write_events_file(final: Path, header: msgspec.Struct, events: list[Event]) -> Path:
+    """Write a header line and one event per line to `final` durably, all or nothing."""
+    temp = final.with_name(f".{final.name}.tmp")
     try:
         with open(temp, "wb") as out:
             out.write(encode_record(header))
@@ -243,30 +299,62 @@ def write_snapshot(directory: Path, seq: int, at: float, events: list[Event]) ->
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
-        temp.unlink(missing_ok=True)  # a full disk must not keep half a snapshot around
+        temp.unlink(missing_ok=True)  # a full disk must not keep half a file around
         raise
     os.rename(temp, final)
-    fsync_dir(directory)
+    fsync_dir(final.parent)
     return final
 
 
 def read_snapshot(path: Path) -> tuple[SnapshotHeader, dict[str, Event]]:
     """Read a snapshot; ValueError when it is damaged anywhere (a snapshot must be whole)."""
+    header, events = read_events_file(path, _header_decoder)
+    return header, events
+
+
+def read_archive(path: Path) -> tuple[ArchiveHeader, dict[str, Event]]:
+    """Read an archive; ValueError when it is damaged anywhere."""
+    return read_events_file(path, _archive_decoder)
+
+
+def read_archive_header(path: Path) -> ArchiveHeader:
+    """Only the first line of an archive; ValueError when it is damaged."""
+    with open(path, "rb") as f:
+        line = f.readline(_READ_CHUNK).rstrip(b"\n")
+    try:
+        return _archive_decoder.decode(unframe(line))
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise ValueError(f"{path}: damaged archive header: {exc!s:.200}") from None
+
+
+def archive_ids(path: Path) -> list[tuple[str, str]]:
+    """(id, function) of every event in an archive, without decoding the rest."""
+    _header, events = read_archive(path)
+    return [(e.id, e.function) for e in events.values()]
+
+
+H = TypeVar("H", SnapshotHeader, ArchiveHeader)
+
+
+def read_events_file(
+    path: Path, header_decoder: msgspec.json.Decoder[H]
+) -> tuple[H, dict[str, Event]]:
+    """Read a header line and its events, all or nothing (ValueError when damaged)."""
     with open(path, "rb") as f:
         data = f.read()
     lines = data.split(b"\n")
     if lines[-1] != b"":
-        raise ValueError(f"{path}: torn snapshot")
+        raise ValueError(f"{path}: torn file")
     try:
-        header = _header_decoder.decode(unframe(lines[0]))
+        header = header_decoder.decode(unframe(lines[0]))
         events = {}
         for line in lines[1:-1]:
             event = _event_decoder.decode(unframe(line))
             events[event.id] = event
     except (ValueError, msgspec.DecodeError, RecursionError) as exc:
-        raise ValueError(f"{path}: damaged snapshot: {exc!s:.200}") from None
+        raise ValueError(f"{path}: damaged: {exc!s:.200}") from None
     if header.count != len(events):
-        raise ValueError(f"{path}: snapshot holds {len(events)} events, header says {header.count}")
+        raise ValueError(f"{path}: holds {len(events)} events, its header says {header.count}")
     return header, events
 
 
@@ -287,6 +375,7 @@ class JournalState(msgspec.Struct, kw_only=True):
     snapshot_seq: int = 0
     damages: list[Damage] = msgspec.field(default_factory=list)
     illegal: list[str] = msgspec.field(default_factory=list)
+    archived: dict[str, int] | None = None  # the snapshot's count of archived events by state
 
 
 def load_snapshot(directory: Path, state: JournalState) -> None:
@@ -299,9 +388,27 @@ def load_snapshot(directory: Path, state: JournalState) -> None:
         except ValueError as exc:
             state.damages.append(Damage(path=str(path), offset=0, length=0, reason=str(exc)))
             continue
-        state.events = events
+        state.events.update(events)
         state.last_seq = state.snapshot_seq = header.seq
+        state.archived = dict(header.archived) if header.archived is not None else None
         return
+
+
+def load_archives(directory: Path, state: JournalState) -> None:
+    """Load every readable archive the newest snapshot stands on (a full replay: readers of a
+    small journal, and rebuilds). Call before load_snapshot."""
+    newest = max((seq for seq, _ in list_snapshots(directory)), default=0)
+    for seq, path in list_archives(directory):
+        if seq > newest:
+            continue  # left by a compaction that did not finish: its events are in segments
+        try:
+            _header, events = read_archive(path)
+        except FileNotFoundError:
+            continue  # retention removed it under us
+        except ValueError as exc:
+            state.damages.append(Damage(path=str(path), offset=0, length=0, reason=str(exc)))
+            continue
+        state.events.update(events)
 
 
 def fold(state: JournalState, rec: JournalRecord) -> bool:
@@ -325,68 +432,161 @@ def fold(state: JournalState, rec: JournalRecord) -> bool:
     return True
 
 
-class JournalFollower:
-    """Reads snapshot + segments, then follows new records across rotation and compaction."""
+class Cursor(msgspec.Struct, frozen=True, kw_only=True):
+    """A reader's place in the journal: the last record taken, and where the next one starts."""
 
-    def __init__(self, directory: Path) -> None:
+    seq: int = 0  # the last record taken (0: none)
+    segment: int = 0  # the first sequence number of the segment read (0: find it from `seq`)
+    offset: int = 0  # bytes of that segment consumed
+
+
+class Outrun(Exception):
+    """The segments after a cursor were compacted away: read from a snapshot again."""
+
+
+class JournalTail:
+    """The records after a cursor, following the writer from segment to segment.
+
+    The next segment is followed only where it continues the records read so far (allowing one
+    missing record per damaged line), so a stray file with a high number in journal/ can neither
+    lead a reader away from the segment the daemon writes nor loop it.
+    """
+
+    def __init__(self, directory: Path, cursor: Cursor, damages: list[Damage]) -> None:
         self.directory = directory
-        self.state = JournalState()
-        self.reloads = 0  # bumped when compaction forced a re-read: consumers refresh everything
+        self.cursor = cursor
+        self.damages = damages
         self._reader: SegmentReader | None = None
-        self._finished = 0  # first sequence number of the last segment read to its end
 
-    def load(self) -> JournalState:
-        """(Re)read everything from the newest snapshot on."""
-        self.close()
-        self.state = JournalState()
-        self._finished = 0
-        self.reloads += 1
-        load_snapshot(self.directory, self.state)
-        self.poll()
-        return self.state
-
-    def poll(self) -> list[JournalRecord]:
-        """Read and fold the records appended since the last poll; return them."""
-        new: list[JournalRecord] = []
-        while self._reader is not None or self._open_next():
-            assert self._reader is not None
-            new += self._drain()
-            if not self._writer_moved_on():
-                break
-            new += self._drain()  # what was appended before the switch
-            self._finished = self._reader.first_seq
-            self._reader.close()
-            self._reader = None
-        return new
-
-    def _drain(self) -> list[JournalRecord]:
-        assert self._reader is not None
-        return [r for r in self._reader.records(self.state.damages) if fold(self.state, r)]
-
-    def _open_next(self) -> bool:
-        """Open the first segment holding records after the last one read."""
-        segments = [(s, p) for s, p in list_segments(self.directory) if s > self._finished]
+    @classmethod
+    def from_end(cls, directory: Path, damages: list[Damage]) -> JournalTail:
+        """A tail that yields only the records appended from now on."""
+        segments = list_segments(directory)
         if not segments:
-            return False
-        after = self.state.last_seq
-        candidates = [(s, p) for s, p in segments if s <= after + 1]
-        first_seq, path = candidates[-1] if candidates else segments[0]
-        if first_seq > after + 1 and after > self.state.snapshot_seq:
-            # the segments we needed were compacted between two polls: start over
-            self.load()
+            return cls(directory, Cursor(), damages)
+        first, path = segments[-1]
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = max(0, size - MAX_RECORD_BYTES)
+            f.seek(start)
+            data = f.read(size - start)
+        end = data.rfind(b"\n")
+        if end < 0:  # no whole record in the newest segment yet
+            return cls(directory, Cursor(seq=first - 1, segment=first), damages)
+        last = data.rfind(b"\n", 0, end) + 1
+        try:
+            seq = decode_record(data[last:end]).seq
+        except ValueError:  # damaged: read the segment from its start instead
+            return cls(directory, Cursor(seq=first - 1, segment=first), damages)
+        return cls(directory, Cursor(seq=seq, segment=first, offset=start + end + 1), damages)
+
+    def read(self) -> Iterator[JournalRecord]:
+        """Yield every whole record after the cursor available now; raise Outrun when the
+        segment holding the next record is gone."""
+        while self._reader is not None or self._open():
+            reader = self._reader
+            assert reader is not None
+            yield from self._drain(reader)
+            following = self._following(reader)
+            if following is None:
+                return
+            yield from self._drain(reader)  # what was appended before the writer moved on
+            reader.close()
+            self._reader = None
+            self.cursor = Cursor(seq=self.cursor.seq, segment=following)
+
+    def _drain(self, reader: SegmentReader) -> Iterator[JournalRecord]:
+        for rec in reader.records(self.damages):
+            if rec.seq > self.cursor.seq:
+                self.cursor = Cursor(seq=rec.seq, segment=reader.first_seq, offset=reader.offset)
+                yield rec
+        self.cursor = Cursor(seq=self.cursor.seq, segment=reader.first_seq, offset=reader.offset)
+
+    def _open(self) -> bool:
+        segment = self.cursor.segment or self._segment_holding(self.cursor.seq + 1)
+        if segment is None:
             return False
         try:
-            self._reader = SegmentReader(path, first_seq)
+            self._reader = SegmentReader(
+                self.directory / segment_name(segment), segment, self.cursor.offset
+            )
         except FileNotFoundError:
-            return False
+            raise Outrun(f"segment {segment} is gone") from None
         return True
 
-    def _writer_moved_on(self) -> bool:
-        assert self._reader is not None
-        return any(s > self._reader.first_seq for s, _ in list_segments(self.directory))
+    def _segment_holding(self, seq: int) -> int | None:
+        """The segment where record `seq` is or will be; Outrun when it was compacted away."""
+        segments = [first for first, _ in list_segments(self.directory)]
+        earlier = [first for first in segments if first <= seq]
+        if earlier:
+            return earlier[-1]
+        if segments and self.cursor.seq == 0:
+            return segments[0]  # a journal whose start was compacted: from its first segment
+        if segments:
+            raise Outrun(f"records {seq}..{segments[0] - 1} were compacted away")
+        return None
+
+    def _following(self, reader: SegmentReader) -> int | None:
+        """The segment after the one read, once the writer has moved on to it."""
+        reach = self.cursor.seq + 1 + reader.damaged
+        later = [s for s, _ in list_segments(self.directory) if reader.first_seq < s <= reach]
+        if later:
+            return later[0]
+        if not reader.path.exists():  # compacted away while we read it: we fell behind
+            raise Outrun(f"segment {reader.first_seq} is gone")
+        return None
 
     def close(self) -> None:
         """Close the open segment."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+
+class JournalFollower:
+    """Reads archives, snapshot and segments, then follows new records across rotation and
+    compaction: every retained event, folded (for small journals, tests and rebuilds)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.state = JournalState()
+        self.reloads = 0  # bumped when compaction forced a re-read: consumers refresh everything
+        self._tail: JournalTail | None = None
+
+    def load(self) -> JournalState:
+        """(Re)read everything from the archives and the newest snapshot on."""
+        self.close()
+        self.state = JournalState()
+        self.reloads += 1
+        load_archives(self.directory, self.state)
+        load_snapshot(self.directory, self.state)
+        self._tail = JournalTail(
+            self.directory, Cursor(seq=self.state.last_seq), self.state.damages
+        )
+        try:
+            self._fold_tail()
+        except Outrun as exc:  # segments missing right after the snapshot: damage, read on
+            self.state.damages.append(
+                Damage(path=str(self.directory), offset=0, length=0, reason=str(exc))
+            )
+            self._tail = JournalTail(self.directory, Cursor(), self.state.damages)
+            self._fold_tail()
+        return self.state
+
+    def poll(self) -> list[JournalRecord]:
+        """Read and fold the records appended since the last poll; return them."""
+        try:
+            return self._fold_tail()
+        except Outrun:  # compacted between two polls: start over
+            self.load()
+            return []
+
+    def _fold_tail(self) -> list[JournalRecord]:
+        if self._tail is None:
+            return []
+        return [r for r in self._tail.read() if fold(self.state, r)]
+
+    def close(self) -> None:
+        """Close the open segment."""
+        if self._tail is not None:
+            self._tail.close()

@@ -21,12 +21,15 @@ import msgspec
 
 from daemon.errors import FnspoolError
 from daemon.journal import (
+    MAX_RECORD_BYTES,
     Damage,
     JournalState,
     SegmentReader,
+    decode_record,
     encode_record,
     fold,
     fsync_dir,
+    list_archives,
     list_segments,
     load_snapshot,
     segment_name,
@@ -51,6 +54,8 @@ def recover(directory: Path) -> JournalState:
     """Replay snapshot + segments; cut a torn tail (kept in `.broken`) and set damage aside."""
     state = JournalState()
     load_snapshot(directory, state)
+    _remove_unfinished_archives(directory, state.snapshot_seq)
+    _set_aside_misnamed(directory, state.damages)
     for first_seq, path in list_segments(directory):
         if first_seq <= state.snapshot_seq and _covered(directory, first_seq, state.snapshot_seq):
             continue
@@ -72,7 +77,51 @@ def recover(directory: Path) -> JournalState:
                     ) from None
         finally:
             reader.close()
+    _set_aside_stray_empty(directory, state)
     return state
+
+
+def _remove_unfinished_archives(directory: Path, snapshot_seq: int) -> None:
+    """An archive newer than the snapshot is from a compaction a crash cut short: its events
+    are still in the segments, and the next compaction archives them again."""
+    for seq, path in list_archives(directory):
+        if seq > snapshot_seq:
+            log.warning("removing %s: its compaction did not finish", path.name)
+            path.unlink(missing_ok=True)
+
+
+def _set_aside_misnamed(directory: Path, damages: list[Damage]) -> None:
+    """Rename a segment whose first record is not the one its name says (a stray file, not the
+    daemon's): the writer would append to it, and readers would follow it."""
+    for first_seq, path in list_segments(directory):
+        seq = _first_record_seq(path)
+        if seq is not None and seq != first_seq:
+            _set_aside(path, f"its first record is {seq}, not {first_seq}", damages)
+
+
+def _set_aside_stray_empty(directory: Path, state: JournalState) -> None:
+    """An empty segment is the writer's only when it is the newest and continues the journal."""
+    segments = list_segments(directory)
+    for first_seq, path in segments:
+        newest = path == segments[-1][1]
+        if path.stat().st_size == 0 and not (newest and first_seq == state.last_seq + 1):
+            _set_aside(path, "an empty segment out of place", state.damages)
+
+
+def _first_record_seq(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        line = f.readline(MAX_RECORD_BYTES).rstrip(b"\n")
+    try:
+        return decode_record(line).seq
+    except ValueError:
+        return None  # damage or a torn line: the replay reports it
+
+
+def _set_aside(path: Path, why: str, damages: list[Damage]) -> None:
+    aside = path.with_name(f"{path.name}.misplaced")
+    log.error("journal: %s set aside as %s: %s", path.name, aside.name, why)
+    os.rename(path, aside)
+    damages.append(Damage(path=str(path), offset=0, length=0, reason=f"set aside: {why}"))
 
 
 def _covered(directory: Path, first_seq: int, snapshot_seq: int) -> bool:
@@ -237,7 +286,7 @@ class JournalWriter:
         that saw an empty later segment would stop following the current one."""
         path = self.directory / segment_name(first_seq)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o640)  # the spool's group reads it; nobody else
         try:
             fsync_dir(self.directory)
         except BaseException:

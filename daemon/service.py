@@ -18,6 +18,7 @@ from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
 from daemon.filehelper import FileHelper
 from daemon.functions import Catalog, load_catalog
+from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalWriter, recover
 from daemon.model import Source
@@ -62,6 +63,7 @@ class Daemon:
         # systemd (Type=notify): READY, STATUS, RELOADING, STOPPING and the watchdog
         self.notifier = Notifier()
         self.files = FileHelper()  # event logs and removals from incoming/, out of the process
+        self.indexing = Indexing(spool.journal)  # the event index, out of the process
         self.reloads = 0  # SIGHUP reloads done; `fnspool systemd reload` waits on it
         self._starting = True
         self._sighup_while_starting = False
@@ -143,6 +145,7 @@ class Daemon:
                 "journal damage: %s at offset %d: %s", damage.path, damage.offset, damage.reason
             )
         self.files.start()
+        self.indexing.start()
         writer = JournalWriter(
             self.spool.journal,
             state.last_seq + 1,
@@ -171,6 +174,7 @@ class Daemon:
             on_ended=self.destinations.ended,
             log_sink=writer,
         )
+        self.store.needs_delivery = self.destinations.owes
         self._reload_definitions()
         self.dispatcher.recover()
         self.destinations.recover(list(self.store.events.values()))
@@ -187,6 +191,7 @@ class Daemon:
             remove=self.files.remove,
         )
         await self.ingestor.start()
+        self.store.starting = False  # files found from now on are new ones
         self._chores = asyncio.get_running_loop().create_task(self._run_chores())
         self._watchdog = asyncio.get_running_loop().create_task(self.notifier.run_watchdog())
         self._starting = False
@@ -250,6 +255,7 @@ class Daemon:
             await self.store.sync()
             await self.store.writer.close()
         await self.files.stop()
+        await self.indexing.stop()
         await supervise.release_cgroups()
         self.write_status(stopped=True)
         self._watchdog.cancel()
@@ -312,16 +318,17 @@ class Daemon:
             "stopped": stopped,
             "queue_depth": self.dispatcher.queue_depth,
             "running": self.dispatcher.running,
-            "events": {s.value: n for s, n in self.store.counts.items() if n},
+            "events": {s.value: n for s, n in self.store.retained_counts().items() if n},
             "instances": instances,
             "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
             "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
             "reloads": self.reloads,
             "file_helper": {"pid": self.files.pid, "running": self.files.running},
+            "indexer": {"pid": self.indexing.pid},
         }
         write_json_atomic(self.spool.run / "status.json", status)
         metrics = self.dispatcher.metrics.render(
-            self.store.counts, instances, self.dispatcher.queue_depth
+            self.store.retained_counts(), instances, self.dispatcher.queue_depth
         )
         write_atomic(self.spool.run / "metrics.prom", metrics.encode())
         if not stopped:

@@ -1,6 +1,7 @@
 """The daemon's event store: every state change is checked, journaled, then folded in memory.
 
-Also owns compaction: periodic snapshots that let old segments go, and retention.
+Also owns compaction: archives of ended events and snapshots of the rest, which let old segments
+go, and retention, which drops whole archives.
 """
 
 from __future__ import annotations
@@ -10,12 +11,24 @@ import collections
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
+from daemon.eventdb import IndexDB, source_key_of
 from daemon.ids import new_request_id
-from daemon.journal import JournalState, list_segments, list_snapshots, write_snapshot
+from daemon.journal import (
+    ArchiveHeader,
+    JournalState,
+    archive_ids,
+    list_archives,
+    list_segments,
+    list_snapshots,
+    read_archive_header,
+    write_archive,
+    write_snapshot,
+)
 from daemon.journal_writer import JournalWriter
 from daemon.model import (
     NO_RAW,
@@ -30,6 +43,7 @@ from daemon.model import (
     apply,
     check_transition,
 )
+from daemon.reads import EventReads
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +56,57 @@ def identity(source: Source) -> tuple[object, ...]:
 
 
 class Store:
-    """The events the daemon knows, kept in step with the journal."""
+    """The events in the daemon's care, kept in step with the journal.
+
+    Memory holds the events not ended, and those ended since the last compaction; compaction
+    sets ended events aside into an archive file and lets them go from memory once the index
+    has them. Anything not in memory is found through the index.
+    """
 
     def __init__(self, writer: JournalWriter, state: JournalState, logs_dir: Path) -> None:
         self.writer = writer
         self.events: dict[str, Event] = state.events
         self.logs_dir = logs_dir
         self.damages = state.damages
+        self.index = Lookups(writer.directory)
         self._identities = {identity(e.source): e.id for e in self.events.values() if e.source}
+        self.archived: dict[str, Event] = {}  # in an archive, not yet known to be indexed
+        # the events in memory by state, and those of the archives on disk
         self.counts: collections.Counter[State] = collections.Counter(
             e.state for e in self.events.values()
         )
+        self.archived_counts = _counter(state.archived or {})
+        self.needs_delivery: Callable[[Event], bool] = lambda _event: False
+        self.starting = True  # files found at start may be from before the last compaction
         self._compacting: asyncio.Task[None] | None = None
         self._last_snapshot_seq = state.snapshot_seq
         self._last_compaction = time.monotonic()
 
+    def retained_counts(self) -> collections.Counter[State]:
+        """Every retained event by state: those in memory and those archived."""
+        return self.counts + self.archived_counts
+
     def get(self, request_id: str) -> Event | None:
         """The event with that id, if retained."""
-        return self.events.get(request_id)
+        event = self.events.get(request_id) or self.archived.get(request_id)
+        return event if event is not None else self.index.get(request_id)
+
+    def known(self, request_id: str) -> bool:
+        """Whether an event with that id is retained."""
+        return (
+            request_id in self.events or request_id in self.archived or self.index.has(request_id)
+        )
 
     def already_journaled(self, source: Source) -> bool:
         """Whether an incoming file with this identity was already accepted (with no path: at
         any path, a slow look for the rare file found in the middle of its removal)."""
         if source.path is None:
             wanted = identity(source)[1:]
-            return any(known[1:] == wanted for known in self._identities)
-        return identity(source) in self._identities
+            if any(known[1:] == wanted for known in self._identities):
+                return True
+        elif identity(source) in self._identities:
+            return True
+        return (source.path is None or self.starting) and self.index.has_source(source)
 
     def enqueue(
         self,
@@ -80,9 +119,9 @@ class Store:
         not_before: float | None = None,
     ) -> Event | None:
         """Journal a new Enqueued event (not yet durable); None when the id is taken."""
-        rid = request_id or new_request_id()
-        if rid in self.events:
+        if request_id is not None and self.known(request_id):
             return None
+        rid = request_id or new_request_id()
         event = self._record(
             Transition(
                 id=rid,
@@ -159,7 +198,8 @@ class Store:
         return since >= every_records or (since > 0 and waited >= every_seconds)
 
     async def compact(self, retention: float = RETENTION_DEFAULT) -> None:
-        """Snapshot the retained events, drop expired ones, delete what older snapshots cover."""
+        """Archive the ended events, snapshot the rest, let go what retention and the index
+        allow, and delete what the snapshots and the index cover."""
         if self._compacting is not None:
             return await asyncio.shield(self._compacting)
         self._compacting = asyncio.get_running_loop().create_task(self._compact(retention))
@@ -169,41 +209,127 @@ class Store:
             self._compacting = None
 
     async def _compact(self, retention: float) -> None:
-        dropped = self._drop_expired(time.time() - retention)
-        first_seq = await self.writer.rotate()
-        seq = first_seq - 1
-        # encoded one by one in a thread: each event is whole, and its `seq` says what it holds
-        events = list(self.events.values())
-        directory = self.writer.directory
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, write_snapshot, directory, seq, time.time(), events)
+        directory = self.writer.directory
+        cutoff = time.time() - retention
+        kept_archives, expired = await loop.run_in_executor(None, sort_archives, directory, cutoff)
+        seq = await self.writer.rotate() - 1
+        settled = [
+            e
+            for e in self.events.values()
+            if e.ended and e.seq <= seq and not self.needs_delivery(e)
+        ]
+        for event in settled:
+            del self.events[event.id]
+            self.counts[event.state] -= 1
+        kept = list(self.events.values())  # each whole: its `seq` says what it holds
+        archived = sum((_counter(h.counts) for h in kept_archives), _counter({}))
+        archived.update(e.state for e in settled)
+        now = time.time()
+        if settled:
+            await loop.run_in_executor(None, write_archive, directory, seq, now, settled)
+        counts = {s.value: n for s, n in archived.items() if n}
+        await loop.run_in_executor(None, write_snapshot, directory, seq, now, kept, counts)
+        self.archived_counts = archived
+        self.archived.update((e.id, e) for e in settled)
+        self._forget_identities(settled)
         previous = self._last_snapshot_seq
         self._last_snapshot_seq = seq
         self._last_compaction = time.monotonic()
-        await loop.run_in_executor(None, _delete_covered, directory, previous, dropped)
+        indexed = self.index.indexed_seq()
+        self.archived = {i: e for i, e in self.archived.items() if e.seq > indexed}
+        covered = min(previous, indexed)
+        await loop.run_in_executor(
+            None, _delete_covered, directory, covered, expired, self.logs_dir
+        )
         log.info(
-            "snapshot at seq %d: %d events retained, %d dropped", seq, len(events), len(dropped)
+            "snapshot at seq %d: %d events in care, %d archived, %d archives past retention",
+            seq,
+            len(kept),
+            len(settled),
+            len(expired),
         )
 
-    def _drop_expired(self, cutoff: float) -> list[Path]:
-        """Forget events that ended before `cutoff`; return their log files."""
-        gone = [e for e in self.events.values() if e.ended_at is not None and e.ended_at < cutoff]
-        for event in gone:
-            del self.events[event.id]
-            self.counts[event.state] -= 1
+    def _forget_identities(self, events: list[Event]) -> None:
+        for event in events:
             if event.source is not None:
                 self._identities.pop(identity(event.source), None)
-        return [self.logs_dir / e.function / f"{e.id}.log" for e in gone]
 
 
-def _delete_covered(directory: Path, previous_seq: int, logs: list[Path]) -> None:
-    """Delete the segments and snapshots the previous snapshot covers (the newest two stay)."""
-    snapshots = list_snapshots(directory)
-    for _seq, path in snapshots[:-2]:
+def _counter(counts: dict[str, int]) -> collections.Counter[State]:
+    return collections.Counter({State(k): n for k, n in counts.items()})
+
+
+def sort_archives(
+    directory: Path, cutoff: float
+) -> tuple[list[ArchiveHeader], list[tuple[ArchiveHeader, Path]]]:
+    """The archives to keep, and those whose every event ended before `cutoff`."""
+    kept, expired = [], []
+    for _seq, path in list_archives(directory):
+        try:
+            header = read_archive_header(path)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            log.error("archive %s kept, not counted: %s", path.name, exc)
+            continue
+        if header.last_ended < cutoff:
+            expired.append((header, path))
+        else:
+            kept.append(header)
+    return kept, expired
+
+
+class Lookups:
+    """The daemon's reads of events it no longer holds: the index and the journal after it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._reads = EventReads(directory)
+
+    def get(self, request_id: str) -> Event | None:
+        """The retained event with that id."""
+        return self._reads.get(request_id)
+
+    def has(self, request_id: str) -> bool:
+        """Whether an event with that id is retained."""
+        return self.get(request_id) is not None
+
+    def has_source(self, source: Source) -> bool:
+        """Whether an indexed event came from the file with this identity."""
+        key = source_key_of(source)
+        index = IndexDB.open_readonly(self.directory)
+        if key is None or index is None:
+            return False
+        try:
+            return index.has_source(key)
+        finally:
+            index.close()
+
+    def indexed_seq(self) -> int:
+        """How far into the journal the index goes (0 when there is none)."""
+        index = IndexDB.open_readonly(self.directory)
+        if index is None:
+            return 0
+        try:
+            cursor = index.cursor()
+        finally:
+            index.close()
+        return cursor.seq if cursor is not None else 0
+
+
+def _delete_covered(
+    directory: Path, covered_seq: int, expired: list[tuple[ArchiveHeader, Path]], logs: Path
+) -> None:
+    """Delete expired archives with their events' logs, the segments up to `covered_seq`, and
+    the snapshots but the newest two (the older one stands if the newest is damaged)."""
+    for _header, path in expired:
+        for event_id, function in archive_ids(path):
+            (logs / function / f"{event_id}.log").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+    for _seq, path in list_snapshots(directory)[:-2]:
         path.unlink(missing_ok=True)
     segments = list_segments(directory)
     for (first, path), (next_first, _) in itertools.pairwise(segments):
-        if next_first - 1 <= previous_seq and first <= previous_seq:
+        if next_first - 1 <= covered_seq and first <= covered_seq:
             path.unlink(missing_ok=True)  # its `.broken` evidence, if any, stays
-    for path in logs:
-        path.unlink(missing_ok=True)

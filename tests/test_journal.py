@@ -12,6 +12,7 @@ from daemon.journal import (
     JournalFollower,
     decode_record,
     encode_record,
+    list_archives,
     list_segments,
     list_snapshots,
     unframe,
@@ -189,11 +190,34 @@ async def test_compaction_drops_events_past_retention(tmp_path):
     log.write_text("x")
     old.ended_at -= 10
     live = store.enqueue("f", raw_json(2))
-    await store.compact(retention=5)
+    await store.compact(retention=5)  # the ended event goes to an archive, out of memory
+    assert list(store.events) == [live.id]
+    assert [p.name for _, p in list_archives(tmp_path)] == ["archive-0000000000000003.jsonl"]
+    assert log.exists()
+    store.transition(live, State.STOPPED)
+    await store.compact(retention=5)  # that archive is past retention: gone, with its logs
     await writer.close()
     state = recover(tmp_path)
-    assert list(state.events) == [live.id]
+    assert list(state.events) == []
+    assert state.archived == {"Stopped": 1}  # the live one, archived now
     assert not log.exists()
+    assert [p.name for _, p in list_archives(tmp_path)] == ["archive-0000000000000004.jsonl"]
+    assert store.retained_counts() == {State.STOPPED: 1}
+
+
+async def test_a_reader_finds_archived_events_and_the_live_ones(tmp_path):
+    writer = JournalWriter(tmp_path, 1)
+    store = Store(writer, recover(tmp_path), tmp_path / "logs")
+    done = store.enqueue("f", raw_json(1))
+    store.transition(done, State.STOPPED)
+    waiting = store.enqueue("f", raw_json(2))
+    await store.compact()
+    later = store.enqueue("g", raw_json(3))
+    await writer.close()
+    state = JournalFollower(tmp_path).load()
+    assert set(state.events) == {done.id, waiting.id, later.id}
+    assert state.events[done.id].state is State.STOPPED
+    assert list(recover(tmp_path).events) == [waiting.id, later.id]  # the daemon's memory
 
 
 async def test_non_transition_records_round_trip(tmp_path):

@@ -1,0 +1,282 @@
+"""The event index: a SQLite file derived from the journal, so reads do not grow with history.
+
+One process writes it, the indexer (daemon/indexer.py, a child of the daemon); the daemon, the CLI
+and the dashboard only read it. Its rows mirror the journal: an event has a row when it is in an
+archive, the newest snapshot or a segment, up to the cursor stored with the rows; the records
+after the cursor are read from the segments by whoever needs them to be exact (see reads.py).
+Delete the file and the indexer builds it again from the journal.
+
+Readers open it read-only, as members of the spool's group may not write to journal/. While the
+indexer runs it is in WAL mode (a reader never waits for it, nor it for a reader; without write
+access to `-shm`, SQLite reads through a private copy of the WAL index). The indexer puts it back
+in rollback mode when it stops, so a reader with no write access can open it while the daemon is
+down, when SQLite could not create the `-shm` and `-wal` files a WAL database needs.
+
+Light on purpose: the standard library's sqlite3 and msgspec only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from daemon.journal import Cursor
+from daemon.model import Event, Source, State
+from daemon.query import Filter
+
+INDEX_NAME = "index.sqlite"
+VERSION = 1
+_PARAMS_PER_QUERY = 500  # ids per `IN (...)`, well under SQLite's limit of host parameters
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT NOT NULL UNIQUE,
+    function TEXT NOT NULL,
+    state TEXT NOT NULL,
+    enqueued_at REAL NOT NULL,
+    ended_at REAL,
+    error TEXT,            -- lower-cased `type message`, for the free-text filter
+    seq INTEGER NOT NULL,
+    archive INTEGER,       -- the archive holding the event, once one does
+    source_key TEXT,       -- the identity of its incoming file (see source_key_of)
+    body BLOB NOT NULL     -- the folded Event, as JSON
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (enqueued_at);
+CREATE INDEX IF NOT EXISTS events_by_function ON events (function, enqueued_at);
+CREATE INDEX IF NOT EXISTS events_by_state ON events (state, enqueued_at);
+CREATE INDEX IF NOT EXISTS events_by_archive ON events (archive) WHERE archive IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_source ON events (source_key) WHERE source_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS counts (
+    function TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (function, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS archives (seq INTEGER PRIMARY KEY);
+CREATE TRIGGER IF NOT EXISTS count_insert AFTER INSERT ON events BEGIN
+    INSERT INTO counts VALUES (new.function, new.state, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS count_delete AFTER DELETE ON events BEGIN
+    UPDATE counts SET n = n - 1 WHERE function = old.function AND state = old.state;
+END;
+CREATE TRIGGER IF NOT EXISTS count_update AFTER UPDATE OF state ON events
+WHEN old.state != new.state BEGIN
+    UPDATE counts SET n = n - 1 WHERE function = old.function AND state = old.state;
+    INSERT INTO counts VALUES (new.function, new.state, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+"""
+
+_event_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+_SUMMARY_COLUMNS = "body"
+
+
+def source_key_of(source: Source | None) -> str | None:
+    """The identity of an incoming file, without its path (a renamed file is the same file):
+    device, inode, size and modification time."""
+    if source is None or source.inode is None:
+        return None
+    return f"{source.device}:{source.inode}:{source.size}:{source.mtime_ns}"
+
+
+def _row(event: Event, archive: int | None) -> tuple[object, ...]:
+    error = f"{event.error.type} {event.error.message}".lower() if event.error else None
+    return (
+        event.id,
+        event.function,
+        event.state.value,
+        event.enqueued_at,
+        event.ended_at,
+        error,
+        event.seq,
+        archive,
+        source_key_of(event.source),
+        _encoder.encode(event),
+    )
+
+
+class IndexDB:
+    """One connection to the index, read-only unless `writable`."""
+
+    def __init__(self, path: Path, *, writable: bool = False) -> None:
+        self.path = path
+        if writable:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            self.db.executescript(_SCHEMA)
+            self._set_meta("version", VERSION)
+        else:
+            uri = f"file:{path}?mode=ro"
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout=5000")
+
+    @classmethod
+    def open_readonly(cls, directory: Path) -> IndexDB | None:
+        """The index in `directory` for reading; None when there is none (yet) of this version."""
+        path = directory / INDEX_NAME
+        if not path.exists():
+            return None
+        try:
+            index = cls(path)
+            if index.version() != VERSION:
+                index.close()
+                return None
+        except sqlite3.Error:
+            return None
+        return index
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def version(self) -> int | None:
+        """The schema version the file was written with."""
+        try:
+            value = self._meta("version")
+        except sqlite3.OperationalError:  # no meta table: not (yet) an index
+            return None
+        return int(value) if value is not None else None
+
+    def cursor(self) -> Cursor | None:
+        """How far into the journal the rows go; None before the first build is done."""
+        seq = self._meta("seq")
+        if seq is None:
+            return None
+        return Cursor(
+            seq=int(seq), segment=int(self._meta("segment")), offset=int(self._meta("offset"))
+        )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One consistent view of the rows (a read transaction), or one atomic write."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def events(self, ids: Iterable[str]) -> dict[str, Event]:
+        """The indexed events with these ids."""
+        wanted = list(ids)
+        found: dict[str, Event] = {}
+        for start in range(0, len(wanted), _PARAMS_PER_QUERY):
+            chunk = wanted[start : start + _PARAMS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            for (body,) in self.db.execute(f"SELECT body FROM events WHERE id IN ({marks})", chunk):
+                event = _event_decoder.decode(body)
+                found[event.id] = event
+        return found
+
+    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Up to `limit` ids starting with `prefix`, in order."""
+        rows = self.db.execute(
+            "SELECT id FROM events WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [r[0] for r in rows]
+
+    def has_source(self, key: str) -> bool:
+        """Whether an event came from the file with this identity (see source_key_of)."""
+        row = self.db.execute("SELECT 1 FROM events WHERE source_key = ? LIMIT 1", (key,))
+        return row.fetchone() is not None
+
+    def select(self, flt: Filter, limit: int, *, newest_first: bool = True) -> list[Event]:
+        """Up to `limit` events passing `flt`, in time order."""
+        where, params = _where(flt)
+        order = "DESC" if newest_first else "ASC"
+        sql = (
+            f"SELECT {_SUMMARY_COLUMNS} FROM events {where} "
+            f"ORDER BY enqueued_at {order}, id {order} LIMIT ?"
+        )
+        return [_event_decoder.decode(r[0]) for r in self.db.execute(sql, [*params, limit])]
+
+    def counts(self) -> dict[tuple[str, State], int]:
+        """The number of indexed events per function and state."""
+        rows = self.db.execute("SELECT function, state, n FROM counts WHERE n > 0")
+        return {(f, State(s)): n for f, s, n in rows}
+
+    def archives(self) -> set[int]:
+        """The archives whose events are marked."""
+        return {r[0] for r in self.db.execute("SELECT seq FROM archives")}
+
+    def _meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- writing (the indexer) ------------------------------------------------------------
+
+    def _set_meta(self, key: str, value: object) -> None:
+        self.db.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def put(self, events: Iterable[Event], archive: int | None = None) -> None:
+        """Insert or replace the rows of these events (inside a transaction)."""
+        self.db.executemany(
+            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET "
+            "state = excluded.state, ended_at = excluded.ended_at, error = excluded.error, "
+            "seq = excluded.seq, archive = coalesce(excluded.archive, archive), "
+            "body = excluded.body",
+            (_row(e, archive) for e in events),
+        )
+
+    def set_cursor(self, cursor: Cursor) -> None:
+        """Record how far into the journal the rows go (inside the same transaction)."""
+        self._set_meta("seq", cursor.seq)
+        self._set_meta("segment", cursor.segment)
+        self._set_meta("offset", cursor.offset)
+
+    def mark_archive(self, seq: int, ids: Iterable[str]) -> None:
+        """Note that archive `seq` holds these events (they go when it goes)."""
+        self.db.executemany("UPDATE events SET archive = ? WHERE id = ?", ((seq, i) for i in ids))
+        self.db.execute("INSERT OR IGNORE INTO archives VALUES (?)", (seq,))
+
+    def drop_archive(self, seq: int) -> int:
+        """Forget the events of an archive that retention removed; return how many."""
+        gone = self.db.execute("DELETE FROM events WHERE archive = ?", (seq,)).rowcount
+        self.db.execute("DELETE FROM archives WHERE seq = ?", (seq,))
+        return gone
+
+    def close_cleanly(self) -> None:
+        """Checkpoint and leave WAL mode, so readers without write access can open the file."""
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.execute("PRAGMA journal_mode=DELETE")
+        self.close()
+
+
+def _where(flt: Filter) -> tuple[str, list[object]]:
+    """The SQL condition for a filter (the same rules as Filter.matches)."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if flt.function is not None:
+        clauses.append("function = ?")
+        params.append(flt.function)
+    if flt.states is not None:
+        clauses.append(f"state IN ({','.join('?' * len(flt.states))})")
+        params += sorted(s.value for s in flt.states)
+    if flt.id_prefix is not None:
+        clauses.append("id >= ? AND id < ?")
+        params += [flt.id_prefix, flt.id_prefix + "\U0010ffff"]
+    if flt.since is not None:
+        clauses.append("enqueued_at >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        clauses.append("enqueued_at <= ?")
+        params.append(flt.until)
+    if flt.text is not None:
+        text = flt.text.lower()
+        clauses.append("(substr(id, 1, ?) = ? OR instr(lower(function), ?) OR instr(error, ?))")
+        params += [len(text), text, text, text]
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params

@@ -1,0 +1,164 @@
+"""Reading events for the CLI and the dashboard: the index, plus the records it has not yet
+taken in, folded on top, so every answer is as fresh as the journal.
+
+The tail after the index's cursor is what the indexer has not read yet: a few records while the
+daemon runs, the writes of its last moments after a crash. When there is no index (a journal
+never indexed, or one being rebuilt), everything is read from the journal (a slow, full replay).
+
+Light on purpose: no asyncio, no uvloop, no textual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from daemon.eventdb import IndexDB
+from daemon.journal import (
+    Cursor,
+    Damage,
+    JournalFollower,
+    JournalTail,
+    Outrun,
+)
+from daemon.model import Delivered, Event, IllegalTransition, Transition, apply
+from daemon.query import Filter, select
+
+_ATTEMPTS = 3  # reads raced by a compaction are tried again from a fresh cursor
+
+
+class Tail:
+    """The events changed after a cursor, folded on top of their indexed rows."""
+
+    def __init__(self, events: dict[str, Event], cursor: Cursor, damages: list[Damage]) -> None:
+        self.events = events
+        self.cursor = cursor
+        self.damages = damages
+
+
+def read_tail(directory: Path, index: IndexDB, cursor: Cursor) -> Tail:
+    """Fold the records after `cursor`; Outrun when compaction removed them meanwhile."""
+    damages: list[Damage] = []
+    journal = JournalTail(directory, cursor, damages)
+    try:
+        records = list(journal.read())
+    finally:
+        journal.close()
+    ids = {r.id for r in records if isinstance(r, Transition | Delivered)}
+    known = index.events(ids)
+    changed: dict[str, Event] = {}
+    for rec in records:
+        if isinstance(rec, Transition):
+            event = known.get(rec.id)
+            if event is not None and rec.seq <= event.seq:
+                continue
+            try:
+                changed[rec.id] = apply(known, rec)
+            except IllegalTransition:
+                continue  # gone by retention, or damage the daemon reports
+        elif isinstance(rec, Delivered) and (event := known.get(rec.id)) is not None:
+            event.delivered = True
+            changed[rec.id] = event
+    return Tail(changed, journal.cursor, damages)
+
+
+class Rows(Protocol):
+    """Where the indexed rows come from: the index, or a full replay when there is none."""
+
+    def events(self, ids: Iterable[str]) -> dict[str, Event]: ...
+
+    def select(self, flt: Filter, limit: int, *, newest_first: bool = True) -> list[Event]: ...
+
+    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]: ...
+
+
+class ReplayedRows:
+    """Rows from a full replay of the journal (no index to read)."""
+
+    def __init__(self, events: dict[str, Event]) -> None:
+        self._events = events
+
+    def events(self, ids: Iterable[str]) -> dict[str, Event]:
+        """The events with these ids."""
+        return {i: self._events[i] for i in ids if i in self._events}
+
+    def select(self, flt: Filter, limit: int, *, newest_first: bool = True) -> list[Event]:
+        """Up to `limit` events passing `flt`, in time order."""
+        return select(self._events.values(), flt, limit=limit, newest_first=newest_first)
+
+    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Up to `limit` ids starting with `prefix`."""
+        return sorted(i for i in self._events if i.startswith(prefix))[:limit]
+
+
+T = TypeVar("T")
+
+
+class EventReads:
+    """Events by id, by prefix and by filter, in time independent of the events retained."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def get(self, request_id: str) -> Event | None:
+        """The event with that id, if retained."""
+
+        def query(rows: Rows, tail: Tail) -> Event | None:
+            if request_id in tail.events:
+                return tail.events[request_id]
+            return rows.events([request_id]).get(request_id)
+
+        return self._read(query)
+
+    def get_many(self, ids: Iterable[str]) -> dict[str, Event]:
+        """The retained events among these ids."""
+        wanted = list(ids)
+
+        def query(rows: Rows, tail: Tail) -> dict[str, Event]:
+            found = rows.events(i for i in wanted if i not in tail.events)
+            found.update((i, tail.events[i]) for i in wanted if i in tail.events)
+            return found
+
+        return self._read(query)
+
+    def select(self, flt: Filter, limit: int | None, *, newest_first: bool = True) -> list[Event]:
+        """The events passing `flt` in time order, at most `limit`."""
+
+        def query(rows: Rows, tail: Tail) -> list[Event]:
+            extra = len(tail.events)  # rows the tail may replace or remove
+            found = rows.select(flt, (limit or 1 << 62) + extra, newest_first=newest_first)
+            merged = {e.id: e for e in found}
+            merged.update(tail.events)
+            return select(merged.values(), flt, limit=limit, newest_first=newest_first)
+
+        return self._read(query)
+
+    def ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to `limit` retained ids starting with `prefix`, in order."""
+
+        def query(rows: Rows, tail: Tail) -> list[str]:
+            found = set(rows.ids_with_prefix(prefix, limit))
+            found |= {i for i in tail.events if i.startswith(prefix)}
+            return sorted(found)[:limit]
+
+        return self._read(query)
+
+    def _read(self, query: Callable[[Rows, Tail], T]) -> T:
+        for _ in range(_ATTEMPTS):
+            index = IndexDB.open_readonly(self.directory)
+            if index is None:
+                break
+            try:
+                cursor = index.cursor()
+                if cursor is None:
+                    break
+                try:
+                    tail = read_tail(self.directory, index, cursor)
+                except Outrun:
+                    continue  # compacted under us: the index has moved on, read it again
+                return query(index, tail)
+            finally:
+                index.close()
+        state = JournalFollower(self.directory).load()
+        return query(ReplayedRows(state.events), Tail({}, Cursor(seq=state.last_seq), []))
