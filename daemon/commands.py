@@ -373,6 +373,7 @@ def status(args: argparse.Namespace) -> int:
         "definition_errors": info.get("definition_errors", {}),
         "journal_damage": info.get("journal_damage", []),
         "file_helper": info.get("file_helper") if running else None,
+        "indexer": info.get("indexer") if running else None,
         "heartbeat_age_s": round(time.time() - info["updated_at"], 1)
         if "updated_at" in info
         else None,

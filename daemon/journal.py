@@ -582,8 +582,9 @@ class JournalFollower:
             return []
 
     def _fold_tail(self) -> list[JournalRecord]:
-        if self._tail is None:
-            return []
+        if self._tail is None:  # polled without a load: from what the state holds on
+            cursor = Cursor(seq=self.state.last_seq)
+            self._tail = JournalTail(self.directory, cursor, self.state.damages)
         return [r for r in self._tail.read() if fold(self.state, r)]
 
     def close(self) -> None:
