@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import random
 import signal
@@ -18,7 +19,7 @@ from daemon.functions import Catalog, FunctionDef
 from daemon.journal_writer import JournalFailed
 from daemon.logfiles import DirectLogs, LogSink
 from daemon.metrics import Metrics
-from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State
+from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State, Usage
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
 from daemon.runtimes.base import EventLog, HookOutcome, Instance, InstanceStartError, Outcome
@@ -27,6 +28,9 @@ from daemon.store import Store
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "Interrupted"
+MAY_HAVE_STARTED = "dequeued before a crash: it may have started"
+AHEAD_PER_INSTANCE = 2  # events dequeued ahead per instance, so their fsync hides behind work
+AHEAD_MAX = 64
 USER_EXIT = ErrorInfo(type="UserProcessExit", message="User process exit when running", code=439)
 STOPPED_ERROR = ErrorInfo(type="Stopped", message="stopped by request")
 
@@ -86,6 +90,7 @@ class Dispatcher:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._undurable: list[Event] = []  # submitted before their records were on disk
         # when each unfinished event was born, on the monotonic clock: its age for expiry
         # does not move with wall-clock jumps (taken from the wall clock once, when first seen)
         self._born: dict[str, float] = {}
@@ -96,7 +101,12 @@ class Dispatcher:
     # -- queueing -------------------------------------------------------------------------
 
     def submit(self, event: Event) -> None:
-        """Queue an event now, or when its `not_before` time comes."""
+        """Queue an event once its records are durable, now or when its `not_before` comes."""
+        if event.seq > self.store.writer.durable_seq:
+            self._undurable.append(event)
+            if len(self._undurable) == 1:
+                asyncio.get_running_loop().create_task(self._submit_when_durable())
+            return
         if event.id not in self._born:
             self._born[event.id] = time.monotonic() - max(0.0, time.time() - event.enqueued_at)
         wait = (event.not_before or 0) - time.time()
@@ -113,6 +123,16 @@ class Dispatcher:
             )
         self._queues[name].append(event.id)
         self._ready[name].set()
+
+    async def _submit_when_durable(self) -> None:
+        try:
+            await self.store.sync()
+        except JournalFailed:
+            return  # the daemon stops; the restart queues them
+        events, self._undurable = self._undurable, []
+        for event in events:
+            if not event.ended:
+                self.submit(event)
 
     def _due(self, request_id: str) -> None:
         self._timers = {t for t in self._timers if not t.cancelled() and t.when() > 0}
@@ -147,6 +167,7 @@ class Dispatcher:
                     queue.popleft(), "FunctionNotFound", f"function {name!r} is not defined"
                 )
                 continue
+            self._dequeue_ahead(queue, definition)
             try:
                 lease = await self._pool(definition).lease()
             except PoolClosed:
@@ -158,6 +179,15 @@ class Dispatcher:
             task = asyncio.get_running_loop().create_task(self._run_event(event, definition, lease))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _dequeue_ahead(self, queue: collections.deque[str], definition: FunctionDef) -> None:
+        """Journal Dequeued for the events next in line before an instance is free: that record
+        is the intent to run them, and its fsync goes on while earlier events run."""
+        depth = min(AHEAD_PER_INSTANCE * definition.max_instances, AHEAD_MAX)
+        for request_id in itertools.islice(queue, depth):
+            event = self.store.get(request_id)
+            if event is not None and event.state is State.ENQUEUED:
+                self._dequeue(event, definition)  # an event too old ends Expired here
 
     def _pool(self, definition: FunctionDef) -> FunctionPool:
         pool = self.pools.get(definition.name)
@@ -264,12 +294,20 @@ class Dispatcher:
             lease.pool.release(instance, lost=False)
             return
         attempt = event.attempts + 1
+        # no run the journal does not know: a first attempt runs once its Dequeued (the intent,
+        # journaled ahead) is on disk, a retry once its Running is; a crash then shows the
+        # attempt as Interrupted. Running itself records the real start either way.
+        intent = event.seq if event.state is State.DEQUEUED else None
         self.store.transition(event, State.RUNNING, attempt=attempt, instance=instance.id)
         self.attempts[event.id] = running = Attempt(event, lease.pool, instance, path)
         try:
-            outcome = await instance.invoke(
-                event.id, event.payload, attempt, definition.timeout, path
-            )
+            await self.store.sync(intent)
+            if running.stop is None:
+                outcome = await instance.invoke(
+                    event.id, event.payload, attempt, definition.timeout, path
+                )
+            else:  # stopped while its Running was being made durable: it never started
+                outcome = Outcome(ok=False, error=STOPPED_ERROR, usage=Usage(duration_ms=0.0))
         finally:
             del self.attempts[event.id]
         if self._cutting and not outcome.ok:
@@ -410,6 +448,10 @@ class Dispatcher:
         for event in sorted(self.store.events.values(), key=lambda e: e.id):
             if event.ended:
                 continue
+            if event.state is State.DEQUEUED:  # its intent was on disk: it may have started
+                self.store.transition(
+                    event, State.RUNNING, attempt=event.attempts + 1, reason=MAY_HAVE_STARTED
+                )
             if event.state is State.RUNNING:
                 self.store.transition(
                     event, State.RETRYING, reason=INTERRUPTED, not_before=time.time()

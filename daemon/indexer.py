@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -207,7 +208,11 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     os.nice(10)  # indexing may lag in a burst; the daemon and the instances may not
-    return run(Path(sys.argv[1]), os.getppid())
+    try:
+        return run(Path(sys.argv[1]), os.getppid())
+    except (sqlite3.Error, OSError) as exc:  # a full disk, most likely: the daemon retries
+        log.error("the index cannot be kept (readers replay the journal meanwhile): %s", exc)
+        return 1
 
 
 if __name__ == "__main__":

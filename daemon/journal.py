@@ -308,13 +308,12 @@ def write_events_file(final: Path, header: msgspec.Struct, events: list[Event]) 
 
 def read_snapshot(path: Path) -> tuple[SnapshotHeader, dict[str, Event]]:
     """Read a snapshot; ValueError when it is damaged anywhere (a snapshot must be whole)."""
-    header, events = read_events_file(path, _header_decoder)
-    return header, events
+    return read_events_file(path, _header_decoder, "snapshot")
 
 
 def read_archive(path: Path) -> tuple[ArchiveHeader, dict[str, Event]]:
     """Read an archive; ValueError when it is damaged anywhere."""
-    return read_events_file(path, _archive_decoder)
+    return read_events_file(path, _archive_decoder, "archive")
 
 
 def read_archive_header(path: Path) -> ArchiveHeader:
@@ -337,14 +336,14 @@ H = TypeVar("H", SnapshotHeader, ArchiveHeader)
 
 
 def read_events_file(
-    path: Path, header_decoder: msgspec.json.Decoder[H]
+    path: Path, header_decoder: msgspec.json.Decoder[H], kind: str
 ) -> tuple[H, dict[str, Event]]:
     """Read a header line and its events, all or nothing (ValueError when damaged)."""
     with open(path, "rb") as f:
         data = f.read()
     lines = data.split(b"\n")
     if lines[-1] != b"":
-        raise ValueError(f"{path}: torn file")
+        raise ValueError(f"{path}: torn {kind}")
     try:
         header = header_decoder.decode(unframe(lines[0]))
         events = {}
@@ -352,9 +351,9 @@ def read_events_file(
             event = _event_decoder.decode(unframe(line))
             events[event.id] = event
     except (ValueError, msgspec.DecodeError, RecursionError) as exc:
-        raise ValueError(f"{path}: damaged: {exc!s:.200}") from None
+        raise ValueError(f"{path}: damaged {kind}: {exc!s:.200}") from None
     if header.count != len(events):
-        raise ValueError(f"{path}: holds {len(events)} events, its header says {header.count}")
+        raise ValueError(f"{path}: {kind} holds {len(events)} events, header says {header.count}")
     return header, events
 
 

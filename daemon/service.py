@@ -79,11 +79,7 @@ class Daemon:
         return self.store.already_journaled(source)
 
     async def accept(self, batch: list[Accepted]) -> list[str | None]:
-        """Journal a batch of incoming files as Enqueued; return once that is durable.
-
-        Events are queued at once: an attempt may start before its records reach the disk (a
-        crash before the fsync leaves the file in incoming/, so it runs again: at least once).
-        """
+        """Journal a batch of incoming files as Enqueued; queue them once that is durable."""
         events = []
         for item in batch:
             not_before = time.time() + item.delay if item.delay else None
@@ -94,10 +90,11 @@ class Daemon:
                 source=item.source,
                 not_before=not_before,
             )
-            if event is not None:
-                self.dispatcher.submit(event)
             events.append(event)
-        await self.store.sync()
+        await self.store.sync()  # an event never runs before its Enqueued is on disk
+        for event in events:
+            if event is not None and not event.ended:
+                self.dispatcher.submit(event)
         return [e.id if e is not None else None for e in events]
 
     def _enqueue_destination(

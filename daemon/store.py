@@ -187,9 +187,9 @@ class Store:
         )
         event.delivered = True
 
-    async def sync(self) -> None:
-        """Wait until every change so far is durable."""
-        await self.writer.sync()
+    async def sync(self, upto: int | None = None) -> None:
+        """Wait until every change so far (or up to record `upto`) is durable."""
+        await self.writer.sync(upto)
 
     def compaction_due(self, every_records: int, every_seconds: float) -> bool:
         """Whether to snapshot: many records since the last one, or some and a long time."""
