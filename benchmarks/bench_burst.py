@@ -108,7 +108,7 @@ def rounds(spool: Path, proc: subprocess.Popen[bytes], peer: Huey, count: int, n
         )
     print(
         f"fnspool/Huey   min {min(ratios):.2f}   median {statistics.median(ratios):.2f}"
-        f"   max {max(ratios):.2f}   ({n} rounds of {count} events)"
+        f"   max {max(ratios):.2f}   ({n} round{'s' * (n > 1)} of {count} events)"
     )
 
 
@@ -128,6 +128,8 @@ def main() -> None:
     if importlib.util.find_spec("huey") is None:
         raise SystemExit(INSTALL_HINT)
 
+    load = os.getloadavg()[0]
+    print(f"machine        {os.cpu_count()} CPUs, load average {load:.2f} at the start (shared)")
     with tempfile.TemporaryDirectory(dir=args.dir, prefix=".bench-") as tmp:
         root = Path(tmp)
         spool = make_spool(root)
