@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,10 +131,20 @@ class Destinations:
             if event.ended:
                 self.ended(event)
 
-    async def flush(self) -> None:
-        """Wait until every pending record is delivered."""
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every pending record is delivered, or `timeout` seconds have passed (the
+        rest stay owed: an ended event without its Delivered record is delivered at start-up)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                log.warning("%d destination records left for the next start", len(self._pending))
+                self._task.cancel()
+                return
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), left)
+            except TimeoutError:
+                continue
 
     def _destination(self, event: Event) -> str:
         definition = self._catalog().functions.get(event.function)

@@ -326,10 +326,28 @@ def read_archive_header(path: Path) -> ArchiveHeader:
         raise ValueError(f"{path}: damaged archive header: {exc!s:.200}") from None
 
 
+class _EventName(msgspec.Struct):
+    """An event line, read for its id and function only (the rest is skipped, never built)."""
+
+    id: str
+    function: str
+
+
+_event_name_decoder = msgspec.json.Decoder(_EventName)
+
+
 def archive_ids(path: Path) -> list[tuple[str, str]]:
-    """(id, function) of every event in an archive, without decoding the rest."""
-    _header, events = read_archive(path)
-    return [(e.id, e.function) for e in events.values()]
+    """(id, function) of every readable event in an archive, without decoding the rest."""
+    found = []
+    with open(path, "rb") as f:
+        f.readline()  # the header
+        for line in f:
+            try:
+                name = _event_name_decoder.decode(unframe(line.rstrip(b"\n")))
+            except (ValueError, msgspec.DecodeError):
+                continue  # damaged: its log stays
+            found.append((name.id, name.function))
+    return found
 
 
 H = TypeVar("H", SnapshotHeader, ArchiveHeader)

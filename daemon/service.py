@@ -67,6 +67,7 @@ class Daemon:
         self.reloads = 0  # SIGHUP reloads done; `fnspool systemd reload` waits on it
         self._starting = True
         self._sighup_while_starting = False
+        self._compaction: asyncio.Task[None] | None = None
 
     # -- the ingestor's sink --------------------------------------------------------------
 
@@ -246,9 +247,13 @@ class Daemon:
         self._chores.cancel()
         await self.ingestor.stop()
         self.requests.stop()
+        drain_until = time.monotonic() + self.settings.drain_timeout
         await self.dispatcher.drain(0 if self._fatal else self.settings.drain_timeout)
+        if self._compaction is not None:
+            await asyncio.gather(self._compaction, return_exceptions=True)
         if self._fatal is None:
-            await self.destinations.flush()
+            # records not delivered in time stay owed: the next start delivers them
+            await self.destinations.flush(max(0.0, drain_until - time.monotonic()))
             await self.store.sync()
             await self.store.writer.close()
         await self.files.stop()
@@ -274,9 +279,19 @@ class Daemon:
             self._reload_definitions()
         await self.dispatcher.reap_idle()
         self.requests.scan_soon()  # inotify wakes it; this catches anything it missed
-        if self.store.compaction_due(self.settings.snapshot_every, self.settings.snapshot_interval):
-            await self.store.compact(self.settings.retention)
+        due = self.store.compaction_due(
+            self.settings.snapshot_every, self.settings.snapshot_interval
+        )
+        if due and (self._compaction is None or self._compaction.done()):
+            # in the background: the heartbeat goes on while a snapshot is written
+            self._compaction = asyncio.get_running_loop().create_task(self._compact())
         self.write_status()
+
+    async def _compact(self) -> None:
+        try:
+            await self.store.compact(self.settings.retention)
+        except Exception:
+            log.exception("compaction failed (the journal keeps every segment meanwhile)")
 
     def _definitions_changed(self) -> bool:
         return self._stamp_definitions() != self._definition_stamp
