@@ -79,6 +79,8 @@ class Catalog(msgspec.Struct, kw_only=True):
 
     functions: dict[str, FunctionDef] = msgspec.field(default_factory=dict)
     errors: dict[str, DefinitionError] = msgspec.field(default_factory=dict)
+    #: functions whose file has an error, served with their last good definition
+    kept: set[str] = msgspec.field(default_factory=set)
 
 
 _POSITIVE = ("timeout", "memory_mb", "concurrency", "max_instances", "stop_grace")
@@ -157,4 +159,17 @@ def load_catalog(functions_dir: Path) -> Catalog:
                 name=path.stem, path=str(path), message=message
             )
             log.error("function definition %s: %s", path, message)
+    return catalog
+
+
+def keep_last_good(catalog: Catalog, previous: Catalog) -> Catalog:
+    """Serve each function whose file stopped loading with its previous definition: a typo saved
+    while editing must not turn its queued events Invalid nor refuse its new files."""
+    for name, error in catalog.errors.items():
+        last = previous.functions.get(name)
+        if last is not None:
+            catalog.functions[name] = last
+            catalog.kept.add(name)
+            log.warning("function %s: %s has an error: its last good definition stays in use",
+                        name, error.path)  # fmt: skip
     return catalog
