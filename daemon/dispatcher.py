@@ -16,12 +16,20 @@ import msgspec
 
 from daemon.functions import Catalog, FunctionDef
 from daemon.journal_writer import JournalFailed
+from daemon.limits import bounded_error
 from daemon.logfiles import DirectLogs, LogSink
 from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
-from daemon.runtimes.base import EventLog, HookOutcome, Instance, InstanceStartError, Outcome
+from daemon.runtimes.base import (
+    EventLog,
+    HookOutcome,
+    Instance,
+    InstanceStartError,
+    Outcome,
+    bounded,
+)
 from daemon.store import Store
 
 log = logging.getLogger(__name__)
@@ -202,7 +210,7 @@ class Dispatcher:
             started=outcome.started,
             duration_ms=outcome.duration_ms,
             ok=outcome.ok,
-            error=outcome.error,
+            error=bounded_error(outcome.error) if outcome.error is not None else None,
             request_id=request_id,
         )
         try:
@@ -267,8 +275,8 @@ class Dispatcher:
         self.store.transition(event, State.RUNNING, attempt=attempt, instance=instance.id)
         self.attempts[event.id] = running = Attempt(event, lease.pool, instance, path)
         try:
-            outcome = await instance.invoke(
-                event.id, event.payload, attempt, definition.timeout, path
+            outcome = bounded(
+                await instance.invoke(event.id, event.payload, attempt, definition.timeout, path)
             )
         finally:
             del self.attempts[event.id]

@@ -4,9 +4,20 @@ error, a result too large for a journal record, a handler that kills the daemon.
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from pathlib import Path
 
+import msgspec
 from conftest import drop, events, fnspool, fnspool_json, wait_for
+from runtime_helpers import on_uvloop, raw
+
+from daemon.destinations import encode_within
+from daemon.functions import FunctionDef
+from daemon.journal import MAX_RECORD_BYTES, encode_record
+from daemon.limits import MAX_ERROR_CHARS, MAX_VALUE_BYTES, bounded_error
+from daemon.model import ErrorInfo, State, Transition
+from daemon.runtimes.http import HttpInstance
 
 ENDED = "Succeeded,Failed,Expired,Invalid,Stopped"
 
@@ -93,3 +104,113 @@ def test_a_definition_never_good_is_refused_as_before(spool, daemon):
     drop(spool, "never", "x.json", {})
     (reason,) = wait_for(lambda: list((spool / "rejected").glob("*.reason.json")), what="refusal")
     assert json.loads(reason.read_text())["reason"] == "unknown_function"
+
+
+# -- one size limit for what enters a record ------------------------------------------------------
+
+HUGE = """
+import os
+
+def handler(event, context):
+    with open("runs", "a") as f:
+        f.write(event["kind"] + "\\n")
+    if event["kind"] == "error":
+        raise ValueError("e" * (20 << 20))
+    return "x" * (20 << 20)
+"""
+
+
+def test_results_and_errors_over_the_limit_fail_and_never_run_again(spool, daemon):
+    exe = sys.executable
+    define(spool, "huge", '[async]\nmax_retries = 0\non_failure = ""\n', HUGE)
+    blast = "import sys; sys.stdout.write('x' * (20 << 20))"
+    define(spool, "blast", f'runtime = "exec"\ncommand = [{json.dumps(exe)}, "-c", '
+           f'{json.dumps(blast)}]\n[async]\nmax_retries = 1\nbackoff = 0.01\non_failure = ""\n',
+           "")  # fmt: skip
+    d = daemon.start()
+    drop(spool, "huge", "result.json", {"kind": "result"})
+    drop(spool, "huge", "error.json", {"kind": "error"})
+    drop(spool, "blast", "out.json", {})
+    wait_for(lambda: len(events(spool, "--status", ENDED)) == 3, 60, "the three to end")
+    by_kind = check_ended(spool)
+    result, error, out = by_kind["result"], by_kind["error"], by_kind["out"]
+    assert result["error"]["type"] == "ResultTooLarge"
+    assert "20,971,522 bytes" in result["error"]["message"]
+    assert f"{MAX_VALUE_BYTES:,}-byte limit" in result["error"]["message"]
+    assert out["error"]["type"] == "ResultTooLarge" and out["attempts"] == 2  # retried as usual
+    assert "stdout is 20,971,520 bytes" in out["error"]["message"]
+    assert error["error"]["type"] == "ValueError"
+    assert len(error["error"]["message"]) < MAX_ERROR_CHARS + 100
+    assert "characters cut" in error["error"]["message"]
+
+    d.signal(signal.SIGKILL)
+    d.proc.wait()
+    daemon.start()
+    assert status_file(spool)["journal_damage"] == []
+    drop(spool, "echo", "after.json", {"n": 1})  # the queue has run by the time this ends
+    wait_for(lambda: of(spool, "echo", "--status", "Succeeded"), what="a later event to run")
+    assert check_ended(spool) == by_kind
+    assert sorted((spool / "functions" / "huge" / "runs").read_text().split()) == [
+        "error",
+        "result",
+    ]
+
+
+def check_ended(spool: Path) -> dict[str, dict]:
+    """The three events, Failed, each with its whole record, by what it tried."""
+    found = {}
+    for e in events(spool, "--function", "huge") + events(spool, "--function", "blast"):
+        full = fnspool_json(spool, "events", "get", e["id"])
+        assert full["state"] == "Failed", full["history"]
+        assert [h.get("reason") for h in full["history"]].count("Interrupted") == 0
+        kind = full["payload"].get("kind", "out")
+        found[kind] = {k: full[k] for k in ("state", "attempts", "error", "history")}
+    return found
+
+
+@on_uvloop
+async def test_an_http_answer_over_the_limit_fails_the_attempt(tmp_path: Path) -> None:
+    code = Path(__file__).parent / "functions" / "http_runtime"
+    server = [sys.executable, "-u", "server.py"]
+    instance = HttpInstance(
+        FunctionDef(name="custom", runtime="http", command=server, code_dir=str(code))
+    )
+    await instance.start()
+    try:
+        text = "y" * (MAX_VALUE_BYTES + 1)
+        outcome = await instance.invoke("r", raw({"text": text}), 1, 30.0, tmp_path / "l")
+        assert not outcome.ok and outcome.error is not None
+        assert outcome.error.type == "ResultTooLarge"
+        assert f"answer is {MAX_VALUE_BYTES + 1:,} bytes" in outcome.error.message
+        fits = await instance.invoke("s", raw({"text": "y" * 1000}), 1, 30.0, tmp_path / "m")
+        assert fits.ok
+    finally:
+        await instance.stop()
+
+
+def test_the_largest_record_reads_back():
+    """A result at the limit with the largest error still makes a record the journal reads."""
+    error = bounded_error(
+        ErrorInfo(type="T" * 10_000, message="\x01" * (1 << 20), traceback="\x01" * (1 << 20))
+    )
+    assert len(error.type) == 200 and len(error.message) < MAX_ERROR_CHARS + 100
+    assert error.traceback is not None and len(error.traceback) < MAX_ERROR_CHARS + 100
+    result = msgspec.Raw(b'"' + b"r" * (MAX_VALUE_BYTES - 2) + b'"')
+    rec = Transition(id="x" * 128, function="f" * 64, state=State.STOPPED, result=result,
+                     error=error, reason="forced", instance="i" * 200)  # fmt: skip
+    assert len(encode_record(rec)) < MAX_RECORD_BYTES
+    short = ErrorInfo(type="E", message="short", traceback="tb")
+    assert bounded_error(short) is short
+
+
+def test_a_destination_record_for_a_function_is_held_to_the_limit():
+    payload, result = {"p": "a" * (5 << 20)}, "b" * (6 << 20)
+    record = {"requestContext": {"requestId": "r"}, "requestPayload": payload,
+              "responsePayload": result}  # fmt: skip
+    data = encode_within(record)
+    assert len(data) <= MAX_VALUE_BYTES
+    out = json.loads(data)
+    assert out["responsePayload"] is None and out["requestPayload"] == payload
+    assert out["truncated"] == {"responsePayload": len(result) + 2}
+    small = {"requestPayload": 1, "responsePayload": 2}
+    assert json.loads(encode_within(small)) == small
