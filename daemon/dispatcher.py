@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.functions import Catalog, FunctionDef
+from daemon.functions import AsyncConfig, Catalog, FunctionDef
 from daemon.journal_writer import JournalFailed
 from daemon.limits import bounded_error
 from daemon.logfiles import DirectLogs, LogSink
@@ -46,6 +46,20 @@ def backoff_delay(definition: FunctionDef, failures: int) -> float:
     cfg = definition.async_
     ceiling = min(cfg.backoff * 2 ** (failures - 1), cfg.backoff_max)
     return random.uniform(ceiling / 2, ceiling)
+
+
+def interruptions(event: Event) -> int:
+    """Attempts cut off by the daemon's end (a crash, or a shutdown past its drain timeout)."""
+    return sum(1 for h in event.history if h.state is State.RETRYING and h.reason == INTERRUPTED)
+
+
+def too_many_interruptions(count: int, limit: int) -> ErrorInfo:
+    """The error of an event ended because its attempts keep being cut off."""
+    message = (
+        f"the daemon ended during {count} attempts of this event, more than "
+        f"async.max_interruptions ({limit}): it is not run again"
+    )
+    return ErrorInfo(type="TooManyInterruptions", message=message)
 
 
 def failed_attempts(event: Event) -> int:
@@ -99,6 +113,7 @@ class Dispatcher:
         self._born: dict[str, float] = {}
         self.metrics = Metrics()
         self.accepting = True
+        self._started_at = time.time()
         self._cutting = False  # shutting down: attempts cut off now stay Running (Interrupted)
 
     # -- queueing -------------------------------------------------------------------------
@@ -275,6 +290,8 @@ class Dispatcher:
         self.store.transition(event, State.RUNNING, attempt=attempt, instance=instance.id)
         self.attempts[event.id] = running = Attempt(event, lease.pool, instance, path)
         try:
+            if self._ran_before_start(event):
+                await self.store.sync()  # so that a handler killing the daemon at once is counted
             outcome = bounded(
                 await instance.invoke(event.id, event.payload, attempt, definition.timeout, path)
             )
@@ -287,6 +304,16 @@ class Dispatcher:
         if running.stop is None:
             lease.pool.release(instance, lost=outcome.instance_lost)
         await self.store.sync()
+
+    def _ran_before_start(self, event: Event) -> bool:
+        """Whether the event may have run under the daemon before this one: cut off (Interrupted),
+        or found Dequeued or Retrying, its Running record written too late to survive the daemon's
+        death. Such an attempt waits for its Running record to be on disk, so that a handler that
+        kills the daemon is counted (async.max_interruptions); the backlog (Enqueued) does not."""
+        before = event.history[-2]  # [-1] is this attempt's Running
+        if before.reason == INTERRUPTED:
+            return True
+        return before.state in (State.DEQUEUED, State.RETRYING) and before.at < self._started_at
 
     def _start_failed(self, event: Event, exc: InstanceStartError) -> None:
         log.warning("event %s: instance could not start: %s", event.id, exc.error.message)
@@ -419,6 +446,8 @@ class Dispatcher:
             if event.ended:
                 continue
             if event.state is State.RUNNING:
+                if self._interrupted_too_often(event):
+                    continue
                 self.store.transition(
                     event, State.RETRYING, reason=INTERRUPTED, not_before=time.time()
                 )
@@ -426,6 +455,19 @@ class Dispatcher:
                 self._end(event, State.STOPPED, reason="stopped before the daemon restarted")
                 continue
             self.submit(event)
+
+    def _interrupted_too_often(self, event: Event) -> bool:
+        """End a Running event found at start-up as Failed once it has been cut off more often
+        than its function allows (a handler that kills the daemon would run at every start)."""
+        definition = self._catalog().functions.get(event.function)
+        limit = (definition.async_ if definition is not None else AsyncConfig()).max_interruptions
+        count = interruptions(event) + 1
+        if count <= limit:
+            return False
+        error = too_many_interruptions(count, limit)
+        self._end(event, State.FAILED, attempt=event.attempts, reason=INTERRUPTED, error=error)
+        log.warning("event %s Failed: %s", event.id, error.message)
+        return True
 
     async def drain(self, timeout: float) -> None:
         """Stop starting events; let running ones finish up to `timeout`; then PreStop every

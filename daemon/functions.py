@@ -24,6 +24,7 @@ class AsyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     backoff: float = 1.0
     backoff_max: float = 300.0
     max_event_age: float = 86400.0
+    max_interruptions: int = 5  # attempts cut off by the daemon's end run again; then Failed
     on_success: str = ""
     on_failure: str = "destinations/dead-letter"
 
@@ -97,8 +98,9 @@ def _check_values(d: FunctionDef) -> None:
             raise ValueError(f"`{key}` must not be negative, got {getattr(d, key)!r}")
     if d.min_instances > d.max_instances:
         raise ValueError("`min_instances` must not exceed `max_instances`")
-    if d.async_.max_retries < 0:
-        raise ValueError("`async.max_retries` must not be negative")
+    for key in ("max_retries", "max_interruptions"):
+        if getattr(d.async_, key) < 0:
+            raise ValueError(f"`async.{key}` must not be negative")
     if d.runtime in ("http", "exec") and not d.command:
         raise ValueError(f"`command` is required for the {d.runtime} runtime")
     if d.runtime == "python" and "." not in d.handler:

@@ -3,13 +3,15 @@ error, a result too large for a journal record, a handler that kills the daemon.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
 from pathlib import Path
 
 import msgspec
-from conftest import drop, events, fnspool, fnspool_json, wait_for
+import pytest
+from conftest import DaemonProcess, drop, events, fnspool, fnspool_json, journal_records, wait_for
 from runtime_helpers import on_uvloop, raw
 
 from daemon.destinations import encode_within
@@ -214,3 +216,76 @@ def test_a_destination_record_for_a_function_is_held_to_the_limit():
     assert out["truncated"] == {"responsePayload": len(result) + 2}
     small = {"requestPayload": 1, "responsePayload": 2}
     assert json.loads(encode_within(small)) == small
+
+
+# -- interrupted attempts are bounded -------------------------------------------------------------
+
+KILLER = """
+import os, time
+from pathlib import Path
+
+def on_file(rid, state):
+    marks = (f'"id":"{rid}"', f'"state":"{state}"')
+    for segment in Path(os.environ["JOURNAL"]).glob("segment-*.jsonl"):
+        if any(all(m in line for m in marks) for line in segment.read_text().splitlines()):
+            return True
+    return False
+
+def handler(event, context):
+    first = not os.path.exists("runs")
+    with open("runs", "a") as f:
+        f.write(f"{context.attempt}\\n")
+    deadline = time.monotonic() + 60
+    while first and not on_file(context.request_id, os.environ["WAIT_FOR"]):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the record never reached the journal")
+        time.sleep(0.01)
+    os.kill(os.getppid(), 9)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("wait_for_record", ["Running", "Dequeued"])
+def test_a_handler_that_kills_the_daemon_ends_failed_after_the_bound(
+    spool, daemon, wait_for_record
+):
+    """With WAIT_FOR=Running the first kill comes once the attempt is on file; with Dequeued it
+    may come before (a first attempt starts before its record is written, and is then run again
+    as the same attempt, on file before it starts: one more start at most)."""
+    bound = 2
+    define(spool, "killer", f'environment = {{ JOURNAL = "{spool / "journal"}", '
+           f'WAIT_FOR = "{wait_for_record}" }}\n'
+           f'[async]\nmax_interruptions = {bound}\non_failure = ""\n', KILLER)  # fmt: skip
+    extra = 0 if wait_for_record == "Running" else 1
+    d = daemon.start()
+    drop(spool, "killer", "k.json", {})
+    restarts = 0
+    while True:  # as systemd's Restart=on-failure would
+        what = wait_for(functools.partial(next_step, spool, d), 60, "a kill or the event's end")
+        if what == "failed":
+            break
+        assert d.proc.returncode == -signal.SIGKILL
+        assert restarts <= bound + extra, "the event runs at every start"
+        d = daemon.start(wait_ready=False)
+        restarts += 1
+    wait_for(d.ready, 60, "the daemon to be ready")
+    assert bound + 1 <= restarts <= bound + 1 + extra
+    (event,) = of(spool, "killer")
+    full = fnspool_json(spool, "events", "get", event["id"])
+    assert full["state"] == "Failed" and full["attempts"] == bound + 1
+    assert full["error"]["type"] == "TooManyInterruptions"
+    assert f"max_interruptions ({bound})" in full["error"]["message"]
+    reasons = [(h["state"], h.get("reason")) for h in full["history"]]
+    assert reasons.count(("Retrying", "Interrupted")) == bound
+    assert reasons[-1] == ("Failed", "Interrupted")
+    runs = (spool / "functions" / "killer" / "runs").read_text().split()
+    assert sorted(set(runs)) == [str(n) for n in range(1, bound + 2)]
+    assert len(runs) == restarts  # each start but the last ran it once
+
+
+def next_step(spool: Path, d: DaemonProcess) -> str | None:
+    """What happened first: the killer's end in the journal, or the daemon's death."""
+    for rec in journal_records(spool, Transition):
+        if rec.function == "killer" and rec.state is State.FAILED:
+            return "failed"
+    return "killed" if d.proc is not None and d.proc.poll() is not None else None
