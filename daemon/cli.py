@@ -10,8 +10,20 @@ from collections.abc import Callable, Sequence
 
 from daemon import actions, commands, install
 from daemon.errors import FnspoolError
+from daemon.limits import MAX_VALUE_BYTES
 
 log = logging.getLogger(__name__)
+
+
+def _payload_limit(text: str) -> int:
+    """--max-payload-bytes: a payload is journaled whole, so it is held to the record limit."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if not 0 < value <= MAX_VALUE_BYTES:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_VALUE_BYTES} bytes, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
     daemon = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
     daemon.add_argument("--drain-timeout", type=float, default=30.0, metavar="S")
-    daemon.add_argument("--max-payload-bytes", type=int, default=1 << 20, metavar="N")
+    daemon.add_argument("--max-payload-bytes", type=_payload_limit, default=1 << 20, metavar="N")
     daemon.add_argument(
         "--retention", default="3d", metavar="T", help="keep ended events this long"
     )

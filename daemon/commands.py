@@ -328,6 +328,7 @@ def functions_list(args: argparse.Namespace) -> int:
     catalog = load_catalog(spool.functions)
     status = _status_file(spool) if lock.holder(spool.run) is not None else None
     instances = (status or {}).get("instances", {})
+    kept = set((status or {}).get("last_good_definitions", []))
     rows = []
     for name, d in sorted(catalog.functions.items()):
         rows.append(
@@ -343,13 +344,23 @@ def functions_list(args: argparse.Namespace) -> int:
             }
         )
     for name, err in sorted(catalog.errors.items()):
-        rows.append({"name": name, "error": err.message, "path": err.path, "instances": []})
+        rows.append(
+            {
+                "name": name,
+                "error": err.message,
+                "path": err.path,
+                "last_good_in_use": name in kept,
+                "instances": instances.get(name, []) if name in kept else [],
+            }
+        )
     if args.json:
         _print_json(rows)
         return 0
     for row in rows:
         if row["error"]:
             print(f"{row['name']:20} ERROR  {row['path']}: {row['error']}")
+            if row["last_good_in_use"]:
+                print(f"{'':20}        the daemon runs its last good definition until it is fixed")
         else:
             count = f"{len(row['instances'])}/{row['max_instances']}"
             runs = row["handler"] or " ".join(row["command"] or [])
@@ -371,6 +382,7 @@ def status(args: argparse.Namespace) -> int:
         "running_events": info.get("running") if running else None,
         "events": info.get("events", {}),
         "definition_errors": info.get("definition_errors", {}),
+        "last_good_definitions": info.get("last_good_definitions", []) if running else [],
         "journal_damage": info.get("journal_damage", []),
         "file_helper": info.get("file_helper") if running else None,
         "indexer": info.get("indexer") if running else None,
@@ -394,7 +406,9 @@ def status(args: argparse.Namespace) -> int:
             if helper is not None and not helper.get("running"):
                 print("file helper: not running (the daemon writes logs and removes files itself)")
         for name, message in view["definition_errors"].items():
-            print(f"definition error: {name}: {message}")
+            kept = name in view["last_good_definitions"]
+            note = " (its last good definition stays in use)" if kept else ""
+            print(f"definition error: {name}: {message}{note}")
         for damage in view["journal_damage"]:
             print(f"journal damage: {damage['path']} at {damage['offset']}: {damage['reason']}")
     return 0 if running else EXIT_NOT_RUNNING

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from daemon.functions import AsyncConfig, Catalog
+from daemon.limits import MAX_VALUE_BYTES
 from daemon.model import Event, Source, State, has_raw
 from daemon.query import iso
 
@@ -65,6 +66,22 @@ def build_record(event: Event) -> dict[str, Any]:
         },
         "responsePayload": result if ok or result is not None else error,
     }
+
+
+def encode_within(record: dict[str, Any], limit: int = MAX_VALUE_BYTES) -> bytes:
+    """The record as JSON, at most `limit` bytes where it can be: over it, its payloads (the larger
+    first) become null, and `truncated` gives their sizes (the event itself keeps them whole)."""
+    data = msgspec.json.encode(record)
+    if len(data) <= limit:
+        return data
+    sizes = {k: len(msgspec.json.encode(record[k])) for k in ("requestPayload", "responsePayload")}
+    record = {**record, "truncated": {}}
+    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        record[key], record["truncated"][key] = None, sizes[key]
+        data = msgspec.json.encode(record)
+        if len(data) <= limit:
+            break
+    return data
 
 
 def folder_in_spool(root: Path, destination: str) -> Path:
@@ -177,12 +194,14 @@ class Destinations:
     async def _deliver(self, event: Event) -> None:
         destination = self._destination(event)
         condition = CONDITIONS.get(event.state, event.state.value)
-        record = msgspec.json.encode(build_record(event))
         if destination.startswith(FUNCTION_PREFIX):
+            # the record becomes an event's payload, journaled: held to the limit of a payload
+            record = encode_within(build_record(event))
             function = destination.removeprefix(FUNCTION_PREFIX)
             source = Source(via="destination")
             self._enqueue(function, msgspec.Raw(record), f"{event.id}-{condition}", source)
         else:
+            record = msgspec.json.encode(build_record(event))
             folder = folder_in_spool(self.root, destination)
             await asyncio.to_thread(write_once, folder, f"{event.id}.json", record + b"\n")
         self._mark(event, destination, condition)

@@ -15,14 +15,22 @@ from typing import Any
 
 import msgspec
 
-from daemon.functions import Catalog, FunctionDef
+from daemon.functions import AsyncConfig, Catalog, FunctionDef
 from daemon.journal_writer import JournalFailed
+from daemon.limits import bounded_error
 from daemon.logfiles import DirectLogs, LogSink
 from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State, Usage
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
-from daemon.runtimes.base import EventLog, HookOutcome, Instance, InstanceStartError, Outcome
+from daemon.runtimes.base import (
+    EventLog,
+    HookOutcome,
+    Instance,
+    InstanceStartError,
+    Outcome,
+    bounded,
+)
 from daemon.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,20 @@ def backoff_delay(definition: FunctionDef, failures: int) -> float:
     cfg = definition.async_
     ceiling = min(cfg.backoff * 2 ** (failures - 1), cfg.backoff_max)
     return random.uniform(ceiling / 2, ceiling)
+
+
+def interruptions(event: Event) -> int:
+    """Attempts cut off by the daemon's end (a crash, or a shutdown past its drain timeout)."""
+    return sum(1 for h in event.history if h.state is State.RETRYING and h.reason == INTERRUPTED)
+
+
+def too_many_interruptions(count: int, limit: int) -> ErrorInfo:
+    """The error of an event ended because its attempts keep being cut off."""
+    message = (
+        f"the daemon ended during {count} attempts of this event, more than "
+        f"async.max_interruptions ({limit}): it is not run again"
+    )
+    return ErrorInfo(type="TooManyInterruptions", message=message)
 
 
 def failed_attempts(event: Event) -> int:
@@ -232,7 +254,7 @@ class Dispatcher:
             started=outcome.started,
             duration_ms=outcome.duration_ms,
             ok=outcome.ok,
-            error=outcome.error,
+            error=bounded_error(outcome.error) if outcome.error is not None else None,
             request_id=request_id,
         )
         try:
@@ -303,8 +325,10 @@ class Dispatcher:
         try:
             await self.store.sync(intent)
             if running.stop is None:
-                outcome = await instance.invoke(
-                    event.id, event.payload, attempt, definition.timeout, path
+                outcome = bounded(
+                    await instance.invoke(
+                        event.id, event.payload, attempt, definition.timeout, path
+                    )
                 )
             else:  # stopped while its Running was being made durable: it never started
                 outcome = Outcome(ok=False, error=STOPPED_ERROR, usage=Usage(duration_ms=0.0))
@@ -453,6 +477,8 @@ class Dispatcher:
                     event, State.RUNNING, attempt=event.attempts + 1, reason=MAY_HAVE_STARTED
                 )
             if event.state is State.RUNNING:
+                if self._interrupted_too_often(event):
+                    continue
                 self.store.transition(
                     event, State.RETRYING, reason=INTERRUPTED, not_before=time.time()
                 )
@@ -460,6 +486,19 @@ class Dispatcher:
                 self._end(event, State.STOPPED, reason="stopped before the daemon restarted")
                 continue
             self.submit(event)
+
+    def _interrupted_too_often(self, event: Event) -> bool:
+        """End a Running event found at start-up as Failed once it has been cut off more often
+        than its function allows (a handler that kills the daemon would run at every start)."""
+        definition = self._catalog().functions.get(event.function)
+        limit = (definition.async_ if definition is not None else AsyncConfig()).max_interruptions
+        count = interruptions(event) + 1
+        if count <= limit:
+            return False
+        error = too_many_interruptions(count, limit)
+        self._end(event, State.FAILED, attempt=event.attempts, reason=INTERRUPTED, error=error)
+        log.warning("event %s Failed: %s", event.id, error.message)
+        return True
 
     async def drain(self, timeout: float) -> None:
         """Stop starting events; let running ones finish up to `timeout`; then PreStop every

@@ -24,6 +24,7 @@ class AsyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     backoff: float = 1.0
     backoff_max: float = 300.0
     max_event_age: float = 86400.0
+    max_interruptions: int = 5  # attempts cut off by the daemon's end run again; then Failed
     on_success: str = ""
     on_failure: str = "destinations/dead-letter"
 
@@ -79,6 +80,8 @@ class Catalog(msgspec.Struct, kw_only=True):
 
     functions: dict[str, FunctionDef] = msgspec.field(default_factory=dict)
     errors: dict[str, DefinitionError] = msgspec.field(default_factory=dict)
+    #: functions whose file has an error, served with their last good definition
+    kept: set[str] = msgspec.field(default_factory=set)
 
 
 _POSITIVE = ("timeout", "memory_mb", "concurrency", "max_instances", "stop_grace")
@@ -95,8 +98,9 @@ def _check_values(d: FunctionDef) -> None:
             raise ValueError(f"`{key}` must not be negative, got {getattr(d, key)!r}")
     if d.min_instances > d.max_instances:
         raise ValueError("`min_instances` must not exceed `max_instances`")
-    if d.async_.max_retries < 0:
-        raise ValueError("`async.max_retries` must not be negative")
+    for key in ("max_retries", "max_interruptions"):
+        if getattr(d.async_, key) < 0:
+            raise ValueError(f"`async.{key}` must not be negative")
     if d.runtime in ("http", "exec") and not d.command:
         raise ValueError(f"`command` is required for the {d.runtime} runtime")
     if d.runtime == "python" and "." not in d.handler:
@@ -157,4 +161,17 @@ def load_catalog(functions_dir: Path) -> Catalog:
                 name=path.stem, path=str(path), message=message
             )
             log.error("function definition %s: %s", path, message)
+    return catalog
+
+
+def keep_last_good(catalog: Catalog, previous: Catalog) -> Catalog:
+    """Serve each function whose file stopped loading with its previous definition: a typo saved
+    while editing must not turn its queued events Invalid nor refuse its new files."""
+    for name, error in catalog.errors.items():
+        last = previous.functions.get(name)
+        if last is not None:
+            catalog.functions[name] = last
+            catalog.kept.add(name)
+            log.warning("function %s: %s has an error: its last good definition stays in use",
+                        name, error.path)  # fmt: skip
     return catalog

@@ -17,7 +17,7 @@ from daemon.cgroups import Cgroups
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
 from daemon.filehelper import FileHelper
-from daemon.functions import Catalog, load_catalog
+from daemon.functions import Catalog, keep_last_good, load_catalog
 from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalWriter, recover
@@ -309,14 +309,16 @@ class Daemon:
     def _reload_definitions(self) -> None:
         """Load every definition again (at start, on change, on SIGHUP)."""
         self._definition_stamp = self._stamp_definitions()
-        self.catalog = load_catalog(self.spool.functions)
+        self.catalog = keep_last_good(load_catalog(self.spool.functions), self.catalog)
         for name in self.catalog.functions:
             (self.spool.incoming / name).mkdir(exist_ok=True)
         self.dispatcher.reconcile(self.catalog)
         log.info(
             "definitions loaded: %s%s",
             ", ".join(sorted(self.catalog.functions)) or "none",
-            f"; {len(self.catalog.errors)} with errors" if self.catalog.errors else "",
+            f"; {len(self.catalog.errors)} with errors ({len(self.catalog.kept)} kept as they were)"
+            if self.catalog.errors
+            else "",
         )
 
     def write_status(self, stopped: bool = False) -> None:
@@ -333,6 +335,7 @@ class Daemon:
             "events": {s.value: n for s, n in self.store.retained_counts().items() if n},
             "instances": instances,
             "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
+            "last_good_definitions": sorted(self.catalog.kept),  # of those with errors
             "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
             "reloads": self.reloads,
             "file_helper": {"pid": self.files.pid, "running": self.files.running},

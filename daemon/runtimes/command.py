@@ -14,7 +14,6 @@ from daemon.functions import FunctionDef
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import InstanceStartError
 
-MAX_RESULT = 64 << 20  # bytes of a result, as the python runtime allows
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _RESULT_CHECK = msgspec.json.Decoder()
 _SETPRIV = shutil.which("setpriv")  # util-linux: sets the parent-death signal, then execs

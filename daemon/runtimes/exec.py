@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 
 from daemon.functions import FunctionDef
+from daemon.limits import MAX_VALUE_BYTES, result_too_large
 from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.base import (
@@ -30,7 +31,6 @@ from daemon.runtimes.base import (
     memory_error,
 )
 from daemon.runtimes.command import (
-    MAX_RESULT,
     as_result,
     bound_to_daemon,
     command_argv,
@@ -248,7 +248,7 @@ class _Run:
             self._stdout_fd = None
             return False
         self.stdout_size += len(data)
-        if self.stdout_size <= MAX_RESULT:
+        if self.stdout_size <= MAX_VALUE_BYTES:  # the rest is counted, not kept
             self.stdout += data
         return True
 
@@ -282,12 +282,9 @@ def _outcome(
         code = status.exit_code if status else None
         return Outcome(ok=False, error=ErrorInfo(type="ExecError", message=message, code=code),
                        usage=usage)  # fmt: skip
-    if run.stdout_size > MAX_RESULT:
-        message = (
-            f"the command wrote {run.stdout_size} bytes to stdout, over the {MAX_RESULT} limit"
-        )
-        return Outcome(ok=False, error=ErrorInfo(type="InvalidResult", message=message),
-                       usage=usage)  # fmt: skip
+    if run.stdout_size > MAX_VALUE_BYTES:
+        error = result_too_large("the command's stdout", run.stdout_size)
+        return Outcome(ok=False, error=error, usage=usage)
     return Outcome(ok=True, result=as_result(bytes(run.stdout)), usage=usage)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 
 from daemon.functions import FunctionDef
+from daemon.limits import MAX_VALUE_BYTES
 from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.base import (
@@ -232,6 +233,7 @@ class PythonInstance(InstanceBase):
             "FNSPOOL_HANDLER": fn.handler,
             "FNSPOOL_FUNCTION_NAME": fn.name,
             "FNSPOOL_MEMORY_MB": str(fn.memory_mb),
+            "FNSPOOL_MAX_RESULT": str(MAX_VALUE_BYTES),  # refused there: never sent here
         }
 
     def _check_ready(self, reply: Reply) -> None:
