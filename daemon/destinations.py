@@ -17,8 +17,10 @@ from typing import Any
 import msgspec
 
 from daemon.functions import AsyncConfig, Catalog
+from daemon.ids import check_id, derived_id
 from daemon.model import Event, Source, State, has_raw
 from daemon.query import iso
+from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ class Destinations:
                 try:
                     await self._deliver(event)
                 except Exception as exc:  # one bad destination never stops the others
-                    log.error("event %s: destination delivery failed: %s", event.id, exc)
+                    log.error("event %s: destination delivery failed: %s", printable(event.id), exc)
 
     async def _deliver(self, event: Event) -> None:
         destination = self._destination(event)
@@ -166,9 +168,11 @@ class Destinations:
         if destination.startswith(FUNCTION_PREFIX):
             function = destination.removeprefix(FUNCTION_PREFIX)
             source = Source(via="destination")
-            self._enqueue(function, msgspec.Raw(record), f"{event.id}-{condition}", source)
+            request_id = derived_id(event.id, condition)
+            self._enqueue(function, msgspec.Raw(record), request_id, source)
         else:
             folder = folder_in_spool(self.root, destination)
-            await asyncio.to_thread(write_once, folder, f"{event.id}.json", record + b"\n")
+            name = f"{check_id(event.id)}.json"
+            await asyncio.to_thread(write_once, folder, name, record + b"\n")
         self._mark(event, destination, condition)
         log.info("event %s: %s record delivered to %s", event.id, condition, destination)
