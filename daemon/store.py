@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import time
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.ids import new_request_id
+from daemon.ids import BadId, new_request_id
 from daemon.journal import JournalState, list_segments, list_snapshots, write_snapshot
 from daemon.journal_writer import JournalWriter
+from daemon.logfiles import event_log_path
 from daemon.model import (
     NO_RAW,
     Delivered,
@@ -188,12 +190,16 @@ class Store:
     def _drop_expired(self, cutoff: float) -> list[Path]:
         """Forget events that ended before `cutoff`; return their log files."""
         gone = [e for e in self.events.values() if e.ended_at is not None and e.ended_at < cutoff]
+        logs = []
         for event in gone:
+            # an id breaking the rule (a journal from before ids were checked) names no log here
+            with contextlib.suppress(BadId):
+                logs.append(event_log_path(self.logs_dir, event.function, event.id))
             del self.events[event.id]
             self.counts[event.state] -= 1
             if event.source is not None:
                 self._identities.pop(identity(event.source), None)
-        return [self.logs_dir / e.function / f"{e.id}.log" for e in gone]
+        return logs
 
 
 def _delete_covered(directory: Path, previous_seq: int, logs: list[Path]) -> None:

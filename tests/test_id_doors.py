@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from conftest import fnspool, fnspool_json, journal_records, wait_for
+from tui_journal import T0
 
 from daemon.ids import MAX_ID_LENGTH, BadId, check_id, derived_id, new_request_id
-from daemon.model import Request
+from daemon.journal import encode_record, segment_name
+from daemon.model import Request, State, Transition, raw_json
 from daemon.text import printable
 
 GOOD = [
@@ -197,7 +199,7 @@ def test_a_stop_request_with_an_escape_code_id_is_set_aside_and_kept_out_of_the_
     assert "\x1b" not in d.log_text()
 
 
-# -- derived ids ----------------------------------------------
+# -- ids derived and ids from older journals ----------------------------------------------
 
 
 def test_a_destination_event_of_a_128_character_id_gets_a_valid_id(spool, daemon):
@@ -213,3 +215,27 @@ def test_a_destination_event_of_a_128_character_id_gets_a_valid_id(spool, daemon
     assert relayed == derived_id(rid, "RetriesExhausted") and check_id(relayed)
     done = fnspool_json(spool, "events", "get", relayed)  # the CLI takes it
     assert done["retry_of"] is None and done["function"] == "collector"
+
+
+def test_an_event_with_a_bad_id_in_an_older_journal_never_runs_nor_writes_outside(
+    spool, tmp_path, daemon
+):
+    legacy = "../../../legacy"  # logs/echo/ + this = a file beside the spool
+    journal = spool / "journal"
+    journal.mkdir(parents=True)
+    rec = Transition(
+        id=legacy, function="echo", state=State.ENQUEUED, at=T0, payload=raw_json(1), seq=1
+    )
+    (journal / segment_name(1)).write_bytes(encode_record(rec))
+    daemon.start()
+    ended = wait_for(
+        lambda: [
+            r
+            for r in journal_records(spool, Transition)
+            if r.id == legacy and r.state is State.INVALID
+        ],
+        what="the event to be ended as Invalid",
+    )
+    assert ended[0].error is not None and ended[0].error.type == "InvalidRequestId"
+    assert not (tmp_path / "legacy.log").exists()
+    assert not [r for r in journal_records(spool, Transition) if r.state is State.RUNNING]
