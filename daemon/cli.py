@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from daemon import actions, commands, install
 from daemon.errors import FnspoolError
+from daemon.ids import BadId, check_id
 from daemon.limits import MAX_VALUE_BYTES
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,14 @@ def _payload_limit(text: str) -> int:
     if not 0 < value <= MAX_VALUE_BYTES:
         raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_VALUE_BYTES} bytes, got {value}")
     return value
+
+
+def request_id(text: str) -> str:
+    """An argument that must be a request id: argparse's clear error (exit 2) when it is not."""
+    try:
+        return check_id(text)
+    except BadId as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     source = invoke.add_mutually_exclusive_group()
     source.add_argument("--payload", metavar="JSON", help="the payload (default: {})")
     source.add_argument("--payload-file", metavar="F", help="read the payload from F (- for stdin)")
-    invoke.add_argument("--id", help="an explicit request id (an idempotency key)")
+    invoke.add_argument(
+        "--id",
+        type=request_id,
+        help="an explicit request id (an idempotency key): 1 to 128 letters, digits, _ . : -",
+    )
     invoke.add_argument(
         "--delay", type=float, metavar="S", help="run no sooner than S seconds from now"
     )
@@ -102,17 +115,17 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     elist.set_defaults(run=commands.events_list)
 
     eget = esub.add_parser("get", parents=[common], help="one event in full")
-    eget.add_argument("id")
+    eget.add_argument("id", type=request_id)
     eget.add_argument("--json", action="store_true")
     eget.set_defaults(run=commands.events_get)
 
     elogs = esub.add_parser("logs", parents=[common], help="an event's log")
-    elogs.add_argument("id")
+    elogs.add_argument("id", type=request_id)
     elogs.add_argument("--follow", "-f", action="store_true", help="follow until the event ends")
     elogs.set_defaults(run=commands.events_logs)
 
     estop = esub.add_parser("stop", parents=[common], help="stop an event (forced by default)")
-    estop.add_argument("id")
+    estop.add_argument("id", type=request_id)
     estop.add_argument(
         "--graceful", action="store_true", help="SIGTERM first; forced after the grace period"
     )
@@ -124,7 +137,7 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
         parents=[common],
         help="run an ended event again, or every ended event the filters match",
     )
-    ereinvoke.add_argument("id", nargs="?", help="the event (or use the filters)")
+    ereinvoke.add_argument("id", nargs="?", type=request_id, help="the event (or use the filters)")
     _filter_arguments(ereinvoke)
     payload = ereinvoke.add_mutually_exclusive_group()
     payload.add_argument("--payload", metavar="JSON", help="a new payload (default: the old one)")
@@ -135,7 +148,7 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     ereinvoke.set_defaults(run=actions.events_reinvoke)
 
     ewait = esub.add_parser("wait", parents=[common], help="block until events end")
-    ewait.add_argument("ids", nargs="+", metavar="ID")
+    ewait.add_argument("ids", nargs="+", metavar="ID", type=request_id)
     ewait.add_argument("--timeout", type=float, metavar="S")
     ewait.set_defaults(run=commands.events_wait)
 

@@ -18,9 +18,11 @@ from typing import Any
 import msgspec
 
 from daemon.functions import AsyncConfig, Catalog
+from daemon.ids import check_id, derived_id
 from daemon.limits import MAX_VALUE_BYTES
 from daemon.model import Event, Source, State, has_raw
 from daemon.query import iso
+from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,7 @@ class Destinations:
                 try:
                     await self._deliver(event)
                 except Exception as exc:  # one bad destination never stops the others
-                    log.error("event %s: destination delivery failed: %s", event.id, exc)
+                    log.error("event %s: destination delivery failed: %s", printable(event.id), exc)
 
     async def _deliver(self, event: Event) -> None:
         destination = self._destination(event)
@@ -199,10 +201,12 @@ class Destinations:
             record = encode_within(build_record(event))
             function = destination.removeprefix(FUNCTION_PREFIX)
             source = Source(via="destination")
-            self._enqueue(function, msgspec.Raw(record), f"{event.id}-{condition}", source)
+            request_id = derived_id(event.id, condition)
+            self._enqueue(function, msgspec.Raw(record), request_id, source)
         else:
             record = msgspec.json.encode(build_record(event))
             folder = folder_in_spool(self.root, destination)
-            await asyncio.to_thread(write_once, folder, f"{event.id}.json", record + b"\n")
+            name = f"{check_id(event.id)}.json"
+            await asyncio.to_thread(write_once, folder, name, record + b"\n")
         self._mark(event, destination, condition)
         log.info("event %s: %s record delivered to %s", event.id, condition, destination)

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from daemon.functions import AsyncConfig, Catalog, FunctionDef
+from daemon.ids import id_problem
 from daemon.journal_writer import JournalFailed
 from daemon.limits import bounded_error
 from daemon.logfiles import DirectLogs, LogSink
@@ -32,6 +33,7 @@ from daemon.runtimes.base import (
     bounded,
 )
 from daemon.store import Store
+from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,10 @@ class Dispatcher:
 
     def submit(self, event: Event) -> None:
         """Queue an event once its records are durable, now or when its `not_before` comes."""
+        # only a journal written before ids were checked can hold a bad id
+        if (why := id_problem(event.id)) is not None:
+            self._refuse_bad_id(event, why)
+            return
         if event.seq > self.store.writer.durable_seq:
             self._undurable.append(event)
             if len(self._undurable) == 1:
@@ -264,6 +270,15 @@ class Dispatcher:
                 "instance %s: %s not journaled (the journal failed)", instance.id, outcome.hook
             )
 
+    def _refuse_bad_id(self, event: Event, why: str) -> None:
+        """End an event whose id could not name its log (nor a file anywhere): never run."""
+        message = f"its request id is not valid: {why}"
+        if event.state is State.RETRYING:  # interrupted by a crash: Invalid cannot follow
+            self._end(event, State.STOPPED, reason=message)
+            log.warning("event %s Stopped: %s", printable(event.id), message)
+        else:
+            self._invalidate(event.id, "InvalidRequestId", message)
+
     def _invalidate(self, request_id: str, kind: str, message: str) -> None:
         event = self.store.get(request_id)
         if event is None or event.ended:
@@ -272,7 +287,7 @@ class Dispatcher:
             event = self.store.transition(event, State.DEQUEUED)
         if event.state is State.DEQUEUED:
             self._end(event, State.INVALID, error=ErrorInfo(type=kind, message=message))
-            log.warning("event %s Invalid: %s", request_id, message)
+            log.warning("event %s Invalid: %s", printable(request_id), message)
 
     # -- one event ------------------------------------------------------------------------
 

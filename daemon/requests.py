@@ -25,10 +25,12 @@ from inotify_simple import flags as F
 from daemon import control
 from daemon.control import ControlRequest, ReinvokeRequest, StopRequest
 from daemon.dispatcher import Dispatcher
+from daemon.ids import BadId
 from daemon.model import Request, Source, has_raw
 from daemon.payload import is_ignored, too_deep
-from daemon.spool import Rejection, Spool, printable, reject, safe_read, unlink_if_same
+from daemon.spool import Rejection, Spool, reject, safe_read, unlink_if_same
 from daemon.store import Store
+from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +180,14 @@ class RequestIntake:
         if too_deep(data, MAX_DEPTH):
             raise Rejection("too_deep", f"nested deeper than {MAX_DEPTH} levels")
         try:
-            return control.DECODER.decode(data)
+            request = control.DECODER.decode(data)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise Rejection("bad_request", f"not a control request: {exc}") from None
+        try:
+            control.check_ids(request)
+        except BadId as exc:
+            raise Rejection("bad_id", str(exc)) from None
+        return request
 
     def _set_aside(self, dir_fd: int, name: str, why: Rejection, uid: int | None) -> None:
         try:
@@ -256,4 +263,6 @@ class RequestIntake:
                 new_id=a.new_id,
             )
         )
-        log.info("control/%s: %s %s by uid %s: %s", name, action, request.id, uid, a.message)
+        log.info(
+            "control/%s: %s %s by uid %s: %s", printable(name), action, request.id, uid, a.message
+        )

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from daemon.errors import FnspoolError
+from daemon.text import file_text, printable
 
 log = logging.getLogger(__name__)
 
@@ -324,14 +325,9 @@ _reason_encoder = msgspec.json.Encoder()
 _rename_lock = threading.Lock()
 
 
-def printable(name: str) -> str:
-    """A file name or path as text that is always valid UTF-8 (bad bytes as \\xNN escapes)."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
 def safe_name(name: str) -> str:
     """A harmless file name for `name`: no control characters, no leading dots, bounded length."""
-    text = _UNSAFE.sub("_", printable(name)).lstrip(".")
+    text = _UNSAFE.sub("_", file_text(name)).lstrip(".")
     return text[:_MAX_NAME] or "unnamed"
 
 
@@ -344,7 +340,7 @@ def reject(
     try:
         new = _move_unique(src_fd, name, dst_fd, safe_name(name))
         reason = RejectReason(
-            file=printable(relpath),
+            file=file_text(relpath),
             rejected_as=new,
             reason=rejection.code,
             message=rejection.message,

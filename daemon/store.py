@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from daemon.eventdb import IndexDB, source_key_of
-from daemon.ids import new_request_id
+from daemon.ids import BadId, new_request_id
 from daemon.journal import (
     ArchiveHeader,
     JournalState,
@@ -30,6 +31,7 @@ from daemon.journal import (
     write_snapshot,
 )
 from daemon.journal_writer import JournalWriter
+from daemon.logfiles import event_log_path
 from daemon.model import (
     NO_RAW,
     Delivered,
@@ -325,7 +327,9 @@ def _delete_covered(
     the snapshots but the newest two (the older one stands if the newest is damaged)."""
     for _header, path in expired:
         for event_id, function in archive_ids(path):
-            (logs / function / f"{event_id}.log").unlink(missing_ok=True)
+            # an id breaking the rule (a journal from before ids were checked) names no log here
+            with contextlib.suppress(BadId):
+                event_log_path(logs, function, event_id).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
     for _seq, path in list_snapshots(directory)[:-2]:
         path.unlink(missing_ok=True)

@@ -23,7 +23,9 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
+from daemon.ids import BadId
 from daemon.index import STATE_CODE, EventTable, Query, load_event, select
+from daemon.logfiles import event_log_path
 from daemon.model import TERMINAL_STATES, Request, State, Transition
 from daemon.spool import Spool
 from tui.actions import Notice, Requests, reinvoke_refusal, stop_refusal
@@ -418,7 +420,11 @@ class FnspoolApp(App[None]):
         row = self.table.row_of.get(event_id) if event_id else None
         if event_id is None or row is None:
             return
-        path = self.spool.logs / self.table.function(row) / f"{event_id}.log"
+        try:
+            path = event_log_path(self.spool.logs, self.table.function(row), event_id)
+        except BadId as exc:
+            self.notify(escape(f"no log: {exc}"), severity="error")
+            return
 
         def live() -> bool:
             current = self.table.row_of.get(event_id)
