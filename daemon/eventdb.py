@@ -167,15 +167,17 @@ class IndexDB:
 
     def events(self, ids: Iterable[str]) -> dict[str, Event]:
         """The indexed events with these ids."""
-        wanted = list(ids)
         found: dict[str, Event] = {}
-        for start in range(0, len(wanted), _PARAMS_PER_QUERY):
-            chunk = wanted[start : start + _PARAMS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
-            for (body,) in self.db.execute(f"SELECT body FROM events WHERE id IN ({marks})", chunk):
-                event = _event_decoder.decode(body)
-                found[event.id] = event
+        for (body,) in self._rows_by_id("body", list(ids)):
+            event = _event_decoder.decode(body)
+            found[event.id] = event
         return found
+
+    def _rows_by_id(self, column: str, ids: list[str]) -> Iterator[tuple[Any, ...]]:
+        for start in range(0, len(ids), _PARAMS_PER_QUERY):
+            chunk = ids[start : start + _PARAMS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            yield from self.db.execute(f"SELECT {column} FROM events WHERE id IN ({marks})", chunk)
 
     def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         """Up to `limit` ids starting with `prefix`, in order."""
@@ -184,6 +186,15 @@ class IndexDB:
             (prefix, prefix + "\U0010ffff", limit),
         )
         return [r[0] for r in rows]
+
+    def has_id(self, request_id: str) -> bool:
+        """Whether an event with that id has a row."""
+        row = self.db.execute("SELECT 1 FROM events WHERE id = ?", (request_id,))
+        return row.fetchone() is not None
+
+    def known_ids(self, ids: list[str]) -> set[str]:
+        """Those of `ids` that have a row."""
+        return {r[0] for r in self._rows_by_id("id", ids)}
 
     def has_source(self, key: str) -> bool:
         """Whether an event came from the file with this identity (see source_key_of)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -20,8 +21,8 @@ from daemon.filehelper import FileHelper
 from daemon.functions import Catalog, keep_last_good, load_catalog
 from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
-from daemon.journal_writer import JournalWriter, recover
-from daemon.model import Source
+from daemon.journal_writer import JournalFailed, JournalWriter, recover
+from daemon.model import Event, Source
 from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.pool import InstanceFactory
 from daemon.requests import RequestIntake, Submitters
@@ -81,8 +82,12 @@ class Daemon:
 
     async def accept(self, batch: list[Accepted]) -> list[str | None]:
         """Journal a batch of incoming files as Enqueued; queue them once that is durable."""
-        events = []
+        events: list[Event | None] = []
+        taken = self.store.taken([item.id for item in batch if item.id is not None])
         for item in batch:
+            if item.id in taken:
+                events.append(None)
+                continue
             not_before = time.time() + item.delay if item.delay else None
             event = self.store.enqueue(
                 item.function,
@@ -90,6 +95,7 @@ class Daemon:
                 request_id=item.id,
                 source=item.source,
                 not_before=not_before,
+                checked=True,
             )
             events.append(event)
         await self.store.sync()  # an event never runs before its Enqueued is on disk
@@ -176,7 +182,8 @@ class Daemon:
         self._reload_definitions()
         self.dispatcher.recover()
         self.destinations.recover(list(self.store.events.values()))
-        await self.store.sync()
+        with contextlib.suppress(JournalFailed):  # a full disk: the writer stops the daemon
+            await self.store.sync()
         self.requests = RequestIntake(self.spool, self.store, self.dispatcher, self._stop_grace)
         await self.requests.start()
         self.ingestor = Ingestor(

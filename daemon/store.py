@@ -17,7 +17,6 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.eventdb import IndexDB, source_key_of
 from daemon.ids import BadId, new_request_id
 from daemon.journal import (
     ArchiveHeader,
@@ -32,6 +31,7 @@ from daemon.journal import (
 )
 from daemon.journal_writer import JournalWriter
 from daemon.logfiles import event_log_path
+from daemon.lookups import Lookups
 from daemon.model import (
     NO_RAW,
     Delivered,
@@ -45,7 +45,6 @@ from daemon.model import (
     apply,
     check_transition,
 )
-from daemon.reads import EventReads
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +92,11 @@ class Store:
         event = self.events.get(request_id) or self.archived.get(request_id)
         return event if event is not None else self.index.get(request_id)
 
+    def taken(self, ids: list[str]) -> set[str]:
+        """Those of `ids` already used by a retained event (one index query for a batch)."""
+        held = {i for i in ids if i in self.events or i in self.archived}
+        return held | self.index.archived_ids([i for i in ids if i not in held])
+
     def known(self, request_id: str) -> bool:
         """Whether an event with that id is retained."""
         return (
@@ -119,9 +123,13 @@ class Store:
         source: Source | None = None,
         retry_of: str | None = None,
         not_before: float | None = None,
+        checked: bool = False,
     ) -> Event | None:
-        """Journal a new Enqueued event (not yet durable); None when the id is taken."""
-        if request_id is not None and self.known(request_id):
+        """Journal a new Enqueued event (not yet durable); None when the id is taken (`checked`:
+        the caller asked `taken` for it just now)."""
+        if request_id is not None and (
+            request_id in self.events if checked else self.known(request_id)
+        ):
             return None
         rid = request_id or new_request_id()
         event = self._record(
@@ -234,6 +242,8 @@ class Store:
         await loop.run_in_executor(None, write_snapshot, directory, seq, now, kept, counts)
         self.archived_counts = archived
         self.archived.update((e.id, e) for e in settled)
+        if settled:
+            self.index.archived(seq, settled)
         self._forget_identities(settled)
         previous = self._last_snapshot_seq
         self._last_snapshot_seq = seq
@@ -280,44 +290,6 @@ def sort_archives(
         else:
             kept.append(header)
     return kept, expired
-
-
-class Lookups:
-    """The daemon's reads of events it no longer holds: the index and the journal after it."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._reads = EventReads(directory)
-
-    def get(self, request_id: str) -> Event | None:
-        """The retained event with that id."""
-        return self._reads.get(request_id)
-
-    def has(self, request_id: str) -> bool:
-        """Whether an event with that id is retained."""
-        return self.get(request_id) is not None
-
-    def has_source(self, source: Source) -> bool:
-        """Whether an indexed event came from the file with this identity."""
-        key = source_key_of(source)
-        index = IndexDB.open_readonly(self.directory)
-        if key is None or index is None:
-            return False
-        try:
-            return index.has_source(key)
-        finally:
-            index.close()
-
-    def indexed_seq(self) -> int:
-        """How far into the journal the index goes (0 when there is none)."""
-        index = IndexDB.open_readonly(self.directory)
-        if index is None:
-            return 0
-        try:
-            cursor = index.cursor()
-        finally:
-            index.close()
-        return cursor.seq if cursor is not None else 0
 
 
 def _delete_covered(
