@@ -12,9 +12,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from daemon.cgroups import Cgroups
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "spool" / "functions"
@@ -32,6 +35,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         time.sleep(0.01)
 
 
+#: The cgroup folders the daemons of this session make: the session's clean-up removes these and
+#: touches no other (other daemons on the machine keep theirs in the same folder).
+_OUR_CGROUPS: set[str] = set()
+
+
+def note_cgroup(spool: Path) -> None:
+    """Remember the cgroup folder a daemon on `spool` makes, named after the spool's device and
+    inode as daemon/service.py names it (test_cgroups checks that the two agree)."""
+    with contextlib.suppress(OSError):
+        _OUR_CGROUPS.add(cgroup_name(spool))
+
+
+def cgroup_name(spool: Path) -> str:
+    """The name of the cgroup folder a daemon on `spool` makes for its instances."""
+    root = spool.stat()
+    return f"fnspool-{root.st_dev:x}.{root.st_ino:x}"
+
+
 def fnspool(
     spool: Path,
     *args: str,
@@ -40,6 +61,8 @@ def fnspool(
     timeout: float = 60,
 ) -> subprocess.CompletedProcess:
     """Run the CLI against `spool` (`fnspool daemon` too, for one that must exit at once)."""
+    if args[:1] == ("daemon",):
+        note_cgroup(spool)
     proc = subprocess.run(
         [sys.executable, "-m", "daemon", *args, "--spool", str(spool)],
         capture_output=True,
@@ -72,6 +95,7 @@ class DaemonProcess:
     def start(self, *extra: str, wait_ready: bool = True) -> DaemonProcess:
         self._logf = open(self.log, "ab")  # noqa: SIM115 - kept open while the daemon runs
         argv = [sys.executable, "-m", "daemon", "daemon", "--spool", str(self.spool), *extra]
+        note_cgroup(self.spool)
         self.proc = subprocess.Popen(
             [*self.prefix, *argv],
             stdout=self._logf,
@@ -128,6 +152,7 @@ class DaemonProcess:
 
     def close(self) -> None:
         self.kill()
+        note_cgroup(self.spool)  # where the daemon made the spool itself
         if hasattr(self, "_logf"):
             self._logf.close()
 
@@ -217,25 +242,27 @@ def gone(pid: int) -> bool:
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_leftover_cgroups() -> Iterator[None]:
-    """Daemons killed by tests leave their (empty) instance cgroups behind: remove the new ones."""
-    from daemon.cgroups import own_cgroup
+    """Daemons killed by tests leave their instance cgroups behind: at the end of the session,
+    kill what is left in those of this session's daemons and remove them, and no others."""
+    yield
+    from daemon.cgroups import Cgroups, own_cgroup
 
     own = own_cgroup()
-    before = set(own.glob("fnspool-*")) if own is not None else set()
-    yield
     if own is None:
         return
-    left = set(own.glob("fnspool-*")) - before
-    # a killed daemon's last processes may still be on their way out (reaped by init): a group
-    # cannot be removed until they are gone
-    deadline = time.monotonic() + 5.0
-    while left and time.monotonic() < deadline:
-        for base in list(left):
-            for group in [p for p in base.iterdir() if p.is_dir()]:
-                with contextlib.suppress(OSError):
-                    group.rmdir()
-            with contextlib.suppress(OSError):
-                base.rmdir()
-                left.discard(base)
-        if left:
-            time.sleep(0.05)
+    left = [Cgroups(own / name) for name in sorted(_OUR_CGROUPS) if (own / name).is_dir()]
+    for groups in left:
+        groups.sweep()  # as the next daemon on that spool would
+    # a killed process leaves its group a moment later
+    wait_for(
+        lambda: not [g.base for g in left if not _removed(g)],
+        what=f"the cgroups of this session's daemons to empty: {[str(g.base) for g in left]}",
+    )
+
+
+def _removed(groups: Cgroups) -> bool:
+    """Remove the groups under a daemon's base, then the base; whether all are gone."""
+    for group in groups.groups():
+        groups.remove(group)
+    groups.close()
+    return not groups.base.exists()
