@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import drop, events, fnspool, fnspool_json, gone, wait_for
+from conftest import drop, events, fnspool, fnspool_json, gone, wait_for, wait_for_async
 from runtime_helpers import LINE_TIME, on_uvloop, raw, value
 
 from daemon.functions import FunctionDef
@@ -154,12 +154,11 @@ async def test_commands_that_cannot_run(tmp_path: Path) -> None:
 async def test_stop_kills_a_running_attempt(tmp_path: Path) -> None:
     instance = await started(sh("echo started >&2; sleep 60"))
     task = asyncio.ensure_future(instance.invoke("r", raw(None), 1, 60.0, tmp_path / "r.log"))
-    await asyncio.sleep(0)
-    deadline = time.monotonic() + 5
     log = tmp_path / "r.log"
-    while instance.pid is None or not log.exists() or "started" not in log.read_text("utf-8"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await wait_for_async(
+        lambda: instance.pid is not None and log.exists() and "started" in log.read_text("utf-8"),
+        what="the attempt to start",
+    )
     pid = instance.pid
     assert instance.signal(15)
     outcome = await asyncio.wait_for(task, 5)
