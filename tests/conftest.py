@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,22 +76,58 @@ async def wait_for_async(
     return value
 
 
-#: The cgroup folders the daemons of this session make: the session's clean-up removes these and
-#: touches no other (other daemons on the machine keep theirs in the same folder).
-_OUR_CGROUPS: set[str] = set()
+#: The spools of the daemons this session started. A daemon names its cgroup folder after its
+#: spool's device and inode; while a spool is there (mounted), no other directory has them, so
+#: the folder named after it is its daemon's, and the clean-up touches no other.
+_OUR_SPOOLS: set[Path] = set()
 
 
-def note_cgroup(spool: Path) -> None:
-    """Remember the cgroup folder a daemon on `spool` makes, named after the spool's device and
-    inode as daemon/service.py names it (test_cgroups checks that the two agree)."""
-    with contextlib.suppress(OSError):
-        _OUR_CGROUPS.add(cgroup_name(spool))
+def note_spool(spool: Path) -> None:
+    """Remember a spool a daemon of this session runs on, for the cgroup clean-up."""
+    _OUR_SPOOLS.add(spool)
 
 
 def cgroup_name(spool: Path) -> str:
-    """The name of the cgroup folder a daemon on `spool` makes for its instances."""
+    """The cgroup folder a daemon on `spool` makes for its instances, as daemon/service.py names
+    it (test_cgroups checks that the two agree)."""
     root = spool.stat()
     return f"fnspool-{root.st_dev:x}.{root.st_ino:x}"
+
+
+def cgroup_names(spools: Iterable[Path]) -> list[str]:
+    """`cgroup_name` of each spool still there."""
+    names = []
+    for spool in spools:
+        with contextlib.suppress(OSError):
+            names.append(cgroup_name(spool))
+    return names
+
+
+def remove_cgroups(names: Iterable[str]) -> None:
+    """Once the daemons whose cgroup folders are `names` are stopped (names taken while their
+    spools were there): kill what the folders still hold, as the next daemon on the spool would,
+    and remove them."""
+    from daemon.cgroups import Cgroups, own_cgroup
+
+    own = own_cgroup()
+    if own is None:
+        return
+    left = [Cgroups(own / name) for name in names if (own / name).is_dir()]
+    for groups in left:
+        groups.sweep()
+    # a killed process leaves its group a moment later
+    wait_for(
+        lambda: not [g for g in left if not _removed(g)],
+        what=f"the cgroups of this session's daemons to empty: {[str(g.base) for g in left]}",
+    )
+
+
+def _removed(groups: Cgroups) -> bool:
+    """Remove the groups under a daemon's base, then the base; whether all are gone."""
+    for group in groups.groups():
+        groups.remove(group)
+    groups.close()
+    return not groups.base.exists()
 
 
 def fnspool(
@@ -103,7 +139,7 @@ def fnspool(
 ) -> subprocess.CompletedProcess:
     """Run the CLI against `spool` (`fnspool daemon` too, for one that must exit at once)."""
     if args[:1] == ("daemon",):
-        note_cgroup(spool)
+        note_spool(spool)
     proc = subprocess.run(
         [sys.executable, "-m", "daemon", *args, "--spool", str(spool)],
         capture_output=True,
@@ -136,7 +172,7 @@ class DaemonProcess:
     def start(self, *extra: str, wait_ready: bool = True) -> DaemonProcess:
         self._logf = open(self.log, "ab")  # noqa: SIM115 - kept open while the daemon runs
         argv = [sys.executable, "-m", "daemon", "daemon", "--spool", str(self.spool), *extra]
-        note_cgroup(self.spool)
+        note_spool(self.spool)
         self.proc = subprocess.Popen(
             [*self.prefix, *argv],
             stdout=self._logf,
@@ -193,7 +229,6 @@ class DaemonProcess:
 
     def close(self) -> None:
         self.kill()
-        note_cgroup(self.spool)  # where the daemon made the spool itself
         if hasattr(self, "_logf"):
             self._logf.close()
 
@@ -234,6 +269,7 @@ def daemon(spool: Path) -> Iterator[DaemonProcess]:
 
         root = spool.stat()
         supervise.sweep_predecessors(f"{root.st_dev:x}.{root.st_ino:x}")
+        remove_cgroups(cgroup_names([spool]))
 
 
 def drop(spool: Path, function: str, name: str, payload: Any) -> Path:
@@ -284,26 +320,6 @@ def gone(pid: int) -> bool:
 @pytest.fixture(autouse=True, scope="session")
 def _no_leftover_cgroups() -> Iterator[None]:
     """Daemons killed by tests leave their instance cgroups behind: at the end of the session,
-    kill what is left in those of this session's daemons and remove them, and no others."""
+    those of this session's daemons on spools still there are removed, and no others."""
     yield
-    from daemon.cgroups import Cgroups, own_cgroup
-
-    own = own_cgroup()
-    if own is None:
-        return
-    left = [Cgroups(own / name) for name in sorted(_OUR_CGROUPS) if (own / name).is_dir()]
-    for groups in left:
-        groups.sweep()  # as the next daemon on that spool would
-    # a killed process leaves its group a moment later
-    wait_for(
-        lambda: not [g.base for g in left if not _removed(g)],
-        what=f"the cgroups of this session's daemons to empty: {[str(g.base) for g in left]}",
-    )
-
-
-def _removed(groups: Cgroups) -> bool:
-    """Remove the groups under a daemon's base, then the base; whether all are gone."""
-    for group in groups.groups():
-        groups.remove(group)
-    groups.close()
-    return not groups.base.exists()
+    remove_cgroups(cgroup_names(_OUR_SPOOLS))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, DaemonProcess, wait_for
+from conftest import EXAMPLES, DaemonProcess, cgroup_names, remove_cgroups, wait_for
 
 from daemon.journal import JournalFollower, JournalState
 from daemon.model import State
@@ -140,6 +140,8 @@ class Daemons:
     def close(self) -> None:
         for d in self.started:
             d.close()
+        # before the file system they ran on goes: their cgroups are named after their spools
+        remove_cgroups(cgroup_names({d.spool for d in self.started}))
         self.started.clear()
 
     @contextlib.contextmanager

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, drop, gone, note_cgroup, wait_for
+from conftest import REPO, drop, gone, note_spool, wait_for
 
 from daemon.model import State
 from reliability.conftest import all_ended, feed, make_spool, payload_counts, replay, seeded
@@ -24,7 +24,7 @@ from reliability.conftest import all_ended, feed, make_spool, payload_counts, re
 
 def _lock_rounds(spool: Path, rounds: int) -> None:
     spool.mkdir(exist_ok=True)
-    note_cgroup(spool)
+    note_spool(spool)
     argv = [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)]
     loser_s: list[float] = []
     for round_ in range(rounds):
