@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, drop, gone, wait_for
+from conftest import REPO, drop, gone, note_spool, wait_for
 
 from daemon.model import State
 from reliability.conftest import all_ended, feed, make_spool, payload_counts, replay, seeded
@@ -24,6 +24,7 @@ from reliability.conftest import all_ended, feed, make_spool, payload_counts, re
 
 def _lock_rounds(spool: Path, rounds: int) -> None:
     spool.mkdir(exist_ok=True)
+    note_spool(spool)
     argv = [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)]
     loser_s: list[float] = []
     for round_ in range(rounds):
@@ -224,7 +225,7 @@ def test_crash_running_kill_9_with_50_events_running(tmp_path, daemons):
     d.kill()  # SIGKILL: nothing of the daemon runs after this
     restarted = daemons(spool, wait_ready=False)  # at once: the old attempts may still run
     survivors = wait_for(
-        lambda: not [p for p in pids if not gone(p)] or None, 10, "every instance to die"
+        lambda: not [p for p in pids if not gone(p)] or None, what="every instance to die"
     )
     died_ms = (time.monotonic() - t_kill) * 1000
     wait_for(restarted.ready, 60, "the daemon to be ready again")
@@ -277,7 +278,7 @@ def test_crash_running_children_of_instances_die_with_the_daemon(tmp_path, daemo
     d.kill()
     daemons(spool)  # the restarted daemon could sweep what the old one left
     try:
-        wait_for(lambda: all(gone(p) for p in children), 3, "the instances' children to die")
+        wait_for(lambda: all(gone(p) for p in children), what="the instances' children to die")
     finally:
         for pid in children:  # this test's own leftovers: never left running
             if not gone(pid):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import cgroup_name, remove_cgroups, wait_for
 
 from daemon.journal_writer import SKIP_FDATASYNC_TEST_ONLY
 from reliability.conftest import (
@@ -77,6 +77,7 @@ def _power_loss(fs: LoopExt4, daemons, rng, *, skip_fdatasync: bool) -> dict[str
     env = {SKIP_FDATASYNC_TEST_ONLY: "1"} if skip_fdatasync else None
     log = fs.mnt.parent / "daemon.log"
     d = daemons(spool, env=env, log=log)
+    cgroup = cgroup_name(spool)  # the spool cannot be read once the power is gone
     noise = subprocess.Popen(
         [sys.executable, "-c", NOISE, str(fs.mnt / "noise")], stderr=subprocess.DEVNULL
     )
@@ -90,6 +91,7 @@ def _power_loss(fs: LoopExt4, daemons, rng, *, skip_fdatasync: bool) -> dict[str
     finally:
         feeder.stop.set()
         d.close()  # the power is gone: nothing keeps running (killed, its log closed)
+        remove_cgroups([cgroup])
         noise.kill()
         noise.wait()
         feeder.join(30)
