@@ -19,6 +19,7 @@ from daemon.model import Event, State
 from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, summary
 from daemon.reads import EventReads
 from daemon.spool import Spool
+from daemon.text import printable
 
 POLL = 0.05
 EXIT_NOT_RUNNING = 3
@@ -37,7 +38,19 @@ def _print_json(value: Any) -> None:
 
 
 def _find(reads: EventReads, request_id: str) -> Event:
+    """The event with that id, or the only one whose id starts with it (as git and docker)."""
     event = reads.get(request_id)
+    if event is not None:
+        return event
+    found = reads.ids_with_prefix(request_id, limit=2)
+    if len(found) > 1:
+        raise FnspoolError(
+            f"{request_id!r} is the start of several ids ({found[0]}, {found[1]}, ...): "
+            "give more of it",
+            title="ambiguous",
+            exit_code=2,
+        )
+    event = reads.get(found[0]) if found else None
     if event is None:
         raise FnspoolError(f"no event with id {request_id!r}", title="not found", exit_code=4)
     return event
@@ -178,7 +191,7 @@ def events_list(args: argparse.Namespace) -> int:
     print(_ROW.format("ID", "FUNCTION", "STATE", "ATT", "ENQUEUED", "DURATION", "ERROR"))
     for e in chosen:
         duration = f"{e.duration_ms:.1f}ms" if e.duration_ms is not None else "-"
-        error = f"{e.error.type}: {e.error.message}"[:60] if e.error else ""
+        error = printable(f"{e.error.type}: {e.error.message}")[:60] if e.error else ""
         print(
             _ROW.format(
                 e.id, e.function, e.state.value, e.attempts, iso(e.enqueued_at), duration, error
@@ -218,7 +231,7 @@ def _print_event(event: Event, spool: Spool) -> None:
     if view["result"] is not None:
         print(f"{'result:':13} {json.dumps(view['result'])}")
     if view["error"]:
-        print(f"{'error:':13} {view['error']['type']}: {view['error']['message']}")
+        print(f"{'error:':13} {_error_text(view['error'])}")
     print("history:")
     for h in view["history"]:
         extra = " ".join(f"{k}={h[k]}" for k in ("reason", "instance") if k in h)
@@ -226,7 +239,12 @@ def _print_event(event: Event, spool: Spool) -> None:
         if "usage" in h:
             print(f"  {'':24}  {_usage_text(h['usage'])}")
         if "error" in h and h["state"] != view["state"]:
-            print(f"  {'':24}  {h['error']['type']}: {h['error']['message']}")
+            print(f"  {'':24}  {_error_text(h['error'])}")
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    """An error for a terminal: what a handler wrote can hold escape codes."""
+    return printable(f"{error['type']}: {error['message']}")
 
 
 def _usage_text(usage: dict[str, Any]) -> str:
@@ -256,7 +274,7 @@ def events_logs(args: argparse.Namespace) -> int:
             offset = _copy_from(path, offset)
             return 0
         time.sleep(POLL)
-        event = reads.get(args.id) or event
+        event = reads.get(event.id) or event
 
 
 def _copy_from(path: os.PathLike[str], offset: int) -> int:
@@ -274,20 +292,17 @@ def _copy_from(path: os.PathLike[str], offset: int) -> int:
 def events_wait(args: argparse.Namespace) -> int:
     """Block until every named event ends; exit 1 unless all succeeded."""
     spool = _spool(args)
-    ended = _wait_for(spool, args.ids, timeout=args.timeout, known_only=True)
-    for request_id in args.ids:
+    reads = _reads(spool)
+    ids = [_find(reads, given).id for given in args.ids]
+    ended = _wait_for(spool, ids, timeout=args.timeout)
+    for request_id in ids:
         print(f"{request_id} {ended[request_id].state.value}")
     return 0 if all(e.state is State.SUCCEEDED for e in ended.values()) else 1
 
 
-def _wait_for(
-    spool: Spool, ids: list[str], timeout: float | None, known_only: bool = False
-) -> dict[str, Event]:
+def _wait_for(spool: Spool, ids: list[str], timeout: float | None) -> dict[str, Event]:
     """Poll the events until every id has ended."""
     reads = _reads(spool)
-    if known_only:
-        for request_id in ids:
-            _find(reads, request_id)
     deadline = None if timeout is None else time.monotonic() + timeout
     warned = False
     while True:
