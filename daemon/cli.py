@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "--segment-bytes", type=int, default=64 << 20, metavar="N", help="journal segment size"
     )
+    daemon.add_argument(
+        "--run-as",
+        default=os.environ.get("FNSPOOL_RUN_AS", ""),
+        metavar="USER",
+        help="run the instances of functions that set no `user` as USER "
+        "(default: $FNSPOOL_RUN_AS, else the daemon's own user)",
+    )
     daemon.add_argument("-v", "--verbose", action="store_true")
     daemon.set_defaults(run=commands.daemon)
 

@@ -76,11 +76,32 @@ def daemon(args: argparse.Namespace) -> int:
         retention=time.time() - parse_time(args.retention),
         snapshot_every=args.snapshot_every,
         segment_bytes=args.segment_bytes,
+        run_as=_run_as(args.run_as),
     )
     try:
         return uvloop.run(Daemon(_spool(args), settings).run())
     except lock.LockHeld as exc:
         raise FnspoolError(str(exc), title="spool busy") from None
+
+
+def _run_as(name: str) -> str:
+    """`--run-as` checked: a known user, and one this daemon may switch to."""
+    from daemon import users
+
+    if not name:
+        return ""
+    try:
+        account = users.lookup(name)
+    except ValueError as exc:
+        raise FnspoolError(str(exc), title="bad --run-as", exit_code=2) from None
+    if os.geteuid() != 0 and account.uid != os.geteuid():
+        raise FnspoolError(
+            f"only a daemon run as root can run instances as user {name} "
+            f"(this one would run as {users.name_of(os.geteuid())})",
+            title="bad --run-as",
+            exit_code=2,
+        )
+    return name
 
 
 def tui(args: argparse.Namespace) -> int:
@@ -344,6 +365,9 @@ def functions_list(args: argparse.Namespace) -> int:
     status = _status_file(spool) if lock.holder(spool.run) is not None else None
     instances = (status or {}).get("instances", {})
     kept = set((status or {}).get("last_good_definitions", []))
+    # who runs a function that names no user: known while the daemon runs
+    default_user = (status or {}).get("run_as") or (status or {}).get("user")
+    implicit_root = set((status or {}).get("implicit_root", []))
     rows = []
     for name, d in sorted(catalog.functions.items()):
         rows.append(
@@ -354,6 +378,8 @@ def functions_list(args: argparse.Namespace) -> int:
                 "command": d.command or None,
                 "timeout": d.timeout,
                 "max_instances": d.max_instances,
+                "user": d.user or default_user or None,
+                "implicit_root": name in implicit_root,
                 "error": None,
                 "instances": instances.get(name, []),
             }
@@ -379,7 +405,12 @@ def functions_list(args: argparse.Namespace) -> int:
         else:
             count = f"{len(row['instances'])}/{row['max_instances']}"
             runs = row["handler"] or " ".join(row["command"] or [])
-            print(f"{row['name']:20} {row['runtime']:7} {runs[:32]:32} instances {count}")
+            line = f"{row['name']:20} {row['runtime']:7} {runs[:32]:32} instances {count}"
+            if row["implicit_root"]:
+                line += "  as ROOT (no user set)"
+            elif row["user"]:
+                line += f"  as {row['user']}"
+            print(line)
     return 1 if catalog.errors else 0
 
 
@@ -398,6 +429,7 @@ def status(args: argparse.Namespace) -> int:
         "events": info.get("events", {}),
         "definition_errors": info.get("definition_errors", {}),
         "last_good_definitions": info.get("last_good_definitions", []) if running else [],
+        "implicit_root": info.get("implicit_root", []) if running else [],
         "journal_damage": info.get("journal_damage", []),
         "file_helper": info.get("file_helper") if running else None,
         "indexer": info.get("indexer") if running else None,
@@ -420,6 +452,9 @@ def status(args: argparse.Namespace) -> int:
             helper = view["file_helper"]
             if helper is not None and not helper.get("running"):
                 print("file helper: not running (the daemon writes logs and removes files itself)")
+        if view["implicit_root"]:
+            names = ", ".join(view["implicit_root"])
+            print(f"running as root with no `user` set (set one, or --run-as): {names}")
         for name, message in view["definition_errors"].items():
             kept = name in view["last_good_definitions"]
             note = " (its last good definition stays in use)" if kept else ""

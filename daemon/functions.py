@@ -12,6 +12,8 @@ from typing import Literal
 
 import msgspec
 
+from daemon import users
+
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: `$` would let "name\n" in
@@ -58,6 +60,7 @@ class FunctionDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     freeze: bool = True
     stop_grace: float = 10.0  # seconds a graceful stop waits after SIGTERM before forcing
     environment: dict[str, str] = msgspec.field(default_factory=dict)
+    user: str = ""  # the account instances run as ("": the daemon's --run-as, else its own)
     async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
     lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
     # filled in by load_function, never read from the file
@@ -118,6 +121,15 @@ def _check_destination(key: str, value: str) -> None:
         raise ValueError(f"`{key}` must be a folder inside the spool, got {value!r}")
 
 
+def _check_user(name: str) -> None:
+    """An unknown `user` is the definition's error, found when it is loaded."""
+    if name:
+        try:
+            users.lookup(name)
+        except ValueError as exc:
+            raise ValueError(f"`user`: {exc}") from None
+
+
 def load_function(path: Path) -> FunctionDef:
     """Decode one definition strictly; ValueError with a message naming the key on any fault."""
     name = path.stem
@@ -135,6 +147,7 @@ def load_function(path: Path) -> FunctionDef:
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
     _check_values(d)
+    _check_user(d.user)
     code_dir = (path.parent / (d.code or name)).resolve()
     interpreter = d.python or sys.executable
     if not os.path.isabs(interpreter):

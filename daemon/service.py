@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from daemon import lock, supervise
+from daemon import lock, supervise, users
 from daemon.cgroups import Cgroups
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
@@ -47,6 +47,7 @@ class Settings(msgspec.Struct, kw_only=True):
     heartbeat: float = 1.0
     scan_interval: float = 5.0
     settle: float = 2.0
+    run_as: str = ""  # the user of every function that names none ("": the daemon's own)
 
 
 class Daemon:
@@ -57,6 +58,8 @@ class Daemon:
         self.settings = settings or Settings()
         self.catalog = Catalog()
         self._definition_stamp: dict[str, tuple[int, int]] = {}
+        self.implicit_root: list[str] = []  # functions run as root only because none says who
+        self.user = users.name_of(os.geteuid())  # who the daemon runs as
         self._stop = asyncio.Event()
         self._fatal: BaseException | None = None
         self.started_at = time.time()
@@ -316,7 +319,10 @@ class Daemon:
     def _reload_definitions(self) -> None:
         """Load every definition again (at start, on change, on SIGHUP)."""
         self._definition_stamp = self._stamp_definitions()
-        self.catalog = keep_last_good(load_catalog(self.spool.functions), self.catalog)
+        previous = self.catalog
+        loaded = with_run_as(load_catalog(self.spool.functions), self.settings.run_as)
+        self.catalog = keep_last_good(loaded, previous)
+        self._flag_implicit_root(previous)
         for name in self.catalog.functions:
             (self.spool.incoming / name).mkdir(exist_ok=True)
         self.dispatcher.reconcile(self.catalog)
@@ -327,6 +333,19 @@ class Daemon:
             if self.catalog.errors
             else "",
         )
+
+    def _flag_implicit_root(self, previous: Catalog) -> None:
+        """As root, name every function with no `user` (and no --run-as): it runs as root, as
+        cron and pueue run root's own jobs, but never silently. One warning per function when
+        its definition is loaded anew."""
+        self.implicit_root = implicit_root(self.catalog)
+        for name in self.implicit_root:
+            if previous.functions.get(name) != self.catalog.functions[name]:
+                log.warning(
+                    "function %s runs as root: its definition sets no `user` and the daemon "
+                    "has no --run-as",
+                    name,
+                )
 
     def write_status(self, stopped: bool = False) -> None:
         """Write run/status.json atomically: the heartbeat the CLI and the TUI read."""
@@ -343,6 +362,9 @@ class Daemon:
             "instances": instances,
             "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
             "last_good_definitions": sorted(self.catalog.kept),  # of those with errors
+            "user": self.user,
+            "run_as": self.settings.run_as,
+            "implicit_root": self.implicit_root,
             "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
             "reloads": self.reloads,
             "file_helper": {"pid": self.files.pid, "running": self.files.running},
@@ -363,6 +385,24 @@ class Daemon:
             f"{'ready' if self.ready else 'starting'}: queue {self.dispatcher.queue_depth}, "
             f"running {self.dispatcher.running}, instances {instances}"
         )
+
+
+def with_run_as(catalog: Catalog, run_as: str) -> Catalog:
+    """`catalog` with `run_as` as the `user` of every function that names none."""
+    if not run_as:
+        return catalog
+    functions = {
+        name: d if d.user else msgspec.structs.replace(d, user=run_as)
+        for name, d in catalog.functions.items()
+    }
+    return Catalog(functions=functions, errors=catalog.errors)
+
+
+def implicit_root(catalog: Catalog) -> list[str]:
+    """The functions that run as root only because the daemon does and none names a user."""
+    if os.geteuid() != 0:
+        return []
+    return sorted(name for name, d in catalog.functions.items() if not d.user)
 
 
 def write_json_atomic(path: Path, value: object) -> None:
