@@ -78,11 +78,11 @@ _SUMMARY_COLUMNS = "body"
 
 
 def source_key_of(source: Source | None) -> str | None:
-    """The identity of an incoming file, without its path (a renamed file is the same file):
-    device, inode, size and modification time."""
+    """The identity of an incoming file, without its path (a renamed file is the same file) and
+    its device number (see store.identity): inode, size and modification time."""
     if source is None or source.inode is None:
         return None
-    return f"{source.device}:{source.inode}:{source.size}:{source.mtime_ns}"
+    return f"{source.inode}:{source.size}:{source.mtime_ns}"
 
 
 def _row(event: Event, archive: int | None) -> tuple[object, ...]:

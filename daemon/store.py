@@ -52,8 +52,10 @@ RETENTION_DEFAULT = 3 * 86400.0
 
 
 def identity(source: Source) -> tuple[object, ...]:
-    """What tells one incoming file from another across a crash."""
-    return (source.path, source.device, source.inode, source.size, source.mtime_ns)
+    """What tells one incoming file from another across a crash. Not the device number: it
+    may change when the spool's file system is mounted again after a power loss (a loop or
+    device-mapper device numbered anew), and the spool is one file system."""
+    return (source.path, source.inode, source.size, source.mtime_ns)
 
 
 class Store:
