@@ -474,6 +474,7 @@ class JournalTail:
         self.cursor = cursor
         self.damages = damages
         self._reader: SegmentReader | None = None
+        self._finished = True  # the last read went to the end
 
     @classmethod
     def from_end(cls, directory: Path, damages: list[Damage]) -> JournalTail:
@@ -499,18 +500,24 @@ class JournalTail:
 
     def read(self) -> Iterator[JournalRecord]:
         """Yield every whole record after the cursor available now; raise Outrun when the
-        segment holding the next record is gone."""
+        segment holding the next record is gone. A caller may stop early: the next read starts
+        after the last record yielded."""
+        if not self._finished:
+            self.close()  # the last read was left early: its reader had read ahead
+        self._finished = False
         while self._reader is not None or self._open():
             reader = self._reader
             assert reader is not None
             yield from self._drain(reader)
             following = self._following(reader)
             if following is None:
+                self._finished = True
                 return
             yield from self._drain(reader)  # what was appended before the writer moved on
             reader.close()
             self._reader = None
             self.cursor = Cursor(seq=self.cursor.seq, segment=following)
+        self._finished = True
 
     def _drain(self, reader: SegmentReader) -> Iterator[JournalRecord]:
         for rec in reader.records(self.damages):

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.journal import (
+    Cursor,
     JournalFollower,
+    JournalTail,
     decode_record,
     encode_record,
     list_archives,
@@ -239,3 +241,20 @@ def test_follower_never_crashes_on_arbitrary_segment_bytes(tmp_path_factory, blo
     )
     state = JournalFollower(directory).load()
     assert "e00001" in state.events
+
+
+async def test_a_tail_read_left_early_goes_on_after_the_last_record_it_gave(tmp_path):
+    writer = JournalWriter(tmp_path, 1)
+    store = Store(writer, recover(tmp_path), tmp_path / "logs")
+    ids = [store.enqueue("f", raw_json(i)).id for i in range(5000)]
+    await writer.close()
+    tail = JournalTail(tmp_path, Cursor(), [])
+    seen = []
+    for _batch in range(1000):
+        for n, rec in enumerate(tail.read()):
+            seen.append(rec.id)
+            if n == 36:  # the reader has read ahead far more than this
+                break
+        if len(seen) == len(ids):
+            break
+    assert seen == ids
