@@ -17,6 +17,7 @@ Light on purpose: the standard library's sqlite3 and msgspec only.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -30,7 +31,7 @@ from daemon.model import Event, Source, State
 from daemon.query import Filter
 
 INDEX_NAME = "index.sqlite"
-VERSION = 1
+VERSION = 2  # 2: counts kept by the indexer, not by triggers
 _PARAMS_PER_QUERY = 500  # ids per `IN (...)`, well under SQLite's limit of host parameters
 
 _SCHEMA = """
@@ -57,20 +58,10 @@ CREATE TABLE IF NOT EXISTS counts (
     PRIMARY KEY (function, state)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS archives (seq INTEGER PRIMARY KEY);
-CREATE TRIGGER IF NOT EXISTS count_insert AFTER INSERT ON events BEGIN
-    INSERT INTO counts VALUES (new.function, new.state, 1)
-        ON CONFLICT DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS count_delete AFTER DELETE ON events BEGIN
-    UPDATE counts SET n = n - 1 WHERE function = old.function AND state = old.state;
-END;
-CREATE TRIGGER IF NOT EXISTS count_update AFTER UPDATE OF state ON events
-WHEN old.state != new.state BEGIN
-    UPDATE counts SET n = n - 1 WHERE function = old.function AND state = old.state;
-    INSERT INTO counts VALUES (new.function, new.state, 1)
-        ON CONFLICT DO UPDATE SET n = n + 1;
-END;
 """
+
+#: id -> (function, state) of rows before a change
+Placed = dict[str, tuple[str, str]]
 
 _event_decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
@@ -232,14 +223,38 @@ class IndexDB:
             (key, value),
         )
 
-    def put(self, events: Iterable[Event], archive: int | None = None) -> None:
-        """Insert or replace the rows of these events (inside a transaction)."""
+    def placed(self, ids: list[str]) -> Placed:
+        """The function and state the rows of these ids have now."""
+        return {i: (f, s) for i, f, s in self._rows_by_id("id, function, state", ids)}
+
+    def put(
+        self, events: Iterable[Event], archive: int | None = None, *, placed: Placed | None = None
+    ) -> None:
+        """Insert or replace the rows of these events and keep the counts (inside a
+        transaction); `placed`: what the rows held before, when the caller knows it."""
+        events = list(events)
+        if placed is None:
+            placed = self.placed([e.id for e in events])
         self.db.executemany(
             "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET "
             "state = excluded.state, ended_at = excluded.ended_at, error = excluded.error, "
             "seq = excluded.seq, archive = coalesce(excluded.archive, archive), "
             "body = excluded.body",
             (_row(e, archive) for e in events),
+        )
+        delta: collections.Counter[tuple[str, str]] = collections.Counter()
+        for event in events:
+            old = placed.get(event.id)
+            if old is not None:
+                delta[old] -= 1
+            delta[(event.function, event.state.value)] += 1
+        self._add_counts(delta)
+
+    def _add_counts(self, delta: collections.Counter[tuple[str, str]]) -> None:
+        """Counts kept per batch in Python: triggers per row cost as much as the row itself."""
+        self.db.executemany(
+            "INSERT INTO counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            [(f, s, n) for (f, s), n in delta.items() if n],
         )
 
     def set_cursor(self, cursor: Cursor) -> None:
@@ -255,6 +270,10 @@ class IndexDB:
 
     def drop_archive(self, seq: int) -> int:
         """Forget the events of an archive that retention removed; return how many."""
+        rows = self.db.execute(
+            "SELECT function, state, count(*) FROM events WHERE archive = ? GROUP BY 1, 2", (seq,)
+        )
+        self._add_counts(collections.Counter({(f, s): -n for f, s, n in rows}))
         gone = self.db.execute("DELETE FROM events WHERE archive = ?", (seq,)).rowcount
         self.db.execute("DELETE FROM archives WHERE seq = ?", (seq,))
         return gone

@@ -63,7 +63,21 @@ def _run_archived(spool: Path, daemon: object, count: int) -> list[str]:
     ids = [str(e["id"]) for e in done]
     wait_for(lambda: _index_ids(spool) >= set(ids), 30, "the index to hold every event")
     assert d.stop() == 0
+    _assert_counts_match_rows(spool)
     return ids
+
+
+def _assert_counts_match_rows(spool: Path) -> None:
+    """The index's counts per function and state are those of its rows."""
+    index = IndexDB.open_readonly(spool / "journal")
+    assert index is not None
+    try:
+        rows = index.db.execute("SELECT function, state, count(*) FROM events GROUP BY 1, 2")
+        assert {(f, s): n for f, s, n in rows} == {
+            (f, s.value): n for (f, s), n in index.counts().items()
+        }
+    finally:
+        index.close()
 
 
 def test_ended_events_leave_the_daemons_memory_and_stay_readable(spool, daemon):
@@ -90,6 +104,7 @@ def test_delete_the_index_restart_and_everything_is_back(spool, daemon):
     daemon.start()
     wait_for(lambda: _index_ids(spool) == set(ids), 60, "the index to be rebuilt")
     assert {e["id"] for e in events(spool, "--limit", "100")} == set(ids)
+    _assert_counts_match_rows(spool)
 
 
 def test_an_indexer_killed_is_started_again_and_catches_up(spool, daemon):
