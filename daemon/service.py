@@ -101,6 +101,7 @@ class Daemon:
                 checked=True,
             )
             events.append(event)
+        self.dispatcher.dequeue_early([e for e in events if e is not None])
         await self.store.sync()  # an event never runs before its Enqueued is on disk
         for event in events:
             if event is not None and not event.ended:
