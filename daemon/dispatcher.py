@@ -124,7 +124,8 @@ class Dispatcher:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
-        self._undurable: list[Event] = []  # submitted before their records were on disk
+        # submitted before their records were on disk, with when they are due (monotonic)
+        self._undurable: list[tuple[Event, float]] = []
         # when each unfinished event was born, on the monotonic clock: its age for expiry
         # does not move with wall-clock jumps (taken from the wall clock once, when first seen)
         self._born: dict[str, float] = {}
@@ -140,14 +141,20 @@ class Dispatcher:
         if (why := id_problem(event.id)) is not None:
             self._refuse_bad_id(event, why)
             return
+        if event.id not in self._born:
+            self._born[event.id] = time.monotonic() - max(0.0, time.time() - event.enqueued_at)
+        # the wait is read off the wall clock now, and kept on the monotonic one: a clock that
+        # jumps while the records become durable moves no backoff
+        due = time.monotonic() + max(0.0, (event.not_before or 0) - time.time())
         if event.seq > self.store.writer.durable_seq:
-            self._undurable.append(event)
+            self._undurable.append((event, due))
             if len(self._undurable) == 1:
                 asyncio.get_running_loop().create_task(self._submit_when_durable())
             return
-        if event.id not in self._born:
-            self._born[event.id] = time.monotonic() - max(0.0, time.time() - event.enqueued_at)
-        wait = (event.not_before or 0) - time.time()
+        self._queue_at(event, due)
+
+    def _queue_at(self, event: Event, due: float) -> None:
+        wait = due - time.monotonic()
         if wait > 0:
             handle = asyncio.get_running_loop().call_later(wait, self._due, event.id)
             self._timers.add(handle)
@@ -167,10 +174,10 @@ class Dispatcher:
             await self.store.sync()
         except JournalFailed:
             return  # the daemon stops; the restart queues them
-        events, self._undurable = self._undurable, []
-        for event in events:
+        waiting, self._undurable = self._undurable, []
+        for event, due in waiting:
             if not event.ended:
-                self.submit(event)
+                self._queue_at(event, due)
 
     def _due(self, request_id: str) -> None:
         self._timers = {t for t in self._timers if not t.cancelled() and t.when() > 0}
