@@ -97,7 +97,8 @@ class RequestIntake:
     async def start(self) -> None:
         """Apply the requests already waiting, then watch for new ones."""
         self._inotify = INotify(nonblocking=True)
-        self._inotify.add_watch(self.spool.control, F.MOVED_TO | F.CLOSE_WRITE | F.ONLYDIR)
+        watch = F.MOVED_TO | F.CLOSE_WRITE | F.ONLYDIR | F.DONT_FOLLOW
+        self._inotify.add_watch(self.spool.control, watch)
         asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
         await self.scan()
 
@@ -128,7 +129,7 @@ class RequestIntake:
         while True:
             self._again = False
             try:
-                names = sorted(n for n in os.listdir(self.spool.control) if not is_ignored(n))
+                names = sorted(n for n in self._list() if not is_ignored(n))
             except OSError as exc:
                 log.error("cannot list %s: %s", self.spool.control, exc)
                 return
@@ -137,13 +138,24 @@ class RequestIntake:
             if not self._again:
                 return
 
+    def _list(self) -> list[str]:
+        fd = _open_control(self.spool)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
     async def _take_all(self, names: list[str]) -> None:
         # in chunks: a flood of requests must not hold the event loop (and ingestion) for long
         for start in range(0, len(names), self.chunk):
             await self._take_chunk(names[start : start + self.chunk])
 
     async def _take_chunk(self, names: list[str]) -> None:
-        fd = os.open(self.spool.control, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = _open_control(self.spool)
+        except OSError as exc:
+            log.error("cannot open %s: %s", self.spool.control, exc)
+            return
         try:
             answered = [(name, st) for name in names if (st := self._take(fd, name))]
             await self.store.sync()  # answers are durable before the requests go
@@ -266,3 +278,8 @@ class RequestIntake:
         log.info(
             "control/%s: %s %s by uid %s: %s", printable(name), action, request.id, uid, a.message
         )
+
+
+def _open_control(spool: Spool) -> int:
+    """control/ itself: one swapped for a link is refused (ELOOP), never followed."""
+    return os.open(spool.control, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
