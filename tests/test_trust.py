@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, DaemonProcess, drop, fnspool, fnspool_json, journal_records, wait_for
+from reliability.hostile_helpers import reasons
 
 from daemon.model import Request
 from daemon.spool import Spool
@@ -270,6 +271,42 @@ def test_someone_outside_the_group_can_do_nothing(shared, people, served):
         'rm -f "$S/run/lock"',
     ):
         fails(people.outsider, shared, script)
+
+
+@needs_root
+def test_a_member_removed_from_the_group_is_refused_from_then_on(shared, people, served):
+    """A session started while a member keeps the group (supplementary groups are fixed at
+    login), so the kernel still lets it write: the daemon must check membership anew."""
+    held = {"function": "echo", "payload": {}, "id": "held-2", "delay": 3600}
+    drop(shared, "", "held.json", held)  # by root: an envelope in incoming/ itself
+    wait_for(lambda: "incoming/held.json" in sources(shared), 30, "the held event")
+    session = subprocess.Popen(
+        [
+            "runuser", "-u", people.member, "--", "sh", "-c",
+            f'S="$1"; {put("incoming/echo/before.json", "{}")} || exit 3; read go; '
+            f'{put("incoming/echo/after.json", "{}")} || exit 4; '
+            f"{put('control/stop.json', json.dumps({'action': 'stop', 'id': 'held-2'}))} || exit 5",
+            "sh", str(shared),
+        ],
+        stdin=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: "incoming/echo/before.json" in sources(shared), 30, "the member's payload")
+        _admin("gpasswd", "--delete", people.member, people.group)
+        assert session.stdin is not None
+        session.stdin.write("go\n")
+        session.stdin.close()
+        assert session.wait(30) == 0
+    finally:
+        session.kill()
+    wait_for(lambda: {"incoming/echo/after.json", "control/stop.json"} <= reasons(shared).keys())
+    for name in ("incoming/echo/after.json", "control/stop.json"):
+        reason = reasons(shared)[name]
+        assert reason["reason"] == "owner" and str(people.member_uid) in reason["message"]
+    assert "incoming/echo/after.json" not in sources(shared)
+    assert fnspool_json(shared, "events", "get", "held-2")["state"] == "Enqueued"
 
 
 # -- the daemon refuses what it cannot trust -------------------------------------------------
