@@ -17,9 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, DaemonProcess, drop, fnspool, fnspool_json, journal_records, wait_for
+from conftest import (
+    EXAMPLES,
+    DaemonProcess,
+    cgroup_names,
+    drop,
+    fnspool,
+    fnspool_json,
+    journal_records,
+    remove_cgroups,
+    wait_for,
+)
 from reliability.hostile_helpers import reasons
 
+from daemon import supervise
 from daemon.model import Request
 from daemon.spool import Spool
 
@@ -108,6 +119,9 @@ def served(shared: Path) -> Iterator[DaemonProcess]:
         yield d.start()
     finally:
         d.close()
+        root = shared.stat()
+        supervise.sweep_predecessors(f"{root.st_dev:x}.{root.st_ino:x}")
+        remove_cgroups(cgroup_names([shared]))  # while the spool is there to name them
 
 
 def as_user(user: str, spool: Path, script: str) -> subprocess.CompletedProcess[str]:
