@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -398,6 +399,29 @@ def test_the_daemon_refuses_a_spool_others_could_change_naming_path_and_fix(spoo
     if fix.startswith(("chmod", "chown")):
         assert f"{fix} {path}" in lines[0], lines[0]
     assert not (spool / "run" / "status.json").exists()  # it never started
+
+
+@needs_root
+def test_a_definition_others_could_change_is_refused_and_not_kept(spool, daemon, tmp_path):
+    """Checked at each load too: a code folder outside the spool (found only by reading the
+    definition), and one loosened while the daemon runs, seen at the next reload."""
+    far = tmp_path / "far-code"
+    shutil.copytree(spool / "functions" / "echo", far)
+    os.chmod(far, 0o775)  # its group could put code there
+    (spool / "functions" / "far.toml").write_text(f'code = "{far}"\n')
+    d = daemon.start()
+
+    def errors() -> dict[str, str]:
+        return json.loads((spool / "run" / "status.json").read_text())["definition_errors"]
+
+    assert "not trusted" in errors()["far"] and f"chmod go-w {far}" in errors()["far"]
+    os.chmod(spool / "functions" / "echo", 0o2775)
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "echo" in errors(), what="echo refused at the reload")
+    assert f"chmod go-w {spool / 'functions' / 'echo'}" in errors()["echo"]
+    drop(spool, "echo", "late.json", {})  # its last good definition is not served either
+    wait_for(lambda: "incoming/echo/late.json" in reasons(spool), what="the late payload refused")
+    assert reasons(spool)["incoming/echo/late.json"]["reason"] == "unknown_function"
 
 
 # -- folders swapped while the daemon runs ---------------------------------------------------
