@@ -101,7 +101,9 @@ def write_once(folder: Path, name: str, data: bytes) -> bool:
     if target.exists():
         return False
     temp = folder / f".{name}.{os.getpid()}.tmp"
-    with open(temp, "wb") as f:
+    # the spool's group reads records, nobody else (docs/security.md), whatever the umask
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    with open(os.open(temp, flags, 0o640), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

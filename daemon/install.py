@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from daemon.errors import FnspoolError
-from daemon.spool import DIR_MODE, Spool
+from daemon.spool import DIR_MODE, Spool, folder_mode
 
 
 def _units_source() -> Path:
@@ -257,16 +257,16 @@ def _create_service_user(home: Path) -> None:
 
 
 def _create_system_spool(root: Path) -> None:
-    """The spool and its folders, owned by fnspool, group-writable and setgid; what the daemon
-    wrote before (a spool run as another user) becomes fnspool's, what people dropped stays
-    theirs (the journal records who submitted)."""
+    """The spool and its folders, owned by fnspool, with the trust model's modes (the group
+    writes only into incoming/, control/ and tmp/); what the daemon wrote before (a spool run as
+    another user) becomes fnspool's, what people dropped stays theirs (the journal records who
+    submitted)."""
     spool = Spool(root)
     spool.create()
     uid, gid = pwd.getpwnam(SERVICE_USER).pw_uid, grp.getgrnam(SERVICE_USER).gr_gid
     for path in [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())]:
         os.chown(path, uid, gid)
-        mode = DIR_MODE | (os.stat(path).st_mode & 0o1000)  # keep tmp/'s sticky bit
-        os.chmod(path, mode)
+        os.chmod(path, DIR_MODE if path == root else folder_mode(path.name))
     for written in (spool.journal, spool.logs, spool.run, spool.destinations, spool.rejected):
         for top, dirs, files in os.walk(written):
             for name in dirs + files:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from daemon import lock, supervise, users
+from daemon import lock, supervise, trust, users
 from daemon.cgroups import Cgroups
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
@@ -128,6 +128,9 @@ class Daemon:
         # first: a stop asked for while starting (`systemctl stop` during activation) is a clean
         # shutdown once started, not the default death by signal
         self._install_signals()
+        # what the daemon writes (journal, logs, records, status) is for its user and group only,
+        # whatever umask it was started with; its instances inherit this one
+        os.umask(0o027)
         self.spool.create()
         self.spool.check_modes()
         lock_fd = lock.acquire(self.spool.run)
@@ -322,10 +325,11 @@ class Daemon:
         self._definition_stamp = self._stamp_definitions()
         previous = self.catalog
         loaded = with_run_as(load_catalog(self.spool.functions), self.settings.run_as)
-        self.catalog = keep_last_good(loaded, previous)
+        # a definition others may change is refused, and no last good one of it kept
+        self.catalog = keep_last_good(loaded, trust.screen(loaded, previous))
         self._flag_implicit_root(previous)
         for name in self.catalog.functions:
-            (self.spool.incoming / name).mkdir(exist_ok=True)
+            self.spool.make_drop_folder(name)
         self.dispatcher.reconcile(self.catalog)
         log.info(
             "definitions loaded: %s%s",

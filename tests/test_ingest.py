@@ -120,9 +120,10 @@ def test_spool_resolve_and_create(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     sp = Spool.resolve(None)
     sp.create()
     sp.create()  # idempotent
-    for d in (sp.functions, sp.incoming, sp.journal, sp.rejected, sp.run):
-        assert stat.S_IMODE(d.stat().st_mode) == 0o2775
-    assert stat.S_IMODE(sp.tmp.stat().st_mode) == 0o3775
+    for d in (sp.root, sp.functions, sp.journal, sp.rejected, sp.run):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o2750
+    for d in (sp.incoming, sp.control, sp.tmp):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o3770
 
 
 def test_safe_read_checks_before_reading(tmp_path: Path) -> None:

@@ -185,7 +185,7 @@ def test_enospc_a_full_journal_stops_the_daemon_cleanly(tmp_path, daemons):
     need_root("mount")
     spool = make_spool(tmp_path / "spool")
     journal, log = spool / "journal", tmp_path / "daemon.log"
-    with tmpfs(journal, "size=96k,mode=2775"), daemons.closing():
+    with tmpfs(journal, "size=96k,mode=2750"), daemons.closing():
         d = daemons(spool, log=log)
         dropped = feed(spool, "echo", range(600))
         wait_for(lambda: "journal write failed" in d.log_text(), 60, "the journal to fill up")
@@ -219,7 +219,7 @@ def test_enospc_a_full_journal_stops_the_daemon_cleanly(tmp_path, daemons):
 def test_a_full_journal_is_a_quiet_exit(tmp_path, daemons):
     need_root("mount")
     spool = make_spool(tmp_path / "spool")
-    with tmpfs(spool / "journal", "size=64k,mode=2775"), daemons.closing():
+    with tmpfs(spool / "journal", "size=64k,mode=2750"), daemons.closing():
         d = daemons(spool, log=tmp_path / "daemon.log")
         feed(spool, "echo", range(400))
         assert d.wait(60) == 1
@@ -234,7 +234,7 @@ def test_no_inode_left_for_segments_or_snapshots_keeps_the_journal_going(tmp_pat
     need_root("mount")
     spool = make_spool(tmp_path / "spool")
     journal, log = spool / "journal", tmp_path / "daemon.log"
-    with tmpfs(journal, f"size=64m,nr_inodes={inodes},mode=2775"), daemons.closing():
+    with tmpfs(journal, f"size=64m,nr_inodes={inodes},mode=2750"), daemons.closing():
         d = daemons(spool, "--snapshot-every", "20", log=log)
         dropped = feed(spool, "echo", range(300))
         _all_once(spool, dropped)  # a snapshot cannot be made: the journal goes on regardless
