@@ -1,19 +1,37 @@
-"""The `fnspool` command: argument parsing, errors for people, the one place the loop is made."""
+"""The `fnspool` command: argument parsing, errors for people, the one place the loop is made.
+
+A command's module is imported only when it runs: every `events get` or `events list` starts a
+Python process, and the modules of the other commands (the install's subprocess and shutil, the
+control requests' ids, the definitions' TOML parser) would cost it a fifth of its time.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-from daemon import actions, commands, install
 from daemon.errors import FnspoolError
 from daemon.ids import BadId, check_id
 from daemon.limits import MAX_VALUE_BYTES
+from daemon.spool import SYSTEM_SPOOL
 
-log = logging.getLogger(__name__)
+RELOAD_TIMEOUT = 60.0  # seconds `fnspool systemd reload` waits for the daemon by default
+
+
+def _command(target: str) -> Callable[[argparse.Namespace], int]:
+    """The function `MODULE.NAME` of the daemon package, imported when the command runs."""
+    module, name = target.split(".")
+
+    def run(args: argparse.Namespace) -> int:
+        function: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"daemon.{module}"), name
+        )
+        return function(args)
+
+    return run
 
 
 def _payload_limit(text: str) -> int:
@@ -65,9 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         "(default: $FNSPOOL_RUN_AS, else the daemon's own user)",
     )
     daemon.add_argument("-v", "--verbose", action="store_true")
-    daemon.set_defaults(run=commands.daemon)
+    daemon.set_defaults(run=_command("commands.daemon"))
 
-    sub.add_parser("tui", parents=[common], help="the dashboard").set_defaults(run=commands.tui)
+    tui = sub.add_parser("tui", parents=[common], help="the dashboard")
+    tui.set_defaults(run=_command("commands.tui"))
 
     invoke = sub.add_parser("invoke", parents=[common], help="submit an event")
     invoke.add_argument("function", metavar="NAME")
@@ -84,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--wait", action="store_true", help="wait until the event ends")
     invoke.add_argument("--json", action="store_true")
-    invoke.set_defaults(run=commands.invoke)
+    invoke.set_defaults(run=_command("commands.invoke"))
 
     _events_parser(sub, common)
 
@@ -92,14 +111,38 @@ def _parser() -> argparse.ArgumentParser:
     fsub = functions.add_subparsers(dest="action", required=True, metavar="ACTION")
     flist = fsub.add_parser("list", parents=[common], help="definitions, errors and instances")
     flist.add_argument("--json", action="store_true")
-    flist.set_defaults(run=commands.functions_list)
+    flist.set_defaults(run=_command("commands.functions_list"))
 
     status = sub.add_parser("status", parents=[common], help="daemon health (exit 3 when down)")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(run=commands.status)
+    status.set_defaults(run=_command("commands.status"))
 
-    install.add_parser(sub, common)  # fnspool systemd install|uninstall|reload
+    _systemd_parser(sub, common)
     return parser
+
+
+def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """`fnspool systemd install|uninstall|reload` (daemon/install.py does them)."""
+    systemd = sub.add_parser("systemd", help="install the systemd units")
+    ssub = systemd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("install", "write the units, create the user and the spool"),
+        ("uninstall", "remove the units (the spool is kept)"),
+    ):
+        p = ssub.add_parser(name, help=text)
+        p.add_argument(
+            "--spool",
+            metavar="DIR",
+            help=f"the spool (default: {SYSTEM_SPOOL}, or ~/.local/share/fnspool with --user)",
+        )
+        p.add_argument("--user", action="store_true", help="for `systemctl --user`")
+        p.add_argument("--unit-dir", metavar="DIR", help="write the units there instead")
+        p.add_argument("--now", action="store_true", help="also run the systemctl commands")
+        p.set_defaults(run=_command(f"install.{name}"))
+    r = ssub.add_parser("reload", parents=[common], help="SIGHUP the daemon and wait (ExecReload)")
+    r.add_argument("--pid", type=int, required=True, help="the daemon's pid ($MAINPID)")
+    r.add_argument("--timeout", type=float, default=RELOAD_TIMEOUT, metavar="S")
+    r.set_defaults(run=_command("install.reload"))
 
 
 def _filter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,17 +162,17 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     _filter_arguments(elist)
     elist.add_argument("--order", choices=("asc", "desc"), default="desc")
     elist.add_argument("--json", action="store_true")
-    elist.set_defaults(run=commands.events_list)
+    elist.set_defaults(run=_command("commands.events_list"))
 
     eget = esub.add_parser("get", parents=[common], help="one event in full")
     eget.add_argument("id", type=request_id)
     eget.add_argument("--json", action="store_true")
-    eget.set_defaults(run=commands.events_get)
+    eget.set_defaults(run=_command("commands.events_get"))
 
     elogs = esub.add_parser("logs", parents=[common], help="an event's log")
     elogs.add_argument("id", type=request_id)
     elogs.add_argument("--follow", "-f", action="store_true", help="follow until the event ends")
-    elogs.set_defaults(run=commands.events_logs)
+    elogs.set_defaults(run=_command("commands.events_logs"))
 
     estop = esub.add_parser("stop", parents=[common], help="stop an event (forced by default)")
     estop.add_argument("id", type=request_id)
@@ -137,7 +180,7 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
         "--graceful", action="store_true", help="SIGTERM first; forced after the grace period"
     )
     estop.add_argument("--wait", action="store_true", help="wait until the event has stopped")
-    estop.set_defaults(run=actions.events_stop)
+    estop.set_defaults(run=_command("actions.events_stop"))
 
     ereinvoke = esub.add_parser(
         "reinvoke",
@@ -152,12 +195,12 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     ereinvoke.add_argument("--yes", "-y", action="store_true", help="no confirmation")
     ereinvoke.add_argument("--wait", action="store_true", help="wait until the new events end")
     ereinvoke.add_argument("--json", action="store_true")
-    ereinvoke.set_defaults(run=actions.events_reinvoke)
+    ereinvoke.set_defaults(run=_command("actions.events_reinvoke"))
 
     ewait = esub.add_parser("wait", parents=[common], help="block until events end")
     ewait.add_argument("ids", nargs="+", metavar="ID", type=request_id)
     ewait.add_argument("--timeout", type=float, metavar="S")
-    ewait.set_defaults(run=commands.events_wait)
+    ewait.set_defaults(run=_command("commands.events_wait"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,7 +14,6 @@ import msgspec
 
 from daemon import lock
 from daemon.errors import FnspoolError
-from daemon.functions import NAME_RE, load_catalog
 from daemon.model import Event, State
 from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, summary
 from daemon.reads import EventReads
@@ -140,6 +139,7 @@ def _payload(args: argparse.Namespace) -> Any:
 
 def invoke(args: argparse.Namespace) -> int:
     """Drop an envelope into incoming/ the maildir way (write in tmp/, rename in)."""
+    from daemon.functions import NAME_RE  # the TOML parser: not for every read
     from daemon.ids import new_request_id
 
     spool = _spool(args)
@@ -360,6 +360,8 @@ def _status_file(spool: Spool) -> dict[str, Any] | None:
 
 def functions_list(args: argparse.Namespace) -> int:
     """Definitions with their errors and live instances."""
+    from daemon.functions import load_catalog
+
     spool = _spool(args)
     catalog = load_catalog(spool.functions)
     status = _status_file(spool) if lock.holder(spool.run) is not None else None

@@ -21,6 +21,7 @@ from daemon.text import file_text, printable
 
 log = logging.getLogger(__name__)
 
+SYSTEM_SPOOL = "/var/spool/fnspool"  # the system service's spool (`fnspool systemd install`)
 #: the administrator's folders (and the spool itself): the daemon's user writes, the group reads
 #: (setgid: what is made there stays in the spool's group), others have no access (docs/security.md)
 DIR_MODE = 0o2750
