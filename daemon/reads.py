@@ -23,7 +23,7 @@ from daemon.journal import (
     Outrun,
 )
 from daemon.model import Delivered, Event, IllegalTransition, Transition, apply
-from daemon.query import Filter, select
+from daemon.query import Filter
 
 _ATTEMPTS = 3  # reads raced by a compaction are tried again from a fresh cursor
 
@@ -85,11 +85,24 @@ class ReplayedRows:
 
     def select(self, flt: Filter, limit: int, *, newest_first: bool = True) -> list[Event]:
         """Up to `limit` events passing `flt`, in time order."""
-        return select(self._events.values(), flt, limit=limit, newest_first=newest_first)
+        return by_time(self._events.values(), flt, limit, newest_first)
 
     def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         """Up to `limit` ids starting with `prefix`."""
         return sorted(i for i in self._events if i.startswith(prefix))[:limit]
+
+
+def by_time(
+    events: Iterable[Event], flt: Filter, limit: int | None, newest_first: bool
+) -> list[Event]:
+    """The events passing `flt` by enqueue time (then id), as the index orders them: ids given
+    with an event need not sort by time, and the newest first means by time."""
+    chosen = sorted(
+        (e for e in events if flt.matches(e)),
+        key=lambda e: (e.enqueued_at, e.id),
+        reverse=newest_first,
+    )
+    return chosen if limit is None else chosen[:limit]
 
 
 T = TypeVar("T")
@@ -130,7 +143,7 @@ class EventReads:
             found = rows.select(flt, (limit or 1 << 62) + extra, newest_first=newest_first)
             merged = {e.id: e for e in found}
             merged.update(tail.events)
-            return select(merged.values(), flt, limit=limit, newest_first=newest_first)
+            return by_time(merged.values(), flt, limit, newest_first)
 
         return self._read(query)
 
