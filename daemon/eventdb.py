@@ -34,6 +34,7 @@ INDEX_NAME = "index.sqlite"
 VERSION = 2  # 2: counts kept by the indexer, not by triggers
 _PARAMS_PER_QUERY = 500  # ids per `IN (...)`, well under SQLite's limit of host parameters
 _FEW_IDS = 5_000  # ids with a prefix: so few are ranked by time in milliseconds
+_NEAR_ROWS = 1_000  # the newest rows looked at before choosing how to read an id prefix
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -199,7 +200,7 @@ class IndexDB:
         Several states are read as one index range each, merged: for `state IN (...)` SQLite
         sorts every matching row to find the newest few (seconds at a million events).
         """
-        if flt.id_prefix is not None and self._few_with_prefix(flt.id_prefix):
+        if flt.id_prefix is not None and self._by_id(flt, limit, newest_first):
             return self._select_by_id(flt, limit, newest_first)
         order = "DESC" if newest_first else "ASC"
         ranked = f"ORDER BY enqueued_at {order}, id {order} LIMIT ?"
@@ -217,12 +218,23 @@ class IndexDB:
             params = [v for _, values in branches for v in (*values, limit)]
         return [_event_decoder.decode(r[0]) for r in self.db.execute(sql, [*params, limit])]
 
-    def _few_with_prefix(self, prefix: str) -> bool:
-        """Whether few ids start with `prefix` (under an eighth of the rows): ranking them costs
-        about a microsecond each, reading in time order as much per row passed until enough
-        match, and a short prefix of time-ordered ids matches most rows."""
+    def _by_id(self, flt: Filter, limit: int, newest_first: bool) -> bool:
+        """Whether to read an id prefix's rows by id and rank them by time, rather than read in
+        time order until enough match: when enough match among the newest rows, or when the
+        prefix has many ids (an eighth of the rows: a short prefix of time-ordered ids), time
+        order is cheaper; ranking costs about a microsecond an id, time order as much a row."""
+        order = "DESC" if newest_first else "ASC"
+        where, params = _where(flt, by_id=False)
+        near = self.db.execute(
+            f"SELECT count(*) FROM (SELECT id, function, state, enqueued_at, error FROM events "
+            f"ORDER BY enqueued_at {order} LIMIT ?) {where}",
+            [_NEAR_ROWS, *params],
+        ).fetchone()[0]
+        if near >= limit:
+            return False
         rows = self.db.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
         few = max(_FEW_IDS, rows // 8)
+        prefix = str(flt.id_prefix)
         found = self.db.execute(
             "SELECT count(*) FROM (SELECT 1 FROM events WHERE id >= ? AND id < ? LIMIT ?)",
             (prefix, prefix + "\U0010ffff", few),

@@ -33,6 +33,7 @@ def _event(i: int) -> Event:
 def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[IndexDB]:
     # a small table: "few ids" is an eighth of it, so both ways of reading a prefix are used
     monkeypatch.setattr(eventdb, "_FEW_IDS", 1, raising=False)
+    monkeypatch.setattr(eventdb, "_NEAR_ROWS", 20, raising=False)
     db = IndexDB(tmp_path / "index.sqlite", writable=True)
     with db.transaction():
         db.put(_event(i) for i in range(COUNT))
