@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import tomllib
 from pathlib import Path
@@ -13,10 +12,9 @@ from typing import Literal
 import msgspec
 
 from daemon import users
+from daemon.ids import NAME_RE
 
 log = logging.getLogger(__name__)
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: `$` would let "name\n" in
 
 
 class AsyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -11,8 +11,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
-from daemon.functions import NAME_RE
-from daemon.ids import BadId, check_id
+from daemon.ids import NAME_RE, BadId, check_id
 from daemon.model import Source
 from daemon.spool import Rejection
 from daemon.text import printable
