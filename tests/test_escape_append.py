@@ -3,15 +3,32 @@ forks at once, before the daemon could have moved it, still dies with its instan
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import random
+import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from conftest import DaemonProcess, journal_records, wait_for, wait_for_async
+import pytest
+from conftest import (
+    DaemonProcess,
+    drop,
+    events,
+    gone,
+    journal_records,
+    wait_for,
+    wait_for_async,
+)
 from test_ingest import SETTLE, FakeSink, reason, rejected_names
 
+from daemon.cgroups import own_cgroup
 from daemon.ingest import Ingestor
 from daemon.model import State, Transition
 from daemon.payload import Accepted
@@ -111,3 +128,108 @@ async def test_appended_after_it_was_taken_is_rejected_not_a_second_event(tmp_pa
     why = reason(sp, "late.json")
     assert why["reason"] == "changed_after_taken" and "req-0" in why["message"]
     assert (sp.rejected / "late.json").read_text() == "1234"
+
+
+# -- a function's child that forks at once -------------------------------------------------
+
+
+def _cgroups_usable() -> bool:
+    """Whether this process may make cgroup v2 groups with cgroup.kill (as the daemon will)."""
+    own = own_cgroup()
+    if own is None or os.geteuid() != 0:
+        return False
+    probe = own / f"fnspool-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+    except OSError:
+        return False
+    usable = (probe / "cgroup.kill").exists()
+    probe.rmdir()
+    return usable
+
+
+needs_cgroups = pytest.mark.skipif(
+    not _cgroups_usable() or shutil.which("strace") is None or shutil.which("setsid") is None,
+    reason="needs root, a writable cgroup v2 with cgroup.kill (Linux 5.14+), strace and setsid",
+)
+
+
+def _sleepers(seconds: str) -> list[int]:
+    """The `sleep SECONDS` processes (SECONDS is unique to the test)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{entry}/cmdline").read_bytes() == f"/bin/sleep\0{seconds}\0".encode():
+                found.append(int(entry))
+    return found
+
+
+def _fleeing_function(spool: Path, then: str) -> str:
+    """Define exec function `fleeing`: it starts a `sleep` in a session of its own with an empty
+    environment as its very first action, then runs `then`; the sleep's unique SECONDS."""
+    seconds = f"300.{random.randrange(10**6):06d}"
+    script = f"setsid -f env -i /bin/sleep {seconds}; {then}"
+    toml = f'runtime = "exec"\ncommand = ["sh", "-c", {json.dumps(script)}]\ncode = "."\n'
+    (spool / "functions" / "fleeing.toml").write_text(toml + "timeout = 600\n")
+    return seconds
+
+
+def _slow_cgroup_move(daemon: DaemonProcess) -> None:
+    """Hold the daemon for a second between spawning a child and its next step (the syscall that
+    follows posix_spawn): what the child forks meanwhile must already be in its group."""
+    daemon.prefix = ["strace", "-qq", "-o", "/dev/null", "-e", "trace=sched_setscheduler"]
+    daemon.prefix += ["-e", "inject=sched_setscheduler:delay_exit=1000000"]
+
+
+def _killed(pid: int) -> Callable[[], bool]:
+    return lambda: gone(pid)
+
+
+def _stop(d: DaemonProcess) -> None:
+    """Stop the daemon under strace (killing strace alone would leave it running, detached)."""
+    pid = d.pid
+    if pid > 0 and d.proc is not None and d.proc.poll() is None:
+        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            d.proc.wait(60)
+    d.close()
+
+
+@needs_cgroups
+def test_a_child_forked_at_once_dies_at_the_attempts_end(spool: Path, daemon: Any) -> None:
+    seconds = _fleeing_function(spool, "echo done")
+    d = DaemonProcess(spool)
+    _slow_cgroup_move(d)
+    d.start()
+    try:
+        drop(spool, "fleeing", "a.json", {})
+        wait_for(lambda: [e for e in events(spool) if e["state"] == "Succeeded"], 60, "the event")
+        found = _sleepers(seconds)
+        assert len(found) <= 1
+        for pid in found:  # when not yet gone, it is on its way out
+            wait_for(_killed(pid), 20, "the escapee killed with its attempt's group")
+    finally:
+        for pid in _sleepers(seconds):
+            os.kill(pid, signal.SIGKILL)  # never left running by a failure
+        _stop(d)
+
+
+@needs_cgroups
+def test_a_child_forked_at_once_dies_when_the_next_daemon_starts(spool: Path, daemon: Any) -> None:
+    seconds = _fleeing_function(spool, "sleep 600")
+    d = DaemonProcess(spool)
+    _slow_cgroup_move(d)
+    d.start()
+    try:
+        drop(spool, "fleeing", "a.json", {})
+        found = wait_for(lambda: _sleepers(seconds), 60, "the escapee to start")
+        assert len(found) == 1 and not Path(f"/proc/{found[0]}/environ").read_bytes()
+        os.kill(d.pid, signal.SIGKILL)
+        wait_for(lambda: d.proc is not None and d.proc.poll() is not None, 30, "the daemon gone")
+        assert not gone(found[0])  # nothing of the killed daemon stopped it
+        daemon.start()  # its predecessor sweep empties the killed daemon's groups
+        wait_for(_killed(found[0]), 20, "the escapee killed by the next daemon")
+    finally:
+        for pid in _sleepers(seconds):
+            os.kill(pid, signal.SIGKILL)
+        _stop(d)
