@@ -62,13 +62,10 @@ def daemon(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground until SIGTERM."""
     import uvloop
 
+    from daemon.logsetup import log_to_stderr
     from daemon.service import Daemon, Settings
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(logging.DEBUG if args.verbose else logging.INFO)
     settings = Settings(
         drain_timeout=args.drain_timeout,
         max_payload_bytes=args.max_payload_bytes,
@@ -420,9 +417,12 @@ def status(args: argparse.Namespace) -> int:
     spool = _spool(args)
     pid = lock.holder(spool.run)
     info = _status_file(spool) or {}
-    running = pid is not None and bool(info.get("ready")) and info.get("pid") == pid
+    ours = pid is not None and info.get("pid") == pid
+    running = ours and bool(info.get("ready"))
+    stopping = ours and bool(info.get("stopping"))
     view = {
         "running": running,
+        "stopping": stopping,
         "pid": pid,
         "spool": str(spool.root),
         "queue_depth": info.get("queue_depth") if running else None,
@@ -444,6 +444,8 @@ def status(args: argparse.Namespace) -> int:
         state = (
             f"running (pid {pid})"
             if running
+            else f"stopping (pid {pid}): draining"
+            if stopping
             else ("starting" if pid is not None else "not running")
         )
         print(f"fnspool daemon: {state}; spool {spool.root}")

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 import msgspec
 
@@ -26,6 +25,7 @@ from daemon.model import Event, Source
 from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.pool import InstanceFactory
 from daemon.requests import RequestIntake, Submitters
+from daemon.runfiles import RunFiles
 from daemon.runtimes.exec import ExecInstance
 from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
@@ -68,6 +68,7 @@ class Daemon:
         self.notifier = Notifier()
         self.files = FileHelper()  # event logs and removals from incoming/, out of the process
         self.indexing = Indexing(spool.journal)  # the event index, out of the process
+        self.run_files = RunFiles(spool.run)  # status.json and metrics.prom
         self.reloads = 0  # SIGHUP reloads done; `fnspool systemd reload` waits on it
         self._starting = True
         self._sighup_while_starting = False
@@ -259,6 +260,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         self.ready = False
         self._chores.cancel()
+        # readers see "stopping" at once, and a heartbeat while the drain lasts
+        heartbeat = asyncio.get_running_loop().create_task(self._beat_while_stopping())
         await self.ingestor.stop()
         self.requests.stop()
         drain_until = time.monotonic() + self.settings.drain_timeout
@@ -273,10 +276,16 @@ class Daemon:
         await self.files.stop()
         await self.indexing.stop()
         await supervise.release_cgroups()
+        heartbeat.cancel()
         self.write_status(stopped=True)
         self._watchdog.cancel()
         self.notifier.close()
         log.info("fnspool daemon stopped")
+
+    async def _beat_while_stopping(self) -> None:
+        while True:
+            self.write_status()
+            await asyncio.sleep(self.settings.heartbeat)
 
     # -- chores ---------------------------------------------------------------------------
 
@@ -360,6 +369,7 @@ class Daemon:
             "started_at": self.started_at,
             "updated_at": time.time(),
             "ready": self.ready and not stopped,
+            "stopping": self._stop.is_set() and not stopped,
             "stopped": stopped,
             "queue_depth": self.dispatcher.queue_depth,
             "running": self.dispatcher.running,
@@ -375,11 +385,14 @@ class Daemon:
             "file_helper": {"pid": self.files.pid, "running": self.files.running},
             "indexer": {"pid": self.indexing.pid},
         }
-        write_json_atomic(self.spool.run / "status.json", status)
+        if stopped:  # never left saying ready: removed when it cannot be written
+            self.run_files.write_or_remove("status.json", msgspec.json.encode(status))
+        else:
+            self.run_files.write("status.json", msgspec.json.encode(status))
         metrics = self.dispatcher.metrics.render(
             self.store.retained_counts(), instances, self.dispatcher.queue_depth
         )
-        write_atomic(self.spool.run / "metrics.prom", metrics.encode())
+        self.run_files.write("metrics.prom", metrics.encode())
         if not stopped:
             self.notifier.status(self._status_line())
 
@@ -408,15 +421,3 @@ def implicit_root(catalog: Catalog) -> list[str]:
     if os.geteuid() != 0:
         return []
     return sorted(name for name, d in catalog.functions.items() if not d.user)
-
-
-def write_json_atomic(path: Path, value: object) -> None:
-    """Write JSON atomically (see write_atomic)."""
-    write_atomic(path, msgspec.json.encode(value))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name, then rename it over `path` (readers never see half a file)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(data)
-    os.rename(temp, path)

@@ -160,6 +160,25 @@ def test_sigterm_drains_running_events_and_exits_zero(spool, daemon):
     assert event["state"] == "Succeeded", "a running event finishes within the drain timeout"
 
 
+def test_a_draining_daemon_says_it_is_stopping(spool, daemon):
+    d = daemon.start("--drain-timeout", "120")
+    drop(spool, "slow", "s.json", {"sleep": 120})
+    wait_for(lambda: events(spool, "--status", "Running"), what="the event to run")
+    d.signal(signal.SIGTERM)
+    view = wait_for(
+        lambda: (
+            (v := json.loads(fnspool(spool, "status", "--json", check=False).stdout))
+            and v["stopping"]
+            and v
+        ),
+        30,
+        "status to say stopping",
+    )
+    assert not view["running"] and view["pid"] == d.proc.pid
+    text = fnspool(spool, "status", check=False).stdout
+    assert f"stopping (pid {d.proc.pid}): draining" in text, text
+
+
 def test_an_event_cut_off_by_shutdown_runs_again_without_using_a_retry(spool, daemon):
     d = daemon.start("--drain-timeout", "0.2")
     drop(spool, "slow", "s.json", {"sleep": 3})
