@@ -7,7 +7,6 @@ Run as `python -m daemon.filework`: requests on stdin, answers on stdout, until 
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from daemon.logfiles import append_all
+from daemon.logsetup import log_to_stderr
 from daemon.spool import FileId, Key, remove_journaled
 
 HEADER = 4  # bytes of big-endian frame length
@@ -77,11 +77,7 @@ def _serve(request: Append | Remove) -> Done:
 
 def main() -> int:
     """Serve requests until the daemon closes the pipe (or dies)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr()
     while True:
         try:
             request = REQUESTS.decode(read_frame(0))
