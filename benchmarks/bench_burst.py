@@ -11,7 +11,11 @@
   the recently freed ones), then the same two again; the target is fnspool's burst >= 80 % of
   the client-alone rate. The rounds follow the churn.
 
-Usage: python benchmarks/bench_burst.py [--events 2000] [--rounds 3] [--churn]
+- --baseline REV: the daemon of another git revision bursts too, alternating, over a spool of
+  its own; e.g. 7b0bfd3^ (the last revision before durable dispatch) prints what a dispatch
+  that waits for its records to be on disk costs.
+
+Usage: python benchmarks/bench_burst.py [--events 2000] [--rounds 3] [--churn] [--baseline REV]
 Huey is a benchmark-only dependency: .venv/bin/pip install -e '.[bench]'
 """
 
@@ -25,7 +29,10 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from harness import REPO, JournalFollower, drop, make_spool, running_daemon, wait_ended
 from peer_huey import INSTALL_HINT, Huey, running_huey
@@ -95,20 +102,63 @@ def with_churn(
     client_versus_daemon(root, spool, proc, count, "after churn", "post-")
 
 
-def rounds(spool: Path, proc: subprocess.Popen[bytes], peer: Huey, count: int, n: int) -> None:
-    """Alternate fnspool and Huey bursts; print each round and the spread of the ratio."""
-    ratios = []
+class Baseline(NamedTuple):
+    """Another checkout's daemon over a spool of its own, run beside this one's."""
+
+    rev: str
+    spool: Path
+    proc: subprocess.Popen[bytes]
+
+
+@contextmanager
+def baseline_daemon(root: Path, rev: str | None) -> Iterator[Baseline | None]:
+    """The daemon of git revision `rev` (a worktree under `root`), or None without one."""
+    if rev is None:
+        yield None
+        return
+    checkout = root / "baseline"
+    git = ["git", "-C", str(REPO), "worktree"]
+    subprocess.run([*git, "add", "--detach", "-q", str(checkout), rev], check=True)
+    try:
+        spool = make_spool(root, "baseline-spool")
+        with running_daemon(spool, checkout) as proc:
+            fnspool_burst(spool, proc, 50, "w")  # warm both instances
+            yield Baseline(rev, spool, proc)
+    finally:
+        subprocess.run([*git, "remove", "--force", str(checkout)], check=False)
+
+
+def rounds(
+    spool: Path,
+    proc: subprocess.Popen[bytes],
+    peer: Huey,
+    baseline: Baseline | None,
+    count: int,
+    n: int,
+) -> None:
+    """Alternate fnspool, the baseline's and Huey's bursts; print each round and the spread of
+    the ratios."""
+    ratios, to_baseline = [], []
     for r in range(1, n + 1):
         ours = fnspool_burst(spool, proc, count, f"r{r}-")
+        line = f"round {r}        fnspool {ours:>7,.0f} events/s"
+        if baseline is not None:
+            before = fnspool_burst(baseline.spool, baseline.proc, count, f"r{r}-")
+            to_baseline.append(ours / before)
+            line += f"   at {baseline.rev} {before:>7,.0f} events/s"
         theirs = peer.burst(count)
         ratios.append(ours / theirs)
-        print(
-            f"round {r}        fnspool {ours:>7,.0f} events/s   Huey {theirs:>7,.0f} events/s"
-            f"   fnspool/Huey {ratios[-1]:.2f}"
-        )
+        print(f"{line}   Huey {theirs:>7,.0f} events/s   fnspool/Huey {ratios[-1]:.2f}")
+    spread("fnspool/Huey", ratios, f"({n} round{'s' * (n > 1)} of {count} events)")
+    if baseline is not None:
+        spread(f"fnspool/{baseline.rev}", to_baseline, "(this checkout against the baseline)")
+
+
+def spread(label: str, ratios: list[float], note: str) -> None:
+    """One line: the min, median and max of `ratios`."""
     print(
-        f"fnspool/Huey   min {min(ratios):.2f}   median {statistics.median(ratios):.2f}"
-        f"   max {max(ratios):.2f}   ({n} round{'s' * (n > 1)} of {count} events)"
+        f"{label:<14} min {min(ratios):.2f}   median {statistics.median(ratios):.2f}"
+        f"   max {max(ratios):.2f}   {note}"
     )
 
 
@@ -118,6 +168,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--churn", action="store_true", help="measure after a file churn too")
     parser.add_argument("--churn-files", type=int, default=200_000)
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also burst the daemon of this git revision, alternating (e.g. 7b0bfd3^, the last "
+        "before durable dispatch)",
+    )
     parser.add_argument(
         "--dir",
         type=Path,
@@ -133,12 +189,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix=".bench-") as tmp:
         root = Path(tmp)
         spool = make_spool(root)
-        with running_daemon(spool) as proc, running_huey(root) as peer:
+        with (
+            running_daemon(spool) as proc,
+            running_huey(root) as peer,
+            baseline_daemon(root, args.baseline) as baseline,
+        ):
             fnspool_burst(spool, proc, 50, "w")  # warm both instances
             peer.burst(50)  # the consumer is up and its workers have run a task
             if args.churn:
                 with_churn(root, spool, proc, args.events, args.churn_files)
-            rounds(spool, proc, peer, args.events, args.rounds)
+            rounds(spool, proc, peer, baseline, args.events, args.rounds)
 
 
 if __name__ == "__main__":

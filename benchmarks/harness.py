@@ -21,20 +21,22 @@ from daemon.model import State, Transition  # noqa: E402
 NOOP = "import time\n\ndef handler(event, context):\n    return {'t': time.monotonic()}\n"
 
 
-def make_spool(root: Path) -> Path:
-    """A spool under `root` with one python function, `noop`, on 2 instances."""
-    spool = root / "spool"
+def make_spool(root: Path, name: str = "spool") -> Path:
+    """A spool `root/name` with one python function, `noop`, on 2 instances."""
+    spool = root / name
     (spool / "functions" / "noop").mkdir(parents=True)
     (spool / "functions" / "noop.toml").write_text('handler = "index.handler"\nmax_instances = 2\n')
     (spool / "functions" / "noop" / "index.py").write_text(NOOP)
     return spool
 
 
-def start_daemon(spool: Path) -> subprocess.Popen[bytes]:
-    """Start the normal (durable) daemon over `spool` and wait until it says it is ready."""
+def start_daemon(spool: Path, checkout: Path = REPO) -> subprocess.Popen[bytes]:
+    """Start the normal (durable) daemon of `checkout` over `spool`; wait until it is ready."""
+    env = dict(os.environ, PYTHONPATH=str(checkout))  # its own code, not this checkout's
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
-        cwd=REPO,
+        cwd=checkout,
+        env=env,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
@@ -62,9 +64,9 @@ def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_daemon(spool: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_daemon(spool: Path, checkout: Path = REPO) -> Iterator[subprocess.Popen[bytes]]:
     """A daemon over `spool` for the length of the block, stopped however the block ends."""
-    proc = start_daemon(spool)
+    proc = start_daemon(spool, checkout)
     try:
         yield proc
     finally:
