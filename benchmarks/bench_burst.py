@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from harness import REPO, JournalFollower, drop, make_spool, running_daemon, wait_ended
+from harness import REPO, Ends, drop, make_spool, running_daemon, wait_ended
 from peer_huey import INSTALL_HINT, Huey, running_huey
 
 CHURN_BATCH = 10_000
@@ -42,13 +42,12 @@ CHURN_BATCH = 10_000
 
 def fnspool_burst(spool: Path, proc: subprocess.Popen[bytes], count: int, tag: str) -> float:
     """Events/s for `count` payload files dropped by the client, until all ended."""
-    follower = JournalFollower(spool / "journal")
-    follower.load()
+    ends = Ends(spool / "journal")
     staging, target = spool / "tmp", spool / "incoming" / "noop"
     start = time.perf_counter()
     for i in range(count):
         drop(staging, target, f"{tag}{i:06d}", b'{"n": %d}' % i)
-    return count / wait_ended(follower, count, start, proc)
+    return count / wait_ended(ends, count, start, proc)
 
 
 def client_alone(root: Path, count: int) -> float:
