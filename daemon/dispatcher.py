@@ -200,6 +200,7 @@ class Dispatcher:
 
     async def _run_queue(self, name: str) -> None:
         queue, ready = self._queues[name], self._ready[name]
+        loop = asyncio.get_running_loop()  # once: each look-up is a getpid() system call
         while True:
             while not queue:
                 ready.clear()
@@ -221,7 +222,7 @@ class Dispatcher:
             if event is None or event.ended or not self.accepting:
                 lease.pool.give_back(lease)
                 continue
-            task = asyncio.get_running_loop().create_task(self._run_event(event, definition, lease))
+            task = loop.create_task(self._run_event(event, definition, lease))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 

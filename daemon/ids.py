@@ -68,13 +68,25 @@ def derived_id(request_id: str, suffix: str) -> str:
 
 _last_ms = 0
 _counter = 0
+_RANDOM_BATCH = 9 * 512  # bytes: 512 ids per getrandom() system call
+_random = bytearray()
+
+
+def _random_bits() -> int:
+    """72 bits from the system's random source, drawn in batches."""
+    global _random
+    if not _random:
+        _random = bytearray(secrets.token_bytes(_RANDOM_BATCH))
+    bits = int.from_bytes(_random[-9:], "big")
+    del _random[-9:]
+    return bits
 
 
 def new_request_id() -> str:
     """A UUIDv7: time-ordered, so ids sort by submission time (monotonic within a process)."""
     global _last_ms, _counter
     ms = time.time_ns() // 1_000_000
-    bits = secrets.randbits(72)  # one call: each is a getrandom() system call
+    bits = _random_bits()
     rand_b = bits >> 10
     if ms <= _last_ms:
         ms, _counter = _last_ms, _counter + 1

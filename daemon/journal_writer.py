@@ -246,7 +246,7 @@ class JournalWriter:
         target = self._next_seq - 1 if upto is None else upto
         if target <= self._durable_seq:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append((target, future))
         await future
 

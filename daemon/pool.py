@@ -61,6 +61,14 @@ class FunctionPool:
         self._waiters: collections.deque[asyncio.Future[Lease]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once (each look-up is a getpid() system call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     @property
     def slots(self) -> int:
@@ -82,7 +90,7 @@ class FunctionPool:
                 return lease
         if self.closed:
             raise PoolClosed(self.definition.name)
-        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Lease] = self.loop.create_future()
         self._waiters.append(future)
         try:
             return await future
@@ -190,7 +198,7 @@ class FunctionPool:
         elif self._load[instance.id] == 0:
             # idle once the callbacks already due have run: in a burst, the queue's runner
             # (woken by another instance's release) takes this one there, unfrozen
-            asyncio.get_running_loop().call_soon(self._idle_if_free, instance)
+            self.loop.call_soon(self._idle_if_free, instance)
 
     def _idle_if_free(self, instance: Instance) -> None:
         if (

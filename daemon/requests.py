@@ -62,7 +62,7 @@ class Membership:
 
     def may_request(self, uid: int, spool_gid: int) -> bool:
         """Root, the daemon's own user and members of the spool's group may send requests."""
-        if uid in (0, os.getuid()):
+        if uid in (0, _OWN_UID):
             return True
         stamp = _accounts_stamp()
         if stamp != self._stamp:
@@ -71,6 +71,9 @@ class Membership:
         if answer is None:
             answer = self._answers[uid, spool_gid] = _is_member(uid, spool_gid)
         return answer
+
+
+_OWN_UID = os.getuid()
 
 
 def _accounts_stamp() -> tuple[object, ...]:

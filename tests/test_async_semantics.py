@@ -338,7 +338,7 @@ def test_forced_stop_of_an_endless_loop(spool, daemon):
 
 def test_kill_9_during_an_attempt_then_it_succeeds_after_restart(spool, daemon):
     d = daemon.start()
-    ev = running(spool, "sleeper", {"sleep": 1})
+    ev = running(spool, "sleeper", {"first_sleep": 60})
     pid = wait_for(lambda: pid_of_instance(spool, "sleeper"), what="the instance")
     d.kill()
     wait_for(lambda: gone(pid), what="the instance to die with the daemon")

@@ -34,6 +34,8 @@ def hanging_pre_stop(context):
 
 def handler(event, context):
     time.sleep(event.get("sleep", 0))
+    if context.attempt == 1:  # long enough to be seen running, however busy the machine
+        time.sleep(event.get("first_sleep", 0))
     if event.get("hog_mb"):
         hog = bytearray(event["hog_mb"] << 20)
         for i in range(0, len(hog), 4096):
