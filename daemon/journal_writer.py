@@ -250,12 +250,6 @@ class JournalWriter:
         self._waiters.append((target, future))
         await future
 
-    async def commit(self, rec: R) -> R:
-        """Append `rec` and wait until it is durable."""
-        rec = self.append(rec)
-        await self.sync()
-        return rec
-
     async def rotate(self) -> int:
         """Start a new segment after everything written so far; return its first sequence number.
 
