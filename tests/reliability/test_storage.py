@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import re
+import signal
 import subprocess
 import sys
 import threading
