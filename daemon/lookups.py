@@ -9,16 +9,62 @@ journal's tail.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
+from array import array
+from collections.abc import Iterable
 from pathlib import Path
 
 from daemon.eventdb import INDEX_NAME, IndexDB, source_key_of
-from daemon.journal import archive_ids, list_archives
+from daemon.journal import archive_ids, archive_name, list_archives
 from daemon.model import Event, Source
 from daemon.reads import EventReads
 
 log = logging.getLogger(__name__)
+
+
+class HeldIds:
+    """The ids of archives the index lacks, 8 bytes each: per archive a sorted array of the ids'
+    64-bit hashes (a set of the strings took 120 bytes per id: 1.2 GB for 10M events while a
+    deleted index was rebuilt). A hash that matches is confirmed in the archive itself."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._hashes: dict[int, array[int]] = {}  # archive seq -> sorted hashes of its ids
+
+    def __len__(self) -> int:
+        return sum(map(len, self._hashes.values()))
+
+    def hold(self, seq: int, ids: Iterable[str]) -> None:
+        """Hold the ids of archive `seq`."""
+        self._hashes[seq] = array("Q", sorted({_hash(i) for i in ids}))
+
+    def release_upto(self, seq: int) -> None:
+        """Let go of the archives up to `seq`: the index has them."""
+        for archive in [s for s in self._hashes if s <= seq]:
+            del self._hashes[archive]
+
+    def found(self, ids: Iterable[str]) -> set[str]:
+        """Those of `ids` held."""
+        maybe: dict[int, set[str]] = {}
+        for request_id in ids:
+            key = _hash(request_id)
+            for seq, hashes in self._hashes.items():
+                at = bisect.bisect_left(hashes, key)
+                if at < len(hashes) and hashes[at] == key:
+                    maybe.setdefault(seq, set()).add(request_id)
+        return {i for seq, candidates in maybe.items() for i in candidates & self._ids_of(seq)}
+
+    def _ids_of(self, seq: int) -> set[str]:
+        try:
+            return {i for i, _function in archive_ids(self.directory / archive_name(seq))}
+        except FileNotFoundError:  # removed by retention meanwhile: nothing to refuse there
+            return set()
+
+
+def _hash(request_id: str) -> int:
+    return hash(request_id) & 0xFFFF_FFFF_FFFF_FFFF  # the process's own string hash: never stored
 
 
 class Lookups:
@@ -29,13 +75,13 @@ class Lookups:
         self._reads = EventReads(directory)
         self._index: IndexDB | None = None
         self._inode: int | None = None
-        self._unindexed: dict[int, set[str]] = {}  # archive seq -> its ids, until indexed
+        self._unindexed = HeldIds(directory)
         indexed = self.indexed_seq()
         for seq, path in list_archives(directory):
             if seq > indexed:
-                self._unindexed[seq] = {i for i, _function in archive_ids(path)}
+                self._unindexed.hold(seq, (i for i, _function in archive_ids(path)))
         if self._unindexed:
-            count = sum(map(len, self._unindexed.values()))
+            count = len(self._unindexed)
             log.info("%d archived events are not indexed yet: their ids are held", count)
 
     def get(self, request_id: str) -> Event | None:
@@ -44,14 +90,14 @@ class Lookups:
 
     def has(self, request_id: str) -> bool:
         """Whether an event with that id was archived."""
-        if any(request_id in ids for ids in self._unindexed.values()):
+        if self._unindexed.found([request_id]):
             return True
         index = self._open()
         return index is not None and index.has_id(request_id)
 
     def archived_ids(self, ids: list[str]) -> set[str]:
         """Those of `ids` that belong to archived events (one query for a batch)."""
-        found = {i for i in ids if any(i in held for held in self._unindexed.values())}
+        found = self._unindexed.found(ids)
         index = self._open()
         if index is not None:
             found |= index.known_ids(ids)
@@ -65,7 +111,7 @@ class Lookups:
 
     def archived(self, seq: int, events: list[Event]) -> None:
         """Note the archive a compaction wrote, until the index has it."""
-        self._unindexed[seq] = {e.id for e in events}
+        self._unindexed.hold(seq, (e.id for e in events))
 
     def indexed_seq(self) -> int:
         """How far into the journal the index goes (0 when there is none); lets go of the ids of
@@ -73,8 +119,7 @@ class Lookups:
         index = self._open()
         cursor = index.cursor() if index is not None else None
         seq = cursor.seq if cursor is not None else 0
-        for archive in [s for s in self._unindexed if s <= seq]:
-            del self._unindexed[archive]
+        self._unindexed.release_upto(seq)
         return seq
 
     def _open(self) -> IndexDB | None:
