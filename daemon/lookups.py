@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from daemon.eventdb import INDEX_NAME, IndexDB, source_key_of
-from daemon.journal import archive_ids, archive_name, list_archives
+from daemon.journal import archive_ids, archive_name, list_archives, read_archive
 from daemon.model import Event, Source
 from daemon.reads import EventReads
 
@@ -36,6 +36,9 @@ class HeldIds:
     def __len__(self) -> int:
         return sum(map(len, self._hashes.values()))
 
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._hashes
+
     def hold(self, seq: int, ids: Iterable[str]) -> None:
         """Hold the ids of archive `seq`."""
         self._hashes[seq] = array("Q", sorted({_hash(i) for i in ids}))
@@ -49,12 +52,29 @@ class HeldIds:
         """Those of `ids` held."""
         maybe: dict[int, set[str]] = {}
         for request_id in ids:
-            key = _hash(request_id)
-            for seq, hashes in self._hashes.items():
-                at = bisect.bisect_left(hashes, key)
-                if at < len(hashes) and hashes[at] == key:
-                    maybe.setdefault(seq, set()).add(request_id)
+            for seq in self._candidates(request_id):
+                maybe.setdefault(seq, set()).add(request_id)
         return {i for seq, candidates in maybe.items() for i in candidates & self._ids_of(seq)}
+
+    def event(self, request_id: str) -> Event | None:
+        """The held event with that id, read from the one archive that holds it."""
+        for seq in self._candidates(request_id):
+            try:
+                _header, events = read_archive(self.directory / archive_name(seq))
+            except (OSError, ValueError):  # removed by retention, or damaged: not to be had
+                continue
+            if request_id in events:
+                return events[request_id]
+        return None
+
+    def _candidates(self, request_id: str) -> list[int]:
+        key = _hash(request_id)
+        found = []
+        for seq, hashes in self._hashes.items():
+            at = bisect.bisect_left(hashes, key)
+            if at < len(hashes) and hashes[at] == key:
+                found.append(seq)
+        return found
 
     def _ids_of(self, seq: int) -> set[str]:
         try:
@@ -74,31 +94,30 @@ class Lookups:
         self.directory = directory
         self._reads = EventReads(directory)
         self._index: IndexDB | None = None
-        self._inode: int | None = None
         self._unindexed = HeldIds(directory)
-        indexed = self.indexed_seq()
-        for seq, path in list_archives(directory):
-            if seq > indexed:
-                self._unindexed.hold(seq, (i for i, _function in archive_ids(path)))
-        if self._unindexed:
-            count = len(self._unindexed)
-            log.info("%d archived events are not indexed yet: their ids are held", count)
+        self._seen: int | None = -1  # the index file's inode last seen (None: no file)
+        self._open()
 
     def get(self, request_id: str) -> Event | None:
-        """The retained event with that id (the index, and the journal after it)."""
+        """The retained event with that id (the index, and the journal after it). Without an
+        index, the archive that holds it: never a replay of the whole journal in the daemon
+        (3.3 GB at 1M events)."""
+        index = self._open()
+        if index is None or index.cursor() is None:
+            return self._unindexed.event(request_id)
         return self._reads.get(request_id)
 
     def has(self, request_id: str) -> bool:
         """Whether an event with that id was archived."""
+        index = self._open()  # first: it may have to hold ids again
         if self._unindexed.found([request_id]):
             return True
-        index = self._open()
         return index is not None and index.has_id(request_id)
 
     def archived_ids(self, ids: list[str]) -> set[str]:
         """Those of `ids` that belong to archived events (one query for a batch)."""
+        index = self._open()  # first: it may have to hold ids again
         found = self._unindexed.found(ids)
-        index = self._open()
         if index is not None:
             found |= index.known_ids(ids)
         return found
@@ -123,14 +142,29 @@ class Lookups:
         return seq
 
     def _open(self) -> IndexDB | None:
-        """The index, opened once and again when the indexer built it anew."""
+        """The index, opened once and again when the indexer built it anew (or it was deleted):
+        then the ids of the archives it lacks are held again."""
         try:
-            inode = os.stat(self.directory / INDEX_NAME).st_ino
+            inode: int | None = os.stat(self.directory / INDEX_NAME).st_ino
         except FileNotFoundError:
             inode = None
-        if inode != self._inode or self._index is None:
+        if inode != self._seen or (inode is not None and self._index is None):
             if self._index is not None:
                 self._index.close()
             self._index = IndexDB.open_readonly(self.directory) if inode is not None else None
-            self._inode = inode if self._index is not None else None
+            if inode != self._seen:
+                self._seen = inode
+                self._hold_unindexed()
         return self._index
+
+    def _hold_unindexed(self) -> None:
+        """Hold the ids of every archive the index (as just opened, or none) lacks."""
+        cursor = self._index.cursor() if self._index is not None else None
+        indexed = cursor.seq if cursor is not None else 0
+        before = len(self._unindexed)
+        for seq, path in list_archives(self.directory):
+            if seq > indexed and seq not in self._unindexed:
+                self._unindexed.hold(seq, (i for i, _function in archive_ids(path)))
+        if len(self._unindexed) > before:
+            count = len(self._unindexed) - before
+            log.info("%d archived events are not indexed: their ids are held", count)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from daemon.eventdb import INDEX_NAME
+from daemon.indexer import Indexer
 from daemon.journal import list_archives
 from daemon.journal_writer import JournalWriter, recover
 from daemon.lookups import Lookups
@@ -45,3 +47,24 @@ async def test_an_archive_removed_by_retention_refuses_its_ids_no_longer(tmp_pat
     first.unlink()
     assert not lookups.has(ids[0])  # the archive that held it is gone
     assert lookups.has(ids[-1])
+
+
+async def test_an_archived_event_is_read_from_its_archive_without_an_index(tmp_path):
+    ids = await _archive_two(tmp_path)
+    lookups = Lookups(tmp_path)
+    event = lookups.get(ids[-1])
+    assert event is not None and event.id == ids[-1] and event.state is State.STOPPED
+    assert lookups.get("fresh") is None
+
+
+async def test_an_index_deleted_under_the_daemon_has_its_ids_held_again(tmp_path):
+    ids = await _archive_two(tmp_path)
+    indexer = Indexer(tmp_path)
+    while indexer.step():
+        pass
+    indexer.db.close_cleanly()
+    lookups = Lookups(tmp_path)
+    assert lookups.indexed_seq() > 0 and lookups.has(ids[0])  # through the index
+    (tmp_path / INDEX_NAME).unlink()
+    assert lookups.has(ids[0]) and lookups.archived_ids([ids[-1], "fresh"]) == {ids[-1]}
+    assert lookups.get(ids[0]) is not None
