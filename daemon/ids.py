@@ -11,9 +11,8 @@ ignores) and never starts with `-` (never taken for an option).
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
-import secrets
 import time
 
 from daemon.text import printable
@@ -60,6 +59,8 @@ def derived_id(request_id: str, suffix: str) -> str:
     is cut and a hash of the whole added, so the id is still the same at every delivery."""
     whole = f"{request_id}-{suffix}"
     if len(whole) > MAX_ID_LENGTH:
+        import hashlib  # here: its import is a tenth of the CLI's start, and rarely needed
+
         digest = hashlib.sha256(request_id.encode()).hexdigest()[:16]
         head = request_id[: MAX_ID_LENGTH - len(suffix) - len(digest) - 2]
         whole = f"{head}-{digest}-{suffix}"
@@ -76,7 +77,7 @@ def _random_bits() -> int:
     """72 bits from the system's random source, drawn in batches."""
     global _random
     if not _random:
-        _random = bytearray(secrets.token_bytes(_RANDOM_BATCH))
+        _random = bytearray(os.urandom(_RANDOM_BATCH))
     bits = int.from_bytes(_random[-9:], "big")
     del _random[-9:]
     return bits
