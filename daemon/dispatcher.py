@@ -9,7 +9,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,34 @@ class Attempt:
         self.stop: str | None = None  # "forced" | "graceful"
 
 
+class FunctionQueue:
+    """The ids waiting for an instance of one function, first in, first out. It remembers how
+    many at its head were already looked at for dequeuing ahead, so each dispatch looks at the
+    new ones only (looking at all 32 every time was 33 store look-ups per event)."""
+
+    def __init__(self) -> None:
+        self._ids: collections.deque[str] = collections.deque()
+        self._looked = 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def append(self, request_id: str) -> None:
+        """Queue an id at the end."""
+        self._ids.append(request_id)
+
+    def popleft(self) -> str:
+        """Take the id at the head."""
+        self._looked = max(0, self._looked - 1)
+        return self._ids.popleft()
+
+    def not_looked_at(self, depth: int) -> Iterator[str]:
+        """The ids among the first `depth` not yet looked at (they are now)."""
+        start = self._looked
+        self._looked = max(start, min(depth, len(self._ids)))
+        return itertools.islice(self._ids, start, self._looked)
+
+
 class Dispatcher:
     """Takes durable Enqueued events and drives each to a terminal state."""
 
@@ -119,7 +147,7 @@ class Dispatcher:
         self.log_sink = log_sink or DirectLogs()  # where the instances write event logs too
         self.pools: dict[str, FunctionPool] = {}
         self.attempts: dict[str, Attempt] = {}
-        self._queues: dict[str, collections.deque[str]] = {}
+        self._queues: dict[str, FunctionQueue] = {}
         self._ready: dict[str, asyncio.Event] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
@@ -161,7 +189,7 @@ class Dispatcher:
             return
         name = event.function
         if name not in self._queues:
-            self._queues[name] = collections.deque()
+            self._queues[name] = FunctionQueue()
             self._ready[name] = asyncio.Event()
             self._runners[name] = asyncio.get_running_loop().create_task(
                 self._run_queue(name), name=f"queue-{name}"
@@ -240,11 +268,11 @@ class Dispatcher:
                 ahead[event.function] += 1
                 self._dequeue(event, definition)
 
-    def _dequeue_ahead(self, queue: collections.deque[str], definition: FunctionDef) -> None:
+    def _dequeue_ahead(self, queue: FunctionQueue, definition: FunctionDef) -> None:
         """Journal Dequeued for the events next in line before an instance is free: that record
         is the intent to run them, and its fsync goes on while earlier events run."""
         depth = min(AHEAD_PER_INSTANCE * definition.max_instances, AHEAD_MAX)
-        for request_id in itertools.islice(queue, depth):
+        for request_id in list(queue.not_looked_at(depth)):
             event = self.store.get(request_id)
             if event is not None and event.state is State.ENQUEUED:
                 self._dequeue(event, definition)  # an event too old ends Expired here
