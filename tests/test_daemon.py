@@ -316,7 +316,7 @@ def test_kill_9_during_ingest_never_loses_or_duplicates_a_file(spool, daemon, ro
 def test_compaction_snapshots_the_journal_and_drops_expired_events(spool, daemon):
     daemon.start("--snapshot-every", "20", "--retention", "2s")
     for i in range(10):
-        drop(spool, "echo", f"old{i}.json", {"i": i})
+        drop(spool, "hello", f"old{i}.json", {"i": i})  # it prints: a file each
     old = wait_for(lambda: ended(spool, 10), what="the first events")
     old_logs = [Path(fnspool_json(spool, "events", "get", e["id"])["log_path"]) for e in old]
     assert all(p.exists() for p in old_logs)
