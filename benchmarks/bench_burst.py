@@ -41,13 +41,40 @@ CHURN_BATCH = 10_000
 
 
 def fnspool_burst(spool: Path, proc: subprocess.Popen[bytes], count: int, tag: str) -> float:
-    """Events/s for `count` payload files dropped by the client, until all ended."""
+    """Events/s for `count` payload files dropped by the client, until all ended; prints the
+    CPU per event of the daemon and of its file helper."""
     ends = Ends(spool / "journal")
     staging, target = spool / "tmp", spool / "incoming" / "noop"
+    pids = {"daemon": proc.pid, **children(proc.pid)}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
     for i in range(count):
         drop(staging, target, f"{tag}{i:06d}", b'{"n": %d}' % i)
-    return count / wait_ended(ends, count, start, proc)
+    rate = count / wait_ended(ends, count, start, proc)
+    used = {name: (cpu_seconds(pid) - before[name]) / count * 1e6 for name, pid in pids.items()}
+    print("  cpu/event     " + "   ".join(f"{n} {us:.0f} us" for n, us in used.items()))
+    return rate
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> dict[str, int]:
+    """The daemon's file helper and indexer processes, by name."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        for name in ("filework", "indexer"):
+            if ppid == pid and f"daemon.{name}".encode() in command:
+                found[name] = int(entry)
+    return found
 
 
 def client_alone(root: Path, count: int) -> float:

@@ -8,12 +8,14 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from daemon import lock
 from daemon.errors import FnspoolError
+from daemon.eventlog import LogReader
 from daemon.model import Event, State
 from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, summary
 from daemon.reads import EventReads
@@ -21,6 +23,8 @@ from daemon.spool import Spool
 from daemon.text import printable
 
 POLL = 0.05
+LOG_LINES_SHOWN = 10  # of an event's log, by `events get`
+LOG_TAIL_BYTES = 16 << 10
 EXIT_NOT_RUNNING = 3
 
 
@@ -257,6 +261,22 @@ def _print_event(event: Event, spool: Spool) -> None:
             print(f"  {'':24}  {_usage_text(h['usage'])}")
         if "error" in h and h["state"] != view["state"]:
             print(f"  {'':24}  {_error_text(h['error'])}")
+    _print_log_end(Path(view["log_path"]), event)
+
+
+def _print_log_end(path: Path, event: Event) -> None:
+    """The last lines of the event's log (`events logs` shows all of it)."""
+    reader = LogReader(path)
+    lines = reader.more(event, tail=LOG_TAIL_BYTES).decode("utf-8", "replace").splitlines()
+    if reader.skipped:
+        lines = lines[1:]  # the first may be cut
+    if not lines:
+        return
+    shown = lines[-LOG_LINES_SHOWN:]
+    cut = len(shown) < len(lines) or reader.skipped
+    print(f"log (its end; `events logs {event.id}` shows all):" if cut else "log:")
+    for line in shown:
+        print(f"  {printable(line)}")
 
 
 def _error_text(error: dict[str, Any]) -> str:
@@ -283,27 +303,19 @@ def events_logs(args: argparse.Namespace) -> int:
     spool = _spool(args)
     reads = _reads(spool)
     event = _find(reads, args.id)
-    path = log_path(spool.logs, event)
-    offset = 0
+    reader = LogReader(log_path(spool.logs, event))
     while True:
-        offset = _copy_from(path, offset)
+        _print_bytes(reader.more(event))  # the event is read before the file, as it must be
         if not args.follow or event.ended:
-            offset = _copy_from(path, offset)
             return 0
         time.sleep(POLL)
         event = reads.get(event.id) or event
 
 
-def _copy_from(path: os.PathLike[str], offset: int) -> int:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return offset
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
-    return offset + len(data)
+def _print_bytes(data: bytes) -> None:
+    if data:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
 
 
 def events_wait(args: argparse.Namespace) -> int:

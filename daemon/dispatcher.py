@@ -15,11 +15,12 @@ from typing import Any
 
 import msgspec
 
+from daemon.eventlog import INTERRUPTED, journal_lines
 from daemon.functions import AsyncConfig, Catalog, FunctionDef
 from daemon.ids import id_problem
 from daemon.journal_writer import JournalFailed
 from daemon.limits import bounded_error
-from daemon.logfiles import DirectLogs, LogSink
+from daemon.logfiles import EventLogs, LogWrite, append_all
 from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State, Usage
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
@@ -37,7 +38,6 @@ from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "Interrupted"
 MAY_HAVE_STARTED = "dequeued before a crash: it may have started"
 # events dequeued ahead per instance, so that one fsync covers the intents of many: after a
 # crash, these may show an Interrupted attempt they never started (not held against the bound)
@@ -81,6 +81,18 @@ def too_many_interruptions(count: int, limit: int) -> ErrorInfo:
 def failed_attempts(event: Event) -> int:
     """Attempts that failed and counted against the retry budget (interruptions do not)."""
     return sum(1 for h in event.history if h.state is State.RETRYING and h.reason != INTERRUPTED)
+
+
+def _log_made(event: Event) -> bool | None:
+    """Whether the event's log file exists: not before anything ran (the usual case, known
+    without a look at the disk); unknown once something may have, before a restart."""
+    if all(h.state in (State.ENQUEUED, State.DEQUEUED) for h in event.history):
+        return False
+    return None
+
+
+def _write_now(write: LogWrite) -> None:
+    append_all([write])
 
 
 def _result(o: Outcome) -> msgspec.Raw:
@@ -137,14 +149,15 @@ class Dispatcher:
         factories: Mapping[str, InstanceFactory],
         logs_dir: Path,
         on_ended: Ended | None = None,
-        log_sink: LogSink | None = None,
+        log_sink: EventLogs | None = None,
     ) -> None:
         self.store = store
         self._catalog = catalog
         self._factories = factories
         self.logs_dir = logs_dir
         self.on_ended = on_ended  # destinations: called once the terminal record is written
-        self.log_sink = log_sink or DirectLogs()  # where the instances write event logs too
+        # where the instances write event logs too
+        self.log_sink = log_sink or EventLogs(_write_now)
         self.pools: dict[str, FunctionPool] = {}
         self.attempts: dict[str, Attempt] = {}
         self._queues: dict[str, FunctionQueue] = {}
@@ -379,6 +392,7 @@ class Dispatcher:
 
     async def _attempt(self, event: Event, definition: FunctionDef, lease: Lease) -> None:
         path = log_path(self.logs_dir, event)
+        self.log_sink.track(event.id, path, lambda: journal_lines(event), _log_made(event))
         instance = lease.instance
         if instance is None:
             self.metrics.cold_start(event.function)
@@ -488,6 +502,7 @@ class Dispatcher:
         """Journal a terminal state, then hand the event to the destinations."""
         self._born.pop(event.id, None)
         self.store.transition(event, state, **fields)
+        self.log_sink.forget(event.id)
         if self.on_ended is not None:
             self.on_ended(event)
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import msgspec
 
-from daemon.logfiles import append_all
+from daemon.logfiles import LogWrite, append_all
 from daemon.logsetup import log_to_stderr
 from daemon.spool import FileId, Key, remove_journaled
 
@@ -23,7 +22,7 @@ HEADER = 4  # bytes of big-endian frame length
 class Append(msgspec.Struct, tag=True, array_like=True):
     """Append to event logs, in order."""
 
-    writes: list[tuple[str, bytes]]
+    writes: list[LogWrite]
 
 
 class Remove(msgspec.Struct, tag=True, array_like=True):
@@ -70,7 +69,7 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 def _serve(request: Append | Remove) -> Done:
     if isinstance(request, Append):
-        append_all([(Path(p), d) for p, d in request.writes])
+        append_all(request.writes)
         return Done()
     return Done(sorted(remove_journaled(request.incoming, request.files)))
 

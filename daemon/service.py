@@ -21,6 +21,7 @@ from daemon.functions import Catalog, keep_last_good, load_catalog
 from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalFailed, JournalWriter, recover
+from daemon.logfiles import EventLogs
 from daemon.model import Event, Source
 from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.pool import InstanceFactory
@@ -166,10 +167,11 @@ class Daemon:
             write_logs=self.files.append,
         )
         self.store = Store(writer, state, self.spool.logs)
+        logs = EventLogs(writer.write_log)
         factories: dict[str, InstanceFactory] = {
-            "python": functools.partial(PythonInstance, logs=writer),
-            "http": functools.partial(HttpInstance, logs=writer),
-            "exec": functools.partial(ExecInstance, logs=writer),
+            "python": functools.partial(PythonInstance, logs=logs),
+            "http": functools.partial(HttpInstance, logs=logs),
+            "exec": functools.partial(ExecInstance, logs=logs),
         }
         self.destinations = Destinations(
             self.spool.root,
@@ -184,7 +186,7 @@ class Daemon:
             factories,
             self.spool.logs,
             on_ended=self.destinations.ended,
-            log_sink=writer,
+            log_sink=logs,
         )
         self.store.needs_delivery = self.destinations.owes
         self._reload_definitions()

@@ -26,7 +26,7 @@ from textual.worker import get_current_worker
 from daemon.ids import BadId
 from daemon.index import STATE_CODE, EventTable, Query, load_event, select
 from daemon.logfiles import event_log_path
-from daemon.model import TERMINAL_STATES, Request, State, Transition
+from daemon.model import TERMINAL_STATES, Event, Request, State, Transition
 from daemon.spool import Spool
 from tui.actions import Notice, Requests, reinvoke_refusal, stop_refusal
 from tui.detail import DetailScreen, LogScreen
@@ -430,7 +430,13 @@ class FnspoolApp(App[None]):
             current = self.table.row_of.get(event_id)
             return current is not None and self.table.state[current] not in _TERMINAL_CODES
 
-        self.push_screen(LogScreen(path, live))
+        def event() -> Event | None:  # in the log's worker, each time before its file
+            screen = self.screen_stack[-2] if len(self.screen_stack) > 1 else None
+            if isinstance(screen, DetailScreen) and screen.event_id == event_id:
+                return screen.event
+            return load_event(self.spool.journal, event_id)
+
+        self.push_screen(LogScreen(path, live, event))
 
     def action_functions(self) -> None:
         """The functions and their instances."""

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from textual.message import Message
@@ -162,17 +161,3 @@ class LogLines(Message):
 
     text: str
     reset: bool = False  # the first read: replace what is shown
-
-
-def read_log_from(path: Path, offset: int, limit: int | None = None) -> tuple[str, int]:
-    """Text of `path` from `offset` (at most the last `limit` bytes on a first read)."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            if limit is not None and offset == 0 and size > limit:
-                offset = size - limit
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return "", offset
-    return data.decode("utf-8", errors="replace"), offset + len(data)

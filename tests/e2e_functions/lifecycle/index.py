@@ -68,3 +68,10 @@ def spin(event, context):
     print("spinning", flush=True)
     while True:
         pass
+
+
+def quiet_then_loud(event, context):
+    if context.attempt < 3:
+        raise ConnectionError("failed without a word")
+    print(f"attempt {context.attempt} speaks", flush=True)
+    return {"attempt": context.attempt}
