@@ -13,9 +13,10 @@ from typing import Any
 
 import msgspec
 
-from daemon import lock
+from daemon import heartbeat, lock
 from daemon.errors import FnspoolError
 from daemon.eventlog import LogReader
+from daemon.heartbeat import Heartbeat
 from daemon.model import Event, State
 from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, summary
 from daemon.reads import EventReads
@@ -359,11 +360,13 @@ def _check_rejected(spool: Spool, ids: list[str], events: dict[str, Event]) -> N
 # -- functions and status -----------------------------------------------------------------
 
 
-def _status_file(spool: Spool) -> dict[str, Any] | None:
-    try:
-        return json.loads((spool.run / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
+def _heartbeats(spool: Spool) -> tuple[int | None, Heartbeat | None, Heartbeat | None]:
+    """The pid holding the lock, the last heartbeat on file (perhaps of an earlier daemon), and
+    that heartbeat if it is the running daemon's."""
+    pid = lock.holder(spool.run)
+    last = heartbeat.read(spool.run)
+    ours = last if last is not None and pid is not None and last.pid == pid else None
+    return pid, last, ours
 
 
 def functions_list(args: argparse.Namespace) -> int:
@@ -372,12 +375,13 @@ def functions_list(args: argparse.Namespace) -> int:
 
     spool = _spool(args)
     catalog = load_catalog(spool.functions)
-    status = _status_file(spool) if lock.holder(spool.run) is not None else None
-    instances = (status or {}).get("instances", {})
-    kept = set((status or {}).get("last_good_definitions", []))
+    _pid, _last, beat = _heartbeats(spool)
+    beat = beat or heartbeat.Heartbeat(pid=0)  # no daemon: nothing runs
+    instances = {name: msgspec.to_builtins(views) for name, views in beat.instances.items()}
+    kept = set(beat.last_good_definitions)
     # who runs a function that names no user: known while the daemon runs
-    default_user = (status or {}).get("run_as") or (status or {}).get("user")
-    implicit_root = set((status or {}).get("implicit_root", []))
+    default_user = beat.run_as or beat.user
+    implicit_root = set(beat.implicit_root)
     rows = []
     for name, d in sorted(catalog.functions.items()):
         rows.append(
@@ -427,28 +431,26 @@ def functions_list(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     """Daemon health: exit 0 when running and ready, 3 when not (as systemctl)."""
     spool = _spool(args)
-    pid = lock.holder(spool.run)
-    info = _status_file(spool) or {}
-    ours = pid is not None and info.get("pid") == pid
-    running = ours and bool(info.get("ready"))
-    stopping = ours and bool(info.get("stopping"))
+    pid, last, ours = _heartbeats(spool)
+    running = ours is not None and ours.ready
+    stopping = ours is not None and ours.stopping
+    live = ours if running else None
+    said = last or heartbeat.Heartbeat(pid=0)  # the last word of a daemon, if any
     view = {
         "running": running,
         "stopping": stopping,
         "pid": pid,
         "spool": str(spool.root),
-        "queue_depth": info.get("queue_depth") if running else None,
-        "running_events": info.get("running") if running else None,
-        "events": info.get("events", {}),
-        "definition_errors": info.get("definition_errors", {}),
-        "last_good_definitions": info.get("last_good_definitions", []) if running else [],
-        "implicit_root": info.get("implicit_root", []) if running else [],
-        "journal_damage": info.get("journal_damage", []),
-        "file_helper": info.get("file_helper") if running else None,
-        "indexer": info.get("indexer") if running else None,
-        "heartbeat_age_s": round(time.time() - info["updated_at"], 1)
-        if "updated_at" in info
-        else None,
+        "queue_depth": live.queue_depth if live else None,
+        "running_events": live.running if live else None,
+        "events": said.events,
+        "definition_errors": said.definition_errors,
+        "last_good_definitions": live.last_good_definitions if live else [],
+        "implicit_root": live.implicit_root if live else [],
+        "journal_damage": msgspec.to_builtins(said.journal_damage),
+        "file_helper": msgspec.to_builtins(live.file_helper) if live else None,
+        "indexer": msgspec.to_builtins(live.indexer) if live else None,
+        "heartbeat_age_s": last.age if last else None,
     }
     if args.json:
         _print_json(view)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.functions import FunctionDef
+from daemon.heartbeat import InstanceView
 from daemon.runtimes.base import HookOutcome, Instance, InstanceStartError
 
 log = logging.getLogger(__name__)
@@ -371,16 +372,16 @@ class FunctionPool:
             return "busy"
         return "idle" if instance.state in ("idle", "busy") else instance.state
 
-    def snapshot(self) -> list[dict[str, object]]:
+    def snapshot(self) -> list[InstanceView]:
         """The instances as status.json shows them."""
         return [
-            {
-                "id": i.id,
-                "pid": i.pid,
-                "state": self.state_of(i),
-                "started_at": i.started_at,
-                "events_served": i.events_served,
-                "running": self._load.get(i.id, 0),
-            }
+            InstanceView(
+                id=i.id,
+                pid=i.pid,
+                state=self.state_of(i),
+                started_at=i.started_at,
+                events_served=i.events_served,
+                running=self._load.get(i.id, 0),
+            )
             for i in self.instances
         ]

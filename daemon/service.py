@@ -12,7 +12,7 @@ import time
 
 import msgspec
 
-from daemon import lock, supervise, trust, users
+from daemon import heartbeat, lock, supervise, trust, users
 from daemon.cgroups import Cgroups
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
@@ -366,31 +366,31 @@ class Daemon:
     def write_status(self, stopped: bool = False) -> None:
         """Write run/status.json atomically: the heartbeat the CLI and the TUI read."""
         instances = {name: pool.snapshot() for name, pool in self.dispatcher.pools.items()}
-        status = {
-            "pid": os.getpid(),
-            "started_at": self.started_at,
-            "updated_at": time.time(),
-            "ready": self.ready and not stopped,
-            "stopping": self._stop.is_set() and not stopped,
-            "stopped": stopped,
-            "queue_depth": self.dispatcher.queue_depth,
-            "running": self.dispatcher.running,
-            "events": {s.value: n for s, n in self.store.retained_counts().items() if n},
-            "instances": instances,
-            "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
-            "last_good_definitions": sorted(self.catalog.kept),  # of those with errors
-            "user": self.user,
-            "run_as": self.settings.run_as,
-            "implicit_root": self.implicit_root,
-            "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
-            "reloads": self.reloads,
-            "file_helper": {"pid": self.files.pid, "running": self.files.running},
-            "indexer": {"pid": self.indexing.pid},
-        }
+        beat = heartbeat.Heartbeat(
+            pid=os.getpid(),
+            started_at=self.started_at,
+            updated_at=time.time(),
+            ready=self.ready and not stopped,
+            stopping=self._stop.is_set() and not stopped,
+            stopped=stopped,
+            queue_depth=self.dispatcher.queue_depth,
+            running=self.dispatcher.running,
+            events={s.value: n for s, n in self.store.retained_counts().items() if n},
+            instances=instances,
+            definition_errors={n: e.message for n, e in self.catalog.errors.items()},
+            last_good_definitions=sorted(self.catalog.kept),
+            user=self.user,
+            run_as=self.settings.run_as,
+            implicit_root=self.implicit_root,
+            journal_damage=self.store.damages[-20:],
+            reloads=self.reloads,
+            file_helper=heartbeat.HelperView(pid=self.files.pid, running=self.files.running),
+            indexer=heartbeat.HelperView(pid=self.indexing.pid),
+        )
         if stopped:  # never left saying ready: removed when it cannot be written
-            self.run_files.write_or_remove("status.json", msgspec.json.encode(status))
+            self.run_files.write_or_remove(heartbeat.STATUS_NAME, heartbeat.encode(beat))
         else:
-            self.run_files.write("status.json", msgspec.json.encode(status))
+            self.run_files.write(heartbeat.STATUS_NAME, heartbeat.encode(beat))
         metrics = self.dispatcher.metrics.render(
             self.store.retained_counts(), instances, self.dispatcher.queue_depth
         )
