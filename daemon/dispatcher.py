@@ -25,6 +25,7 @@ from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State, Usage
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
+from daemon.refusals import refuse_if, stop_refusal
 from daemon.runtimes.base import (
     EventLog,
     HookOutcome,
@@ -509,15 +510,11 @@ class Dispatcher:
     # -- stopping -------------------------------------------------------------------------
 
     def stop(self, request_id: str, *, graceful: bool, grace: float = 10.0) -> str:
-        """Stop an event (TerminateAsyncEvent); what was done, in words. ValueError if it has
-        already ended or is unknown."""
+        """Stop an event (TerminateAsyncEvent); what was done, in words. Refused if it has
+        already ended, is being stopped, or is unknown."""
         event = self.store.get(request_id)
-        if event is None:
-            raise ValueError(f"no event with id {request_id!r}")
-        if event.ended:
-            raise ValueError(f"event {request_id} has already ended: {event.state.value}")
-        if event.state is State.STOPPING:
-            raise ValueError(f"event {request_id} is already being stopped")
+        refuse_if(stop_refusal(request_id, event.state if event is not None else None))
+        assert event is not None
         running = self.attempts.get(request_id)
         if running is None:  # Enqueued, Dequeued, Retrying: never runs again
             self._end(event, State.STOPPED, reason="stopped before running")

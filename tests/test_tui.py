@@ -119,12 +119,12 @@ async def test_actions_while_the_daemon_is_down_queue_requests(tmp_path):
 
         await pilot.press("r")  # still running: refused in words, nothing written
         await pilot.pause()
-        assert any("still Running" in n for n in notices(app))
+        assert any("has not ended: Running" in n for n in notices(app))
         assert len(control_requests(spool)) == 1
 
         await pilot.press("j", "j", "x")  # event 7 ended: nothing to stop
         await pilot.pause()
-        assert any("already ended (Succeeded)" in n for n in notices(app))
+        assert any("has already ended: Succeeded" in n for n in notices(app))
         await pilot.press("r", "escape")  # the modal cancelled: nothing written
         assert len(control_requests(spool)) == 1
         await pilot.press("r", "enter")

@@ -27,8 +27,9 @@ from daemon.ids import BadId
 from daemon.index import STATE_CODE, EventTable, Query, load_event, select
 from daemon.logfiles import event_log_path
 from daemon.model import TERMINAL_STATES, Event, Request, State, Transition
+from daemon.refusals import reinvoke_refusal, stop_refusal
 from daemon.spool import Spool
-from tui.actions import Notice, Requests, reinvoke_refusal, stop_refusal
+from tui.actions import Notice, Requests
 from tui.detail import DetailScreen, LogScreen
 from tui.event_list import EventList
 from tui.events import EventsScreen
