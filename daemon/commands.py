@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from daemon import heartbeat, lock
+from daemon.atomic import write_durable
 from daemon.errors import FnspoolError
 from daemon.eventlog import LogReader
 from daemon.heartbeat import Heartbeat
@@ -175,12 +176,7 @@ def invoke(args: argparse.Namespace) -> int:
 
 def _drop(spool: Spool, name: str, data: bytes) -> None:
     spool.tmp.mkdir(parents=True, exist_ok=True)
-    temp = spool.tmp / f".{name}.{os.getpid()}.tmp"
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(temp, spool.incoming / name)
+    write_durable(spool.incoming / name, data, 0o666, staging=spool.tmp)  # 0o666: the umask
 
 
 # -- events -------------------------------------------------------------------------------

@@ -9,11 +9,11 @@ written while the daemon is down waits in `control/` and is applied when it star
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import msgspec
 
+from daemon.atomic import write_durable
 from daemon.ids import check_id, new_request_id
 from daemon.model import NO_RAW
 
@@ -62,10 +62,5 @@ def submit(spool_root: Path, request: ControlRequest) -> str:
     name = f"{new_request_id()}.json"
     tmp_dir, control_dir = spool_root / "tmp", spool_root / "control"
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    temp = tmp_dir / f".control-{name}.{os.getpid()}.tmp"
-    with open(temp, "wb") as f:
-        f.write(msgspec.json.encode(request))
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(temp, control_dir / name)
+    write_durable(control_dir / name, msgspec.json.encode(request), 0o666, staging=tmp_dir)
     return name

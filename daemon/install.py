@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from daemon import heartbeat
+from daemon.atomic import write_whole
 from daemon.errors import FnspoolError
 from daemon.spool import DIR_MODE, SYSTEM_SPOOL, Spool, folder_mode
 
@@ -219,10 +220,7 @@ def _check_reachable(spool: Path) -> str:
 
 
 def _write_unit(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.chmod(temp, 0o644)
-    os.rename(temp, path)
+    write_whole(path, text.encode(), 0o644)
 
 
 def _create_service_user(home: Path) -> None:

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import msgspec
 
+from daemon.atomic import fsync_dir
 from daemon.errors import FnspoolError
 from daemon.journal import (
     MAX_RECORD_BYTES,
@@ -28,7 +29,6 @@ from daemon.journal import (
     decode_record,
     encode_record,
     fold,
-    fsync_dir,
     list_archives,
     list_segments,
     load_snapshot,

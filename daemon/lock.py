@@ -6,6 +6,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from daemon.atomic import write_whole
+
 
 class LockHeld(Exception):
     """Another daemon holds the spool."""
@@ -58,9 +60,7 @@ def acquire(run_dir: Path) -> int:
             raise LockHeld(_holder_pid(fd, run_dir)) from None
         finally:
             os.close(fd)
-    temp = run_dir / ".daemon.pid.tmp"
-    temp.write_text(f"{os.getpid()}\n")
-    os.rename(temp, run_dir / "daemon.pid")
+    write_whole(run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
     return fd
 
 

@@ -9,6 +9,8 @@ import logging
 import os
 from pathlib import Path
 
+from daemon.atomic import write_whole
+
 log = logging.getLogger(__name__)
 
 
@@ -22,7 +24,7 @@ class RunFiles:
     def write(self, name: str, data: bytes) -> bool:
         """Replace run/`name` with `data`; False (logged once) when it cannot be written."""
         try:
-            write_atomic(self.run_dir / name, data)
+            write_whole(self.run_dir / name, data)
         except OSError as exc:
             if name not in self._failing:
                 log.error("cannot write run/%s: %s", name, exc)
@@ -39,15 +41,3 @@ class RunFiles:
         if not self.write(name, data):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.run_dir / name)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name, then rename it over `path` (readers never see half a file)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.rename(temp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
