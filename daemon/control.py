@@ -9,6 +9,7 @@ written while the daemon is down waits in `control/` and is applied when it star
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import msgspec
@@ -52,9 +53,14 @@ def check_ids(request: ControlRequest) -> None:
         check_id(request.new_id, "new_id")
 
 
-#: outcomes of a request, as its `Request` record's `outcome` says them
-APPLIED = "applied"
-REFUSED = "refused"
+class Outcome(StrEnum):
+    """How a request was answered, as its `Request` record's `outcome` says it."""
+
+    APPLIED = "applied"
+    REFUSED = "refused"
+
+
+APPLIED, REFUSED = Outcome.APPLIED, Outcome.REFUSED
 
 
 def submit(spool_root: Path, request: ControlRequest) -> str:

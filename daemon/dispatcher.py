@@ -10,6 +10,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,13 @@ def _result(o: Outcome) -> msgspec.Raw:
     return o.result if o.ok and o.result is not None else NO_RAW
 
 
+class StopMode(StrEnum):
+    """How a running attempt is being stopped."""
+
+    FORCED = "forced"  # PreStop, then its instance is killed
+    GRACEFUL = "graceful"  # SIGTERM to the instance first, forced after the grace
+
+
 class Attempt:
     """An attempt running now: where it runs, and how it is being stopped, if it is."""
 
@@ -109,7 +117,7 @@ class Attempt:
         self.pool = pool
         self.instance = instance
         self.log_path = path
-        self.stop: str | None = None  # "forced" | "graceful"
+        self.stop: StopMode | None = None
 
 
 class FunctionQueue:
@@ -478,7 +486,7 @@ class Dispatcher:
         """A stopped attempt ended: its return value is kept; death by SIGTERM is code 439."""
         error = None
         if not o.ok:
-            sigterm = running.stop == "graceful" and o.usage.signal == signal.SIGTERM
+            sigterm = running.stop is StopMode.GRACEFUL and o.usage.signal == signal.SIGTERM
             error = USER_EXIT if sigterm else STOPPED_ERROR
         self._end(
             event,
@@ -519,7 +527,7 @@ class Dispatcher:
         if running is None:  # Enqueued, Dequeued, Retrying: never runs again
             self._end(event, State.STOPPED, reason="stopped before running")
             return f"stopped while {event.history[-2].state.value}"
-        running.stop = "graceful" if graceful else "forced"
+        running.stop = StopMode.GRACEFUL if graceful else StopMode.FORCED
         self.store.transition(event, State.STOPPING, reason=running.stop)
         task = self._force(running) if not graceful else self._terminate(running, grace)
         t = asyncio.get_running_loop().create_task(task)
@@ -529,7 +537,7 @@ class Dispatcher:
 
     async def _force(self, running: Attempt) -> None:
         """PreStop on the event's instance, then its process group killed (the attempt ends)."""
-        running.stop = "forced"
+        running.stop = StopMode.FORCED
         await running.pool.retire(
             running.instance,
             f"event {running.event.id} stopped",
