@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -62,6 +63,13 @@ def acquire(run_dir: Path) -> int:
             os.close(fd)
     write_whole(run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
     return fd
+
+
+def release(run_dir: Path, fd: int) -> None:
+    """Remove our pid file, then let the lock go (a pid file left behind names a dead daemon)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(run_dir / "daemon.pid")
+    os.close(fd)
 
 
 def holder(run_dir: Path) -> int | None:

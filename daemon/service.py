@@ -141,7 +141,7 @@ class Daemon:
             await self._stop.wait()
             await self._shutdown()
         finally:
-            os.close(lock_fd)
+            lock.release(self.spool.run, lock_fd)
         return 1 if self._fatal else 0
 
     async def _start(self) -> None:

@@ -152,12 +152,14 @@ def test_unknown_id_is_not_found(spool, daemon):
 
 def test_sigterm_drains_running_events_and_exits_zero(spool, daemon):
     d = daemon.start()
+    assert (spool / "run" / "daemon.pid").read_text() == f"{d.proc.pid}\n"
     drop(spool, "slow", "s.json", {"sleep": 1})
     wait_for(lambda: events(spool, "--status", "Running"), what="the event to run")
     d.signal(signal.SIGTERM)
     assert d.proc.wait(30) == 0
     (event,) = events(spool)
     assert event["state"] == "Succeeded", "a running event finishes within the drain timeout"
+    assert not (spool / "run" / "daemon.pid").exists(), "a clean stop leaves no pid file"
 
 
 def test_a_draining_daemon_says_it_is_stopping(spool, daemon):
