@@ -102,6 +102,9 @@ def _result(o: Outcome) -> msgspec.Raw:
     return o.result if o.ok and o.result is not None else NO_RAW
 
 
+BEFORE_RUNNING = "stopped before running"  # the reason of a stop that found no attempt running
+
+
 class StopMode(StrEnum):
     """How a running attempt is being stopped."""
 
@@ -525,8 +528,10 @@ class Dispatcher:
         assert event is not None
         running = self.attempts.get(request_id)
         if running is None:  # Enqueued, Dequeued, Retrying: never runs again
-            self._end(event, State.STOPPED, reason="stopped before running")
-            return f"stopped while {event.history[-2].state.value}"
+            was = event.state.value
+            self.store.transition(event, State.STOPPING, reason=BEFORE_RUNNING)
+            self._end(event, State.STOPPED, reason=BEFORE_RUNNING)
+            return f"stopped while {was}"
         running.stop = StopMode.GRACEFUL if graceful else StopMode.FORCED
         self.store.transition(event, State.STOPPING, reason=running.stop)
         task = self._force(running) if not graceful else self._terminate(running, grace)

@@ -32,14 +32,13 @@ def parse_time(text: str, now: float | None = None) -> float:
     return parsed.timestamp()
 
 
-#: SCF's four states of an async event (ListAsyncEvents), as fnspool's
+#: SCF's four states of an async event (ListAsyncEvents) as fnspool's: State.scf_view turned
+#: round (SCF's API says ABORTED for terminated)
 SCF_STATES: dict[str, frozenset[State]] = {
-    "running": frozenset(s for s in State if not s.terminal),  # 运行中: not ended yet
-    "finished": frozenset({State.SUCCEEDED}),  # 调用完成
-    "failed": frozenset({State.FAILED, State.EXPIRED, State.INVALID}),  # 调用失败
-    "terminated": frozenset({State.STOPPED}),  # 调用终止 (SCF's API says ABORTED)
-    "aborted": frozenset({State.STOPPED}),
+    view: frozenset(s for s in State if s.scf_view == view)
+    for view in ("running", "finished", "failed", "terminated")
 }
+SCF_STATES["aborted"] = SCF_STATES["terminated"]
 
 
 def parse_states(text: str) -> set[State]:

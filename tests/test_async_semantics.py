@@ -103,14 +103,15 @@ def test_stop_before_running_and_while_retrying(spool, daemon):
     delayed = out.stdout.strip()
     wait_for(lambda: state_of(spool, delayed) == "Enqueued", what="the delayed event")
     fnspool(spool, "events", "stop", delayed, "--wait")
-    assert [h["state"] for h in event(spool, delayed)["history"]] == ["Enqueued", "Stopped"]
+    states = [h["state"] for h in event(spool, delayed)["history"]]
+    assert states == ["Enqueued", "Stopping", "Stopped"]  # through Stopping, as on FC
 
     drop(spool, "slowfail", "a.json", 1)
     failing = wait_for(lambda: newest(spool, "slowfail"), what="the event")
     wait_for(lambda: state_of(spool, failing["id"]) == "Retrying", what="Retrying")
     fnspool(spool, "events", "stop", failing["id"], "--wait")
     done = event(spool, failing["id"])
-    assert [h["state"] for h in done["history"]][-2:] == ["Retrying", "Stopped"]
+    assert [h["state"] for h in done["history"]][-3:] == ["Retrying", "Stopping", "Stopped"]
     assert done["attempts"] == 1
 
 
