@@ -45,6 +45,17 @@ def _payload_limit(text: str) -> int:
     return value
 
 
+def delay(text: str) -> float:
+    """A delay in seconds: a finite number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
 def request_id(text: str) -> str:
     """An argument that must be a request id: argparse's clear error (exit 2) when it is not."""
     try:
@@ -99,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         help="an explicit request id (an idempotency key): 1 to 128 letters, digits, _ . : -",
     )
     invoke.add_argument(
-        "--delay", type=float, metavar="S", help="run no sooner than S seconds from now"
+        "--delay", type=delay, metavar="S", help="run no sooner than S seconds from now"
     )
     invoke.add_argument("--wait", action="store_true", help="wait until the event ends")
     invoke.add_argument("--json", action="store_true")

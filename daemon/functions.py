@@ -165,7 +165,8 @@ def load_function(path: Path) -> FunctionDef:
 
 
 def load_catalog(functions_dir: Path) -> Catalog:
-    """Load every `*.toml` in `functions_dir`; a bad file is an error entry, never an exception."""
+    """Load every `*.toml` in `functions_dir`; a bad file is an error entry, never an exception
+    (the daemon logs them, the CLI shows them)."""
     catalog = Catalog()
     try:
         paths = sorted(functions_dir.glob("*.toml"))
@@ -180,7 +181,6 @@ def load_catalog(functions_dir: Path) -> Catalog:
             catalog.errors[path.stem] = DefinitionError(
                 name=path.stem, path=str(path), message=message
             )
-            log.error("function definition %s: %s", path, message)
     return catalog
 
 

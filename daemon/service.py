@@ -336,6 +336,8 @@ class Daemon:
         self._definition_stamp = self._stamp_definitions()
         previous = self.catalog
         loaded = with_run_as(load_catalog(self.spool.functions), self.settings.run_as)
+        for error in loaded.errors.values():
+            log.error("function definition %s: %s", error.path, error.message)
         # a definition others may change is refused, and no last good one of it kept
         self.catalog = keep_last_good(loaded, trust.screen(loaded, previous))
         self._flag_implicit_root(previous)

@@ -1,0 +1,57 @@
+"""`fnspool invoke` tells the truth: it waits for the daemon's verdict and exits non-zero when the
+event is refused, whether or not it waits for the end."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import events, fnspool
+
+
+def _rejected_files(spool):
+    return sorted(p.name for p in (spool / "rejected").glob("*.reason.json"))
+
+
+def test_a_reused_id_is_refused_and_nothing_is_submitted(spool, daemon):
+    daemon.start()
+    first = fnspool(spool, "invoke", "echo", "--id", "order-7", "--payload", '"first"', "--wait")
+    assert first.returncode == 0
+    for wait in ([], ["--wait"]):
+        again = fnspool(
+            spool, "invoke", "echo", "--id", "order-7", "--payload", '"second"', *wait, check=False
+        )
+        assert again.returncode == 1, again
+        assert "already used by an event of echo (Succeeded)" in again.stderr
+        assert again.stdout == ""  # never the old event's result
+    (event,) = events(spool)
+    assert json.loads(fnspool(spool, "events", "get", "order-7", "--json").stdout)["payload"] == (
+        "first"
+    )
+    assert _rejected_files(spool) == [] and event["id"] == "order-7"
+
+
+def test_a_file_the_daemon_rejects_is_a_non_zero_exit_with_its_reason(spool, daemon):
+    daemon.start("--max-payload-bytes", "1000")
+    big = json.dumps("x" * 2000)
+    for wait in ([], ["--wait"]):
+        out = fnspool(spool, "invoke", "echo", "--payload", big, *wait, check=False)
+        assert out.returncode == 1, out
+        assert "was rejected" in out.stderr and "rejected/" in out.stderr
+    assert len(_rejected_files(spool)) == 2 and events(spool) == []
+
+
+def test_a_negative_delay_and_a_broken_definition_are_refused_before_anything_is_written(
+    spool, daemon
+):
+    daemon.start()
+    (spool / "functions" / "broken.toml").write_text('runtime = "python"\nhandler = \n')
+    out = fnspool(spool, "invoke", "echo", "--delay", "-1", check=False)
+    assert out.returncode == 2 and "must be 0 or more seconds" in out.stderr
+    out = fnspool(spool, "invoke", "broken", check=False)
+    assert (
+        out.returncode == 2 and "definition error" in out.stderr and "not valid TOML" in out.stderr
+    )
+    assert "no function" not in out.stderr
+    missing = fnspool(spool, "invoke", "nosuch", check=False)
+    assert missing.returncode == 4 and "no function 'nosuch'" in missing.stderr
+    assert not list((spool / "incoming").glob("*.json")) and events(spool) == []
