@@ -26,6 +26,7 @@ from daemon.errors import FnspoolError
 from daemon.ids import new_request_id
 from daemon.journal import Damage, JournalTail, Outrun
 from daemon.model import TERMINAL_STATES, Event, JournalRecord, Request, State
+from daemon.query import Filter
 from daemon.reads import EventReads
 from daemon.refusals import reinvoke_refusal, stop_refusal
 from daemon.spool import Spool
@@ -134,7 +135,7 @@ def events_reinvoke(args: argparse.Namespace) -> int:
     if len(chosen) > 1 or not args.id:
         if not chosen:
             raise FnspoolError("no ended event matches the filters", title="nothing to re-invoke")
-        if not args.yes and not _confirm(len(chosen)):
+        if not args.yes and not _confirm(chosen):
             print("fnspool: nothing re-invoked", file=sys.stderr)
             return 1
     given = {"payload": payload} if payload is not None else {}  # else the old event's
@@ -155,6 +156,13 @@ def _chosen(args: argparse.Namespace, reads: EventReads) -> list[Event]:
             raise FnspoolError(refusal, title="cannot re-invoke", exit_code=EXIT_REFUSED)
         return [event]
     flt = _filter(args)
+    if flt == Filter():
+        raise FnspoolError(
+            "give an id or a filter (--status, --function, --id-prefix, --since, --until): "
+            "without one every ended event would run again, those that succeeded too",
+            title="nothing chosen",
+            exit_code=2,
+        )
     flt.states = (flt.states or set(TERMINAL_STATES)) & TERMINAL_STATES
     return reads.select(flt, limit=args.limit, newest_first=False) if flt.states else []
 
@@ -163,13 +171,21 @@ def _has_payload(args: argparse.Namespace) -> bool:
     return args.payload is not None or args.payload_file is not None
 
 
-def _confirm(count: int) -> bool:
+SHOWN = 10  # events listed before a bulk re-invoke asks
+
+
+def _confirm(chosen: list[Event]) -> bool:
+    count = len(chosen)
     if not sys.stdin.isatty():
         raise FnspoolError(
             f"{count} events match: add --yes to re-invoke them without a terminal to confirm",
             title="confirmation needed",
             exit_code=2,
         )
+    for event in chosen[:SHOWN]:
+        print(f"  {event.id}  {event.function}  {event.state.value}")
+    if count > SHOWN:
+        print(f"  ... and {count - SHOWN} more")
     reply = input(f"Re-invoke {count} events? [y/N] ")
     return reply.strip().lower() in ("y", "yes")
 

@@ -160,6 +160,10 @@ def test_reinvoke_one_and_in_bulk_with_lineage(spool, daemon):
     wait_for(lambda: len(events(spool, "--function", "fail")) == 8, what="the new events")
     refused = fnspool(spool, "events", "reinvoke", "--function", "fail", check=False, input="")
     assert refused.returncode == 2 and "--yes" in refused.stderr
+    # no id and no filter: every ended event, succeeded ones too; refused, even with --yes
+    unchosen = fnspool(spool, "events", "reinvoke", "--yes", check=False)
+    assert unchosen.returncode == 2 and "give an id or a filter" in unchosen.stderr
+    assert len(events(spool, "--function", "fail")) == 8
     requests = journal_records(spool, Request)
     assert all(r.uid == os.getuid() for r in requests)
 

@@ -55,3 +55,19 @@ def test_a_negative_delay_and_a_broken_definition_are_refused_before_anything_is
     missing = fnspool(spool, "invoke", "nosuch", check=False)
     assert missing.returncode == 4 and "no function 'nosuch'" in missing.stderr
     assert not list((spool / "incoming").glob("*.json")) and events(spool) == []
+
+
+def test_a_bulk_reinvoke_shows_what_it_would_touch_before_it_asks(monkeypatch, capsys):
+    from daemon import actions
+    from daemon.model import Event, State, raw_json
+
+    chosen = [
+        Event(id=f"e{n}", function="fail", payload=raw_json(n), state=State.FAILED, enqueued_at=0.0)
+        for n in range(12)
+    ]
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: print(prompt) or "n")
+    assert actions._confirm(chosen) is False
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0].split() == ["e0", "fail", "Failed"] and len(shown) == 12
+    assert shown[-2] == "  ... and 2 more" and shown[-1] == "Re-invoke 12 events? [y/N] "
