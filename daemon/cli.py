@@ -156,6 +156,9 @@ def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     r.set_defaults(run=_command("install.reload"))
 
 
+LIST_LIMIT = 50  # events `events list` shows unless --limit or --all says otherwise
+
+
 def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--function", metavar="F")
     parser.add_argument(
@@ -176,6 +179,11 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     elist = esub.add_parser("list", parents=[common], help="events, newest first")
     _filter_arguments(elist)
     elist.add_argument("--order", choices=("asc", "desc"), default="desc")
+    elist.add_argument(
+        "--all",
+        action="store_true",
+        help=f"every event that matches (default: --limit {LIST_LIMIT})",
+    )
     elist.add_argument("--json", action="store_true")
     elist.set_defaults(run=_command("commands.events_list"))
 

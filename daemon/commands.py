@@ -260,10 +260,17 @@ _ROW = "{:36}  {:16} {:10} {:>3}  {:24} {:>10}  {}"
 
 
 def events_list(args: argparse.Namespace) -> int:
-    """List events matching the filters, newest first unless --order asc."""
+    """List events matching the filters, newest first unless --order asc; 50 unless --limit or
+    --all, and a line on stderr when more match."""
+    from daemon.cli import LIST_LIMIT
+
+    limit = None if args.all else (args.limit if args.limit is not None else LIST_LIMIT)
     chosen = _reads(_spool(args)).select(
-        _filter(args), limit=args.limit, newest_first=args.order == "desc"
+        _filter(args), limit=None if limit is None else limit + 1, newest_first=args.order == "desc"
     )
+    if limit is not None and len(chosen) > limit:
+        chosen = chosen[:limit]
+        print(f"fnspool: {limit} shown, more match: --limit N or --all", file=sys.stderr)
     if args.json:
         _print_json([summary(e) for e in chosen])
         return 0

@@ -285,8 +285,9 @@ def drop(spool: Path, function: str, name: str, payload: Any) -> Path:
 
 
 def events(spool: Path, *args: str) -> list[dict[str, Any]]:
-    """`fnspool events list --json` with extra filters."""
-    return fnspool_json(spool, "events", "list", *args)
+    """`fnspool events list --json` with extra filters (every match, unless --limit)."""
+    every = () if "--limit" in args else ("--all",)
+    return fnspool_json(spool, "events", "list", *args, *every)
 
 
 def journal_records(spool: Path, kind: type | None = None) -> list[Any]:

@@ -3,6 +3,8 @@ drive the terminal."""
 
 from __future__ import annotations
 
+import json
+
 from conftest import drop, events, fnspool, fnspool_json, wait_for
 
 from daemon.model import State
@@ -70,3 +72,15 @@ def test_scfs_running_is_every_state_not_ended_and_fnspools_names_stay_theirs():
     assert parse_states("FAILED") == {State.FAILED, State.EXPIRED, State.INVALID}
     assert parse_states("failed") == {State.FAILED}
     assert parse_states("Finished,terminated") == {State.SUCCEEDED, State.STOPPED}
+
+
+def test_events_list_shows_50_by_default_and_says_when_more_match(spool, daemon):
+    daemon.start()
+    for n in range(53):
+        drop(spool, "echo", f"e{n:02d}.json", {"n": n})
+    wait_for(lambda: len(events(spool, "--status", "Succeeded")) == 53, 60, "the events to end")
+    out = fnspool(spool, "events", "list")
+    assert len(out.stdout.splitlines()) == 1 + 50 and "50 shown, more match" in out.stderr
+    assert len(events(spool, "--limit", "53")) == 53
+    assert "more match" not in fnspool(spool, "events", "list", "--limit", "53").stderr
+    assert len(json.loads(fnspool(spool, "events", "list", "--all", "--json").stdout)) == 53
