@@ -118,3 +118,16 @@ def test_logs_follow_an_event_from_enqueued_to_its_end(spool, daemon):
     ]
     assert f"request {rid}, attempt 1" in text
     assert text == logs(spool, rid)
+
+
+def test_a_failing_handlers_traceback_is_in_its_log_between_start_and_end(spool, daemon):
+    daemon.start()
+    drop(spool, "fail", "f.json", {"n": 1})
+    event = wait_for(
+        lambda: (e := only_event(spool, "fail")) and e["state"] == "Failed" and e, 30, "Failed"
+    )
+    lines = logs(spool, event["id"]).splitlines()
+    assert lines[1] == "Traceback (most recent call last):", lines
+    assert "ValueError: bad input {'n': 1}" in lines
+    end = next(i for i, line in enumerate(lines) if "FC Invoke End" in line)
+    assert lines.index("ValueError: bad input {'n': 1}") < end

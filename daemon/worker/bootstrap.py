@@ -191,6 +191,9 @@ def _invoke(handler: "Callable[..., object]", msg: dict, function_name: str) -> 
         body, error = None, _error(exc)
         if isinstance(exc, Retry):
             error["type"], retry_delay = "Retry", exc.delay
+        else:  # in the event's log, as FC's runtime writes it: before the reply, so before End
+            sys.stderr.write(error["traceback"])
+            sys.stderr.flush()
     finally:
         _current[0] = None
     head = f'{{"t":"result","id":{_FRAME_JSON.encode(rid)},'
