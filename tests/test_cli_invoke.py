@@ -71,3 +71,15 @@ def test_a_bulk_reinvoke_shows_what_it_would_touch_before_it_asks(monkeypatch, c
     shown = capsys.readouterr().out.splitlines()
     assert shown[0].split() == ["e0", "fail", "Failed"] and len(shown) == 12
     assert shown[-2] == "  ... and 2 more" and shown[-1] == "Re-invoke 12 events? [y/N] "
+
+
+def test_version():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon", "--version"], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.startswith("fnspool ")
