@@ -106,6 +106,11 @@ def _check_values(d: FunctionDef) -> None:
         raise ValueError(f"`command` is required for the {d.runtime} runtime")
     if d.runtime == "python" and "." not in d.handler:
         raise ValueError(f"`handler` must be module.function, got {d.handler!r}")
+    if d.runtime != "http" and d.concurrency != 1:
+        raise ValueError(
+            f"`concurrency` is for http servers: a {d.runtime} instance serves one event at a "
+            f"time (raise `max_instances` instead), got {d.concurrency}"
+        )
     for key in ("on_success", "on_failure"):
         _check_destination(f"async.{key}", getattr(d.async_, key))
 

@@ -42,3 +42,16 @@ def test_outside_text_cannot_split_or_forge_a_daemon_log_line(spool, daemon):
     lines = d.log_text().splitlines()
     assert not [line for line in lines if line.startswith(FORGED)], lines
     assert [line for line in lines if "boom\\n" + FORGED in line], lines
+
+
+@pytest.mark.parametrize("runtime", ["python", "exec"])
+def test_concurrency_on_a_runtime_that_serves_one_event_is_a_definition_error(tmp_path, runtime):
+    from daemon.functions import load_function
+
+    body = 'handler = "index.handler"\n' if runtime == "python" else 'command = ["cat"]\n'
+    path = tmp_path / "wide.toml"
+    path.write_text(f'runtime = "{runtime}"\n{body}concurrency = 4\n')
+    with pytest.raises(ValueError, match="`concurrency` is for http servers"):
+        load_function(path)
+    path.write_text(f'runtime = "{runtime}"\n{body}concurrency = 1\n')
+    assert load_function(path).concurrency == 1
