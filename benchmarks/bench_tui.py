@@ -32,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daemon.journal import SnapshotHeader, encode_record, segment_name, snapshot_name  # noqa: E402
+from daemon.indexer import Indexer  # noqa: E402
+from daemon.journal import encode_record, segment_name, write_archive, write_snapshot  # noqa: E402
 from daemon.model import (  # noqa: E402
     NO_RAW,
     ErrorInfo,
@@ -46,7 +47,8 @@ from daemon.model import (  # noqa: E402
 )
 
 FUNCTIONS = ("resize", "thumbnail", "notify", "billing", "echo", "hello")
-SEGMENT_EVENTS = 1000
+SEGMENT_EVENTS = 1000  # the newest events, still in a segment
+ARCHIVE_EVENTS = 100_000  # events per archive (the daemon writes one per compaction)
 
 
 def uuid7(ms: int, n: int) -> str:
@@ -87,44 +89,54 @@ def _event(i: int, at: float) -> Event:
     )
 
 
+def _records(event: Event, seq: int) -> list[Transition]:
+    """The transitions that fold into `event`, numbered from `seq`."""
+    return [
+        Transition(
+            seq=seq + k,
+            at=h.at,
+            id=event.id,
+            function=event.function,
+            state=h.state,
+            attempt=h.attempt,
+            instance=h.instance,
+            payload=event.payload if h.state is State.ENQUEUED else NO_RAW,
+            result=event.result if h.state is State.SUCCEEDED else NO_RAW,
+            error=h.error,
+            usage=h.usage,
+        )
+        for k, h in enumerate(event.history)
+    ]
+
+
 def build_spool(root: Path, events: int) -> None:
-    """A spool whose journal holds `events` ended events: a snapshot and a short segment."""
+    """A spool as the daemon leaves it after `events` ended: archives, snapshot, segment."""
     journal = root / "journal"
     journal.mkdir(parents=True)
     for sub in ("functions", "control", "tmp", "incoming", "logs", "run"):
         (root / sub).mkdir()
-    in_snapshot = max(0, events - SEGMENT_EVENTS)
+    archived = max(0, events - SEGMENT_EVENTS)
     start = time.time() - events * 0.05  # one event every 50 ms, ending now
-    last_seq = 4 * in_snapshot
-    with open(journal / snapshot_name(last_seq), "wb") as out:
-        out.write(encode_record(SnapshotHeader(seq=last_seq, at=time.time(), count=in_snapshot)))
-        buf = bytearray()
-        for i in range(in_snapshot):
-            buf += encode_record(_event(i, start + i * 0.05))
-            if len(buf) >= 1 << 20:
-                out.write(buf)
-                buf.clear()
-        out.write(buf)
+    counts: dict[str, int] = {}
+    for first in range(0, archived, ARCHIVE_EVENTS):
+        batch = [_event(i, start + i * 0.05) for i in range(first, min(archived, first + ARCHIVE_EVENTS))]
+        for e in batch:
+            counts[e.state.value] = counts.get(e.state.value, 0) + 1
+        write_archive(journal, batch[-1].seq, batch[-1].ended_at or 0.0, batch)
+    last_seq = 4 * archived
+    write_snapshot(journal, last_seq, time.time(), [], archived=counts)
     with open(journal / segment_name(last_seq + 1), "wb") as out:
-        seq = last_seq
-        for i in range(in_snapshot, events):
-            event = _event(i, start + i * 0.05)
-            for h in event.history:
-                seq += 1
-                rec = Transition(
-                    seq=seq,
-                    at=h.at,
-                    id=event.id,
-                    function=event.function,
-                    state=h.state,
-                    attempt=h.attempt,
-                    instance=h.instance,
-                    payload=event.payload if h.state is State.ENQUEUED else NO_RAW,
-                    result=event.result if h.state is State.SUCCEEDED else NO_RAW,
-                    error=h.error,
-                    usage=h.usage,
-                )
+        for i in range(archived, events):
+            for rec in _records(_event(i, start + i * 0.05), 4 * i + 1):
                 out.write(encode_record(rec))
+
+
+def build_index(journal: Path) -> None:
+    """Build the index as the daemon's indexer does: from archives and snapshot, then segments."""
+    indexer = Indexer(journal)
+    while indexer.step():
+        pass
+    indexer.db.close_cleanly()
 
 
 # -- the measurement (in a fresh process) ------------------------------------------------------

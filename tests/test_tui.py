@@ -15,6 +15,8 @@ from tui_journal import T0, append_records, event_id, history, write_journal
 
 from daemon.control import DECODER, ReinvokeRequest, StopRequest
 from daemon.model import State
+from daemon.query import Filter
+from daemon.reads import EventReads
 from daemon.spool import Spool
 from tui.app import FnspoolApp
 from tui.detail import DetailScreen, LogScreen
@@ -36,10 +38,18 @@ async def until(pilot: Any, predicate: Callable[[], Any], what: str, timeout: fl
 
 
 def shown(app: FnspoolApp) -> list[tuple[str, str, str]]:
-    """(id, function, state) of every row the list shows, top first."""
+    """(id, function, state) of every row the list holds, top first (all of a small list)."""
     events = app.screen.query_one(EventList)
-    rows = [events.row_at(i) for i in range(events.count)]
-    return [(app.table.ids[r], app.table.function(r), app.table.state_of(r).value) for r in rows]
+    rows = [events.row_at(i) for i in range(events.start, events.start + len(events.rows))]
+    return [(r.id, r.function, r.state.value) for r in rows if r is not None]
+
+
+def loaded(app: FnspoolApp, count: int | None = None) -> bool:
+    """Whether the list shows the events (all `count` of them)."""
+    events = app.screen.query_one(EventList)
+    if not events.loaded:
+        return False
+    return count is None or (events.total == count and len(shown(app)) == count)
 
 
 def notices(app: FnspoolApp) -> list[str]:
@@ -58,7 +68,7 @@ async def test_list_follows_live_and_keeps_the_selection(tmp_path):
     recs = write_journal(spool, 30, snapshot_upto=20)
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete and len(shown(app)) == 30, "the events")
+        await until(pilot, lambda: loaded(app, 30), "the events")
         assert shown(app)[0] == (event_id(29), "notify", "Running")  # newest first
         assert "daemon down" in app.status_markup and "read-only" in app.status_markup
         assert "Succeeded" in app.counts_markup and "Failed" in app.counts_markup
@@ -74,7 +84,7 @@ async def test_list_follows_live_and_keeps_the_selection(tmp_path):
         assert not events.follow and events.selected_id == event_id(28)
         more = history(31, "echo", State.ENQUEUED, T0 + 31)
         append_records(spool, [msgspec.structs.replace(r, seq=seq + 2) for r in more])
-        await until(pilot, lambda: shown(app)[0][0] == event_id(31), "another new event")
+        await until(pilot, lambda: events.total == 32 and events.cursor == 3, "one more above")
         assert events.selected_id == event_id(28)  # the selection stays on its event
         await pilot.press("f")
         assert events.follow and events.selected_id == event_id(31)
@@ -85,7 +95,7 @@ async def test_filters_text_states_function_and_clear(tmp_path):
     write_journal(spool, 30, snapshot_upto=10)
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete and len(shown(app)) == 30, "the events")
+        await until(pilot, lambda: loaded(app, 30), "the events")
         await pilot.press("slash", *"bad input 1", "enter")
         assert [r[0] for r in shown(app)] == [event_id(18), event_id(13)]
         assert "bad input 1" in app.filter_markup
@@ -106,7 +116,7 @@ async def test_filters_text_states_function_and_clear(tmp_path):
 
         await pilot.press("escape")
         await pilot.press("slash", *"xyz", "escape")  # esc in the input clears the text
-        assert len(shown(app)) == 30 and app.query_.empty
+        assert len(shown(app)) == 30 and not app.filtered
 
 
 async def test_actions_while_the_daemon_is_down_queue_requests(tmp_path):
@@ -114,7 +124,7 @@ async def test_actions_while_the_daemon_is_down_queue_requests(tmp_path):
     write_journal(spool, 10)
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete and len(shown(app)) == 10, "the events")
+        await until(pilot, lambda: loaded(app, 10), "the events")
         await pilot.press("x")  # the newest is Running
         assert isinstance(app.screen, ConfirmStop)
         await pilot.press("g", "enter")
@@ -154,7 +164,7 @@ async def test_detail_shows_timeline_payload_result_and_goes_back(tmp_path):
     log.write_text("first line\n")
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete and len(shown(app)) == 10, "the events")
+        await until(pilot, lambda: loaded(app, 10), "the events")
         await pilot.press("enter")
         screen = app.screen
         assert isinstance(screen, DetailScreen)
@@ -195,7 +205,7 @@ async def test_events_appear_live_from_a_running_daemon_and_functions_show_insta
     daemon.start()
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete, "the journal read")
+        await until(pilot, lambda: loaded(app), "the journal read")
         await until(pilot, lambda: "daemon running" in app.status_markup, "the heartbeat")
         drop(spool, "echo", "a.json", {"hello": 1})
         drop(spool, "fail", "b.json", {"x": 1})
@@ -216,7 +226,7 @@ async def test_events_appear_live_from_a_running_daemon_and_functions_show_insta
         functions.focus()
         functions.move_cursor(row=names.index("fail"))
         await pilot.press("enter")  # a function's events
-        assert app.screen.query_one(EventList) and app.query_.function == "fail"
+        assert app.screen.query_one(EventList) and app.flt.function == "fail"
         assert [f for _, f, _ in shown(app)] == ["fail"]
 
 
@@ -224,7 +234,7 @@ async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool,
     daemon.start()
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete, "the journal read")
+        await until(pilot, lambda: loaded(app), "the journal read")
         drop(spool, "slow", "s.json", {"sleep": 60})
         await until(pilot, lambda: shown(app) and shown(app)[0][2] == "Running", "running")
         await pilot.press("x", "enter")
@@ -248,20 +258,23 @@ async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool,
         await until(pilot, lambda: any(told in n for n in notices(app)), "the bulk answer")
 
 
-async def test_a_burst_keeps_the_filtered_index_and_counts_exact(spool, daemon):
-    from daemon.index import STATE_CODE, select
-
+async def test_a_burst_keeps_the_filtered_list_and_counts_exact(spool, daemon):
     daemon.start()
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete, "the journal read")
+        await until(pilot, lambda: loaded(app), "the journal read")
         await pilot.press("s", *["down"] * 5, "space", "enter")  # Succeeded only
-        assert app.query_.states == {State.SUCCEEDED}
+        assert app.flt.states == {State.SUCCEEDED}
         for i in range(150):
             drop(spool, "echo" if i % 3 else "fail", f"e{i}.json", {"i": i})
-        done = STATE_CODE[State.SUCCEEDED], STATE_CODE[State.FAILED]
+        done = ("echo", State.SUCCEEDED), ("fail", State.FAILED)
         await until(
-            pilot, lambda: sum(app.table.counts[c] for c in done) == 150, "the burst ended", 60
+            pilot, lambda: sum(app.counts.get(k, 0) for k in done) == 150, "the burst ended", 60
         )
-        assert list(app.rows or []) == list(select(app.table, app.query_) or [])
-        assert len(shown(app)) == 100 and {s for _, _, s in shown(app)} == {"Succeeded"}
+        await until(pilot, lambda: loaded(app, 100), "the 100 succeeded events listed")
+        expected = EventReads(spool / "journal").select(Filter(states={State.SUCCEEDED}), None)
+        assert {r[0] for r in shown(app)} == {e.id for e in expected}
+        times = [(e.enqueued_at, e.id) for e in expected]
+        by_id = dict(zip((e.id for e in expected), times, strict=True))
+        assert [by_id[r[0]] for r in shown(app)] == sorted(times, reverse=True)
+        assert {s for _, _, s in shown(app)} == {"Succeeded"}

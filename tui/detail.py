@@ -1,7 +1,8 @@
 """One event in full: the transition timeline, attempts, payload, result or error, and its log.
 
-The event is read in a worker (`index.load_event`), then kept current with the records the
-journal tail hands the app; the log is followed in a worker while the event runs.
+The event is read in a worker (`EventReads.get`: the index and the journal after it), then kept
+current with the records the reader hands the app; the log is followed in a worker while the event
+runs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 from textual.worker import get_current_worker
 
-from daemon.index import load_event
 from daemon.model import (
     Event,
     HistoryEntry,
@@ -33,6 +33,7 @@ from daemon.model import (
     apply,
     has_raw,
 )
+from daemon.reads import EventReads
 from tui.format import duration, stamp, state_markup
 from tui.tail import read_log_from
 
@@ -205,7 +206,7 @@ class DetailScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="detail-load")
     def load(self) -> None:
         """Read the event off the UI thread."""
-        event = load_event(self.journal_dir, self.event_id)
+        event = EventReads(self.journal_dir).get(self.event_id)
         self.app.call_from_thread(self._loaded, event)
 
     def _loaded(self, event: Event | None) -> None:
