@@ -140,6 +140,7 @@ class Listing:
 
     def window(self, start: int, count: int) -> list[Row] | None:
         """The rows at positions start.. (fewer at the end); None until `step` brings them."""
+        start = max(0, start)
         if self._work is not None:
             return None
         if self.total is not None and start >= self.total:
@@ -186,6 +187,9 @@ class Listing:
 
     def _extend_up(self, count: int) -> None:
         want = min(count, self.above)
+        if want <= 0:  # nothing of the index's above: the overlay's rows are all there is
+            self.above, self.top = 0, TOP
+            return
         if self.scans:
             self._work = self._scan_up(want)
             return
