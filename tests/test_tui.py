@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from conftest import drop
+import pytest
+from conftest import drop, events, wait_for
 from textual.widgets import DataTable
-from tui_journal import T0, append_records, event_id, history, write_journal
+from tui_journal import T0, append_records, event_id, history, index_journal, write_journal
 
 from daemon.control import DECODER, ReinvokeRequest, StopRequest
+from daemon.journal import list_archives, list_segments
 from daemon.model import State
 from daemon.query import Filter
 from daemon.reads import EventReads
@@ -198,6 +201,28 @@ def _text(widget: Any) -> str:
     return getattr(content, "code", str(content))
 
 
+async def test_without_an_index_the_journal_is_read_whole_until_one_stands(tmp_path):
+    spool = tmp_path / "spool"
+    recs = write_journal(spool, 12, snapshot_upto=6)
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 12), "the events, from the journal")
+        assert app.source == "replay" and "no index yet" in app.filter_markup
+        index_journal(spool)  # the daemon's indexer built it meanwhile
+        await until(pilot, lambda: app.source == "index", "the index taken up")
+        assert [r[0] for r in shown(app)] == [event_id(i) for i in reversed(range(12))]
+        assert "no index yet" not in app.filter_markup
+        # a damaged line in the journal after the index's cursor is told, and skipped
+        append_records(spool, [])
+        _first, segment = list_segments(spool / "journal")[-1]
+        with open(segment, "ab") as f:
+            f.write(b"0badf00d {not a record}\n")
+        more = history(12, "echo", State.ENQUEUED, T0 + 12)
+        append_records(spool, [msgspec.structs.replace(r, seq=recs[-1].seq + 2) for r in more])
+        await until(pilot, lambda: loaded(app, 13), "the event after the damage")
+        assert any("journal damage" in n and "checksum" in n for n in notices(app))
+
+
 # -- with a running daemon ------------------------------------------------------------------
 
 
@@ -278,3 +303,38 @@ async def test_a_burst_keeps_the_filtered_list_and_counts_exact(spool, daemon):
         by_id = dict(zip((e.id for e in expected), times, strict=True))
         assert [by_id[r[0]] for r in shown(app)] == sorted(times, reverse=True)
         assert {s for _, _, s in shown(app)} == {"Succeeded"}
+
+
+async def test_archived_events_and_live_ones_from_the_index_and_nothing_written(spool, daemon):
+    d = daemon.start("--snapshot-every", "40")  # compactions archive ended events often
+    for i in range(60):
+        drop(spool, "echo", f"{i:03d}.json", {"i": i})
+    wait_for(lambda: len(events(spool, "--status", "Succeeded")) == 60, 60, "the events ended")
+    wait_for(lambda: list_archives(spool / "journal"), 30, "an archive")
+    archived = {e.id for _, path in list_archives(spool / "journal") for e in _archive(path)}
+    journal_files = {p.name: p.stat().st_mtime_ns for p in (spool / "journal").iterdir()}
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 60), "every event, archived ones too")
+        assert app.source == "index" and archived <= {r[0] for r in shown(app)}
+        assert len(app.reader.overlay) < 60  # the archived events are read, never held
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            app.reader.index.db.execute("DELETE FROM events")  # the reader's connection
+        drop(spool, "echo", "live.json", {"live": True})
+        await until(pilot, lambda: loaded(app, 61) and shown(app)[0][2] == "Succeeded", "live")
+        assert app.counts[("echo", State.SUCCEEDED)] == 61
+        await pilot.press("G")  # the oldest: an archived event
+        events_list = app.screen.query_one(EventList)
+        await until(pilot, lambda: events_list.cursor == 60, "the oldest")
+        assert events_list.selected_id in archived
+    assert d.stop() == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (spool / "journal").iterdir()}
+    assert {n for n in journal_files if n in after and after[n] != journal_files[n]} <= {
+        n for n in journal_files if n.startswith(("segment-", "index.sqlite"))
+    }  # the dashboard wrote nothing: only the daemon's own files moved
+
+
+def _archive(path: Path) -> list[Any]:
+    from daemon.journal import read_archive
+
+    return list(read_archive(path)[1].values())
