@@ -95,6 +95,7 @@ class EventList(ScrollView, can_focus=True):
         self.empty_text = ""  # what an empty list says
         self.id_width = 36
         self._asked: tuple[object, ...] | None = None
+        self._waiting = False  # the last window asked for has not come yet
 
     # -- the data --------------------------------------------------------------------------
 
@@ -130,7 +131,7 @@ class EventList(ScrollView, can_focus=True):
         if window.generation != self.generation or window.request != self.request:
             return  # the view has asked for another since
         self.start, self.rows, self.total = window.start, window.rows, window.total
-        self.loaded = True
+        self.loaded, self._waiting = True, False
         self._resize_virtual()
         if self.follow:
             self._place(0, scroll=True)
@@ -149,9 +150,9 @@ class EventList(ScrollView, can_focus=True):
         wanted = (top, height, key, self.follow, bottom)
         covered = self.start <= top and top + height <= self.start + len(self.rows)
         ends = self.total is not None and self.start + len(self.rows) >= self.total
-        if not force and wanted == self._asked and (covered or ends):
-            return
-        self._asked = wanted
+        if not force and wanted == self._asked and (self._waiting or covered or ends):
+            return  # held already, or asked for and on its way
+        self._asked, self._waiting = wanted, True
         self.request += 1
         show = Show(
             generation=self.generation,
