@@ -178,6 +178,7 @@ async def measure(spool: Path, spawned_at: float) -> dict[str, float]:
             while counted and events.total is None:
                 await asyncio.sleep(0.005)
             done = asyncio.Event()
+            app.screen.refresh()  # a screen that did not change is not painted again
             app.call_after_refresh(done.set)
             await done.wait()
 

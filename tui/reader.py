@@ -142,7 +142,11 @@ class Reader:
                 self._reopen()
                 return
         if self.listing.busy:
+            counting = self.listing.total is None
             self.listing.step()
+            if counting and self.listing.total is not None:  # counted: tell the total
+                self.pending = True
+                self._send_changed([], [])
         self._answer()
         if not self.listing.busy:
             self.index.db.execute("COMMIT")
