@@ -25,6 +25,7 @@ from tui.app import FnspoolApp
 from tui.detail import DetailScreen, LogScreen
 from tui.event_list import EventList
 from tui.functions import FunctionsScreen
+from tui.listing import Slicer
 from tui.modals import ConfirmStop
 
 SIZE = (160, 40)
@@ -93,13 +94,21 @@ async def test_list_follows_live_and_keeps_the_selection(tmp_path):
         assert events.follow and events.selected_id == event_id(31)
 
 
-async def test_filters_text_states_function_and_clear(tmp_path):
+async def test_filters_text_states_function_and_clear(tmp_path, monkeypatch):
+    # slices of 3 rows: a text filter is counted over many slices, after its first rows show
+    monkeypatch.setattr(Slicer, "__init__", lambda self: setattr(self, "size", 3))
+    monkeypatch.setattr(Slicer, "timed", lambda self, started: None)
     spool = tmp_path / "spool"
     write_journal(spool, 30, snapshot_upto=10)
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: loaded(app, 30), "the events")
         await pilot.press("slash", *"bad input 1", "enter")
+        counted = "the text filter counted, on the list and the filter line"
+        events = app.screen.query_one(EventList)
+        await until(
+            pilot, lambda: events.total == 2 and "[b]2[/] of 30" in app.filter_markup, counted
+        )
         assert [r[0] for r in shown(app)] == [event_id(18), event_id(13)]
         assert "bad input 1" in app.filter_markup
         await pilot.press("escape")  # on the list: clears every filter
