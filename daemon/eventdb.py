@@ -347,8 +347,8 @@ def _branch(index: str, eq: dict[str, str], flt: Filter, rest_states: list[str] 
 
 
 def state_branches(flt: Filter, counts: dict[tuple[str, State], int]) -> list[Branch]:
-    """One branch per ended state the filter lets through (none where the counts say there is
-    no row), each along the narrower of its state's and its function's index."""
+    """One branch per ended state the filter lets through, each along the narrower (by the
+    counts) of its state's and its function's index."""
     by_state: dict[str, int] = {}
     by_function = 0
     for (function, each), n in counts.items():
@@ -356,17 +356,12 @@ def state_branches(flt: Filter, counts: dict[tuple[str, State], int]) -> list[Br
         if function == flt.function:
             by_function += n
     branches = []
-    for state in ended_states(flt):
-        if flt.function is not None:
-            if not counts.get((flt.function, State(state))):
-                continue
-            if by_function < by_state[state]:
-                eq = {"function": flt.function}
-                branches.append(_branch("events_by_function", eq, flt, [state]))
-                continue
-        elif not by_state.get(state):
-            continue
-        branches.append(_branch("events_by_state", {"state": state}, flt, None))
+    for state in ended_states(flt):  # none left out: rows of any state may come later
+        if flt.function is not None and by_function < by_state.get(state, 0):
+            eq = {"function": flt.function}
+            branches.append(_branch("events_by_function", eq, flt, [state]))
+        else:
+            branches.append(_branch("events_by_state", {"state": state}, flt, None))
     return branches
 
 

@@ -127,18 +127,22 @@ class EventList(ScrollView, can_focus=True):
         self.ask(force=True)
 
     def took(self, window: WindowRead) -> None:
-        """A window from the reader (an answer, or the list moved by live changes)."""
-        if window.generation != self.generation or window.request != self.request:
-            return  # the view has asked for another since
+        """A window from the reader (an answer, or the list moved by live changes). Every
+        window of this filter is taken, in order: its rows are the list as it is now."""
+        if window.generation != self.generation:
+            return
+        latest = window.request >= self.request  # else the view moved since it asked
         self.start, self.rows, self.total = window.start, window.rows, window.total
-        self.loaded, self._waiting = True, False
+        self.loaded = True
+        self._waiting = self._waiting and not latest
         self._resize_virtual()
         if self.follow:
             self._place(0, scroll=True)
         else:
             if window.shift:
                 self.scroll_to(y=self.scroll_y + window.shift, animate=False, immediate=True)
-            at = window.cursor if window.cursor is not None else self.cursor + window.shift
+            at = window.cursor if latest and window.cursor is not None else None
+            at = self.cursor + window.shift if at is None else at
             self._place(min(at, max(0, self.count - 1)), scroll=True)
         self.refresh()
 
