@@ -223,12 +223,27 @@ class Listing:
     def _seek(self, start: int) -> None:
         """Move the cache to start at (about) position `start`."""
         target = max(0, start - len(self.extra_keys))
+        total = self.total
         if target == 0:
             self._reset_cache(TOP, 0)
+        elif not self.scans and total is not None and total - start <= JUMP:
+            self._seek_bottom(total - start + len(self.extra_keys))
         elif not self.scans and all(b.rest == "1" for b in self.branches):
             self._seek_by_times(target)  # along the indexes alone: no row is read
         else:
             self._work = self._seek_by_slices(target)
+
+    def _seek_bottom(self, count: int) -> None:
+        """The last `count` index rows, read upwards from the oldest (no offset to skip)."""
+        assert self.total_indexed is not None
+        bodies = eventdb.page(self.index, self.branches, BOTTOM, count, descending=False)
+        rows = [row_decoder.decode(b) for b in bodies]
+        self._reset_cache(TOP, 0)
+        self.reached_bottom = True
+        if rows:
+            self.rows = rows[::-1]
+            self.above = max(0, self.total_indexed - len(rows))
+            self.top = TOP if self.above == 0 else after(rows[-1].key)
 
     def _seek_by_times(self, target: int) -> None:
         width = 64
