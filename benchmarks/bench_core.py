@@ -28,11 +28,7 @@ import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from daemon.journal import JournalFollower  # noqa: E402
-from daemon.model import State  # noqa: E402
+from harness import REPO, JournalFollower, make_spool, running_daemon, wait_ended
 
 ECHO_CHILD = textwrap.dedent(
     """
@@ -47,8 +43,6 @@ ECHO_CHILD = textwrap.dedent(
         os.write(w, struct.pack(">I", len(body)) + body)
     """
 )
-
-NOOP = "import time\n\ndef handler(event, context):\n    return {'t': time.monotonic()}\n"
 
 
 def pipe_baseline(rounds: int) -> float:
@@ -81,31 +75,6 @@ def file_create_baseline(directory: Path, count: int = 500) -> float:
     return (time.perf_counter() - start) / count * 1e6
 
 
-def make_spool(root: Path) -> Path:
-    spool = root / "spool"
-    (spool / "functions" / "noop").mkdir(parents=True)
-    (spool / "functions" / "noop.toml").write_text('handler = "index.handler"\nmax_instances = 2\n')
-    (spool / "functions" / "noop" / "index.py").write_text(NOOP)
-    return spool
-
-
-def start_daemon(spool: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)],
-        cwd=REPO,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if json.loads((spool / "run" / "status.json").read_text()).get("ready"):
-                return proc
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.01)
-    raise SystemExit("the daemon did not become ready")
-
-
 _HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -134,19 +103,7 @@ def cpu_split(pid: int) -> dict[str, float]:
     return split
 
 
-def ended(follower: JournalFollower) -> tuple[int, int]:
-    """Events ended since the last call, and how many of them did not succeed (cheap: only the
-    new records are read)."""
-    done = failed = 0
-    for rec in follower.poll():
-        state = getattr(rec, "state", None)
-        if state is not None and state.terminal:
-            done += 1
-            failed += state is not State.SUCCEEDED
-    return done, failed
-
-
-def burst(spool: Path, count: int, deadline: float = 120.0) -> float:
+def burst(spool: Path, proc: subprocess.Popen[bytes], count: int, deadline: float = 120.0) -> float:
     """Events/s for `count` files renamed into incoming/ at once, until all Succeeded."""
     staging = spool / "tmp"
     names = []
@@ -160,16 +117,7 @@ def burst(spool: Path, count: int, deadline: float = 120.0) -> float:
     start = time.perf_counter()
     for i, path in enumerate(names):
         os.rename(path, target / f"b{i:06d}.json")
-    done = failed = 0
-    while done < count:
-        if time.perf_counter() - start > deadline:
-            raise SystemExit(f"only {done} of {count} events ended within {deadline:.0f} s")
-        time.sleep(0.005)
-        more, bad = ended(follower)
-        done, failed = done + more, failed + bad
-    if failed:
-        raise SystemExit(f"{failed} of {count} events did not succeed: see `fnspool events list`")
-    return count / (time.perf_counter() - start)
+    return count / wait_ended(follower, count, start, proc, deadline)
 
 
 def latency(spool: Path, samples: int) -> list[float]:
@@ -219,11 +167,10 @@ def main() -> None:
             f"{file_create_baseline(files):.0f} us each"
         )
         spool = make_spool(Path(root))
-        proc = start_daemon(spool)
-        try:
-            burst(spool, 50)  # warm both instances
+        with running_daemon(spool) as proc:
+            burst(spool, proc, 50)  # warm both instances
             before = cpu_split(proc.pid)
-            rate = burst(spool, args.events)
+            rate = burst(spool, proc, args.events)
             after = cpu_split(proc.pid)
             print(
                 f"burst     {args.events} files, 2 instances, durable: {rate:,.0f} events/s "
@@ -242,9 +189,6 @@ def main() -> None:
                 f"latency   rename -> handler start: p50 {p50:.3f} ms, p99 {p99:.3f} ms "
                 f"(p50 = {p50 / base_us:.1f}x a pipe round trip; target p50 <= 1 ms)"
             )
-        finally:
-            proc.terminate()
-            proc.wait(30)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,56 @@
-"""The `fnspool` command: argument parsing, errors for people, the one place the loop is made."""
+"""The `fnspool` command: argument parsing, errors for people, the one place the loop is made.
+
+A command's module is imported only when it runs: every `events get` or `events list` starts a
+Python process, and the modules of the other commands (the install's subprocess and shutil, the
+control requests' ids, the definitions' TOML parser) would cost it a fifth of its time.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-from daemon import actions, commands, install
 from daemon.errors import FnspoolError
+from daemon.ids import BadId, check_id
+from daemon.limits import MAX_VALUE_BYTES
+from daemon.spool import SYSTEM_SPOOL
 
-log = logging.getLogger(__name__)
+RELOAD_TIMEOUT = 60.0  # seconds `fnspool systemd reload` waits for the daemon by default
+
+
+def _command(target: str) -> Callable[[argparse.Namespace], int]:
+    """The function `MODULE.NAME` of the daemon package, imported when the command runs."""
+    module, name = target.split(".")
+
+    def run(args: argparse.Namespace) -> int:
+        function: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"daemon.{module}"), name
+        )
+        return function(args)
+
+    return run
+
+
+def _payload_limit(text: str) -> int:
+    """--max-payload-bytes: a payload is journaled whole, so it is held to the record limit."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if not 0 < value <= MAX_VALUE_BYTES:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_VALUE_BYTES} bytes, got {value}")
+    return value
+
+
+def request_id(text: str) -> str:
+    """An argument that must be a request id: argparse's clear error (exit 2) when it is not."""
+    try:
+        return check_id(text)
+    except BadId as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     daemon = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
     daemon.add_argument("--drain-timeout", type=float, default=30.0, metavar="S")
-    daemon.add_argument("--max-payload-bytes", type=int, default=1 << 20, metavar="N")
+    daemon.add_argument("--max-payload-bytes", type=_payload_limit, default=1 << 20, metavar="N")
     daemon.add_argument(
         "--retention", default="3d", metavar="T", help="keep ended events this long"
     )
@@ -36,23 +75,35 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "--segment-bytes", type=int, default=64 << 20, metavar="N", help="journal segment size"
     )
+    daemon.add_argument(
+        "--run-as",
+        default=os.environ.get("FNSPOOL_RUN_AS", ""),
+        metavar="USER",
+        help="run the instances of functions that set no `user` as USER "
+        "(default: $FNSPOOL_RUN_AS, else the daemon's own user)",
+    )
     daemon.add_argument("-v", "--verbose", action="store_true")
-    daemon.set_defaults(run=commands.daemon)
+    daemon.set_defaults(run=_command("commands.daemon"))
 
-    sub.add_parser("tui", parents=[common], help="the dashboard").set_defaults(run=commands.tui)
+    tui = sub.add_parser("tui", parents=[common], help="the dashboard")
+    tui.set_defaults(run=_command("commands.tui"))
 
     invoke = sub.add_parser("invoke", parents=[common], help="submit an event")
     invoke.add_argument("function", metavar="NAME")
     source = invoke.add_mutually_exclusive_group()
     source.add_argument("--payload", metavar="JSON", help="the payload (default: {})")
     source.add_argument("--payload-file", metavar="F", help="read the payload from F (- for stdin)")
-    invoke.add_argument("--id", help="an explicit request id (an idempotency key)")
+    invoke.add_argument(
+        "--id",
+        type=request_id,
+        help="an explicit request id (an idempotency key): 1 to 128 letters, digits, _ . : -",
+    )
     invoke.add_argument(
         "--delay", type=float, metavar="S", help="run no sooner than S seconds from now"
     )
     invoke.add_argument("--wait", action="store_true", help="wait until the event ends")
     invoke.add_argument("--json", action="store_true")
-    invoke.set_defaults(run=commands.invoke)
+    invoke.set_defaults(run=_command("commands.invoke"))
 
     _events_parser(sub, common)
 
@@ -60,14 +111,38 @@ def _parser() -> argparse.ArgumentParser:
     fsub = functions.add_subparsers(dest="action", required=True, metavar="ACTION")
     flist = fsub.add_parser("list", parents=[common], help="definitions, errors and instances")
     flist.add_argument("--json", action="store_true")
-    flist.set_defaults(run=commands.functions_list)
+    flist.set_defaults(run=_command("commands.functions_list"))
 
     status = sub.add_parser("status", parents=[common], help="daemon health (exit 3 when down)")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(run=commands.status)
+    status.set_defaults(run=_command("commands.status"))
 
-    install.add_parser(sub, common)  # fnspool systemd install|uninstall|reload
+    _systemd_parser(sub, common)
     return parser
+
+
+def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """`fnspool systemd install|uninstall|reload` (daemon/install.py does them)."""
+    systemd = sub.add_parser("systemd", help="install the systemd units")
+    ssub = systemd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("install", "write the units, create the user and the spool"),
+        ("uninstall", "remove the units (the spool is kept)"),
+    ):
+        p = ssub.add_parser(name, help=text)
+        p.add_argument(
+            "--spool",
+            metavar="DIR",
+            help=f"the spool (default: {SYSTEM_SPOOL}, or ~/.local/share/fnspool with --user)",
+        )
+        p.add_argument("--user", action="store_true", help="for `systemctl --user`")
+        p.add_argument("--unit-dir", metavar="DIR", help="write the units there instead")
+        p.add_argument("--now", action="store_true", help="also run the systemctl commands")
+        p.set_defaults(run=_command(f"install.{name}"))
+    r = ssub.add_parser("reload", parents=[common], help="SIGHUP the daemon and wait (ExecReload)")
+    r.add_argument("--pid", type=int, required=True, help="the daemon's pid ($MAINPID)")
+    r.add_argument("--timeout", type=float, default=RELOAD_TIMEOUT, metavar="S")
+    r.set_defaults(run=_command("install.reload"))
 
 
 def _filter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,32 +162,32 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     _filter_arguments(elist)
     elist.add_argument("--order", choices=("asc", "desc"), default="desc")
     elist.add_argument("--json", action="store_true")
-    elist.set_defaults(run=commands.events_list)
+    elist.set_defaults(run=_command("commands.events_list"))
 
     eget = esub.add_parser("get", parents=[common], help="one event in full")
-    eget.add_argument("id")
+    eget.add_argument("id", type=request_id)
     eget.add_argument("--json", action="store_true")
-    eget.set_defaults(run=commands.events_get)
+    eget.set_defaults(run=_command("commands.events_get"))
 
     elogs = esub.add_parser("logs", parents=[common], help="an event's log")
-    elogs.add_argument("id")
+    elogs.add_argument("id", type=request_id)
     elogs.add_argument("--follow", "-f", action="store_true", help="follow until the event ends")
-    elogs.set_defaults(run=commands.events_logs)
+    elogs.set_defaults(run=_command("commands.events_logs"))
 
     estop = esub.add_parser("stop", parents=[common], help="stop an event (forced by default)")
-    estop.add_argument("id")
+    estop.add_argument("id", type=request_id)
     estop.add_argument(
         "--graceful", action="store_true", help="SIGTERM first; forced after the grace period"
     )
     estop.add_argument("--wait", action="store_true", help="wait until the event has stopped")
-    estop.set_defaults(run=actions.events_stop)
+    estop.set_defaults(run=_command("actions.events_stop"))
 
     ereinvoke = esub.add_parser(
         "reinvoke",
         parents=[common],
         help="run an ended event again, or every ended event the filters match",
     )
-    ereinvoke.add_argument("id", nargs="?", help="the event (or use the filters)")
+    ereinvoke.add_argument("id", nargs="?", type=request_id, help="the event (or use the filters)")
     _filter_arguments(ereinvoke)
     payload = ereinvoke.add_mutually_exclusive_group()
     payload.add_argument("--payload", metavar="JSON", help="a new payload (default: the old one)")
@@ -120,12 +195,12 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     ereinvoke.add_argument("--yes", "-y", action="store_true", help="no confirmation")
     ereinvoke.add_argument("--wait", action="store_true", help="wait until the new events end")
     ereinvoke.add_argument("--json", action="store_true")
-    ereinvoke.set_defaults(run=actions.events_reinvoke)
+    ereinvoke.set_defaults(run=_command("actions.events_reinvoke"))
 
     ewait = esub.add_parser("wait", parents=[common], help="block until events end")
-    ewait.add_argument("ids", nargs="+", metavar="ID")
+    ewait.add_argument("ids", nargs="+", metavar="ID", type=request_id)
     ewait.add_argument("--timeout", type=float, metavar="S")
-    ewait.set_defaults(run=commands.events_wait)
+    ewait.set_defaults(run=_command("commands.events_wait"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,11 +14,11 @@ import msgspec
 
 from daemon import lock
 from daemon.errors import FnspoolError
-from daemon.functions import NAME_RE, load_catalog
 from daemon.model import Event, State
 from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, summary
 from daemon.reads import EventReads
 from daemon.spool import Spool
+from daemon.text import printable
 
 POLL = 0.05
 EXIT_NOT_RUNNING = 3
@@ -37,7 +37,19 @@ def _print_json(value: Any) -> None:
 
 
 def _find(reads: EventReads, request_id: str) -> Event:
+    """The event with that id, or the only one whose id starts with it (as git and docker)."""
     event = reads.get(request_id)
+    if event is not None:
+        return event
+    found = reads.ids_with_prefix(request_id, limit=2)
+    if len(found) > 1:
+        raise FnspoolError(
+            f"{request_id!r} is the start of several ids ({found[0]}, {found[1]}, ...): "
+            "give more of it",
+            title="ambiguous",
+            exit_code=2,
+        )
+    event = reads.get(found[0]) if found else None
     if event is None:
         raise FnspoolError(f"no event with id {request_id!r}", title="not found", exit_code=4)
     return event
@@ -63,11 +75,32 @@ def daemon(args: argparse.Namespace) -> int:
         retention=time.time() - parse_time(args.retention),
         snapshot_every=args.snapshot_every,
         segment_bytes=args.segment_bytes,
+        run_as=_run_as(args.run_as),
     )
     try:
         return uvloop.run(Daemon(_spool(args), settings).run())
     except lock.LockHeld as exc:
         raise FnspoolError(str(exc), title="spool busy") from None
+
+
+def _run_as(name: str) -> str:
+    """`--run-as` checked: a known user, and one this daemon may switch to."""
+    from daemon import users
+
+    if not name:
+        return ""
+    try:
+        account = users.lookup(name)
+    except ValueError as exc:
+        raise FnspoolError(str(exc), title="bad --run-as", exit_code=2) from None
+    if os.geteuid() != 0 and account.uid != os.geteuid():
+        raise FnspoolError(
+            f"only a daemon run as root can run instances as user {name} "
+            f"(this one would run as {users.name_of(os.geteuid())})",
+            title="bad --run-as",
+            exit_code=2,
+        )
+    return name
 
 
 def tui(args: argparse.Namespace) -> int:
@@ -106,6 +139,7 @@ def _payload(args: argparse.Namespace) -> Any:
 
 def invoke(args: argparse.Namespace) -> int:
     """Drop an envelope into incoming/ the maildir way (write in tmp/, rename in)."""
+    from daemon.functions import NAME_RE  # the TOML parser: not for every read
     from daemon.ids import new_request_id
 
     spool = _spool(args)
@@ -178,7 +212,7 @@ def events_list(args: argparse.Namespace) -> int:
     print(_ROW.format("ID", "FUNCTION", "STATE", "ATT", "ENQUEUED", "DURATION", "ERROR"))
     for e in chosen:
         duration = f"{e.duration_ms:.1f}ms" if e.duration_ms is not None else "-"
-        error = f"{e.error.type}: {e.error.message}"[:60] if e.error else ""
+        error = printable(f"{e.error.type}: {e.error.message}")[:60] if e.error else ""
         print(
             _ROW.format(
                 e.id, e.function, e.state.value, e.attempts, iso(e.enqueued_at), duration, error
@@ -218,7 +252,7 @@ def _print_event(event: Event, spool: Spool) -> None:
     if view["result"] is not None:
         print(f"{'result:':13} {json.dumps(view['result'])}")
     if view["error"]:
-        print(f"{'error:':13} {view['error']['type']}: {view['error']['message']}")
+        print(f"{'error:':13} {_error_text(view['error'])}")
     print("history:")
     for h in view["history"]:
         extra = " ".join(f"{k}={h[k]}" for k in ("reason", "instance") if k in h)
@@ -226,7 +260,12 @@ def _print_event(event: Event, spool: Spool) -> None:
         if "usage" in h:
             print(f"  {'':24}  {_usage_text(h['usage'])}")
         if "error" in h and h["state"] != view["state"]:
-            print(f"  {'':24}  {h['error']['type']}: {h['error']['message']}")
+            print(f"  {'':24}  {_error_text(h['error'])}")
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    """An error for a terminal: what a handler wrote can hold escape codes."""
+    return printable(f"{error['type']}: {error['message']}")
 
 
 def _usage_text(usage: dict[str, Any]) -> str:
@@ -256,7 +295,7 @@ def events_logs(args: argparse.Namespace) -> int:
             offset = _copy_from(path, offset)
             return 0
         time.sleep(POLL)
-        event = reads.get(args.id) or event
+        event = reads.get(event.id) or event
 
 
 def _copy_from(path: os.PathLike[str], offset: int) -> int:
@@ -274,20 +313,17 @@ def _copy_from(path: os.PathLike[str], offset: int) -> int:
 def events_wait(args: argparse.Namespace) -> int:
     """Block until every named event ends; exit 1 unless all succeeded."""
     spool = _spool(args)
-    ended = _wait_for(spool, args.ids, timeout=args.timeout, known_only=True)
-    for request_id in args.ids:
+    reads = _reads(spool)
+    ids = [_find(reads, given).id for given in args.ids]
+    ended = _wait_for(spool, ids, timeout=args.timeout)
+    for request_id in ids:
         print(f"{request_id} {ended[request_id].state.value}")
     return 0 if all(e.state is State.SUCCEEDED for e in ended.values()) else 1
 
 
-def _wait_for(
-    spool: Spool, ids: list[str], timeout: float | None, known_only: bool = False
-) -> dict[str, Event]:
+def _wait_for(spool: Spool, ids: list[str], timeout: float | None) -> dict[str, Event]:
     """Poll the events until every id has ended."""
     reads = _reads(spool)
-    if known_only:
-        for request_id in ids:
-            _find(reads, request_id)
     deadline = None if timeout is None else time.monotonic() + timeout
     warned = False
     while True:
@@ -324,10 +360,16 @@ def _status_file(spool: Spool) -> dict[str, Any] | None:
 
 def functions_list(args: argparse.Namespace) -> int:
     """Definitions with their errors and live instances."""
+    from daemon.functions import load_catalog
+
     spool = _spool(args)
     catalog = load_catalog(spool.functions)
     status = _status_file(spool) if lock.holder(spool.run) is not None else None
     instances = (status or {}).get("instances", {})
+    kept = set((status or {}).get("last_good_definitions", []))
+    # who runs a function that names no user: known while the daemon runs
+    default_user = (status or {}).get("run_as") or (status or {}).get("user")
+    implicit_root = set((status or {}).get("implicit_root", []))
     rows = []
     for name, d in sorted(catalog.functions.items()):
         rows.append(
@@ -338,22 +380,39 @@ def functions_list(args: argparse.Namespace) -> int:
                 "command": d.command or None,
                 "timeout": d.timeout,
                 "max_instances": d.max_instances,
+                "user": d.user or default_user or None,
+                "implicit_root": name in implicit_root,
                 "error": None,
                 "instances": instances.get(name, []),
             }
         )
     for name, err in sorted(catalog.errors.items()):
-        rows.append({"name": name, "error": err.message, "path": err.path, "instances": []})
+        rows.append(
+            {
+                "name": name,
+                "error": err.message,
+                "path": err.path,
+                "last_good_in_use": name in kept,
+                "instances": instances.get(name, []) if name in kept else [],
+            }
+        )
     if args.json:
         _print_json(rows)
         return 0
     for row in rows:
         if row["error"]:
             print(f"{row['name']:20} ERROR  {row['path']}: {row['error']}")
+            if row["last_good_in_use"]:
+                print(f"{'':20}        the daemon runs its last good definition until it is fixed")
         else:
             count = f"{len(row['instances'])}/{row['max_instances']}"
             runs = row["handler"] or " ".join(row["command"] or [])
-            print(f"{row['name']:20} {row['runtime']:7} {runs[:32]:32} instances {count}")
+            line = f"{row['name']:20} {row['runtime']:7} {runs[:32]:32} instances {count}"
+            if row["implicit_root"]:
+                line += "  as ROOT (no user set)"
+            elif row["user"]:
+                line += f"  as {row['user']}"
+            print(line)
     return 1 if catalog.errors else 0
 
 
@@ -371,6 +430,8 @@ def status(args: argparse.Namespace) -> int:
         "running_events": info.get("running") if running else None,
         "events": info.get("events", {}),
         "definition_errors": info.get("definition_errors", {}),
+        "last_good_definitions": info.get("last_good_definitions", []) if running else [],
+        "implicit_root": info.get("implicit_root", []) if running else [],
         "journal_damage": info.get("journal_damage", []),
         "file_helper": info.get("file_helper") if running else None,
         "indexer": info.get("indexer") if running else None,
@@ -393,8 +454,13 @@ def status(args: argparse.Namespace) -> int:
             helper = view["file_helper"]
             if helper is not None and not helper.get("running"):
                 print("file helper: not running (the daemon writes logs and removes files itself)")
+        if view["implicit_root"]:
+            names = ", ".join(view["implicit_root"])
+            print(f"running as root with no `user` set (set one, or --run-as): {names}")
         for name, message in view["definition_errors"].items():
-            print(f"definition error: {name}: {message}")
+            kept = name in view["last_good_definitions"]
+            note = " (its last good definition stays in use)" if kept else ""
+            print(f"definition error: {name}: {message}{note}")
         for damage in view["journal_damage"]:
             print(f"journal damage: {damage['path']} at {damage['offset']}: {damage['reason']}")
     return 0 if running else EXIT_NOT_RUNNING

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.ids import new_request_id
+from daemon.ids import check_id, new_request_id
 from daemon.model import NO_RAW
 
 
@@ -43,6 +43,14 @@ class ReinvokeRequest(
 ControlRequest = StopRequest | ReinvokeRequest
 
 DECODER = msgspec.json.Decoder(ControlRequest)
+
+
+def check_ids(request: ControlRequest) -> None:
+    """Raise BadId unless every id in `request` passes the id rule."""
+    check_id(request.id)
+    if isinstance(request, ReinvokeRequest):
+        check_id(request.new_id, "new_id")
+
 
 #: outcomes of a request, as its `Request` record's `outcome` says them
 APPLIED = "applied"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,11 @@ from typing import Any
 import msgspec
 
 from daemon.functions import AsyncConfig, Catalog
+from daemon.ids import check_id, derived_id
+from daemon.limits import MAX_VALUE_BYTES
 from daemon.model import Event, Source, State, has_raw
 from daemon.query import iso
+from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,22 @@ def build_record(event: Event) -> dict[str, Any]:
     }
 
 
+def encode_within(record: dict[str, Any], limit: int = MAX_VALUE_BYTES) -> bytes:
+    """The record as JSON, at most `limit` bytes where it can be: over it, its payloads (the larger
+    first) become null, and `truncated` gives their sizes (the event itself keeps them whole)."""
+    data = msgspec.json.encode(record)
+    if len(data) <= limit:
+        return data
+    sizes = {k: len(msgspec.json.encode(record[k])) for k in ("requestPayload", "responsePayload")}
+    record = {**record, "truncated": {}}
+    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        record[key], record["truncated"][key] = None, sizes[key]
+        data = msgspec.json.encode(record)
+        if len(data) <= limit:
+            break
+    return data
+
+
 def folder_in_spool(root: Path, destination: str) -> Path:
     """The folder a destination names, which must lie inside the spool; ValueError if not."""
     folder = (root / destination).resolve()
@@ -81,7 +101,9 @@ def write_once(folder: Path, name: str, data: bytes) -> bool:
     if target.exists():
         return False
     temp = folder / f".{name}.{os.getpid()}.tmp"
-    with open(temp, "wb") as f:
+    # the spool's group reads records, nobody else (docs/security.md), whatever the umask
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    with open(os.open(temp, flags, 0o640), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -130,10 +152,20 @@ class Destinations:
             if event.ended:
                 self.ended(event)
 
-    async def flush(self) -> None:
-        """Wait until every pending record is delivered."""
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every pending record is delivered, or `timeout` seconds have passed (the
+        rest stay owed: an ended event without its Delivered record is delivered at start-up)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                log.warning("%d destination records left for the next start", len(self._pending))
+                self._task.cancel()
+                return
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), left)
+            except TimeoutError:
+                continue
 
     def _destination(self, event: Event) -> str:
         definition = self._catalog().functions.get(event.function)
@@ -161,18 +193,22 @@ class Destinations:
                 try:
                     await self._deliver(event)
                 except Exception as exc:  # one bad destination never stops the others
-                    log.error("event %s: destination delivery failed: %s", event.id, exc)
+                    log.error("event %s: destination delivery failed: %s", printable(event.id), exc)
 
     async def _deliver(self, event: Event) -> None:
         destination = self._destination(event)
         condition = CONDITIONS.get(event.state, event.state.value)
-        record = msgspec.json.encode(build_record(event))
         if destination.startswith(FUNCTION_PREFIX):
+            # the record becomes an event's payload, journaled: held to the limit of a payload
+            record = encode_within(build_record(event))
             function = destination.removeprefix(FUNCTION_PREFIX)
             source = Source(via="destination")
-            self._enqueue(function, msgspec.Raw(record), f"{event.id}-{condition}", source)
+            request_id = derived_id(event.id, condition)
+            self._enqueue(function, msgspec.Raw(record), request_id, source)
         else:
+            record = msgspec.json.encode(build_record(event))
             folder = folder_in_spool(self.root, destination)
-            await asyncio.to_thread(write_once, folder, f"{event.id}.json", record + b"\n")
+            name = f"{check_id(event.id)}.json"
+            await asyncio.to_thread(write_once, folder, name, record + b"\n")
         self._mark(event, destination, condition)
         log.info("event %s: %s record delivered to %s", event.id, condition, destination)

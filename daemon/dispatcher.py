@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import random
 import signal
@@ -14,19 +15,34 @@ from typing import Any
 
 import msgspec
 
-from daemon.functions import Catalog, FunctionDef
+from daemon.functions import AsyncConfig, Catalog, FunctionDef
+from daemon.ids import id_problem
 from daemon.journal_writer import JournalFailed
+from daemon.limits import bounded_error
 from daemon.logfiles import DirectLogs, LogSink
 from daemon.metrics import Metrics
-from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State
+from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State, Usage
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
-from daemon.runtimes.base import EventLog, HookOutcome, Instance, InstanceStartError, Outcome
+from daemon.runtimes.base import (
+    EventLog,
+    HookOutcome,
+    Instance,
+    InstanceStartError,
+    Outcome,
+    bounded,
+)
 from daemon.store import Store
+from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "Interrupted"
+MAY_HAVE_STARTED = "dequeued before a crash: it may have started"
+# events dequeued ahead per instance, so that one fsync covers the intents of many: after a
+# crash, these may show an Interrupted attempt they never started (not held against the bound)
+AHEAD_PER_INSTANCE = 16
+AHEAD_MAX = 256
 USER_EXIT = ErrorInfo(type="UserProcessExit", message="User process exit when running", code=439)
 STOPPED_ERROR = ErrorInfo(type="Stopped", message="stopped by request")
 
@@ -38,6 +54,28 @@ def backoff_delay(definition: FunctionDef, failures: int) -> float:
     cfg = definition.async_
     ceiling = min(cfg.backoff * 2 ** (failures - 1), cfg.backoff_max)
     return random.uniform(ceiling / 2, ceiling)
+
+
+def interruptions(event: Event) -> int:
+    """Attempts cut off by the daemon's end (a crash, or a shutdown past its drain timeout)
+    after their start was on disk: an event dequeued ahead that may not even have started is
+    not held against the bound (a crash loop would fail the innocent events next in line)."""
+    return sum(
+        1
+        for before, after in itertools.pairwise(event.history)
+        if after.state is State.RETRYING
+        and after.reason == INTERRUPTED
+        and before.reason != MAY_HAVE_STARTED
+    )
+
+
+def too_many_interruptions(count: int, limit: int) -> ErrorInfo:
+    """The error of an event ended because its attempts keep being cut off."""
+    message = (
+        f"the daemon ended during {count} attempts of this event, more than "
+        f"async.max_interruptions ({limit}): it is not run again"
+    )
+    return ErrorInfo(type="TooManyInterruptions", message=message)
 
 
 def failed_attempts(event: Event) -> int:
@@ -86,6 +124,8 @@ class Dispatcher:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        # submitted before their records were on disk, with when they are due (monotonic)
+        self._undurable: list[tuple[Event, float]] = []
         # when each unfinished event was born, on the monotonic clock: its age for expiry
         # does not move with wall-clock jumps (taken from the wall clock once, when first seen)
         self._born: dict[str, float] = {}
@@ -96,10 +136,25 @@ class Dispatcher:
     # -- queueing -------------------------------------------------------------------------
 
     def submit(self, event: Event) -> None:
-        """Queue an event now, or when its `not_before` time comes."""
+        """Queue an event once its records are durable, now or when its `not_before` comes."""
+        # only a journal written before ids were checked can hold a bad id
+        if (why := id_problem(event.id)) is not None:
+            self._refuse_bad_id(event, why)
+            return
         if event.id not in self._born:
             self._born[event.id] = time.monotonic() - max(0.0, time.time() - event.enqueued_at)
-        wait = (event.not_before or 0) - time.time()
+        # the wait is read off the wall clock now, and kept on the monotonic one: a clock that
+        # jumps while the records become durable moves no backoff
+        due = time.monotonic() + max(0.0, (event.not_before or 0) - time.time())
+        if event.seq > self.store.writer.durable_seq:
+            self._undurable.append((event, due))
+            if len(self._undurable) == 1:
+                asyncio.get_running_loop().create_task(self._submit_when_durable())
+            return
+        self._queue_at(event, due)
+
+    def _queue_at(self, event: Event, due: float) -> None:
+        wait = due - time.monotonic()
         if wait > 0:
             handle = asyncio.get_running_loop().call_later(wait, self._due, event.id)
             self._timers.add(handle)
@@ -113,6 +168,16 @@ class Dispatcher:
             )
         self._queues[name].append(event.id)
         self._ready[name].set()
+
+    async def _submit_when_durable(self) -> None:
+        try:
+            await self.store.sync()
+        except JournalFailed:
+            return  # the daemon stops; the restart queues them
+        waiting, self._undurable = self._undurable, []
+        for event, due in waiting:
+            if not event.ended:
+                self._queue_at(event, due)
 
     def _due(self, request_id: str) -> None:
         self._timers = {t for t in self._timers if not t.cancelled() and t.when() > 0}
@@ -147,6 +212,7 @@ class Dispatcher:
                     queue.popleft(), "FunctionNotFound", f"function {name!r} is not defined"
                 )
                 continue
+            self._dequeue_ahead(queue, definition)
             try:
                 lease = await self._pool(definition).lease()
             except PoolClosed:
@@ -158,6 +224,29 @@ class Dispatcher:
             task = asyncio.get_running_loop().create_task(self._run_event(event, definition, lease))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def dequeue_early(self, events: list[Event]) -> None:
+        """Journal Dequeued now for new events that will be dispatched at once, so one fsync
+        makes both their Enqueued and the intent to run them durable (an idle daemon then pays
+        one fsync between a file's arrival and its handler's start, not two)."""
+        ahead: collections.Counter[str] = collections.Counter()
+        for event in events:
+            definition = self._catalog().functions.get(event.function)
+            if definition is None or event.not_before is not None:
+                continue
+            queued = len(self._queues.get(event.function, ())) + ahead[event.function]
+            if queued < min(AHEAD_PER_INSTANCE * definition.max_instances, AHEAD_MAX):
+                ahead[event.function] += 1
+                self._dequeue(event, definition)
+
+    def _dequeue_ahead(self, queue: collections.deque[str], definition: FunctionDef) -> None:
+        """Journal Dequeued for the events next in line before an instance is free: that record
+        is the intent to run them, and its fsync goes on while earlier events run."""
+        depth = min(AHEAD_PER_INSTANCE * definition.max_instances, AHEAD_MAX)
+        for request_id in itertools.islice(queue, depth):
+            event = self.store.get(request_id)
+            if event is not None and event.state is State.ENQUEUED:
+                self._dequeue(event, definition)  # an event too old ends Expired here
 
     def _pool(self, definition: FunctionDef) -> FunctionPool:
         pool = self.pools.get(definition.name)
@@ -202,7 +291,7 @@ class Dispatcher:
             started=outcome.started,
             duration_ms=outcome.duration_ms,
             ok=outcome.ok,
-            error=outcome.error,
+            error=bounded_error(outcome.error) if outcome.error is not None else None,
             request_id=request_id,
         )
         try:
@@ -212,6 +301,15 @@ class Dispatcher:
                 "instance %s: %s not journaled (the journal failed)", instance.id, outcome.hook
             )
 
+    def _refuse_bad_id(self, event: Event, why: str) -> None:
+        """End an event whose id could not name its log (nor a file anywhere): never run."""
+        message = f"its request id is not valid: {why}"
+        if event.state is State.RETRYING:  # interrupted by a crash: Invalid cannot follow
+            self._end(event, State.STOPPED, reason=message)
+            log.warning("event %s Stopped: %s", printable(event.id), message)
+        else:
+            self._invalidate(event.id, "InvalidRequestId", message)
+
     def _invalidate(self, request_id: str, kind: str, message: str) -> None:
         event = self.store.get(request_id)
         if event is None or event.ended:
@@ -220,7 +318,7 @@ class Dispatcher:
             event = self.store.transition(event, State.DEQUEUED)
         if event.state is State.DEQUEUED:
             self._end(event, State.INVALID, error=ErrorInfo(type=kind, message=message))
-            log.warning("event %s Invalid: %s", request_id, message)
+            log.warning("event %s Invalid: %s", printable(request_id), message)
 
     # -- one event ------------------------------------------------------------------------
 
@@ -264,12 +362,22 @@ class Dispatcher:
             lease.pool.release(instance, lost=False)
             return
         attempt = event.attempts + 1
+        # no run the journal does not know: a first attempt runs once its Dequeued (the intent,
+        # journaled ahead) is on disk, a retry once its Running is; a crash then shows the
+        # attempt as Interrupted. Running itself records the real start either way.
+        intent = event.seq if event.state is State.DEQUEUED else None
         self.store.transition(event, State.RUNNING, attempt=attempt, instance=instance.id)
         self.attempts[event.id] = running = Attempt(event, lease.pool, instance, path)
         try:
-            outcome = await instance.invoke(
-                event.id, event.payload, attempt, definition.timeout, path
-            )
+            await self.store.sync(intent)
+            if running.stop is None:
+                outcome = bounded(
+                    await instance.invoke(
+                        event.id, event.payload, attempt, definition.timeout, path
+                    )
+                )
+            else:  # stopped while its Running was being made durable: it never started
+                outcome = Outcome(ok=False, error=STOPPED_ERROR, usage=Usage(duration_ms=0.0))
         finally:
             del self.attempts[event.id]
         if self._cutting and not outcome.ok:
@@ -410,6 +518,12 @@ class Dispatcher:
         for event in sorted(self.store.events.values(), key=lambda e: e.id):
             if event.ended:
                 continue
+            if event.state is State.DEQUEUED:  # its intent was on disk: it may have started
+                self.store.transition(
+                    event, State.RUNNING, attempt=event.attempts + 1, reason=MAY_HAVE_STARTED
+                )
+            elif event.state is State.RUNNING and self._interrupted_too_often(event):
+                continue
             if event.state is State.RUNNING:
                 self.store.transition(
                     event, State.RETRYING, reason=INTERRUPTED, not_before=time.time()
@@ -418,6 +532,19 @@ class Dispatcher:
                 self._end(event, State.STOPPED, reason="stopped before the daemon restarted")
                 continue
             self.submit(event)
+
+    def _interrupted_too_often(self, event: Event) -> bool:
+        """End a Running event found at start-up as Failed once it has been cut off more often
+        than its function allows (a handler that kills the daemon would run at every start)."""
+        definition = self._catalog().functions.get(event.function)
+        limit = (definition.async_ if definition is not None else AsyncConfig()).max_interruptions
+        count = interruptions(event) + 1
+        if count <= limit:
+            return False
+        error = too_many_interruptions(count, limit)
+        self._end(event, State.FAILED, attempt=event.attempts, reason=INTERRUPTED, error=error)
+        log.warning("event %s Failed: %s", event.id, error.message)
+        return True
 
     async def drain(self, timeout: float) -> None:
         """Stop starting events; let running ones finish up to `timeout`; then PreStop every

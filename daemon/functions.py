@@ -12,9 +12,11 @@ from typing import Literal
 
 import msgspec
 
+from daemon import users
+
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: `$` would let "name\n" in
 
 
 class AsyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -24,6 +26,7 @@ class AsyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     backoff: float = 1.0
     backoff_max: float = 300.0
     max_event_age: float = 86400.0
+    max_interruptions: int = 5  # attempts cut off by the daemon's end run again; then Failed
     on_success: str = ""
     on_failure: str = "destinations/dead-letter"
 
@@ -57,6 +60,7 @@ class FunctionDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     freeze: bool = True
     stop_grace: float = 10.0  # seconds a graceful stop waits after SIGTERM before forcing
     environment: dict[str, str] = msgspec.field(default_factory=dict)
+    user: str = ""  # the account instances run as ("": the daemon's --run-as, else its own)
     async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
     lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
     # filled in by load_function, never read from the file
@@ -79,6 +83,8 @@ class Catalog(msgspec.Struct, kw_only=True):
 
     functions: dict[str, FunctionDef] = msgspec.field(default_factory=dict)
     errors: dict[str, DefinitionError] = msgspec.field(default_factory=dict)
+    #: functions whose file has an error, served with their last good definition
+    kept: set[str] = msgspec.field(default_factory=set)
 
 
 _POSITIVE = ("timeout", "memory_mb", "concurrency", "max_instances", "stop_grace")
@@ -95,8 +101,9 @@ def _check_values(d: FunctionDef) -> None:
             raise ValueError(f"`{key}` must not be negative, got {getattr(d, key)!r}")
     if d.min_instances > d.max_instances:
         raise ValueError("`min_instances` must not exceed `max_instances`")
-    if d.async_.max_retries < 0:
-        raise ValueError("`async.max_retries` must not be negative")
+    for key in ("max_retries", "max_interruptions"):
+        if getattr(d.async_, key) < 0:
+            raise ValueError(f"`async.{key}` must not be negative")
     if d.runtime in ("http", "exec") and not d.command:
         raise ValueError(f"`command` is required for the {d.runtime} runtime")
     if d.runtime == "python" and "." not in d.handler:
@@ -112,6 +119,15 @@ def _check_destination(key: str, value: str) -> None:
             raise ValueError(f"`{key}` names a bad function: {value!r}")
     elif value and (os.path.isabs(value) or ".." in Path(value).parts):
         raise ValueError(f"`{key}` must be a folder inside the spool, got {value!r}")
+
+
+def _check_user(name: str) -> None:
+    """An unknown `user` is the definition's error, found when it is loaded."""
+    if name:
+        try:
+            users.lookup(name)
+        except ValueError as exc:
+            raise ValueError(f"`user`: {exc}") from None
 
 
 def load_function(path: Path) -> FunctionDef:
@@ -131,6 +147,7 @@ def load_function(path: Path) -> FunctionDef:
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
     _check_values(d)
+    _check_user(d.user)
     code_dir = (path.parent / (d.code or name)).resolve()
     interpreter = d.python or sys.executable
     if not os.path.isabs(interpreter):
@@ -157,4 +174,17 @@ def load_catalog(functions_dir: Path) -> Catalog:
                 name=path.stem, path=str(path), message=message
             )
             log.error("function definition %s: %s", path, message)
+    return catalog
+
+
+def keep_last_good(catalog: Catalog, previous: Catalog) -> Catalog:
+    """Serve each function whose file stopped loading with its previous definition: a typo saved
+    while editing must not turn its queued events Invalid nor refuse its new files."""
+    for name, error in catalog.errors.items():
+        last = previous.functions.get(name)
+        if last is not None:
+            catalog.functions[name] = last
+            catalog.kept.add(name)
+            log.warning("function %s: %s has an error: its last good definition stays in use",
+                        name, error.path)  # fmt: skip
     return catalog

@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
 
-from daemon.eventdb import INDEX_NAME, VERSION, IndexDB
+from daemon.eventdb import INDEX_NAME, VERSION, IndexDB, Placed
 from daemon.journal import (
     Cursor,
     Damage,
@@ -118,18 +119,21 @@ class Indexer:
         return len(records)
 
     def _apply(self, records: list[JournalRecord]) -> None:
-        changed = self._fold(records)
+        changed, placed = self._fold(records)
         with self.db.transaction():
-            self.db.put(changed.values())
+            self.db.put(changed.values(), placed=placed)
             self.db.set_cursor(self.tail.cursor)
         for event in changed.values():
             if event.ended:
                 self.live.pop(event.id, None)
 
-    def _fold(self, records: list[JournalRecord]) -> dict[str, Event]:
+    def _fold(self, records: list[JournalRecord]) -> tuple[dict[str, Event], Placed]:
+        """The events these records change, and what their rows held before (live events are
+        written as they are: their rows hold their present state)."""
         wanted = {r.id for r in records if isinstance(r, Transition | Delivered)}
         missing = [i for i in wanted if i not in self.live]
         known = {**self.db.events(missing), **self.live} if missing else dict(self.live)
+        placed = {i: (known[i].function, known[i].state.value) for i in wanted if i in known}
         changed: dict[str, Event] = {}
         for rec in records:
             if isinstance(rec, Transition):
@@ -145,7 +149,7 @@ class Indexer:
             elif isinstance(rec, Delivered) and (event := known.get(rec.id)) is not None:
                 event.delivered = True
                 changed[event.id] = event
-        return changed
+        return changed, placed
 
     def _follow_archives(self) -> None:
         """Mark the events of new archives; forget those of archives retention removed."""
@@ -207,7 +211,11 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     os.nice(10)  # indexing may lag in a burst; the daemon and the instances may not
-    return run(Path(sys.argv[1]), os.getppid())
+    try:
+        return run(Path(sys.argv[1]), os.getppid())
+    except (sqlite3.Error, OSError) as exc:  # a full disk, most likely: the daemon retries
+        log.error("the index cannot be kept (readers replay the journal meanwhile): %s", exc)
+        return 1
 
 
 if __name__ == "__main__":

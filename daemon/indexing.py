@@ -13,13 +13,15 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from daemon import supervise
 
 log = logging.getLogger(__name__)
 
-RESTART_DELAY = 1.0  # seconds before an indexer that died is started again
+RESTART_DELAY = 1.0  # seconds before an indexer that died is started again, doubling
+RESTART_DELAY_MAX = 60.0
 STOP_GRACE = 30.0  # seconds for it to take in the last records and close the index
 
 
@@ -42,7 +44,9 @@ class Indexing:
         self._watch = asyncio.get_running_loop().create_task(self._keep_running())
 
     async def _keep_running(self) -> None:
+        delay = RESTART_DELAY
         while not self._stopping:
+            started = time.monotonic()
             try:
                 self._child = self._spawn()
             except OSError as exc:
@@ -51,8 +55,13 @@ class Indexing:
                 status = await self._child.wait()
                 if self._stopping:
                     return
-                log.error("the indexer exited (%s): starting it again", status.returncode)
-            await asyncio.sleep(RESTART_DELAY)
+                log.error(
+                    "the indexer exited (%s): starting it again in %.0fs", status.returncode, delay
+                )
+            if time.monotonic() - started > RESTART_DELAY_MAX:
+                delay = RESTART_DELAY  # it ran a good while: not a crash loop
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX)
 
     def _spawn(self) -> supervise.Child:
         env = dict(os.environ)

@@ -39,12 +39,12 @@ from daemon.spool import (
     Rejection,
     Spool,
     incoming_name,
-    printable,
     reject,
     remove_journaled,
     safe_read,
     same_file,
 )
+from daemon.text import printable
 
 __all__ = ["Accepted", "IngestSink", "IngestStats", "Ingestor"]
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from daemon.errors import FnspoolError
-from daemon.spool import DIR_MODE, Spool
+from daemon.spool import DIR_MODE, SYSTEM_SPOOL, Spool, folder_mode
 
 
 def _units_source() -> Path:
@@ -38,7 +38,6 @@ def _units_source() -> Path:
 UNITS_SOURCE = _units_source()
 MARK = "# Written by `fnspool systemd install`; `fnspool systemd uninstall` removes it.\n"
 SHIPPED_COMMAND = "/usr/local/bin/fnspool"
-SYSTEM_SPOOL = "/var/spool/fnspool"
 USER_SPOOL = "%h/.local/share/fnspool"
 SERVICE_USER = "fnspool"
 HOME_DIRS = ("/home", "/root", "/run/user")  # what ProtectHome=yes hides
@@ -53,7 +52,6 @@ SYSTEM_UNITS = {
 USER_UNITS = {"fnspool.service": "fnspool-user.service"}
 # what a path may hold to be written into a unit unquoted (systemd treats % $ \ " ' and spaces)
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9/._+,:@=-]+$")
-RELOAD_TIMEOUT = 60.0
 
 
 def fnspool_command() -> list[str]:
@@ -257,16 +255,16 @@ def _create_service_user(home: Path) -> None:
 
 
 def _create_system_spool(root: Path) -> None:
-    """The spool and its folders, owned by fnspool, group-writable and setgid; what the daemon
-    wrote before (a spool run as another user) becomes fnspool's, what people dropped stays
-    theirs (the journal records who submitted)."""
+    """The spool and its folders, owned by fnspool, with the trust model's modes (the group
+    writes only into incoming/, control/ and tmp/); what the daemon wrote before (a spool run as
+    another user) becomes fnspool's, what people dropped stays theirs (the journal records who
+    submitted)."""
     spool = Spool(root)
     spool.create()
     uid, gid = pwd.getpwnam(SERVICE_USER).pw_uid, grp.getgrnam(SERVICE_USER).gr_gid
     for path in [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())]:
         os.chown(path, uid, gid)
-        mode = DIR_MODE | (os.stat(path).st_mode & 0o1000)  # keep tmp/'s sticky bit
-        os.chmod(path, mode)
+        os.chmod(path, DIR_MODE if path == root else folder_mode(path.name))
     for written in (spool.journal, spool.logs, spool.run, spool.destinations, spool.rejected):
         for top, dirs, files in os.walk(written):
             for name in dirs + files:
@@ -371,27 +369,3 @@ def _reloads(status_path: Path, pid: int) -> int | None:
     if status.get("pid") != pid or "reloads" not in status:
         return None
     return int(status["reloads"])
-
-
-def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """The `systemd` subcommand and its actions."""
-    systemd = sub.add_parser("systemd", help="install the systemd units")
-    ssub = systemd.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, run, text in (
-        ("install", install, "write the units, create the user and the spool"),
-        ("uninstall", uninstall, "remove the units (the spool is kept)"),
-    ):
-        p = ssub.add_parser(name, help=text)
-        p.add_argument(
-            "--spool",
-            metavar="DIR",
-            help=f"the spool (default: {SYSTEM_SPOOL}, or ~/.local/share/fnspool with --user)",
-        )
-        p.add_argument("--user", action="store_true", help="for `systemctl --user`")
-        p.add_argument("--unit-dir", metavar="DIR", help="write the units there instead")
-        p.add_argument("--now", action="store_true", help="also run the systemctl commands")
-        p.set_defaults(run=run)
-    r = ssub.add_parser("reload", parents=[common], help="SIGHUP the daemon and wait (ExecReload)")
-    r.add_argument("--pid", type=int, required=True, help="the daemon's pid ($MAINPID)")
-    r.add_argument("--timeout", type=float, default=RELOAD_TIMEOUT, metavar="S")
-    r.set_defaults(run=reload)

@@ -308,13 +308,12 @@ def write_events_file(final: Path, header: msgspec.Struct, events: list[Event]) 
 
 def read_snapshot(path: Path) -> tuple[SnapshotHeader, dict[str, Event]]:
     """Read a snapshot; ValueError when it is damaged anywhere (a snapshot must be whole)."""
-    header, events = read_events_file(path, _header_decoder)
-    return header, events
+    return read_events_file(path, _header_decoder, "snapshot")
 
 
 def read_archive(path: Path) -> tuple[ArchiveHeader, dict[str, Event]]:
     """Read an archive; ValueError when it is damaged anywhere."""
-    return read_events_file(path, _archive_decoder)
+    return read_events_file(path, _archive_decoder, "archive")
 
 
 def read_archive_header(path: Path) -> ArchiveHeader:
@@ -327,24 +326,42 @@ def read_archive_header(path: Path) -> ArchiveHeader:
         raise ValueError(f"{path}: damaged archive header: {exc!s:.200}") from None
 
 
+class _EventName(msgspec.Struct):
+    """An event line, read for its id and function only (the rest is skipped, never built)."""
+
+    id: str
+    function: str
+
+
+_event_name_decoder = msgspec.json.Decoder(_EventName)
+
+
 def archive_ids(path: Path) -> list[tuple[str, str]]:
-    """(id, function) of every event in an archive, without decoding the rest."""
-    _header, events = read_archive(path)
-    return [(e.id, e.function) for e in events.values()]
+    """(id, function) of every readable event in an archive, without decoding the rest."""
+    found = []
+    with open(path, "rb") as f:
+        f.readline()  # the header
+        for line in f:
+            try:
+                name = _event_name_decoder.decode(unframe(line.rstrip(b"\n")))
+            except (ValueError, msgspec.DecodeError):
+                continue  # damaged: its log stays
+            found.append((name.id, name.function))
+    return found
 
 
 H = TypeVar("H", SnapshotHeader, ArchiveHeader)
 
 
 def read_events_file(
-    path: Path, header_decoder: msgspec.json.Decoder[H]
+    path: Path, header_decoder: msgspec.json.Decoder[H], kind: str
 ) -> tuple[H, dict[str, Event]]:
     """Read a header line and its events, all or nothing (ValueError when damaged)."""
     with open(path, "rb") as f:
         data = f.read()
     lines = data.split(b"\n")
     if lines[-1] != b"":
-        raise ValueError(f"{path}: torn file")
+        raise ValueError(f"{path}: torn {kind}")
     try:
         header = header_decoder.decode(unframe(lines[0]))
         events = {}
@@ -352,9 +369,9 @@ def read_events_file(
             event = _event_decoder.decode(unframe(line))
             events[event.id] = event
     except (ValueError, msgspec.DecodeError, RecursionError) as exc:
-        raise ValueError(f"{path}: damaged: {exc!s:.200}") from None
+        raise ValueError(f"{path}: damaged {kind}: {exc!s:.200}") from None
     if header.count != len(events):
-        raise ValueError(f"{path}: holds {len(events)} events, its header says {header.count}")
+        raise ValueError(f"{path}: {kind} holds {len(events)} events, header says {header.count}")
     return header, events
 
 
@@ -457,6 +474,7 @@ class JournalTail:
         self.cursor = cursor
         self.damages = damages
         self._reader: SegmentReader | None = None
+        self._finished = True  # the last read went to the end
 
     @classmethod
     def from_end(cls, directory: Path, damages: list[Damage]) -> JournalTail:
@@ -482,18 +500,24 @@ class JournalTail:
 
     def read(self) -> Iterator[JournalRecord]:
         """Yield every whole record after the cursor available now; raise Outrun when the
-        segment holding the next record is gone."""
+        segment holding the next record is gone. A caller may stop early: the next read starts
+        after the last record yielded."""
+        if not self._finished:
+            self.close()  # the last read was left early: its reader had read ahead
+        self._finished = False
         while self._reader is not None or self._open():
             reader = self._reader
             assert reader is not None
             yield from self._drain(reader)
             following = self._following(reader)
             if following is None:
+                self._finished = True
                 return
             yield from self._drain(reader)  # what was appended before the writer moved on
             reader.close()
             self._reader = None
             self.cursor = Cursor(seq=self.cursor.seq, segment=following)
+        self._finished = True
 
     def _drain(self, reader: SegmentReader) -> Iterator[JournalRecord]:
         for rec in reader.records(self.damages):

@@ -214,6 +214,11 @@ class JournalWriter:
         self._task = self._loop.create_task(self._flush_loop(), name="journal")
 
     @property
+    def durable_seq(self) -> int:
+        """The sequence number of the last record known to be on disk."""
+        return self._durable_seq
+
+    @property
     def last_seq(self) -> int:
         """The sequence number of the last record appended."""
         return self._next_seq - 1
@@ -234,11 +239,11 @@ class JournalWriter:
         self._logs.append((path, data))
         self._wake.set()
 
-    async def sync(self) -> None:
-        """Wait until every record appended so far is on disk."""
+    async def sync(self, upto: int | None = None) -> None:
+        """Wait until every record appended so far (or up to `upto`) is on disk."""
         if self._failed is not None:
             raise JournalFailed(str(self._failed))
-        target = self._next_seq - 1
+        target = self._next_seq - 1 if upto is None else upto
         if target <= self._durable_seq:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -50,7 +50,7 @@ def _holder_pid(fd: int, run_dir: Path) -> int | None:
 
 def acquire(run_dir: Path) -> int:
     """Take the lock and write our pid; return the lock's fd (keep it open). LockHeld if taken."""
-    fd = os.open(run_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(run_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -11,7 +11,19 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from daemon.functions import NAME_RE
+from daemon.ids import BadId, check_id
+from daemon.text import printable
+
 log = logging.getLogger(__name__)
+
+
+def event_log_path(logs_dir: Path, function: str, request_id: str) -> Path:
+    """`logs/FUNCTION/ID.log`, built only from a valid id and function name (so never a path out
+    of logs/); BadId otherwise (only a journal written before ids were checked can hold one)."""
+    if not NAME_RE.match(function):
+        raise BadId(f'bad function name "{printable(function)}"')
+    return logs_dir / function / f"{check_id(request_id)}.log"
 
 
 class LogSink(Protocol):

@@ -12,10 +12,11 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 
 from daemon.functions import NAME_RE
+from daemon.ids import BadId, check_id
 from daemon.model import Source
-from daemon.spool import Rejection, printable
+from daemon.spool import Rejection
+from daemon.text import printable
 
-ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_NAME_BYTES = 255
 #: reasons that may only mean "not completely written yet": wait for the file to settle
 INCOMPLETE = frozenset({"not_json", "bad_encoding"})
@@ -30,7 +31,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     function: str
     payload: Any
-    id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | None = None
+    id: str | None = None  # checked by daemon.ids.check_id, for a reason that says why
     delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
@@ -75,6 +76,14 @@ def check_function_name(name: str) -> None:
         raise Rejection("unknown_function", f"{printable(name)!r} is not a valid function name")
 
 
+def check_envelope_id(request_id: str) -> None:
+    """Raise Rejection `bad_id` unless `request_id` passes the id rule."""
+    try:
+        check_id(request_id)
+    except BadId as exc:
+        raise Rejection("bad_id", str(exc)) from None
+
+
 def too_deep(data: bytes, max_depth: int) -> bool:
     """Whether JSON brackets nest deeper than `max_depth`, judged without decoding."""
     # strings cannot hold structure: strip them (an unterminated one runs to the end)
@@ -106,6 +115,8 @@ def decode(data: bytes, function: str | None, source: Source, max_depth: int) ->
         return Accepted(function=function, payload=payload, id=None, delay=0.0, source=source)
     env = _parse_envelope(data)
     check_function_name(env.function)
+    if env.id is not None:
+        check_envelope_id(env.id)
     return Accepted(
         function=env.function,
         payload=msgspec.Raw(_encoder.encode(env.payload)),

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from daemon.logfiles import event_log_path
 from daemon.model import Event, State, has_raw
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -142,5 +143,5 @@ def _history_entry(h: Any) -> dict[str, Any]:
 
 
 def log_path(logs_dir: Path, e: Event) -> Path:
-    """Where the event's log lives: logs/FUNCTION/ID.log."""
-    return logs_dir / e.function / f"{e.id}.log"
+    """Where the event's log lives: logs/FUNCTION/ID.log (BadId for an id that breaks the rule)."""
+    return event_log_path(logs_dir, e.function, e.id)

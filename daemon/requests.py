@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import grp
 import logging
 import os
@@ -25,10 +24,12 @@ from inotify_simple import flags as F
 from daemon import control
 from daemon.control import ControlRequest, ReinvokeRequest, StopRequest
 from daemon.dispatcher import Dispatcher
+from daemon.ids import BadId
 from daemon.model import Request, Source, has_raw
 from daemon.payload import is_ignored, too_deep
-from daemon.spool import Rejection, Spool, printable, reject, safe_read, unlink_if_same
+from daemon.spool import Rejection, Spool, reject, safe_read, unlink_if_same
 from daemon.store import Store
+from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,45 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     new_id: str | None = None
 
 
-@functools.lru_cache(maxsize=256)
-def may_request(uid: int, spool_gid: int) -> bool:
-    """Root, the daemon's own user and members of the spool's group may send requests."""
-    if uid in (0, os.getuid()):
-        return True
+ACCOUNT_FILES = ("/etc/group", "/etc/passwd")
+#: seconds an answer is kept at most: accounts from LDAP or sssd change with no file to show it
+MEMBERSHIP_MAX_AGE = 5.0
+
+
+class Membership:
+    """Who may submit, asked again as accounts change: answers are kept only while the account
+    files stay the same and for MEMBERSHIP_MAX_AGE seconds at most, so that a member removed
+    from the group is refused from then on (not at the daemon's next start)."""
+
+    def __init__(self) -> None:
+        self._stamp: tuple[object, ...] = ()
+        self._answers: dict[tuple[int, int], bool] = {}
+
+    def may_request(self, uid: int, spool_gid: int) -> bool:
+        """Root, the daemon's own user and members of the spool's group may send requests."""
+        if uid in (0, os.getuid()):
+            return True
+        stamp = _accounts_stamp()
+        if stamp != self._stamp:
+            self._stamp, self._answers = stamp, {}
+        answer = self._answers.get((uid, spool_gid))
+        if answer is None:
+            answer = self._answers[uid, spool_gid] = _is_member(uid, spool_gid)
+        return answer
+
+
+def _accounts_stamp() -> tuple[object, ...]:
+    stamp: list[object] = [int(time.monotonic() // MEMBERSHIP_MAX_AGE)]
+    for path in ACCOUNT_FILES:
+        try:
+            st = os.stat(path)
+            stamp.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamp.append(None)
+    return tuple(stamp)
+
+
+def _is_member(uid: int, spool_gid: int) -> bool:
     try:
         user = pwd.getpwuid(uid)
     except KeyError:
@@ -59,6 +94,14 @@ def may_request(uid: int, spool_gid: int) -> bool:
         return user.pw_name in grp.getgrgid(spool_gid).gr_mem
     except KeyError:
         return False
+
+
+_membership = Membership()
+
+
+def may_request(uid: int, spool_gid: int) -> bool:
+    """Whether `uid` may drop payloads and requests now (see Membership)."""
+    return _membership.may_request(uid, spool_gid)
 
 
 class Submitters:
@@ -95,7 +138,8 @@ class RequestIntake:
     async def start(self) -> None:
         """Apply the requests already waiting, then watch for new ones."""
         self._inotify = INotify(nonblocking=True)
-        self._inotify.add_watch(self.spool.control, F.MOVED_TO | F.CLOSE_WRITE | F.ONLYDIR)
+        watch = F.MOVED_TO | F.CLOSE_WRITE | F.ONLYDIR | F.DONT_FOLLOW
+        self._inotify.add_watch(self.spool.control, watch)
         asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
         await self.scan()
 
@@ -126,7 +170,7 @@ class RequestIntake:
         while True:
             self._again = False
             try:
-                names = sorted(n for n in os.listdir(self.spool.control) if not is_ignored(n))
+                names = sorted(n for n in self._list() if not is_ignored(n))
             except OSError as exc:
                 log.error("cannot list %s: %s", self.spool.control, exc)
                 return
@@ -135,13 +179,24 @@ class RequestIntake:
             if not self._again:
                 return
 
+    def _list(self) -> list[str]:
+        fd = _open_control(self.spool)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
     async def _take_all(self, names: list[str]) -> None:
         # in chunks: a flood of requests must not hold the event loop (and ingestion) for long
         for start in range(0, len(names), self.chunk):
             await self._take_chunk(names[start : start + self.chunk])
 
     async def _take_chunk(self, names: list[str]) -> None:
-        fd = os.open(self.spool.control, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = _open_control(self.spool)
+        except OSError as exc:
+            log.error("cannot open %s: %s", self.spool.control, exc)
+            return
         try:
             answered = [(name, st) for name in names if (st := self._take(fd, name))]
             await self.store.sync()  # answers are durable before the requests go
@@ -178,9 +233,14 @@ class RequestIntake:
         if too_deep(data, MAX_DEPTH):
             raise Rejection("too_deep", f"nested deeper than {MAX_DEPTH} levels")
         try:
-            return control.DECODER.decode(data)
+            request = control.DECODER.decode(data)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise Rejection("bad_request", f"not a control request: {exc}") from None
+        try:
+            control.check_ids(request)
+        except BadId as exc:
+            raise Rejection("bad_id", str(exc)) from None
+        return request
 
     def _set_aside(self, dir_fd: int, name: str, why: Rejection, uid: int | None) -> None:
         try:
@@ -256,4 +316,11 @@ class RequestIntake:
                 new_id=a.new_id,
             )
         )
-        log.info("control/%s: %s %s by uid %s: %s", name, action, request.id, uid, a.message)
+        log.info(
+            "control/%s: %s %s by uid %s: %s", printable(name), action, request.id, uid, a.message
+        )
+
+
+def _open_control(spool: Spool) -> int:
+    """control/ itself: one swapped for a link is refused (ELOOP), never followed."""
+    return os.open(spool.control, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

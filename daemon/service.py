@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -12,16 +13,16 @@ from pathlib import Path
 
 import msgspec
 
-from daemon import lock, supervise
+from daemon import lock, supervise, trust, users
 from daemon.cgroups import Cgroups
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
 from daemon.filehelper import FileHelper
-from daemon.functions import Catalog, load_catalog
+from daemon.functions import Catalog, keep_last_good, load_catalog
 from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
-from daemon.journal_writer import JournalWriter, recover
-from daemon.model import Source
+from daemon.journal_writer import JournalFailed, JournalWriter, recover
+from daemon.model import Event, Source
 from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.pool import InstanceFactory
 from daemon.requests import RequestIntake, Submitters
@@ -46,6 +47,7 @@ class Settings(msgspec.Struct, kw_only=True):
     heartbeat: float = 1.0
     scan_interval: float = 5.0
     settle: float = 2.0
+    run_as: str = ""  # the user of every function that names none ("": the daemon's own)
 
 
 class Daemon:
@@ -56,6 +58,8 @@ class Daemon:
         self.settings = settings or Settings()
         self.catalog = Catalog()
         self._definition_stamp: dict[str, tuple[int, int]] = {}
+        self.implicit_root: list[str] = []  # functions run as root only because none says who
+        self.user = users.name_of(os.geteuid())  # who the daemon runs as
         self._stop = asyncio.Event()
         self._fatal: BaseException | None = None
         self.started_at = time.time()
@@ -67,6 +71,7 @@ class Daemon:
         self.reloads = 0  # SIGHUP reloads done; `fnspool systemd reload` waits on it
         self._starting = True
         self._sighup_while_starting = False
+        self._compaction: asyncio.Task[None] | None = None
 
     # -- the ingestor's sink --------------------------------------------------------------
 
@@ -79,13 +84,13 @@ class Daemon:
         return self.store.already_journaled(source)
 
     async def accept(self, batch: list[Accepted]) -> list[str | None]:
-        """Journal a batch of incoming files as Enqueued; return once that is durable.
-
-        Events are queued at once: an attempt may start before its records reach the disk (a
-        crash before the fsync leaves the file in incoming/, so it runs again: at least once).
-        """
-        events = []
+        """Journal a batch of incoming files as Enqueued; queue them once that is durable."""
+        events: list[Event | None] = []
+        taken = self.store.taken([item.id for item in batch if item.id is not None])
         for item in batch:
+            if item.id in taken:
+                events.append(None)
+                continue
             not_before = time.time() + item.delay if item.delay else None
             event = self.store.enqueue(
                 item.function,
@@ -93,11 +98,14 @@ class Daemon:
                 request_id=item.id,
                 source=item.source,
                 not_before=not_before,
+                checked=True,
             )
-            if event is not None:
-                self.dispatcher.submit(event)
             events.append(event)
-        await self.store.sync()
+        self.dispatcher.dequeue_early([e for e in events if e is not None])
+        await self.store.sync()  # an event never runs before its Enqueued is on disk
+        for event in events:
+            if event is not None and not event.ended:
+                self.dispatcher.submit(event)
         return [e.id if e is not None else None for e in events]
 
     def _enqueue_destination(
@@ -120,6 +128,9 @@ class Daemon:
         # first: a stop asked for while starting (`systemctl stop` during activation) is a clean
         # shutdown once started, not the default death by signal
         self._install_signals()
+        # what the daemon writes (journal, logs, records, status) is for its user and group only,
+        # whatever umask it was started with; its instances inherit this one
+        os.umask(0o027)
         self.spool.create()
         self.spool.check_modes()
         lock_fd = lock.acquire(self.spool.run)
@@ -178,7 +189,8 @@ class Daemon:
         self._reload_definitions()
         self.dispatcher.recover()
         self.destinations.recover(list(self.store.events.values()))
-        await self.store.sync()
+        with contextlib.suppress(JournalFailed):  # a full disk: the writer stops the daemon
+            await self.store.sync()
         self.requests = RequestIntake(self.spool, self.store, self.dispatcher, self._stop_grace)
         await self.requests.start()
         self.ingestor = Ingestor(
@@ -249,9 +261,13 @@ class Daemon:
         self._chores.cancel()
         await self.ingestor.stop()
         self.requests.stop()
+        drain_until = time.monotonic() + self.settings.drain_timeout
         await self.dispatcher.drain(0 if self._fatal else self.settings.drain_timeout)
+        if self._compaction is not None:
+            await asyncio.gather(self._compaction, return_exceptions=True)
         if self._fatal is None:
-            await self.destinations.flush()
+            # records not delivered in time stay owed: the next start delivers them
+            await self.destinations.flush(max(0.0, drain_until - time.monotonic()))
             await self.store.sync()
             await self.store.writer.close()
         await self.files.stop()
@@ -277,9 +293,19 @@ class Daemon:
             self._reload_definitions()
         await self.dispatcher.reap_idle()
         self.requests.scan_soon()  # inotify wakes it; this catches anything it missed
-        if self.store.compaction_due(self.settings.snapshot_every, self.settings.snapshot_interval):
-            await self.store.compact(self.settings.retention)
+        due = self.store.compaction_due(
+            self.settings.snapshot_every, self.settings.snapshot_interval
+        )
+        if due and (self._compaction is None or self._compaction.done()):
+            # in the background: the heartbeat goes on while a snapshot is written
+            self._compaction = asyncio.get_running_loop().create_task(self._compact())
         self.write_status()
+
+    async def _compact(self) -> None:
+        try:
+            await self.store.compact(self.settings.retention)
+        except Exception:
+            log.exception("compaction failed (the journal keeps every segment meanwhile)")
 
     def _definitions_changed(self) -> bool:
         return self._stamp_definitions() != self._definition_stamp
@@ -297,15 +323,34 @@ class Daemon:
     def _reload_definitions(self) -> None:
         """Load every definition again (at start, on change, on SIGHUP)."""
         self._definition_stamp = self._stamp_definitions()
-        self.catalog = load_catalog(self.spool.functions)
+        previous = self.catalog
+        loaded = with_run_as(load_catalog(self.spool.functions), self.settings.run_as)
+        # a definition others may change is refused, and no last good one of it kept
+        self.catalog = keep_last_good(loaded, trust.screen(loaded, previous))
+        self._flag_implicit_root(previous)
         for name in self.catalog.functions:
-            (self.spool.incoming / name).mkdir(exist_ok=True)
+            self.spool.make_drop_folder(name)
         self.dispatcher.reconcile(self.catalog)
         log.info(
             "definitions loaded: %s%s",
             ", ".join(sorted(self.catalog.functions)) or "none",
-            f"; {len(self.catalog.errors)} with errors" if self.catalog.errors else "",
+            f"; {len(self.catalog.errors)} with errors ({len(self.catalog.kept)} kept as they were)"
+            if self.catalog.errors
+            else "",
         )
+
+    def _flag_implicit_root(self, previous: Catalog) -> None:
+        """As root, name every function with no `user` (and no --run-as): it runs as root, as
+        cron and pueue run root's own jobs, but never silently. One warning per function when
+        its definition is loaded anew."""
+        self.implicit_root = implicit_root(self.catalog)
+        for name in self.implicit_root:
+            if previous.functions.get(name) != self.catalog.functions[name]:
+                log.warning(
+                    "function %s runs as root: its definition sets no `user` and the daemon "
+                    "has no --run-as",
+                    name,
+                )
 
     def write_status(self, stopped: bool = False) -> None:
         """Write run/status.json atomically: the heartbeat the CLI and the TUI read."""
@@ -321,6 +366,10 @@ class Daemon:
             "events": {s.value: n for s, n in self.store.retained_counts().items() if n},
             "instances": instances,
             "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
+            "last_good_definitions": sorted(self.catalog.kept),  # of those with errors
+            "user": self.user,
+            "run_as": self.settings.run_as,
+            "implicit_root": self.implicit_root,
             "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
             "reloads": self.reloads,
             "file_helper": {"pid": self.files.pid, "running": self.files.running},
@@ -341,6 +390,24 @@ class Daemon:
             f"{'ready' if self.ready else 'starting'}: queue {self.dispatcher.queue_depth}, "
             f"running {self.dispatcher.running}, instances {instances}"
         )
+
+
+def with_run_as(catalog: Catalog, run_as: str) -> Catalog:
+    """`catalog` with `run_as` as the `user` of every function that names none."""
+    if not run_as:
+        return catalog
+    functions = {
+        name: d if d.user else msgspec.structs.replace(d, user=run_as)
+        for name, d in catalog.functions.items()
+    }
+    return Catalog(functions=functions, errors=catalog.errors)
+
+
+def implicit_root(catalog: Catalog) -> list[str]:
+    """The functions that run as root only because the daemon does and none names a user."""
+    if os.geteuid() != 0:
+        return []
+    return sorted(name for name, d in catalog.functions.items() if not d.user)
 
 
 def write_json_atomic(path: Path, value: object) -> None:

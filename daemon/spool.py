@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import re
-import shlex
 import stat
 import threading
 import time
@@ -17,12 +16,19 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from daemon.errors import FnspoolError
+from daemon import trust
+from daemon.text import file_text, printable
 
 log = logging.getLogger(__name__)
 
-DIR_MODE = 0o2775  # setgid: files dropped by the group stay in the spool's group
-_STICKY_DIRS = ("tmp",)  # writers share tmp/: they must not remove each other's staging files
+SYSTEM_SPOOL = "/var/spool/fnspool"  # the system service's spool (`fnspool systemd install`)
+#: the administrator's folders (and the spool itself): the daemon's user writes, the group reads
+#: (setgid: what is made there stays in the spool's group), others have no access (docs/security.md)
+DIR_MODE = 0o2750
+#: where the group drops files, like a maildrop: setgid, and sticky so that a member can neither
+#: remove nor rename another's file or the daemon's folders (incoming/NAME); 0 for others
+DROP_MODE = 0o3770
+DROP_FOLDERS = ("incoming", "control", "tmp")  # tmp/: clients write there, then rename in
 _SUBDIRS = (
     "functions",
     "tmp",
@@ -35,8 +41,9 @@ _SUBDIRS = (
     "run",
 )
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# O_NOFOLLOW: a spool folder swapped for a link while the daemon runs is refused (ELOOP), never
+# followed; the folders above it are checked at start (daemon/trust.py)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_SPOOL_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the admin may symlink these
 
 
 class Spool:
@@ -63,30 +70,44 @@ class Spool:
         return cls(arg or os.environ.get("FNSPOOL_SPOOL") or "spool")
 
     def create(self) -> None:
-        """Make the spool's directories that are missing; leave existing ones as they are."""
+        """Make the spool's directories that are missing, with the trust model's modes whatever
+        the umask; leave existing ones as they are (check_modes judges them)."""
         _make_dir(self.root, DIR_MODE)
         for name in _SUBDIRS:
-            mode = DIR_MODE | stat.S_ISVTX if name in _STICKY_DIRS else DIR_MODE
-            _make_dir(self.root / name, mode)
+            _make_dir(self.root / name, folder_mode(name))
 
     def check_modes(self) -> None:
-        """Refuse a spool whose directories anyone may write (FnspoolError naming the fix)."""
-        loose = []
-        for path in (self.root, *(self.root / name for name in _SUBDIRS)):
+        """Refuse a spool that lets others than the administrator change what the daemon trusts
+        (FnspoolError naming each path and the fix; the rules are in daemon/trust.py)."""
+        problems = [*trust.above(self.root), *trust.trusted(Path(os.path.realpath(self.root)))]
+        for name in _SUBDIRS:
+            path = self.root / name
+            problems += trust.drop_folder(path) if name in DROP_FOLDERS else trust.trusted(path)
+        problems += trust.tree(self.functions)
+        problems += trust.entries(self.journal) + trust.entries(self.run)
+        trust.refuse(problems)
+
+    def make_drop_folder(self, name: str) -> None:
+        """Make `incoming/NAME` (DROP_MODE: the group writes there) unless it exists, through a
+        descriptor of incoming/ that never follows a link; a failure is logged."""
+        try:
+            fd = os.open(self.incoming, _DIR_FLAGS)
+        except OSError as exc:
+            log.error("cannot open %s to make its folder %s: %s", self.incoming, name, exc)
+            return
+        try:
+            os.mkdir(name, 0o700, dir_fd=fd)
+            sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
             try:
-                mode = os.stat(path).st_mode
-            except FileNotFoundError:
-                continue
-            if mode & stat.S_IWOTH:
-                loose.append(path)
-        if loose:
-            names = ", ".join(f"{p} (mode {stat.S_IMODE(os.stat(p).st_mode):o})" for p in loose)
-            fix = " ".join(shlex.quote(str(p)) for p in loose)
-            raise FnspoolError(
-                f"{names}: anyone could drop, replace or remove files there; "
-                f"fix with: chmod o-w {fix}",
-                title="spool is world-writable",
-            )
+                os.fchmod(sub, DROP_MODE)  # mkdir drops the sticky bit and obeys the umask
+            finally:
+                os.close(sub)
+        except FileExistsError:
+            pass  # the administrator may have closed it (chmod g-w): left as it is
+        except OSError as exc:
+            log.error("cannot make %s/%s: %s", self.incoming, name, exc)
+        finally:
+            os.close(fd)
 
     def relpath(self, path: str | os.PathLike[str]) -> str:
         """`path` relative to the spool root (as given when it lies outside)."""
@@ -94,6 +115,11 @@ class Spool:
             return str(Path(path).relative_to(self.root))
         except ValueError:
             return str(path)
+
+
+def folder_mode(name: str) -> int:
+    """The mode of the spool folder `name` (DROP_MODE for the group's, else DIR_MODE)."""
+    return DROP_MODE if name in DROP_FOLDERS else DIR_MODE
 
 
 def _make_dir(path: Path, mode: int) -> None:
@@ -143,7 +169,7 @@ class DirFds:
     """Directory descriptors for one pass over a directory and its subdirectories."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = os.open(root, _SPOOL_DIR_FLAGS)
+        self.root = os.open(root, _DIR_FLAGS)
         self.fds: dict[str, int] = {"": self.root}
 
     def get(self, name: str) -> int:
@@ -324,27 +350,28 @@ _reason_encoder = msgspec.json.Encoder()
 _rename_lock = threading.Lock()
 
 
-def printable(name: str) -> str:
-    """A file name or path as text that is always valid UTF-8 (bad bytes as \\xNN escapes)."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
 def safe_name(name: str) -> str:
     """A harmless file name for `name`: no control characters, no leading dots, bounded length."""
-    text = _UNSAFE.sub("_", printable(name)).lstrip(".")
+    text = _UNSAFE.sub("_", file_text(name)).lstrip(".")
     return text[:_MAX_NAME] or "unnamed"
 
 
 def reject(
     spool: Spool, src: int | str | os.PathLike[str], name: str, rejection: Rejection, relpath: str
 ) -> str:
-    """Move `name` (any file type, never followed) into rejected/ with a reason; the new name."""
-    src_fd = src if isinstance(src, int) else os.open(src, _SPOOL_DIR_FLAGS)
-    dst_fd = os.open(spool.rejected, _SPOOL_DIR_FLAGS)
+    """Move `name` (any file type, never followed) into rejected/ with a reason; the new name.
+    Neither folder is reached through a link: one swapped for a link fails with ELOOP."""
+    if not isinstance(src, int):
+        src_fd = os.open(src, _DIR_FLAGS)
+        try:
+            return reject(spool, src_fd, name, rejection, relpath)
+        finally:
+            os.close(src_fd)
+    dst_fd = os.open(spool.rejected, _DIR_FLAGS)
     try:
-        new = _move_unique(src_fd, name, dst_fd, safe_name(name))
+        new = _move_unique(src, name, dst_fd, safe_name(name))
         reason = RejectReason(
-            file=printable(relpath),
+            file=file_text(relpath),
             rejected_as=new,
             reason=rejection.code,
             message=rejection.message,
@@ -353,8 +380,6 @@ def reject(
         _write_atomic(dst_fd, f"{new}.reason.json", _reason_encoder.encode(reason) + b"\n")
     finally:
         os.close(dst_fd)
-        if not isinstance(src, int):
-            os.close(src_fd)
     log.warning(
         "rejected %s as rejected/%s: %s: %s",
         printable(relpath),
@@ -385,7 +410,7 @@ def _exists(dir_fd: int, name: str) -> bool:
 
 def _write_atomic(dir_fd: int, name: str, data: bytes) -> None:
     temp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
     try:
         os.write(fd, data)
     finally:

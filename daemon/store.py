@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import time
@@ -16,8 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.eventdb import IndexDB, source_key_of
-from daemon.ids import new_request_id
+from daemon.ids import BadId, new_request_id
 from daemon.journal import (
     ArchiveHeader,
     JournalState,
@@ -30,6 +30,8 @@ from daemon.journal import (
     write_snapshot,
 )
 from daemon.journal_writer import JournalWriter
+from daemon.logfiles import event_log_path
+from daemon.lookups import Lookups
 from daemon.model import (
     NO_RAW,
     Delivered,
@@ -43,7 +45,6 @@ from daemon.model import (
     apply,
     check_transition,
 )
-from daemon.reads import EventReads
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ RETENTION_DEFAULT = 3 * 86400.0
 
 
 def identity(source: Source) -> tuple[object, ...]:
-    """What tells one incoming file from another across a crash."""
-    return (source.path, source.device, source.inode, source.size, source.mtime_ns)
+    """What tells one incoming file from another across a crash. Not the device number: it
+    may change when the spool's file system is mounted again after a power loss (a loop or
+    device-mapper device numbered anew), and the spool is one file system."""
+    return (source.path, source.inode, source.size, source.mtime_ns)
 
 
 class Store:
@@ -91,6 +94,11 @@ class Store:
         event = self.events.get(request_id) or self.archived.get(request_id)
         return event if event is not None else self.index.get(request_id)
 
+    def taken(self, ids: list[str]) -> set[str]:
+        """Those of `ids` already used by a retained event (one index query for a batch)."""
+        held = {i for i in ids if i in self.events or i in self.archived}
+        return held | self.index.archived_ids([i for i in ids if i not in held])
+
     def known(self, request_id: str) -> bool:
         """Whether an event with that id is retained."""
         return (
@@ -117,9 +125,13 @@ class Store:
         source: Source | None = None,
         retry_of: str | None = None,
         not_before: float | None = None,
+        checked: bool = False,
     ) -> Event | None:
-        """Journal a new Enqueued event (not yet durable); None when the id is taken."""
-        if request_id is not None and self.known(request_id):
+        """Journal a new Enqueued event (not yet durable); None when the id is taken (`checked`:
+        the caller asked `taken` for it just now)."""
+        if request_id is not None and (
+            request_id in self.events if checked else self.known(request_id)
+        ):
             return None
         rid = request_id or new_request_id()
         event = self._record(
@@ -187,9 +199,9 @@ class Store:
         )
         event.delivered = True
 
-    async def sync(self) -> None:
-        """Wait until every change so far is durable."""
-        await self.writer.sync()
+    async def sync(self, upto: int | None = None) -> None:
+        """Wait until every change so far (or up to record `upto`) is durable."""
+        await self.writer.sync(upto)
 
     def compaction_due(self, every_records: int, every_seconds: float) -> bool:
         """Whether to snapshot: many records since the last one, or some and a long time."""
@@ -232,6 +244,8 @@ class Store:
         await loop.run_in_executor(None, write_snapshot, directory, seq, now, kept, counts)
         self.archived_counts = archived
         self.archived.update((e.id, e) for e in settled)
+        if settled:
+            self.index.archived(seq, settled)
         self._forget_identities(settled)
         previous = self._last_snapshot_seq
         self._last_snapshot_seq = seq
@@ -280,44 +294,6 @@ def sort_archives(
     return kept, expired
 
 
-class Lookups:
-    """The daemon's reads of events it no longer holds: the index and the journal after it."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._reads = EventReads(directory)
-
-    def get(self, request_id: str) -> Event | None:
-        """The retained event with that id."""
-        return self._reads.get(request_id)
-
-    def has(self, request_id: str) -> bool:
-        """Whether an event with that id is retained."""
-        return self.get(request_id) is not None
-
-    def has_source(self, source: Source) -> bool:
-        """Whether an indexed event came from the file with this identity."""
-        key = source_key_of(source)
-        index = IndexDB.open_readonly(self.directory)
-        if key is None or index is None:
-            return False
-        try:
-            return index.has_source(key)
-        finally:
-            index.close()
-
-    def indexed_seq(self) -> int:
-        """How far into the journal the index goes (0 when there is none)."""
-        index = IndexDB.open_readonly(self.directory)
-        if index is None:
-            return 0
-        try:
-            cursor = index.cursor()
-        finally:
-            index.close()
-        return cursor.seq if cursor is not None else 0
-
-
 def _delete_covered(
     directory: Path, covered_seq: int, expired: list[tuple[ArchiveHeader, Path]], logs: Path
 ) -> None:
@@ -325,7 +301,9 @@ def _delete_covered(
     the snapshots but the newest two (the older one stands if the newest is damaged)."""
     for _header, path in expired:
         for event_id, function in archive_ids(path):
-            (logs / function / f"{event_id}.log").unlink(missing_ok=True)
+            # an id breaking the rule (a journal from before ids were checked) names no log here
+            with contextlib.suppress(BadId):
+                event_log_path(logs, function, event_id).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
     for _seq, path in list_snapshots(directory)[:-2]:
         path.unlink(missing_ok=True)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import fcntl
 import itertools
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +32,7 @@ from pathlib import Path
 import msgspec
 
 from daemon.cgroups import Cgroups
+from daemon.users import Account
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ _DEFAULT_SIGNALS = (
     signal.SIGCHLD,
 )
 
+_SETPRIV = shutil.which("setpriv")  # util-linux: runs a child as another user
 _POLL_INTERVAL = 0.05  # seconds, only where pidfd_open is missing
 
 TOKEN_VAR = "FNSPOOL_SUPERVISOR_TOKEN"  # in every child's environment: finds orphaned descendants
@@ -193,15 +197,20 @@ def spawn(
     *,
     cwd: str | None = None,
     kill_group_on_exit: bool = True,
+    user: Account | None = None,
 ) -> Child:
     """Start `argv` in a new session with `fds` mapped (child fd -> our fd); stdin is /dev/null
-    unless mapped. Call from the event loop; OSError if it cannot be executed."""
+    unless mapped; as `user` when given (its uid, gid and groups are set before anything of
+    `argv` runs, the change of directory included). Call from the event loop; OSError if it
+    cannot be executed."""
     token = f"{_mark}/{os.getpid()}-{next(_tokens)}"
     env = child_env(env, {TOKEN_VAR: token})
     argv = list(argv)
     if cwd is not None:
         # posix_spawn has no chdir action in Python 3.11: let a shell change directory, then exec
         argv = ["/bin/sh", "-c", 'cd -- "$0" && exec "$@"', cwd, *argv]
+    if user is not None:
+        argv = _as_user(user, argv)
     actions, temporaries = _file_actions(fds)
     try:
         spawner = os.posix_spawn if os.path.isabs(argv[0]) else os.posix_spawnp
@@ -223,6 +232,16 @@ def spawn(
     # moved in just after the spawn: what it forks in that instant is still caught by kill_tree
     group = _cgroups.place(token.replace("/", "_"), pid) if _cgroups is not None else None
     return Child(pid, kill_group_on_exit=kill_group_on_exit, token=token, cgroup=group)
+
+
+def _as_user(user: Account, argv: list[str]) -> list[str]:
+    """`argv` run as `user` through util-linux's setpriv (posix_spawn cannot change ids; a
+    `preexec_fn` would fork a threaded daemon). The change clears the parent-death signal, so a
+    runtime's own `setpriv --pdeathsig` comes after it in `argv`, never before."""
+    if _SETPRIV is None:
+        raise OSError(errno.ENOENT, f"setpriv (util-linux) is needed to run as user {user.name}")
+    ids = [f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups"]
+    return [_SETPRIV, *ids, "--", *argv]
 
 
 def _batch_policy(pid: int) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
 from collections.abc import Callable, Coroutine
 
 import msgspec
@@ -32,11 +30,3 @@ def value(raw_json: msgspec.Raw | None) -> object:
     """A result decoded."""
     assert raw_json is not None
     return msgspec.json.decode(raw_json)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll `condition` on the loop until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)

@@ -317,7 +317,7 @@ def test_an_event_expires_while_the_only_instance_is_busy(spool, daemon):
         lambda: [e for e in events(spool, "--function", "single") if e["id"] != first["id"]],
         what="the second event",
     )[0]
-    wait_for(lambda: state_of(spool, second["id"]) == "Expired", what="expiry", timeout=10)
+    wait_for(lambda: state_of(spool, second["id"]) == "Expired", what="expiry")
     assert state_of(spool, first["id"]) == "Succeeded"
     assert event(spool, second["id"])["attempts"] == 0
 

@@ -32,3 +32,17 @@ def test_journal_model_and_query_load_nothing_heavy():
 def test_the_worker_bootstrap_needs_only_the_standard_library():
     source = (REPO / "daemon" / "worker" / "bootstrap.py").read_text()
     assert "import daemon" not in source and "from daemon" not in source
+
+
+def test_a_cli_read_loads_none_of_the_other_commands(tmp_path):
+    """Every `fnspool events get` starts a process: what the other commands import (the
+    install's subprocess, the control requests' ids, the definitions' TOML) stays out of it."""
+    modules = loaded_after(
+        "from daemon import cli\n"
+        "try:\n"
+        f"    cli.main(['events', 'get', 'x', '--spool', {str(tmp_path)!r}])\n"
+        "except SystemExit:\n"
+        "    pass"
+    )
+    others = {"daemon.install", "daemon.actions", "daemon.control", "tomllib", "subprocess"}
+    assert not modules & others, modules & others

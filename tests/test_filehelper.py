@@ -10,8 +10,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import gone
-from runtime_helpers import on_uvloop, wait_until
+from conftest import gone, wait_for_async
+from runtime_helpers import on_uvloop
 
 from daemon.filehelper import FileHelper
 from daemon.spool import ASIDE_PREFIX, FileId
@@ -61,7 +61,7 @@ async def test_the_work_goes_on_in_the_daemon_when_the_helper_dies(
     helper.start()
     assert helper.pid is not None
     os.kill(helper.pid, signal.SIGKILL)
-    await wait_until(lambda: gone(helper.pid or 0))
+    await wait_for_async(lambda: gone(helper.pid or 0))
     log = tmp_path / "logs" / "e.log"
     with caplog.at_level(logging.ERROR, logger="daemon.filehelper"):
         await asyncio.to_thread(helper.append, [(log, b"still written\n")])

@@ -4,6 +4,7 @@ retained event stays readable, the journal stays the one source of truth."""
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -62,7 +63,21 @@ def _run_archived(spool: Path, daemon: object, count: int) -> list[str]:
     ids = [str(e["id"]) for e in done]
     wait_for(lambda: _index_ids(spool) >= set(ids), 30, "the index to hold every event")
     assert d.stop() == 0
+    _assert_counts_match_rows(spool)
     return ids
+
+
+def _assert_counts_match_rows(spool: Path) -> None:
+    """The index's counts per function and state are those of its rows."""
+    index = IndexDB.open_readonly(spool / "journal")
+    assert index is not None
+    try:
+        rows = index.db.execute("SELECT function, state, count(*) FROM events GROUP BY 1, 2")
+        assert {(f, s): n for f, s, n in rows} == {
+            (f, s.value): n for (f, s), n in index.counts().items()
+        }
+    finally:
+        index.close()
 
 
 def test_ended_events_leave_the_daemons_memory_and_stay_readable(spool, daemon):
@@ -89,6 +104,7 @@ def test_delete_the_index_restart_and_everything_is_back(spool, daemon):
     daemon.start()
     wait_for(lambda: _index_ids(spool) == set(ids), 60, "the index to be rebuilt")
     assert {e["id"] for e in events(spool, "--limit", "100")} == set(ids)
+    _assert_counts_match_rows(spool)
 
 
 def test_an_indexer_killed_is_started_again_and_catches_up(spool, daemon):
@@ -215,3 +231,31 @@ def test_a_group_member_reads_the_index_without_write_access(spool, reader):
         }  # it wrote nothing there
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def _envelope(spool: Path, name: str, body: dict[str, object]) -> None:
+    (spool / "tmp").mkdir(exist_ok=True)
+    staged = spool / "tmp" / f".{name}"
+    staged.write_text(json.dumps(body))
+    os.rename(staged, spool / "incoming" / name)
+
+
+def test_an_id_used_by_an_archived_event_is_refused_after_a_restart(spool, daemon):
+    d = daemon.start(*COMPACT_OFTEN)
+    for i in range(30):
+        _envelope(spool, f"e{i}.json", {"function": "echo", "payload": i, "id": f"order-{i}"})
+    wait_for(lambda: _ended(spool, 30), 60, "the events to end")
+    archived = wait_for(
+        lambda: {e.id for _, p in list_archives(spool / "journal") for e in _archive(p)},
+        30,
+        "an archive",
+    )
+    assert d.stop() == 0
+    reused = sorted(archived)[0]
+    state = recover(spool / "journal")
+    assert reused not in state.events  # not in the daemon's memory: only the index knows it
+    daemon.start()
+    _envelope(spool, "again.json", {"function": "echo", "payload": "again", "id": reused})
+    reason = wait_for(lambda: list((spool / "rejected").glob("again.json*.reason.json")))
+    assert "duplicate_id" in reason[0].read_text()
+    assert fnspool_json(spool, "events", "get", reused)["payload"] != "again"

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.journal import (
+    Cursor,
     JournalFollower,
+    JournalTail,
     decode_record,
     encode_record,
     list_archives,
@@ -239,3 +241,56 @@ def test_follower_never_crashes_on_arbitrary_segment_bytes(tmp_path_factory, blo
     )
     state = JournalFollower(directory).load()
     assert "e00001" in state.events
+
+
+async def test_a_tail_read_left_early_goes_on_after_the_last_record_it_gave(tmp_path):
+    writer = JournalWriter(tmp_path, 1)
+    store = Store(writer, recover(tmp_path), tmp_path / "logs")
+    ids = [store.enqueue("f", raw_json(i)).id for i in range(5000)]
+    await writer.close()
+    tail = JournalTail(tmp_path, Cursor(), [])
+    seen = []
+    for _batch in range(1000):
+        for n, rec in enumerate(tail.read()):
+            seen.append(rec.id)
+            if n == 36:  # the reader has read ahead far more than this
+                break
+        if len(seen) == len(ids):
+            break
+    assert seen == ids
+
+
+async def _small_journal(directory, count: int) -> list[str]:
+    writer = JournalWriter(directory, 1, segment_bytes=4096)  # several segments
+    store = Store(writer, recover(directory), directory / "logs")
+    ids = [store.enqueue("f", raw_json(i)).id for i in range(count)]
+    await writer.close()
+    return ids
+
+
+async def test_a_stray_segment_named_past_the_end_neither_loops_nor_leads_readers_away(tmp_path):
+    ids = await _small_journal(tmp_path, 200)
+    assert len(list_segments(tmp_path)) >= 2
+    (tmp_path / "segment-9999999999999999.jsonl").touch()  # `touch` by a member, once
+    follower = JournalFollower(tmp_path)
+    assert set(follower.load().events) == set(ids)  # no recursion, nothing lost
+    # the daemon's writer goes on in its own segment, and a follower follows it there
+    state = recover(tmp_path)
+    assert not (tmp_path / "segment-9999999999999999.jsonl").exists()
+    assert any("set aside" in d.reason for d in state.damages)
+    writer = JournalWriter(tmp_path, state.last_seq + 1)
+    store = Store(writer, state, tmp_path / "logs")
+    later = store.enqueue("f", raw_json("later")).id
+    await writer.close()
+    follower.poll()
+    assert later in follower.state.events
+
+
+async def test_a_flipped_byte_at_the_end_of_an_older_segment_loses_one_record_only(tmp_path):
+    ids = await _small_journal(tmp_path, 200)
+    (_, first), *_ = list_segments(tmp_path)
+    data = bytearray(first.read_bytes())
+    data[-3] ^= 0x01  # inside the checksummed body of its last record
+    first.write_bytes(bytes(data))
+    state = JournalFollower(tmp_path).load()
+    assert len(set(ids) - set(state.events)) == 1 and state.damages

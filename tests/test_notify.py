@@ -12,9 +12,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import drop, events, fnspool, fnspool_json, wait_for
+from conftest import PATIENCE, drop, events, fnspool, fnspool_json, wait_for, wait_for_async
 
 from daemon.notify import STUCK_LOOP_KNOB, Notifier, monotonic_usec
 from daemon.supervise import STRIPPED_ENV, child_env, spawn
@@ -118,29 +119,39 @@ def test_without_a_manager_nothing_is_sent_and_nothing_fails(tmp_path, caplog):
     assert len(warnings) == 1, "a failing socket is reported once, not at every heartbeat"
 
 
-async def test_watchdog_pings_at_half_the_interval(manager):
+async def test_watchdog_pings_at_half_the_interval(manager, monkeypatch):
     env = {
         "NOTIFY_SOCKET": manager.name,
         "WATCHDOG_USEC": "200000",
         "WATCHDOG_PID": str(os.getpid()),
     }
     notifier = Notifier(env)
+    # the pauses the watchdog asks for between pings (they are slept for real)
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any) -> Any:
+        if asyncio.current_task() is task:
+            pauses.append(delay)
+        return await real_sleep(delay, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
     task = asyncio.get_running_loop().create_task(notifier.run_watchdog())
     start = time.monotonic()
-    while len(manager.poll()) < 4 and time.monotonic() - start < 10:
-        await asyncio.sleep(0.01)
+    await wait_for_async(lambda: len(manager.poll()) >= 4, what="four pings")
     elapsed = time.monotonic() - start
     task.cancel()
     assert all(m == {"WATCHDOG": "1"} for m in manager.messages)
-    assert len(manager.messages) >= 4
-    # four pings at 0.1 s spacing: 0.3 s at least, well under the 0.2 s watchdog each
-    assert 0.25 <= elapsed < 2.0, elapsed
+    # a ping, then 0.1 s, then a ping...: half of the 0.2 s watchdog
+    assert pauses[:3] == [0.1] * 3, pauses
+    assert elapsed >= 0.25, elapsed  # the pauses were slept, not skipped
+    print(f"\nfour pings took {elapsed:.2f} s (0.3 s expected)")
 
 
 async def test_watchdog_meant_for_another_process_is_ignored(manager):
     other = Notifier({"NOTIFY_SOCKET": manager.name, "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
     assert other.watchdog_usec == 0
-    await asyncio.wait_for(other.run_watchdog(), 1)  # returns at once
+    await asyncio.wait_for(other.run_watchdog(), PATIENCE)  # returns at once, never pings
     assert Notifier({"NOTIFY_SOCKET": manager.name, "WATCHDOG_USEC": "x"}).watchdog_usec == 0
 
 
@@ -164,7 +175,7 @@ async def test_a_spawned_instance_process_does_not_inherit_them(tmp_path):
         child = spawn(["/usr/bin/env"], env, {1: fd})
     finally:
         os.close(fd)
-    assert (await asyncio.wait_for(child.wait(), 10)).returncode == 0
+    assert (await asyncio.wait_for(child.wait(), PATIENCE)).returncode == 0
     names = {line.split("=", 1)[0] for line in out.read_text().splitlines()}
     assert "PATH" in names
     assert not names & {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}

@@ -358,7 +358,7 @@ def test_the_watchdog_restarts_a_daemon_whose_loop_is_stuck(manager):
     m = manager
     old_pid = int(m.show("MainPID")["MainPID"])
     m.systemctl("kill", "--kill-whom=main", "--signal=SIGUSR1", "fnspool.service")
-    wait_for(lambda: "blocking the event loop" in m.daemon_text(), 10, "the loop to block")
+    wait_for(lambda: "blocking the event loop" in m.daemon_text(), what="the loop to block")
 
     def restarted() -> dict[str, str] | None:
         props = m.show("ActiveState", "MainPID", "NRestarts")
@@ -386,17 +386,17 @@ def test_stop_with_a_running_event_then_it_runs_again_after_start(manager):
     wait_for(lambda: (m.marks / "started").exists(), 30, "the handler to start")
     wait_for(
         lambda: (_event(m.spool, request_id) or {}).get("state") == "Running",
-        10,
-        "Running in the journal",
+        what="Running in the journal",
     )
     began = time.monotonic()
     m.systemctl("stop", "fnspool.service")  # SIGTERM to the daemon only (KillMode=mixed)
     took = time.monotonic() - began
     props = m.show("ActiveState", "Result", "ExecMainStatus", "ExecMainCode")
     assert props["ActiveState"] == "inactive"
-    # a clean exit 0 of its own, after the drain, well before systemd's SIGKILL
+    # a clean exit 0 of its own (not systemd's SIGKILL), after the drain
     assert props["Result"] == "success" and props["ExecMainStatus"] == "0", props
-    assert DRAIN <= took < 60, took
+    assert took >= DRAIN, took
+    print(f"\nsystemctl stop took {took:.2f} s (drain {DRAIN} s)")
     assert m.last_result() == "success exited 0"
     m.prestop_seen = (m.marks / "prestop").exists()
     cut_off = fnspool_json(m.spool, "events", "get", request_id)

@@ -153,7 +153,7 @@ def test_the_system_unit_serves_as_fnspool_with_only_the_spool_writable(system):
         assert writable[OPEN_DIR] == "Read-only file system", writable
     assert writable["/etc"] != "writable"
     assert not (m.path(OPEN_DIR) / ".fnspool-probe").exists()
-    # a member of the fnspool group drops files too (the spool is group-writable and setgid)
+    # a member of the fnspool group drops files too (incoming/ and tmp/ are group-writable)
     m.inside("useradd", "--no-log-init", "--no-create-home", "--groups", "fnspool", "ada")
     invoke = [*install.fnspool_command(), "invoke", "echo", "--payload", '{"by": "ada"}']
     proc = m.inside("runuser", "-u", "ada", "--", *invoke, "--spool", SPOOL)
@@ -166,7 +166,7 @@ def test_the_system_unit_serves_as_fnspool_with_only_the_spool_writable(system):
     props = m.show("Result", "ExecMainStatus")
     assert props == {"Result": "success", "ExecMainStatus": "0"}, props
     assert "SIGHUP: reloading definitions" in m.daemon_text()
-    assert os.stat(spool).st_mode & 0o7777 == 0o2775
+    assert os.stat(spool).st_mode & 0o7777 == 0o2750
 
 
 def test_the_template_serves_a_second_spool_it_creates(system):
@@ -176,7 +176,7 @@ def test_the_template_serves_a_second_spool_it_creates(system):
     st = spool.stat()
     passwd = (m.base / "etc" / "passwd").read_text()
     uid = next(int(x.split(":")[2]) for x in passwd.splitlines() if x.startswith("fnspool:"))
-    assert st.st_uid == uid and st.st_mode & 0o7777 == 0o2775
+    assert st.st_uid == uid and st.st_mode & 0o7777 == 0o2750
     assert json.loads((spool / "run" / "status.json").read_text())["ready"]
     assert fnspool_json(spool, "status")["running"]
     m.systemctl("stop", "fnspool@two.service")

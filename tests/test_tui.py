@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import drop, events, wait_for
+from conftest import PATIENCE, drop, events, wait_for, wait_for_async
 from textual.widgets import DataTable
 from tui_journal import T0, append_records, event_id, history, index_journal, write_journal
 
@@ -31,14 +30,11 @@ from tui.modals import ConfirmStop
 SIZE = (160, 40)
 
 
-async def until(pilot: Any, predicate: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    """Let the app run until `predicate` holds (a deadline, never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await pilot.pause(0.05)
-    return value
+async def until(
+    pilot: Any, predicate: Callable[[], Any], what: str, timeout: float = PATIENCE
+) -> Any:
+    """`wait_for_async` with the app under the pilot running between polls."""
+    return await wait_for_async(predicate, timeout, what, every=0.05, pause=pilot.pause)
 
 
 def shown(app: FnspoolApp) -> list[tuple[str, str, str]]:

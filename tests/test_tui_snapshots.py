@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import wait_for_async
 from tui_journal import index_journal, write_journal
 
 from daemon.spool import Spool
@@ -34,10 +35,12 @@ def app(tmp_path, monkeypatch):
 
 async def _loaded(pilot) -> None:
     app = pilot.app
-    deadline = time.monotonic() + 20
-    while not (app.total is not None and "daemon down" in app.status_markup):
-        assert time.monotonic() < deadline, "the journal was not read"
-        await pilot.pause(0.05)
+    await wait_for_async(
+        lambda: app.total is not None and "daemon down" in app.status_markup,
+        what="the journal to be read",
+        every=0.05,
+        pause=pilot.pause,
+    )
     await pilot.pause()
 
 
@@ -60,10 +63,12 @@ def test_detail_screen(app, snap_compare):
         await pilot.press(*"jjjjjj", "enter")  # event 33: failed
         screen = pilot.app.screen
         assert isinstance(screen, DetailScreen)
-        deadline = time.monotonic() + 20
-        while screen.event is None or not screen.query_one("#detail-log").lines:
-            assert time.monotonic() < deadline
-            await pilot.pause(0.05)
+        await wait_for_async(
+            lambda: screen.event is not None and screen.query_one("#detail-log").lines,
+            what="the event and its log",
+            every=0.05,
+            pause=pilot.pause,
+        )
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

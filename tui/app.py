@@ -21,6 +21,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
+from daemon.ids import BadId
+from daemon.logfiles import event_log_path
 from daemon.model import Request, State
 from daemon.query import Filter
 from daemon.reads import EventReads
@@ -433,8 +435,12 @@ class FnspoolApp(App[None]):
             if row is None:
                 return
             event_id, function, state = row.id, row.function, row.state
+        try:
+            path = event_log_path(self.spool.logs, function, event_id)
+        except BadId as exc:
+            self.notify(escape(f"no log: {exc}"), severity="error")
+            return
         self.watched[event_id] = state
-        path = self.spool.logs / function / f"{event_id}.log"
         self.push_screen(LogScreen(path, lambda: not self.watched[event_id].terminal))
 
     def action_functions(self) -> None:

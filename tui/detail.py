@@ -24,6 +24,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 from textual.worker import get_current_worker
 
+from daemon.ids import BadId
+from daemon.logfiles import event_log_path
 from daemon.model import (
     Event,
     HistoryEntry,
@@ -128,7 +130,9 @@ class LogText(Message):
 class LogView(Log):
     """A log file, followed in a worker while `live()` says the event runs."""
 
-    def __init__(self, path: Path, live: Callable[[], bool], limit: int | None, *, id: str) -> None:
+    def __init__(
+        self, path: Path | None, live: Callable[[], bool], limit: int | None, *, id: str
+    ) -> None:
         super().__init__(highlight=False, id=id)
         self.path, self.live, self.limit = path, live, limit
         self.border_title = "log"
@@ -140,6 +144,9 @@ class LogView(Log):
     def follow_log(self) -> None:
         """Read what is there, then what is appended while the event runs, then the rest."""
         worker = get_current_worker()
+        if self.path is None:  # an id from before ids were checked names no file
+            self.post_message(LogText("(no log: the event's id is not a valid request id)\n"))
+            return
         text, offset = read_log_from(self.path, 0, self.limit)
         if offset and self.limit and offset > len(text.encode()):
             text = f"[… the start of the log is left out: `o` opens all of it]\n{text}"
@@ -174,7 +181,10 @@ class DetailScreen(Screen[None]):
     def __init__(self, event_id: str, function: str, logs_dir: Path, journal_dir: Path) -> None:
         super().__init__()
         self.event_id = event_id
-        self.log_path = logs_dir / function / f"{event_id}.log"
+        try:
+            self.log_path: Path | None = event_log_path(logs_dir, function, event_id)
+        except BadId:
+            self.log_path = None
         self.journal_dir = journal_dir
         self.event: Event | None = None
         self._early: list[Transition] = []  # records that came while the event was being read

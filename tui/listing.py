@@ -26,7 +26,7 @@ from daemon.eventdb import BOTTOM, MAX_ID, TOP, Branch, IndexDB, Key
 from daemon.journal import Outrun
 from daemon.model import Event, State
 from daemon.query import Filter
-from daemon.reads import EventReads, read_tail
+from daemon.reads import EventReads, Following
 from tui.overlay import Overlay, Row, row_decoder, row_of
 
 JUMP = 2000  # rows: a window further than this from the cached range is sought afresh
@@ -345,11 +345,14 @@ def ended_ids(directory: Path, flt: Filter, page_size: int = 1000) -> Iterator[s
         return
     try:
         with index.transaction():
+            following = Following(directory, cursor)
             try:
-                tail = read_tail(directory, index, cursor)
+                tail = following.read_on(index)
             except Outrun:  # compacted meanwhile: the whole-journal way
                 yield from (e.id for e in EventReads(directory).select(ended, None))
                 return
+            finally:
+                following.close()
             yield from (e.id for e in tail.events.values() if ended.matches(e))
             branches = eventdb.state_branches(ended, index.counts())
             bound = TOP

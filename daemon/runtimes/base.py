@@ -11,6 +11,7 @@ from typing import Protocol
 import msgspec
 
 from daemon.functions import FunctionDef
+from daemon.limits import MAX_VALUE_BYTES, bounded_error, result_too_large
 from daemon.logfiles import DirectLogs, LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.supervise import ExitStatus
@@ -37,6 +38,18 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage
     retry_delay: float | None = None
     instance_lost: bool = False  # the instance is dead or must be discarded
+
+
+def bounded(o: Outcome) -> Outcome:
+    """`o` as it may be journaled: a result over the limit fails the attempt (ResultTooLarge),
+    an error's text is cut short (daemon/limits.py)."""
+    if o.ok and o.result is not None and len(o.result) > MAX_VALUE_BYTES:
+        error = result_too_large("the result", len(o.result))
+        return msgspec.structs.replace(o, ok=False, result=None, error=error)
+    if o.error is None:
+        return o
+    error = bounded_error(o.error)
+    return o if error is o.error else msgspec.structs.replace(o, error=error)
 
 
 class HookOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +87,7 @@ class InstanceStartError(Exception):
     """An instance could not be made ready; `error` says why (the event becomes Invalid)."""
 
     def __init__(self, error: ErrorInfo) -> None:
+        error = bounded_error(error)  # it is journaled, and may quote the function's output
         super().__init__(f"{error.type}: {error.message}")
         self.error = error
 

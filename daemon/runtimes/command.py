@@ -12,9 +12,10 @@ import msgspec
 
 from daemon.functions import FunctionDef
 from daemon.model import ErrorInfo
+from daemon.runtimes.account import base_env, check_usable, instance_account, needs
 from daemon.runtimes.base import InstanceStartError
+from daemon.users import Account, R, X
 
-MAX_RESULT = 64 << 20  # bytes of a result, as the python runtime allows
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _RESULT_CHECK = msgspec.json.Decoder()
 _SETPRIV = shutil.which("setpriv")  # util-linux: sets the parent-death signal, then execs
@@ -42,6 +43,17 @@ def command_argv(function: FunctionDef) -> list[str]:
     return [str(path), *args]
 
 
+def command_account(function: FunctionDef, argv: list[str]) -> Account | None:
+    """The account `argv` (from `command_argv`) runs as, None for the daemon's own;
+    InstanceStartError, naming the path, when that user cannot run it in the code folder."""
+    account = instance_account(function)
+    check_usable(
+        account,
+        {"the code folder": (function.code_dir, R | X), "the command": (argv[0], needs(argv[0]))},
+    )
+    return account
+
+
 def bound_to_daemon(argv: list[str]) -> list[str]:
     """`argv` run so that the kernel kills it if the daemon dies (PR_SET_PDEATHSIG, through
     util-linux's setpriv), even while it is frozen or when the daemon is killed with -9: a program
@@ -51,11 +63,14 @@ def bound_to_daemon(argv: list[str]) -> list[str]:
     return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
-def command_env(function: FunctionDef, instance_id: str, extra: dict[str, str]) -> dict[str, str]:
+def command_env(
+    function: FunctionDef, instance_id: str, extra: dict[str, str], account: Account | None = None
+) -> dict[str, str]:
     """The variables an instance's program gets on top of the function's `environment`
-    (spawn takes away the daemon's service-manager ones)."""
+    (spawn takes away the daemon's service-manager ones); the account's HOME, USER and LOGNAME
+    when it runs as another user."""
     return {
-        **os.environ,
+        **base_env(account),
         **function.environment,
         "FC_FUNCTION_NAME": function.name,
         "FC_FUNCTION_MEMORY_SIZE": str(function.memory_mb),

@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 
 from daemon.functions import FunctionDef
+from daemon.limits import MAX_VALUE_BYTES, result_too_large
 from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.base import (
@@ -30,14 +31,15 @@ from daemon.runtimes.base import (
     memory_error,
 )
 from daemon.runtimes.command import (
-    MAX_RESULT,
     as_result,
     bound_to_daemon,
+    command_account,
     command_argv,
     command_env,
 )
 from daemon.runtimes.pipes import OutputRouter, read_some
 from daemon.supervise import Child, ExitStatus, MemoryWatch, spawn
+from daemon.users import Account
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,13 @@ class ExecInstance(InstanceBase):
         super().__init__(function, log_cap=log_cap, logs=logs)
         self.on_exit = on_exit  # never called: no process outlives its attempt
         self._argv: list[str] = []
+        self._account: Account | None = None  # who the command runs as (None: the daemon)
         self._running: set[Child] = set()
 
     async def start(self, *, request_id: str | None = None, log_path: Path | None = None) -> None:
         """Check that the command can run (InstanceStartError if not); no process starts."""
         self._argv = command_argv(self.function)
+        self._account = command_account(self.function, self._argv)
         self.state = "idle"
         self.started_at = time.time()
         self.last_used = time.monotonic()
@@ -82,7 +86,7 @@ class ExecInstance(InstanceBase):
         began = time.monotonic()
         try:
             run = _Run(self._argv, self._env(request_id, attempt, timeout), payload, event_log)
-            run.spawn(self.function.code_dir)
+            run.spawn(self.function.code_dir, self._account)
         except OSError as exc:
             event_log.platform(f"FC Invoke End RequestId: {request_id}")
             event_log.close()
@@ -141,6 +145,7 @@ class ExecInstance(InstanceBase):
                 "FNSPOOL_ATTEMPT": str(attempt),
                 "FNSPOOL_TIMEOUT_MS": str(int(timeout * 1000)),
             },
+            self._account,
         )
 
     def _unavailable(self, request_id: str) -> Outcome:
@@ -167,8 +172,8 @@ class _Run:
         self.memory_used: float | None = None  # set when the memory watch killed it
         self._watch: MemoryWatch | None = None
 
-    def spawn(self, cwd: str) -> None:
-        """Start the process; OSError if it cannot be."""
+    def spawn(self, cwd: str, user: Account | None) -> None:
+        """Start the process (as `user` when given); OSError if it cannot be."""
         # a memory file rather than a pipe: nothing to feed while the process runs, and a
         # program that never reads its stdin cannot block the daemon or get SIGPIPE
         stdin = os.memfd_create("fnspool-payload", os.MFD_CLOEXEC)
@@ -180,7 +185,7 @@ class _Run:
                 view = view[os.write(stdin, view) :]
             os.lseek(stdin, 0, os.SEEK_SET)
             fds = {0: stdin, 1: out_w, 2: err_w}
-            self.child = spawn(bound_to_daemon(self.argv), self.env, fds, cwd=cwd)
+            self.child = spawn(bound_to_daemon(self.argv), self.env, fds, cwd=cwd, user=user)
         except BaseException:
             os.close(out_r)
             os.close(err_r)
@@ -248,7 +253,7 @@ class _Run:
             self._stdout_fd = None
             return False
         self.stdout_size += len(data)
-        if self.stdout_size <= MAX_RESULT:
+        if self.stdout_size <= MAX_VALUE_BYTES:  # the rest is counted, not kept
             self.stdout += data
         return True
 
@@ -282,12 +287,9 @@ def _outcome(
         code = status.exit_code if status else None
         return Outcome(ok=False, error=ErrorInfo(type="ExecError", message=message, code=code),
                        usage=usage)  # fmt: skip
-    if run.stdout_size > MAX_RESULT:
-        message = (
-            f"the command wrote {run.stdout_size} bytes to stdout, over the {MAX_RESULT} limit"
-        )
-        return Outcome(ok=False, error=ErrorInfo(type="InvalidResult", message=message),
-                       usage=usage)  # fmt: skip
+    if run.stdout_size > MAX_VALUE_BYTES:
+        error = result_too_large("the command's stdout", run.stdout_size)
+        return Outcome(ok=False, error=error, usage=usage)
     return Outcome(ok=True, result=as_result(bytes(run.stdout)), usage=usage)
 
 

@@ -38,6 +38,7 @@ from daemon.runtimes.base import (
 from daemon.runtimes.command import (
     as_result,
     bound_to_daemon,
+    command_account,
     command_argv,
     command_env,
     process_cpu_ms,
@@ -222,13 +223,15 @@ class HttpInstance(InstanceBase):
     def _spawn(self) -> None:
         fn = self.function
         argv = command_argv(fn)
+        account = command_account(fn, argv)
         self.port = free_port()
         port = str(self.port)
-        env = command_env(fn, self.id, {"FC_SERVER_PORT": port, "PORT": port})
+        env = command_env(fn, self.id, {"FC_SERVER_PORT": port, "PORT": port}, account)
         # one pipe for stdout and stderr: their lines stay in order, and one read drains both
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        fds = {1: out_w, 2: out_w}
         try:
-            self._child = spawn(bound_to_daemon(argv), env, {1: out_w, 2: out_w}, cwd=fn.code_dir)
+            self._child = spawn(bound_to_daemon(argv), env, fds, cwd=fn.code_dir, user=account)
         except OSError as exc:
             os.close(out_r)
             message = f"cannot start {argv[0]}: {exc.strerror or exc}"

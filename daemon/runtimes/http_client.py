@@ -11,9 +11,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from daemon.limits import MAX_VALUE_BYTES, result_too_large
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import InstanceStartError
-from daemon.runtimes.command import MAX_RESULT, text_start
+from daemon.runtimes.command import text_start
 
 if TYPE_CHECKING:
     import aiohttp
@@ -34,13 +35,13 @@ _ports_in_use: set[int] = set()  # handed to instances of this daemon that are s
 
 
 class Response(NamedTuple):
-    """What the server answered (the body cut at MAX_RESULT)."""
+    """What the server answered (the body cut at MAX_VALUE_BYTES)."""
 
     status: int
     reason: str
     fc_status: str | None  # FC's `x-fc-status` header: "404" reports a function error
     body: bytes
-    too_large: bool
+    size: int  # of the whole body
 
 
 async def load_aiohttp() -> None:
@@ -79,22 +80,22 @@ async def request(
 
     try:
         async with session.request(method, path, headers=headers, data=body) as response:
-            data, too_large = await read_capped(response)
+            data, size = await read_capped(response)
             fc_status = response.headers.get("x-fc-status")
-            return Response(response.status, response.reason or "", fc_status, data, too_large)
+            return Response(response.status, response.reason or "", fc_status, data, size)
     except (aiohttp.ClientError, OSError) as exc:
         message = f"{method} {path} failed: {exc or type(exc).__name__}"
         return ErrorInfo(type="InstanceUnreachable", message=message)
 
 
-async def read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-    """The body up to MAX_RESULT, and whether there was more (which is read and dropped)."""
+async def read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, int]:
+    """The body up to MAX_VALUE_BYTES, and its whole size (the rest is read and dropped)."""
     chunks, size = [], 0
     async for chunk in response.content.iter_any():
         size += len(chunk)
-        if size <= MAX_RESULT:
+        if size <= MAX_VALUE_BYTES:
             chunks.append(chunk)
-    return b"".join(chunks), size > MAX_RESULT
+    return b"".join(chunks), size
 
 
 def invoke_error(response: Response) -> ErrorInfo | None:
@@ -107,9 +108,8 @@ def invoke_error(response: Response) -> ErrorInfo | None:
         message = f"the function reported an error (x-fc-status {response.fc_status})"
         message += f": {start}" if start else ""
         return ErrorInfo(type="UnhandledInvocationError", message=message)
-    if response.too_large:
-        message = f"the server's answer is over the {MAX_RESULT} byte limit"
-        return ErrorInfo(type="InvalidResult", message=message)
+    if response.size > MAX_VALUE_BYTES:
+        return result_too_large("the server's answer", response.size)
     return None
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import msgspec
 
 from daemon.functions import FunctionDef
+from daemon.limits import MAX_VALUE_BYTES
 from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
+from daemon.runtimes.account import base_env, check_usable, instance_account, needs
 from daemon.runtimes.base import (
     HOOK_LABELS,
     LOG_CAP,
@@ -44,6 +46,7 @@ from daemon.runtimes.python_protocol import (
     encode_frame,
 )
 from daemon.supervise import Child, ExitStatus, MemoryWatch, child_env, spawn
+from daemon.users import Account, R, X
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +198,18 @@ class PythonInstance(InstanceBase):
 
     def _spawn(self) -> None:
         fn = self.function
+        account = self._account()
         ctl_in_r, ctl_in_w = os.pipe2(os.O_CLOEXEC)
         ctl_out_r, ctl_out_w = os.pipe2(os.O_CLOEXEC)
         stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
         # one pipe for stdout and stderr: their lines stay in order, and one read drains both
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         ours, theirs = (ctl_in_w, ctl_out_r, stop_w, out_r), (ctl_in_r, ctl_out_w, stop_r, out_w)
-        env = child_env(os.environ, {**fn.environment, **self._worker_env()})
+        env = child_env(base_env(account), {**fn.environment, **self._worker_env()})
         fds = {1: out_w, 2: out_w, CTL_IN: ctl_in_r, CTL_OUT: ctl_out_w, CTL_STOP: stop_r}
         try:
-            self._child = spawn([fn.interpreter, "-u", str(BOOTSTRAP)], env, fds)
+            argv = [fn.interpreter, "-u", str(BOOTSTRAP)]
+            self._child = spawn(argv, env, fds, user=account)
         except OSError as exc:
             for fd in ours:
                 os.close(fd)
@@ -221,6 +226,20 @@ class PythonInstance(InstanceBase):
         self._child.exited.add_done_callback(self._on_exit)
         log.debug("instance %s spawned (pid %d)", self.id, self.pid)
 
+    def _account(self) -> Account | None:
+        """Who the worker runs as, checked to be able to start it (InstanceStartError if not)."""
+        fn = self.function
+        account = instance_account(fn)
+        check_usable(
+            account,
+            {
+                "the code folder": (fn.code_dir, R | X),
+                "the interpreter": (fn.interpreter, needs(fn.interpreter)),
+                "the worker bootstrap": (str(BOOTSTRAP), R),
+            },
+        )
+        return account
+
     def _worker_env(self) -> dict[str, str]:
         fn = self.function
         return {
@@ -232,6 +251,7 @@ class PythonInstance(InstanceBase):
             "FNSPOOL_HANDLER": fn.handler,
             "FNSPOOL_FUNCTION_NAME": fn.name,
             "FNSPOOL_MEMORY_MB": str(fn.memory_mb),
+            "FNSPOOL_MAX_RESULT": str(MAX_VALUE_BYTES),  # refused there: never sent here
         }
 
     def _check_ready(self, reply: Reply) -> None:

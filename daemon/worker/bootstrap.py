@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 _RESULT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _FRAME_JSON = json.JSONEncoder(separators=(",", ":"))  # ASCII: safe for any message text
 _HEADER = 4
-_MAX_RESULT = int(os.environ.get("FNSPOOL_MAX_RESULT", 64 << 20))
+_MAX_RESULT = int(os.environ.get("FNSPOOL_MAX_RESULT", 8 << 20))  # set by the daemon (its limits)
 
 
 class Retry(Exception):
@@ -172,8 +172,11 @@ def _encode_result(result: object) -> "tuple[bytes | None, dict | None]":
         message = f"the handler's result is not JSON-serialisable: {exc}"
         return None, {"type": "InvalidResult", "message": message}
     if len(body) > _MAX_RESULT:
-        message = f"the handler's result is {len(body)} bytes, over the {_MAX_RESULT} limit"
-        return None, {"type": "InvalidResult", "message": message}
+        message = (
+            f"the handler's result is {len(body):,} bytes, "
+            f"over the {_MAX_RESULT:,}-byte limit for a result"
+        )
+        return None, {"type": "ResultTooLarge", "message": message}
     return body, None
 
 

@@ -10,14 +10,13 @@ import random
 import shutil
 import struct
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, DaemonProcess
+from conftest import EXAMPLES, DaemonProcess, cgroup_names, remove_cgroups, wait_for
 
 from daemon.journal import JournalFollower, JournalState
 from daemon.model import State
@@ -141,6 +140,8 @@ class Daemons:
     def close(self) -> None:
         for d in self.started:
             d.close()
+        # before the file system they ran on goes: their cgroups are named after their spools
+        remove_cgroups(cgroup_names({d.spool for d in self.started}))
         self.started.clear()
 
     @contextlib.contextmanager
@@ -203,15 +204,9 @@ class LoopExt4:
             os.close(fd)
 
     def umount(self) -> None:
-        deadline = time.monotonic() + 20
-        while self.mounted:
-            try:
-                run("umount", str(self.mnt))
-                self.mounted = False
-            except subprocess.CalledProcessError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)  # a process that had files open there is still exiting
+        if self.mounted:
+            umount(self.mnt)
+            self.mounted = False
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -241,12 +236,17 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                run("umount", str(path))
-                break
-            except subprocess.CalledProcessError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        umount(path)
+
+
+def umount(path: Path) -> None:
+    """Unmount `path`, again while a process that had files open there is still exiting."""
+
+    def unmounted() -> bool:
+        try:
+            run("umount", str(path))
+        except subprocess.CalledProcessError:
+            return False
+        return True
+
+    wait_for(unmounted, what=f"{path} to unmount", every=0.1)

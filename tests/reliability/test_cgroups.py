@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import drop, events, fnspool, gone, wait_for
+from conftest import cgroup_name, drop, events, fnspool, gone, wait_for
 
 from daemon.cgroups import own_cgroup
 
@@ -70,10 +70,15 @@ def test_a_forced_stop_kills_what_left_the_tree_and_cleared_its_environment(spoo
     drop(spool, "escaper", "a.json", {"seconds": seconds})
     found = wait_for(lambda: escapees(seconds), what="the escapee to start")
     assert len(found) == 1 and not Path(f"/proc/{found[0]}/environ").read_bytes()
+    # in its instance's group, under the daemon's, named as the session's clean-up expects
+    lines = Path(f"/proc/{found[0]}/cgroup").read_text().splitlines()
+    group = next(line for line in lines if line.startswith("0::"))
+    assert f"/{cgroup_name(spool)}/" in group, group
     event = events(spool, "--function", "escaper")[0]
     fnspool(spool, "events", "stop", event["id"], "--wait")
     try:
-        wait_for(lambda: gone(found[0]), timeout=1.0, what="the escapee killed with its cgroup")
+        # nothing else finds it: it left the tree and carries no token
+        wait_for(lambda: gone(found[0]), what="the escapee killed with its cgroup")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(found[0], signal.SIGKILL)  # never left running by a failure

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, drop, gone, wait_for
+from conftest import REPO, drop, gone, note_spool, wait_for
 
 from daemon.model import State
 from reliability.conftest import all_ended, feed, make_spool, payload_counts, replay, seeded
@@ -24,6 +24,7 @@ from reliability.conftest import all_ended, feed, make_spool, payload_counts, re
 
 def _lock_rounds(spool: Path, rounds: int) -> None:
     spool.mkdir(exist_ok=True)
+    note_spool(spool)
     argv = [sys.executable, "-m", "daemon", "daemon", "--spool", str(spool)]
     loser_s: list[float] = []
     for round_ in range(rounds):
@@ -224,7 +225,7 @@ def test_crash_running_kill_9_with_50_events_running(tmp_path, daemons):
     d.kill()  # SIGKILL: nothing of the daemon runs after this
     restarted = daemons(spool, wait_ready=False)  # at once: the old attempts may still run
     survivors = wait_for(
-        lambda: not [p for p in pids if not gone(p)] or None, 10, "every instance to die"
+        lambda: not [p for p in pids if not gone(p)] or None, what="every instance to die"
     )
     died_ms = (time.monotonic() - t_kill) * 1000
     wait_for(restarted.ready, 60, "the daemon to be ready again")
@@ -277,7 +278,7 @@ def test_crash_running_children_of_instances_die_with_the_daemon(tmp_path, daemo
     d.kill()
     daemons(spool)  # the restarted daemon could sweep what the old one left
     try:
-        wait_for(lambda: all(gone(p) for p in children), 3, "the instances' children to die")
+        wait_for(lambda: all(gone(p) for p in children), what="the instances' children to die")
     finally:
         for pid in children:  # this test's own leftovers: never left running
             if not gone(pid):
@@ -317,3 +318,46 @@ def test_the_same_file_copied_again_with_its_mtime_is_a_new_payload(tmp_path, da
         f"same-identity copies: {copies} copied in over 3 daemon runs ({len(set(inodes))} "
         f"inodes), {len(state.events)} events"
     )
+
+
+# -- no unrecorded run ----------------------------------------------------------------------
+
+
+def _crash_runs(spool: Path, daemons, total: int, cycles: int) -> None:
+    """kill -9 while a burst runs; every run a handler made (its line in an O_APPEND marker
+    file) must be an attempt in the journal: a re-run after a crash is an Interrupted attempt."""
+    rng = seeded("crash-runs")
+    make_spool(spool)
+    marker = spool.parent / "runs.txt"
+    target, tmp = spool / "incoming" / "marker", spool / "tmp"
+    target.mkdir(parents=True)
+    tmp.mkdir()
+    for i in range(total):
+        (tmp / f".m{i}").write_text(json.dumps({"i": i, "marker": str(marker)}))
+        os.rename(tmp / f".m{i}", target / f"m{i:05d}.json")
+    for _ in range(cycles):
+        d = daemons(spool, wait_ready=False)
+        wait_for(lambda: marker.exists(), 60, "a first run")
+        time.sleep(rng.uniform(0.05, 0.6))  # the moment of the kill is random, not a wait
+        d.kill()
+    daemons(spool)
+    state = wait_for(lambda: all_ended(spool, total), 300, "every event to end")
+    runs = Counter(marker.read_text().split())
+    attempts = {
+        e.id: sum(1 for h in e.history if h.state is State.RUNNING) for e in state.events.values()
+    }
+    unrecorded = {i: (n, attempts.get(i, 0)) for i, n in runs.items() if n > attempts.get(i, 0)}
+    assert not unrecorded, f"{len(unrecorded)} events ran more often than the journal shows: " + (
+        ", ".join(f"{i} ran {n}x, {a} attempts" for i, (n, a) in list(unrecorded.items())[:5])
+    )
+    assert Counter(e.state.value for e in state.events.values()) == {"Succeeded": total}
+    again = sum(1 for n in runs.values() if n > 1)
+    print(
+        f"crash-runs: {cycles} kill -9 during a burst of {total}: {sum(runs.values())} runs, "
+        f"{again} events ran more than once, each run an attempt in the journal"
+    )
+
+
+@pytest.mark.reliability
+def test_every_run_is_in_the_journal_across_kill_9(tmp_path, daemons):
+    _crash_runs(tmp_path / "spool", daemons, total=1500, cycles=6)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import cgroup_name, remove_cgroups, wait_for
 
 from daemon.journal_writer import SKIP_FDATASYNC_TEST_ONLY
 from reliability.conftest import (
@@ -77,6 +77,7 @@ def _power_loss(fs: LoopExt4, daemons, rng, *, skip_fdatasync: bool) -> dict[str
     env = {SKIP_FDATASYNC_TEST_ONLY: "1"} if skip_fdatasync else None
     log = fs.mnt.parent / "daemon.log"
     d = daemons(spool, env=env, log=log)
+    cgroup = cgroup_name(spool)  # the spool cannot be read once the power is gone
     noise = subprocess.Popen(
         [sys.executable, "-c", NOISE, str(fs.mnt / "noise")], stderr=subprocess.DEVNULL
     )
@@ -90,6 +91,7 @@ def _power_loss(fs: LoopExt4, daemons, rng, *, skip_fdatasync: bool) -> dict[str
     finally:
         feeder.stop.set()
         d.close()  # the power is gone: nothing keeps running (killed, its log closed)
+        remove_cgroups([cgroup])
         noise.kill()
         noise.wait()
         feeder.join(30)
@@ -183,7 +185,7 @@ def test_enospc_a_full_journal_stops_the_daemon_cleanly(tmp_path, daemons):
     need_root("mount")
     spool = make_spool(tmp_path / "spool")
     journal, log = spool / "journal", tmp_path / "daemon.log"
-    with tmpfs(journal, "size=96k,mode=2775"), daemons.closing():
+    with tmpfs(journal, "size=96k,mode=2750"), daemons.closing():
         d = daemons(spool, log=log)
         dropped = feed(spool, "echo", range(600))
         wait_for(lambda: "journal write failed" in d.log_text(), 60, "the journal to fill up")
@@ -217,7 +219,7 @@ def test_enospc_a_full_journal_stops_the_daemon_cleanly(tmp_path, daemons):
 def test_a_full_journal_is_a_quiet_exit(tmp_path, daemons):
     need_root("mount")
     spool = make_spool(tmp_path / "spool")
-    with tmpfs(spool / "journal", "size=64k,mode=2775"), daemons.closing():
+    with tmpfs(spool / "journal", "size=64k,mode=2750"), daemons.closing():
         d = daemons(spool, log=tmp_path / "daemon.log")
         feed(spool, "echo", range(400))
         assert d.wait(60) == 1
@@ -232,7 +234,7 @@ def test_no_inode_left_for_segments_or_snapshots_keeps_the_journal_going(tmp_pat
     need_root("mount")
     spool = make_spool(tmp_path / "spool")
     journal, log = spool / "journal", tmp_path / "daemon.log"
-    with tmpfs(journal, f"size=64m,nr_inodes={inodes},mode=2775"), daemons.closing():
+    with tmpfs(journal, f"size=64m,nr_inodes={inodes},mode=2750"), daemons.closing():
         d = daemons(spool, "--snapshot-every", "20", log=log)
         dropped = feed(spool, "echo", range(300))
         _all_once(spool, dropped)  # a snapshot cannot be made: the journal goes on regardless

@@ -1,0 +1,145 @@
+"""A burst of no-op events, fnspool against Huey, rounds alternating, in the same run.
+
+- fnspool: the normal (durable) daemon over a temporary spool, the python function `noop` on
+  2 instances; the client drops N payload files (write in spool/tmp, rename into
+  incoming/noop/). Timed from the first file written until the journal says all N ended.
+- Huey (see peer_huey.py): SqliteHuey in the same temporary directory, a consumer with 2 worker
+  processes; the client enqueues N calls of the same no-op task. Timed from the first enqueue
+  until all N results are stored.
+- --churn: first the client alone (write + rename of N files, no daemon) and fnspool's burst,
+  then 200,000 small files created and deleted beside the spool (on ext4 each new inode then skips
+  the recently freed ones), then the same two again; the target is fnspool's burst >= 80 % of
+  the client-alone rate. The rounds follow the churn.
+
+Usage: python benchmarks/bench_burst.py [--events 2000] [--rounds 3] [--churn]
+Huey is a benchmark-only dependency: .venv/bin/pip install -e '.[bench]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from harness import REPO, JournalFollower, drop, make_spool, running_daemon, wait_ended
+from peer_huey import INSTALL_HINT, Huey, running_huey
+
+CHURN_BATCH = 10_000
+
+
+def fnspool_burst(spool: Path, proc: subprocess.Popen[bytes], count: int, tag: str) -> float:
+    """Events/s for `count` payload files dropped by the client, until all ended."""
+    follower = JournalFollower(spool / "journal")
+    follower.load()
+    staging, target = spool / "tmp", spool / "incoming" / "noop"
+    start = time.perf_counter()
+    for i in range(count):
+        drop(staging, target, f"{tag}{i:06d}", b'{"n": %d}' % i)
+    return count / wait_ended(follower, count, start, proc)
+
+
+def client_alone(root: Path, count: int) -> float:
+    """Files/s for the client's part of a burst alone: the same writes and renames, no daemon."""
+    staging, target = root / "client" / "tmp", root / "client" / "incoming" / "noop"
+    target.mkdir(parents=True)
+    staging.mkdir()
+    start = time.perf_counter()
+    for i in range(count):
+        drop(staging, target, f"c{i:06d}", b'{"n": %d}' % i)
+    rate = count / (time.perf_counter() - start)
+    shutil.rmtree(root / "client")
+    return rate
+
+
+def churn(directory: Path, count: int) -> float:
+    """Create and delete `count` small files in `directory`, in batches; return the seconds."""
+    directory.mkdir()
+    start = time.perf_counter()
+    for first in range(0, count, CHURN_BATCH):
+        names = [directory / f"f{i:07d}" for i in range(first, min(first + CHURN_BATCH, count))]
+        for path in names:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.write(fd, b"x" * 150)
+            os.close(fd)
+        for path in names:
+            path.unlink()
+    directory.rmdir()
+    return time.perf_counter() - start
+
+
+def client_versus_daemon(
+    root: Path, spool: Path, proc: subprocess.Popen[bytes], count: int, label: str, tag: str
+) -> None:
+    """Print the client-alone rate, fnspool's burst and their ratio."""
+    alone = client_alone(root, count)
+    rate = fnspool_burst(spool, proc, count, tag)
+    print(
+        f"{label:<14} client alone {alone:>8,.0f} files/s   fnspool burst {rate:>7,.0f} events/s"
+        f"   burst/client {rate / alone:.2f} (target >= 0.80)"
+    )
+
+
+def with_churn(
+    root: Path, spool: Path, proc: subprocess.Popen[bytes], count: int, files: int
+) -> None:
+    """Client alone against fnspool's burst, before and after a churn of `files` files."""
+    client_versus_daemon(root, spool, proc, count, "without churn", "pre-")
+    seconds = churn(root / "churn", files)
+    print(f"churn          {files:,} small files created and deleted in {seconds:.1f} s")
+    client_versus_daemon(root, spool, proc, count, "after churn", "post-")
+
+
+def rounds(spool: Path, proc: subprocess.Popen[bytes], peer: Huey, count: int, n: int) -> None:
+    """Alternate fnspool and Huey bursts; print each round and the spread of the ratio."""
+    ratios = []
+    for r in range(1, n + 1):
+        ours = fnspool_burst(spool, proc, count, f"r{r}-")
+        theirs = peer.burst(count)
+        ratios.append(ours / theirs)
+        print(
+            f"round {r}        fnspool {ours:>7,.0f} events/s   Huey {theirs:>7,.0f} events/s"
+            f"   fnspool/Huey {ratios[-1]:.2f}"
+        )
+    print(
+        f"fnspool/Huey   min {min(ratios):.2f}   median {statistics.median(ratios):.2f}"
+        f"   max {max(ratios):.2f}   ({n} round{'s' * (n > 1)} of {count} events)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--churn", action="store_true", help="measure after a file churn too")
+    parser.add_argument("--churn-files", type=int, default=200_000)
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=REPO,
+        help="where the spool is made (default: the checkout, like ./spool)",
+    )
+    args = parser.parse_args()
+    if importlib.util.find_spec("huey") is None:
+        raise SystemExit(INSTALL_HINT)
+
+    load = os.getloadavg()[0]
+    print(f"machine        {os.cpu_count()} CPUs, load average {load:.2f} at the start (shared)")
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix=".bench-") as tmp:
+        root = Path(tmp)
+        spool = make_spool(root)
+        with running_daemon(spool) as proc, running_huey(root) as peer:
+            fnspool_burst(spool, proc, 50, "w")  # warm both instances
+            peer.burst(50)  # the consumer is up and its workers have run a task
+            if args.churn:
+                with_churn(root, spool, proc, args.events, args.churn_files)
+            rounds(spool, proc, peer, args.events, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

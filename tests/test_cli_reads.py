@@ -1,0 +1,46 @@
+"""The CLI's reads as a user meets them: ids by their start, and nothing a handler wrote can
+drive the terminal."""
+
+from __future__ import annotations
+
+from conftest import drop, events, fnspool, fnspool_json, wait_for
+
+ENDED = "Succeeded,Failed,Expired,Invalid,Stopped"
+
+
+def _ended(spool, count):
+    found = events(spool, "--status", ENDED)
+    return found if len(found) >= count else None
+
+
+def test_an_event_is_found_by_the_start_of_its_id_unless_that_start_is_shared(spool, daemon):
+    daemon.start()
+    drop(spool, "echo", "a.json", {"n": 1})
+    drop(spool, "echo", "b.json", {"n": 2})
+    first, second = wait_for(lambda: _ended(spool, 2), what="both events to end")
+    unique = next(
+        n for n in range(1, 37) if first["id"][:n] != second["id"][:n]
+    )  # the shortest start that tells them apart
+    got = fnspool_json(spool, "events", "get", first["id"][:unique])
+    assert got["id"] == first["id"]
+    shared = fnspool(spool, "events", "get", first["id"][: unique - 1], check=False)
+    assert shared.returncode == 2 and "several ids" in shared.stderr
+    assert first["id"] in fnspool(spool, "events", "wait", first["id"][:unique]).stdout
+    missing = fnspool(spool, "events", "get", "ffffffff", check=False)
+    assert missing.returncode == 4
+
+
+def test_escape_codes_in_an_error_never_reach_the_terminal(spool, daemon):
+    printf = "printf '\\\\033[31mred\\\\033]0;title\\\\007' >&2; exit 1"
+    (spool / "functions" / "red.toml").write_text(
+        f'runtime = "exec"\ncommand = ["sh", "-c", "{printf}"]\n[async]\nmax_retries = 0\n'
+    )
+    (spool / "functions" / "red").mkdir()
+    daemon.start()
+    drop(spool, "red", "x.json", {})
+    (event,) = wait_for(lambda: _ended(spool, 1), what="the event to fail")
+    assert event["state"] == "Failed" and "\x1b" in event["error"]["message"]  # kept as written
+    for args in (("events", "list"), ("events", "get", event["id"])):
+        out = fnspool(spool, *args).stdout
+        assert "\x1b" not in out and "\x07" not in out, out
+        assert "\\x1b[31mred" in out
