@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daemon.eventdb import INDEX_NAME, IndexDB  # noqa: E402
+from daemon.eventdb import INDEX_NAME, VERSION, IndexDB  # noqa: E402
 from daemon.journal import (  # noqa: E402
     encode_record,
     list_archives,
@@ -235,24 +235,32 @@ def indexed_seq(journal: Path) -> int:
 
 
 def cached_spool(cache: Path, events: int) -> tuple[Path, dict[str, object]]:
-    """The spool of `events` events under `cache`, built (and timed) unless already there."""
+    """The spool of `events` events under `cache`, built (and timed) unless already there; its
+    index built again (and timed) when it is of another version than this checkout's."""
     home = cache / size_name(events)
     meta_path = home / "built.json"
-    if meta_path.exists():
-        return home / "spool", json.loads(meta_path.read_text())
-    shutil.rmtree(home, ignore_errors=True)
     spool = home / "spool"
-    (spool / "functions" / "noop").mkdir(parents=True)
-    (spool / "functions" / "noop.toml").write_text('handler = "index.handler"\nmax_instances = 2\n')
-    (spool / "functions" / "noop" / "index.py").write_text(NOOP)
-    progress(f"{size_name(events)}: writing the journal")
-    started = time.perf_counter()
-    meta = write_journal(spool / "journal", events, time.time())
-    meta["generate_s"] = time.perf_counter() - started
-    progress(f"{size_name(events)}: journal written in {meta['generate_s']:.0f} s; indexing")
-    meta["index_build_s"] = build_index(spool / "journal", int(meta["last_seq"]))  # type: ignore[call-overload]
-    meta["disk"] = disk_use(spool / "journal")
-    meta_path.write_text(json.dumps(meta))
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+        (spool / "functions" / "noop").mkdir(parents=True)
+        (spool / "functions" / "noop.toml").write_text(
+            'handler = "index.handler"\nmax_instances = 2\n'
+        )
+        (spool / "functions" / "noop" / "index.py").write_text(NOOP)
+        progress(f"{size_name(events)}: writing the journal")
+        started = time.perf_counter()
+        meta = write_journal(spool / "journal", events, time.time())
+        meta["generate_s"] = time.perf_counter() - started
+    if meta.get("index_version") != VERSION:
+        progress(f"{size_name(events)}: indexing")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{spool / 'journal' / INDEX_NAME}{suffix}").unlink(missing_ok=True)
+        meta["index_build_s"] = build_index(spool / "journal", int(meta["last_seq"]))
+        meta["index_version"] = VERSION
+        meta["disk"] = disk_use(spool / "journal")
+        meta_path.write_text(json.dumps(meta))
     return spool, meta
 
 

@@ -65,18 +65,33 @@ class Cgroups:
         log.info("instances get cgroups under %s", base)
         return groups
 
-    def place(self, key: str, pid: int) -> Path | None:
-        """Move `pid` into a new group of its own; None (logged) when it cannot be."""
+    def new_group(self, key: str) -> Path | None:
+        """Make the group `key` for a child about to be spawned; None (logged) when it cannot be."""
         group = self.base / key
         try:
             group.mkdir()
-            (group / "cgroup.procs").write_text(str(pid))
         except OSError as exc:
-            log.warning("cannot put pid %d into cgroup %s: %s", pid, group, exc)
-            with contextlib.suppress(OSError):
-                group.rmdir()
+            log.warning("cannot make cgroup %s: %s", group, exc)
             return None
         return group
+
+    @staticmethod
+    def join_argv(group: Path, argv: list[str]) -> list[str]:
+        """`argv` run so that its process moves itself into `group` before anything of `argv`
+        runs: what it forks at once is caught too (the daemon's move after the spawn comes too
+        late for that). A failed move is said on its stderr and `argv` runs all the same."""
+        return ["/bin/sh", "-c", 'echo $$ >"$0"; exec "$@"', str(group / "cgroup.procs"), *argv]
+
+    @staticmethod
+    def join(group: Path, pid: int) -> None:
+        """Move `pid` into `group` (where it normally is already: see join_argv); logged when it
+        cannot be."""
+        try:
+            (group / "cgroup.procs").write_text(str(pid))
+        except ProcessLookupError:
+            pass  # it has already exited: what it left is in the group, if anywhere
+        except OSError as exc:
+            log.warning("cannot put pid %d into cgroup %s: %s", pid, group, exc)
 
     @staticmethod
     def kill(group: Path) -> None:

@@ -139,8 +139,7 @@ def _payload(args: argparse.Namespace) -> Any:
 
 def invoke(args: argparse.Namespace) -> int:
     """Drop an envelope into incoming/ the maildir way (write in tmp/, rename in)."""
-    from daemon.functions import NAME_RE  # the TOML parser: not for every read
-    from daemon.ids import new_request_id
+    from daemon.ids import NAME_RE, new_request_id
 
     spool = _spool(args)
     if not NAME_RE.match(args.function):

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.functions import AsyncConfig, Catalog
+from daemon.functions import DAEMON_FOLDERS, AsyncConfig, Catalog
 from daemon.ids import check_id, derived_id
 from daemon.limits import MAX_VALUE_BYTES
 from daemon.model import Event, Source, State, has_raw
@@ -91,6 +91,9 @@ def folder_in_spool(root: Path, destination: str) -> Path:
     folder = (root / destination).resolve()
     if not folder.is_relative_to(root.resolve()) or folder == root.resolve():
         raise ValueError(f"destination {destination!r} is not a folder inside the spool")
+    top = folder.relative_to(root.resolve()).parts[0]
+    if top in DAEMON_FOLDERS:  # a link that leads there: a record there would be read back
+        raise ValueError(f"destination {destination!r} leads into the daemon's {top}/")
     return folder
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import tomllib
 from pathlib import Path
@@ -13,10 +12,9 @@ from typing import Literal
 import msgspec
 
 from daemon import users
+from daemon.ids import NAME_RE
 
 log = logging.getLogger(__name__)
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: `$` would let "name\n" in
 
 
 class AsyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -112,6 +110,10 @@ def _check_values(d: FunctionDef) -> None:
         _check_destination(f"async.{key}", getattr(d.async_, key))
 
 
+#: folders the daemon reads or owns: a record written there would be taken as input
+DAEMON_FOLDERS = frozenset({"incoming", "control", "tmp", "journal", "run", "functions"})
+
+
 def _check_destination(key: str, value: str) -> None:
     """A destination is "", `function:NAME` or a relative folder inside the spool."""
     if value.startswith("function:"):
@@ -119,6 +121,11 @@ def _check_destination(key: str, value: str) -> None:
             raise ValueError(f"`{key}` names a bad function: {value!r}")
     elif value and (os.path.isabs(value) or ".." in Path(value).parts):
         raise ValueError(f"`{key}` must be a folder inside the spool, got {value!r}")
+    elif value and set(Path(value).parts[:1]) & DAEMON_FOLDERS:
+        # a record in incoming/ would be a new event, in control/ a request: a loop or worse
+        raise ValueError(
+            f"`{key}` must not be inside the daemon's {Path(value).parts[0]}/: {value!r}"
+        )
 
 
 def _check_user(name: str) -> None:

@@ -84,3 +84,8 @@ def new_request_id() -> str:
     value = (ms << 80) | (0x7 << 76) | ((_counter & 0xFFF) << 64) | (0b10 << 62) | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+#: a function's name: a file name in functions/ and a folder in incoming/ and logs/
+#: (\Z: `$` would let "name\n" in)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")

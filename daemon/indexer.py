@@ -206,13 +206,16 @@ def run(directory: Path, parent: int) -> int:
 
 
 def main() -> int:
-    """Entry point: `python -m daemon.indexer JOURNAL_DIR`."""
+    """Entry point: `python -m daemon.indexer JOURNAL_DIR [DAEMON_PID]`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     os.nice(10)  # indexing may lag in a burst; the daemon and the instances may not
+    # the daemon's pid comes from it: a daemon killed before this line would leave getppid() at
+    # 1 here, and an indexer that took 1 for its parent would never see it go
+    parent = int(sys.argv[2]) if len(sys.argv) > 2 else os.getppid()
     try:
-        return run(Path(sys.argv[1]), os.getppid())
+        return run(Path(sys.argv[1]), parent)
     except (sqlite3.Error, OSError) as exc:  # a full disk, most likely: the daemon retries
         log.error("the index cannot be kept (readers replay the journal meanwhile): %s", exc)
         return 1

@@ -67,7 +67,7 @@ class Indexing:
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "daemon.indexer", str(self.journal)]
+        argv = [sys.executable, "-m", "daemon.indexer", str(self.journal), str(os.getpid())]
         return supervise.spawn(argv, env, {1: 2, 2: 2})
 
     async def stop(self) -> None:

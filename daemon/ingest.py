@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 _WATCH_ROOT = F.MOVED_TO | F.CLOSE_WRITE | F.CREATE | F.ONLYDIR | F.DONT_FOLLOW
 _WATCH_SUB = _WATCH_ROOT | F.MOVE_SELF
 
+# how much an event said about a file: it may still be written, its writer closed it, or it was
+# renamed in whole; a file written in place is only taken once closed or quiet (see _examine)
+_SEEN, _CLOSED, _RENAMED = 0, 1, 2
+
 
 class IngestSink(Protocol):
     """What the ingestor needs from the daemon."""
@@ -90,6 +94,7 @@ class _Batch:
         self.dirs = DirFds(incoming)
         self.found: list[tuple[Key, os.stat_result, Accepted]] = []
         self.done: list[tuple[Key, os.stat_result]] = []
+        self.in_place: set[Key] = set()  # found, and written in place (not renamed in)
 
     def still_there(self, key: Key, st: os.stat_result) -> bool:
         try:
@@ -127,7 +132,7 @@ class Ingestor:
         self._remove = remove  # in a worker thread: unlinks journaled files, fsyncs folders
         self.stats = IngestStats()
         self.failed: BaseException | None = None
-        self._pending: dict[Key, bool] = {}  # -> renamed in, so complete
+        self._pending: dict[Key, int] = {}  # -> _SEEN, _CLOSED or _RENAMED
         self._inflight: set[Key] = set()
         self._settling: Settling[Key] = Settling(settle)
         self._wds: dict[int, str] = {}
@@ -141,6 +146,9 @@ class Ingestor:
         # file reusing a freed inode with the same size and mtime (`cp -p`, tar, rsync -t)
         self._starting = True
         self._unremoved: set[tuple[object, ...]] = set()
+        # files written in place, journaled: (device, inode, request id) until they are gone; one
+        # still there changed after it was read (appended to): set aside, never a second event
+        self._taken: dict[Key, tuple[int, int, str]] = {}
         self._scan_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
@@ -184,6 +192,7 @@ class Ingestor:
             return
         visible = f"recovered-{st.st_ino}-{time.time_ns()}.json"
         os.rename(name, visible, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self._add((dirname, visible), complete=True)  # it was renamed in whole
         log.warning(
             "incoming/%s was being set aside at a crash and is not journaled: taken as %s",
             printable(incoming_name(dirname, name)),
@@ -224,13 +233,16 @@ class Ingestor:
         self._kick()
         self._schedule_scan()
 
-    def _collect_all(self) -> None:
+    def _collect_all(self, *, closed: bool = False) -> None:
         if self._stopping:
             return
         self._watch("")  # again if incoming/ was replaced
-        self._collect_dir("")
+        self._collect_dir("", closed=closed or self._starting)
 
-    def _collect_dir(self, dirname: str) -> None:
+    def _collect_dir(self, dirname: str, *, closed: bool = False) -> None:
+        """Queue every file in incoming/`dirname`; `closed`: take each at once if it parses
+        (at start-up, most likely written while no daemon ran; after an overflow, when the
+        events that said so are lost), else once unchanged for the settle time."""
         try:
             dirs = DirFds(self.spool.incoming)
             try:
@@ -246,9 +258,9 @@ class Ingestor:
                 continue
             if not dirname and is_dir:
                 self._watch(name)  # watch first, then list: nothing falls in between
-                self._collect_dir(name)
+                self._collect_dir(name, closed=closed)
             else:
-                self._add((dirname, name), complete=False)
+                self._add((dirname, name), complete=False, closed=closed)
 
     def _watch(self, dirname: str) -> None:
         if self._inotify is None or dirname in self._watched:
@@ -276,7 +288,7 @@ class Ingestor:
     def _on_event(self, wd: int, mask: int, name: str) -> None:
         if mask & F.Q_OVERFLOW:
             log.warning("inotify queue overflowed: rescanning incoming/")
-            self._collect_all()
+            self._collect_all(closed=True)
             return
         dirname = self._wds.get(wd)
         if dirname is None:
@@ -289,7 +301,11 @@ class Ingestor:
             self._watch(name)
             self._collect_dir(name)
         else:
-            self._add((dirname, name), complete=bool(mask & F.MOVED_TO))
+            self._add(
+                (dirname, name),
+                complete=bool(mask & F.MOVED_TO),
+                closed=bool(mask & F.CLOSE_WRITE),
+            )
 
     def _forget_watch(self, wd: int, *, rm: bool) -> None:
         if rm and self._inotify is not None:
@@ -299,9 +315,10 @@ class Ingestor:
         if dirname is not None and self._watched.get(dirname) == wd:
             del self._watched[dirname]
 
-    def _add(self, key: Key, *, complete: bool) -> None:
+    def _add(self, key: Key, *, complete: bool, closed: bool = False) -> None:
         if not self._stopping:
-            self._pending[key] = self._pending.get(key, False) or complete
+            level = _RENAMED if complete else _CLOSED if closed else _SEEN
+            self._pending[key] = max(self._pending.get(key, _SEEN), level)
 
     # -- batches --------------------------------------------------------------------------
 
@@ -324,18 +341,18 @@ class Ingestor:
             finally:  # files waiting to be unlinked stay in flight until they are gone
                 self._inflight.difference_update(batch.keys() - removing)
 
-    def _take_batch(self) -> dict[Key, bool]:
-        batch: dict[Key, bool] = {}
-        for key, complete in self._pending.items():
+    def _take_batch(self) -> dict[Key, int]:
+        batch: dict[Key, int] = {}
+        for key, level in self._pending.items():
             if key not in self._inflight:
-                batch[key] = complete
+                batch[key] = level
                 if len(batch) >= self.max_batch:
                     break
         for key in batch:
             del self._pending[key]
         return batch
 
-    async def _process(self, keys: dict[Key, bool]) -> set[Key]:
+    async def _process(self, keys: dict[Key, int]) -> set[Key]:
         """Examine and journal one batch; return the keys handed over for unlinking."""
         try:
             batch = _Batch(self.spool.incoming)
@@ -343,8 +360,8 @@ class Ingestor:
             log.error("cannot open %s: %s", self.spool.incoming, exc)
             return set()
         try:
-            for key, complete in keys.items():
-                self._examine_one(batch, key, complete)
+            for key, level in keys.items():
+                self._examine_one(batch, key, level)
             if batch.found and not await self._accept(batch):
                 return set()  # the journal failed: unlink nothing, take nothing more
             self._removing += [(key, FileId.of(st)) for key, st in batch.done]
@@ -368,6 +385,7 @@ class Ingestor:
                 except Exception:
                     log.exception("removing journaled files from incoming/ failed")
                     failed = {key for key, _ in files}
+                await self._forget_removed([key for key, _ in files])
                 for key, st in files:
                     if key in failed:
                         self._unremoved.add(_identity(key, st))
@@ -376,6 +394,15 @@ class Ingestor:
             finally:
                 self._inflight.difference_update(key for key, _ in files)
                 self._kick()
+
+    async def _forget_removed(self, keys: list[Key]) -> None:
+        """Stop following the files written in place that their removal took away."""
+        taken = [(key, self._taken[key]) for key in keys if key in self._taken]
+        if taken:
+            kept = await asyncio.to_thread(_still_there, self.spool.incoming, taken)
+            for key, _ in taken:
+                if key not in kept:
+                    self._taken.pop(key, None)
 
     def _taken_before(self, key: Key, st: os.stat_result) -> bool:
         """Whether a file with a journaled identity is the one taken (see _starting)."""
@@ -398,6 +425,8 @@ class Ingestor:
         for (key, st, item), request_id in zip(batch.found, ids, strict=True):
             if request_id is not None:
                 batch.done.append((key, st))
+                if key in batch.in_place:
+                    self._taken[key] = (st.st_dev, st.st_ino, request_id)
                 self.stats.accepted += 1
                 log.debug("accepted %s as %s", item.source.path, request_id)
             elif batch.still_there(key, st):
@@ -414,9 +443,9 @@ class Ingestor:
 
     # -- one file -------------------------------------------------------------------------
 
-    def _examine_one(self, batch: _Batch, key: Key, complete: bool) -> None:
+    def _examine_one(self, batch: _Batch, key: Key, level: int) -> None:
         try:
-            outcome = self._examine(batch.dirs, key, complete)
+            outcome = self._examine(batch.dirs, key, level)
         except (FileNotFoundError, NotADirectoryError):
             self._settling.forget(key)  # gone, or its directory is: nothing to do
             return
@@ -440,40 +469,61 @@ class Ingestor:
             batch.done.append((key, st))
         else:
             batch.found.append((key, st, item))
+            if level < _RENAMED:
+                batch.in_place.add(key)
 
     def _examine(
-        self, dirs: DirFds, key: Key, complete: bool
+        self, dirs: DirFds, key: Key, level: int
     ) -> tuple[os.stat_result, Accepted | None] | None:
         """Validate one file: (stat, Accepted), (stat, None) if already journaled, None to wait."""
         dirname, name = key
         # the file's type first: a nested directory is `not_regular` whatever its name
         data, st = safe_read(dirs.get(dirname), name, self.max_bytes, self.allowed_uids)
+        self._check_not_taken(key, st)
         check_name(name)
         if dirname:
             self._check_function(dirname)
-        source = Source(
-            path=f"incoming/{incoming_name(dirname, name)}",
-            device=st.st_dev,
-            inode=st.st_ino,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-            uid=st.st_uid,
-        )
+        source = _source(key, st)
         if self.sink.already_journaled(source) and self._taken_before(key, st):
             return st, None
         try:
             item = decode(data, dirname or None, source, self.max_depth)
         except Rejection as why:
-            if (
-                why.code in INCOMPLETE
-                and not complete
-                and not self._settling.settled(key, st, self._recheck)
-            ):
+            if why.code in INCOMPLETE and level < _RENAMED and not self._settled(key, st):
                 return None
             raise
+        # a prefix of a payload may parse ("12" of "1234"): one still being written waits
+        if level == _SEEN and not self._settled(key, st):
+            return None
         if not dirname:
             self._check_function(item.function)
         return st, item
+
+    def _settled(self, key: Key, st: os.stat_result) -> bool:
+        """Whether a file written in place has not changed for the settle time (a file last
+        modified that long ago counts at once: one left from before a restart)."""
+        if time.time_ns() - st.st_mtime_ns >= self.settle * 1e9:
+            return True
+        return self._settling.settled(key, st, self._recheck)
+
+    def _check_not_taken(self, key: Key, st: os.stat_result) -> None:
+        """Raise Rejection `changed_after_taken` when `key` is a file written in place that is
+        journaled already and was written to after it was read."""
+        taken = self._taken.get(key)
+        if taken is None:
+            return
+        device, inode, request_id = taken
+        if (st.st_dev, st.st_ino) != (device, inode):
+            del self._taken[key]  # another file now: the taken one is gone
+            return
+        if self.sink.already_journaled(_source(key, st)):
+            return  # unchanged: the journaled file, not removed yet
+        del self._taken[key]
+        raise Rejection(
+            "changed_after_taken",
+            f"written to after it was taken as event {request_id}: the file as it is now is"
+            " not a second event (write in tmp/ or a .tmp name, then rename it in)",
+        )
 
     def _recheck(self, key: Key) -> None:
         self._add(key, complete=False)
@@ -503,6 +553,36 @@ class Ingestor:
             pass
         except OSError as exc:
             log.error("cannot reject %s (%s): %s", printable(relpath), why.code, exc)
+
+
+def _still_there(incoming: Path, files: list[tuple[Key, tuple[int, int, str]]]) -> set[Key]:
+    """The keys whose file is still the inode given (kept by their removal: changed since)."""
+    kept: set[Key] = set()
+    try:
+        dirs = DirFds(incoming)
+    except OSError:
+        return {key for key, _ in files}
+    try:
+        for key, (device, inode, _) in files:
+            with contextlib.suppress(OSError):
+                st = os.stat(key[1], dir_fd=dirs.get(key[0]), follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == (device, inode):
+                    kept.add(key)
+    finally:
+        dirs.close()
+    return kept
+
+
+def _source(key: Key, st: os.stat_result) -> Source:
+    """The Source the sink journals for the file at `key` as `st` describes it."""
+    return Source(
+        path=f"incoming/{incoming_name(*key)}",
+        device=st.st_dev,
+        inode=st.st_ino,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        uid=st.st_uid,
+    )
 
 
 def _identity(key: Key, st: os.stat_result | FileId) -> tuple[object, ...]:

@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from daemon.functions import NAME_RE
-from daemon.ids import BadId, check_id
+from daemon.ids import NAME_RE, BadId, check_id
 from daemon.text import printable
 
 log = logging.getLogger(__name__)

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from collections.abc import Callable, Hashable
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
-from daemon.functions import NAME_RE
-from daemon.ids import BadId, check_id
+from daemon.ids import NAME_RE, BadId, check_id
 from daemon.model import Source
 from daemon.spool import Rejection
+from daemon.strictjson import duplicate_key, too_deep
 from daemon.text import printable
 
 MAX_NAME_BYTES = 255
 #: reasons that may only mean "not completely written yet": wait for the file to settle
 INCOMPLETE = frozenset({"not_json", "bad_encoding"})
-
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
-_DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # depth change + 1
-_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[{]}")
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -45,7 +40,6 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     source: Source  # path relative to the spool; identity and owner from fstat
 
 
-_envelope_decoder = msgspec.json.Decoder(Envelope)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -84,24 +78,6 @@ def check_envelope_id(request_id: str) -> None:
         raise Rejection("bad_id", str(exc)) from None
 
 
-def too_deep(data: bytes, max_depth: int) -> bool:
-    """Whether JSON brackets nest deeper than `max_depth`, judged without decoding."""
-    # strings cannot hold structure: strip them (an unterminated one runs to the end)
-    if b'"' in data:
-        data = _STRING.sub(b"", data)
-    opens = data.count(b"[") + data.count(b"{")
-    if opens <= max_depth:
-        return False
-    depth = deepest = 0
-    for step in data.translate(_DEPTH_STEP, _NOT_BRACKETS):
-        depth += step - 1
-        if depth > deepest:
-            deepest = depth
-            if deepest > max_depth:
-                return True
-    return False
-
-
 def decode(data: bytes, function: str | None, source: Source, max_depth: int) -> Accepted:
     """Validate a payload file; `function` is its directory's name, None for an envelope."""
     try:
@@ -113,7 +89,7 @@ def decode(data: bytes, function: str | None, source: Source, max_depth: int) ->
     if function is not None:
         payload = msgspec.Raw(_encoder.encode(_parse(data)))
         return Accepted(function=function, payload=payload, id=None, delay=0.0, source=source)
-    env = _parse_envelope(data)
+    env = _envelope(_parse(data))
     check_function_name(env.function)
     if env.id is not None:
         check_envelope_id(env.id)
@@ -128,22 +104,22 @@ def decode(data: bytes, function: str | None, source: Source, max_depth: int) ->
 
 def _parse(data: bytes) -> Any:
     try:
-        return _any_decoder.decode(data)
+        value = _any_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise Rejection("not_json", f"not valid JSON: {exc}") from None
     except RecursionError:
         raise Rejection("too_deep", "JSON nested too deeply to decode") from None
+    key = duplicate_key(data, value)
+    if key is not None:
+        raise Rejection("duplicate_key", f"key {printable(key)!r} appears twice in one object")
+    return value
 
 
-def _parse_envelope(data: bytes) -> Envelope:
+def _envelope(value: Any) -> Envelope:
     try:
-        return _envelope_decoder.decode(data)
+        return msgspec.convert(value, Envelope)
     except msgspec.ValidationError as exc:
         raise Rejection("bad_shape", f"not a valid envelope: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise Rejection("not_json", f"not valid JSON: {exc}") from None
-    except RecursionError:
-        raise Rejection("too_deep", "JSON nested too deeply to decode") from None
 
 
 class _Settle(msgspec.Struct):

@@ -26,9 +26,10 @@ from daemon.control import ControlRequest, ReinvokeRequest, StopRequest
 from daemon.dispatcher import Dispatcher
 from daemon.ids import BadId
 from daemon.model import Request, Source, has_raw
-from daemon.payload import is_ignored, too_deep
+from daemon.payload import is_ignored
 from daemon.spool import Rejection, Spool, reject, safe_read, unlink_if_same
 from daemon.store import Store
+from daemon.strictjson import duplicate_key, too_deep
 from daemon.text import printable
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,9 @@ class RequestIntake:
             request = control.DECODER.decode(data)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise Rejection("bad_request", f"not a control request: {exc}") from None
+        key = duplicate_key(data, msgspec.json.decode(data))  # small: decoding twice is cheap
+        if key is not None:
+            raise Rejection("duplicate_key", f"key {printable(key)!r} appears twice in one object")
         try:
             control.check_ids(request)
         except BadId as exc:

@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from daemon import trust
 from daemon.text import file_text, printable
 
 log = logging.getLogger(__name__)
@@ -79,6 +78,8 @@ class Spool:
     def check_modes(self) -> None:
         """Refuse a spool that lets others than the administrator change what the daemon trusts
         (FnspoolError naming each path and the fix; the rules are in daemon/trust.py)."""
+        from daemon import trust  # the daemon's only: CLI reads never load the definitions' TOML
+
         problems = [*trust.above(self.root), *trust.trusted(Path(os.path.realpath(self.root)))]
         for name in _SUBDIRS:
             path = self.root / name

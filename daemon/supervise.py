@@ -11,7 +11,8 @@ kills the whole tree: the group, every descendant found through /proc/PID/task/*
 orphan carrying the token. At shutdown, whatever still carries one of the daemon's tokens is killed
 before the daemon exits: a pid hopper caught between two reads of /proc would otherwise run on under
 init. What still escapes is a process that both left the tree and cleared its environment; a
-delegated cgroup (`cgroup.kill`) is the only complete answer to that.
+delegated cgroup (`cgroup.kill`) is the only complete answer to that. A child enters its group
+before it runs anything of its own (cgroups.Cgroups.join_argv), so none of its forks is left out.
 """
 
 from __future__ import annotations
@@ -211,6 +212,9 @@ def spawn(
         argv = ["/bin/sh", "-c", 'cd -- "$0" && exec "$@"', cwd, *argv]
     if user is not None:
         argv = _as_user(user, argv)
+    group = _cgroups.new_group(token.replace("/", "_")) if _cgroups is not None else None
+    if group is not None:  # outermost: the move needs the daemon's ids, not the user's
+        argv = Cgroups.join_argv(group, argv)
     actions, temporaries = _file_actions(fds)
     try:
         spawner = os.posix_spawn if os.path.isabs(argv[0]) else os.posix_spawnp
@@ -223,14 +227,18 @@ def spawn(
             setsigmask=(),
             setsigdef=_DEFAULT_SIGNALS,
         )
+    except OSError:
+        if group is not None:
+            Cgroups.remove(group)
+        raise
     finally:
         for fd in temporaries:
             os.close(fd)
     _spawned.add(pid)
     _live_tokens.add(token)
     _batch_policy(pid)
-    # moved in just after the spawn: what it forks in that instant is still caught by kill_tree
-    group = _cgroups.place(token.replace("/", "_"), pid) if _cgroups is not None else None
+    if group is not None:
+        Cgroups.join(group, pid)  # in case its own move failed
     return Child(pid, kill_group_on_exit=kill_group_on_exit, token=token, cgroup=group)
 
 

@@ -98,6 +98,7 @@ def test_bad_files_are_rejected_with_reasons_and_the_daemon_keeps_serving(spool,
     (incoming / "unknown.json").write_text(json.dumps({"function": "nosuch", "payload": 1}))
     (incoming / "echo" / "big.json").write_text(json.dumps("x" * (2 << 20)))
     (incoming / "echo" / "deep.json").write_text("[" * 5000 + "]" * 5000)
+    (incoming / "dup.json").write_text('{"function": "echo", "function": "x", "payload": 1}')
     outside = tmp_path / "secret.json"
     outside.write_text('{"secret": true}')
     os.symlink(outside, incoming / "echo" / "link.json")
@@ -107,7 +108,7 @@ def test_bad_files_are_rejected_with_reasons_and_the_daemon_keeps_serving(spool,
     os.link(tmp_path / "kept.json", incoming / "echo" / "linked.json")
     (incoming / "echo" / "adir.json").mkdir()
     expected = {"not_json", "bad_shape", "unknown_function", "too_large", "too_deep", "symlink"}
-    expected |= {"bad_name", "not_regular", "hard_link"}
+    expected |= {"bad_name", "not_regular", "hard_link", "duplicate_key"}
 
     def reasons():
         found = {

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import PATIENCE, wait_for_async
 
 from daemon.ingest import Accepted, Ingestor
 from daemon.model import Source
-from daemon.payload import too_deep
 from daemon.spool import Rejection, Spool, reject, safe_read
+from daemon.strictjson import duplicate_key, too_deep
 
 SETTLE = 0.3
 
@@ -148,6 +149,22 @@ def test_depth_scan_ignores_brackets_in_strings() -> None:
     assert not too_deep(b"[]" * 1000, 1)
 
 
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (b'{"a": 1, "b": 2}', None),
+        (b'{"a": ":", "b": "\\":"}', None),  # colons inside strings, escaped quotes
+        (b'[{"a": 1}, {"a": 1}]', None),  # the same key in two objects
+        (b'{"a": {"a": 1}}', None),
+        (b'{"a": 1, "a": 2}', "a"),
+        (b'[1, {"x": {"y": 1, "z": [{"q": 1, "q": 1}]}}]', "q"),
+        (rb'{"\u0061": 1, "a": 2}', "a"),  # the same key, spelled two ways
+    ],
+)
+def test_duplicate_keys_are_found_in_any_object(data: bytes, key: str | None) -> None:
+    assert duplicate_key(data, msgspec.json.decode(data)) == key
+
+
 # -- accepting -----------------------------------------------------------------------------
 
 
@@ -210,6 +227,9 @@ REJECTS = [
         b'{"function": "echo", "payload": ' + b"[" * 1000 + b"]" * 1000 + b"}",
         "too_deep",
     ),
+    ("echo/dup.json", b'{"a": 1, "b": {"c": 2, "c": 3}}', "duplicate_key"),
+    ("dup.json", b'{"function": "echo", "payload": 1, "function": "other"}', "duplicate_key"),
+    ("dup2.json", b'{"function": "echo", "payload": [{"k": 1, "k": 1}]}', "duplicate_key"),
     ("echo/utf8.json", b'{"a": "\xff\xfe"}', "bad_encoding"),
     ("echo/name.txt", b"{}", "bad_name"),
     ("echo/new\nline.json", b"{}", "bad_name"),
@@ -537,5 +557,7 @@ async def test_a_root_name_that_became_a_directory_is_watched_not_rejected(
     (sp.incoming / "fresh" / "a.json").write_text("1")
     ingestor._add(("", "fresh"), complete=True)  # as if an event named it when it was a file
     await ingestor.scan()
+    # written in place before the folder was watched: taken once unchanged for the settle time
+    await wait_for_async(lambda: sink.accepted, what="the file in the new folder")
     assert (sp.incoming / "fresh").is_dir() and rejected_names(sp) == []
     assert [a.function for a in sink.accepted] == ["fresh"]

@@ -42,6 +42,7 @@ def _request_kinds(rng: random.Random, ended: list[str], running: str) -> list[t
         kinds.append(("wrong_type", b'{"action": "stop", "id": 12, "graceful": "yes"}'))
         kinds.append(("deep", b'{"action": "stop", "id": ' + b"[" * 5000 + b"]" * 5000 + b"}"))
         kinds.append(("empty", b""))
+        kinds.append(("duplicate_key", stop(rng.choice(ended))[:-1] + b', "id": "other"}'))
         kinds.append(("unknown_id", stop(f"nosuch-{rng.randrange(1 << 30)}")))
         kinds.append(("stop_ended", stop(rng.choice(ended))))
         kinds.append(
@@ -143,10 +144,12 @@ def test_thousands_of_abusive_requests_are_each_answered_once_and_ingest_goes_on
     # set aside with a reason: everything that was not a well-formed request from the group
     found = reasons(spool)
     malformed = {"garbage", "truncated", "wrong_action", "missing_id", "wrong_type", "deep"}
-    malformed |= {"empty", "huge", "wrong_owner", "symlink", "fifo"}
+    malformed |= {"empty", "huge", "wrong_owner", "symlink", "fifo", "duplicate_key"}
     for name, kind in names.items():
         if kind in malformed:
             assert f"control/{name}" in found, (name, kind)
+        if kind == "duplicate_key":
+            assert found[f"control/{name}"]["reason"] == "duplicate_key", found[f"control/{name}"]
     wait_for(lambda: not os.listdir(spool / "control"), what="control/ to be empty")
 
     # applied at most once: one re-invoked event, one stop; the journal is all legal
