@@ -31,7 +31,7 @@ from daemon.model import Event, Source, State
 from daemon.query import Filter
 
 INDEX_NAME = "index.sqlite"
-VERSION = 2  # 2: counts kept by the indexer, not by triggers
+VERSION = 3  # 2: counts kept by the indexer, not by triggers; 3: the errors' trigram index
 _PARAMS_PER_QUERY = 500  # ids per `IN (...)`, well under SQLite's limit of host parameters
 _FEW_IDS = 5_000  # ids with a prefix: so few are ranked by time in milliseconds
 _NEAR_ROWS = 1_000  # the newest rows looked at before choosing how to read an id prefix
@@ -60,6 +60,25 @@ CREATE TABLE IF NOT EXISTS counts (
     PRIMARY KEY (function, state)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS archives (seq INTEGER PRIMARY KEY);
+-- the error texts by trigram, so a free text finds its few events without reading every row;
+-- kept by triggers that fire only where an event has an error (one event in ten, about)
+CREATE VIRTUAL TABLE IF NOT EXISTS errors USING fts5(
+    error, content='events', content_rowid='rowid', tokenize='trigram'
+);
+CREATE TRIGGER IF NOT EXISTS errors_insert AFTER INSERT ON events WHEN new.error IS NOT NULL
+BEGIN
+    INSERT INTO errors (rowid, error) VALUES (new.rowid, new.error);
+END;
+CREATE TRIGGER IF NOT EXISTS errors_update AFTER UPDATE OF error ON events
+WHEN old.error IS NOT new.error BEGIN
+    INSERT INTO errors (errors, rowid, error) SELECT 'delete', old.rowid, old.error
+    WHERE old.error IS NOT NULL;
+    INSERT INTO errors (rowid, error) SELECT new.rowid, new.error WHERE new.error IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS errors_delete AFTER DELETE ON events WHEN old.error IS NOT NULL
+BEGIN
+    INSERT INTO errors (errors, rowid, error) VALUES ('delete', old.rowid, old.error);
+END;
 """
 
 #: id -> (function, state) of rows before a change
@@ -550,6 +569,50 @@ def times_at(index: IndexDB, branches: list[Branch], offset: int, limit: int) ->
             params += list(b.rest_params)
     sql = f"{' UNION ALL '.join(parts)} ORDER BY enqueued_at DESC LIMIT ? OFFSET ?"
     return [r[0] for r in index.db.execute(sql, [*params, limit, offset])]
+
+
+MIN_TRIGRAM = 3  # characters: a shorter text has no trigram to look up
+
+
+def few_rows(
+    index: IndexDB, flt: Filter, functions: Iterable[str], limit: int
+) -> list[bytes] | None:
+    """The bodies of every ended row passing an id-prefix or free-text filter, found through the
+    id index and the errors' trigram index instead of a scan; None when they may be more than
+    `limit`, or only a scan can find them: a text in a function's name (`functions`: those
+    indexed) matches that function's every row, and a short or non-ASCII text has no trigram
+    the index folds as Python's lower() does. Every row found is checked by the filter's rule."""
+    text = flt.text.lower() if flt.text is not None else None
+    if flt.id_prefix is not None:
+        sources = [_id_range(flt.id_prefix)]
+    elif text is None or not _trigram_text(text, functions):
+        return None
+    else:
+        phrase = '"' + text.replace('"', '""') + '"'
+        sources = [_id_range(text), ("SELECT rowid FROM errors WHERE errors MATCH ?", [phrase])]
+    for sql, params in sources:
+        found = index.db.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*params, limit + 1])
+        limit -= found.fetchone()[0]
+        if limit < 0:
+            return None
+    ended = msgspec.structs.replace(flt, states={State(s) for s in ended_states(flt)})
+    where, params = _where(ended)
+    union = " UNION ".join(sql for sql, _ in sources)
+    rowids = [p for _, values in sources for p in values]
+    sql = f"SELECT body FROM events {where} AND rowid IN ({union})"
+    return [r[0] for r in index.db.execute(sql, [*params, *rowids])]
+
+
+def _trigram_text(text: str, functions: Iterable[str]) -> bool:
+    return (
+        len(text) >= MIN_TRIGRAM
+        and text.isascii()
+        and not any(text in f.lower() for f in functions)
+    )
+
+
+def _id_range(prefix: str) -> tuple[str, list[object]]:
+    return "SELECT rowid FROM events WHERE id >= ? AND id < ?", [prefix, prefix + MAX_ID]
 
 
 def unended(index: IndexDB) -> list[Event]:

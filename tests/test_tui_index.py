@@ -149,6 +149,35 @@ def test_live_changes_move_positions_and_settle_into_the_index(tmp_path):
     assert _total(listing) == len(first) + 1
 
 
+@pytest.mark.parametrize("flt", [Filter(text="Bad Input"), Filter(id_prefix=event_id(16)[:-1])])
+def test_a_rare_text_or_id_is_held_whole_without_a_scan_and_follows_live(tmp_path, flt):
+    spool = tmp_path / "spool"
+    recs = write_journal(spool, 30, snapshot_upto=20)
+    index_journal(spool)
+    view = View(spool)
+    listing = view.listing(flt)
+    assert listing.held and not listing.busy  # found through the indexes: nothing to step
+    assert listing.total == len(_expected(spool, flt)) and _window(listing, 0, 100) == _expected(
+        spool, flt
+    )
+    seq = recs[-1].seq
+    more = [  # a failure whose id has the prefix too (16 to 31 have it)
+        msgspec.structs.replace(r, seq=seq + k + 1)
+        for k, r in enumerate(history(30, "echo", State.FAILED, T0 + 30))
+    ]
+    append_records(spool, more)
+    for change in view.overlay.fold(view.tail.read()).changes:
+        listing.add(change.after)
+    index_journal(spool)  # the index takes it in: it stays held, not counted twice
+    view.index.close()
+    view.index = listing.index = IndexDB.open_readonly(view.journal)
+    for event in view.overlay.settle(view.index.cursor().seq):
+        listing.settled(event)
+    assert listing.total == len(_expected(spool, flt)) and _window(listing, 0, 100) == _expected(
+        spool, flt
+    )
+
+
 def test_ended_ids_are_those_the_cli_would_reinvoke(tmp_path):
     spool = tmp_path / "spool"
     write_journal(spool, 30, snapshot_upto=20)

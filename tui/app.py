@@ -76,6 +76,7 @@ class FnspoolApp(App[None]):
         self.time_range = TimeRange(since=None, until=None)
         self.counts: dict[tuple[str, State], int] = {}
         self.total: int | None = None
+        self.scanned: tuple[int, int] | None = None  # a count's progress (rows looked through)
         self.source = ""  # where the events come from: index | replay ("" until read)
         self.status = DaemonStatus()
         self.requests = Requests(spool)
@@ -111,6 +112,7 @@ class FnspoolApp(App[None]):
 
     def on_changed(self, message: Changed) -> None:
         self.counts, self.total, self.source = message.counts, message.total, message.source
+        self.scanned = message.scanned
         for request in message.requests:
             self._answered(request)
         for rec in message.transitions:
@@ -160,7 +162,7 @@ class FnspoolApp(App[None]):
     def refilter(self) -> None:
         """Show the events passing the filter, from the newest (the reader reads them)."""
         self.generation += 1
-        self.total = None
+        self.total, self.scanned = None, None
         self.reader.requests.put(SetFilter(self.flt, self.generation))
         empty = FILTERED_TEXT if self.filtered else NO_FILTER_TEXT
         for events in self._event_lists():
@@ -179,6 +181,9 @@ class FnspoolApp(App[None]):
         f = self.flt
         every = sum(self.counts.values())
         shown = "[b]counting…[/]" if self.total is None else f"[b]{self.total:,}[/]"
+        if self.total is None and self.scanned is not None:
+            done, of = self.scanned
+            shown = f"[b]searching… {done:,} of {of:,} scanned[/]"
         parts = [f"{shown} of {every:,} events"]
         if self.source == "replay":
             parts.append("[$warning]no index yet: the whole journal was read[/]")

@@ -32,6 +32,7 @@ from tui.overlay import Overlay, Row, row_decoder, row_of
 JUMP = 2000  # rows: a window further than this from the cached range is sought afresh
 CACHE_ROWS = 5000  # index rows kept around the window at most
 SLICE_TIME = 0.03  # seconds a slice of work aims at, so the journal is followed between them
+HELD_ROWS = 10_000  # rows of a text or id filter held in memory rather than scanned for
 
 
 def after(key: Key) -> Key:
@@ -75,10 +76,29 @@ class Listing:
         self.total_indexed: int | None = None
         self._work: Iterator[None] | None = None  # a page or a seek, read in slices
         self._counting: Iterator[None] | None = None
+        self.scanned, self.to_scan = 0, _from_counts(flt, counts)  # the count's progress
+        self.held = self.scans and self._hold({f for f, _ in counts})
+        if self.held:
+            return
         if flt.since is None and flt.until is None and not self.scans:
             self.total_indexed = _from_counts(flt, counts)
         else:
             self._counting = self._count()
+
+    def _hold(self, functions: set[str]) -> bool:
+        """Hold every ended row of a text or id filter in memory, when the indexes find them
+        and they are few: no scan, the list and its total at once (see eventdb.few_rows)."""
+        bodies = eventdb.few_rows(self.index, self.flt, functions, HELD_ROWS)
+        if bodies is None:
+            return False
+        overlay = [(k, self.extra[k]) for k in self.extra_keys]
+        for row in map(row_decoder.decode, bodies):
+            self.extra[row.key] = row
+        self.extra.update(overlay)  # the overlay's version of an event is the newer
+        self.extra_keys = sorted(self.extra)
+        self.scans, self.branches, self.total_indexed = False, [], 0
+        self.reached_bottom = True
+        return True
 
     # -- the overlay's part -------------------------------------------------------------------
 
@@ -99,6 +119,10 @@ class Listing:
             del self.extra[key]
             del self.extra_keys[bisect_left(self.extra_keys, key)]
         if not self.flt.matches(event):
+            return
+        if self.held:  # the list's every row is held
+            self.extra[key] = row_of(event)
+            insort(self.extra_keys, key)
             return
         if self.total_indexed is not None:
             self.total_indexed += 1
@@ -218,7 +242,7 @@ class Listing:
             self.reached_bottom = False
 
     def _reset_cache(self, top: Key, above: int) -> None:
-        self.top, self.above, self.rows, self.reached_bottom = top, above, [], False
+        self.top, self.above, self.rows, self.reached_bottom = top, above, [], self.held
 
     def _seek(self, start: int) -> None:
         """Move the cache to start at (about) position `start`."""
@@ -283,9 +307,11 @@ class Listing:
             bound = TOP
             for floor in self._slices(branch, bound):
                 total += eventdb.slice_count(self.index, branch, bound, floor)
+                self.scanned = min(self.to_scan, self.scanned + self.slicer.size)
                 bound = (floor, "")
                 yield
         self.total_indexed = total
+        self.scanned = self.to_scan
 
     def _scan_down(self, bound: Key, count: int) -> Iterator[None]:
         branch = eventdb.scan_branch(self.flt)
@@ -390,6 +416,8 @@ def _above(rows: list[Row], key: Key) -> int:
 
 
 def _from_counts(flt: Filter, counts: dict[tuple[str, State], int]) -> int:
+    """The indexed rows passing the filter's states and function (for a text or a time range:
+    the rows it looks through)."""
     states = set(eventdb.ended_states(flt))
     return sum(
         n

@@ -39,6 +39,7 @@ from tui.tail import DaemonStatus, StatusChanged, read_status
 
 POLL = 0.1  # seconds between two looks at the journal: new events show within a tenth of a second
 STATUS_EVERY = 0.5  # seconds between two looks at the daemon's status and at the index file
+PROGRESS_EVERY = 0.25  # seconds between two reports of a count's progress
 STATES: tuple[State, ...] = tuple(State)
 
 
@@ -86,6 +87,7 @@ class Changed(Message):
     requests: list[Request] = field(default_factory=list)
     damages: list[Damage] = field(default_factory=list)
     source: str = "index"  # index | replay (no index yet: the journal read whole)
+    scanned: tuple[int, int] | None = None  # while counting: rows looked through, of how many
 
 
 class Reader:
@@ -103,7 +105,7 @@ class Reader:
         self.in_transaction = False
         self.damages: list[Damage] = []
         self.damages_sent = 0
-        self.next_poll = self.next_status = 0.0
+        self.next_poll = self.next_status = self.next_progress = 0.0
         self.last_status: DaemonStatus | None = None
         self.source = "index"
         self.inode: int | None = None  # of the index file read (None: a replay in memory)
@@ -146,6 +148,9 @@ class Reader:
             self.listing.step()
             if counting and self.listing.total is not None:  # counted: tell the total
                 self.pending = True
+                self._send_changed([], [])
+            elif counting and now >= self.next_progress:
+                self.next_progress = now + PROGRESS_EVERY
                 self._send_changed([], [])
         self._answer()
         if not self.listing.busy:
@@ -309,7 +314,8 @@ class Reader:
         return True
 
     def _send_changed(self, transitions: list[Transition], requests: list[Request]) -> None:
-        assert self.listing is not None
+        listing = self.listing
+        assert listing is not None
         counts = Counter(self.counts)
         counts.update(self.live_counts)
         damages = self.damages[self.damages_sent :]
@@ -317,11 +323,12 @@ class Reader:
         self.post(
             Changed(
                 counts={k: n for k, n in counts.items() if n > 0},
-                total=self.listing.total,
+                total=listing.total,
                 transitions=transitions,
                 requests=requests,
                 damages=damages,
                 source=self.source,
+                scanned=None if listing.total is not None else (listing.scanned, listing.to_scan),
             )
         )
 
