@@ -589,7 +589,8 @@ def few_rows(
         return None
     else:
         phrase = '"' + text.replace('"', '""') + '"'
-        sources = [_id_range(text), ("SELECT rowid FROM errors WHERE errors MATCH ?", [phrase])]
+        by_error = "SELECT rowid AS hit FROM errors WHERE errors MATCH ?"
+        sources = [_id_range(text), (by_error, [phrase])]
     for sql, params in sources:
         found = index.db.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*params, limit + 1])
         limit -= found.fetchone()[0]
@@ -599,8 +600,9 @@ def few_rows(
     where, params = _where(ended)
     union = " UNION ".join(sql for sql, _ in sources)
     rowids = [p for _, values in sources for p in values]
-    sql = f"SELECT body FROM events {where} AND rowid IN ({union})"
-    return [r[0] for r in index.db.execute(sql, [*params, *rowids])]
+    # CROSS JOIN: the hits first, each row by its rowid (else SQLite walks a state's index)
+    sql = f"SELECT body FROM ({union}) CROSS JOIN events ON events.rowid = hit {where}"
+    return [r[0] for r in index.db.execute(sql, [*rowids, *params])]
 
 
 def _trigram_text(text: str, functions: Iterable[str]) -> bool:
@@ -612,7 +614,7 @@ def _trigram_text(text: str, functions: Iterable[str]) -> bool:
 
 
 def _id_range(prefix: str) -> tuple[str, list[object]]:
-    return "SELECT rowid FROM events WHERE id >= ? AND id < ?", [prefix, prefix + MAX_ID]
+    return "SELECT rowid AS hit FROM events WHERE id >= ? AND id < ?", [prefix, prefix + MAX_ID]
 
 
 def unended(index: IndexDB) -> list[Event]:

@@ -32,7 +32,7 @@ from tui.overlay import Overlay, Row, row_decoder, row_of
 JUMP = 2000  # rows: a window further than this from the cached range is sought afresh
 CACHE_ROWS = 5000  # index rows kept around the window at most
 SLICE_TIME = 0.03  # seconds a slice of work aims at, so the journal is followed between them
-HELD_ROWS = 10_000  # rows of a text or id filter held in memory rather than scanned for
+HELD_ROWS = 20_000  # rows of a text or id filter held in memory rather than scanned for
 
 
 def after(key: Key) -> Key:
