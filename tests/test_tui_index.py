@@ -59,10 +59,16 @@ class View:
 
 
 def _window(listing: Listing, start: int, count: int) -> list[str]:
+    """The window once read whole; what a scan shows before is the start of it."""
+    partial: list[list[str]] = []
     for _ in range(10_000):
         rows = listing.window(start, count)
+        if rows is not None and not listing.streaming:
+            whole = [r.id for r in rows]
+            assert all(whole[: len(p)] == p for p in partial), (partial, whole)
+            return whole
         if rows is not None:
-            return [r.id for r in rows]
+            partial.append([r.id for r in rows])
         listing.step()
     raise AssertionError("the window never came")
 
@@ -103,6 +109,23 @@ def test_windows_and_totals_agree_with_the_whole_journal(tmp_path, flt, indexed_
         fresh = view.listing(flt)  # a jump first (a seek), then one from a cached range
         assert _window(fresh, start, count) == expected[start : start + count]
         assert _window(listing, start, count) == expected[start : start + count]
+
+
+def test_a_scan_shows_the_rows_it_has_found_before_it_ends(tmp_path, small_slices):
+    spool = tmp_path / "spool"
+    write_journal(spool, 40, snapshot_upto=40)
+    index_journal(spool)
+    flt = Filter(text="e")  # in every function's name but one: scanned, not held
+    expected = _expected(spool, flt)
+    listing = View(spool).listing(flt)
+    assert listing.window(0, 100) is None and listing.streaming  # nothing found yet
+    shown = []
+    while listing.streaming:
+        listing.step()
+        rows = listing.window(0, 100)
+        shown.append(len(rows or []))
+    assert 0 < shown[0] < len(expected) and shown == sorted(shown)  # a few at a time, growing
+    assert [r.id for r in listing.window(0, 100) or []] == expected
 
 
 def _index_then_append(spool: Path, recs: list) -> None:

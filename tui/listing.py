@@ -75,6 +75,7 @@ class Listing:
         self.reached_bottom = False
         self.total_indexed: int | None = None
         self._work: Iterator[None] | None = None  # a page or a seek, read in slices
+        self._streaming = False  # the work is a scan down whose rows are shown as found
         self._counting: Iterator[None] | None = None
         self.scanned, self.to_scan = 0, _from_counts(flt, counts)  # the count's progress
         self.held = self.scans and self._hold({f for f, _ in counts})
@@ -141,6 +142,11 @@ class Listing:
         return self.total_indexed + len(self.extra_keys)
 
     @property
+    def streaming(self) -> bool:
+        """Whether a window may still grow: a scan is finding its rows."""
+        return self._streaming
+
+    @property
     def busy(self) -> bool:
         """Whether work is waiting for `step`."""
         return self._work is not None or self._counting is not None
@@ -166,7 +172,7 @@ class Listing:
         """The rows at positions start.. (fewer at the end); None until `step` brings them."""
         start = max(0, start)
         if self._work is not None:
-            return None
+            return self._found_so_far(start, count) if self._streaming else None
         if self.total is not None and start >= self.total:
             return []
         first, merged = self._cached()
@@ -187,19 +193,30 @@ class Listing:
         first, merged = self._cached()
         return merged[start - first : start - first + count]
 
+    def _found_so_far(self, start: int, count: int) -> list[Row] | None:
+        """The rows a scan has found so far from `start` (None: none yet)."""
+        first, merged = self._cached()
+        if not first <= start < first + len(merged):
+            return None
+        return merged[start - first : start - first + count]
+
     # -- work ---------------------------------------------------------------------------------
 
-    def step(self) -> None:
-        """Do one slice of the waiting work (a page or a seek first, then the count)."""
+    def step(self) -> bool:
+        """Do one slice of the waiting work (a page or a seek first, then the count); whether
+        rows came for the window (found by a scan, or the work done)."""
         if self._work is not None:
+            shown = len(self.rows)
             self._work = _advance(self._work)
-        elif self._counting is not None:
+            return self._work is None or len(self.rows) != shown
+        if self._counting is not None:
             self._counting = _advance(self._counting)
+        return False
 
     def _extend_down(self, count: int) -> None:
         bound = self.rows[-1].key if self.rows else self.top
         if self.scans:
-            self._work = self._scan_down(bound, count)
+            self._work, self._streaming = self._scan_down(bound, count), True
             return
         bodies = eventdb.page(self.index, self.branches, bound, count)
         self._took_down([row_decoder.decode(b) for b in bodies], count)
@@ -314,16 +331,21 @@ class Listing:
         self.scanned = self.to_scan
 
     def _scan_down(self, bound: Key, count: int) -> Iterator[None]:
+        """Rows below `bound`, each slice's added as found: everything above the slice's floor
+        has been looked at, so the cache stays whole down to its last row."""
         branch = eventdb.scan_branch(self.flt)
-        found: list[Row] = []
+        found = 0
         for floor in self._slices(branch, bound):
-            bodies = eventdb.slice_page(self.index, branch, bound, floor, count - len(found))
-            found += [row_decoder.decode(b) for b in bodies]
-            if len(found) >= count:
+            bodies = eventdb.slice_page(self.index, branch, bound, floor, count - found)
+            self.rows += [row_decoder.decode(b) for b in bodies]
+            found += len(bodies)
+            if found >= count:
                 break
             bound = (floor, "")
             yield
-        self._took_down(found, count)
+        self._streaming = False
+        if found < count:
+            self.reached_bottom = True
 
     def _scan_up(self, count: int) -> Iterator[None]:
         branch = eventdb.scan_branch(self.flt)

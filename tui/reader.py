@@ -145,7 +145,8 @@ class Reader:
                 return
         if self.listing.busy:
             counting = self.listing.total is None
-            self.listing.step()
+            if self.listing.step():  # rows found for the window, or its work done
+                self.pending = True
             if counting and self.listing.total is not None:  # counted: tell the total
                 self.pending = True
                 self._send_changed([], [])
