@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -343,3 +344,37 @@ def _archive(path: Path) -> list[Any]:
     from daemon.journal import read_archive
 
     return list(read_archive(path)[1].values())
+
+
+async def test_retention_under_an_open_dashboard_leaves_no_ghosts(spool, daemon):
+    d = daemon.start("--snapshot-every", "20", "--retention", "3s")
+    for i in range(20):
+        drop(spool, "echo", f"old{i}.json", {"i": i})
+    wait_for(lambda: len(events(spool, "--status", "Succeeded")) == 20, 60, "the old events")
+    wait_for(lambda: list_archives(spool / "journal"), 30, "an archive of them")
+    old = {e["id"] for e in events(spool)}
+    ended_by = time.time()
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 20), "the old events listed")
+        await pilot.press("down", "down", "enter")  # an old event's detail, follow off
+        assert isinstance(app.screen, DetailScreen) and app.screen.event_id in old
+        await until(pilot, lambda: time.time() > ended_by + 3.5, "the old events to expire")
+        for i in range(20):
+            drop(spool, "echo", f"new{i}.json", {"i": i})  # a compaction: retention runs
+        await until(
+            pilot, lambda: not old & {e["id"] for e in events(spool)}, "the old events gone"
+        )
+        await pilot.press("escape")  # back to the list, whose rows were dropped meanwhile
+        new = {e["id"] for e in events(spool)}
+        await until(
+            pilot,
+            lambda: loaded(app, len(new)) and {r[0] for r in shown(app)} == new,
+            "the list without the dropped events",
+        )
+        assert sum(app.counts.values()) == len(new) == 20  # no ghost counted either
+        await pilot.press("G", "g", "down")  # move over the list: every row is a real one
+        events_list = app.screen.query_one(EventList)
+        await until(pilot, lambda: events_list.selected_id in new, "a retained event selected")
+        assert not [n for n in notices(app) if "error" in n.lower()]
+    assert d.stop() == 0
