@@ -128,6 +128,28 @@ def test_a_scan_shows_the_rows_it_has_found_before_it_ends(tmp_path, small_slice
     assert [r.id for r in listing.window(0, 100) or []] == expected
 
 
+def test_the_reader_tells_how_far_a_text_scan_has_gone(tmp_path, small_slices):
+    from daemon.spool import Spool
+    from tui.reader import Changed, Reader, SetFilter
+
+    spool = tmp_path / "spool"
+    write_journal(spool, 40, snapshot_upto=40)
+    index_journal(spool)
+    posted: list[object] = []
+    reader = Reader(Spool(spool), posted.append, lambda: False)
+    assert reader._open()
+    reader.requests.put(SetFilter(Filter(text="e"), 1))  # scanned: in functions' names
+    changed: list[Changed] = []
+    while not changed or changed[-1].total is None:
+        reader._cycle()
+        changed = [m for m in posted if isinstance(m, Changed)]
+    reader._close()
+    progress = [m.scanned for m in changed if m.scanned is not None]
+    ended = sum(n for (_, state), n in changed[-1].counts.items() if state.terminal)
+    assert progress[0] == (0, ended) and progress == sorted(progress)
+    assert changed[-1].total == len(_expected(spool, Filter(text="e")))
+
+
 def _index_then_append(spool: Path, recs: list) -> None:
     """An index of an empty journal, then every record after its cursor (an indexer lagging)."""
     journal = spool / "journal"

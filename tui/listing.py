@@ -142,6 +142,13 @@ class Listing:
         return self.total_indexed + len(self.extra_keys)
 
     @property
+    def progress(self) -> tuple[int, int] | None:
+        """While a text or id filter is counted by a scan: rows looked through, of how many."""
+        if not self.scans or self.total is not None:
+            return None
+        return self.scanned, self.to_scan
+
+    @property
     def streaming(self) -> bool:
         """Whether a window may still grow: a scan is finding its rows."""
         return self._streaming

@@ -87,7 +87,7 @@ class Changed(Message):
     requests: list[Request] = field(default_factory=list)
     damages: list[Damage] = field(default_factory=list)
     source: str = "index"  # index | replay (no index yet: the journal read whole)
-    scanned: tuple[int, int] | None = None  # while counting: rows looked through, of how many
+    scanned: tuple[int, int] | None = None  # a text being counted: rows looked at, of how many
 
 
 class Reader:
@@ -329,7 +329,7 @@ class Reader:
                 requests=requests,
                 damages=damages,
                 source=self.source,
-                scanned=None if listing.total is not None else (listing.scanned, listing.to_scan),
+                scanned=listing.progress,
             )
         )
 
