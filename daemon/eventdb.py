@@ -591,18 +591,19 @@ def few_rows(
         phrase = '"' + text.replace('"', '""') + '"'
         by_error = "SELECT rowid AS hit FROM errors WHERE errors MATCH ?"
         sources = [_id_range(text), (by_error, [phrase])]
+    hits: set[int] = set()
     for sql, params in sources:
-        found = index.db.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*params, limit + 1])
-        limit -= found.fetchone()[0]
-        if limit < 0:
+        hits.update(r[0] for r in index.db.execute(f"{sql} LIMIT ?", [*params, limit + 1]))
+        if len(hits) > limit:
             return None
     ended = msgspec.structs.replace(flt, states={State(s) for s in ended_states(flt)})
     where, params = _where(ended)
-    union = " UNION ".join(sql for sql, _ in sources)
-    rowids = [p for _, values in sources for p in values]
-    # CROSS JOIN: the hits first, each row by its rowid (else SQLite walks a state's index)
-    sql = f"SELECT body FROM ({union}) CROSS JOIN events ON events.rowid = hit {where}"
-    return [r[0] for r in index.db.execute(sql, [*rowids, *params])]
+    # CROSS JOIN: each row by its rowid (else SQLite walks a state's index and checks them all)
+    sql = (
+        "SELECT body FROM (SELECT value AS hit FROM json_each(?)) "
+        f"CROSS JOIN events ON events.rowid = hit {where}"
+    )
+    return [r[0] for r in index.db.execute(sql, [_encoder.encode(sorted(hits)).decode(), *params])]
 
 
 def _trigram_text(text: str, functions: Iterable[str]) -> bool:
