@@ -11,7 +11,11 @@
   the recently freed ones), then the same two again; the target is fnspool's burst >= 80 % of
   the client-alone rate. The rounds follow the churn.
 
-Usage: python benchmarks/bench_burst.py [--events 2000] [--rounds 3] [--churn]
+- --baseline REV: the daemon of another git revision bursts too, alternating, over a spool of
+  its own; e.g. 7b0bfd3^ (the last revision before durable dispatch) prints what a dispatch
+  that waits for its records to be on disk costs.
+
+Usage: python benchmarks/bench_burst.py [--events 2000] [--rounds 3] [--churn] [--baseline REV]
 Huey is a benchmark-only dependency: .venv/bin/pip install -e '.[bench]'
 """
 
@@ -25,23 +29,52 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
-from harness import REPO, JournalFollower, drop, make_spool, running_daemon, wait_ended
+from harness import REPO, Ends, drop, make_spool, running_daemon, wait_ended
 from peer_huey import INSTALL_HINT, Huey, running_huey
 
 CHURN_BATCH = 10_000
 
 
 def fnspool_burst(spool: Path, proc: subprocess.Popen[bytes], count: int, tag: str) -> float:
-    """Events/s for `count` payload files dropped by the client, until all ended."""
-    follower = JournalFollower(spool / "journal")
-    follower.load()
+    """Events/s for `count` payload files dropped by the client, until all ended; prints the
+    CPU per event of the daemon and of its file helper."""
+    ends = Ends(spool / "journal")
     staging, target = spool / "tmp", spool / "incoming" / "noop"
+    pids = {"daemon": proc.pid, **children(proc.pid)}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
     for i in range(count):
         drop(staging, target, f"{tag}{i:06d}", b'{"n": %d}' % i)
-    return count / wait_ended(follower, count, start, proc)
+    rate = count / wait_ended(ends, count, start, proc)
+    used = {name: (cpu_seconds(pid) - before[name]) / count * 1e6 for name, pid in pids.items()}
+    print("  cpu/event     " + "   ".join(f"{n} {us:.0f} us" for n, us in used.items()))
+    return rate
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> dict[str, int]:
+    """The daemon's file helper and indexer processes, by name."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        for name in ("filework", "indexer"):
+            if ppid == pid and f"daemon.{name}".encode() in command:
+                found[name] = int(entry)
+    return found
 
 
 def client_alone(root: Path, count: int) -> float:
@@ -95,20 +128,63 @@ def with_churn(
     client_versus_daemon(root, spool, proc, count, "after churn", "post-")
 
 
-def rounds(spool: Path, proc: subprocess.Popen[bytes], peer: Huey, count: int, n: int) -> None:
-    """Alternate fnspool and Huey bursts; print each round and the spread of the ratio."""
-    ratios = []
+class Baseline(NamedTuple):
+    """Another checkout's daemon over a spool of its own, run beside this one's."""
+
+    rev: str
+    spool: Path
+    proc: subprocess.Popen[bytes]
+
+
+@contextmanager
+def baseline_daemon(root: Path, rev: str | None) -> Iterator[Baseline | None]:
+    """The daemon of git revision `rev` (a worktree under `root`), or None without one."""
+    if rev is None:
+        yield None
+        return
+    checkout = root / "baseline"
+    git = ["git", "-C", str(REPO), "worktree"]
+    subprocess.run([*git, "add", "--detach", "-q", str(checkout), rev], check=True)
+    try:
+        spool = make_spool(root, "baseline-spool")
+        with running_daemon(spool, checkout) as proc:
+            fnspool_burst(spool, proc, 50, "w")  # warm both instances
+            yield Baseline(rev, spool, proc)
+    finally:
+        subprocess.run([*git, "remove", "--force", str(checkout)], check=False)
+
+
+def rounds(
+    spool: Path,
+    proc: subprocess.Popen[bytes],
+    peer: Huey,
+    baseline: Baseline | None,
+    count: int,
+    n: int,
+) -> None:
+    """Alternate fnspool, the baseline's and Huey's bursts; print each round and the spread of
+    the ratios."""
+    ratios, to_baseline = [], []
     for r in range(1, n + 1):
         ours = fnspool_burst(spool, proc, count, f"r{r}-")
+        line = f"round {r}        fnspool {ours:>7,.0f} events/s"
+        if baseline is not None:
+            before = fnspool_burst(baseline.spool, baseline.proc, count, f"r{r}-")
+            to_baseline.append(ours / before)
+            line += f"   at {baseline.rev} {before:>7,.0f} events/s"
         theirs = peer.burst(count)
         ratios.append(ours / theirs)
-        print(
-            f"round {r}        fnspool {ours:>7,.0f} events/s   Huey {theirs:>7,.0f} events/s"
-            f"   fnspool/Huey {ratios[-1]:.2f}"
-        )
+        print(f"{line}   Huey {theirs:>7,.0f} events/s   fnspool/Huey {ratios[-1]:.2f}")
+    spread("fnspool/Huey", ratios, f"({n} round{'s' * (n > 1)} of {count} events)")
+    if baseline is not None:
+        spread(f"fnspool/{baseline.rev}", to_baseline, "(this checkout against the baseline)")
+
+
+def spread(label: str, ratios: list[float], note: str) -> None:
+    """One line: the min, median and max of `ratios`."""
     print(
-        f"fnspool/Huey   min {min(ratios):.2f}   median {statistics.median(ratios):.2f}"
-        f"   max {max(ratios):.2f}   ({n} round{'s' * (n > 1)} of {count} events)"
+        f"{label:<14} min {min(ratios):.2f}   median {statistics.median(ratios):.2f}"
+        f"   max {max(ratios):.2f}   {note}"
     )
 
 
@@ -118,6 +194,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--churn", action="store_true", help="measure after a file churn too")
     parser.add_argument("--churn-files", type=int, default=200_000)
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also burst the daemon of this git revision, alternating (e.g. 7b0bfd3^, the last "
+        "before durable dispatch)",
+    )
     parser.add_argument(
         "--dir",
         type=Path,
@@ -133,12 +215,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix=".bench-") as tmp:
         root = Path(tmp)
         spool = make_spool(root)
-        with running_daemon(spool) as proc, running_huey(root) as peer:
+        with (
+            running_daemon(spool) as proc,
+            running_huey(root) as peer,
+            baseline_daemon(root, args.baseline) as baseline,
+        ):
             fnspool_burst(spool, proc, 50, "w")  # warm both instances
             peer.burst(50)  # the consumer is up and its workers have run a task
             if args.churn:
                 with_churn(root, spool, proc, args.events, args.churn_files)
-            rounds(spool, proc, peer, args.events, args.rounds)
+            rounds(spool, proc, peer, baseline, args.events, args.rounds)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from harness import REPO, JournalFollower, make_spool, running_daemon, wait_ended
+from harness import REPO, Ends, make_spool, running_daemon, wait_ended
+
+from daemon.journal import JournalFollower
 
 ECHO_CHILD = textwrap.dedent(
     """
@@ -112,12 +114,11 @@ def burst(spool: Path, proc: subprocess.Popen[bytes], count: int, deadline: floa
         path.write_text(f'{{"n": {i}}}')
         names.append(path)
     target = spool / "incoming" / "noop"
-    follower = JournalFollower(spool / "journal")
-    follower.load()
+    ends = Ends(spool / "journal")
     start = time.perf_counter()
     for i, path in enumerate(names):
         os.rename(path, target / f"b{i:06d}.json")
-    return count / wait_ended(follower, count, start, proc, deadline)
+    return count / wait_ended(ends, count, start, proc, deadline)
 
 
 def latency(spool: Path, samples: int) -> list[float]:

@@ -27,6 +27,7 @@ from daemon.ids import new_request_id
 from daemon.journal import Damage, JournalTail, Outrun
 from daemon.model import TERMINAL_STATES, Event, JournalRecord, Request, State
 from daemon.reads import EventReads
+from daemon.refusals import reinvoke_refusal, stop_refusal
 from daemon.spool import Spool
 
 POLL = 0.02
@@ -100,12 +101,8 @@ def events_stop(args: argparse.Namespace) -> int:
     """Stop an event: at once if not running, else forced (PreStop, kill) or gracefully."""
     spool = _spool(args)
     event = _find(_reads(spool), args.id)
-    if event.ended:
-        raise FnspoolError(
-            f"event {event.id} has already ended: {event.state.value}",
-            title="cannot stop",
-            exit_code=EXIT_REFUSED,
-        )
+    if refusal := stop_refusal(event.id, event.state):
+        raise FnspoolError(refusal, title="cannot stop", exit_code=EXIT_REFUSED)
     stop = control.StopRequest(id=event.id, graceful=args.graceful)
     follower, [pending] = _submit_all(spool, [stop])
     answered = _await_answers(spool, follower, [pending], None if args.wait else ANSWER_WAIT)
@@ -154,12 +151,8 @@ def events_reinvoke(args: argparse.Namespace) -> int:
 def _chosen(args: argparse.Namespace, reads: EventReads) -> list[Event]:
     if args.id:
         event = _find(reads, args.id)
-        if not event.ended:
-            raise FnspoolError(
-                f"event {event.id} has not ended: {event.state.value}",
-                title="cannot re-invoke",
-                exit_code=EXIT_REFUSED,
-            )
+        if refusal := reinvoke_refusal(event.id, event.state):
+            raise FnspoolError(refusal, title="cannot re-invoke", exit_code=EXIT_REFUSED)
         return [event]
     flt = _filter(args)
     flt.states = (flt.states or set(TERMINAL_STATES)) & TERMINAL_STATES

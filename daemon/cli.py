@@ -147,7 +147,11 @@ def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--function", metavar="F")
-    parser.add_argument("--status", metavar="S[,S..]", help="states, e.g. Failed,Expired")
+    parser.add_argument(
+        "--status",
+        metavar="S[,S..]",
+        help="states, e.g. Failed,Expired; or SCF's RUNNING, FINISHED, FAILED, TERMINATED",
+    )
     parser.add_argument("--id-prefix", metavar="P")
     parser.add_argument("--since", metavar="T", help="ISO 8601 or relative: 15m, 2h, 3d")
     parser.add_argument("--until", metavar="T")

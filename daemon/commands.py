@@ -8,12 +8,16 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from daemon import lock
+from daemon import heartbeat, lock
+from daemon.atomic import write_durable
 from daemon.errors import FnspoolError
+from daemon.eventlog import LogReader
+from daemon.heartbeat import Heartbeat
 from daemon.model import Event, State
 from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, summary
 from daemon.reads import EventReads
@@ -21,6 +25,8 @@ from daemon.spool import Spool
 from daemon.text import printable
 
 POLL = 0.05
+LOG_LINES_SHOWN = 10  # of an event's log, by `events get`
+LOG_TAIL_BYTES = 16 << 10
 EXIT_NOT_RUNNING = 3
 
 
@@ -62,13 +68,10 @@ def daemon(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground until SIGTERM."""
     import uvloop
 
+    from daemon.logsetup import log_to_stderr
     from daemon.service import Daemon, Settings
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(logging.DEBUG if args.verbose else logging.INFO)
     settings = Settings(
         drain_timeout=args.drain_timeout,
         max_payload_bytes=args.max_payload_bytes,
@@ -173,12 +176,7 @@ def invoke(args: argparse.Namespace) -> int:
 
 def _drop(spool: Spool, name: str, data: bytes) -> None:
     spool.tmp.mkdir(parents=True, exist_ok=True)
-    temp = spool.tmp / f".{name}.{os.getpid()}.tmp"
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(temp, spool.incoming / name)
+    write_durable(spool.incoming / name, data, 0o666, staging=spool.tmp)  # 0o666: the umask
 
 
 # -- events -------------------------------------------------------------------------------
@@ -260,6 +258,22 @@ def _print_event(event: Event, spool: Spool) -> None:
             print(f"  {'':24}  {_usage_text(h['usage'])}")
         if "error" in h and h["state"] != view["state"]:
             print(f"  {'':24}  {_error_text(h['error'])}")
+    _print_log_end(Path(view["log_path"]), event)
+
+
+def _print_log_end(path: Path, event: Event) -> None:
+    """The last lines of the event's log (`events logs` shows all of it)."""
+    reader = LogReader(path)
+    lines = reader.more(event, tail=LOG_TAIL_BYTES).decode("utf-8", "replace").splitlines()
+    if reader.skipped:
+        lines = lines[1:]  # the first may be cut
+    if not lines:
+        return
+    shown = lines[-LOG_LINES_SHOWN:]
+    cut = len(shown) < len(lines) or reader.skipped
+    print(f"log (its end; `events logs {event.id}` shows all):" if cut else "log:")
+    for line in shown:
+        print(f"  {printable(line)}")
 
 
 def _error_text(error: dict[str, Any]) -> str:
@@ -286,27 +300,19 @@ def events_logs(args: argparse.Namespace) -> int:
     spool = _spool(args)
     reads = _reads(spool)
     event = _find(reads, args.id)
-    path = log_path(spool.logs, event)
-    offset = 0
+    reader = LogReader(log_path(spool.logs, event))
     while True:
-        offset = _copy_from(path, offset)
+        _print_bytes(reader.more(event))  # the event is read before the file, as it must be
         if not args.follow or event.ended:
-            offset = _copy_from(path, offset)
             return 0
         time.sleep(POLL)
         event = reads.get(event.id) or event
 
 
-def _copy_from(path: os.PathLike[str], offset: int) -> int:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return offset
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
-    return offset + len(data)
+def _print_bytes(data: bytes) -> None:
+    if data:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
 
 
 def events_wait(args: argparse.Namespace) -> int:
@@ -350,11 +356,13 @@ def _check_rejected(spool: Spool, ids: list[str], events: dict[str, Event]) -> N
 # -- functions and status -----------------------------------------------------------------
 
 
-def _status_file(spool: Spool) -> dict[str, Any] | None:
-    try:
-        return json.loads((spool.run / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
+def _heartbeats(spool: Spool) -> tuple[int | None, Heartbeat | None, Heartbeat | None]:
+    """The pid holding the lock, the last heartbeat on file (perhaps of an earlier daemon), and
+    that heartbeat if it is the running daemon's."""
+    pid = lock.holder(spool.run)
+    last = heartbeat.read(spool.run)
+    ours = last if last is not None and pid is not None and last.pid == pid else None
+    return pid, last, ours
 
 
 def functions_list(args: argparse.Namespace) -> int:
@@ -363,12 +371,13 @@ def functions_list(args: argparse.Namespace) -> int:
 
     spool = _spool(args)
     catalog = load_catalog(spool.functions)
-    status = _status_file(spool) if lock.holder(spool.run) is not None else None
-    instances = (status or {}).get("instances", {})
-    kept = set((status or {}).get("last_good_definitions", []))
+    _pid, _last, beat = _heartbeats(spool)
+    beat = beat or heartbeat.Heartbeat(pid=0)  # no daemon: nothing runs
+    instances = {name: msgspec.to_builtins(views) for name, views in beat.instances.items()}
+    kept = set(beat.last_good_definitions)
     # who runs a function that names no user: known while the daemon runs
-    default_user = (status or {}).get("run_as") or (status or {}).get("user")
-    implicit_root = set((status or {}).get("implicit_root", []))
+    default_user = beat.run_as or beat.user
+    implicit_root = set(beat.implicit_root)
     rows = []
     for name, d in sorted(catalog.functions.items()):
         rows.append(
@@ -418,25 +427,26 @@ def functions_list(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     """Daemon health: exit 0 when running and ready, 3 when not (as systemctl)."""
     spool = _spool(args)
-    pid = lock.holder(spool.run)
-    info = _status_file(spool) or {}
-    running = pid is not None and bool(info.get("ready")) and info.get("pid") == pid
+    pid, last, ours = _heartbeats(spool)
+    running = ours is not None and ours.ready
+    stopping = ours is not None and ours.stopping
+    live = ours if running else None
+    said = last or heartbeat.Heartbeat(pid=0)  # the last word of a daemon, if any
     view = {
         "running": running,
+        "stopping": stopping,
         "pid": pid,
         "spool": str(spool.root),
-        "queue_depth": info.get("queue_depth") if running else None,
-        "running_events": info.get("running") if running else None,
-        "events": info.get("events", {}),
-        "definition_errors": info.get("definition_errors", {}),
-        "last_good_definitions": info.get("last_good_definitions", []) if running else [],
-        "implicit_root": info.get("implicit_root", []) if running else [],
-        "journal_damage": info.get("journal_damage", []),
-        "file_helper": info.get("file_helper") if running else None,
-        "indexer": info.get("indexer") if running else None,
-        "heartbeat_age_s": round(time.time() - info["updated_at"], 1)
-        if "updated_at" in info
-        else None,
+        "queue_depth": live.queue_depth if live else None,
+        "running_events": live.running if live else None,
+        "events": said.events,
+        "definition_errors": said.definition_errors,
+        "last_good_definitions": live.last_good_definitions if live else [],
+        "implicit_root": live.implicit_root if live else [],
+        "journal_damage": msgspec.to_builtins(said.journal_damage),
+        "file_helper": msgspec.to_builtins(live.file_helper) if live else None,
+        "indexer": msgspec.to_builtins(live.indexer) if live else None,
+        "heartbeat_age_s": last.age if last else None,
     }
     if args.json:
         _print_json(view)
@@ -444,6 +454,8 @@ def status(args: argparse.Namespace) -> int:
         state = (
             f"running (pid {pid})"
             if running
+            else f"stopping (pid {pid}): draining"
+            if stopping
             else ("starting" if pid is not None else "not running")
         )
         print(f"fnspool daemon: {state}; spool {spool.root}")

@@ -9,11 +9,12 @@ written while the daemon is down waits in `control/` and is applied when it star
 
 from __future__ import annotations
 
-import os
+from enum import StrEnum
 from pathlib import Path
 
 import msgspec
 
+from daemon.atomic import write_durable
 from daemon.ids import check_id, new_request_id
 from daemon.model import NO_RAW
 
@@ -52,9 +53,14 @@ def check_ids(request: ControlRequest) -> None:
         check_id(request.new_id, "new_id")
 
 
-#: outcomes of a request, as its `Request` record's `outcome` says them
-APPLIED = "applied"
-REFUSED = "refused"
+class Outcome(StrEnum):
+    """How a request was answered, as its `Request` record's `outcome` says it."""
+
+    APPLIED = "applied"
+    REFUSED = "refused"
+
+
+APPLIED, REFUSED = Outcome.APPLIED, Outcome.REFUSED
 
 
 def submit(spool_root: Path, request: ControlRequest) -> str:
@@ -62,10 +68,5 @@ def submit(spool_root: Path, request: ControlRequest) -> str:
     name = f"{new_request_id()}.json"
     tmp_dir, control_dir = spool_root / "tmp", spool_root / "control"
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    temp = tmp_dir / f".control-{name}.{os.getpid()}.tmp"
-    with open(temp, "wb") as f:
-        f.write(msgspec.json.encode(request))
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(temp, control_dir / name)
+    write_durable(control_dir / name, msgspec.json.encode(request), 0o666, staging=tmp_dir)
     return name

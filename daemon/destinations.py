@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from daemon.atomic import write_durable
 from daemon.functions import DAEMON_FOLDERS, AsyncConfig, Catalog
 from daemon.ids import check_id, derived_id
 from daemon.limits import MAX_VALUE_BYTES
@@ -103,19 +103,8 @@ def write_once(folder: Path, name: str, data: bytes) -> bool:
     target = folder / name
     if target.exists():
         return False
-    temp = folder / f".{name}.{os.getpid()}.tmp"
     # the spool's group reads records, nobody else (docs/security.md), whatever the umask
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    with open(os.open(temp, flags, 0o640), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(temp, target)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durable(target, data, 0o640)
     return True
 
 

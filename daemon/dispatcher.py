@@ -9,21 +9,24 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from daemon.eventlog import INTERRUPTED, journal_lines
 from daemon.functions import AsyncConfig, Catalog, FunctionDef
 from daemon.ids import id_problem
 from daemon.journal_writer import JournalFailed
 from daemon.limits import bounded_error
-from daemon.logfiles import DirectLogs, LogSink
+from daemon.logfiles import EventLogs, LogWrite, append_all
 from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State, Usage
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
+from daemon.refusals import refuse_if, stop_refusal
 from daemon.runtimes.base import (
     EventLog,
     HookOutcome,
@@ -37,7 +40,6 @@ from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "Interrupted"
 MAY_HAVE_STARTED = "dequeued before a crash: it may have started"
 # events dequeued ahead per instance, so that one fsync covers the intents of many: after a
 # crash, these may show an Interrupted attempt they never started (not held against the bound)
@@ -83,9 +85,31 @@ def failed_attempts(event: Event) -> int:
     return sum(1 for h in event.history if h.state is State.RETRYING and h.reason != INTERRUPTED)
 
 
+def _log_made(event: Event) -> bool | None:
+    """Whether the event's log file exists: not before anything ran (the usual case, known
+    without a look at the disk); unknown once something may have, before a restart."""
+    if all(h.state in (State.ENQUEUED, State.DEQUEUED) for h in event.history):
+        return False
+    return None
+
+
+def _write_now(write: LogWrite) -> None:
+    append_all([write])
+
+
 def _result(o: Outcome) -> msgspec.Raw:
     """What an attempt returned, for its record (nothing when it failed)."""
     return o.result if o.ok and o.result is not None else NO_RAW
+
+
+BEFORE_RUNNING = "stopped before running"  # the reason of a stop that found no attempt running
+
+
+class StopMode(StrEnum):
+    """How a running attempt is being stopped."""
+
+    FORCED = "forced"  # PreStop, then its instance is killed
+    GRACEFUL = "graceful"  # SIGTERM to the instance first, forced after the grace
 
 
 class Attempt:
@@ -96,7 +120,35 @@ class Attempt:
         self.pool = pool
         self.instance = instance
         self.log_path = path
-        self.stop: str | None = None  # "forced" | "graceful"
+        self.stop: StopMode | None = None
+
+
+class FunctionQueue:
+    """The ids waiting for an instance of one function, first in, first out. It remembers how
+    many at its head were already looked at for dequeuing ahead, so each dispatch looks at the
+    new ones only (looking at all 32 every time was 33 store look-ups per event)."""
+
+    def __init__(self) -> None:
+        self._ids: collections.deque[str] = collections.deque()
+        self._looked = 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def append(self, request_id: str) -> None:
+        """Queue an id at the end."""
+        self._ids.append(request_id)
+
+    def popleft(self) -> str:
+        """Take the id at the head."""
+        self._looked = max(0, self._looked - 1)
+        return self._ids.popleft()
+
+    def not_looked_at(self, depth: int) -> Iterator[str]:
+        """The ids among the first `depth` not yet looked at (they are now)."""
+        start = self._looked
+        self._looked = max(start, min(depth, len(self._ids)))
+        return itertools.islice(self._ids, start, self._looked)
 
 
 class Dispatcher:
@@ -109,17 +161,18 @@ class Dispatcher:
         factories: Mapping[str, InstanceFactory],
         logs_dir: Path,
         on_ended: Ended | None = None,
-        log_sink: LogSink | None = None,
+        log_sink: EventLogs | None = None,
     ) -> None:
         self.store = store
         self._catalog = catalog
         self._factories = factories
         self.logs_dir = logs_dir
         self.on_ended = on_ended  # destinations: called once the terminal record is written
-        self.log_sink = log_sink or DirectLogs()  # where the instances write event logs too
+        # where the instances write event logs too
+        self.log_sink = log_sink or EventLogs(_write_now)
         self.pools: dict[str, FunctionPool] = {}
         self.attempts: dict[str, Attempt] = {}
-        self._queues: dict[str, collections.deque[str]] = {}
+        self._queues: dict[str, FunctionQueue] = {}
         self._ready: dict[str, asyncio.Event] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
@@ -165,7 +218,7 @@ class Dispatcher:
             return
         name = event.function
         if name not in self._queues:
-            self._queues[name] = collections.deque()
+            self._queues[name] = FunctionQueue()
             self._ready[name] = asyncio.Event()
             self._runners[name] = asyncio.get_running_loop().create_task(
                 self._run_queue(name), name=f"queue-{name}"
@@ -204,6 +257,7 @@ class Dispatcher:
 
     async def _run_queue(self, name: str) -> None:
         queue, ready = self._queues[name], self._ready[name]
+        loop = asyncio.get_running_loop()  # once: each look-up is a getpid() system call
         while True:
             while not queue:
                 ready.clear()
@@ -225,7 +279,7 @@ class Dispatcher:
             if event is None or event.ended or not self.accepting:
                 lease.pool.give_back(lease)
                 continue
-            task = asyncio.get_running_loop().create_task(self._run_event(event, definition, lease))
+            task = loop.create_task(self._run_event(event, definition, lease))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -243,11 +297,11 @@ class Dispatcher:
                 ahead[event.function] += 1
                 self._dequeue(event, definition)
 
-    def _dequeue_ahead(self, queue: collections.deque[str], definition: FunctionDef) -> None:
+    def _dequeue_ahead(self, queue: FunctionQueue, definition: FunctionDef) -> None:
         """Journal Dequeued for the events next in line before an instance is free: that record
         is the intent to run them, and its fsync goes on while earlier events run."""
         depth = min(AHEAD_PER_INSTANCE * definition.max_instances, AHEAD_MAX)
-        for request_id in itertools.islice(queue, depth):
+        for request_id in list(queue.not_looked_at(depth)):
             event = self.store.get(request_id)
             if event is not None and event.state is State.ENQUEUED:
                 self._dequeue(event, definition)  # an event too old ends Expired here
@@ -354,6 +408,7 @@ class Dispatcher:
 
     async def _attempt(self, event: Event, definition: FunctionDef, lease: Lease) -> None:
         path = log_path(self.logs_dir, event)
+        self.log_sink.track(event.id, path, lambda: journal_lines(event), _log_made(event))
         instance = lease.instance
         if instance is None:
             self.metrics.cold_start(event.function)
@@ -438,7 +493,7 @@ class Dispatcher:
         """A stopped attempt ended: its return value is kept; death by SIGTERM is code 439."""
         error = None
         if not o.ok:
-            sigterm = running.stop == "graceful" and o.usage.signal == signal.SIGTERM
+            sigterm = running.stop is StopMode.GRACEFUL and o.usage.signal == signal.SIGTERM
             error = USER_EXIT if sigterm else STOPPED_ERROR
         self._end(
             event,
@@ -463,26 +518,25 @@ class Dispatcher:
         """Journal a terminal state, then hand the event to the destinations."""
         self._born.pop(event.id, None)
         self.store.transition(event, state, **fields)
+        self.log_sink.forget(event.id)
         if self.on_ended is not None:
             self.on_ended(event)
 
     # -- stopping -------------------------------------------------------------------------
 
     def stop(self, request_id: str, *, graceful: bool, grace: float = 10.0) -> str:
-        """Stop an event (TerminateAsyncEvent); what was done, in words. ValueError if it has
-        already ended or is unknown."""
+        """Stop an event (TerminateAsyncEvent); what was done, in words. Refused if it has
+        already ended, is being stopped, or is unknown."""
         event = self.store.get(request_id)
-        if event is None:
-            raise ValueError(f"no event with id {request_id!r}")
-        if event.ended:
-            raise ValueError(f"event {request_id} has already ended: {event.state.value}")
-        if event.state is State.STOPPING:
-            raise ValueError(f"event {request_id} is already being stopped")
+        refuse_if(stop_refusal(request_id, event.state if event is not None else None))
+        assert event is not None
         running = self.attempts.get(request_id)
         if running is None:  # Enqueued, Dequeued, Retrying: never runs again
-            self._end(event, State.STOPPED, reason="stopped before running")
-            return f"stopped while {event.history[-2].state.value}"
-        running.stop = "graceful" if graceful else "forced"
+            was = event.state.value
+            self.store.transition(event, State.STOPPING, reason=BEFORE_RUNNING)
+            self._end(event, State.STOPPED, reason=BEFORE_RUNNING)
+            return f"stopped while {was}"
+        running.stop = StopMode.GRACEFUL if graceful else StopMode.FORCED
         self.store.transition(event, State.STOPPING, reason=running.stop)
         task = self._force(running) if not graceful else self._terminate(running, grace)
         t = asyncio.get_running_loop().create_task(task)
@@ -492,7 +546,7 @@ class Dispatcher:
 
     async def _force(self, running: Attempt) -> None:
         """PreStop on the event's instance, then its process group killed (the attempt ends)."""
-        running.stop = "forced"
+        running.stop = StopMode.FORCED
         await running.pool.retire(
             running.instance,
             f"event {running.event.id} stopped",

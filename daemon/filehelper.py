@@ -25,7 +25,7 @@ import msgspec
 
 from daemon import supervise
 from daemon.filework import ANSWERS, ENCODER, Append, Done, Remove, read_frame, write_frame
-from daemon.logfiles import append_all
+from daemon.logfiles import LogWrite, append_all
 from daemon.spool import FileId, Key, remove_journaled
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,9 @@ class FileHelper:
         self._to, self._from = to_w, from_r
         self._loop = asyncio.get_running_loop()
 
-    def append(self, writes: list[tuple[Path, bytes]]) -> None:
-        """Append to event logs; returns once written."""
-        if writes and self._call(Append([(str(p), d) for p, d in writes])) is None:
+    def append(self, writes: list[LogWrite]) -> None:
+        """Do event log writes; returns once written."""
+        if writes and self._call(Append(writes)) is None:
             append_all(writes)
 
     def remove(self, incoming: Path, files: list[tuple[Key, FileId]]) -> set[Key]:

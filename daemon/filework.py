@@ -7,14 +7,13 @@ Run as `python -m daemon.filework`: requests on stdin, answers on stdout, until 
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from pathlib import Path
 
 import msgspec
 
-from daemon.logfiles import append_all
+from daemon.logfiles import LogWrite, append_all
+from daemon.logsetup import log_to_stderr
 from daemon.spool import FileId, Key, remove_journaled
 
 HEADER = 4  # bytes of big-endian frame length
@@ -23,7 +22,7 @@ HEADER = 4  # bytes of big-endian frame length
 class Append(msgspec.Struct, tag=True, array_like=True):
     """Append to event logs, in order."""
 
-    writes: list[tuple[str, bytes]]
+    writes: list[LogWrite]
 
 
 class Remove(msgspec.Struct, tag=True, array_like=True):
@@ -70,18 +69,14 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 def _serve(request: Append | Remove) -> Done:
     if isinstance(request, Append):
-        append_all([(Path(p), d) for p, d in request.writes])
+        append_all(request.writes)
         return Done()
     return Done(sorted(remove_journaled(request.incoming, request.files)))
 
 
 def main() -> int:
     """Serve requests until the daemon closes the pipe (or dies)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr()
     while True:
         try:
             request = REQUESTS.decode(read_frame(0))

@@ -11,9 +11,8 @@ ignores) and never starts with `-` (never taken for an option).
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
-import secrets
 import time
 
 from daemon.text import printable
@@ -60,6 +59,8 @@ def derived_id(request_id: str, suffix: str) -> str:
     is cut and a hash of the whole added, so the id is still the same at every delivery."""
     whole = f"{request_id}-{suffix}"
     if len(whole) > MAX_ID_LENGTH:
+        import hashlib  # here: its import is a tenth of the CLI's start, and rarely needed
+
         digest = hashlib.sha256(request_id.encode()).hexdigest()[:16]
         head = request_id[: MAX_ID_LENGTH - len(suffix) - len(digest) - 2]
         whole = f"{head}-{digest}-{suffix}"
@@ -68,13 +69,25 @@ def derived_id(request_id: str, suffix: str) -> str:
 
 _last_ms = 0
 _counter = 0
+_RANDOM_BATCH = 9 * 512  # bytes: 512 ids per getrandom() system call
+_random = bytearray()
+
+
+def _random_bits() -> int:
+    """72 bits from the system's random source, drawn in batches."""
+    global _random
+    if not _random:
+        _random = bytearray(os.urandom(_RANDOM_BATCH))
+    bits = int.from_bytes(_random[-9:], "big")
+    del _random[-9:]
+    return bits
 
 
 def new_request_id() -> str:
     """A UUIDv7: time-ordered, so ids sort by submission time (monotonic within a process)."""
     global _last_ms, _counter
     ms = time.time_ns() // 1_000_000
-    bits = secrets.randbits(72)  # one call: each is a getrandom() system call
+    bits = _random_bits()
     rand_b = bits >> 10
     if ms <= _last_ms:
         ms, _counter = _last_ms, _counter + 1

@@ -32,6 +32,7 @@ from daemon.journal import (
     read_archive,
     read_snapshot,
 )
+from daemon.logsetup import log_to_stderr
 from daemon.model import Delivered, Event, IllegalTransition, JournalRecord, Transition, apply
 
 log = logging.getLogger("daemon.indexer")
@@ -207,9 +208,7 @@ def run(directory: Path, parent: int) -> int:
 
 def main() -> int:
     """Entry point: `python -m daemon.indexer JOURNAL_DIR [DAEMON_PID]`."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
+    log_to_stderr()
     os.nice(10)  # indexing may lag in a burst; the daemon and the instances may not
     # the daemon's pid comes from it: a daemon killed before this line would leave getppid() at
     # 1 here, and an indexer that took 1 for its parent would never see it go

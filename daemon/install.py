@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import grp
-import json
 import os
 import pwd
 import re
@@ -23,6 +22,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from daemon import heartbeat
+from daemon.atomic import write_whole
 from daemon.errors import FnspoolError
 from daemon.spool import DIR_MODE, SYSTEM_SPOOL, Spool, folder_mode
 
@@ -219,10 +220,7 @@ def _check_reachable(spool: Path) -> str:
 
 
 def _write_unit(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.chmod(temp, 0o644)
-    os.rename(temp, path)
+    write_whole(path, text.encode(), 0o644)
 
 
 def _create_service_user(home: Path) -> None:
@@ -343,9 +341,9 @@ def uninstall(args: argparse.Namespace) -> int:
 
 def reload(args: argparse.Namespace) -> int:
     """SIGHUP the daemon, then wait until its heartbeat shows the reload done."""
-    status_path = Spool.resolve(args.spool).run / "status.json"
+    run_dir = Spool.resolve(args.spool).run
     pid = args.pid
-    before = _reloads(status_path, pid)
+    before = _reloads(run_dir, pid)
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
@@ -354,18 +352,13 @@ def reload(args: argparse.Namespace) -> int:
         return 0  # no heartbeat of that pid to follow: the signal is all we can do
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        after = _reloads(status_path, pid)
+        after = _reloads(run_dir, pid)
         if after is not None and after > before:
             return 0
         time.sleep(0.02)
     raise FnspoolError(f"the daemon did not reload within {args.timeout:.0f}s", title="reload")
 
 
-def _reloads(status_path: Path, pid: int) -> int | None:
-    try:
-        status = json.loads(status_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if status.get("pid") != pid or "reloads" not in status:
-        return None
-    return int(status["reloads"])
+def _reloads(run_dir: Path, pid: int) -> int | None:
+    beat = heartbeat.read(run_dir)
+    return beat.reloads if beat is not None and beat.pid == pid else None

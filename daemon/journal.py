@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import msgspec
 
+from daemon.atomic import fsync_dir
 from daemon.model import Delivered, Event, IllegalTransition, JournalRecord, Transition, apply
 
 log = logging.getLogger(__name__)
@@ -373,15 +374,6 @@ def read_events_file(
     if header.count != len(events):
         raise ValueError(f"{path}: {kind} holds {len(events)} events, header says {header.count}")
     return header, events
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory so the names created or removed in it are durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalState(msgspec.Struct, kw_only=True):

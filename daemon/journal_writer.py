@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import msgspec
 
+from daemon.atomic import fsync_dir
 from daemon.errors import FnspoolError
 from daemon.journal import (
     MAX_RECORD_BYTES,
@@ -28,13 +29,12 @@ from daemon.journal import (
     decode_record,
     encode_record,
     fold,
-    fsync_dir,
     list_archives,
     list_segments,
     load_snapshot,
     segment_name,
 )
-from daemon.logfiles import append_all
+from daemon.logfiles import LogWrite, append_all
 from daemon.model import Record
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class JournalWriter:
         *,
         segment_bytes: int = 64 << 20,
         on_fatal: Callable[[BaseException], None] | None = None,
-        write_logs: Callable[[list[tuple[Path, bytes]]], None] = append_all,
+        write_logs: Callable[[list[LogWrite]], None] = append_all,
     ) -> None:
         self.directory = directory
         self._write_logs = write_logs  # in the writer thread, before the records that follow
@@ -194,7 +194,7 @@ class JournalWriter:
         self._durable_seq = next_seq - 1
         self._written_seq = next_seq - 1  # touched only by the writer thread
         self._buffer = bytearray()
-        self._logs: list[tuple[Path, bytes]] = []  # event log writes, before the next records
+        self._logs: list[LogWrite] = []  # event log writes, before the next records
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._wake = asyncio.Event()
@@ -233,10 +233,10 @@ class JournalWriter:
         self._wake.set()
         return rec
 
-    def write_log(self, path: Path, data: bytes) -> None:
-        """Append `data` to an event log from the writer thread, before the records appended
-        after this call: the log is on file before the record that makes it visible."""
-        self._logs.append((path, data))
+    def write_log(self, write: LogWrite) -> None:
+        """Do an event log's write from the writer thread, before the records appended after
+        this call: the log is on file before the record that makes it visible."""
+        self._logs.append(write)
         self._wake.set()
 
     async def sync(self, upto: int | None = None) -> None:
@@ -246,15 +246,9 @@ class JournalWriter:
         target = self._next_seq - 1 if upto is None else upto
         if target <= self._durable_seq:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append((target, future))
         await future
-
-    async def commit(self, rec: R) -> R:
-        """Append `rec` and wait until it is durable."""
-        rec = self.append(rec)
-        await self.sync()
-        return rec
 
     async def rotate(self) -> int:
         """Start a new segment after everything written so far; return its first sequence number.
@@ -350,7 +344,7 @@ class JournalWriter:
             if self._closing and not self._buffer:
                 return
 
-    def _write_sync(self, data: bytes, upto: int, logs: list[tuple[Path, bytes]]) -> None:
+    def _write_sync(self, data: bytes, upto: int, logs: list[LogWrite]) -> None:
         """Write and fdatasync one batch; on a short or failed write cut back to the last record."""
         self._write_logs(logs)  # an event log's failure is logged there: the journal goes on
         if not data:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
+
+from daemon.atomic import write_whole
 
 
 class LockHeld(Exception):
@@ -58,10 +61,15 @@ def acquire(run_dir: Path) -> int:
             raise LockHeld(_holder_pid(fd, run_dir)) from None
         finally:
             os.close(fd)
-    temp = run_dir / ".daemon.pid.tmp"
-    temp.write_text(f"{os.getpid()}\n")
-    os.rename(temp, run_dir / "daemon.pid")
+    write_whole(run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
     return fd
+
+
+def release(run_dir: Path, fd: int) -> None:
+    """Remove our pid file, then let the lock go (a pid file left behind names a dead daemon)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(run_dir / "daemon.pid")
+    os.close(fd)
 
 
 def holder(run_dir: Path) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Mapping
 
+from daemon.heartbeat import InstanceView
 from daemon.model import State
 
 
@@ -29,7 +30,7 @@ class Metrics:
     def render(
         self,
         events: Mapping[State, int],
-        instances: Mapping[str, Iterable[Mapping[str, object]]],
+        instances: Mapping[str, Iterable[InstanceView]],
         queue_depth: int,
     ) -> str:
         """The whole file's text."""
@@ -52,7 +53,7 @@ class Metrics:
             out.append(f'fnspool_cold_starts_total{{function="{function}"}} {n}')
         _family(out, "fnspool_instances", "gauge", "Instances by function and state.")
         for function, listed in sorted(instances.items()):
-            states = collections.Counter(str(i["state"]) for i in listed)
+            states = collections.Counter(i.state for i in listed)
             for name, n in sorted(states.items()):
                 out.append(f'fnspool_instances{{function="{function}",state="{name}"}} {n}')
         return "\n".join(out) + "\n"

@@ -48,10 +48,14 @@ class State(str, enum.Enum):
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.ENQUEUED: frozenset({State.DEQUEUED, State.STOPPED}),
-    State.DEQUEUED: frozenset({State.RUNNING, State.EXPIRED, State.INVALID, State.STOPPED}),
+    # a stop goes through Stopping (FC's state machine, seed 001); straight to Stopped is what
+    # journals written before that say of a queued event stopped
+    State.ENQUEUED: frozenset({State.DEQUEUED, State.STOPPING, State.STOPPED}),
+    State.DEQUEUED: frozenset(
+        {State.RUNNING, State.EXPIRED, State.INVALID, State.STOPPING, State.STOPPED}
+    ),
     State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.RETRYING, State.STOPPING}),
-    State.RETRYING: frozenset({State.RUNNING, State.EXPIRED, State.STOPPED}),
+    State.RETRYING: frozenset({State.RUNNING, State.EXPIRED, State.STOPPING, State.STOPPED}),
     State.STOPPING: frozenset({State.STOPPED}),
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),

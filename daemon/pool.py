@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.functions import FunctionDef
+from daemon.heartbeat import InstanceView
 from daemon.runtimes.base import HookOutcome, Instance, InstanceStartError
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,14 @@ class FunctionPool:
         self._waiters: collections.deque[asyncio.Future[Lease]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once (each look-up is a getpid() system call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     @property
     def slots(self) -> int:
@@ -82,7 +91,7 @@ class FunctionPool:
                 return lease
         if self.closed:
             raise PoolClosed(self.definition.name)
-        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Lease] = self.loop.create_future()
         self._waiters.append(future)
         try:
             return await future
@@ -190,7 +199,7 @@ class FunctionPool:
         elif self._load[instance.id] == 0:
             # idle once the callbacks already due have run: in a burst, the queue's runner
             # (woken by another instance's release) takes this one there, unfrozen
-            asyncio.get_running_loop().call_soon(self._idle_if_free, instance)
+            self.loop.call_soon(self._idle_if_free, instance)
 
     def _idle_if_free(self, instance: Instance) -> None:
         if (
@@ -363,16 +372,16 @@ class FunctionPool:
             return "busy"
         return "idle" if instance.state in ("idle", "busy") else instance.state
 
-    def snapshot(self) -> list[dict[str, object]]:
+    def snapshot(self) -> list[InstanceView]:
         """The instances as status.json shows them."""
         return [
-            {
-                "id": i.id,
-                "pid": i.pid,
-                "state": self.state_of(i),
-                "started_at": i.started_at,
-                "events_served": i.events_served,
-                "running": self._load.get(i.id, 0),
-            }
+            InstanceView(
+                id=i.id,
+                pid=i.pid,
+                state=self.state_of(i),
+                started_at=i.started_at,
+                events_served=i.events_served,
+                running=self._load.get(i.id, 0),
+            )
             for i in self.instances
         ]

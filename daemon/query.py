@@ -32,15 +32,30 @@ def parse_time(text: str, now: float | None = None) -> float:
     return parsed.timestamp()
 
 
+#: SCF's four states of an async event (ListAsyncEvents) as fnspool's: State.scf_view turned
+#: round (SCF's API says ABORTED for terminated)
+SCF_STATES: dict[str, frozenset[State]] = {
+    view: frozenset(s for s in State if s.scf_view == view)
+    for view in ("running", "finished", "failed", "terminated")
+}
+SCF_STATES["aborted"] = SCF_STATES["terminated"]
+
+
 def parse_states(text: str) -> set[State]:
-    """A comma-separated list of state names (any case) as States."""
-    by_name = {s.value.lower(): s for s in State}
-    states = set()
-    for part in filter(None, (p.strip().lower() for p in text.split(","))):
-        if part not in by_name:
+    """A comma-separated list of state names as States: fnspool's in any case, or SCF's
+    (finished, terminated in any case; RUNNING and FAILED in capitals, as SCF's API spells
+    them, since `running` and `failed` are fnspool's Running and Failed)."""
+    by_name = {s.value.lower(): {s} for s in State}
+    states: set[State] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name = part.lower()
+        scf = SCF_STATES.get(name) if part.isupper() or name not in by_name else None
+        found = scf or by_name.get(name)
+        if found is None:
             names = ", ".join(s.value for s in State)
-            raise ValueError(f"unknown state {part!r}: use {names}")
-        states.add(by_name[part])
+            scf_names = "RUNNING, FINISHED, FAILED, TERMINATED"
+            raise ValueError(f"unknown state {part!r}: use {names} (or SCF's {scf_names})")
+        states |= found
     return states
 
 

@@ -27,6 +27,7 @@ from daemon.dispatcher import Dispatcher
 from daemon.ids import BadId
 from daemon.model import Request, Source, has_raw
 from daemon.payload import is_ignored
+from daemon.refusals import Refused, refuse_if, reinvoke_refusal
 from daemon.spool import Rejection, Spool, reject, safe_read, unlink_if_same
 from daemon.store import Store
 from daemon.strictjson import duplicate_key, too_deep
@@ -62,7 +63,7 @@ class Membership:
 
     def may_request(self, uid: int, spool_gid: int) -> bool:
         """Root, the daemon's own user and members of the spool's group may send requests."""
-        if uid in (0, os.getuid()):
+        if uid in (0, _OWN_UID):
             return True
         stamp = _accounts_stamp()
         if stamp != self._stamp:
@@ -71,6 +72,9 @@ class Membership:
         if answer is None:
             answer = self._answers[uid, spool_gid] = _is_member(uid, spool_gid)
         return answer
+
+
+_OWN_UID = os.getuid()
 
 
 def _accounts_stamp() -> tuple[object, ...]:
@@ -276,7 +280,7 @@ class RequestIntake:
                     return Answer(outcome=control.APPLIED, message=message)
                 case ReinvokeRequest():
                     return self._reinvoke(request, uid)
-        except ValueError as exc:
+        except Refused as exc:
             return Answer(outcome=control.REFUSED, message=str(exc))
         raise AssertionError(f"unhandled request {request!r}")
 
@@ -286,10 +290,8 @@ class RequestIntake:
 
     def _reinvoke(self, request: ReinvokeRequest, uid: int | None) -> Answer:
         old = self.store.get(request.id)
-        if old is None:
-            raise ValueError(f"no event with id {request.id!r}")
-        if not old.ended:
-            raise ValueError(f"event {request.id} has not ended: {old.state.value}")
+        refuse_if(reinvoke_refusal(request.id, old.state if old is not None else None))
+        assert old is not None
         payload = request.payload if has_raw(request.payload) else old.payload
         event = self.store.enqueue(
             old.function,
@@ -299,7 +301,7 @@ class RequestIntake:
             retry_of=old.id,
         )
         if event is None:
-            raise ValueError(f"id {request.new_id!r} is already used by another event")
+            raise Refused(f"id {request.new_id!r} is already used by another event")
         self.dispatcher.submit(event)
         log.info("event %s re-invoked as %s", old.id, event.id)
         return Answer(outcome=control.APPLIED, message=f"re-invoked as {event.id}", new_id=event.id)

@@ -9,11 +9,10 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 import msgspec
 
-from daemon import lock, supervise, trust, users
+from daemon import heartbeat, lock, supervise, trust, users
 from daemon.cgroups import Cgroups
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
@@ -22,10 +21,12 @@ from daemon.functions import Catalog, keep_last_good, load_catalog
 from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalFailed, JournalWriter, recover
+from daemon.logfiles import EventLogs
 from daemon.model import Event, Source
 from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.pool import InstanceFactory
 from daemon.requests import RequestIntake, Submitters
+from daemon.runfiles import RunFiles
 from daemon.runtimes.exec import ExecInstance
 from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
@@ -68,6 +69,7 @@ class Daemon:
         self.notifier = Notifier()
         self.files = FileHelper()  # event logs and removals from incoming/, out of the process
         self.indexing = Indexing(spool.journal)  # the event index, out of the process
+        self.run_files = RunFiles(spool.run)  # status.json and metrics.prom
         self.reloads = 0  # SIGHUP reloads done; `fnspool systemd reload` waits on it
         self._starting = True
         self._sighup_while_starting = False
@@ -139,7 +141,7 @@ class Daemon:
             await self._stop.wait()
             await self._shutdown()
         finally:
-            os.close(lock_fd)
+            lock.release(self.spool.run, lock_fd)
         return 1 if self._fatal else 0
 
     async def _start(self) -> None:
@@ -165,10 +167,11 @@ class Daemon:
             write_logs=self.files.append,
         )
         self.store = Store(writer, state, self.spool.logs)
+        logs = EventLogs(writer.write_log)
         factories: dict[str, InstanceFactory] = {
-            "python": functools.partial(PythonInstance, logs=writer),
-            "http": functools.partial(HttpInstance, logs=writer),
-            "exec": functools.partial(ExecInstance, logs=writer),
+            "python": functools.partial(PythonInstance, logs=logs),
+            "http": functools.partial(HttpInstance, logs=logs),
+            "exec": functools.partial(ExecInstance, logs=logs),
         }
         self.destinations = Destinations(
             self.spool.root,
@@ -183,7 +186,7 @@ class Daemon:
             factories,
             self.spool.logs,
             on_ended=self.destinations.ended,
-            log_sink=writer,
+            log_sink=logs,
         )
         self.store.needs_delivery = self.destinations.owes
         self._reload_definitions()
@@ -259,6 +262,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         self.ready = False
         self._chores.cancel()
+        # readers see "stopping" at once, and a heartbeat while the drain lasts
+        heartbeat = asyncio.get_running_loop().create_task(self._beat_while_stopping())
         await self.ingestor.stop()
         self.requests.stop()
         drain_until = time.monotonic() + self.settings.drain_timeout
@@ -273,10 +278,16 @@ class Daemon:
         await self.files.stop()
         await self.indexing.stop()
         await supervise.release_cgroups()
+        heartbeat.cancel()
         self.write_status(stopped=True)
         self._watchdog.cancel()
         self.notifier.close()
         log.info("fnspool daemon stopped")
+
+    async def _beat_while_stopping(self) -> None:
+        while True:
+            self.write_status()
+            await asyncio.sleep(self.settings.heartbeat)
 
     # -- chores ---------------------------------------------------------------------------
 
@@ -355,31 +366,35 @@ class Daemon:
     def write_status(self, stopped: bool = False) -> None:
         """Write run/status.json atomically: the heartbeat the CLI and the TUI read."""
         instances = {name: pool.snapshot() for name, pool in self.dispatcher.pools.items()}
-        status = {
-            "pid": os.getpid(),
-            "started_at": self.started_at,
-            "updated_at": time.time(),
-            "ready": self.ready and not stopped,
-            "stopped": stopped,
-            "queue_depth": self.dispatcher.queue_depth,
-            "running": self.dispatcher.running,
-            "events": {s.value: n for s, n in self.store.retained_counts().items() if n},
-            "instances": instances,
-            "definition_errors": {n: e.message for n, e in self.catalog.errors.items()},
-            "last_good_definitions": sorted(self.catalog.kept),  # of those with errors
-            "user": self.user,
-            "run_as": self.settings.run_as,
-            "implicit_root": self.implicit_root,
-            "journal_damage": [msgspec.to_builtins(d) for d in self.store.damages[-20:]],
-            "reloads": self.reloads,
-            "file_helper": {"pid": self.files.pid, "running": self.files.running},
-            "indexer": {"pid": self.indexing.pid},
-        }
-        write_json_atomic(self.spool.run / "status.json", status)
+        beat = heartbeat.Heartbeat(
+            pid=os.getpid(),
+            started_at=self.started_at,
+            updated_at=time.time(),
+            ready=self.ready and not stopped,
+            stopping=self._stop.is_set() and not stopped,
+            stopped=stopped,
+            queue_depth=self.dispatcher.queue_depth,
+            running=self.dispatcher.running,
+            events={s.value: n for s, n in self.store.retained_counts().items() if n},
+            instances=instances,
+            definition_errors={n: e.message for n, e in self.catalog.errors.items()},
+            last_good_definitions=sorted(self.catalog.kept),
+            user=self.user,
+            run_as=self.settings.run_as,
+            implicit_root=self.implicit_root,
+            journal_damage=self.store.damages[-20:],
+            reloads=self.reloads,
+            file_helper=heartbeat.HelperView(pid=self.files.pid, running=self.files.running),
+            indexer=heartbeat.HelperView(pid=self.indexing.pid),
+        )
+        if stopped:  # never left saying ready: removed when it cannot be written
+            self.run_files.write_or_remove(heartbeat.STATUS_NAME, heartbeat.encode(beat))
+        else:
+            self.run_files.write(heartbeat.STATUS_NAME, heartbeat.encode(beat))
         metrics = self.dispatcher.metrics.render(
             self.store.retained_counts(), instances, self.dispatcher.queue_depth
         )
-        write_atomic(self.spool.run / "metrics.prom", metrics.encode())
+        self.run_files.write("metrics.prom", metrics.encode())
         if not stopped:
             self.notifier.status(self._status_line())
 
@@ -408,15 +423,3 @@ def implicit_root(catalog: Catalog) -> list[str]:
     if os.geteuid() != 0:
         return []
     return sorted(name for name, d in catalog.functions.items() if not d.user)
-
-
-def write_json_atomic(path: Path, value: object) -> None:
-    """Write JSON atomically (see write_atomic)."""
-    write_atomic(path, msgspec.json.encode(value))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name, then rename it over `path` (readers never see half a file)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(data)
-    os.rename(temp, path)

@@ -19,6 +19,7 @@ import pytest
 
 if TYPE_CHECKING:
     from daemon.cgroups import Cgroups
+    from daemon.journal_writer import JournalWriter
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "spool" / "functions"
@@ -323,3 +324,9 @@ def _no_leftover_cgroups() -> Iterator[None]:
     those of this session's daemons on spools still there are removed, and no others."""
     yield
     remove_cgroups(cgroup_names(_OUR_SPOOLS))
+
+
+async def commit(writer: JournalWriter, rec: Any) -> None:
+    """Append `rec` and wait until it is on disk (as the daemon does before an event runs)."""
+    writer.append(rec)
+    await writer.sync()

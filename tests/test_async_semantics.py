@@ -103,14 +103,15 @@ def test_stop_before_running_and_while_retrying(spool, daemon):
     delayed = out.stdout.strip()
     wait_for(lambda: state_of(spool, delayed) == "Enqueued", what="the delayed event")
     fnspool(spool, "events", "stop", delayed, "--wait")
-    assert [h["state"] for h in event(spool, delayed)["history"]] == ["Enqueued", "Stopped"]
+    states = [h["state"] for h in event(spool, delayed)["history"]]
+    assert states == ["Enqueued", "Stopping", "Stopped"]  # through Stopping, as on FC
 
     drop(spool, "slowfail", "a.json", 1)
     failing = wait_for(lambda: newest(spool, "slowfail"), what="the event")
     wait_for(lambda: state_of(spool, failing["id"]) == "Retrying", what="Retrying")
     fnspool(spool, "events", "stop", failing["id"], "--wait")
     done = event(spool, failing["id"])
-    assert [h["state"] for h in done["history"]][-2:] == ["Retrying", "Stopped"]
+    assert [h["state"] for h in done["history"]][-3:] == ["Retrying", "Stopping", "Stopped"]
     assert done["attempts"] == 1
 
 
@@ -338,7 +339,7 @@ def test_forced_stop_of_an_endless_loop(spool, daemon):
 
 def test_kill_9_during_an_attempt_then_it_succeeds_after_restart(spool, daemon):
     d = daemon.start()
-    ev = running(spool, "sleeper", {"sleep": 1})
+    ev = running(spool, "sleeper", {"first_sleep": 60})
     pid = wait_for(lambda: pid_of_instance(spool, "sleeper"), what="the instance")
     d.kill()
     wait_for(lambda: gone(pid), what="the instance to die with the daemon")

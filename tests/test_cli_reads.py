@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from conftest import drop, events, fnspool, fnspool_json, wait_for
 
+from daemon.model import State
+from daemon.query import parse_states
+
 ENDED = "Succeeded,Failed,Expired,Invalid,Stopped"
 
 
@@ -44,3 +47,26 @@ def test_escape_codes_in_an_error_never_reach_the_terminal(spool, daemon):
         out = fnspool(spool, *args).stdout
         assert "\x1b" not in out and "\x07" not in out, out
         assert "\\x1b[31mred" in out
+
+
+def test_scfs_state_names_select_their_fnspool_states(spool, daemon):
+    daemon.start()
+    fnspool(spool, "invoke", "echo", "--id", "ok-1", "--payload", "1", "--wait", check=False)
+    fnspool(spool, "invoke", "fail", "--id", "bad-1", "--payload", "1", "--wait", check=False)
+    listed = {name: {e["id"] for e in events(spool, "--status", name)} for name in SCF_NAMES}
+    assert listed == {"FINISHED": {"ok-1"}, "FAILED": {"bad-1"}, "TERMINATED": set()}
+    both = {e["id"] for e in events(spool, "--status", "finished,FAILED")}
+    assert both == {"ok-1", "bad-1"}
+    refused = fnspool(spool, "events", "list", "--status", "done", check=False)
+    assert refused.returncode == 2 and "RUNNING, FINISHED, FAILED, TERMINATED" in refused.stderr
+
+
+SCF_NAMES = ("FINISHED", "FAILED", "TERMINATED")
+
+
+def test_scfs_running_is_every_state_not_ended_and_fnspools_names_stay_theirs():
+    assert parse_states("RUNNING") == {s for s in State if not s.terminal}
+    assert parse_states("running") == parse_states("Running") == {State.RUNNING}
+    assert parse_states("FAILED") == {State.FAILED, State.EXPIRED, State.INVALID}
+    assert parse_states("failed") == {State.FAILED}
+    assert parse_states("Finished,terminated") == {State.SUCCEEDED, State.STOPPED}

@@ -46,7 +46,7 @@ def test_a_dropped_file_succeeds_with_its_whole_history(spool, daemon):
     assert set(full) >= GET_FIELDS
     assert full["enqueued_at"].endswith("Z") and full["duration_ms"] >= 0
     assert not (spool / "incoming" / "echo" / "first.json").exists()
-    log = Path(full["log_path"]).read_text()
+    log = fnspool(spool, "events", "logs", event["id"]).stdout
     assert f"[PLATFORM] FC Invoke Start RequestId: {event['id']}" in log
     assert f"[PLATFORM] FC Invoke End RequestId: {event['id']}" in log
 
@@ -152,12 +152,33 @@ def test_unknown_id_is_not_found(spool, daemon):
 
 def test_sigterm_drains_running_events_and_exits_zero(spool, daemon):
     d = daemon.start()
+    assert (spool / "run" / "daemon.pid").read_text() == f"{d.proc.pid}\n"
     drop(spool, "slow", "s.json", {"sleep": 1})
     wait_for(lambda: events(spool, "--status", "Running"), what="the event to run")
     d.signal(signal.SIGTERM)
     assert d.proc.wait(30) == 0
     (event,) = events(spool)
     assert event["state"] == "Succeeded", "a running event finishes within the drain timeout"
+    assert not (spool / "run" / "daemon.pid").exists(), "a clean stop leaves no pid file"
+
+
+def test_a_draining_daemon_says_it_is_stopping(spool, daemon):
+    d = daemon.start("--drain-timeout", "120")
+    drop(spool, "slow", "s.json", {"sleep": 120})
+    wait_for(lambda: events(spool, "--status", "Running"), what="the event to run")
+    d.signal(signal.SIGTERM)
+    view = wait_for(
+        lambda: (
+            (v := json.loads(fnspool(spool, "status", "--json", check=False).stdout))
+            and v["stopping"]
+            and v
+        ),
+        30,
+        "status to say stopping",
+    )
+    assert not view["running"] and view["pid"] == d.proc.pid
+    text = fnspool(spool, "status", check=False).stdout
+    assert f"stopping (pid {d.proc.pid}): draining" in text, text
 
 
 def test_an_event_cut_off_by_shutdown_runs_again_without_using_a_retry(spool, daemon):
@@ -316,7 +337,7 @@ def test_kill_9_during_ingest_never_loses_or_duplicates_a_file(spool, daemon, ro
 def test_compaction_snapshots_the_journal_and_drops_expired_events(spool, daemon):
     daemon.start("--snapshot-every", "20", "--retention", "2s")
     for i in range(10):
-        drop(spool, "echo", f"old{i}.json", {"i": i})
+        drop(spool, "hello", f"old{i}.json", {"i": i})  # it prints: a file each
     old = wait_for(lambda: ended(spool, 10), what="the first events")
     old_logs = [Path(fnspool_json(spool, "events", "get", e["id"])["log_path"]) for e in old]
     assert all(p.exists() for p in old_logs)
@@ -403,13 +424,14 @@ def test_events_keep_their_logs_when_the_file_helper_is_killed(spool, daemon):
     assert fnspool_json(spool, "status")["file_helper"] == {"pid": helper, "running": True}
     os.kill(helper, signal.SIGKILL)
     for i in range(20):
-        drop(spool, "echo", f"{i:02d}.json", {"i": i})
+        drop(spool, "hello", f"{i:02d}.json", {"i": i})  # it prints: each event has a file
     done = wait_for(lambda: ended(spool, 20), what="20 events to end")
     assert {e["state"] for e in done} == {"Succeeded"}
     for event in done:
-        log = (spool / "logs" / "echo" / f"{event['id']}.log").read_text()
-        assert f"FC Invoke End RequestId: {event['id']}" in log
-    wait_for(lambda: not list((spool / "incoming" / "echo").iterdir()), what="incoming/ emptied")
+        log = (spool / "logs" / "hello" / f"{event['id']}.log").read_text()
+        start, end = (f"FC Invoke {s} RequestId: {event['id']}" for s in ("Start", "End"))
+        assert log.index(start) < log.index(f"request {event['id']}, attempt 1") < log.index(end)
+    wait_for(lambda: not list((spool / "incoming" / "hello").iterdir()), what="incoming/ emptied")
     assert "the file helper failed" in d.log_text()
     helper_state = {"pid": helper, "running": False}
     wait_for(lambda: fnspool_json(spool, "status")["file_helper"] == helper_state, what="status")

@@ -7,6 +7,7 @@ import functools
 import json
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -291,3 +292,61 @@ def next_step(spool: Path, d: DaemonProcess) -> str | None:
         if rec.function == "killer" and rec.state is State.FAILED:
             return "failed"
     return "killed" if d.proc is not None and d.proc.poll() is not None else None
+
+
+PICKY = """
+import os, time
+from pathlib import Path
+
+def dequeued(count):
+    found = 0
+    for segment in Path(os.environ["JOURNAL"]).glob("segment-*.jsonl"):
+        for line in segment.read_text().splitlines():
+            found += '"state":"Dequeued"' in line and '"function":"picky"' in line
+    return found >= count
+
+def handler(event, context):
+    if not event["kill"]:
+        return "fine"
+    deadline = time.monotonic() + 60
+    while not dequeued(1 + int(os.environ["BEHIND"])):  # the others, dequeued ahead
+        if time.monotonic() > deadline:
+            raise RuntimeError("the events behind were never dequeued ahead")
+        time.sleep(0.01)
+    os.kill(os.getppid(), 9)
+    time.sleep(60)
+"""
+
+
+def test_events_dequeued_behind_a_killer_are_not_held_against_their_bound(spool, daemon):
+    """With max_interruptions = 0 the first cut-off attempt ends an event; the events dequeued
+    ahead for the killer's instance were cut off too, but never started: they run."""
+    behind = 5
+    journal = spool / "journal"
+    define(spool, "picky", f'max_instances = 1\nenvironment = {{ JOURNAL = "{journal}", '
+           f'BEHIND = "{behind}" }}\n[async]\nmax_interruptions = 0\non_failure = ""\n',
+           PICKY)  # fmt: skip
+    d = daemon.start()
+    drop(spool, "picky", "killer.json", {"kill": True})
+    wait_for(lambda: of(spool, "picky", "--status", "Running"), 30, "the killer to run")
+    for n in range(behind):
+        drop(spool, "picky", f"innocent-{n}.json", {"kill": False})
+    wait_for(lambda: d.proc.poll() is not None, 60, "the killer to kill the daemon")
+    daemon.start()
+
+    def all_ended() -> list[dict] | None:
+        found = of(spool, "picky")
+        ended = [e for e in found if e["state"] in ("Failed", "Succeeded")]
+        return ended if len(ended) == behind + 1 else None
+
+    done = wait_for(all_ended, 60, "every event to end")
+    states = Counter(e["state"] for e in done)
+    assert states == {"Failed": 1, "Succeeded": behind}, states
+    for event in done:
+        full = fnspool_json(spool, "events", "get", event["id"])
+        reasons = [(h["state"], h.get("reason")) for h in full["history"]]
+        if full["state"] == "Failed":
+            assert full["error"]["type"] == "TooManyInterruptions"
+            assert reasons[-1] == ("Failed", "Interrupted")
+        else:  # cut off by the kill while dequeued ahead, then run
+            assert ("Retrying", "Interrupted") in reasons, reasons

@@ -14,6 +14,7 @@ from conftest import gone, wait_for_async
 from runtime_helpers import on_uvloop
 
 from daemon.filehelper import FileHelper
+from daemon.logfiles import LogWrite
 from daemon.spool import ASIDE_PREFIX, FileId
 
 
@@ -32,10 +33,20 @@ async def test_appends_in_order_and_removes_only_the_journaled_version(tmp_path:
     try:
         assert helper.pid is not None and helper.pid != os.getpid()
         logs = tmp_path / "logs" / "echo"  # made on the way
-        writes = [(logs / "a.log", b"one\n"), (logs / "b.log", b"x\n"), (logs / "a.log", b"two\n")]
+        a, b, c = (str(logs / name) for name in ("a.log", "b.log", "c.log"))
+        writes = [
+            LogWrite(a, b"one\n"),
+            LogWrite(b, b"start\n", if_exists=True),  # no file: not written, none made
+            LogWrite(b, b"x\n", prefix=b"start\n"),  # made: the prefix goes first
+            LogWrite(a, b"two\n", prefix=b"not again\n"),  # it exists: no prefix
+            LogWrite(b, b"end\n", if_exists=True),
+            LogWrite(c, b"end\n", if_exists=True),
+        ]
         await asyncio.to_thread(helper.append, writes)
         assert (logs / "a.log").read_bytes() == b"one\ntwo\n"
-        assert (logs / "b.log").read_bytes() == b"x\n"
+        assert (logs / "b.log").read_bytes() == b"start\nx\nend\n"
+        assert not (logs / "c.log").exists()
+        assert {oct(p.stat().st_mode & 0o777) for p in logs.iterdir()} == {"0o640"}
 
         taken = drop(incoming / "echo", "1.json")
         top = drop(incoming, "2.json")
@@ -64,7 +75,7 @@ async def test_the_work_goes_on_in_the_daemon_when_the_helper_dies(
     await wait_for_async(lambda: gone(helper.pid or 0))
     log = tmp_path / "logs" / "e.log"
     with caplog.at_level(logging.ERROR, logger="daemon.filehelper"):
-        await asyncio.to_thread(helper.append, [(log, b"still written\n")])
+        await asyncio.to_thread(helper.append, [LogWrite(str(log), b"still written\n")])
     assert log.read_bytes() == b"still written\n"
     assert "the file helper failed" in caplog.text
     incoming = tmp_path / "incoming"
@@ -84,5 +95,5 @@ async def test_exits_when_the_daemon_closes_its_pipes(tmp_path: Path) -> None:
     await helper.stop()
     assert gone(pid)
     # and after that, calls still work (in the caller)
-    await asyncio.to_thread(helper.append, [(tmp_path / "late.log", b"x")])
+    await asyncio.to_thread(helper.append, [LogWrite(str(tmp_path / "late.log"), b"x")])
     assert (tmp_path / "late.log").read_bytes() == b"x"

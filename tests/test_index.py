@@ -117,6 +117,39 @@ def test_an_indexer_killed_is_started_again_and_catches_up(spool, daemon):
     assert "the indexer exited" in d.log_text()
 
 
+def test_the_indexer_leaves_with_its_daemon(spool, daemon):
+    d = daemon.start()
+    pid = wait_for(lambda: fnspool_json(spool, "status").get("indexer", {}).get("pid"))
+    d.signal(signal.SIGKILL)
+    wait_for(lambda: not _alive(pid), 30, "the indexer to leave once its daemon is killed")
+
+
+def test_an_indexer_whose_daemon_died_before_it_started_leaves(spool):
+    """The daemon's pid comes as an argument: one killed between spawning the indexer and the
+    indexer's first look left getppid() at 1, and an indexer that took init for its daemon
+    ran on for ever."""
+    (spool / "journal").mkdir(exist_ok=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    indexer = subprocess.Popen(
+        [sys.executable, "-m", "daemon.indexer", str(spool / "journal"), str(gone.pid)], cwd=REPO
+    )
+    try:
+        assert indexer.wait(30) == 0
+    finally:
+        indexer.kill()
+        indexer.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has left, only not been reaped yet
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_readers_see_what_the_index_has_not_taken_in_yet(spool, daemon):
     d = daemon.start()
     pid = wait_for(lambda: fnspool_json(spool, "status").get("indexer", {}).get("pid"))

@@ -5,6 +5,7 @@ import os
 
 import msgspec
 import pytest
+from conftest import commit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -131,7 +132,7 @@ async def test_group_commit_batches_fsyncs(tmp_path, monkeypatch):
     real = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
     writer = JournalWriter(tmp_path, 1)
-    await asyncio.gather(*(writer.commit(enqueued(i)) for i in range(2000)))
+    await asyncio.gather(*(commit(writer, enqueued(i)) for i in range(2000)))
     await writer.close()
     assert len(recover(tmp_path).events) == 2000
     assert len(calls) < 100, f"{len(calls)} fsyncs for 2000 commits"
@@ -140,14 +141,14 @@ async def test_group_commit_batches_fsyncs(tmp_path, monkeypatch):
 async def test_an_fsync_error_is_fatal_and_never_acknowledged(tmp_path, monkeypatch):
     failures = []
     writer = JournalWriter(tmp_path, 1, on_fatal=failures.append)
-    await writer.commit(enqueued(0))
+    await commit(writer, enqueued(0))
 
     def broken(fd):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", broken)
     with pytest.raises(JournalFailed):
-        await writer.commit(enqueued(1))
+        await commit(writer, enqueued(1))
     assert failures and isinstance(failures[0], OSError)
     with pytest.raises(JournalFailed):
         writer.append(enqueued(2))

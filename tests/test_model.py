@@ -18,27 +18,29 @@ from daemon.model import (
     check_transition,
 )
 
-DESIGN_EDGES = {
+DESIGN_EDGES = {  # DESIGN.md: a stop always passes through Stopping, queued or running (seed 001)
     ("Enqueued", "Dequeued"),
-    ("Enqueued", "Stopped"),
+    ("Enqueued", "Stopping"),
     ("Dequeued", "Running"),
     ("Dequeued", "Expired"),
     ("Dequeued", "Invalid"),
-    ("Dequeued", "Stopped"),
+    ("Dequeued", "Stopping"),
     ("Running", "Succeeded"),
     ("Running", "Failed"),
     ("Running", "Retrying"),
     ("Running", "Stopping"),
     ("Retrying", "Running"),
     ("Retrying", "Expired"),
-    ("Retrying", "Stopped"),
+    ("Retrying", "Stopping"),
     ("Stopping", "Stopped"),
 }
+#: what journals written before that say of a queued event stopped: still read, never written
+LEGACY_EDGES = {("Enqueued", "Stopped"), ("Dequeued", "Stopped"), ("Retrying", "Stopped")}
 
 
 def test_transition_table_is_exactly_the_design():
     edges = {(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets}
-    assert edges == DESIGN_EDGES
+    assert edges == DESIGN_EDGES | LEGACY_EDGES
     assert {s.value for s in TERMINAL_STATES} == {
         "Succeeded",
         "Failed",
@@ -51,7 +53,7 @@ def test_transition_table_is_exactly_the_design():
 @pytest.mark.parametrize("old", list(State))
 @pytest.mark.parametrize("new", list(State))
 def test_every_pair_is_allowed_or_refused_loudly(old, new):
-    if (old.value, new.value) in DESIGN_EDGES:
+    if (old.value, new.value) in DESIGN_EDGES | LEGACY_EDGES:
         check_transition("x", old, new)
     else:
         with pytest.raises(IllegalTransition, match=f"{old.value} -> {new.value}"):

@@ -97,7 +97,7 @@ def _id(database: str, name: str) -> int:
 @pytest.fixture
 def shared(people: People) -> Iterator[Path]:
     """A spool made as the daemon makes it, in the spool's group, where its users can reach it;
-    the echo function defined by the administrator (root)."""
+    the echo and hello functions defined by the administrator (root)."""
     top = Path(tempfile.mkdtemp(prefix="fnspool-trust-", dir="/tmp"))
     try:
         os.chmod(top, 0o755)
@@ -105,8 +105,9 @@ def shared(people: People) -> Iterator[Path]:
         Spool(root).create()
         for path in [root, *root.iterdir()]:
             os.chown(path, 0, people.gid)
-        shutil.copytree(EXAMPLES / "echo", root / "functions" / "echo")
-        shutil.copy(EXAMPLES / "echo.toml", root / "functions")
+        for name in ("echo", "hello"):  # hello prints: its event has a log file
+            shutil.copytree(EXAMPLES / name, root / "functions" / name)
+            shutil.copy(EXAMPLES / f"{name}.toml", root / "functions")
         yield root
     finally:
         shutil.rmtree(top, ignore_errors=True)
@@ -237,11 +238,12 @@ def test_a_member_cannot_remove_the_lock_so_no_second_daemon_starts(shared, peop
 
 @needs_root
 def test_a_member_reads_the_journal_and_logs_but_cannot_write_them(shared, people, served):
-    drop(shared, "echo", "first.json", {"n": 1})
+    drop(shared, "hello", "first.json", {"n": 1})  # it prints: its log is a file
     (event,) = wait_for(lambda: fnspool_json(shared, "events", "list", "--status", "Succeeded"))
     segments = sorted((shared / "journal").glob("segment-*.jsonl"))
     assert event["id"] in works(people.member, shared, 'cat "$S"/journal/segment-*.jsonl')
-    works(people.member, shared, 'cat "$S"/logs/echo/*.log "$S/run/status.json"')
+    assert event["id"] in works(people.member, shared, 'cat "$S"/logs/hello/*.log')
+    works(people.member, shared, 'cat "$S/run/status.json"')
     before = [p.read_bytes() for p in segments]
     forged = '{"kind": "Enqueued"}'
     fails(people.member, shared, f"echo '{forged}' >> \"{segments[-1]}\"")

@@ -142,12 +142,12 @@ async def test_actions_while_the_daemon_is_down_queue_requests(tmp_path):
 
         await pilot.press("r")  # still running: refused in words, nothing written
         await pilot.pause()
-        assert any("still Running" in n for n in notices(app))
+        assert any("has not ended: Running" in n for n in notices(app))
         assert len(control_requests(spool)) == 1
 
         await pilot.press("j", "j", "x")  # event 7 ended: nothing to stop
         await pilot.pause()
-        assert any("already ended (Succeeded)" in n for n in notices(app))
+        assert any("has already ended: Succeeded" in n for n in notices(app))
         await pilot.press("r", "escape")  # the modal cancelled: nothing written
         assert len(control_requests(spool)) == 1
         await pilot.press("r", "enter")
@@ -199,6 +199,27 @@ async def test_detail_shows_timeline_payload_result_and_goes_back(tmp_path):
         await until(pilot, lambda: "second line" in "\n".join(full.lines), "the whole log")
         await pilot.press("escape", "escape")
         assert not isinstance(app.screen, DetailScreen | LogScreen)
+
+
+async def test_a_silent_running_events_log_shows_its_start_then_its_end(tmp_path):
+    spool = tmp_path / "spool"
+    write_journal(spool, 10, snapshot_upto=5)  # event 9 is running and has no log file
+    rid = event_id(9)
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 10), "the events")
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, DetailScreen) and screen.event_id == rid
+        log_view = screen.query_one("#detail-log")
+        start = f"[PLATFORM] FC Invoke Start RequestId: {rid}"
+        await until(pilot, lambda: start in "\n".join(log_view.lines), "the Start line")
+        done = history(9, "echo", State.SUCCEEDED, T0 + 9)[-1]
+        append_records(spool, [msgspec.structs.replace(done, seq=10_000)])
+        end = f"[PLATFORM] FC Invoke End RequestId: {rid}"
+        await until(pilot, lambda: end in "\n".join(log_view.lines), "the End line, live")
+        assert [line.split(" ", 1)[1] for line in log_view.lines if line] == [start, end]
+    assert not (spool / "logs" / "echo").exists()
 
 
 def _text(widget: Any) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from daemon.control import APPLIED, ReinvokeRequest, StopRequest, submit
 from daemon.ids import new_request_id
-from daemon.model import Request, State
+from daemon.model import Request
 from daemon.spool import Spool
 
 
@@ -129,23 +129,3 @@ class Requests:
             why = "; ".join(f"{reason} ({n:,})" for reason, n in group.reasons.most_common(3))
             text += f", {group.refused:,} refused ({why})"
         return Notice("done", text, error=bool(group.refused))
-
-
-def stop_refusal(event_id: str, state: State | None) -> str | None:
-    """Why an event cannot be stopped, in words, or None when it can."""
-    if state is None:
-        return f"no event {event_id} (not in the journal)"
-    if state.terminal:
-        return f"event {event_id} already ended ({state.value}): nothing to stop"
-    if state is State.STOPPING:
-        return f"event {event_id} is already stopping"
-    return None
-
-
-def reinvoke_refusal(event_id: str, state: State | None) -> str | None:
-    """Why an event cannot be re-invoked, in words, or None when it can."""
-    if state is None:
-        return f"no event {event_id} (not in the journal)"
-    if not state.terminal:
-        return f"event {event_id} is still {state.value}: only an ended event can be re-invoked"
-    return None

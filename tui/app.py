@@ -23,11 +23,12 @@ from textual.worker import get_current_worker
 
 from daemon.ids import BadId
 from daemon.logfiles import event_log_path
-from daemon.model import Request, State
+from daemon.model import Event, Request, State
 from daemon.query import Filter
 from daemon.reads import EventReads
+from daemon.refusals import reinvoke_refusal, stop_refusal
 from daemon.spool import Spool
-from tui.actions import Notice, Requests, reinvoke_refusal, stop_refusal
+from tui.actions import Notice, Requests
 from tui.detail import DetailScreen, LogScreen
 from tui.event_list import EventList
 from tui.events import EventsScreen
@@ -446,7 +447,14 @@ class FnspoolApp(App[None]):
             self.notify(escape(f"no log: {exc}"), severity="error")
             return
         self.watched[event_id] = state
-        self.push_screen(LogScreen(path, lambda: not self.watched[event_id].terminal))
+
+        def event() -> Event | None:  # in the log's worker, each time before its file
+            screen = self.screen_stack[-2] if len(self.screen_stack) > 1 else None
+            if isinstance(screen, DetailScreen) and screen.event_id == event_id:
+                return screen.event
+            return EventReads(self.spool.journal).get(event_id)
+
+        self.push_screen(LogScreen(path, lambda: not self.watched[event_id].terminal, event))
 
     def action_functions(self) -> None:
         """The functions and their instances."""

@@ -24,6 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 from textual.worker import get_current_worker
 
+from daemon.eventlog import LogReader
 from daemon.ids import BadId
 from daemon.logfiles import event_log_path
 from daemon.model import (
@@ -37,7 +38,6 @@ from daemon.model import (
 )
 from daemon.reads import EventReads
 from tui.format import duration, stamp, state_markup
-from tui.tail import read_log_from
 
 LOG_POLL = 0.2
 LOG_TAIL_BYTES = 256 * 1024  # the detail shows the end of a long log; `o` opens all of it
@@ -128,13 +128,20 @@ class LogText(Message):
 
 
 class LogView(Log):
-    """A log file, followed in a worker while `live()` says the event runs."""
+    """An event's log (daemon/eventlog.py: its file, or the lines its records imply), followed
+    in a worker while `live()` says the event runs; `event()` gives the event as last read."""
 
     def __init__(
-        self, path: Path | None, live: Callable[[], bool], limit: int | None, *, id: str
+        self,
+        path: Path | None,
+        live: Callable[[], bool],
+        limit: int | None,
+        event: Callable[[], Event | None],
+        *,
+        id: str,
     ) -> None:
         super().__init__(highlight=False, id=id)
-        self.path, self.live, self.limit = path, live, limit
+        self.path, self.live, self.limit, self.event = path, live, limit, event
         self.border_title = "log"
 
     def on_mount(self) -> None:
@@ -147,14 +154,20 @@ class LogView(Log):
         if self.path is None:  # an id from before ids were checked names no file
             self.post_message(LogText("(no log: the event's id is not a valid request id)\n"))
             return
-        text, offset = read_log_from(self.path, 0, self.limit)
-        if offset and self.limit and offset > len(text.encode()):
+        reader = LogReader(self.path)
+        while (event := self.event()) is None and not worker.is_cancelled:
+            time.sleep(LOG_POLL)  # the event is still being read
+        if event is None:
+            return
+        text = reader.more(event, self.limit).decode("utf-8", errors="replace")
+        if reader.skipped:
             text = f"[… the start of the log is left out: `o` opens all of it]\n{text}"
         self.post_message(LogText(text or "(no log yet)\n"))
         while not worker.is_cancelled:
             running = self.live()
             time.sleep(LOG_POLL)
-            text, offset = read_log_from(self.path, offset)
+            event = self.event() or event  # read before the file, as LogReader needs
+            text = reader.more(event).decode("utf-8", errors="replace")
             if text:
                 self.post_message(LogText(text))
             if not running:
@@ -196,7 +209,9 @@ class DetailScreen(Screen[None]):
             yield Static(id="detail-attempts", classes="section")
             yield Static(id="detail-payload", classes="section")
             yield Static(id="detail-timeline", classes="section")
-        yield LogView(self.log_path, self.running, LOG_TAIL_BYTES, id="detail-log")
+        yield LogView(
+            self.log_path, self.running, LOG_TAIL_BYTES, lambda: self.event, id="detail-log"
+        )
         yield Footer()
 
     def on_mount(self) -> None:
@@ -282,11 +297,13 @@ class LogScreen(Screen[None]):
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
-    def __init__(self, path: Path, live: Callable[[], bool]) -> None:
+    def __init__(
+        self, path: Path, live: Callable[[], bool], event: Callable[[], Event | None]
+    ) -> None:
         super().__init__()
-        self.path, self.live = path, live
+        self.path, self.live, self.event = path, live, event
 
     def compose(self) -> ComposeResult:
         yield Static(f"[b]log[/] {escape(str(self.path))}", id="log-title")
-        yield LogView(self.path, self.live, None, id="full-log")
+        yield LogView(self.path, self.live, None, self.event, id="full-log")
         yield Footer()

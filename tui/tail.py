@@ -1,19 +1,17 @@
-"""Reading the spool off the UI thread: the daemon's heartbeat and definitions, an event's log.
+"""Reading the spool off the UI thread: the daemon's heartbeat and the function definitions.
 
 These run in thread workers (the events themselves are read by tui/reader.py) and write nothing.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import msgspec
 from textual.message import Message
 
-from daemon import lock
+from daemon import heartbeat
 from daemon.functions import load_catalog
 from daemon.spool import Spool
 
@@ -57,15 +55,7 @@ class StatusChanged(Message):
 
 def read_status(spool: Spool) -> DaemonStatus:
     """The daemon's status from its lock and heartbeat, and the definitions in functions/."""
-    pid = lock.holder(spool.run)
-    info: dict[str, Any] = {}
-    if pid is not None:
-        try:
-            info = json.loads((spool.run / "status.json").read_text())
-        except (OSError, ValueError):
-            info = {}
-        if info.get("pid") not in (pid, None) and pid:
-            info = {}  # a heartbeat left by an earlier daemon
+    pid, beat = heartbeat.of_running_daemon(spool.run)
     catalog = load_catalog(spool.functions)
     functions = [
         FunctionInfo(name=name, runtime=d.runtime, max_instances=d.max_instances)
@@ -73,34 +63,12 @@ def read_status(spool: Spool) -> DaemonStatus:
     ] + [FunctionInfo(name=name, error=e.message) for name, e in sorted(catalog.errors.items())]
     return DaemonStatus(
         pid=pid,
-        ready=bool(info.get("ready")),
-        queue_depth=info.get("queue_depth"),
-        running_events=info.get("running"),
-        heartbeat_age=round(time.time() - info["updated_at"], 1) if "updated_at" in info else None,
-        instances=info.get("instances", {}) if pid is not None else {},
-        definition_errors=info.get("definition_errors", {}),
+        ready=beat is not None and beat.ready,
+        queue_depth=beat.queue_depth if beat is not None else None,
+        running_events=beat.running if beat is not None else None,
+        heartbeat_age=beat.age if beat is not None else None,
+        instances=msgspec.to_builtins(beat.instances) if beat is not None else {},
+        definition_errors=beat.definition_errors if beat is not None else {},
         functions=functions,
-        journal_damage=info.get("journal_damage", []),
+        journal_damage=msgspec.to_builtins(beat.journal_damage) if beat is not None else [],
     )
-
-
-@dataclass
-class LogLines(Message):
-    """Text appended to an event's log."""
-
-    text: str
-    reset: bool = False  # the first read: replace what is shown
-
-
-def read_log_from(path: Path, offset: int, limit: int | None = None) -> tuple[str, int]:
-    """Text of `path` from `offset` (at most the last `limit` bytes on a first read)."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            if limit is not None and offset == 0 and size > limit:
-                offset = size - limit
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return "", offset
-    return data.decode("utf-8", errors="replace"), offset + len(data)

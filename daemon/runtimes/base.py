@@ -10,9 +10,10 @@ from typing import Protocol
 
 import msgspec
 
+from daemon.eventlog import stamp
 from daemon.functions import FunctionDef
 from daemon.limits import MAX_VALUE_BYTES, bounded_error, result_too_large
-from daemon.logfiles import DirectLogs, LogSink
+from daemon.logfiles import DirectLogs, LogSink, is_journaled
 from daemon.model import ErrorInfo, Usage
 from daemon.supervise import ExitStatus
 
@@ -126,30 +127,21 @@ class Instance(Protocol):
         ...
 
 
-_second: list[tuple[int, str]] = [(-1, "")]  # strftime is slow: format each second once
-
-
 def iso_now() -> str:
     """The wall-clock time as an ISO 8601 UTC string with milliseconds."""
-    now = time.time()
-    whole = int(now)
-    second, text = _second[0]
-    if whole != second:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second[0] = (whole, text)
-    return f"{text}.{int((now - whole) * 1000):03d}Z"
+    return stamp(time.time())
 
 
 class EventLog:
     """The log of one event while it runs: platform lines and capped function output, handed to
-    a sink in order (the journal's writer thread in the daemon)."""
+    a sink at once and in order (the journal's writer thread in the daemon, which makes no file
+    for the lines readers render from the journal: see daemon/eventlog.py)."""
 
     def __init__(self, path: Path | None, cap: int = LOG_CAP, sink: LogSink = _DIRECT) -> None:
         self.path = path
         self.cap = cap
         self.written = 0
         self._sink = sink
-        self._pending = bytearray()  # platform lines wait to go out with the next output
         self._open = path is not None
 
     @property
@@ -159,32 +151,26 @@ class EventLog:
 
     def platform(self, text: str) -> None:
         """Add one `[PLATFORM]` line (never counted against the cap)."""
-        if self._open:
-            self._pending += f"{iso_now()} [PLATFORM] {text}\n".encode()
+        if self._open and self.path is not None:
+            line = f"{iso_now()} [PLATFORM] {text}\n".encode()
+            self._sink.write_log(self.path, line, journaled=is_journaled(text))
 
     def write(self, data: bytes) -> None:
         """Append the function's output, up to the cap; mark the cut once."""
         room = self.cap - self.written
-        if room <= 0 or not self._open:
+        if room <= 0 or not self._open or self.path is None or not data:
             return
         if len(data) > room:
             self.written = self.cap
-            self._pending += data[:room]
+            self._sink.write_log(self.path, data[:room])
             self.platform(f"log truncated at {self.cap} bytes")
         else:
             self.written += len(data)
-            self._pending += data
-        self._flush()
+            self._sink.write_log(self.path, data)
 
     def close(self) -> None:
-        """Send what waits; later writes are dropped."""
-        self._flush()
+        """Later writes are dropped."""
         self._open = False
-
-    def _flush(self) -> None:
-        if self._pending and self.path is not None and self._open:
-            self._sink.write_log(self.path, bytes(self._pending))
-            self._pending.clear()
 
 
 # -- outcomes of a process that ended ------------------------------------------------------

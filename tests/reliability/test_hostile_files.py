@@ -76,9 +76,9 @@ def _hostile_cases(spool: Path, outside: Path) -> dict[bytes, str]:
             b'{"function": "echo", "payload": 1' + b"0" * 4000 + b"}",
             ACCEPTED,
         ),
-        b"huge-int-envelope.json": (
+        b"huge-int-envelope.json": (  # as in a function's folder (huge-int.json)
             b'{"function": "echo", "payload": 1' + b"0" * 5000 + b"}",
-            "bad_shape",
+            "not_json",
         ),
     }
     for rel, (data, _) in content.items():

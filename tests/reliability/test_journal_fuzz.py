@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import fnspool
+from conftest import commit, fnspool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -72,7 +72,7 @@ def reset(directory: Path, data: bytes) -> Path:
 
 async def append_one(directory: Path, state: JournalState, i: int) -> None:
     writer = JournalWriter(directory, state.last_seq + 1)
-    await writer.commit(enqueued(i))
+    await commit(writer, enqueued(i))
     await writer.close()
 
 

@@ -4,8 +4,11 @@ skips with its reason elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -298,3 +301,40 @@ def test_eio_on_fdatasync_every_n(tmp_path, daemons):
     for n in range(1, 13):
         (tmp_path / str(n)).mkdir()
         print(_eio_on_nth_fdatasync(tmp_path / str(n), daemons, n))
+
+
+# -- a full spool at shutdown --------------------------------------------------------------
+
+
+def _fill(path: Path) -> None:
+    """Write `path` until its file system has no byte left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):  # ENOSPC: full at this block size
+                while os.write(fd, b"f" * size):
+                    pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.reliability
+def test_a_full_spool_at_shutdown_stops_cleanly_and_says_so(tmp_path, daemons):
+    need_root("mount")
+    with tmpfs(tmp_path / "fs", "size=4m,mode=0755") as fs, daemons.closing():
+        spool = make_spool(fs / "spool")
+        d = daemons(spool, log=tmp_path / "daemon.log")
+        dropped = feed(spool, "echo", range(20))
+        wait_for(lambda: all_ended(spool, len(dropped)), 60, "the events to end")
+        _fill(fs / "filler")
+        d.signal(signal.SIGTERM)
+        d.wait(60)
+        text = d.log_text()
+        assert "Traceback" not in text, text[-3000:]
+        assert "fnspool daemon stopped" in text
+        status = spool / "run" / "status.json"
+        assert not status.exists() or not json.loads(status.read_text())["ready"]
+        os.unlink(fs / "filler")
+        d = daemons(spool, log=tmp_path / "again.log")
+        _all_once(spool, dropped)
+        assert d.stop() == 0

@@ -34,6 +34,8 @@ def hanging_pre_stop(context):
 
 def handler(event, context):
     time.sleep(event.get("sleep", 0))
+    if context.attempt == 1:  # long enough to be seen running, however busy the machine
+        time.sleep(event.get("first_sleep", 0))
     if event.get("hog_mb"):
         hog = bytearray(event["hog_mb"] << 20)
         for i in range(0, len(hog), 4096):
@@ -66,3 +68,10 @@ def spin(event, context):
     print("spinning", flush=True)
     while True:
         pass
+
+
+def quiet_then_loud(event, context):
+    if context.attempt < 3:
+        raise ConnectionError("failed without a word")
+    print(f"attempt {context.attempt} speaks", flush=True)
+    return {"attempt": context.attempt}

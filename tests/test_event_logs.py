@@ -1,0 +1,120 @@
+"""An event's log as users see it (`events logs`, `-f`, `events get`): live from the moment an
+attempt starts, in the order things happened, and no file for a handler that prints nothing.
+Through the real daemon and the CLI."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, drop, events, fnspool, fnspool_json, wait_for
+
+LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[PLATFORM\] (.*)")
+
+
+def platform_lines(text: str) -> list[str]:
+    """The `[PLATFORM]` lines of a log, without their times (every line must be well formed)."""
+    found = []
+    for line in text.splitlines():
+        m = LINE.fullmatch(line)
+        if m:
+            found.append(m.group(1))
+    return found
+
+
+def logs(spool: Path, request_id: str) -> str:
+    return fnspool(spool, "events", "logs", request_id).stdout
+
+
+def only_event(spool: Path, function: str) -> dict | None:
+    found = events(spool, "--function", function)
+    return found[0] if found else None
+
+
+def state_of(spool: Path, request_id: str) -> str:
+    return fnspool_json(spool, "events", "get", request_id)["state"]
+
+
+def test_a_silent_handlers_log_shows_its_start_while_it_runs_and_makes_no_file(spool, daemon):
+    daemon.start()
+    drop(spool, "slow", "quiet.json", {"sleep": 30})
+    ev = wait_for(lambda: only_event(spool, "slow"), what="the event")
+    rid = ev["id"]
+    start = f"FC Invoke Start RequestId: {rid}"
+    wait_for(lambda: platform_lines(logs(spool, rid)) == [start], what="the Start line")
+    assert state_of(spool, rid) == "Running"
+    shown = fnspool(spool, "events", "get", rid).stdout
+    assert re.search(rf"^log:\n  \S+ \[PLATFORM\] {start}$", shown, re.M), shown
+    log_path = Path(fnspool_json(spool, "events", "get", rid)["log_path"])
+    fnspool(spool, "events", "stop", rid, "--wait", check=False)
+    assert platform_lines(logs(spool, rid)) == [start, f"FC Invoke End RequestId: {rid}"]
+    assert not log_path.exists() and not list((spool / "logs").rglob(f"{rid}*"))
+
+
+def test_a_graceful_stops_signal_line_comes_after_start(spool, daemon):
+    daemon.start()
+    drop(spool, "slow", "stopped.json", {"sleep": 30})  # prints nothing; dies of SIGTERM
+    ev = wait_for(lambda: only_event(spool, "slow"), what="the event")
+    rid = ev["id"]
+    wait_for(lambda: state_of(spool, rid) == "Running", what="it to run")
+    fnspool(spool, "events", "stop", rid, "--graceful", "--wait", check=False)
+    assert platform_lines(logs(spool, rid)) == [
+        f"FC Invoke Start RequestId: {rid}",
+        "Signal received successfully.",
+        f"FC Invoke End RequestId: {rid}",
+    ]
+    # the file holds the same text (made at the Signal line, with the Start line first)
+    log_path = Path(fnspool_json(spool, "events", "get", rid)["log_path"])
+    assert log_path.read_text() == logs(spool, rid)
+
+
+def test_each_retry_shows_its_start_and_end_in_order(spool, daemon):
+    daemon.start()
+    drop(spool, "fail", "twice.json", {"n": 1})  # raises: 2 attempts (max_retries 1)
+    ev = wait_for(lambda: only_event(spool, "fail"), what="the event")
+    rid = ev["id"]
+    wait_for(lambda: state_of(spool, rid) == "Failed", what="both attempts")
+    start, end = f"FC Invoke Start RequestId: {rid}", f"FC Invoke End RequestId: {rid}"
+    assert platform_lines(logs(spool, rid)) == [start, end, start, end]
+
+
+def test_a_retry_that_prints_keeps_the_silent_attempts_lines_before_its_own(spool, daemon):
+    daemon.start()
+    drop(spool, "loud", "third.json", {})  # fails twice, silently, then prints and succeeds
+    ev = wait_for(lambda: only_event(spool, "loud"), what="the event")
+    rid = ev["id"]
+    wait_for(lambda: state_of(spool, rid) == "Succeeded", what="the third attempt")
+    text = logs(spool, rid)
+    start, end = f"FC Invoke Start RequestId: {rid}", f"FC Invoke End RequestId: {rid}"
+    assert platform_lines(text) == [start, end] * 3
+    assert text.index("attempt 3 speaks") > text.rindex(start)
+    assert Path(fnspool_json(spool, "events", "get", rid)["log_path"]).read_text() == text
+    times = [line.split(" ", 1)[0] for line in text.splitlines() if "[PLATFORM]" in line]
+    assert times == sorted(times), "lines in the order they happened"
+
+
+def test_logs_follow_an_event_from_enqueued_to_its_end(spool, daemon):
+    daemon.start()
+    out = fnspool(spool, "invoke", "hello", "--payload", '{"name": "Ada"}', "--delay", "2")
+    rid = out.stdout.strip()
+    assert state_of(spool, rid) == "Enqueued"
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "events", "logs", rid, "--follow", "--spool", str(spool)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        text, _ = follow.communicate(timeout=60)  # it returns by itself once the event ends
+    finally:
+        follow.kill()
+    assert follow.returncode == 0
+    assert state_of(spool, rid) == "Succeeded"
+    assert platform_lines(text) == [
+        f"FC Invoke Start RequestId: {rid}",
+        f"FC Invoke End RequestId: {rid}",
+    ]
+    assert f"request {rid}, attempt 1" in text
+    assert text == logs(spool, rid)
