@@ -176,7 +176,10 @@ class Dispatcher:
         self._ready: dict[str, asyncio.Event] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
+        # backoffs waiting, by a number of their own: each forgets itself when it fires (uvloop
+        # hands out a plain Handle, with no `when`, for a wait under half a millisecond)
+        self._timers: dict[int, asyncio.Handle] = {}
+        self._timer_numbers = itertools.count()
         # submitted before their records were on disk, with when they are due (monotonic)
         self._undurable: list[tuple[Event, float]] = []
         # when each unfinished event was born, on the monotonic clock: its age for expiry
@@ -209,8 +212,9 @@ class Dispatcher:
     def _queue_at(self, event: Event, due: float) -> None:
         wait = due - time.monotonic()
         if wait > 0:
-            handle = asyncio.get_running_loop().call_later(wait, self._due, event.id)
-            self._timers.add(handle)
+            number = next(self._timer_numbers)
+            loop = asyncio.get_running_loop()
+            self._timers[number] = loop.call_later(wait, self._due, number, event.id)
             return
         name = event.function
         if name not in self._queues:
@@ -232,8 +236,8 @@ class Dispatcher:
             if not event.ended:
                 self._queue_at(event, due)
 
-    def _due(self, request_id: str) -> None:
-        self._timers = {t for t in self._timers if not t.cancelled() and t.when() > 0}
+    def _due(self, number: int, request_id: str) -> None:
+        self._timers.pop(number, None)
         event = self.store.get(request_id)
         if event is not None and not event.ended and self.accepting:
             event.not_before = None
@@ -604,8 +608,9 @@ class Dispatcher:
         """Stop starting events; let running ones finish up to `timeout`; then PreStop every
         instance and cut off the rest (they run again after the next start)."""
         self.accepting = False
-        for timer in self._timers:
+        for timer in self._timers.values():
             timer.cancel()
+        self._timers.clear()
         for name, ready in self._ready.items():
             ready.set()
             self._runners[name].cancel()

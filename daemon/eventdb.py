@@ -31,7 +31,7 @@ from daemon.model import Event, Source, State
 from daemon.query import Filter
 
 INDEX_NAME = "index.sqlite"
-VERSION = 2  # 2: counts kept by the indexer, not by triggers
+VERSION = 3  # 2: counts kept by the indexer, not by triggers; 3: the errors' trigram index
 _PARAMS_PER_QUERY = 500  # ids per `IN (...)`, well under SQLite's limit of host parameters
 _FEW_IDS = 5_000  # ids with a prefix: so few are ranked by time in milliseconds
 _NEAR_ROWS = 1_000  # the newest rows looked at before choosing how to read an id prefix
@@ -60,6 +60,25 @@ CREATE TABLE IF NOT EXISTS counts (
     PRIMARY KEY (function, state)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS archives (seq INTEGER PRIMARY KEY);
+-- the error texts by trigram, so a free text finds its few events without reading every row;
+-- kept by triggers that fire only where an event has an error (one event in ten, about)
+CREATE VIRTUAL TABLE IF NOT EXISTS errors USING fts5(
+    error, content='events', content_rowid='rowid', tokenize='trigram'
+);
+CREATE TRIGGER IF NOT EXISTS errors_insert AFTER INSERT ON events WHEN new.error IS NOT NULL
+BEGIN
+    INSERT INTO errors (rowid, error) VALUES (new.rowid, new.error);
+END;
+CREATE TRIGGER IF NOT EXISTS errors_update AFTER UPDATE OF error ON events
+WHEN old.error IS NOT new.error BEGIN
+    INSERT INTO errors (errors, rowid, error) SELECT 'delete', old.rowid, old.error
+    WHERE old.error IS NOT NULL;
+    INSERT INTO errors (rowid, error) SELECT new.rowid, new.error WHERE new.error IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS errors_delete AFTER DELETE ON events WHEN old.error IS NOT NULL
+BEGIN
+    INSERT INTO errors (errors, rowid, error) VALUES ('delete', old.rowid, old.error);
+END;
 """
 
 #: id -> (function, state) of rows before a change
@@ -369,3 +388,238 @@ def _where(flt: Filter, *, by_id: bool = True) -> tuple[str, list[object]]:
         clauses.append("(substr(id, 1, ?) = ? OR instr(lower(function), ?) OR instr(error, ?))")
         params += [len(text), text, text, text]
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+# -- pages and counts of ended events, for list views over any number of events (the dashboard) --
+#
+# A list shows events by (enqueued_at, id), newest first. Ended events never change once the index
+# holds them, so a view can take them from here page by page and count them once; the events not
+# ended (and those ended after the cursor) the viewer keeps itself from the journal. Every query
+# here is bounded: either it follows an index in the list's order, or it works on a slice of one.
+
+Key = tuple[float, str]  # (enqueued_at, id)
+TOP: Key = (float("inf"), "")  # above every event
+BOTTOM: Key = (float("-inf"), "")  # below every event
+MAX_ID = "\U0010ffff"  # above every id: (t, MAX_ID) lies above every row of time t
+_ENDED = frozenset(s for s in State if s.terminal)
+
+
+class Branch(msgspec.Struct, frozen=True):
+    """A part of a list's ended events read along one index: `seek` narrows the index (its
+    equality and time range), `rest` checks each row."""
+
+    index: str
+    seek: str
+    seek_params: tuple[object, ...]
+    rest: str
+    rest_params: tuple[object, ...]
+
+
+def ended_states(flt: Filter) -> list[str]:
+    """The ended states a filter lets through, by name."""
+    states = _ENDED if flt.states is None else flt.states & _ENDED
+    return sorted(s.value for s in states)
+
+
+def _time(flt: Filter) -> tuple[list[str], list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+    if flt.since is not None:
+        clauses.append("enqueued_at >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        clauses.append("enqueued_at <= ?")
+        params.append(flt.until)
+    return clauses, params
+
+
+def _branch(index: str, eq: dict[str, str], flt: Filter, rest_states: list[str] | None) -> Branch:
+    seek, seek_params = _time(flt)
+    seek = [f"{column} = ?" for column in eq] + seek
+    seek_params = list(eq.values()) + seek_params
+    where, params = _where(Filter(text=flt.text, id_prefix=flt.id_prefix))
+    rest = [where.removeprefix("WHERE ")] if where else []
+    if flt.function is not None and "function" not in eq:
+        rest.append("function = ?")
+        params.append(flt.function)
+    if rest_states is not None:
+        rest.append(f"state IN ({','.join('?' * len(rest_states))})")
+        params += rest_states
+    return Branch(
+        index=index,
+        seek=" AND ".join(seek) or "1",
+        seek_params=tuple(seek_params),
+        rest=" AND ".join(rest) or "1",
+        rest_params=tuple(params),
+    )
+
+
+def state_branches(flt: Filter, counts: dict[tuple[str, State], int]) -> list[Branch]:
+    """One branch per ended state the filter lets through, each along the narrower (by the
+    counts) of its state's and its function's index."""
+    by_state: dict[str, int] = {}
+    by_function = 0
+    for (function, each), n in counts.items():
+        by_state[each.value] = by_state.get(each.value, 0) + n
+        if function == flt.function:
+            by_function += n
+    branches = []
+    for state in ended_states(flt):  # none left out: rows of any state may come later
+        if flt.function is not None and by_function < by_state.get(state, 0):
+            eq = {"function": flt.function}
+            branches.append(_branch("events_by_function", eq, flt, [state]))
+        else:
+            branches.append(_branch("events_by_state", {"state": state}, flt, None))
+    return branches
+
+
+def scan_branch(flt: Filter) -> Branch:
+    """The ended events of a filter along one index, in list order (for filters that must look
+    at every row, such as free text)."""
+    states = ended_states(flt)
+    if flt.function is not None:
+        return _branch("events_by_function", {"function": flt.function}, flt, states)
+    if len(states) == 1:
+        return _branch("events_by_state", {"state": states[0]}, flt, None)
+    return _branch("events_by_time", {}, flt, states)
+
+
+def _bound(key: Key, descending: bool) -> tuple[str, list[object]]:
+    return f"(enqueued_at, id) {'<' if descending else '>'} (?, ?)", [key[0], key[1]]
+
+
+def page(
+    index: IndexDB, branches: list[Branch], bound: Key, limit: int, *, descending: bool = True
+) -> list[bytes]:
+    """The bodies of up to `limit` rows past `bound` (below it when descending), in list order,
+    merging the branches along their indexes."""
+    if not branches or limit <= 0:
+        return []
+    cut, cut_params = _bound(bound, descending)
+    parts, params = [], []
+    for b in branches:
+        parts.append(
+            f"SELECT enqueued_at, id, body FROM events INDEXED BY {b.index} "
+            f"WHERE {b.seek} AND {b.rest} AND {cut}"
+        )
+        params += [*b.seek_params, *b.rest_params, *cut_params]
+    order = "DESC" if descending else "ASC"
+    sql = f"{' UNION ALL '.join(parts)} ORDER BY enqueued_at {order}, id {order} LIMIT ?"
+    return [r[2] for r in index.db.execute(sql, [*params, limit])]
+
+
+def slice_floor(
+    index: IndexDB, branch: Branch, bound: Key, size: int, *, descending: bool = True
+) -> float | None:
+    """Where a slice of about `size` index entries past `bound` ends (its last enqueued_at,
+    every row with that time included); None when no entry is left."""
+    if descending:  # a bound between two times leaves every row of the upper one out
+        op, agg, order = ("<" if bound[1] == "" else "<="), "min", "DESC"
+    else:
+        op, agg, order = (">" if bound[1] == MAX_ID else ">="), "max", "ASC"
+    sql = (
+        f"SELECT {agg}(enqueued_at) FROM (SELECT enqueued_at FROM events INDEXED BY "
+        f"{branch.index} WHERE {branch.seek} AND enqueued_at {op} ? "
+        f"ORDER BY enqueued_at {order} LIMIT ?)"
+    )
+    row = index.db.execute(sql, [*branch.seek_params, bound[0], size]).fetchone()
+    return row[0] if row else None
+
+
+def _in_slice(
+    branch: Branch, bound: Key, floor: float, descending: bool
+) -> tuple[str, list[object]]:
+    cut, cut_params = _bound(bound, descending)
+    sql = (
+        f"FROM events INDEXED BY {branch.index} WHERE {branch.seek} AND {branch.rest} AND {cut} "
+        f"AND enqueued_at {'>=' if descending else '<='} ?"
+    )
+    return sql, [*branch.seek_params, *branch.rest_params, *cut_params, floor]
+
+
+def slice_page(
+    index: IndexDB, branch: Branch, bound: Key, floor: float, limit: int, *, descending: bool = True
+) -> list[bytes]:
+    """The bodies of up to `limit` rows of the slice from `bound` to `floor`, in list order."""
+    sql, params = _in_slice(branch, bound, floor, descending)
+    order = "DESC" if descending else "ASC"
+    sql = f"SELECT body {sql} ORDER BY enqueued_at {order}, id {order} LIMIT ?"
+    return [r[0] for r in index.db.execute(sql, [*params, limit])]
+
+
+def slice_count(
+    index: IndexDB, branch: Branch, bound: Key, floor: float, *, descending: bool = True
+) -> int:
+    """The rows of the slice from `bound` to `floor` that pass the branch."""
+    sql, params = _in_slice(branch, bound, floor, descending)
+    return int(index.db.execute(f"SELECT count(*) {sql}", params).fetchone()[0])
+
+
+def times_at(index: IndexDB, branches: list[Branch], offset: int, limit: int) -> list[float]:
+    """The enqueued_at of up to `limit` rows from position `offset`, newest first (index-only
+    where the branches need no row, as for states alone)."""
+    if not branches:
+        return []
+    parts, params = [], []
+    for b in branches:
+        parts.append(f"SELECT enqueued_at FROM events INDEXED BY {b.index} WHERE {b.seek}")
+        params += list(b.seek_params)
+        if b.rest != "1":
+            parts[-1] += f" AND {b.rest}"
+            params += list(b.rest_params)
+    sql = f"{' UNION ALL '.join(parts)} ORDER BY enqueued_at DESC LIMIT ? OFFSET ?"
+    return [r[0] for r in index.db.execute(sql, [*params, limit, offset])]
+
+
+MIN_TRIGRAM = 3  # characters: a shorter text has no trigram to look up
+
+
+def few_rows(
+    index: IndexDB, flt: Filter, functions: Iterable[str], limit: int
+) -> list[bytes] | None:
+    """The bodies of every ended row passing an id-prefix or free-text filter, found through the
+    id index and the errors' trigram index instead of a scan; None when they may be more than
+    `limit`, or only a scan can find them: a text in a function's name (`functions`: those
+    indexed) matches that function's every row, and a short or non-ASCII text has no trigram
+    the index folds as Python's lower() does. Every row found is checked by the filter's rule."""
+    text = flt.text.lower() if flt.text is not None else None
+    if flt.id_prefix is not None:
+        sources = [_id_range(flt.id_prefix)]
+    elif text is None or not _trigram_text(text, functions):
+        return None
+    else:
+        phrase = '"' + text.replace('"', '""') + '"'
+        by_error = "SELECT rowid AS hit FROM errors WHERE errors MATCH ?"
+        sources = [_id_range(text), (by_error, [phrase])]
+    hits: set[int] = set()
+    for sql, params in sources:
+        hits.update(r[0] for r in index.db.execute(f"{sql} LIMIT ?", [*params, limit + 1]))
+        if len(hits) > limit:
+            return None
+    ended = msgspec.structs.replace(flt, states={State(s) for s in ended_states(flt)})
+    where, params = _where(ended)
+    # CROSS JOIN: each row by its rowid (else SQLite walks a state's index and checks them all)
+    sql = (
+        "SELECT body FROM (SELECT value AS hit FROM json_each(?)) "
+        f"CROSS JOIN events ON events.rowid = hit {where}"
+    )
+    return [r[0] for r in index.db.execute(sql, [_encoder.encode(sorted(hits)).decode(), *params])]
+
+
+def _trigram_text(text: str, functions: Iterable[str]) -> bool:
+    return (
+        len(text) >= MIN_TRIGRAM
+        and text.isascii()
+        and not any(text in f.lower() for f in functions)
+    )
+
+
+def _id_range(prefix: str) -> tuple[str, list[object]]:
+    return "SELECT rowid AS hit FROM events WHERE id >= ? AND id < ?", [prefix, prefix + MAX_ID]
+
+
+def unended(index: IndexDB) -> list[Event]:
+    """Every indexed event not ended (the daemon's care: few, next to all those retained)."""
+    states = sorted(s.value for s in State if not s.terminal)
+    sql = f"SELECT body FROM events WHERE state IN ({','.join('?' * len(states))})"
+    return [_event_decoder.decode(r[0]) for r in index.db.execute(sql, states)]

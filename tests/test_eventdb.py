@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from daemon import eventdb
 from daemon.eventdb import IndexDB
-from daemon.model import Event, State
+from daemon.model import ErrorInfo, Event, State
 from daemon.query import Filter
 
 STATES = [State.SUCCEEDED, State.FAILED, State.EXPIRED, State.STOPPED, State.INVALID]
@@ -104,3 +105,47 @@ def _sorts_of_every_match(index: IndexDB, flt: Filter) -> list[str]:
 )
 def test_the_newest_are_found_without_sorting_every_match(index: IndexDB, flt: Filter) -> None:
     assert _sorts_of_every_match(index, flt) == []
+
+
+def _failed(i: int, message: str, archive_seq: int | None = None) -> Event:
+    return Event(
+        id=f"e{i:03d}",
+        function="resize",
+        state=State.FAILED,
+        enqueued_at=2000.0 + i,
+        ended_at=2000.5 + i,
+        error=ErrorInfo(type="ValueError", message=message),
+        seq=COUNT + i + 1,
+    )
+
+
+def _found(index: IndexDB, flt: Filter) -> list[str] | None:
+    bodies = eventdb.few_rows(index, flt, {f for f, _ in index.counts()}, 50)
+    return None if bodies is None else sorted(msgspec.json.decode(b)["id"] for b in bodies)
+
+
+def test_a_rare_text_is_found_through_the_error_trigrams_as_rows_change_and_go(index: IndexDB):
+    with index.transaction():
+        index.put([_failed(1, "Disk Quota exceeded"), _failed(2, "timeout")], archive=7)
+        index.mark_archive(7, ["e001", "e002"])
+    assert _found(index, Filter(text="quota EXC")) == ["e001"]  # any case, as matches() does
+    with index.transaction():  # the error of a row changes: the old text is no longer found
+        index.put([msgspec.structs.replace(_failed(1, "no space left"), seq=COUNT + 9)])
+    assert _found(index, Filter(text="quota")) == []
+    assert _found(index, Filter(text="space left")) == ["e001"]
+    assert _found(index, Filter(text="e00")) == ["e001", "e002"]  # an id prefix
+    assert _found(index, Filter(text="space", states={State.SUCCEEDED})) == []
+    with index.transaction():
+        index.drop_archive(7)  # retention: the rows and their trigrams go
+    assert _found(index, Filter(text="space left")) == []
+    left = index.db.execute("SELECT count(*) FROM errors WHERE errors MATCH '\"valueerror\"'")
+    assert left.fetchone()[0] == 0  # the trigram index itself holds none of them
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [Filter(text="re"), Filter(text="f1"), Filter(text="naïve"), Filter(id_prefix="0")],
+    ids=["short text", "a function's name", "not ASCII", "more ids than held"],
+)
+def test_texts_the_indexes_cannot_narrow_are_left_to_a_scan(index: IndexDB, flt: Filter):
+    assert _found(index, flt) is None

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from conftest import PATIENCE, drop, wait_for_async
+import pytest
+from conftest import PATIENCE, drop, events, wait_for, wait_for_async
 from textual.widgets import DataTable
-from tui_journal import T0, append_records, event_id, history, write_journal
+from tui_journal import T0, append_records, event_id, history, index_journal, write_journal
 
 from daemon.control import DECODER, ReinvokeRequest, StopRequest
+from daemon.journal import list_archives, list_segments
 from daemon.model import State
+from daemon.query import Filter
+from daemon.reads import EventReads
 from daemon.spool import Spool
 from tui.app import FnspoolApp
 from tui.detail import DetailScreen, LogScreen
 from tui.event_list import EventList
 from tui.functions import FunctionsScreen
+from tui.listing import Slicer
 from tui.modals import ConfirmStop
 
 SIZE = (160, 40)
@@ -32,10 +39,18 @@ async def until(
 
 
 def shown(app: FnspoolApp) -> list[tuple[str, str, str]]:
-    """(id, function, state) of every row the list shows, top first."""
+    """(id, function, state) of every row the list holds, top first (all of a small list)."""
     events = app.screen.query_one(EventList)
-    rows = [events.row_at(i) for i in range(events.count)]
-    return [(app.table.ids[r], app.table.function(r), app.table.state_of(r).value) for r in rows]
+    rows = [events.row_at(i) for i in range(events.start, events.start + len(events.rows))]
+    return [(r.id, r.function, r.state.value) for r in rows if r is not None]
+
+
+def loaded(app: FnspoolApp, count: int | None = None) -> bool:
+    """Whether the list shows the events (all `count` of them)."""
+    events = app.screen.query_one(EventList)
+    if not events.loaded:
+        return False
+    return count is None or (events.total == count and len(shown(app)) == count)
 
 
 def notices(app: FnspoolApp) -> list[str]:
@@ -54,7 +69,7 @@ async def test_list_follows_live_and_keeps_the_selection(tmp_path):
     recs = write_journal(spool, 30, snapshot_upto=20)
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete and len(shown(app)) == 30, "the events")
+        await until(pilot, lambda: loaded(app, 30), "the events")
         assert shown(app)[0] == (event_id(29), "notify", "Running")  # newest first
         assert "daemon down" in app.status_markup and "read-only" in app.status_markup
         assert "Succeeded" in app.counts_markup and "Failed" in app.counts_markup
@@ -70,19 +85,27 @@ async def test_list_follows_live_and_keeps_the_selection(tmp_path):
         assert not events.follow and events.selected_id == event_id(28)
         more = history(31, "echo", State.ENQUEUED, T0 + 31)
         append_records(spool, [msgspec.structs.replace(r, seq=seq + 2) for r in more])
-        await until(pilot, lambda: shown(app)[0][0] == event_id(31), "another new event")
+        await until(pilot, lambda: events.total == 32 and events.cursor == 3, "one more above")
         assert events.selected_id == event_id(28)  # the selection stays on its event
         await pilot.press("f")
         assert events.follow and events.selected_id == event_id(31)
 
 
-async def test_filters_text_states_function_and_clear(tmp_path):
+async def test_filters_text_states_function_and_clear(tmp_path, monkeypatch):
+    # slices of 3 rows: a text filter is counted over many slices, after its first rows show
+    monkeypatch.setattr(Slicer, "__init__", lambda self: setattr(self, "size", 3))
+    monkeypatch.setattr(Slicer, "timed", lambda self, started: None)
     spool = tmp_path / "spool"
     write_journal(spool, 30, snapshot_upto=10)
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete and len(shown(app)) == 30, "the events")
+        await until(pilot, lambda: loaded(app, 30), "the events")
         await pilot.press("slash", *"bad input 1", "enter")
+        counted = "the text filter counted, on the list and the filter line"
+        events = app.screen.query_one(EventList)
+        await until(
+            pilot, lambda: events.total == 2 and "[b]2[/] of 30" in app.filter_markup, counted
+        )
         assert [r[0] for r in shown(app)] == [event_id(18), event_id(13)]
         assert "bad input 1" in app.filter_markup
         await pilot.press("escape")  # on the list: clears every filter
@@ -102,7 +125,7 @@ async def test_filters_text_states_function_and_clear(tmp_path):
 
         await pilot.press("escape")
         await pilot.press("slash", *"xyz", "escape")  # esc in the input clears the text
-        assert len(shown(app)) == 30 and app.query_.empty
+        assert len(shown(app)) == 30 and not app.filtered
 
 
 async def test_actions_while_the_daemon_is_down_queue_requests(tmp_path):
@@ -110,7 +133,7 @@ async def test_actions_while_the_daemon_is_down_queue_requests(tmp_path):
     write_journal(spool, 10)
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete and len(shown(app)) == 10, "the events")
+        await until(pilot, lambda: loaded(app, 10), "the events")
         await pilot.press("x")  # the newest is Running
         assert isinstance(app.screen, ConfirmStop)
         await pilot.press("g", "enter")
@@ -150,7 +173,7 @@ async def test_detail_shows_timeline_payload_result_and_goes_back(tmp_path):
     log.write_text("first line\n")
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete and len(shown(app)) == 10, "the events")
+        await until(pilot, lambda: loaded(app, 10), "the events")
         await pilot.press("enter")
         screen = app.screen
         assert isinstance(screen, DetailScreen)
@@ -184,7 +207,7 @@ async def test_a_silent_running_events_log_shows_its_start_then_its_end(tmp_path
     rid = event_id(9)
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete and len(shown(app)) == 10, "the events")
+        await until(pilot, lambda: loaded(app, 10), "the events")
         await pilot.press("enter")
         screen = app.screen
         assert isinstance(screen, DetailScreen) and screen.event_id == rid
@@ -205,6 +228,28 @@ def _text(widget: Any) -> str:
     return getattr(content, "code", str(content))
 
 
+async def test_without_an_index_the_journal_is_read_whole_until_one_stands(tmp_path):
+    spool = tmp_path / "spool"
+    recs = write_journal(spool, 12, snapshot_upto=6)
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 12), "the events, from the journal")
+        assert app.source == "replay" and "no index yet" in app.filter_markup
+        index_journal(spool)  # the daemon's indexer built it meanwhile
+        await until(pilot, lambda: app.source == "index", "the index taken up")
+        assert [r[0] for r in shown(app)] == [event_id(i) for i in reversed(range(12))]
+        assert "no index yet" not in app.filter_markup
+        # a damaged line in the journal after the index's cursor is told, and skipped
+        append_records(spool, [])
+        _first, segment = list_segments(spool / "journal")[-1]
+        with open(segment, "ab") as f:
+            f.write(b"0badf00d {not a record}\n")
+        more = history(12, "echo", State.ENQUEUED, T0 + 12)
+        append_records(spool, [msgspec.structs.replace(r, seq=recs[-1].seq + 2) for r in more])
+        await until(pilot, lambda: loaded(app, 13), "the event after the damage")
+        assert any("journal damage" in n and "checksum" in n for n in notices(app))
+
+
 # -- with a running daemon ------------------------------------------------------------------
 
 
@@ -212,7 +257,7 @@ async def test_events_appear_live_from_a_running_daemon_and_functions_show_insta
     daemon.start()
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete, "the journal read")
+        await until(pilot, lambda: loaded(app), "the journal read")
         await until(pilot, lambda: "daemon running" in app.status_markup, "the heartbeat")
         drop(spool, "echo", "a.json", {"hello": 1})
         drop(spool, "fail", "b.json", {"x": 1})
@@ -233,7 +278,7 @@ async def test_events_appear_live_from_a_running_daemon_and_functions_show_insta
         functions.focus()
         functions.move_cursor(row=names.index("fail"))
         await pilot.press("enter")  # a function's events
-        assert app.screen.query_one(EventList) and app.query_.function == "fail"
+        assert app.screen.query_one(EventList) and app.flt.function == "fail"
         assert [f for _, f, _ in shown(app)] == ["fail"]
 
 
@@ -241,7 +286,7 @@ async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool,
     daemon.start()
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete, "the journal read")
+        await until(pilot, lambda: loaded(app), "the journal read")
         drop(spool, "slow", "s.json", {"sleep": 60})
         await until(pilot, lambda: shown(app) and shown(app)[0][2] == "Running", "running")
         await pilot.press("x", "enter")
@@ -265,20 +310,92 @@ async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool,
         await until(pilot, lambda: any(told in n for n in notices(app)), "the bulk answer")
 
 
-async def test_a_burst_keeps_the_filtered_index_and_counts_exact(spool, daemon):
-    from daemon.index import STATE_CODE, select
-
+async def test_a_burst_keeps_the_filtered_list_and_counts_exact(spool, daemon):
     daemon.start()
     app = FnspoolApp(Spool(spool))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.table.complete, "the journal read")
+        await until(pilot, lambda: loaded(app), "the journal read")
         await pilot.press("s", *["down"] * 5, "space", "enter")  # Succeeded only
-        assert app.query_.states == {State.SUCCEEDED}
+        assert app.flt.states == {State.SUCCEEDED}
         for i in range(150):
             drop(spool, "echo" if i % 3 else "fail", f"e{i}.json", {"i": i})
-        done = STATE_CODE[State.SUCCEEDED], STATE_CODE[State.FAILED]
+        done = ("echo", State.SUCCEEDED), ("fail", State.FAILED)
         await until(
-            pilot, lambda: sum(app.table.counts[c] for c in done) == 150, "the burst ended", 60
+            pilot, lambda: sum(app.counts.get(k, 0) for k in done) == 150, "the burst ended", 60
         )
-        assert list(app.rows or []) == list(select(app.table, app.query_) or [])
-        assert len(shown(app)) == 100 and {s for _, _, s in shown(app)} == {"Succeeded"}
+        await until(pilot, lambda: loaded(app, 100), "the 100 succeeded events listed")
+        expected = EventReads(spool / "journal").select(Filter(states={State.SUCCEEDED}), None)
+        assert {r[0] for r in shown(app)} == {e.id for e in expected}
+        times = [(e.enqueued_at, e.id) for e in expected]
+        by_id = dict(zip((e.id for e in expected), times, strict=True))
+        assert [by_id[r[0]] for r in shown(app)] == sorted(times, reverse=True)
+        assert {s for _, _, s in shown(app)} == {"Succeeded"}
+
+
+async def test_archived_events_and_live_ones_from_the_index_and_nothing_written(spool, daemon):
+    d = daemon.start("--snapshot-every", "40")  # compactions archive ended events often
+    for i in range(60):
+        drop(spool, "echo", f"{i:03d}.json", {"i": i})
+    wait_for(lambda: len(events(spool, "--status", "Succeeded")) == 60, 60, "the events ended")
+    wait_for(lambda: list_archives(spool / "journal"), 30, "an archive")
+    archived = {e.id for _, path in list_archives(spool / "journal") for e in _archive(path)}
+    journal_files = {p.name: p.stat().st_mtime_ns for p in (spool / "journal").iterdir()}
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 60), "every event, archived ones too")
+        assert app.source == "index" and archived <= {r[0] for r in shown(app)}
+        assert len(app.reader.overlay) < 60  # the archived events are read, never held
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            app.reader.index.db.execute("DELETE FROM events")  # the reader's connection
+        drop(spool, "echo", "live.json", {"live": True})
+        await until(pilot, lambda: loaded(app, 61) and shown(app)[0][2] == "Succeeded", "live")
+        assert app.counts[("echo", State.SUCCEEDED)] == 61
+        await pilot.press("G")  # the oldest: an archived event
+        events_list = app.screen.query_one(EventList)
+        await until(pilot, lambda: events_list.cursor == 60, "the oldest")
+        assert events_list.selected_id in archived
+    assert d.stop() == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (spool / "journal").iterdir()}
+    assert {n for n in journal_files if n in after and after[n] != journal_files[n]} <= {
+        n for n in journal_files if n.startswith(("segment-", "index.sqlite"))
+    }  # the dashboard wrote nothing: only the daemon's own files moved
+
+
+def _archive(path: Path) -> list[Any]:
+    from daemon.journal import read_archive
+
+    return list(read_archive(path)[1].values())
+
+
+async def test_retention_under_an_open_dashboard_leaves_no_ghosts(spool, daemon):
+    d = daemon.start("--snapshot-every", "20", "--retention", "3s")
+    for i in range(20):
+        drop(spool, "echo", f"old{i}.json", {"i": i})
+    wait_for(lambda: len(events(spool, "--status", "Succeeded")) == 20, 60, "the old events")
+    wait_for(lambda: list_archives(spool / "journal"), 30, "an archive of them")
+    old = {e["id"] for e in events(spool)}
+    ended_by = time.time()
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 20), "the old events listed")
+        await pilot.press("down", "down", "enter")  # an old event's detail, follow off
+        assert isinstance(app.screen, DetailScreen) and app.screen.event_id in old
+        await until(pilot, lambda: time.time() > ended_by + 3.5, "the old events to expire")
+        for i in range(20):
+            drop(spool, "echo", f"new{i}.json", {"i": i})  # a compaction: retention runs
+        await until(
+            pilot, lambda: not old & {e["id"] for e in events(spool)}, "the old events gone"
+        )
+        await pilot.press("escape")  # back to the list, whose rows were dropped meanwhile
+        new = {e["id"] for e in events(spool)}
+        await until(
+            pilot,
+            lambda: loaded(app, len(new)) and {r[0] for r in shown(app)} == new,
+            "the list without the dropped events",
+        )
+        assert sum(app.counts.values()) == len(new) == 20  # no ghost counted either
+        await pilot.press("G", "g", "down")  # move over the list: every row is a real one
+        events_list = app.screen.query_one(EventList)
+        await until(pilot, lambda: events_list.selected_id in new, "a retained event selected")
+        assert not [n for n in notices(app) if "error" in n.lower()]
+    assert d.stop() == 0

@@ -1,169 +1,255 @@
-"""The dashboard's columnar index (daemon/index.py): the same answers as the whole-event readers."""
+"""The dashboard's table model over the event index (tui/listing.py, tui/overlay.py): the same
+answers as the whole-event readers, whatever the window, the slice size or the index's lag."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
-from tui_journal import T0, append_records, event_id, history, write_journal
+from tui_journal import T0, append_records, event_id, history, index_journal, write_journal
 
-from daemon.index import (
-    STATE_CODE,
-    EventTable,
-    Query,
-    TableFollower,
-    load_event,
-    preview,
-    read_snapshot_table,
-    select,
-)
-from daemon.journal import JournalFollower, list_snapshots
+from daemon.eventdb import IndexDB, unended
+from daemon.journal import JournalFollower, JournalTail
 from daemon.model import State
 from daemon.query import Filter
+from tui import listing as listing_module
+from tui.listing import Listing, ended_ids
+from tui.overlay import Overlay
 
-
-def _rows(table: EventTable, query: Query) -> list[str]:
-    chosen = select(table, query)
-    rows = range(len(table)) if chosen is None else chosen
-    return sorted(table.ids[r] for r in rows)
+FILTERS = [
+    Filter(),
+    Filter(text="bad input 1"),
+    Filter(text="RESIZE"),
+    Filter(text="0190a000-0000-7000-8000-00000000001"),
+    Filter(states={State.FAILED}),
+    Filter(states={State.FAILED, State.RUNNING, State.ENQUEUED}),
+    Filter(function="notify"),
+    Filter(function="notify", states={State.SUCCEEDED}),
+    Filter(since=T0 + 10, until=T0 + 20.5),
+    Filter(text="e", states={State.SUCCEEDED, State.FAILED}, since=T0 + 5),
+]
 
 
 def _expected(spool: Path, flt: Filter) -> list[str]:
-    events = JournalFollower(spool / "journal").load().events
-    return sorted(e.id for e in events.values() if flt.matches(e))
+    """What the whole-journal reader says: the ids passing `flt`, newest first."""
+    events = JournalFollower(spool / "journal").load().events.values()
+    chosen = [e for e in events if flt.matches(e)]
+    return [e.id for e in sorted(chosen, key=lambda e: (e.enqueued_at, e.id), reverse=True)]
 
 
-@pytest.mark.parametrize("snapshot_upto", [0, 20, 40])
-def test_table_folds_as_the_journal_follower_does(tmp_path, snapshot_upto):
+class View:
+    """A listing over the index and the journal after it, as the dashboard's reader keeps it."""
+
+    def __init__(self, spool: Path) -> None:
+        self.journal = spool / "journal"
+        index = IndexDB.open_readonly(self.journal)
+        assert index is not None
+        self.index = index
+        cursor = index.cursor()
+        assert cursor is not None
+        self.overlay = Overlay(unended(index))
+        self.tail = JournalTail(self.journal, cursor, [])
+        self.overlay.fold(self.tail.read())
+        self.counts = {k: n for k, n in index.counts().items() if k[1].terminal}
+
+    def listing(self, flt: Filter) -> Listing:
+        return Listing(self.index, flt, self.overlay, self.counts)
+
+
+def _window(listing: Listing, start: int, count: int) -> list[str]:
+    """The window once read whole; what a scan shows before is the start of it."""
+    partial: list[list[str]] = []
+    for _ in range(10_000):
+        rows = listing.window(start, count)
+        if rows is not None and not listing.streaming:
+            whole = [r.id for r in rows]
+            assert all(whole[: len(p)] == p for p in partial), (partial, whole)
+            return whole
+        if rows is not None:
+            partial.append([r.id for r in rows])
+        listing.step()
+    raise AssertionError("the window never came")
+
+
+def _total(listing: Listing) -> int:
+    while listing.total is None:
+        listing.step()
+    return listing.total
+
+
+@pytest.fixture
+def small_slices(monkeypatch):
+    """Slices of a few rows, so sliced work crosses many slices even over 40 events."""
+
+    def tiny(self: listing_module.Slicer) -> None:
+        self.size = 3
+
+    monkeypatch.setattr(listing_module.Slicer, "__init__", tiny)
+    monkeypatch.setattr(listing_module.Slicer, "timed", lambda self, started: None)
+
+
+@pytest.mark.parametrize("indexed_upto", [0, 25, 40])
+@pytest.mark.parametrize("flt", FILTERS, ids=repr)
+def test_windows_and_totals_agree_with_the_whole_journal(tmp_path, flt, indexed_upto, small_slices):
     spool = tmp_path / "spool"
-    write_journal(spool, 40, snapshot_upto=snapshot_upto)
-    follower = TableFollower(spool / "journal")
-    follower.load()
-    table = follower.table
-    events = JournalFollower(spool / "journal").load().events
-    assert len(table) == len(events) == 40
-    for request_id, event in events.items():
-        row = table.row_of[request_id]
-        assert table.state_of(row) is event.state
-        assert table.function(row) == event.function
-        assert table.attempts[row] == event.attempts
-        assert table.enqueued[row] == event.enqueued_at
-        if event.duration_ms is None:
-            assert table.duration[row] != table.duration[row]  # NaN
-        else:
-            assert table.duration[row] == pytest.approx(event.duration_ms)
-        error = f"{event.error.type}: {event.error.message}" if event.error else None
-        assert table.errors.get(row) == error
-    assert sum(table.counts) == 40
-    assert table.counts[STATE_CODE[State.FAILED]] == sum(
-        e.state is State.FAILED for e in events.values()
-    )
-    assert sum(table.function_counts("echo")) == sum(e.function == "echo" for e in events.values())
-
-
-@pytest.mark.parametrize(
-    ("query", "flt"),
-    [
-        (Query(text="bad input 1"), Filter(text="bad input 1")),
-        (Query(text="RESIZE"), Filter(text="RESIZE")),
-        (
-            Query(text="0190a000-0000-7000-8000-00000000001"),
-            Filter(text="0190a000-0000-7000-8000-00000000001"),
-        ),
-        (Query(states=frozenset({State.FAILED})), Filter(states={State.FAILED})),
-        (Query(function="notify"), Filter(function="notify")),
-        (Query(since=T0 + 10, until=T0 + 20.5), Filter(since=T0 + 10, until=T0 + 20.5)),
-        (
-            Query(text="e", states=frozenset({State.SUCCEEDED, State.FAILED}), since=T0 + 5),
-            Filter(text="e", states={State.SUCCEEDED, State.FAILED}, since=T0 + 5),
-        ),
-    ],
-)
-def test_select_agrees_with_the_cli_filter(tmp_path, query, flt):
-    spool = tmp_path / "spool"
-    write_journal(spool, 40, snapshot_upto=25)
-    follower = TableFollower(spool / "journal")
-    follower.load()
+    recs = write_journal(spool, 40, snapshot_upto=indexed_upto)
+    if indexed_upto:  # the index holds the snapshot; the rest comes from the journal after it
+        index_journal(spool)
+    else:
+        _index_then_append(spool, recs)
     expected = _expected(spool, flt)
     assert expected, "the case should select something"
-    assert _rows(follower.table, query) == expected
-    for row in range(len(follower.table)):
-        assert query.matches(follower.table, row) == (follower.table.ids[row] in expected)
+    view = View(spool)
+    listing = view.listing(flt)
+    assert _total(listing) == len(expected)
+    assert _window(listing, 0, 100) == expected
+    for start, count in [(0, 7), (5, 7), (max(0, len(expected) - 3), 7), (len(expected) + 5, 3)]:
+        fresh = view.listing(flt)  # a jump first (a seek), then one from a cached range
+        assert _window(fresh, start, count) == expected[start : start + count]
+        assert _window(listing, start, count) == expected[start : start + count]
 
 
-def test_time_range_without_monotone_times(tmp_path):
+def test_a_scan_shows_the_rows_it_has_found_before_it_ends(tmp_path, small_slices):
     spool = tmp_path / "spool"
-    write_journal(spool, 10)
-    follower = TableFollower(spool / "journal")
-    follower.load()
-    table = follower.table
-    late = history(99, "echo", State.ENQUEUED, T0 - 100)  # a clock stepped back
-    for seq, rec in enumerate(late, start=10_000):
-        import msgspec
+    write_journal(spool, 40, snapshot_upto=40)
+    index_journal(spool)
+    flt = Filter(text="e")  # in every function's name but one: scanned, not held
+    expected = _expected(spool, flt)
+    listing = View(spool).listing(flt)
+    assert listing.window(0, 100) is None and listing.streaming  # nothing found yet
+    shown = []
+    while listing.streaming:
+        listing.step()
+        rows = listing.window(0, 100)
+        shown.append(len(rows or []))
+    assert 0 < shown[0] < len(expected) and shown == sorted(shown)  # a few at a time, growing
+    assert [r.id for r in listing.window(0, 100) or []] == expected
 
-        table.apply(msgspec.structs.replace(rec, seq=seq))
-    assert not table.monotone
-    assert _rows(table, Query(until=T0 - 50)) == [event_id(99)]
-    assert len(_rows(table, Query(since=T0))) == 10
+
+def test_the_reader_tells_how_far_a_text_scan_has_gone(tmp_path, small_slices):
+    from daemon.spool import Spool
+    from tui.reader import Changed, Reader, SetFilter
+
+    spool = tmp_path / "spool"
+    write_journal(spool, 40, snapshot_upto=40)
+    index_journal(spool)
+    posted: list[object] = []
+    reader = Reader(Spool(spool), posted.append, lambda: False)
+    assert reader._open()
+    reader.requests.put(SetFilter(Filter(text="e"), 1))  # scanned: in functions' names
+    changed: list[Changed] = []
+    while not changed or changed[-1].total is None:
+        reader._cycle()
+        changed = [m for m in posted if isinstance(m, Changed)]
+    reader._close()
+    progress = [m.scanned for m in changed if m.scanned is not None]
+    ended = sum(n for (_, state), n in changed[-1].counts.items() if state.terminal)
+    assert progress[0] == (0, ended) and progress == sorted(progress)
+    assert changed[-1].total == len(_expected(spool, Filter(text="e")))
 
 
-def test_follower_sees_appended_records_and_preview_shows_the_newest(tmp_path):
+def _index_then_append(spool: Path, recs: list) -> None:
+    """An index of an empty journal, then every record after its cursor (an indexer lagging)."""
+    journal = spool / "journal"
+    segments = sorted(journal.glob("segment-*"))
+    data = [p.read_bytes() for p in segments]
+    for p in segments:
+        p.write_bytes(b"")
+    index_journal(spool)
+    for p, content in zip(segments, data, strict=True):
+        p.write_bytes(content)
+
+
+def test_live_changes_move_positions_and_settle_into_the_index(tmp_path):
     spool = tmp_path / "spool"
     recs = write_journal(spool, 30, snapshot_upto=20)
-    follower = TableFollower(spool / "journal")
-    follower.load()
-    assert follower.poll() == []
-    import msgspec
-
-    extra = [
-        msgspec.structs.replace(r, seq=recs[-1].seq + k + 1)
+    index_journal(spool)
+    view = View(spool)
+    listing = view.listing(Filter(states={State.SUCCEEDED}))
+    first = _window(listing, 0, 100)
+    cursor = listing.position((T0 + 15, event_id(15)))
+    seq = recs[-1].seq
+    more = [
+        msgspec.structs.replace(r, seq=seq + k + 1)
         for k, r in enumerate(history(30, "echo", State.SUCCEEDED, T0 + 30))
     ]
-    append_records(spool, extra)
-    new = follower.poll()
-    assert [r.seq for r in new] == [r.seq for r in extra]
-    row = None
-    for rec in new:
-        row = follower.table.apply(rec)
-    assert row is not None and follower.table.state_of(row) is State.SUCCEEDED
+    append_records(spool, more)
+    folded = view.overlay.fold(view.tail.read())
+    for change in folded.changes:
+        listing.add(change.after)
+    assert _window(listing, 0, 100) == [event_id(30), *first]
+    assert listing.position((T0 + 15, event_id(15))) == cursor + 1  # one more above it
+    assert _total(listing) == len(first) + 1
+    # the index takes the new event in: it moves from the overlay into the index's part
+    index_journal(spool)
+    view.index.close()
+    view.index = IndexDB.open_readonly(view.journal)
+    listing.index = view.index
+    for event in view.overlay.settle(view.index.cursor().seq):
+        listing.settled(event)
+    assert not view.overlay.ended
+    assert _window(listing, 0, 100) == [event_id(30), *first]
+    assert _total(listing) == len(first) + 1
 
-    quick = preview(spool / "journal", tail_bytes=2000)
-    assert not quick.complete
-    assert 0 < len(quick) < 31
-    assert quick.ids[-1] == event_id(30)  # the newest is there
-    assert set(quick.ids) <= set(follower.table.ids)
 
-
-def test_snapshot_damage_is_reported_and_an_older_one_stands(tmp_path):
+@pytest.mark.parametrize("flt", [Filter(text="Bad Input"), Filter(id_prefix=event_id(16)[:-1])])
+def test_a_rare_text_or_id_is_held_whole_without_a_scan_and_follows_live(tmp_path, flt):
     spool = tmp_path / "spool"
-    write_journal(spool, 10, snapshot_upto=10)
-    ((_seq, path),) = list_snapshots(spool / "journal")
-    header, table = read_snapshot_table(path)
-    assert header.count == len(table) == 10
-    data = bytearray(path.read_bytes())
-    data[-20] ^= 0x01
-    path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="damaged snapshot"):
-        read_snapshot_table(path)
-    follower = TableFollower(spool / "journal")
-    state = follower.load()
-    assert state.damages and "checksum" in state.damages[0].reason
+    recs = write_journal(spool, 30, snapshot_upto=20)
+    index_journal(spool)
+    view = View(spool)
+    listing = view.listing(flt)
+    assert listing.held and not listing.busy  # found through the indexes: nothing to step
+    assert listing.total == len(_expected(spool, flt)) and _window(listing, 0, 100) == _expected(
+        spool, flt
+    )
+    seq = recs[-1].seq
+    more = [  # a failure whose id has the prefix too (16 to 31 have it)
+        msgspec.structs.replace(r, seq=seq + k + 1)
+        for k, r in enumerate(history(30, "echo", State.FAILED, T0 + 30))
+    ]
+    append_records(spool, more)
+    for change in view.overlay.fold(view.tail.read()).changes:
+        listing.add(change.after)
+    index_journal(spool)  # the index takes it in: it stays held, not counted twice
+    view.index.close()
+    view.index = listing.index = IndexDB.open_readonly(view.journal)
+    for event in view.overlay.settle(view.index.cursor().seq):
+        listing.settled(event)
+    assert listing.total == len(_expected(spool, flt)) and _window(listing, 0, 100) == _expected(
+        spool, flt
+    )
 
 
-def test_load_event_reads_one_whole_event(tmp_path):
+def test_ended_ids_are_those_the_cli_would_reinvoke(tmp_path):
     spool = tmp_path / "spool"
     write_journal(spool, 30, snapshot_upto=20)
-    whole = JournalFollower(spool / "journal").load().events
-    for i in (3, 19, 20, 29):
-        event = load_event(spool / "journal", event_id(i))
-        assert event == whole[event_id(i)]
-    assert load_event(spool / "journal", "no-such-id") is None
+    index_journal(spool)
+    flt = Filter(function="echo")
+    ended = Filter(function="echo", states={s for s in State if s.terminal})
+    assert sorted(ended_ids(spool / "journal", flt, page_size=4)) == sorted(_expected(spool, ended))
+
+
+def test_the_reader_cannot_write_through_its_connection(tmp_path):
+    spool = tmp_path / "spool"
+    write_journal(spool, 10, snapshot_upto=10)
+    index_journal(spool)
+    index = IndexDB.open_readonly(spool / "journal")
+    assert index is not None
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        index.db.execute("DELETE FROM events")
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        index.db.execute("INSERT INTO meta VALUES ('x', 1)")
+    assert len(index.db.execute("SELECT id FROM events").fetchall()) == 10
 
 
 def test_requests_claim_early_answers_and_tell_a_group_once(tmp_path):
+    from daemon.control import StopRequest, submit
     from daemon.model import Request
     from daemon.spool import Spool
-    from tui.actions import Requests
+    from tui.actions import Pending, Requests
 
     spool = Spool(tmp_path / "spool")
     spool.create()
@@ -184,54 +270,23 @@ def test_requests_claim_early_answers_and_tell_a_group_once(tmp_path):
     assert not requests.pending and not requests.groups
 
     # an answer read before its request was registered is claimed at registration
-    from daemon.control import StopRequest, submit
-
     early = submit(spool.root, StopRequest(id="e9"))
     stray = Request(action="stop", id="e9", name=early, outcome="applied", message="stopped")
     assert requests.answered(stray) is None
-    from tui.actions import Pending
-
     notice = requests._register(early, Pending(what="stop of e9", event_id="e9"))
     assert notice is not None and notice.message == "stop of e9: stopped"
 
 
-def test_the_index_stays_light():
+def test_the_index_readers_stay_light():
     import json
     import subprocess
     import sys
 
     from conftest import REPO
 
-    code = "import sys, json, daemon.index\nprint(json.dumps(sorted(sys.modules)))"
+    code = "import sys, json, daemon.eventdb, daemon.reads\nprint(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
     loaded = set(json.loads(out.stdout))
     assert not loaded & {"textual", "uvloop", "asyncio", "daemon.service", "inotify_simple"}
-
-
-def test_follower_reloads_when_compaction_outran_it(tmp_path):
-    import shutil
-
-    import msgspec
-
-    spool = tmp_path / "spool"
-    write_journal(spool, 10)
-    follower = TableFollower(spool / "journal")
-    follower.load()
-    reloads = follower.reloads
-    # meanwhile the daemon ran on, wrote a snapshot of 14 events and dropped the old segments
-    later = tmp_path / "later"
-    recs = write_journal(later, 14, snapshot_upto=14)
-    shutil.rmtree(spool / "journal")
-    shutil.copytree(later / "journal", spool / "journal")
-    extra = history(14, "echo", State.ENQUEUED, T0 + 14)
-    from daemon.journal import encode_record, segment_name
-
-    first = recs[-1].seq + 1
-    with open(spool / "journal" / segment_name(first), "wb") as f:
-        for k, rec in enumerate(extra):
-            f.write(encode_record(msgspec.structs.replace(rec, seq=first + k)))
-    follower.poll()
-    assert follower.reloads == reloads + 1
-    assert len(follower.table) == 15 and follower.table.ids[-1] == event_id(14)

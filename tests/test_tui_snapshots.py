@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import wait_for_async
-from tui_journal import write_journal
+from tui_journal import index_journal, write_journal
 
 from daemon.spool import Spool
 from tui.app import FnspoolApp
@@ -27,6 +27,7 @@ def app(tmp_path, monkeypatch):
     time.tzset()
     monkeypatch.chdir(tmp_path)
     write_journal(tmp_path / "spool", 40, snapshot_upto=30)
+    index_journal(tmp_path / "spool")  # as the daemon's indexer leaves it: the snapshot's 30
     yield FnspoolApp(Spool("spool"))
     monkeypatch.delenv("TZ")
     time.tzset()
@@ -35,7 +36,7 @@ def app(tmp_path, monkeypatch):
 async def _loaded(pilot) -> None:
     app = pilot.app
     await wait_for_async(
-        lambda: app.table.complete and "daemon down" in app.status_markup,
+        lambda: app.total is not None and "daemon down" in app.status_markup,
         what="the journal to be read",
         every=0.05,
         pause=pilot.pause,

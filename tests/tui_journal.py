@@ -102,3 +102,13 @@ def _with_seq(rec: Transition, seq: int) -> Transition:
 
 def _index(request_id: str) -> int:
     return int(request_id.rsplit("-", 1)[1], 16)
+
+
+def index_journal(spool: Path) -> None:
+    """Build the event index as the daemon's indexer does (from archives, snapshot, segments)."""
+    from daemon.indexer import Indexer
+
+    indexer = Indexer(spool / "journal")
+    while indexer.step():
+        pass
+    indexer.db.close_cleanly()

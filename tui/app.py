@@ -1,15 +1,13 @@
-"""`fnspool tui`: the app, its state (table, filter, daemon status), and the actions.
+"""`fnspool tui`: the app, its state (filter, counts, daemon status), and the actions.
 
-The journal is read by one thread worker (tui/tail.py) that hands over tables and record
-batches; everything on screen is derived on the UI thread from those, in time proportional to
-what changed. Actions write control requests, as the CLI does, and the daemon's answers arrive
-through the same journal tail.
+The events are read by one thread (tui/reader.py) that owns the index connection and the journal
+tail; the app tells it the filter and what the list shows, and it answers with windows of rows and
+the counts, live. Nothing here grows with the events retained. Actions write control requests, as
+the CLI does, and the daemon's answers arrive through the same journal tail.
 """
 
 from __future__ import annotations
 
-from array import array
-from bisect import bisect_left
 from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
@@ -24,17 +22,19 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from daemon.ids import BadId
-from daemon.index import STATE_CODE, EventTable, Query, load_event, select
 from daemon.logfiles import event_log_path
-from daemon.model import TERMINAL_STATES, Event, Request, State, Transition
+from daemon.model import Event, Request, State
+from daemon.query import Filter
+from daemon.reads import EventReads
 from daemon.refusals import reinvoke_refusal, stop_refusal
 from daemon.spool import Spool
 from tui.actions import Notice, Requests
 from tui.detail import DetailScreen, LogScreen
 from tui.event_list import EventList
 from tui.events import EventsScreen
-from tui.format import counts_markup
+from tui.format import by_state, counts_markup
 from tui.functions import FunctionsScreen
+from tui.listing import ended_ids
 from tui.modals import (
     Confirm,
     ConfirmStop,
@@ -45,9 +45,14 @@ from tui.modals import (
     StopChoice,
     TimeRange,
 )
-from tui.tail import DaemonStatus, JournalTail, RecordsArrived, StatusChanged, TableLoaded
+from tui.reader import Changed, Reader, SetFilter, Show, WindowRead
+from tui.tail import DaemonStatus, StatusChanged
 
-_TERMINAL_CODES = frozenset(STATE_CODE[s] for s in TERMINAL_STATES)
+NO_FILTER_TEXT = (
+    "  no events yet: drop a JSON file into incoming/NAME/, or run"
+    " `fnspool invoke NAME --payload '{...}'`"
+)
+FILTERED_TEXT = "  no event matches the filter (esc clears it)"
 
 
 class FnspoolApp(App[None]):
@@ -67,129 +72,128 @@ class FnspoolApp(App[None]):
     def __init__(self, spool: Spool) -> None:
         super().__init__()
         self.spool = spool
-        self.table = EventTable()
-        self.table.complete = False
-        self.query_ = Query()
+        self.flt = Filter()
+        self.generation = 0
         self.time_range = TimeRange(since=None, until=None)
-        self.rows: array[int] | None = None
+        self.counts: dict[tuple[str, State], int] = {}
+        self.total: int | None = None
+        self.scanned: tuple[int, int] | None = None  # a count's progress (rows looked through)
+        self.source = ""  # where the events come from: index | replay ("" until read)
         self.status = DaemonStatus()
         self.requests = Requests(spool)
         self.follow = True
-        self.loads = 0  # tables received: a preview, then the full one, then reloads
+        self.watched: dict[str, State] = {}  # events whose log is open: their state, live
+        self.reader = Reader(spool, self.post_message, lambda: False)
+        self._damage_told: set[tuple[str, int, str]] = set()
 
     @property
     def query_text(self) -> str:
         """The free-text filter as typed."""
-        return self.query_.text
+        return self.flt.text or ""
+
+    @property
+    def filtered(self) -> bool:
+        """Whether a filter is set."""
+        return self.flt != Filter()
 
     def get_default_screen(self) -> Screen:
         return EventsScreen()
 
     def on_mount(self) -> None:
-        self.tail()
+        self.read()
 
-    @work(thread=True, exclusive=True, group="tail", exit_on_error=True)
-    def tail(self) -> None:
-        """Follow the journal and the daemon's status, off the UI thread."""
+    @work(thread=True, exclusive=True, group="reader", exit_on_error=True)
+    def read(self) -> None:
+        """Read the events and follow the journal, off the UI thread."""
         worker = get_current_worker()
-        JournalTail(self.spool, self.post_message, lambda: worker.is_cancelled).run()
+        self.reader.cancelled = lambda: worker.is_cancelled
+        self.reader.run()
 
-    # -- data from the tail ----------------------------------------------------------------
+    # -- data from the reader --------------------------------------------------------------
 
-    def on_table_loaded(self, message: TableLoaded) -> None:
-        if self.table.complete and not message.table.complete:
-            return  # a late preview never replaces the whole table
-        self.loads += 1
-        self.table = message.table
-        self.refilter()
-        if message.shown is not None:
-            self.call_after_refresh(message.shown.set)
-        for damage in message.damages[:5]:
-            self.notify(
-                f"{damage.path} at {damage.offset}: {damage.reason}",
-                title="journal damage",
-                severity="warning",
-            )
-
-    def on_records_arrived(self, message: RecordsArrived) -> None:
-        changed: set[int] = set()
-        transitions = []
-        for rec in message.records:
-            if isinstance(rec, Transition):
-                transitions.append(rec)
-                row = self.table.apply(rec)
-                if row is not None:
-                    changed.add(row)
-            elif isinstance(rec, Request):
-                self._answered(rec)
-        if changed and self.rows is not None:
-            self._update_rows(sorted(changed))
-        self._show()
+    def on_changed(self, message: Changed) -> None:
+        self.counts, self.total, self.source = message.counts, message.total, message.source
+        self.scanned = message.scanned
+        for request in message.requests:
+            self._answered(request)
+        for rec in message.transitions:
+            if rec.id in self.watched:
+                self.watched[rec.id] = rec.state
         for screen in self.screen_stack:
             if isinstance(screen, DetailScreen):
-                screen.records(transitions)
+                screen.records(message.transitions)
+        self._tell_damage((d.path, d.offset, d.reason) for d in message.damages)
+        self._show()
 
-    def _update_rows(self, rows: Iterable[int]) -> None:
-        """Keep the filtered index right for rows that changed (insert or remove by bisection)."""
-        assert self.rows is not None
-        for row in rows:
-            pos = bisect_left(self.rows, row)
-            present = pos < len(self.rows) and self.rows[pos] == row
-            if self.query_.matches(self.table, row):
-                if not present:
-                    self.rows.insert(pos, row)
-            elif present:
-                del self.rows[pos]
+    def _tell_damage(self, damages: Iterable[tuple[str, int, str]]) -> None:
+        for path, offset, reason in damages:
+            if (path, offset, reason) in self._damage_told or len(self._damage_told) > 100:
+                continue
+            self._damage_told.add((path, offset, reason))
+            self.notify(f"{path} at {offset}: {reason}", title="journal damage", severity="warning")
+
+    def on_window_read(self, message: WindowRead) -> None:
+        for events in self._event_lists():
+            events.took(message)
+        self.total = message.total
+        self._show_filter()
+
+    def want(self, show: Show) -> None:
+        """Ask the reader for a window of the list (from the UI thread; the queue is safe)."""
+        self.reader.requests.put(show)
 
     def on_status_changed(self, message: StatusChanged) -> None:
         self.status = message.status
         self._show_status()
+        self._tell_damage(
+            (str(d.get("path")), int(d.get("offset", 0)), str(d.get("reason")))
+            for d in message.status.journal_damage
+        )
 
     def on_event_list_follow_changed(self, message: EventList.FollowChanged) -> None:
         self.follow = message.follow
         self._show_filter()
 
     def on_event_list_opened(self, message: EventList.Opened) -> None:
-        row = self.table.row_of.get(message.event_id)
-        if row is None:
-            return
-        screen = DetailScreen(
-            message.event_id, self.table.function(row), self.spool.logs, self.spool.journal
-        )
-        self.push_screen(screen)
+        row = message.row
+        self.push_screen(DetailScreen(row.id, row.function, self.spool.logs, self.spool.journal))
 
     # -- what is shown ---------------------------------------------------------------------
 
     def refilter(self) -> None:
-        """Select the rows passing the filter again (a few C-speed passes over the columns)."""
-        self.rows = select(self.table, self.query_)
+        """Show the events passing the filter, from the newest (the reader reads them)."""
+        self.generation += 1
+        self.total, self.scanned = None, None
+        self.reader.requests.put(SetFilter(self.flt, self.generation))
+        empty = FILTERED_TEXT if self.filtered else NO_FILTER_TEXT
+        for events in self._event_lists():
+            events.reset(self.generation, empty)
         self._show()
 
     def _show(self) -> None:
-        for events in self._event_lists():
-            events.show(self.table, self.rows)
-        self.counts_markup = counts_markup(self.table.counts)
+        self.counts_markup = counts_markup(by_state(self.counts))
         self._show_filter()
-
-    def on_event_list_ready(self) -> None:
-        self._show()
 
     def _event_lists(self) -> list[EventList]:
         screens = [s for s in self.screen_stack if isinstance(s, EventsScreen)]
         return [e for s in screens for e in s.query(EventList)]
 
     def _show_filter(self) -> None:
-        q, total = self.query_, len(self.table)
-        shown = total if self.rows is None else len(self.rows)
-        parts = [f"[b]{shown:,}[/] of {total:,} events"]
-        if not self.table.complete:
-            parts.append("[$warning]reading the journal… (newest shown)[/]")
-        if q.text:
-            parts.append(f"text [b]{escape(q.text)}[/]")
-        if q.states:
-            parts.append("states " + ",".join(s.value for s in State if s in q.states))
-        if q.function is not None:
-            parts.append(f"function [b]{escape(q.function)}[/]")
+        f = self.flt
+        every = sum(self.counts.values())
+        shown = "[b]counting…[/]" if self.total is None else f"[b]{self.total:,}[/]"
+        if self.total is None and self.scanned is not None:
+            done, of = self.scanned
+            shown = f"[b]searching… {done:,} of {of:,} scanned[/]"
+        parts = [f"{shown} of {every:,} events"]
+        if self.source == "replay":
+            parts.append("[$warning]no index yet: the whole journal was read[/]")
+        if f.text:
+            parts.append(f"text [b]{escape(f.text)}[/]")
+        if f.states:
+            parts.append("states " + ",".join(s.value for s in State if s in f.states))
+        if f.function is not None:
+            parts.append(f"function [b]{escape(f.function)}[/]")
         if self.time_range.text:
             parts.append(f"enqueued {escape(self.time_range.text)}")
         parts.append("[$accent]FOLLOW[/]" if self.follow else "[$text-muted]follow off (f)[/]")
@@ -215,7 +219,7 @@ class FnspoolApp(App[None]):
 
     def apply_text(self, text: str) -> None:
         """Filter on free text (called by the filter input)."""
-        self.query_ = replace(self.query_, text=text.strip())
+        self.flt = replace(self.flt, text=text.strip() or None)
         self.refilter()
         for screen in self.screen_stack:
             if isinstance(screen, EventsScreen):
@@ -226,29 +230,30 @@ class FnspoolApp(App[None]):
 
         def chosen(states: frozenset[State] | None) -> None:
             if states is not None:
-                self.query_ = replace(self.query_, states=states)
+                self.flt = replace(self.flt, states=set(states) or None)
                 self.refilter()
 
-        self.push_screen(PickStates(self.query_.states, self.table.counts), chosen)
+        chosen_now = frozenset(self.flt.states or ())
+        self.push_screen(PickStates(chosen_now, by_state(self.counts)), chosen)
 
     def action_pick_function(self) -> None:
         """Choose the function to show."""
 
         def chosen(function: str | None) -> None:
             if function is not None:
-                self.query_ = replace(self.query_, function=function or None)
+                self.flt = replace(self.flt, function=function or None)
                 self.refilter()
 
-        names = sorted({f.name for f in self.status.functions} | set(self.table.functions))
-        counts = [(n, sum(self.table.function_counts(n))) for n in names]
-        self.push_screen(PickFunction(counts, self.query_.function), chosen)
+        names = sorted({f.name for f in self.status.functions} | {f for f, _ in self.counts})
+        counts = [(n, sum(by_state(self.counts, n))) for n in names]
+        self.push_screen(PickFunction(counts, self.flt.function), chosen)
 
     def action_pick_time(self) -> None:
         """Choose the time range."""
 
         def chosen(answer: TimeRange | None) -> None:
             if answer is not None:
-                self.query_ = replace(self.query_, since=answer.since, until=answer.until)
+                self.flt = replace(self.flt, since=answer.since, until=answer.until)
                 self.time_range = answer
                 self.refilter()
 
@@ -257,16 +262,16 @@ class FnspoolApp(App[None]):
 
     def show_function(self, name: str) -> None:
         """The events of one function (enter in the functions view)."""
-        self.query_ = replace(self.query_, function=name)
+        self.flt = replace(self.flt, function=name)
         self.refilter()
         while not isinstance(self.screen, EventsScreen):
             self.pop_screen()
 
     def action_clear_filters(self) -> None:
         """Show every event again."""
-        if self.query_.empty:
+        if not self.filtered:
             return
-        self.query_ = Query()
+        self.flt = Filter()
         self.time_range = TimeRange(since=None, until=None)
         self.refilter()
         self.notify("filters cleared", timeout=2)
@@ -281,8 +286,12 @@ class FnspoolApp(App[None]):
         return lists.first().selected_id if lists else None
 
     def _state(self, event_id: str) -> State | None:
-        row = self.table.row_of.get(event_id)
-        return None if row is None else self.table.state_of(row)
+        screen = self.screen
+        if isinstance(screen, DetailScreen) and screen.event is not None:
+            return screen.event.state
+        lists = screen.query(EventList)
+        selected = lists.first().selected if lists else None
+        return selected.state if selected is not None and selected.id == event_id else None
 
     def _written(self, what: str) -> None:
         if self.status.running:
@@ -342,21 +351,27 @@ class FnspoolApp(App[None]):
 
     def action_reinvoke_all(self) -> None:
         """Re-invoke every ended event the filter shows (after a confirmation)."""
-        table = self.table
-        rows = range(len(table)) if self.rows is None else self.rows
-        ids = [table.ids[r] for r in rows if table.state[r] in _TERMINAL_CODES]
+        self._collect_ended(self.flt, self.total)
+
+    @work(thread=True, exclusive=True, group="collect")
+    def _collect_ended(self, flt: Filter, shown: int | None) -> None:
+        """Read the ids of the ended events passing the filter, off the UI thread."""
+        ids = list(ended_ids(self.spool.journal, flt))
+        self.call_from_thread(self._confirm_many, ids, shown)
+
+    def _confirm_many(self, ids: list[str], shown: int | None) -> None:
         if not ids:
             self.notify(
                 "the filter shows no ended event", title="cannot re-invoke", severity="error"
             )
             return
-        shown = len(rows)
 
         def confirmed(yes: bool | None) -> None:
             if yes:
                 self._reinvoke_many(ids)
 
-        body = f"{len(ids):,} ended events of the {shown:,} shown run again as new events."
+        of = f" of the {shown:,} shown" if shown is not None else ""
+        body = f"{len(ids):,} ended events{of} run again as new events."
         self.push_screen(Confirm(f"Re-invoke {len(ids):,} events?", body, "re-invoke"), confirmed)
 
     @work(thread=True, exclusive=True, group="bulk")
@@ -405,7 +420,7 @@ class FnspoolApp(App[None]):
 
     @work(thread=True, group="copy")
     def _load_and_copy(self, event_id: str) -> None:
-        event = load_event(self.spool.journal, event_id)
+        event = EventReads(self.spool.journal).get(event_id)
         if event is None:
             self.call_from_thread(self.notify, f"no event {event_id}", severity="error")
         else:
@@ -417,27 +432,29 @@ class FnspoolApp(App[None]):
 
     def action_open_log(self) -> None:
         """Open the current event's whole log, followed while it runs."""
-        event_id = self.current_event()
-        row = self.table.row_of.get(event_id) if event_id else None
-        if event_id is None or row is None:
-            return
+        screen = self.screen
+        if isinstance(screen, DetailScreen) and screen.event is not None:
+            event_id, function, state = screen.event_id, screen.event.function, screen.event.state
+        else:
+            lists = screen.query(EventList)
+            row = lists.first().selected if lists else None
+            if row is None:
+                return
+            event_id, function, state = row.id, row.function, row.state
         try:
-            path = event_log_path(self.spool.logs, self.table.function(row), event_id)
+            path = event_log_path(self.spool.logs, function, event_id)
         except BadId as exc:
             self.notify(escape(f"no log: {exc}"), severity="error")
             return
-
-        def live() -> bool:
-            current = self.table.row_of.get(event_id)
-            return current is not None and self.table.state[current] not in _TERMINAL_CODES
+        self.watched[event_id] = state
 
         def event() -> Event | None:  # in the log's worker, each time before its file
             screen = self.screen_stack[-2] if len(self.screen_stack) > 1 else None
             if isinstance(screen, DetailScreen) and screen.event_id == event_id:
                 return screen.event
-            return load_event(self.spool.journal, event_id)
+            return EventReads(self.spool.journal).get(event_id)
 
-        self.push_screen(LogScreen(path, live, event))
+        self.push_screen(LogScreen(path, lambda: not self.watched[event_id].terminal, event))
 
     def action_functions(self) -> None:
         """The functions and their instances."""

@@ -1,7 +1,8 @@
 """One event in full: the transition timeline, attempts, payload, result or error, and its log.
 
-The event is read in a worker (`index.load_event`), then kept current with the records the
-journal tail hands the app; the log is followed in a worker while the event runs.
+The event is read in a worker (`EventReads.get`: the index and the journal after it), then kept
+current with the records the reader hands the app; the log is followed in a worker while the event
+runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from textual.worker import get_current_worker
 
 from daemon.eventlog import LogReader
 from daemon.ids import BadId
-from daemon.index import load_event
 from daemon.logfiles import event_log_path
 from daemon.model import (
     Event,
@@ -36,6 +36,7 @@ from daemon.model import (
     apply,
     has_raw,
 )
+from daemon.reads import EventReads
 from tui.format import duration, stamp, state_markup
 
 LOG_POLL = 0.2
@@ -230,7 +231,7 @@ class DetailScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="detail-load")
     def load(self) -> None:
         """Read the event off the UI thread."""
-        event = load_event(self.journal_dir, self.event_id)
+        event = EventReads(self.journal_dir).get(self.event_id)
         self.app.call_from_thread(self._loaded, event)
 
     def _loaded(self, event: Event | None) -> None:

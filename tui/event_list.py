@@ -1,14 +1,14 @@
-"""The event list: a Line-API scroll view that renders only the visible rows of a filtered index.
+"""The event list: a Line-API scroll view over a window of the filtered list.
 
-Rows come from an `EventTable` (one row per event, in enqueue order) through an optional array of
-the row numbers that pass the filter; the newest is shown first. Nothing here is O(events) per
-frame: a repaint renders the lines on screen, a live batch touches the rows it changed.
+The list may hold millions of events; the view holds only the window the reader sent
+(tui/reader.py): the rows from `start` around what is on screen, and the total. Scrolling past the
+window asks the reader for another (`Show`), and rows not there yet show as a placeholder. Live
+changes come as new windows, moved by what arrived above the selection, so the selected event
+stays where it is on screen.
 """
 
 from __future__ import annotations
 
-from array import array
-from bisect import bisect_left
 from dataclasses import dataclass
 
 from rich.segment import Segment
@@ -21,9 +21,11 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from daemon.index import EventTable
+from daemon.eventdb import Key
 from daemon.model import State
 from tui.format import clock, duration, state_class
+from tui.overlay import Row
+from tui.reader import Show, WindowRead
 
 #: (title, width) of the fixed columns; the error takes what is left
 COLUMNS = (
@@ -72,10 +74,7 @@ class EventList(ScrollView, can_focus=True):
     class Opened(Message):
         """Enter on an event."""
 
-        event_id: str
-
-    class Ready(Message):
-        """The list is mounted: give it the rows."""
+        row: Row
 
     @dataclass
     class FollowChanged(Message):
@@ -85,61 +84,90 @@ class EventList(ScrollView, can_focus=True):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.table = EventTable()
-        self.rows: array[int] | None = None  # ascending row numbers passing the filter; None: all
-        self.cursor = 0  # position in display order (0 = newest)
-        self.selected_id: str | None = None
+        self.generation = 0  # of the filter shown
+        self.request = 0  # the last window asked for
+        self.start = 0  # the window: rows from position `start`
+        self.rows: list[Row] = []
+        self.total: int | None = None  # None while the filter is being counted
+        self.loaded = False  # a window of this filter arrived
+        self.cursor = 0  # position of the selection (0 = newest)
+        self.selected: Row | None = None
         self.empty_text = ""  # what an empty list says
         self.id_width = 36
+        self._asked: tuple[object, ...] | None = None
+        self._waiting = False  # the last window asked for has not come yet
 
     # -- the data --------------------------------------------------------------------------
 
     @property
     def count(self) -> int:
-        """Rows shown."""
-        return len(self.table) if self.rows is None else len(self.rows)
+        """Rows in the list (those known so far while it is being counted)."""
+        if self.total is not None:
+            return self.total
+        return self.start + len(self.rows) + (1 if self.rows else 0)
 
-    def row_at(self, index: int) -> int:
-        """The table row shown at display position `index` (0 = newest)."""
-        if self.rows is None:
-            return len(self.table) - 1 - index
-        return self.rows[len(self.rows) - 1 - index]
+    @property
+    def selected_id(self) -> str | None:
+        """The selected event's id."""
+        return self.selected.id if self.selected is not None else None
 
-    def index_of(self, row: int) -> int | None:
-        """The display position of table row `row`, or None when it is filtered out."""
-        if self.rows is None:
-            return len(self.table) - 1 - row if 0 <= row < len(self.table) else None
-        pos = bisect_left(self.rows, row)
-        if pos < len(self.rows) and self.rows[pos] == row:
-            return len(self.rows) - 1 - pos
-        return None
+    def row_at(self, index: int) -> Row | None:
+        """The row at position `index` (0 = newest), when it is in the window."""
+        offset = index - self.start
+        return self.rows[offset] if 0 <= offset < len(self.rows) else None
 
-    def show(self, table: EventTable, rows: array[int] | None) -> None:
-        """Show `rows` of `table` (after a load, a filter or a live batch), keeping the cursor."""
-        if not table.complete:
-            self.empty_text = "  reading the journal…"
-        elif rows is not None:
-            self.empty_text = "  no event matches the filter (esc clears it)"
-        else:
-            self.empty_text = (
-                "  no events yet: drop a JSON file into incoming/NAME/, or run"
-                " `fnspool invoke NAME --payload '{...}'`"
-            )
-        old_cursor = self.cursor
-        self.table, self.rows = table, rows
+    def reset(self, generation: int, empty_text: str) -> None:
+        """A new filter: nothing known until the reader's first window."""
+        self.generation, self.empty_text = generation, empty_text
+        self.start, self.rows, self.total, self.loaded = 0, [], None, False
+        self.selected, self.cursor = None, 0
+        self.follow = True
+        self._place(0, scroll=True)
+        self.scroll_to(y=0, animate=False, immediate=True)
+        self.ask(force=True)
+
+    def took(self, window: WindowRead) -> None:
+        """A window from the reader (an answer, or the list moved by live changes). Every
+        window of this filter is taken, in order: its rows are the list as it is now."""
+        if window.generation != self.generation:
+            return
+        latest = window.request >= self.request  # else the view moved since it asked
+        self.start, self.rows, self.total = window.start, window.rows, window.total
+        self.loaded = True
+        self._waiting = self._waiting and not latest
         self._resize_virtual()
-        if self.follow or self.count == 0:
+        if self.follow:
             self._place(0, scroll=True)
         else:
-            row = table.row_of.get(self.selected_id) if self.selected_id else None
-            index = self.index_of(row) if row is not None else None
-            if index is None:
-                self._place(min(old_cursor, self.count - 1), scroll=True)
-            else:
-                # keep the selected event where it is on screen while newer rows arrive above it
-                self.scroll_to(y=self.scroll_y + index - old_cursor, animate=False, immediate=True)
-                self._place(index, scroll=True)
+            if window.shift:
+                self.scroll_to(y=self.scroll_y + window.shift, animate=False, immediate=True)
+            at = window.cursor if latest and window.cursor is not None else None
+            at = self.cursor + window.shift if at is None else at
+            self._place(min(at, max(0, self.count - 1)), scroll=True)
         self.refresh()
+
+    def ask(self, force: bool = False, bottom: bool = False) -> None:
+        """Ask for the window around what is on screen, unless it is held already."""
+        height = max(1, self.scrollable_content_region.height - 1)
+        top = int(self.scroll_y)
+        key: Key | None = self.selected.key if self.selected is not None else None
+        wanted = (top, height, key, self.follow, bottom)
+        covered = self.start <= top and top + height <= self.start + len(self.rows)
+        ends = self.total is not None and self.start + len(self.rows) >= self.total
+        if not force and wanted == self._asked and (self._waiting or covered or ends):
+            return  # held already, or asked for and on its way
+        self._asked, self._waiting = wanted, True
+        self.request += 1
+        show = Show(
+            generation=self.generation,
+            request=self.request,
+            start=max(0, top - height),
+            count=3 * height,
+            cursor=key,
+            follow=self.follow,
+            bottom=bottom,
+        )
+        self.app.want(show)  # type: ignore[attr-defined]  # straight to the reader: thread-safe
 
     def _resize_virtual(self) -> None:
         room = self.scrollable_content_region.width
@@ -148,14 +176,15 @@ class EventList(ScrollView, can_focus=True):
         self.virtual_size = Size(width, self.count + 1)
 
     def on_mount(self) -> None:
-        self.post_message(self.Ready())
+        self.ask(force=True)
 
     def on_resize(self) -> None:
         self._resize_virtual()
+        self.ask()
 
     def _place(self, index: int, scroll: bool) -> None:
         self.cursor = max(0, min(index, self.count - 1))
-        self.selected_id = self.table.ids[self.row_at(self.cursor)] if self.count else None
+        self.selected = self.row_at(self.cursor)
         if scroll:
             self._scroll_cursor_into_view()
 
@@ -168,9 +197,10 @@ class EventList(ScrollView, can_focus=True):
             self.scroll_to(y=self.cursor - height + 1, animate=False, immediate=True)
 
     def move_to(self, index: int) -> None:
-        """Put the cursor on display position `index`; leaving the top ends follow mode."""
+        """Put the cursor on position `index`; leaving the top ends follow mode."""
         self._place(index, scroll=True)
         self.follow = self.cursor == 0 and self.follow
+        self.ask()
         self.refresh()
 
     # -- actions ---------------------------------------------------------------------------
@@ -188,18 +218,22 @@ class EventList(ScrollView, can_focus=True):
         self.move_to(0)
 
     def action_bottom(self) -> None:
-        """The oldest event."""
-        self.move_to(self.count - 1)
+        """The oldest event (once the list is counted)."""
+        self.follow = False
+        if self.total is not None:
+            self.move_to(self.total - 1)
+        self.ask(force=True, bottom=self.total is None)
 
     def action_open(self) -> None:
         """Open the selected event."""
-        if self.selected_id is not None:
-            self.post_message(self.Opened(self.selected_id))
+        if self.selected is not None:
+            self.post_message(self.Opened(self.selected))
 
     def watch_follow(self, follow: bool) -> None:
         if follow:
             self._place(0, scroll=True)
             self.scroll_to(y=0, animate=False, immediate=True)
+            self.ask()
             self.refresh()
         self.post_message(self.FollowChanged(follow))
 
@@ -207,6 +241,7 @@ class EventList(ScrollView, can_focus=True):
         super().watch_scroll_y(old_value, new_value)
         if new_value > 0 and self.follow:
             self.follow = False  # the user scrolled away from the newest, as toolong's tail
+        self.ask()
 
     def on_click(self, event: events.Click) -> None:
         if event.y >= 1:
@@ -226,11 +261,14 @@ class EventList(ScrollView, can_focus=True):
             index = int(self.scroll_y) + y - 1
             if index >= self.count:
                 if self.count == 0 and y == 2:
-                    return Strip([Segment(self.empty_text, self._style("muted"))]).crop_extend(
-                        0, width, base
-                    )
+                    text = self.empty_text if self.loaded else "  reading the journal…"
+                    return Strip([Segment(text, self._style("muted"))]).crop_extend(0, width, base)
                 return Strip.blank(width, base)
-            strip = self._line(self.row_at(index))
+            row = self.row_at(index)
+            if row is None:
+                self.ask()
+                return Strip([Segment("  …", self._style("muted"))]).crop_extend(0, width, base)
+            strip = self._line(row)
             if index == self.cursor:
                 strip = strip.apply_style(self._style("cursor"))
         return strip.crop_extend(scroll_x, scroll_x + width, base)
@@ -251,19 +289,19 @@ class EventList(ScrollView, can_focus=True):
         )
         return Strip([Segment(f"{text}{_GAP}ERROR", self._style("header"))])
 
-    def _line(self, row: int) -> Strip:
-        t = self.table
-        state = t.state_of(row)
+    def _line(self, row: Row) -> Strip:
         muted = self._style("muted")
-        error = t.errors.get(row, "") if state is not State.SUCCEEDED else ""
+        error = ""
+        if row.error is not None and row.state is not State.SUCCEEDED:
+            error = f"{row.error.type}: {row.error.message}"
         return Strip(
             [
-                Segment(_cell(t.ids[row], self.id_width) + _GAP),
-                Segment(_cell(t.function(row), 14) + _GAP),
-                Segment(_cell(state.value, 10), self._style(state_class(state))),
-                Segment(_GAP + _cell(str(t.attempts[row]), 3, right=True) + _GAP),
-                Segment(_cell(clock(t.enqueued[row]), 14) + _GAP, muted),
-                Segment(_cell(duration(t.duration[row]), 9, right=True) + _GAP),
+                Segment(_cell(row.id, self.id_width) + _GAP),
+                Segment(_cell(row.function, 14) + _GAP),
+                Segment(_cell(row.state.value, 10), self._style(state_class(row.state))),
+                Segment(_GAP + _cell(str(row.attempts), 3, right=True) + _GAP),
+                Segment(_cell(clock(row.enqueued_at), 14) + _GAP, muted),
+                Segment(_cell(duration(row.duration_ms), 9, right=True) + _GAP),
                 Segment(_cell(error.replace("\n", " "), self._error_width()), self._style("error")),
             ]
         )

@@ -9,8 +9,9 @@ import time
 from rich.text import Text
 from textual.markup import escape
 
-from daemon.index import STATES
 from daemon.model import State
+
+STATES: tuple[State, ...] = tuple(State)
 
 
 def state_class(state: State) -> str:
@@ -80,8 +81,17 @@ def age(since: float | None, now: float | None = None) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
+def by_state(counts: dict[tuple[str, State], int], function: str | None = None) -> list[int]:
+    """Counts per (function, state) summed per state, in STATES order (of one function or all)."""
+    totals = dict.fromkeys(STATES, 0)
+    for (name, state), n in counts.items():
+        if function is None or name == function:
+            totals[state] += n
+    return [totals[s] for s in STATES]
+
+
 def counts_markup(counts: list[int], *, all_states: bool = False) -> str:
-    """Counts per state code, each state in its colour (states with none left out)."""
+    """Counts in STATES order, each state in its colour (states with none left out)."""
     parts = [
         f"{state_markup(state)} {count:,}"
         for state, count in zip(STATES, counts, strict=True)

@@ -11,8 +11,8 @@ from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from daemon.index import STATES, EventTable
-from tui.format import STATE_COLOUR, age, rich_text
+from daemon.model import State
+from tui.format import STATE_COLOUR, STATES, age, by_state, rich_text
 from tui.header import StatusLine
 from tui.tail import DaemonStatus
 
@@ -78,20 +78,20 @@ class FunctionsScreen(Screen[None]):
     def refresh_tables(self) -> None:
         """Show the counts and instances as they are now."""
         app = self.app
-        table: EventTable = app.table  # type: ignore[attr-defined]
+        counts: dict[tuple[str, State], int] = app.counts  # type: ignore[attr-defined]
         status: DaemonStatus = app.status  # type: ignore[attr-defined]
-        self._fill_functions(table, status)
+        self._fill_functions(counts, status)
         self._fill_instances(status)
 
-    def _fill_functions(self, table: EventTable, status: DaemonStatus) -> None:
+    def _fill_functions(self, counts: dict[tuple[str, State], int], status: DaemonStatus) -> None:
         grid = self.query_one("#functions", DataTable)
         names = {f.name: f for f in status.functions}
-        for name in table.functions:
+        for name, _state in counts:
             names.setdefault(name, None)  # type: ignore[arg-type]
         rows = []
         for name in sorted(names):
             info = names[name]
-            counts = table.function_counts(name)
+            per_state = by_state(counts, name)
             instances = status.instances.get(name, [])
             if info is None:
                 runtime, limit, definition = "", "", "[$warning]no definition file[/]"
@@ -106,7 +106,7 @@ class FunctionsScreen(Screen[None]):
                 f"[$error]{n:,}[/]"
                 if n and state.value in ("Failed", "Expired", "Invalid")
                 else (f"[{STATE_COLOUR[state]}]{n:,}[/]" if n else "[$text-muted]·[/]")
-                for state, n in zip(STATES, counts, strict=True)
+                for state, n in zip(STATES, per_state, strict=True)
             ]
             rows.append((name, runtime, f"{len(instances)}{limit}", *cells, definition))
         self._replace(grid, rows)

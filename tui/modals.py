@@ -12,10 +12,9 @@ from textual.widgets import Input, Label, OptionList, SelectionList, Static
 from textual.widgets.option_list import Option
 from textual.widgets.selection_list import Selection
 
-from daemon.index import STATES
 from daemon.model import State
 from daemon.query import parse_time
-from tui.format import state_markup
+from tui.format import STATES, state_markup
 
 
 @dataclass
