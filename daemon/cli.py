@@ -82,14 +82,15 @@ class _Version(argparse.Action):
 
 
 def _parser() -> argparse.ArgumentParser:
+    spool_help = "the spool (default: $FNSPOOL_SPOOL or ./spool)"
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--spool", metavar="DIR", help="the spool (default: $FNSPOOL_SPOOL or ./spool)"
-    )
+    # before or after the command; SUPPRESS: an absent one here keeps the one given before
+    common.add_argument("--spool", metavar="DIR", default=argparse.SUPPRESS, help=spool_help)
     parser = argparse.ArgumentParser(
         prog="fnspool", description="Stateful asynchronous function invocation on one machine."
     )
     parser.add_argument("--version", action=_Version, help="print the version and exit")
+    parser.add_argument("--spool", metavar="DIR", help=spool_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     daemon = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
@@ -162,6 +163,7 @@ def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
         p.add_argument(
             "--spool",
             metavar="DIR",
+            default=argparse.SUPPRESS,
             help=f"the spool (default: {SYSTEM_SPOOL}, or ~/.local/share/fnspool with --user)",
         )
         p.add_argument("--user", action="store_true", help="for `systemctl --user`")

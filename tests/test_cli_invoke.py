@@ -83,3 +83,19 @@ def test_version():
         [sys.executable, "-m", "daemon", "--version"], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout.startswith("fnspool ")
+
+
+def test_spool_before_or_after_the_command(spool, tmp_path):
+    import subprocess
+    import sys
+
+    def listed(*argv: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "daemon", *argv], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    before = listed("--spool", str(spool), "functions", "list")
+    after = listed("functions", "list", "--spool", str(spool))
+    assert before == after and "echo" in before
