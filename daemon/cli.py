@@ -46,12 +46,16 @@ def _payload_limit(text: str) -> int:
     return value
 
 
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def delay(text: str) -> float:
-    """A delay in seconds: a finite number, 0 or more."""
+    """A delay: seconds, or a number with a unit (90s, 5m, 2h, 1d); finite, 0 or more."""
+    number, unit = text.rstrip("smhd"), text[len(text.rstrip("smhd")) :]
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        value = float(number) * _UNIT[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a delay: {text!r} (30, 90s, 5m, 2h)") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
     return value
@@ -129,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         help="an explicit request id (an idempotency key): 1 to 128 letters, digits, _ . : -",
     )
     invoke.add_argument(
-        "--delay", type=delay, metavar="S", help="run no sooner than S seconds from now"
+        "--delay", type=delay, metavar="T", help="run no sooner than T from now: 30, 90s, 5m, 2h"
     )
     invoke.add_argument("--wait", action="store_true", help="wait until the event ends")
     invoke.add_argument("--json", action="store_true")

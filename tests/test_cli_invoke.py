@@ -99,3 +99,16 @@ def test_spool_before_or_after_the_command(spool, tmp_path):
     before = listed("--spool", str(spool), "functions", "list")
     after = listed("functions", "list", "--spool", str(spool))
     assert before == after and "echo" in before
+
+
+def test_a_delay_takes_units():
+    import argparse
+
+    import pytest
+
+    from daemon.cli import delay
+
+    assert [delay(t) for t in ("30", "90s", "5m", "2h", "1.5d")] == [30, 90, 300, 7200, 129600]
+    for bad in ("-1", "5x", "inf", "nan", "m", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            delay(bad)
