@@ -167,10 +167,8 @@ def invoke(args: argparse.Namespace) -> int:
         _print_json({"id": request_id}) if args.json else print(request_id)
         return 0
     event = _wait_for(spool, [request_id], timeout=None)[request_id]
-    if args.json:
-        _print_json(detail(event, spool.logs))
-    else:
-        _print_event(event, spool)
+    view = _full_view(event, spool)
+    _print_json(view) if args.json else _print_event(event, view)
     return 0 if event.state is State.SUCCEEDED else 1
 
 
@@ -287,18 +285,55 @@ def events_list(args: argparse.Namespace) -> int:
 
 
 def events_get(args: argparse.Namespace) -> int:
-    """Show one event: state, attempts, history, payload, result or error."""
+    """Show one event: state, attempts, history, payload, result or error, destination."""
     spool = _spool(args)
     event = _find(_reads(spool), args.id)
-    if args.json:
-        _print_json(detail(event, spool.logs))
-    else:
-        _print_event(event, spool)
+    view = _full_view(event, spool)
+    _print_json(view) if args.json else _print_event(event, view)
     return 0
 
 
-def _print_event(event: Event, spool: Spool) -> None:
-    view = detail(event, spool.logs)
+def _full_view(event: Event, spool: Spool) -> dict[str, Any]:
+    """An event as `events get` shows it: the detail and its destination record's delivery."""
+    return {**detail(event, spool.logs), "destination": _destination(event, spool)}
+
+
+def _destination(event: Event, spool: Spool) -> dict[str, Any] | None:
+    """Whether and where the event's destination record went; None when it owes none."""
+    if event.delivery is not None:
+        d = event.delivery
+        return {"delivered": True, "to": d.destination, "record": d.target,
+                "condition": d.condition, "at": iso(d.at)}  # fmt: skip
+    if event.delivered:  # journaled before deliveries said where
+        return {"delivered": True, "to": None, "record": None, "condition": None, "at": None}
+    if not event.ended:
+        return None
+    from daemon.destinations import owed_destination
+    from daemon.fcrecord import condition_of
+    from daemon.functions import load_function
+
+    try:  # as the daemon does: a function it cannot load has the default destinations
+        definition = load_function(spool.functions / f"{event.function}.toml")
+    except (ValueError, OSError):
+        definition = None
+    to = owed_destination(definition, event)
+    if not to:
+        return None
+    return {"delivered": False, "to": to, "record": None, "condition": condition_of(event),
+            "at": None}  # fmt: skip
+
+
+def _destination_text(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "none"
+    if not d["delivered"]:
+        return f"not delivered yet: to {d['to']} ({d['condition']})"
+    if d["to"] is None:
+        return "delivered"
+    return f"delivered to {d['record'] or d['to']} ({d['condition']}) at {d['at']}"
+
+
+def _print_event(event: Event, view: dict[str, Any]) -> None:
     for key in (
         "id",
         "function",
@@ -318,6 +353,8 @@ def _print_event(event: Event, spool: Spool) -> None:
         print(f"{'result:':13} {json.dumps(view['result'])}")
     if view["error"]:
         print(f"{'error:':13} {_error_text(view['error'])}")
+    if view["state"] in {s.value for s in State if s.terminal}:
+        print(f"{'destination:':13} {_destination_text(view['destination'])}")
     print("history:")
     for h in view["history"]:
         extra = " ".join(f"{k}={h[k]}" for k in ("reason", "instance") if k in h)

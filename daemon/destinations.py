@@ -1,4 +1,4 @@
-"""Destinations: one record per ended event (FC/Lambda shape), delivered exactly once.
+"""Destinations: one record per ended event (daemon/fcrecord.py), delivered exactly once.
 
 A record goes out only after the event's terminal state is durable. Delivery is idempotent (a
 folder record is never rewritten, a `function:OTHER` event has an id derived from the event's),
@@ -17,29 +17,20 @@ from typing import Any
 import msgspec
 
 from daemon.atomic import write_durable
-from daemon.functions import DAEMON_FOLDERS, AsyncConfig, Catalog
+from daemon.fcrecord import build_record, condition_of, encode_within
+from daemon.functions import DAEMON_FOLDERS, AsyncConfig, Catalog, FunctionDef
 from daemon.ids import check_id, derived_id
-from daemon.limits import MAX_VALUE_BYTES
-from daemon.model import Event, Source, State, has_raw
-from daemon.query import iso
+from daemon.model import Event, Source, State
 from daemon.text import printable
 
 log = logging.getLogger(__name__)
 
 FUNCTION_PREFIX = "function:"
 
-CONDITIONS = {
-    State.SUCCEEDED: "Success",
-    State.FAILED: "RetriesExhausted",
-    State.EXPIRED: "EventAgeExceeded",
-    State.INVALID: "Invalid",
-    State.STOPPED: "Stopped",
-}
-
 #: enqueues an event: (function, payload, request id, source) -> whether it was new
 Enqueue = Callable[[str, msgspec.Raw, str, Source], bool]
-#: journals a delivery: (event, destination, condition)
-MarkDelivered = Callable[[Event, str, str], None]
+#: journals a delivery: (event, destination, condition, target: the file or the new event's id)
+MarkDelivered = Callable[[Event, str, str, str], None]
 
 
 def destination_of(config: AsyncConfig, event: Event) -> str:
@@ -47,43 +38,17 @@ def destination_of(config: AsyncConfig, event: Event) -> str:
     return config.on_success if event.state is State.SUCCEEDED else config.on_failure
 
 
-def build_record(event: Event) -> dict[str, Any]:
-    """The destination record of an ended event, in Function Compute's and Lambda's shape."""
-    ok = event.state is State.SUCCEEDED
-    error = msgspec.to_builtins(event.error) if event.error is not None else None
-    result = msgspec.json.decode(event.result) if has_raw(event.result) else None
-    return {
-        "version": "1.0",
-        "timestamp": iso(event.ended_at),
-        "requestContext": {
-            "requestId": event.id,
-            "functionArn": f"fnspool:function:{event.function}",
-            "condition": CONDITIONS.get(event.state, event.state.value),
-            "approximateInvokeCount": event.attempts,
-        },
-        "requestPayload": msgspec.json.decode(event.payload),
-        "responseContext": {
-            "statusCode": 200 if ok else 500,
-            "functionError": None if ok else (error or {}).get("type", "Unhandled"),
-        },
-        "responsePayload": result if ok or result is not None else error,
-    }
-
-
-def encode_within(record: dict[str, Any], limit: int = MAX_VALUE_BYTES) -> bytes:
-    """The record as JSON, at most `limit` bytes where it can be: over it, its payloads (the larger
-    first) become null, and `truncated` gives their sizes (the event itself keeps them whole)."""
-    data = msgspec.json.encode(record)
-    if len(data) <= limit:
-        return data
-    sizes = {k: len(msgspec.json.encode(record[k])) for k in ("requestPayload", "responsePayload")}
-    record = {**record, "truncated": {}}
-    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
-        record[key], record["truncated"][key] = None, sizes[key]
-        data = msgspec.json.encode(record)
-        if len(data) <= limit:
-            break
-    return data
+def owed_destination(definition: FunctionDef | None, event: Event) -> str:
+    """Where an ended event's record is to go under its function's definition ("" for nowhere)."""
+    config = definition.async_ if definition is not None else AsyncConfig()
+    destination = destination_of(config, event)
+    if (
+        destination.startswith(FUNCTION_PREFIX)
+        and event.source
+        and event.source.via == "destination"
+    ):
+        return ""  # a destination event is never forwarded again: no loops between functions
+    return destination
 
 
 def folder_in_spool(root: Path, destination: str) -> Path:
@@ -160,16 +125,7 @@ class Destinations:
                 continue
 
     def _destination(self, event: Event) -> str:
-        definition = self._catalog().functions.get(event.function)
-        config = definition.async_ if definition is not None else AsyncConfig()
-        destination = destination_of(config, event)
-        if (
-            destination.startswith(FUNCTION_PREFIX)
-            and event.source
-            and event.source.via == ("destination")
-        ):
-            return ""  # a destination event is never forwarded again: no loops between functions
-        return destination
+        return owed_destination(self._catalog().functions.get(event.function), event)
 
     async def _deliver_pending(self) -> None:
         while self._pending:
@@ -189,18 +145,18 @@ class Destinations:
 
     async def _deliver(self, event: Event) -> None:
         destination = self._destination(event)
-        condition = CONDITIONS.get(event.state, event.state.value)
+        condition = condition_of(event)
         if destination.startswith(FUNCTION_PREFIX):
             # the record becomes an event's payload, journaled: held to the limit of a payload
             record = encode_within(build_record(event))
             function = destination.removeprefix(FUNCTION_PREFIX)
-            source = Source(via="destination")
-            request_id = derived_id(event.id, condition)
-            self._enqueue(function, msgspec.Raw(record), request_id, source)
+            target = derived_id(event.id, condition)
+            self._enqueue(function, msgspec.Raw(record), target, Source(via="destination"))
         else:
             record = msgspec.json.encode(build_record(event))
             folder = folder_in_spool(self.root, destination)
             name = f"{check_id(event.id)}.json"
             await asyncio.to_thread(write_once, folder, name, record + b"\n")
-        self._mark(event, destination, condition)
-        log.info("event %s: %s record delivered to %s", event.id, condition, destination)
+            target = str((folder / name).relative_to(self.root.resolve()))
+        self._mark(event, destination, condition, target)
+        log.info("event %s: %s record delivered to %s", event.id, condition, target)

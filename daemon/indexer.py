@@ -33,7 +33,15 @@ from daemon.journal import (
     read_snapshot,
 )
 from daemon.logsetup import log_to_stderr
-from daemon.model import Delivered, Event, IllegalTransition, JournalRecord, Transition, apply
+from daemon.model import (
+    Delivered,
+    Event,
+    IllegalTransition,
+    JournalRecord,
+    Transition,
+    apply,
+    mark_delivered,
+)
 
 log = logging.getLogger("daemon.indexer")
 
@@ -148,7 +156,7 @@ class Indexer:
                     continue
                 changed[event.id] = self.live[event.id] = event
             elif isinstance(rec, Delivered) and (event := known.get(rec.id)) is not None:
-                event.delivered = True
+                mark_delivered(event, rec)
                 changed[event.id] = event
         return changed, placed
 

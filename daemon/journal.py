@@ -22,7 +22,15 @@ from typing import TypeVar
 import msgspec
 
 from daemon.atomic import fsync_dir
-from daemon.model import Delivered, Event, IllegalTransition, JournalRecord, Transition, apply
+from daemon.model import (
+    Delivered,
+    Event,
+    IllegalTransition,
+    JournalRecord,
+    Transition,
+    apply,
+    mark_delivered,
+)
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +445,7 @@ def fold(state: JournalState, rec: JournalRecord) -> bool:
     elif isinstance(rec, Delivered):
         delivered = state.events.get(rec.id)
         if delivered is not None:
-            delivered.delivered = True
+            mark_delivered(delivered, rec)
     return True
 
 

@@ -190,7 +190,8 @@ class Delivered(Record, tag="delivered", frozen=True):
 
     id: str
     destination: str  # a folder relative to the spool, or function:NAME
-    condition: str  # Success | RetriesExhausted | EventAgeExceeded | Invalid | Stopped
+    condition: str  # see CONDITIONS in daemon/destinations.py
+    target: str | None = None  # the record's file (relative to the spool), or the event it became
 
 
 JournalRecord = Transition | HookRun | Request | Delivered
@@ -206,6 +207,15 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     instance: str | None = None
     error: ErrorInfo | None = None
     usage: Usage | None = None
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where and when an ended event's destination record went (from its Delivered record)."""
+
+    destination: str
+    condition: str
+    at: float
+    target: str | None = None
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -228,6 +238,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
     seq: int = 0  # the last record applied
     delivered: bool = False  # its destination record is written (see Delivered)
+    delivery: Delivery | None = None  # where it went (None in records older than this field)
 
     @property
     def ended(self) -> bool:
@@ -253,6 +264,14 @@ def apply(events: dict[str, Event], rec: Transition) -> Event:
         events[rec.id] = event
     _fold(event, rec)
     return event
+
+
+def mark_delivered(event: Event, rec: Delivered) -> None:
+    """Fold a Delivered record into its event."""
+    event.delivered = True
+    event.delivery = Delivery(
+        destination=rec.destination, condition=rec.condition, at=rec.at, target=rec.target
+    )
 
 
 def _fold(event: Event, rec: Transition) -> None:

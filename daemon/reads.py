@@ -24,7 +24,7 @@ from daemon.journal import (
     JournalTail,
     Outrun,
 )
-from daemon.model import Delivered, Event, IllegalTransition, Transition, apply
+from daemon.model import Delivered, Event, IllegalTransition, Transition, apply, mark_delivered
 from daemon.query import Filter
 
 _ATTEMPTS = 3  # reads raced by a compaction are tried again from a fresh cursor
@@ -66,7 +66,7 @@ class Following:
                 except IllegalTransition:
                     continue  # gone by retention, or damage the daemon reports
             elif isinstance(rec, Delivered) and (event := known.get(rec.id)) is not None:
-                event.delivered = True
+                mark_delivered(event, rec)
                 self.events[rec.id] = event
         return Tail(self.events, self._journal.cursor, self.damages)
 

@@ -44,6 +44,7 @@ from daemon.model import (
     Usage,
     apply,
     check_transition,
+    mark_delivered,
 )
 
 log = logging.getLogger(__name__)
@@ -192,12 +193,15 @@ class Store:
         """Journal a record that changes no event (a hook run, a control request)."""
         return self.writer.append(rec)
 
-    def mark_delivered(self, event: Event, destination: str, condition: str) -> None:
-        """Journal that the event's destination record was delivered."""
-        self.note(
-            Delivered(at=time.time(), id=event.id, destination=destination, condition=condition)
+    def mark_delivered(
+        self, event: Event, destination: str, condition: str, target: str | None = None
+    ) -> None:
+        """Journal that the event's destination record was delivered (to `target`)."""
+        rec = Delivered(
+            at=time.time(), id=event.id, destination=destination, condition=condition, target=target
         )
-        event.delivered = True
+        self.note(rec)
+        mark_delivered(event, rec)
 
     async def sync(self, upto: int | None = None) -> None:
         """Wait until every change so far (or up to record `upto`) is durable."""

@@ -59,7 +59,8 @@ def test_forced_stop_runs_prestop_beside_the_handler_then_kills(spool, daemon):
     dead = spool / "destinations" / "dead-letter" / f"{ev['id']}.json"
     record = json.loads(wait_for(lambda: dead.exists() and dead.read_text(), what="dead letter"))
     assert record["requestContext"]["condition"] == "Stopped"
-    assert record["requestPayload"] == {"sleep": 30}
+    assert json.loads(record["requestPayload"]) == {"sleep": 30}
+    assert json.loads(record["responsePayload"]) == {"errorMessage": "stopped by request"}
 
 
 def test_graceful_stop_keeps_the_handlers_return_value(spool, daemon):
@@ -187,19 +188,21 @@ def test_destinations_success_folder_dead_letter_and_function(spool, daemon):
         "condition": "Success",
         "approximateInvokeCount": 1,
     }
-    assert record["responseContext"] == {"statusCode": 200, "functionError": None}
-    assert record["requestPayload"] == {"sleep": 0} and "pid" in record["responsePayload"]
-    assert record["timestamp"].endswith("Z")
+    assert record["responseContext"] == {"statusCode": 200}
+    assert json.loads(record["requestPayload"]) == {"sleep": 0}
+    assert "pid" in json.loads(record["responsePayload"])
+    assert isinstance(record["timestamp"], int)
 
     drop(spool, "relay", "r.json", {"sleep": 0})
     relayed = wait_for(lambda: newest(spool, "collector"), what="the collector's event")
     failed = newest(spool, "relay")
-    assert relayed["id"] == f"{failed['id']}-RetriesExhausted"
+    assert relayed["id"] == f"{failed['id']}-UnhandledInvocationError"
     wait_for(lambda: state_of(spool, relayed["id"]) == "Succeeded", what="the collector")
     got = event(spool, relayed["id"])["result"]
-    assert got["requestContext"]["condition"] == "RetriesExhausted"
-    assert got["responseContext"]["functionError"] == "RuntimeError"
-    assert got["responsePayload"]["message"] == "failed on attempt 1"
+    assert got["requestContext"]["condition"] == "UnhandledInvocationError"
+    assert got["responseContext"]["functionError"] == "UnhandledInvocationError"
+    assert got["fnspool"]["error"]["type"] == "RuntimeError"
+    assert json.loads(got["responsePayload"]) == {"errorMessage": "failed on attempt 1"}
 
 
 def test_undelivered_records_are_delivered_once_after_a_restart(spool, daemon):
@@ -306,10 +309,13 @@ def test_retries_exhausted_after_three_attempts_with_one_dead_letter(spool, daem
     assert set(record) >= {
         "timestamp", "requestContext", "requestPayload", "responseContext", "responsePayload",
     }  # fmt: skip
-    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["condition"] == "UnhandledInvocationError"
     assert record["requestContext"]["approximateInvokeCount"] == 3
-    assert record["responseContext"] == {"statusCode": 500, "functionError": "RuntimeError"}
-    assert record["requestPayload"] == {"n": 1}
+    assert record["responseContext"] == {
+        "statusCode": 200, "functionError": "UnhandledInvocationError",
+    }  # fmt: skip
+    assert json.loads(record["requestPayload"]) == {"n": 1}
+    assert [a["error_type"] for a in record["fnspool"]["attempts"]] == ["RuntimeError"] * 3
 
 
 def test_an_event_expires_while_the_only_instance_is_busy(spool, daemon):

@@ -18,7 +18,7 @@ def _failed(i: int) -> Event:
 
 
 def _destinations(root: Path, sync, delivered: list[str]) -> Destinations:
-    def mark(event: Event, destination: str, condition: str) -> None:
+    def mark(event: Event, destination: str, condition: str, target: str) -> None:
         event.delivered = True
         delivered.append(event.id)
 

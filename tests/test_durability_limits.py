@@ -15,7 +15,7 @@ import pytest
 from conftest import DaemonProcess, drop, events, fnspool, fnspool_json, journal_records, wait_for
 from runtime_helpers import on_uvloop, raw
 
-from daemon.destinations import encode_within
+from daemon.fcrecord import encode_within
 from daemon.functions import FunctionDef
 from daemon.journal import MAX_RECORD_BYTES, encode_record
 from daemon.limits import MAX_ERROR_CHARS, MAX_VALUE_BYTES, bounded_error
@@ -207,15 +207,16 @@ def test_the_largest_record_reads_back():
 
 
 def test_a_destination_record_for_a_function_is_held_to_the_limit():
-    payload, result = {"p": "a" * (5 << 20)}, "b" * (6 << 20)
+    payload, result = json.dumps({"p": "a" * (5 << 20)}), json.dumps("b" * (6 << 20))
     record = {"requestContext": {"requestId": "r"}, "requestPayload": payload,
-              "responsePayload": result}  # fmt: skip
+              "responsePayload": result, "fnspool": {"node": "n"}}  # fmt: skip
     data = encode_within(record)
     assert len(data) <= MAX_VALUE_BYTES
     out = json.loads(data)
-    assert out["responsePayload"] is None and out["requestPayload"] == payload
-    assert out["truncated"] == {"responsePayload": len(result) + 2}
-    small = {"requestPayload": 1, "responsePayload": 2}
+    # FC's fields keep their type (JSON text); what was left out is said under fnspool
+    assert out["responsePayload"] == "null" and out["requestPayload"] == payload
+    assert out["fnspool"] == {"node": "n", "truncated": {"responsePayload": len(result)}}
+    small = {"requestPayload": "1", "responsePayload": "2"}
     assert json.loads(encode_within(small)) == small
 
 

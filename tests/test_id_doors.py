@@ -221,7 +221,7 @@ def test_a_destination_event_of_a_128_character_id_gets_a_valid_id(spool, daemon
         lambda: fnspool_json(spool, "events", "list", "--function", "collector"),
         what="the collector's event",
     )[0]["id"]
-    assert relayed == derived_id(rid, "RetriesExhausted") and check_id(relayed)
+    assert relayed == derived_id(rid, "UnhandledInvocationError") and check_id(relayed)
     done = fnspool_json(spool, "events", "get", relayed)  # the CLI takes it
     assert done["retry_of"] is None and done["function"] == "collector"
 
