@@ -12,8 +12,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from daemon.functions import FunctionDef
 from daemon.heartbeat import InstanceView
+from daemon.model import ErrorInfo
 from daemon.runtimes.base import HookOutcome, Instance, InstanceStartError
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,20 @@ InstanceFactory = Callable[[FunctionDef], Instance]
 HookRecorder = Callable[[Instance, HookOutcome, str | None], None]
 
 RETIRE_SLACK = 5.0  # seconds beyond a PreStop's own timeout before the kill goes ahead anyway
+#: calls of an Initializer answering 4xx on one instance (seed 002: retried on the same instance)
+INIT_CALLS = 3
+INIT_PAUSE = 0.5  # seconds before the second call, doubling
+#: instances tried for one start when the Initializer loses them (a 5xx, a crash, a timeout)
+INIT_INSTANCES = 3
+
+
+def _spent(error: ErrorInfo, calls: int, instances: int) -> ErrorInfo:
+    """The error of an Initializer whose bounded tries are spent, saying how many there were."""
+    tries = [f"{calls} calls"] if calls > 1 else []
+    tries += [f"{instances} instances"] if instances > 1 else []
+    if not tries:
+        return error
+    return msgspec.structs.replace(error, message=f"{error.message} ({', '.join(tries)})")
 
 
 class PoolClosed(Exception):
@@ -132,14 +149,10 @@ class FunctionPool:
         """Start a new instance for a lease that has none (Initializer included); on failure
         the place is freed and InstanceStartError raised. Without an event, the start and the
         Initializer write to the instance's own log."""
-        instance = self._factory(self.definition)
-        log_path = log_path or self._instance_log(instance)
         try:
-            await instance.start(request_id=request_id, log_path=log_path)
-            await self._initialize(instance, request_id, log_path)
+            instance = await self._ready_instance(request_id, log_path)
         except BaseException:
             self._reserved -= 1
-            await instance.stop()
             self._hand_over()
             raise
         self._reserved -= 1
@@ -153,15 +166,47 @@ class FunctionPool:
         self._hand_over()
         return instance
 
+    async def _ready_instance(self, request_id: str | None, log_path: Path | None) -> Instance:
+        """A started instance whose Initializer succeeded. One the Initializer lost (an http
+        5xx, a crash, a timeout) is replaced, up to INIT_INSTANCES in all (seed 002)."""
+        for tried in range(1, INIT_INSTANCES + 1):
+            instance = self._factory(self.definition)
+            path = log_path or self._instance_log(instance)
+            try:
+                await instance.start(request_id=request_id, log_path=path)
+                outcome, calls = await self._initialize(instance, request_id, path)
+            except BaseException:
+                await instance.stop()
+                raise
+            if outcome.ok:
+                return instance
+            await instance.stop()
+            assert outcome.error is not None
+            if not outcome.instance_lost or tried == INIT_INSTANCES:
+                raise InstanceStartError(_spent(outcome.error, calls, tried))
+            log.warning("instance %s of %s: the Initializer lost it (%s): starting another",
+                        instance.id, self.definition.name, outcome.error.message)  # fmt: skip
+        raise AssertionError("unreachable: the last try returns or raises")
+
     async def _initialize(
         self, instance: Instance, request_id: str | None, path: Path | None
-    ) -> None:
-        if not self.definition.lifecycle.initializer:
-            return
-        outcome = await self._hook(instance, "initializer", request_id, path)
-        if not outcome.ok:
-            assert outcome.error is not None
-            raise InstanceStartError(outcome.error)
+    ) -> tuple[HookOutcome, int]:
+        """Run the Initializer; one that answers 4xx is called again on the same instance, up to
+        INIT_CALLS calls begun within `initializer_timeout` of the first. The last outcome, and
+        how many calls were made."""
+        lifecycle = self.definition.lifecycle
+        if not lifecycle.initializer:
+            return HookOutcome(hook="initializer", ok=True, started=time.time(), duration_ms=0), 0
+        until, pause = time.monotonic() + lifecycle.initializer_timeout, INIT_PAUSE
+        for call in range(1, INIT_CALLS + 1):
+            outcome = await self._hook(instance, "initializer", request_id, path)
+            if outcome.ok or not outcome.retry_same or call == INIT_CALLS:
+                break
+            if time.monotonic() + pause >= until:
+                break
+            await asyncio.sleep(pause)
+            pause *= 2
+        return outcome, call
 
     def give_back(self, lease: Lease) -> None:
         """Return a lease unused (the event did not run)."""

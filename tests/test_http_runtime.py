@@ -13,10 +13,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import drop, events, fnspool, fnspool_json, gone, process_state, wait_for
+from conftest import (
+    drop,
+    events,
+    fnspool,
+    fnspool_json,
+    gone,
+    journal_records,
+    process_state,
+    wait_for,
+)
 from runtime_helpers import LINE_TIME, on_uvloop, raw, value
 
 from daemon.functions import FunctionDef, LifecycleConfig
+from daemon.model import HookRun
 from daemon.runtimes.base import InstanceStartError
 from daemon.runtimes.http import HttpInstance
 
@@ -338,17 +348,87 @@ def test_through_the_daemon_with_hooks(spool: Path, daemon, tmp_path: Path) -> N
     assert kinds[-1] == "pre_stop", "PreStop ran at shutdown"
 
 
-def test_a_failing_initializer_makes_the_event_invalid(spool: Path, daemon) -> None:
-    http_function(
-        spool,
-        "webinit",
-        'environment = { STATUS_INITIALIZE = "403" }\n[lifecycle]\ninitializer = true\n',
+def initializer_runs(spool: Path, function: str) -> list[HookRun]:
+    return [
+        h for h in journal_records(spool, HookRun)
+        if h.function == function and h.hook == "initializer"
+    ]  # fmt: skip
+
+
+def test_an_initializer_answering_4xx_is_called_again_on_the_same_instance(
+    spool: Path, daemon, tmp_path: Path
+) -> None:
+    plan, hooks = tmp_path / "plan", tmp_path / "hooks"
+    plan.write_text("409\n404\n")  # then 200
+    env = f"environment = {{ INIT_PLAN = {json.dumps(str(plan))}, HOOK_LOG = {json.dumps(str(hooks))} }}\n"  # noqa: E501
+    http_function(spool, "shy", env + "[lifecycle]\ninitializer = true\n")
+    daemon.start()
+    drop(spool, "shy", "a.json", {"echo": 1})
+    (event,) = wait_for(lambda: ended(spool, 1, "shy"), what="the event to end")
+    done = fnspool_json(spool, "events", "get", event["id"])
+    assert done["state"] == "Succeeded" and done["result"]["initialized"] == 1
+    calls = [line.split() for line in hooks.read_text().splitlines()]
+    assert [c[0] for c in calls] == ["initialize"] * 3
+    assert len({c[1] for c in calls}) == 1, "every call went to the same server"
+    runs = wait_for(
+        lambda: len(initializer_runs(spool, "shy")) == 3 and initializer_runs(spool, "shy")
     )
+    assert [r.ok for r in runs] == [False, False, True]
+    assert len({r.instance for r in runs}) == 1
+    assert [r.error.code for r in runs[:2] if r.error] == [409, 404]
+    log = Path(done["log_path"]).read_text()
+    assert log.count("FC Initialize Start RequestId: " + event["id"]) == 3
+
+
+def test_an_initializer_answering_5xx_or_dying_replaces_the_instance(
+    spool: Path, daemon, tmp_path: Path
+) -> None:
+    plan, hooks = tmp_path / "plan", tmp_path / "hooks"
+    plan.write_text("500\nexit\n")  # the first server answers 500, the second dies, then 200
+    env = f"environment = {{ INIT_PLAN = {json.dumps(str(plan))}, HOOK_LOG = {json.dumps(str(hooks))} }}\n"  # noqa: E501
+    http_function(spool, "phoenix", env + "[lifecycle]\ninitializer = true\n")
+    daemon.start()
+    drop(spool, "phoenix", "a.json", {"echo": 1})
+    (event,) = wait_for(lambda: ended(spool, 1, "phoenix"), what="the event to end")
+    done = fnspool_json(spool, "events", "get", event["id"])
+    assert done["state"] == "Succeeded", done["error"]
+    calls = [line.split() for line in hooks.read_text().splitlines()]
+    assert [c[0] for c in calls] == ["initialize", "initialize-exit", "initialize"]
+    assert len({c[1] for c in calls}) == 3, "a new server after the 5xx and after the crash"
+    assert all(gone(int(c[1])) for c in calls[:2])
+    assert done["result"]["pid"] == int(calls[2][1])
+    runs = wait_for(
+        lambda: len(initializer_runs(spool, "phoenix")) == 3 and initializer_runs(spool, "phoenix")
+    )
+    assert [r.ok for r in runs] == [False, False, True]
+    assert len({r.instance for r in runs}) == 3
+
+
+def test_the_event_is_invalid_only_when_the_bounded_tries_are_spent(
+    spool: Path, daemon, tmp_path: Path
+) -> None:
+    for name, status in (("webinit", 403), ("broken", 503)):
+        env = f'environment = {{ STATUS_INITIALIZE = "{status}" }}\n'
+        http_function(spool, name, env + "[lifecycle]\ninitializer = true\n")
     daemon.start()
     drop(spool, "webinit", "one.json", {"echo": 1})
-    (event,) = wait_for(lambda: ended(spool, 1, "webinit"), what="the event to end")
-    assert event["state"] == "Invalid"
-    assert event["error"]["message"].startswith("POST /initialize answered 403 Forbidden")
+    drop(spool, "broken", "two.json", {"echo": 2})
+    (refused,) = wait_for(lambda: ended(spool, 1, "webinit"), what="the 4xx event to end")
+    assert refused["state"] == "Invalid"
+    message = refused["error"]["message"]
+    assert message.startswith("POST /initialize answered 403 Forbidden")
+    assert message.endswith("(3 calls)")
+    runs = initializer_runs(spool, "webinit")
+    assert len(runs) == 3 and len({r.instance for r in runs}) == 1
+    (lost,) = wait_for(lambda: ended(spool, 1, "broken"), what="the 5xx event to end")
+    assert lost["state"] == "Invalid"
+    assert lost["error"]["message"].startswith("POST /initialize answered 503")
+    assert lost["error"]["message"].endswith("(3 instances)")
+    runs = initializer_runs(spool, "broken")
+    assert len(runs) == 3 and len({r.instance for r in runs}) == 3
+    record = spool / "destinations" / "dead-letter" / f"{lost['id']}.json"
+    letter = json.loads(wait_for(lambda: record.exists() and record.read_text()))
+    assert letter["requestContext"]["condition"] == "InvalidInvocation"
 
 
 def test_frozen_between_events_and_stopped_when_idle(spool: Path, daemon, tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ class HookOutcome(msgspec.Struct, frozen=True, kw_only=True):
     duration_ms: float
     error: ErrorInfo | None = None
     instance_lost: bool = False
+    retry_same: bool = False  # the hook may be called again on this instance (an http 4xx)
 
 
 class InstanceBase:

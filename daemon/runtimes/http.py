@@ -1,8 +1,9 @@
 """The http runtime (FC's custom runtime contract): the instance is the function's own HTTP
 server, started on a free port, sent `POST /invoke` per event and the lifecycle paths per hook.
 
-Status codes mean what they mean on FC: a hook answering 4xx fails that hook; a 5xx, a server
-that dies, hangs up or cannot be reached loses the instance (the pool starts another).
+Status codes mean what they mean on FC (seed 002): a hook answering 4xx fails that hook (the pool
+calls an Initializer again on the same instance); a 5xx, a server that dies, hangs up or cannot be
+reached loses the instance (the pool starts another).
 """
 
 from __future__ import annotations
@@ -192,9 +193,10 @@ class HttpInstance(InstanceBase):
         if error is not None:
             log.warning("instance %s: %s failed: %s", self.id, hook, error.message)
         duration = round((time.monotonic() - began) * 1000, 3)
+        refused = isinstance(reply, Response) and 400 <= reply.status < 500
         return HookOutcome(
             hook=hook, ok=error is None, started=started, duration_ms=duration,
-            error=error, instance_lost=lost,
+            error=error, instance_lost=lost, retry_same=refused,
         )  # fmt: skip
 
     async def stop(self) -> None:

@@ -2,7 +2,9 @@
 $FC_SERVER_PORT, told what to do by each event's payload.
 
 Hooks answer with the status in $STATUS_INITIALIZE, $STATUS_PRE_FREEZE or $STATUS_PRE_STOP
-(default 200), and append their name to the file $HOOK_LOG when it is set.
+(default 200), and append their name to the file $HOOK_LOG when it is set. When $INIT_PLAN names
+a file, each call of /initialize (by any server) takes its first line: a status to answer, or
+`exit` to die without answering; an empty plan leaves $STATUS_INITIALIZE.
 """
 
 import json
@@ -22,6 +24,20 @@ def note_hook(name: str) -> None:
     if path:
         with open(path, "a") as f:
             f.write(f"{name} {os.getpid()}\n")
+
+
+def next_in_plan() -> str | None:
+    """Take the first line of $INIT_PLAN (the servers of a test call /initialize in turn)."""
+    path = os.environ.get("INIT_PLAN")
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        lines = f.read().splitlines()
+    if not lines:
+        return None
+    with open(path, "w") as f:
+        f.write("".join(f"{line}\n" for line in lines[1:]))
+    return lines[0]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -46,6 +62,11 @@ class Handler(BaseHTTPRequestHandler):
         rid = self.headers.get("x-fc-request-id")
         print(f"hook {name} for {rid}", flush=True)
         status = int(os.environ.get(f"STATUS_{name.upper()}", "200"))
+        planned = next_in_plan() if name == "initialize" else None
+        if planned == "exit":
+            note_hook("initialize-exit")
+            os._exit(7)
+        status = int(planned) if planned else status
         if name == "initialize" and status < 300:
             with lock:
                 initialized += 1
