@@ -339,7 +339,7 @@ class Dispatcher:
                 self._pool(definition)
 
     def _record_hook(
-        self, instance: Instance, outcome: HookOutcome, request_id: str | None
+        self, instance: Instance, outcome: HookOutcome, request_id: str | None, invocation_id: str
     ) -> None:
         record = HookRun(
             at=time.time(),
@@ -351,6 +351,7 @@ class Dispatcher:
             ok=outcome.ok,
             error=bounded_error(outcome.error) if outcome.error is not None else None,
             request_id=request_id,
+            invocation_id=invocation_id,
         )
         try:
             self.store.note(record)

@@ -169,7 +169,8 @@ class HookRun(Record, tag="hook", frozen=True):
     duration_ms: float
     ok: bool
     error: ErrorInfo | None = None
-    request_id: str | None = None
+    request_id: str | None = None  # the event it ran for, if any
+    invocation_id: str | None = None  # the request id it was called with (x-fc-request-id)
 
 
 class Request(Record, tag="request", frozen=True):

@@ -16,14 +16,16 @@ import msgspec
 
 from daemon.functions import FunctionDef
 from daemon.heartbeat import InstanceView
+from daemon.ids import new_request_id
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import HookOutcome, Instance, InstanceStartError
 
 log = logging.getLogger(__name__)
 
 InstanceFactory = Callable[[FunctionDef], Instance]
-#: journals one hook run: (instance, outcome, request id of the event it ran for, if any)
-HookRecorder = Callable[[Instance, HookOutcome, str | None], None]
+#: journals one hook run: (instance, outcome, request id of the event it ran for if any, the
+#: request id the hook was called with)
+HookRecorder = Callable[[Instance, HookOutcome, str | None, str], None]
 
 RETIRE_SLACK = 5.0  # seconds beyond a PreStop's own timeout before the kill goes ahead anyway
 #: calls of an Initializer answering 4xx on one instance (seed 002: retried on the same instance)
@@ -389,9 +391,11 @@ class FunctionPool:
         self, instance: Instance, hook: str, request_id: str | None, log_path: Path | None
     ) -> HookOutcome:
         log_path = log_path or self._instance_log(instance)
-        outcome = await instance.run_hook(hook, request_id=request_id, log_path=log_path)
+        # a hook run for no event has its own invocation id, as on FC (seed 002's PreStop lines)
+        invocation_id = request_id or new_request_id()
+        outcome = await instance.run_hook(hook, request_id=invocation_id, log_path=log_path)
         if self._record_hook is not None:
-            self._record_hook(instance, outcome, request_id)
+            self._record_hook(instance, outcome, request_id, invocation_id)
         return outcome
 
     def _instance_log(self, instance: Instance) -> Path | None:

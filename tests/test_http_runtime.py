@@ -27,7 +27,7 @@ from runtime_helpers import LINE_TIME, on_uvloop, raw, value
 
 from daemon.functions import FunctionDef, LifecycleConfig
 from daemon.model import HookRun
-from daemon.runtimes.base import InstanceStartError
+from daemon.runtimes.base import HOOK_LABELS, InstanceStartError
 from daemon.runtimes.http import HttpInstance
 
 CODE = Path(__file__).parent / "functions" / "http_runtime"
@@ -229,7 +229,7 @@ async def test_hooks_call_their_paths_and_4xx_fails_only_the_hook(tmp_path: Path
         assert "[PLATFORM] FC Initialize Start RequestId: r0" in text
         assert "hook initialize for r0" in text
         assert text.rstrip().endswith("[PLATFORM] FC Initialize End RequestId: r0")
-        freeze = await instance.run_hook("pre_freeze")
+        freeze = await instance.run_hook("pre_freeze", request_id="f1")
         assert not freeze.ok and not freeze.instance_lost
         assert freeze.error is not None and freeze.error.code == 409
         assert (
@@ -249,7 +249,7 @@ async def test_5xx_hook_loses_the_instance_and_unset_hooks_do_nothing(tmp_path: 
     lifecycle = LifecycleConfig(initializer=True)
     env = {"STATUS_INITIALIZE": "500", "HOOK_LOG": str(tmp_path / "hooks")}
     async with running(lifecycle=lifecycle, environment=env) as instance:
-        assert (await instance.run_hook("pre_stop")).ok  # not turned on: no request
+        assert (await instance.run_hook("pre_stop", request_id="s")).ok  # not turned on: no call
         init = await instance.run_hook("initializer", request_id="r")
         assert not init.ok and init.instance_lost
         assert init.error is not None and init.error.code == 500
@@ -346,6 +346,10 @@ def test_through_the_daemon_with_hooks(spool: Path, daemon, tmp_path: Path) -> N
     kinds = [line.split()[0] for line in hooks.read_text().splitlines()]
     assert kinds.count("initialize") == 3  # the first instance, and one after each 5xx
     assert kinds[-1] == "pre_stop", "PreStop ran at shutdown"
+
+
+def hook_runs(spool: Path, function: str) -> list[HookRun]:
+    return [h for h in journal_records(spool, HookRun) if h.function == function]
 
 
 def initializer_runs(spool: Path, function: str) -> list[HookRun]:
@@ -455,6 +459,20 @@ def test_frozen_between_events_and_stopped_when_idle(spool: Path, daemon, tmp_pa
     wait_for(lambda: gone(pid), what="the idle server to be stopped")
     kinds = [line.split()[0] for line in hooks.read_text().splitlines()]
     assert kinds == ["pre_freeze", "pre_freeze", "pre_stop"]
+    # no event: each call has its own invocation id, sent as x-fc-request-id and in the log lines
+    runs = wait_for(
+        lambda: len(hook_runs(spool, "sleepy")) == 3 and hook_runs(spool, "sleepy"),
+        what="the hook records",
+    )
+    ids = [h.invocation_id for h in runs]
+    assert all(ids) and len(set(ids)) == 3 and all(h.request_id is None for h in runs)
+    log = (spool / "logs" / "sleepy" / f"{runs[0].instance}.log").read_text()
+    for h in runs:
+        label = HOOK_LABELS[h.hook]
+        assert f"[PLATFORM] {label} Start RequestId: {h.invocation_id}\n" in log
+        assert f"[PLATFORM] {label} End RequestId: {h.invocation_id}\n" in log
+        assert f"hook {h.hook} for {h.invocation_id}\n" in log
+    assert "RequestId: \n" not in log
 
 
 def test_the_examples_run(spool: Path, daemon) -> None:

@@ -74,6 +74,13 @@ def test_initializer_once_then_prefreeze_and_frozen_between_events(spool, daemon
     assert [h.hook for h in hooks].count("initializer") == 1
     assert [h.hook for h in hooks].count("pre_freeze") == 4
     assert all(h.ok and h.instance.startswith("python-lifecycle-") for h in hooks)
+    # PreFreeze runs for no event: it has its own invocation id, which context.request_id holds
+    freezes = [h for h in hooks if h.hook == "pre_freeze"]
+    assert all(h.request_id is None and h.invocation_id for h in freezes)
+    assert len({h.invocation_id for h in freezes}) == 4
+    assert [m[2] for m in marks(spool, "lifecycle") if m[0] == "pre_freeze"] == [
+        h.invocation_id for h in freezes
+    ]
     first = min(events(spool, "--function", "lifecycle"), key=lambda e: e["enqueued_at"])
     init = next(h for h in hooks if h.hook == "initializer")
     assert init.request_id == first["id"]
@@ -88,7 +95,6 @@ def test_prestop_runs_on_idle_timeout_and_the_process_is_gone(spool, daemon):
     drop(spool, "idler", "a.json", {})
     done = wait_for(lambda: ended(spool, "idler", 1), what="the event")
     pid = fnspool_json(spool, "events", "get", done[0]["id"])["result"]["pid"]
-    wait_for(lambda: ["pre_stop", str(pid), "-"] in marks(spool), what="PreStop on idle timeout")
     wait_for(lambda: gone(pid), what="the idle instance to be gone")
     wait_for(lambda: not instances(spool, "idler"), what="status to drop the instance")
     stops = wait_for(
@@ -96,6 +102,12 @@ def test_prestop_runs_on_idle_timeout_and_the_process_is_gone(spool, daemon):
         what="the PreStop record",
     )
     assert len(stops) == 1 and stops[0].ok and stops[0].request_id is None
+    # no event: the hook's own invocation id, in the hook's context and in its log lines
+    rid = stops[0].invocation_id
+    assert rid and ["pre_stop", str(pid), rid] in marks(spool)
+    log = (spool / "logs" / "idler" / f"{stops[0].instance}.log").read_text()
+    assert f"[PLATFORM] FC PreStop Start RequestId: {rid}\n" in log
+    assert f"[PLATFORM] FC PreStop End RequestId: {rid}\n" in log
 
 
 def test_shutdown_runs_prestop_and_a_hanging_one_is_cut_at_its_timeout(spool, daemon):
@@ -113,10 +125,11 @@ def test_shutdown_runs_prestop_and_a_hanging_one_is_cut_at_its_timeout(spool, da
     print(
         f"\nshutdown took {time.monotonic() - began:.1f} s with a PreStop that hangs (timeout 1 s)"
     )
-    assert ["pre_stop", str(pids["lifecycle"]), "-"] in marks(spool)
-    assert ["pre_stop_hangs", str(pids["stubborn"]), "-"] in marks(spool)
     assert all(gone(pid) for pid in pids.values())
     stops = {h.function: h for h in journal_records(spool, HookRun) if h.hook == "pre_stop"}
+    assert ["pre_stop", str(pids["lifecycle"]), stops["lifecycle"].invocation_id] in marks(spool)
+    hung = ["pre_stop_hangs", str(pids["stubborn"]), stops["stubborn"].invocation_id]
+    assert hung in marks(spool) and all(h.invocation_id for h in stops.values())
     assert stops["lifecycle"].ok
     assert not stops["stubborn"].ok and stops["stubborn"].error.type == "FunctionTimeout"
 
@@ -164,7 +177,11 @@ def test_min_instances_kept_warm_and_recycled_after_max_events(spool, daemon):
     assert pids[0] == pids[1] == first_pid
     assert pids[2] == pids[3] != first_pid  # recycled after 2 events, PreStop first
     wait_for(lambda: gone(first_pid), what="the recycled instance to be gone")
-    assert ["pre_stop", str(first_pid), "-"] in marks(spool)
+    rid = next(m[2] for m in marks(spool) if m[:2] == ["pre_stop", str(first_pid)])
+    wait_for(
+        lambda: rid in {h.invocation_id for h in journal_records(spool, HookRun)},
+        what="the PreStop's record with the id its context had",
+    )
     # a new warm instance (the second one was recycled too); freeze = false: idle, never stopped
     wait_for(
         lambda: (
@@ -182,7 +199,11 @@ def test_a_changed_definition_replaces_its_instances_prestop_first(spool, daemon
     old_pid = fnspool_json(spool, "events", "get", done[0]["id"])["result"]["pid"]
     toml = spool / "functions" / "lifecycle.toml"
     toml.write_text(toml.read_text().replace("max_instances = 1", "max_instances = 2"))
-    wait_for(lambda: ["pre_stop", str(old_pid), "-"] in marks(spool), what="PreStop of old")
+    stopped = wait_for(
+        lambda: [m for m in marks(spool) if m[:2] == ["pre_stop", str(old_pid)]],
+        what="PreStop of old",
+    )
+    assert stopped[0][2] != "-"  # its own invocation id: the hook runs for no event
     drop(spool, "lifecycle", "b.json", {})
     done = wait_for(lambda: ended(spool, "lifecycle", 2), what="the second event")
     newest = max(done, key=lambda e: e["enqueued_at"])

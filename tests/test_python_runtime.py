@@ -18,7 +18,7 @@ from conftest import gone, wait_for_async
 from runtime_helpers import LINE_TIME, on_uvloop, raw, value
 
 from daemon.functions import FunctionDef, LifecycleConfig
-from daemon.pool import FunctionPool
+from daemon.pool import INIT_INSTANCES, FunctionPool
 from daemon.runtimes.base import HookOutcome, InstanceStartError
 from daemon.runtimes.python import PythonInstance
 
@@ -303,7 +303,7 @@ async def started_by_pool(definition: FunctionDef, log: Path) -> Started:
         return made[-1]
 
     hooks: list[HookOutcome] = []
-    pool = FunctionPool(definition, factory, record_hook=lambda i, o, r: hooks.append(o))
+    pool = FunctionPool(definition, factory, record_hook=lambda i, o, r, c: hooks.append(o))
     started = Started(pool=pool, made=made, hooks=hooks)
     lease = await pool.lease()
     try:
@@ -365,6 +365,9 @@ async def test_initializer_timeout(tmp_path: Path) -> None:
     )
     assert started.error is not None and started.error.error.type == "FunctionTimeout"
     assert started.hooks[0].instance_lost
+    # a timeout loses the instance: another is tried, up to INIT_INSTANCES
+    assert len(started.made) == len(started.hooks) == INIT_INSTANCES
+    assert started.error.error.message.endswith(f"({INIT_INSTANCES} instances)")
     print(f"\na 0.5 s initializer timeout returned after {time.monotonic() - began:.2f} s")
     pid = started.made[0].pid
     assert pid is not None and gone(pid)

@@ -115,9 +115,10 @@ class Instance(Protocol):
         ...
 
     async def run_hook(
-        self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
+        self, hook: str, *, request_id: str, log_path: Path | None = None
     ) -> HookOutcome:
-        """Run a lifecycle hook (`pre_freeze`, `pre_stop`, ...) if the function defines it."""
+        """Run a lifecycle hook (`pre_freeze`, `pre_stop`, ...) if the function defines it,
+        called with `request_id` (its event's, or its own invocation id: never empty)."""
         ...
 
     async def stop(self) -> None:

@@ -116,7 +116,7 @@ class ExecInstance(InstanceBase):
         return _outcome(run, status, timed_out, duration, timeout, self.function.memory_mb)
 
     async def run_hook(
-        self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
+        self, hook: str, *, request_id: str, log_path: Path | None = None
     ) -> HookOutcome:
         """No hooks: a process per attempt has nothing to initialize, freeze or stop."""
         return HookOutcome(hook=hook, ok=True, started=time.time(), duration_ms=0.0)

@@ -165,7 +165,7 @@ class HttpInstance(InstanceBase):
         return outcome
 
     async def run_hook(
-        self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
+        self, hook: str, *, request_id: str, log_path: Path | None = None
     ) -> HookOutcome:
         """Call a lifecycle hook's path when `[lifecycle]` turns it on; ok without a call if not."""
         started, began = time.time(), time.monotonic()
@@ -174,7 +174,7 @@ class HttpInstance(InstanceBase):
             return HookOutcome(hook=hook, ok=True, started=started, duration_ms=0.0)
         method, path = method_path
         timeout = float(getattr(self.function.lifecycle, f"{hook}_timeout", 10.0))
-        label, rid = HOOK_LABELS.get(hook, hook), request_id or ""
+        label, rid = HOOK_LABELS.get(hook, hook), request_id
         event_log = self._event_log(log_path) if log_path is not None else None
         if event_log is not None:
             event_log.platform(f"{label} Start RequestId: {rid}")
@@ -191,7 +191,7 @@ class HttpInstance(InstanceBase):
                 event_log.platform(f"{label} Error RequestId: {rid} {error.type}: {error.message}")
             self._detach(token, event_log, f"{label} End RequestId: {rid}")
         if error is not None:
-            log.warning("instance %s: %s failed: %s", self.id, hook, error.message)
+            log.warning("instance %s: %s %s failed: %s", self.id, hook, rid, error.message)
         duration = round((time.monotonic() - began) * 1000, 3)
         refused = isinstance(reply, Response) and 400 <= reply.status < 500
         return HookOutcome(

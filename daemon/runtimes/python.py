@@ -170,7 +170,7 @@ class PythonInstance(InstanceBase):
         self._kill()
 
     async def run_hook(
-        self, hook: str, *, request_id: str | None = None, log_path: Path | None = None
+        self, hook: str, *, request_id: str, log_path: Path | None = None
     ) -> HookOutcome:
         """Run a lifecycle hook by its `[lifecycle]` name; ok without running if none is set."""
         event_log = self._event_log(log_path) if log_path is not None else None
@@ -278,14 +278,12 @@ class PythonInstance(InstanceBase):
 
     # -- hooks ----------------------------------------------------------------------------------
 
-    async def _hook(
-        self, hook: str, request_id: str | None, event_log: EventLog | None
-    ) -> HookOutcome:
+    async def _hook(self, hook: str, request_id: str, event_log: EventLog | None) -> HookOutcome:
         name, timeout = self._hook_config(hook)
         started, began = time.time(), time.monotonic()
         if not name:
             return HookOutcome(hook=hook, ok=True, started=started, duration_ms=0.0)
-        label, rid = HOOK_LABELS.get(hook, hook), request_id or ""
+        label, rid = HOOK_LABELS.get(hook, hook), request_id
         if event_log is not None and self._output is not None:
             self._output.attach(event_log)
             event_log.platform(f"{label} Start RequestId: {rid}")
@@ -304,7 +302,7 @@ class PythonInstance(InstanceBase):
                 event_log.platform(f"{label} Error RequestId: {rid} {error.type}: {error.message}")
             event_log.platform(f"{label} End RequestId: {rid}")
         if error is not None:
-            log.warning("instance %s: %s failed: %s", self.id, hook, error.message)
+            log.warning("instance %s: %s %s failed: %s", self.id, hook, rid, error.message)
         return HookOutcome(
             hook=hook, ok=error is None, started=started, duration_ms=duration,
             error=error, instance_lost=lost,

@@ -26,7 +26,7 @@ class Hook(msgspec.Struct, frozen=True, kw_only=True, tag="hook", tag_field="t")
     hook: str
     name: str
     timeout_ms: int
-    id: str = ""
+    id: str  # the request id it runs with: its event's, or its own invocation id
 
 
 class Ready(msgspec.Struct, frozen=True, kw_only=True, tag="ready", tag_field="t"):
