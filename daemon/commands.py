@@ -353,6 +353,8 @@ def _print_event(event: Event, view: dict[str, Any]) -> None:
         print(f"{'result:':13} {json.dumps(view['result'])}")
     if view["error"]:
         print(f"{'error:':13} {_error_text(view['error'])}")
+        for line in (view["error"].get("traceback") or "").splitlines():
+            print(f"{'':13} {printable(line)}")
     if view["state"] in {s.value for s in State if s.terminal}:
         print(f"{'destination:':13} {_destination_text(view['destination'])}")
     print("history:")

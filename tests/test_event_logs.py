@@ -131,3 +131,14 @@ def test_a_failing_handlers_traceback_is_in_its_log_between_start_and_end(spool,
     assert "ValueError: bad input {'n': 1}" in lines
     end = next(i for i, line in enumerate(lines) if "FC Invoke End" in line)
     assert lines.index("ValueError: bad input {'n': 1}") < end
+
+
+def test_events_get_shows_the_error_with_its_traceback(spool, daemon):
+    daemon.start()
+    drop(spool, "fail", "f.json", {"n": 2})
+    event = wait_for(
+        lambda: (e := only_event(spool, "fail")) and e["state"] == "Failed" and e, 30, "Failed"
+    )
+    text = fnspool(spool, "events", "get", event["id"]).stdout
+    error_at = text.index("error:        ValueError: bad input {'n': 2}")
+    assert text.index("Traceback (most recent call last):", error_at) < text.index("history:")
