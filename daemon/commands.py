@@ -474,7 +474,7 @@ def _heartbeats(spool: Spool) -> tuple[int | None, Heartbeat | None, Heartbeat |
 
 def functions_list(args: argparse.Namespace) -> int:
     """Definitions with their errors and live instances."""
-    from daemon.functions import load_catalog
+    from daemon.functions import load_catalog, needs_code_folder
 
     spool = _spool(args)
     catalog = load_catalog(spool.functions)
@@ -498,6 +498,9 @@ def functions_list(args: argparse.Namespace) -> int:
                 "user": d.user or default_user or None,
                 "implicit_root": name in implicit_root,
                 "error": None,
+                "missing_code_folder": d.code_dir
+                if needs_code_folder(d) and not os.path.isdir(d.code_dir)
+                else None,
                 "instances": instances.get(name, []),
             }
         )
@@ -528,7 +531,11 @@ def functions_list(args: argparse.Namespace) -> int:
             elif row["user"]:
                 line += f"  as {row['user']}"
             print(line)
-    return 1 if catalog.errors else 0
+            if row["missing_code_folder"]:
+                folder = row["missing_code_folder"]
+                print(f"{'':20}        its code folder {folder} is missing: its events will fail")
+    missing = any(row.get("missing_code_folder") for row in rows)
+    return 1 if catalog.errors or missing else 0
 
 
 def status(args: argparse.Namespace) -> int:

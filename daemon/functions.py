@@ -169,6 +169,22 @@ def load_function(path: Path) -> FunctionDef:
     )
 
 
+def needs_code_folder(d: FunctionDef) -> bool:
+    """Whether the function cannot run without its code folder: a python handler's module, or a
+    command given as a path inside it (a bare name comes from PATH, an absolute path stands
+    alone)."""
+    if d.runtime == "python":
+        return True
+    program = d.command[0] if d.command else ""
+    return "/" in program and not os.path.isabs(program)
+
+
+def run_folder(d: FunctionDef) -> str:
+    """Where the function's processes start: its code folder, or `/` when it has none and needs
+    none."""
+    return d.code_dir if needs_code_folder(d) or os.path.isdir(d.code_dir) else "/"
+
+
 def load_catalog(functions_dir: Path) -> Catalog:
     """Load every `*.toml` in `functions_dir`; a bad file is an error entry, never an exception
     (the daemon logs them, the CLI shows them)."""

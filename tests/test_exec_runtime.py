@@ -143,8 +143,13 @@ async def test_commands_that_cannot_run(tmp_path: Path) -> None:
             await started(function(command))
         assert caught.value.error.type == "SpawnError"
         assert message in caught.value.error.message
-    with pytest.raises(InstanceStartError):
-        await started(function("true", code_dir=str(tmp_path / "nowhere")))
+    with pytest.raises(InstanceStartError) as caught:  # a path inside a folder that is not there
+        await started(function("./count.sh", code_dir=str(tmp_path / "nowhere")))
+    assert "the code folder" in caught.value.error.message
+    # a bare name needs no code folder: it runs, from /
+    instance = await started(function("true", code_dir=str(tmp_path / "nowhere")))
+    assert instance.state == "idle"
+    await instance.stop()
     with pytest.raises(InstanceStartError) as caught:
         await started(function("no-such-program-fnspool"))
     assert "'no-such-program-fnspool' is not found in PATH" in caught.value.error.message

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from conftest import drop, events, fnspool_json, wait_for
+from conftest import drop, events, fnspool, fnspool_json, wait_for
 
 LOOPING = ["incoming/echo", "./control", "tmp/x", "journal", "run/r", "functions"]
 
@@ -55,3 +57,18 @@ def test_concurrency_on_a_runtime_that_serves_one_event_is_a_definition_error(tm
         load_function(path)
     path.write_text(f'runtime = "{runtime}"\n{body}concurrency = 1\n')
     assert load_function(path).concurrency == 1
+
+
+def test_a_command_that_needs_no_code_folder_runs_without_one(spool, daemon):
+    (spool / "functions" / "inline.toml").write_text(
+        'runtime = "exec"\ncommand = ["python3", "-c", "import sys; print(sys.stdin.read())"]\n'
+    )
+    (spool / "functions" / "lost.toml").write_text('handler = "index.handler"\n')  # no lost/
+    daemon.start()
+    out = fnspool(spool, "invoke", "inline", "--payload", '{"a": 1}', "--wait", "--json")
+    assert out.returncode == 0, out.stdout
+    assert json.loads(out.stdout)["result"] == {"a": 1}
+    listed = fnspool(spool, "functions", "list", check=False)
+    assert listed.returncode == 1
+    assert f"its code folder {spool / 'functions' / 'lost'} is missing" in listed.stdout
+    assert "inline" in listed.stdout and "functions/inline is missing" not in listed.stdout

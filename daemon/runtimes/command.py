@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.functions import FunctionDef
+from daemon.functions import FunctionDef, needs_code_folder, run_folder
 from daemon.model import ErrorInfo
 from daemon.runtimes.account import base_env, check_usable, instance_account, needs
 from daemon.runtimes.base import InstanceStartError
@@ -26,7 +26,7 @@ def command_argv(function: FunctionDef) -> list[str]:
     (and must be there), a bare name is looked up in PATH (the function's own, if it sets one).
     InstanceStartError when it cannot run."""
     code_dir = Path(function.code_dir)
-    if not code_dir.is_dir():
+    if needs_code_folder(function) and not code_dir.is_dir():
         raise _start_error(f"the code folder {code_dir} does not exist")
     program, *args = function.command
     if "/" not in program:
@@ -47,10 +47,11 @@ def command_account(function: FunctionDef, argv: list[str]) -> Account | None:
     """The account `argv` (from `command_argv`) runs as, None for the daemon's own;
     InstanceStartError, naming the path, when that user cannot run it in the code folder."""
     account = instance_account(function)
-    check_usable(
-        account,
-        {"the code folder": (function.code_dir, R | X), "the command": (argv[0], needs(argv[0]))},
-    )
+    uses = {
+        "the code folder": (run_folder(function), R | X),
+        "the command": (argv[0], needs(argv[0])),
+    }
+    check_usable(account, uses)
     return account
 
 

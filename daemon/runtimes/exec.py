@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.functions import FunctionDef
+from daemon.functions import FunctionDef, run_folder
 from daemon.limits import MAX_VALUE_BYTES, result_too_large
 from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
@@ -86,7 +86,7 @@ class ExecInstance(InstanceBase):
         began = time.monotonic()
         try:
             run = _Run(self._argv, self._env(request_id, attempt, timeout), payload, event_log)
-            run.spawn(self.function.code_dir, self._account)
+            run.spawn(run_folder(self.function), self._account)
         except OSError as exc:
             event_log.platform(f"FC Invoke End RequestId: {request_id}")
             event_log.close()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from daemon.functions import FunctionDef
+from daemon.functions import FunctionDef, run_folder
 from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.base import (
@@ -233,7 +233,7 @@ class HttpInstance(InstanceBase):
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         fds = {1: out_w, 2: out_w}
         try:
-            self._child = spawn(bound_to_daemon(argv), env, fds, cwd=fn.code_dir, user=account)
+            self._child = spawn(bound_to_daemon(argv), env, fds, cwd=run_folder(fn), user=account)
         except OSError as exc:
             os.close(out_r)
             message = f"cannot start {argv[0]}: {exc.strerror or exc}"
