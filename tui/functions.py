@@ -130,7 +130,7 @@ class FunctionsScreen(Screen[None]):
                     (
                         name,
                         str(i.get("id", "")),
-                        str(i.get("pid", "")),
+                        str(i.get("pid") or "-"),  # exec: a process only while an event runs
                         f"[{colour}]{state}[/]",
                         age(i.get("started_at"), now),
                         str(i.get("events_served", 0)),
