@@ -192,7 +192,9 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--id-prefix", metavar="P")
     parser.add_argument("--since", metavar="T", help="ISO 8601 or relative: 15m, 2h, 3d")
-    parser.add_argument("--until", metavar="T")
+    parser.add_argument("--until", metavar="T", help="enqueued at or before T")
+    parser.add_argument("--ended-since", metavar="T", help="ended at or after T")
+    parser.add_argument("--ended-until", metavar="T", help="ended at or before T")
     parser.add_argument("--limit", type=int, metavar="N")
 
 
@@ -203,6 +205,7 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     elist = esub.add_parser("list", parents=[common], help="events, newest first")
     _filter_arguments(elist)
     elist.add_argument("--order", choices=("asc", "desc"), default="desc")
+    elist.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
     elist.add_argument(
         "--all",
         action="store_true",

@@ -249,6 +249,8 @@ def _filter(args: argparse.Namespace) -> Filter:
             id_prefix=args.id_prefix,
             since=parse_time(args.since) if args.since else None,
             until=parse_time(args.until) if args.until else None,
+            ended_since=parse_time(args.ended_since) if args.ended_since else None,
+            ended_until=parse_time(args.ended_until) if args.ended_until else None,
         )
     except ValueError as exc:
         raise FnspoolError(str(exc), exit_code=2) from None
@@ -263,9 +265,12 @@ def events_list(args: argparse.Namespace) -> int:
     from daemon.cli import LIST_LIMIT
 
     limit = None if args.all else (args.limit if args.limit is not None else LIST_LIMIT)
+    if args.offset < 0:
+        raise FnspoolError("--offset must be 0 or more", exit_code=2)
+    wanted = None if limit is None else args.offset + limit + 1  # one more: do more match?
     chosen = _reads(_spool(args)).select(
-        _filter(args), limit=None if limit is None else limit + 1, newest_first=args.order == "desc"
-    )
+        _filter(args), limit=wanted, newest_first=args.order == "desc"
+    )[args.offset :]
     if limit is not None and len(chosen) > limit:
         chosen = chosen[:limit]
         print(f"fnspool: {limit} shown, more match: --limit N or --all", file=sys.stderr)

@@ -383,6 +383,12 @@ def _where(flt: Filter, *, by_id: bool = True) -> tuple[str, list[object]]:
     if flt.until is not None:
         clauses.append("enqueued_at <= ?")
         params.append(flt.until)
+    if flt.ended_since is not None:
+        clauses.append("ended_at >= ?")
+        params.append(flt.ended_since)
+    if flt.ended_until is not None:
+        clauses.append("ended_at <= ?")
+        params.append(flt.ended_until)
     if flt.text is not None:
         text = flt.text.lower()
         clauses.append("(substr(id, 1, ?) = ? OR instr(lower(function), ?) OR instr(error, ?))")
@@ -437,7 +443,13 @@ def _branch(index: str, eq: dict[str, str], flt: Filter, rest_states: list[str] 
     seek, seek_params = _time(flt)
     seek = [f"{column} = ?" for column in eq] + seek
     seek_params = list(eq.values()) + seek_params
-    where, params = _where(Filter(text=flt.text, id_prefix=flt.id_prefix))
+    checked = Filter(
+        text=flt.text,
+        id_prefix=flt.id_prefix,
+        ended_since=flt.ended_since,
+        ended_until=flt.ended_until,
+    )
+    where, params = _where(checked)
     rest = [where.removeprefix("WHERE ")] if where else []
     if flt.function is not None and "function" not in eq:
         rest.append("function = ?")

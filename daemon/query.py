@@ -72,8 +72,10 @@ class Filter(msgspec.Struct, kw_only=True):
     function: str | None = None
     states: set[State] | None = None
     id_prefix: str | None = None
-    since: float | None = None
-    until: float | None = None
+    since: float | None = None  # enqueued at or after
+    until: float | None = None  # enqueued at or before
+    ended_since: float | None = None  # ended at or after (SCF lists by end time too)
+    ended_until: float | None = None  # ended at or before
     text: str | None = None  # free text: id prefix, function or error text
 
     def matches(self, e: Event) -> bool:
@@ -88,7 +90,16 @@ class Filter(msgspec.Struct, kw_only=True):
             return False
         if self.until is not None and e.enqueued_at > self.until:
             return False
+        if not _within(e.ended_at, self.ended_since, self.ended_until):
+            return False
         return self.text is None or _text_matches(self.text.lower(), e)
+
+
+def _within(at: float | None, since: float | None, until: float | None) -> bool:
+    """Whether `at` lies in [since, until]; an open bound passes anything, a set one no None."""
+    if since is None and until is None:
+        return True
+    return at is not None and (since is None or at >= since) and (until is None or at <= until)
 
 
 def _text_matches(text: str, e: Event) -> bool:

@@ -4,6 +4,8 @@ drive the terminal."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 
 from conftest import drop, events, fnspool, fnspool_json, wait_for
 
@@ -84,3 +86,27 @@ def test_events_list_shows_50_by_default_and_says_when_more_match(spool, daemon)
     assert len(events(spool, "--limit", "53")) == 53
     assert "more match" not in fnspool(spool, "events", "list", "--limit", "53").stderr
     assert len(json.loads(fnspool(spool, "events", "list", "--all", "--json").stdout)) == 53
+
+
+def test_events_are_listed_by_end_time_and_paged(spool, daemon):
+    daemon.start()
+    fnspool(spool, "invoke", "echo", "--id", "early", "--payload", "1", "--wait")
+    wait_for(lambda: time.time() > _ended_at(spool, "early") + 0.05, what="time to pass")
+    between = time.time()
+    fnspool(spool, "invoke", "echo", "--id", "late", "--payload", "2", "--wait")
+    running = fnspool(
+        spool, "invoke", "sleeper", "--id", "busy", "--payload", '{"first_sleep": 60}'
+    )
+    assert running.returncode == 0
+    stamp = datetime.fromtimestamp(between, UTC).isoformat()
+    assert [e["id"] for e in events(spool, "--ended-since", stamp)] == ["late"]
+    assert [e["id"] for e in events(spool, "--ended-until", stamp)] == ["early"]
+    newest = [e["id"] for e in events(spool)]
+    assert newest[0] == "busy" and set(newest) == {"busy", "late", "early"}
+    paged = [e["id"] for e in events(spool, "--limit", "1", "--offset", "1")]
+    assert paged == newest[1:2]
+
+
+def _ended_at(spool, request_id):
+    text = fnspool_json(spool, "events", "get", request_id)["ended_at"]
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

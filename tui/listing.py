@@ -81,7 +81,8 @@ class Listing:
         self.held = self.scans and self._hold({f for f, _ in counts})
         if self.held:
             return
-        if flt.since is None and flt.until is None and not self.scans:
+        timed = (flt.since, flt.until, flt.ended_since, flt.ended_until) != (None,) * 4
+        if not timed and not self.scans:
             self.total_indexed = _from_counts(flt, counts)
         else:
             self._counting = self._count()
