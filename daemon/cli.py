@@ -98,8 +98,20 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     daemon = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
-    daemon.add_argument("--drain-timeout", type=float, default=30.0, metavar="S")
-    daemon.add_argument("--max-payload-bytes", type=_payload_limit, default=1 << 20, metavar="N")
+    daemon.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, how long running events may finish (default 30)",
+    )
+    daemon.add_argument(
+        "--max-payload-bytes",
+        type=_payload_limit,
+        default=1 << 20,
+        metavar="N",
+        help="larger payload files are rejected (default 1 MiB)",
+    )
     daemon.add_argument(
         "--retention", default="3d", metavar="T", help="keep ended events this long"
     )
@@ -116,14 +128,14 @@ def _parser() -> argparse.ArgumentParser:
         help="run the instances of functions that set no `user` as USER "
         "(default: $FNSPOOL_RUN_AS, else the daemon's own user)",
     )
-    daemon.add_argument("-v", "--verbose", action="store_true")
+    daemon.add_argument("-v", "--verbose", action="store_true", help="log debug lines too")
     daemon.set_defaults(run=_command("commands.daemon"))
 
     tui = sub.add_parser("tui", parents=[common], help="the dashboard")
     tui.set_defaults(run=_command("commands.tui"))
 
     invoke = sub.add_parser("invoke", parents=[common], help="submit an event")
-    invoke.add_argument("function", metavar="NAME")
+    invoke.add_argument("function", metavar="NAME", help="the function to run")
     source = invoke.add_mutually_exclusive_group()
     source.add_argument("--payload", metavar="JSON", help="the payload (default: {})")
     source.add_argument("--payload-file", metavar="F", help="read the payload from F (- for stdin)")
@@ -136,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         "--delay", type=delay, metavar="T", help="run no sooner than T from now: 30, 90s, 5m, 2h"
     )
     invoke.add_argument("--wait", action="store_true", help="wait until the event ends")
-    invoke.add_argument("--json", action="store_true")
+    invoke.add_argument("--json", action="store_true", help=JSON_HELP)
     invoke.set_defaults(run=_command("commands.invoke"))
 
     _events_parser(sub, common)
@@ -144,11 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     functions = sub.add_parser("functions", help="function definitions")
     fsub = functions.add_subparsers(dest="action", required=True, metavar="ACTION")
     flist = fsub.add_parser("list", parents=[common], help="definitions, errors and instances")
-    flist.add_argument("--json", action="store_true")
+    flist.add_argument("--json", action="store_true", help=JSON_HELP)
     flist.set_defaults(run=_command("commands.functions_list"))
 
     status = sub.add_parser("status", parents=[common], help="daemon health (exit 3 when down)")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help=JSON_HELP)
     status.set_defaults(run=_command("commands.status"))
 
     _systemd_parser(sub, common)
@@ -176,26 +188,34 @@ def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
         p.set_defaults(run=_command(f"install.{name}"))
     r = ssub.add_parser("reload", parents=[common], help="SIGHUP the daemon and wait (ExecReload)")
     r.add_argument("--pid", type=int, required=True, help="the daemon's pid ($MAINPID)")
-    r.add_argument("--timeout", type=float, default=RELOAD_TIMEOUT, metavar="S")
+    r.add_argument(
+        "--timeout",
+        type=float,
+        default=RELOAD_TIMEOUT,
+        metavar="S",
+        help="wait this long for the reload to show in the heartbeat",
+    )
     r.set_defaults(run=_command("install.reload"))
 
 
+JSON_HELP = "print JSON (stable fields, for scripts)"
+ID_HELP = "an event's id, or a unique start of it"
 LIST_LIMIT = 50  # events `events list` shows unless --limit or --all says otherwise
 
 
 def _filter_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--function", metavar="F")
+    parser.add_argument("--function", metavar="F", help="events of function F")
     parser.add_argument(
         "--status",
         metavar="S[,S..]",
         help="states, e.g. Failed,Expired; or SCF's RUNNING, FINISHED, FAILED, TERMINATED",
     )
-    parser.add_argument("--id-prefix", metavar="P")
+    parser.add_argument("--id-prefix", metavar="P", help="events whose id starts with P")
     parser.add_argument("--since", metavar="T", help="ISO 8601 or relative: 15m, 2h, 3d")
     parser.add_argument("--until", metavar="T", help="enqueued at or before T")
     parser.add_argument("--ended-since", metavar="T", help="ended at or after T")
     parser.add_argument("--ended-until", metavar="T", help="ended at or before T")
-    parser.add_argument("--limit", type=int, metavar="N")
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N events")
 
 
 def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -204,28 +224,30 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
 
     elist = esub.add_parser("list", parents=[common], help="events, newest first")
     _filter_arguments(elist)
-    elist.add_argument("--order", choices=("asc", "desc"), default="desc")
+    elist.add_argument(
+        "--order", choices=("asc", "desc"), default="desc", help="by time: newest first (desc)"
+    )
     elist.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
     elist.add_argument(
         "--all",
         action="store_true",
         help=f"every event that matches (default: --limit {LIST_LIMIT})",
     )
-    elist.add_argument("--json", action="store_true")
+    elist.add_argument("--json", action="store_true", help=JSON_HELP)
     elist.set_defaults(run=_command("commands.events_list"))
 
     eget = esub.add_parser("get", parents=[common], help="one event in full")
-    eget.add_argument("id", type=request_id)
-    eget.add_argument("--json", action="store_true")
+    eget.add_argument("id", type=request_id, help=ID_HELP)
+    eget.add_argument("--json", action="store_true", help=JSON_HELP)
     eget.set_defaults(run=_command("commands.events_get"))
 
     elogs = esub.add_parser("logs", parents=[common], help="an event's log")
-    elogs.add_argument("id", type=request_id)
+    elogs.add_argument("id", type=request_id, help=ID_HELP)
     elogs.add_argument("--follow", "-f", action="store_true", help="follow until the event ends")
     elogs.set_defaults(run=_command("commands.events_logs"))
 
     estop = esub.add_parser("stop", parents=[common], help="stop an event (forced by default)")
-    estop.add_argument("id", type=request_id)
+    estop.add_argument("id", type=request_id, help=ID_HELP)
     estop.add_argument(
         "--graceful", action="store_true", help="SIGTERM first; forced after the grace period"
     )
@@ -244,12 +266,12 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     payload.add_argument("--payload-file", metavar="F", help="read the new payload from F")
     ereinvoke.add_argument("--yes", "-y", action="store_true", help="no confirmation")
     ereinvoke.add_argument("--wait", action="store_true", help="wait until the new events end")
-    ereinvoke.add_argument("--json", action="store_true")
+    ereinvoke.add_argument("--json", action="store_true", help=JSON_HELP)
     ereinvoke.set_defaults(run=_command("actions.events_reinvoke"))
 
     ewait = esub.add_parser("wait", parents=[common], help="block until events end")
-    ewait.add_argument("ids", nargs="+", metavar="ID", type=request_id)
-    ewait.add_argument("--timeout", type=float, metavar="S")
+    ewait.add_argument("ids", nargs="+", metavar="ID", type=request_id, help=ID_HELP)
+    ewait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
     ewait.set_defaults(run=_command("commands.events_wait"))
 
 

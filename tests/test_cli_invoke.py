@@ -112,3 +112,21 @@ def test_a_delay_takes_units():
     for bad in ("-1", "5x", "inf", "nan", "m", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             delay(bad)
+
+
+def test_every_option_and_argument_says_what_it_is():
+    import argparse
+
+    from daemon.cli import _parser
+
+    def walk(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction):
+                yield path, action
+
+    silent = [f"{path} {a.option_strings or a.dest}" for path, a in walk(_parser(), "fnspool")
+              if not a.help]  # fmt: skip
+    assert not silent, silent
