@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -90,11 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # before or after the command; SUPPRESS: an absent one here keeps the one given before
     common.add_argument("--spool", metavar="DIR", default=argparse.SUPPRESS, help=spool_help)
+    common.add_argument("--utc", action="store_true", default=argparse.SUPPRESS, help=UTC_HELP)
     parser = argparse.ArgumentParser(
         prog="fnspool", description="Stateful asynchronous function invocation on one machine."
     )
     parser.add_argument("--version", action=_Version, help="print the version and exit")
     parser.add_argument("--spool", metavar="DIR", help=spool_help)
+    parser.add_argument("--utc", action="store_true", help=UTC_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     daemon = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
@@ -198,7 +201,8 @@ def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     r.set_defaults(run=_command("install.reload"))
 
 
-JSON_HELP = "print JSON (stable fields, for scripts)"
+JSON_HELP = "print JSON (stable fields, for scripts; its times are always UTC)"
+UTC_HELP = "show times in UTC (default: local time, with its offset from UTC)"
 ID_HELP = "an event's id, or a unique start of it"
 LIST_LIMIT = 50  # events `events list` shows unless --limit or --all says otherwise
 
@@ -278,6 +282,9 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `fnspool` console script."""
     args = _parser().parse_args(argv)
+    if args.utc:  # one switch for every time shown, the dashboard's too
+        os.environ["TZ"] = "UTC"
+        time.tzset()
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         code = run(args)

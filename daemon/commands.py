@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,16 @@ from daemon.errors import FnspoolError
 from daemon.eventlog import LogReader
 from daemon.heartbeat import Heartbeat
 from daemon.model import Event, State
-from daemon.query import Filter, detail, iso, log_path, parse_states, parse_time, summary
+from daemon.query import (
+    Filter,
+    detail,
+    iso,
+    log_path,
+    parse_states,
+    parse_time,
+    shown,
+    summary,
+)
 from daemon.reads import EventReads
 from daemon.spool import Spool
 from daemon.text import printable
@@ -256,7 +266,7 @@ def _filter(args: argparse.Namespace) -> Filter:
         raise FnspoolError(str(exc), exit_code=2) from None
 
 
-_ROW = "{:36}  {:16} {:10} {:>3}  {:24} {:>10}  {}"
+_ROW = "{:36}  {:16} {:10} {:>3}  {:29} {:>10}  {}"
 
 
 def events_list(args: argparse.Namespace) -> int:
@@ -283,7 +293,7 @@ def events_list(args: argparse.Namespace) -> int:
         error = printable(f"{e.error.type}: {e.error.message}")[:60] if e.error else ""
         print(
             _ROW.format(
-                e.id, e.function, e.state.value, e.attempts, iso(e.enqueued_at), duration, error
+                e.id, e.function, e.state.value, e.attempts, shown(e.enqueued_at), duration, error
             )
         )
     return 0
@@ -335,7 +345,11 @@ def _destination_text(d: dict[str, Any] | None) -> str:
         return f"not delivered yet: to {d['to']} ({d['condition']})"
     if d["to"] is None:
         return "delivered"
-    return f"delivered to {d['record'] or d['to']} ({d['condition']}) at {d['at']}"
+    at = datetime.fromisoformat(d["at"].replace("Z", "+00:00")).timestamp() if d["at"] else None
+    return f"delivered to {d['record'] or d['to']} ({d['condition']}) at {shown(at)}"
+
+
+_TIMES = ("enqueued_at", "started_at", "ended_at")  # shown local: `events get` for people
 
 
 def _print_event(event: Event, view: dict[str, Any]) -> None:
@@ -352,7 +366,8 @@ def _print_event(event: Event, view: dict[str, Any]) -> None:
         "log_path",
     ):
         if view.get(key) is not None:
-            print(f"{key + ':':13} {view[key]}")
+            value = shown(getattr(event, key)) if key in _TIMES else view[key]
+            print(f"{key + ':':13} {value}")
     print(f"{'payload:':13} {json.dumps(view['payload'])}")
     if view["result"] is not None:
         print(f"{'result:':13} {json.dumps(view['result'])}")
@@ -363,13 +378,13 @@ def _print_event(event: Event, view: dict[str, Any]) -> None:
     if view["state"] in {s.value for s in State if s.terminal}:
         print(f"{'destination:':13} {_destination_text(view['destination'])}")
     print("history:")
-    for h in view["history"]:
+    for h, entry in zip(view["history"], event.history, strict=True):
         extra = " ".join(f"{k}={h[k]}" for k in ("reason", "instance") if k in h)
-        print(f"  {h['at']}  {h['state']:10} attempt {h['attempt']}  {extra}".rstrip())
+        print(f"  {shown(entry.at)}  {h['state']:10} attempt {h['attempt']}  {extra}".rstrip())
         if "usage" in h:
-            print(f"  {'':24}  {_usage_text(h['usage'])}")
+            print(f"  {'':29}  {_usage_text(h['usage'])}")
         if "error" in h and h["state"] != view["state"]:
-            print(f"  {'':24}  {_error_text(h['error'])}")
+            print(f"  {'':29}  {_error_text(h['error'])}")
     _print_log_end(Path(view["log_path"]), event)
 
 

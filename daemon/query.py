@@ -66,6 +66,21 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def shown(ts: float | None) -> str:
+    """A time for people: local, with its offset from UTC (`--utc` makes local UTC)."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).astimezone().isoformat(sep=" ", timespec="milliseconds")
+
+
+def zone(ts: float | None = None) -> str:
+    """The local time zone's offset from UTC, as `UTC+01:00`."""
+    offset = (
+        datetime.fromtimestamp(ts if ts is not None else time.time()).astimezone().strftime("%z")
+    )
+    return f"UTC{offset[:3]}:{offset[3:]}"
+
+
 class Filter(msgspec.Struct, kw_only=True):
     """What `events list` and the TUI filter on."""
 

@@ -4,6 +4,10 @@ drive the terminal."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -110,3 +114,23 @@ def test_events_are_listed_by_end_time_and_paged(spool, daemon):
 def _ended_at(spool, request_id):
     text = fnspool_json(spool, "events", "get", request_id)["ended_at"]
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_times_are_local_with_their_offset_or_utc_and_json_stays_utc(spool, daemon):
+    daemon.start()
+    fnspool(spool, "invoke", "echo", "--id", "tz-1", "--payload", "1", "--wait")
+    env = {**os.environ, "TZ": "XYZ-1"}  # POSIX: one hour east of UTC, no tz database needed
+
+    def run(*argv: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "daemon", *argv, "--spool", str(spool)],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return out.stdout
+
+    local = run("events", "get", "tz-1")
+    assert re.search(r"enqueued_at: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\+01:00", local), local
+    utc = run("--utc", "events", "get", "tz-1")
+    assert re.search(r"enqueued_at: +\S+ \S+\+00:00", utc), utc
+    assert "+01:00" in run("events", "list") and "+00:00" in run("events", "list", "--utc")
+    assert json.loads(run("events", "get", "tz-1", "--json"))["enqueued_at"].endswith("Z")

@@ -399,3 +399,26 @@ async def test_retention_under_an_open_dashboard_leaves_no_ghosts(spool, daemon)
         await until(pilot, lambda: events_list.selected_id in new, "a retained event selected")
         assert not [n for n in notices(app) if "error" in n.lower()]
     assert d.stop() == 0
+
+
+async def test_the_header_says_draining_and_the_time_zone(tmp_path, monkeypatch):
+    from tui.tail import DaemonStatus
+
+    monkeypatch.setenv("TZ", "XYZ-1")  # POSIX: one hour east of UTC
+    time.tzset()
+    try:
+        spool = tmp_path / "spool"
+        write_journal(spool, 3)
+        app = FnspoolApp(Spool(spool))
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: loaded(app, 3), "the events")
+            app.status = DaemonStatus(pid=4242, ready=False, stopping=True)
+            app._show_status()
+            assert (
+                "daemon stopping" in app.status_markup
+                and "(pid 4242): draining" in app.status_markup
+            )
+            assert "times UTC+01:00" in app.status_markup
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -24,7 +24,7 @@ from textual.worker import get_current_worker
 from daemon.ids import BadId
 from daemon.logfiles import event_log_path
 from daemon.model import Event, Request, State
-from daemon.query import Filter
+from daemon.query import Filter, zone
 from daemon.reads import EventReads
 from daemon.refusals import reinvoke_refusal, stop_refusal
 from daemon.spool import Spool
@@ -201,9 +201,12 @@ class FnspoolApp(App[None]):
 
     def _show_status(self) -> None:
         s = self.status
-        where = f"[$text-muted]spool {escape(_shown_path(self.spool.root))}[/]"
+        spool = escape(_shown_path(self.spool.root))
+        where = f"[$text-muted]spool {spool}  times {zone()}[/]"
         if not s.running:
             state = "[$error]● daemon down[/]: read-only; stop and re-invoke wait in control/"
+        elif s.stopping:
+            state = f"[$warning]● daemon stopping[/] (pid {s.pid}): draining"
         elif not s.ready:
             state = f"[$warning]● daemon starting[/] (pid {s.pid})"
         else:

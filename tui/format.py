@@ -10,6 +10,7 @@ from rich.text import Text
 from textual.markup import escape
 
 from daemon.model import State
+from daemon.query import shown
 
 STATES: tuple[State, ...] = tuple(State)
 
@@ -47,10 +48,8 @@ def clock(ts: float | None) -> str:
 
 
 def stamp(ts: float | None) -> str:
-    """A time in full, local, with milliseconds."""
-    if ts is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+    """A time in full: local, with milliseconds and the offset from UTC (as the CLI shows it)."""
+    return shown(ts)
 
 
 def duration(ms: float | None) -> str:

@@ -32,6 +32,7 @@ class DaemonStatus:
 
     pid: int | None = None
     ready: bool = False
+    stopping: bool = False  # draining on its way out
     queue_depth: int | None = None
     running_events: int | None = None
     heartbeat_age: float | None = None
@@ -64,6 +65,7 @@ def read_status(spool: Spool) -> DaemonStatus:
     return DaemonStatus(
         pid=pid,
         ready=beat is not None and beat.ready,
+        stopping=beat is not None and beat.stopping,
         queue_depth=beat.queue_depth if beat is not None else None,
         running_events=beat.running if beat is not None else None,
         heartbeat_age=beat.age if beat is not None else None,
