@@ -323,9 +323,8 @@ def _destination(event: Event, spool: Spool) -> dict[str, Any] | None:
         return {"delivered": True, "to": None, "record": None, "condition": None, "at": None}
     if not event.ended:
         return None
-    from daemon.destinations import owed_destination
     from daemon.fcrecord import condition_of
-    from daemon.functions import load_function
+    from daemon.functions import load_function, owed_destination
 
     try:  # as the daemon does: a function it cannot load has the default destinations
         definition = load_function(spool.functions / f"{event.function}.toml")

@@ -18,37 +18,22 @@ import msgspec
 
 from daemon.atomic import write_durable
 from daemon.fcrecord import build_record, condition_of, encode_within
-from daemon.functions import DAEMON_FOLDERS, AsyncConfig, Catalog, FunctionDef
+from daemon.functions import (
+    DAEMON_FOLDERS,
+    FUNCTION_PREFIX,
+    Catalog,
+    owed_destination,
+)
 from daemon.ids import check_id, derived_id
-from daemon.model import Event, Source, State
+from daemon.model import Event, Source
 from daemon.text import printable
 
 log = logging.getLogger(__name__)
-
-FUNCTION_PREFIX = "function:"
 
 #: enqueues an event: (function, payload, request id, source) -> whether it was new
 Enqueue = Callable[[str, msgspec.Raw, str, Source], bool]
 #: journals a delivery: (event, destination, condition, target: the file or the new event's id)
 MarkDelivered = Callable[[Event, str, str, str], None]
-
-
-def destination_of(config: AsyncConfig, event: Event) -> str:
-    """Where the event's record goes: on_success or on_failure ("" for nowhere)."""
-    return config.on_success if event.state is State.SUCCEEDED else config.on_failure
-
-
-def owed_destination(definition: FunctionDef | None, event: Event) -> str:
-    """Where an ended event's record is to go under its function's definition ("" for nowhere)."""
-    config = definition.async_ if definition is not None else AsyncConfig()
-    destination = destination_of(config, event)
-    if (
-        destination.startswith(FUNCTION_PREFIX)
-        and event.source
-        and event.source.via == "destination"
-    ):
-        return ""  # a destination event is never forwarded again: no loops between functions
-    return destination
 
 
 def folder_in_spool(root: Path, destination: str) -> Path:

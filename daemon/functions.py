@@ -13,6 +13,7 @@ import msgspec
 
 from daemon import users
 from daemon.ids import NAME_RE
+from daemon.model import Event, State
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,15 @@ def _check_values(d: FunctionDef) -> None:
         _check_destination(f"async.{key}", getattr(d.async_, key))
 
 
+FUNCTION_PREFIX = "function:"  # a destination that is another function
+
 #: folders the daemon reads or owns: a record written there would be taken as input
 DAEMON_FOLDERS = frozenset({"incoming", "control", "tmp", "journal", "run", "functions"})
 
 
 def _check_destination(key: str, value: str) -> None:
     """A destination is "", `function:NAME` or a relative folder inside the spool."""
-    if value.startswith("function:"):
+    if value.startswith(FUNCTION_PREFIX):
         if not NAME_RE.match(value.removeprefix("function:")):
             raise ValueError(f"`{key}` names a bad function: {value!r}")
     elif value and (os.path.isabs(value) or ".." in Path(value).parts):
@@ -216,3 +219,24 @@ def keep_last_good(catalog: Catalog, previous: Catalog) -> Catalog:
             log.warning("function %s: %s has an error: its last good definition stays in use",
                         name, error.path)  # fmt: skip
     return catalog
+
+
+# -- where an ended event's record goes (the daemon delivers it, `events get` says it) -------
+
+
+def destination_of(config: AsyncConfig, event: Event) -> str:
+    """Where the event's record goes: on_success or on_failure ("" for nowhere)."""
+    return config.on_success if event.state is State.SUCCEEDED else config.on_failure
+
+
+def owed_destination(definition: FunctionDef | None, event: Event) -> str:
+    """Where an ended event's record is to go under its function's definition ("" for nowhere)."""
+    config = definition.async_ if definition is not None else AsyncConfig()
+    destination = destination_of(config, event)
+    if (
+        destination.startswith(FUNCTION_PREFIX)
+        and event.source
+        and event.source.via == "destination"
+    ):
+        return ""  # a destination event is never forwarded again: no loops between functions
+    return destination
