@@ -166,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help=JSON_HELP)
     status.set_defaults(run=_command("commands.status"))
 
+    completion = sub.add_parser(
+        "completion", parents=[common], help="the shell completion script (bash, zsh, fish)"
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell it is for")
+    completion.set_defaults(run=_command("commands.completion"))
+
     _systemd_parser(sub, common)
     return parser
 
@@ -279,9 +285,25 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     ewait.set_defaults(run=_command("commands.events_wait"))
 
 
+def _complete(words: list[str]) -> None:
+    """Print what may follow: `__complete INDEX WORD...` (the shell's words, the program first)."""
+    from daemon.completion import candidates
+
+    try:
+        current = int(words[0])
+    except (IndexError, ValueError):
+        sys.exit(2)
+    for word in candidates(_parser(), words[1:], current):
+        print(word)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `fnspool` console script."""
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["__complete"]:  # asked by the shell's completion script
+        _complete(words[1:])
+        return
+    args = _parser().parse_args(words)
     if args.utc:  # one switch for every time shown, the dashboard's too
         os.environ["TZ"] = "UTC"
         time.tzset()

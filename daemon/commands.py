@@ -608,3 +608,11 @@ def status(args: argparse.Namespace) -> int:
         for damage in view["journal_damage"]:
             print(f"journal damage: {damage['path']} at {damage['offset']}: {damage['reason']}")
     return 0 if running else EXIT_NOT_RUNNING
+
+
+def completion(args: argparse.Namespace) -> int:
+    """Print the completion script for a shell (see the README for where it goes)."""
+    from daemon.completion import script
+
+    print(script(args.shell), end="")
+    return 0

@@ -130,3 +130,62 @@ def test_every_option_and_argument_says_what_it_is():
     silent = [f"{path} {a.option_strings or a.dest}" for path, a in walk(_parser(), "fnspool")
               if not a.help]  # fmt: skip
     assert not silent, silent
+
+
+def test_bash_completion_offers_commands_options_states_functions_and_ids(spool, daemon):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("bash") is None:
+        import pytest
+
+        pytest.skip("needs bash")
+    daemon.start()
+    fnspool(spool, "invoke", "echo", "--id", "order-17", "--payload", "1", "--wait")
+    script = fnspool(spool, "completion", "bash").stdout
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+    def offered(*words: str) -> list[str]:
+        quoted = " ".join(f"'{w}'" for w in ("fnspool", *words))
+        probe = f"{script}\nCOMP_WORDS=({quoted}); COMP_CWORD={len(words)}; _fnspool\n"
+        probe += 'printf "%s\\n" "${COMPREPLY[@]}"'
+        out = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True)
+        return out.stdout.split()
+
+    assert {"events", "invoke", "status", "completion"} <= set(offered(""))
+    assert offered("events", "l") == ["list", "logs"]
+    assert offered("events", "list", "--st") == ["--status"]
+    assert offered("events", "list", "--status", "Fa") == ["Failed"]
+    assert "FINISHED" in offered("events", "list", "--status", "F")
+    assert offered("--spool", str(spool), "invoke", "ec") == ["echo"]
+    assert offered("--spool", str(spool), "events", "get", "order") == ["order-17"]
+
+
+def _shell_env():
+    import os
+    import sys
+    from pathlib import Path
+
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def test_zsh_and_fish_completion_offer_the_same(spool):
+    import shutil
+    import subprocess
+
+    import pytest
+
+    missing = [s for s in ("zsh", "fish") if shutil.which(s) is None]
+    if missing:
+        pytest.skip(f"needs {' and '.join(missing)} (Debian: .ci/run installs them)")
+    zsh = fnspool(spool, "completion", "zsh").stdout
+    probe = f"{zsh}\nCOMP_WORDS=(fnspool events l); COMP_CWORD=2; _fnspool; print -l $COMPREPLY"
+    out = subprocess.run(["zsh", "-c", probe], env=_shell_env(), capture_output=True, text=True)
+    assert out.stdout.split() == ["list", "logs"], out.stderr
+    fish = fnspool(spool, "completion", "fish").stdout
+    probe = f"{fish}\ncomplete -C 'fnspool events l'"
+    out = subprocess.run(["fish", "-c", probe], env=_shell_env(), capture_output=True, text=True)
+    assert out.stdout.split() == ["list", "logs"], out.stderr
