@@ -166,6 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help=JSON_HELP)
     status.set_defaults(run=_command("commands.status"))
 
+    metrics = sub.add_parser(
+        "metrics", parents=[common], help="the daemon's figures, as Prometheus scrapes them"
+    )
+    metrics.set_defaults(run=_command("commands.metrics"))
+
     completion = sub.add_parser(
         "completion", parents=[common], help="the shell completion script (bash, zsh, fish)"
     )

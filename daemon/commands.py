@@ -616,3 +616,17 @@ def completion(args: argparse.Namespace) -> int:
 
     print(script(args.shell), end="")
     return 0
+
+
+def metrics(args: argparse.Namespace) -> int:
+    """Print run/metrics.prom, the running daemon's figures (exit 3 when no daemon runs)."""
+    spool = _spool(args)
+    _pid, _last, beat = _heartbeats(spool)
+    if beat is None:
+        print("fnspool: the daemon is not running: no figures", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    try:
+        sys.stdout.write((spool.run / "metrics.prom").read_text())
+    except FileNotFoundError:
+        raise FnspoolError("no run/metrics.prom yet", title="metrics") from None
+    return 0

@@ -6,8 +6,48 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Mapping
 
+import msgspec
+
 from daemon.heartbeat import InstanceView
 from daemon.model import State
+
+#: upper bounds (seconds) of the attempt duration histogram's buckets
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Histogram:
+    """Attempt durations of one function, in Prometheus' cumulative buckets."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(BUCKETS)  # observations at or under each bound (not cumulative)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one duration."""
+        self.count += 1
+        self.sum += seconds
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                return
+
+    def lines(self, name: str, function: str) -> Iterable[str]:
+        """The bucket, sum and count lines."""
+        below = 0
+        for bound, n in zip(BUCKETS, self.counts, strict=True):
+            below += n
+            yield f'{name}_bucket{{function="{function}",le="{bound}"}} {below}'
+        yield f'{name}_bucket{{function="{function}",le="+Inf"}} {self.count}'
+        yield f'{name}_sum{{function="{function}"}} {self.sum:.6f}'
+        yield f'{name}_count{{function="{function}"}} {self.count}'
+
+
+class FileCounts(msgspec.Struct, kw_only=True):
+    """Files taken from and refused at the spool's doors since the daemon started."""
+
+    accepted: int = 0
+    rejected: int = 0  # payload files and control requests set aside in rejected/
 
 
 class Metrics:
@@ -15,13 +55,13 @@ class Metrics:
 
     def __init__(self) -> None:
         self.attempts: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.duration_sum: collections.defaultdict[str, float] = collections.defaultdict(float)
+        self.durations: collections.defaultdict[str, Histogram] = collections.defaultdict(Histogram)
         self.cold_starts: collections.Counter[str] = collections.Counter()
 
     def attempt_ended(self, function: str, outcome: State, duration_ms: float) -> None:
         """One attempt of `function` ended as `outcome` after `duration_ms`."""
         self.attempts[function, outcome.value] += 1
-        self.duration_sum[function] += duration_ms / 1000
+        self.durations[function].observe(duration_ms / 1000)
 
     def cold_start(self, function: str) -> None:
         """An event of `function` waited for a new instance."""
@@ -32,6 +72,7 @@ class Metrics:
         events: Mapping[State, int],
         instances: Mapping[str, Iterable[InstanceView]],
         queue_depth: int,
+        files: FileCounts,
     ) -> str:
         """The whole file's text."""
         out: list[str] = []
@@ -40,22 +81,24 @@ class Metrics:
             out.append(f'fnspool_events{{state="{state.value}"}} {events.get(state, 0)}')
         _family(out, "fnspool_queue_depth", "gauge", "Events waiting for an instance.")
         out.append(f"fnspool_queue_depth {queue_depth}")
+        _family(out, "fnspool_files_total", "counter", "Files taken and refused at the doors.")
+        out.append(f'fnspool_files_total{{outcome="accepted"}} {files.accepted}')
+        out.append(f'fnspool_files_total{{outcome="rejected"}} {files.rejected}')
         _family(out, "fnspool_attempts_total", "counter", "Attempts ended, by outcome.")
         for (function, outcome), n in sorted(self.attempts.items()):
             out.append(f'fnspool_attempts_total{{function="{function}",outcome="{outcome}"}} {n}')
-        _family(out, "fnspool_attempt_duration_seconds", "summary", "Attempt wall time.")
-        for function, total in sorted(self.duration_sum.items()):
-            count = sum(n for (f, _), n in self.attempts.items() if f == function)
-            out.append(f'fnspool_attempt_duration_seconds_sum{{function="{function}"}} {total:.6f}')
-            out.append(f'fnspool_attempt_duration_seconds_count{{function="{function}"}} {count}')
+        name = "fnspool_attempt_duration_seconds"
+        _family(out, name, "histogram", "Attempt wall time.")
+        for function, histogram in sorted(self.durations.items()):
+            out.extend(histogram.lines(name, function))
         _family(out, "fnspool_cold_starts_total", "counter", "Events that started an instance.")
         for function, n in sorted(self.cold_starts.items()):
             out.append(f'fnspool_cold_starts_total{{function="{function}"}} {n}')
         _family(out, "fnspool_instances", "gauge", "Instances by function and state.")
         for function, listed in sorted(instances.items()):
             states = collections.Counter(i.state for i in listed)
-            for name, n in sorted(states.items()):
-                out.append(f'fnspool_instances{{function="{function}",state="{name}"}} {n}')
+            for state_name, n in sorted(states.items()):
+                out.append(f'fnspool_instances{{function="{function}",state="{state_name}"}} {n}')
         return "\n".join(out) + "\n"
 
 

@@ -136,6 +136,7 @@ class RequestIntake:
         self.dispatcher = dispatcher
         self._grace = grace
         self._gid = os.stat(spool.root).st_gid
+        self.set_aside = 0  # requests moved to rejected/ (metrics)
         self._inotify: INotify | None = None
         self._scanning: asyncio.Task[None] | None = None
         self._again = False
@@ -256,6 +257,7 @@ class RequestIntake:
         except OSError as exc:
             log.error("cannot set aside control/%s: %s", printable(name), exc)
             return
+        self.set_aside += 1
         outcome, message = control.REFUSED, why.message
         self.store.note(
             Request(

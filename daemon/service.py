@@ -22,6 +22,7 @@ from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalFailed, JournalWriter, recover
 from daemon.logfiles import EventLogs
+from daemon.metrics import FileCounts
 from daemon.model import Event, Source
 from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.pool import InstanceFactory
@@ -393,8 +394,12 @@ class Daemon:
             self.run_files.write_or_remove(heartbeat.STATUS_NAME, heartbeat.encode(beat))
         else:
             self.run_files.write(heartbeat.STATUS_NAME, heartbeat.encode(beat))
+        files = FileCounts(
+            accepted=self.ingestor.stats.accepted,
+            rejected=self.ingestor.stats.rejected + self.requests.set_aside,
+        )
         metrics = self.dispatcher.metrics.render(
-            self.store.retained_counts(), instances, self.dispatcher.queue_depth
+            self.store.retained_counts(), instances, self.dispatcher.queue_depth, files
         )
         self.run_files.write("metrics.prom", metrics.encode())
         if not stopped:

@@ -389,8 +389,16 @@ def test_metrics_file_in_prometheus_text_format(spool, daemon):
     assert figures['fnspool_attempts_total{function="echo",outcome="Succeeded"}'] == 3
     assert 1 <= figures['fnspool_cold_starts_total{function="echo"}'] <= 2
     assert figures['fnspool_attempt_duration_seconds_count{function="echo"}'] == 3
+    assert figures['fnspool_attempt_duration_seconds_bucket{function="echo",le="+Inf"}'] == 3
+    assert figures['fnspool_attempt_duration_seconds_bucket{function="echo",le="300.0"}'] == 3
     assert figures["fnspool_queue_depth"] == 0
     assert "# TYPE fnspool_attempts_total counter" in metrics.read_text()
+    assert "# TYPE fnspool_attempt_duration_seconds histogram" in metrics.read_text()
+    (spool / "incoming" / "echo" / "bad.json").write_text("{nope")
+    wait_for(lambda: scraped().get('fnspool_files_total{outcome="rejected"}') == 1, what="counted")
+    assert scraped()['fnspool_files_total{outcome="accepted"}'] == 3
+    printed = fnspool(spool, "metrics").stdout
+    assert 'fnspool_files_total{outcome="rejected"} 1' in printed
 
 
 def test_a_file_left_aside_by_a_crash_mid_removal_is_taken_if_not_journaled(spool, daemon):
@@ -482,3 +490,21 @@ def test_a_burst_does_not_freeze_instances_between_its_events(spool, daemon):
     # one when each instance went idle at the end (the old pool froze dozens to hundreds)
     assert len(freezes) <= 4, f"{len(freezes)} PreFreeze runs for 400 events in one burst"
     assert d.stop() == 0
+
+
+def test_a_duration_histogram_counts_each_attempt_in_its_bucket_and_every_one_above():
+    from daemon.metrics import FileCounts, Metrics
+    from daemon.model import State
+
+    metrics = Metrics()
+    for ms in (3, 40, 40, 7000, 900_000):
+        metrics.attempt_ended("f", State.SUCCEEDED, ms)
+    text = metrics.render({}, {}, 0, FileCounts())
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+    bucket = 'fnspool_attempt_duration_seconds_bucket{{function="f",le="{}"}}'
+    assert lines[bucket.format("0.005")] == "1"
+    assert lines[bucket.format("0.05")] == "3"
+    assert lines[bucket.format("10.0")] == "4"
+    assert lines[bucket.format("300.0")] == "4"
+    assert lines[bucket.format("+Inf")] == "5"
+    assert lines['fnspool_attempt_duration_seconds_count{function="f"}'] == "5"
