@@ -24,6 +24,7 @@ from daemon.spool import Spool
 from tui.app import FnspoolApp
 from tui.detail import DetailScreen, LogScreen
 from tui.event_list import EventList
+from tui.events import FilterInput
 from tui.functions import FunctionsScreen
 from tui.listing import Slicer
 from tui.modals import ConfirmStop
@@ -422,3 +423,19 @@ async def test_the_header_says_draining_and_the_time_zone(tmp_path, monkeypatch)
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+async def test_the_text_filter_applies_as_it_is_typed(tmp_path):
+    spool = tmp_path / "spool"
+    write_journal(spool, 30, snapshot_upto=10)
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 30), "the events")
+        await pilot.press("slash", *"bad input 1")  # no enter
+        events = app.screen.query_one(EventList)
+        await until(pilot, lambda: events.total == 2, "the list filtered while typing")
+        assert isinstance(app.focused, FilterInput) and app.focused.display
+        await pilot.press("backspace", "backspace")  # "bad input"
+        await until(pilot, lambda: events.total is not None and events.total > 2, "widened")
+        await pilot.press("enter")
+        assert not app.screen.query_one(FilterInput).display

@@ -220,10 +220,16 @@ class FnspoolApp(App[None]):
 
     # -- filters ---------------------------------------------------------------------------
 
+    def filter_text(self, text: str) -> None:
+        """Filter on free text as it is typed (the input stays open)."""
+        wanted = text.strip() or None
+        if wanted != self.flt.text:
+            self.flt = replace(self.flt, text=wanted)
+            self.refilter()
+
     def apply_text(self, text: str) -> None:
-        """Filter on free text (called by the filter input)."""
-        self.flt = replace(self.flt, text=text.strip() or None)
-        self.refilter()
+        """Filter on free text and close the input (enter, esc)."""
+        self.filter_text(text)
         for screen in self.screen_stack:
             if isinstance(screen, EventsScreen):
                 screen.close_filter()

@@ -6,10 +6,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.events import Key
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Input
 
 from tui.event_list import EventList
 from tui.header import CountsLine, FilterLine, StatusLine
+
+TYPING_PAUSE = 0.25  # seconds without a key before the typed text filters the list
 
 
 class FilterInput(Input):
@@ -41,6 +44,10 @@ class EventsScreen(Screen[None]):
         Binding("escape", "app.clear_filters", "Clear filters", show=False),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._typing: Timer | None = None  # the filter applied once typing pauses
+
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status")
         yield CountsLine(id="counts")
@@ -59,8 +66,21 @@ class EventsScreen(Screen[None]):
         box.display = True
         box.focus()
 
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Filter as the text is typed, once typing pauses."""
+        event.stop()
+        if self._typing is not None:
+            self._typing.stop()
+        text = event.value
+        self._typing = self.set_timer(
+            TYPING_PAUSE,
+            lambda: self.app.filter_text(text),  # type: ignore[attr-defined]
+        )
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
+        if self._typing is not None:
+            self._typing.stop()
         self.app.apply_text(event.value)  # type: ignore[attr-defined]
 
     def close_filter(self) -> None:
