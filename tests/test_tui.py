@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import PATIENCE, drop, events, wait_for, wait_for_async
+from conftest import PATIENCE, drop, events, fnspool, wait_for, wait_for_async
 from textual.widgets import DataTable
 from tui_journal import T0, append_records, event_id, history, index_journal, write_journal
 
@@ -439,3 +439,25 @@ async def test_the_text_filter_applies_as_it_is_typed(tmp_path):
         await until(pilot, lambda: events.total is not None and events.total > 2, "widened")
         await pilot.press("enter")
         assert not app.screen.query_one(FilterInput).display
+
+
+async def test_from_a_reinvoke_to_the_event_it_reinvokes_and_back(spool, daemon):
+    daemon.start()
+    fnspool(spool, "invoke", "fail", "--id", "first", "--payload", "1", "--wait", check=False)
+    fnspool(spool, "events", "reinvoke", "first", "--wait", check=False)
+    (again,) = [e for e in events(spool) if e["id"] != "first"]
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 2), "the events")
+        assert shown(app)[0][0].startswith(again["id"][:8])  # the newest: the re-invoke
+        await pilot.press("enter")
+        detail = app.screen
+        assert isinstance(detail, DetailScreen)
+        await until(pilot, lambda: detail.event is not None, "the re-invoke read")
+        assert detail.event.retry_of == "first"
+        await pilot.press("p")
+        original = app.screen
+        assert isinstance(original, DetailScreen) and original.event_id == "first"
+        await until(pilot, lambda: original.event is not None, "the original read")
+        await pilot.press("escape")
+        assert app.screen is detail

@@ -113,7 +113,7 @@ def summary_markup(event: Event) -> str:
         f"   attempts {event.attempts}",
     ]
     if event.retry_of:
-        rows.append(f"re-invoke of {escape(event.retry_of)}")
+        rows.append(f"re-invoke of {escape(event.retry_of)} ([b]p[/] opens it)")
     if event.source is not None and event.source.path:
         who = f" by uid {event.source.uid}" if event.source.uid is not None else ""
         rows.append(f"[$text-muted]from {escape(event.source.path)}{who} ({event.source.via})[/]")
@@ -187,6 +187,7 @@ class DetailScreen(Screen[None]):
         Binding("r", "app.reinvoke", "Re-invoke"),
         Binding("c", "app.copy", "Copy payload"),
         Binding("o", "app.open_log", "Full log"),
+        Binding("p", "original", "Re-invoked event"),
         Binding("j", "scroll(1)", "Down", show=False),
         Binding("k", "scroll(-1)", "Up", show=False),
     ]
@@ -199,6 +200,7 @@ class DetailScreen(Screen[None]):
         except BadId:
             self.log_path = None
         self.journal_dir = journal_dir
+        self.logs_dir = logs_dir
         self.event: Event | None = None
         self._early: list[Transition] = []  # records that came while the event was being read
 
@@ -286,6 +288,16 @@ class DetailScreen(Screen[None]):
         self.query_one("#detail-attempts", Static).update(attempts_markup(event))
         self.query_one("#detail-timeline", Static).update(timeline_markup(event))
         self.query_one("#detail-payload", Static).update(json_view(event.payload))
+
+    def action_original(self) -> None:
+        """Open the event this one re-invokes (esc comes back here)."""
+        if self.event is None or not self.event.retry_of:
+            self.notify("this event re-invokes none", severity="warning")
+            return
+        original = DetailScreen(
+            self.event.retry_of, self.event.function, self.logs_dir, self.journal_dir
+        )
+        self.app.push_screen(original)
 
     def action_scroll(self, delta: int) -> None:
         """Scroll the event's information."""
