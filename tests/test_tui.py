@@ -461,3 +461,31 @@ async def test_from_a_reinvoke_to_the_event_it_reinvokes_and_back(spool, daemon)
         await until(pilot, lambda: original.event is not None, "the original read")
         await pilot.press("escape")
         assert app.screen is detail
+
+
+async def test_the_full_log_is_searched_with_slash_and_n(tmp_path):
+    spool = tmp_path / "spool"
+    write_journal(spool, 10, snapshot_upto=5)
+    log = spool / "logs" / "echo" / f"{event_id(9)}.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f"line {n}{' needle' if n in (50, 150) else ''}\n" for n in range(300)))
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 10), "the events")
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen.event is not None, "the event read")
+        await pilot.press("o")
+        screen = app.screen
+        assert isinstance(screen, LogScreen)
+        full = screen.query_one("#full-log")
+        await until(pilot, lambda: len(full.lines) >= 300, "the whole log")
+        await pilot.press("slash", *"NEEDLE", "enter")
+        assert screen.at == 50
+        await pilot.press("n")
+        assert screen.at == 150
+        await pilot.press("n")
+        assert screen.at == 50  # round again
+        await pilot.press("N")
+        assert screen.at == 150
+        await pilot.press("escape")
+        assert isinstance(app.screen, DetailScreen)

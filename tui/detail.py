@@ -21,7 +21,7 @@ from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Log, Static
+from textual.widgets import Footer, Input, Log, Static
 from textual.worker import get_current_worker
 
 from daemon.eventlog import LogReader
@@ -305,17 +305,64 @@ class DetailScreen(Screen[None]):
 
 
 class LogScreen(Screen[None]):
-    """An event's whole log, followed while it runs; esc goes back."""
+    """An event's whole log, followed while it runs: `/` searches it, `n`/`N` go to the next and
+    previous line that matches; esc goes back."""
 
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("slash", "search", "Search"),
+        Binding("n", "match(1)", "Next match"),
+        Binding("N", "match(-1)", "Previous match"),
+    ]
 
     def __init__(
         self, path: Path, live: Callable[[], bool], event: Callable[[], Event | None]
     ) -> None:
         super().__init__()
         self.path, self.live, self.event = path, live, event
+        self.pattern = ""
+        self.at = -1  # the line of the match shown
 
     def compose(self) -> ComposeResult:
         yield Static(f"[b]log[/] {escape(str(self.path))}", id="log-title")
         yield LogView(self.path, self.live, None, self.event, id="full-log")
+        yield Input(placeholder="search the log (case ignored)", id="log-search")
         yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#log-search", Input).display = False
+
+    def action_back(self) -> None:
+        """Close the search box, else go back."""
+        box = self.query_one("#log-search", Input)
+        if box.display:
+            box.display = False
+            self.query_one("#full-log").focus()
+        else:
+            self.app.pop_screen()
+
+    def action_search(self) -> None:
+        """Ask what to look for."""
+        box = self.query_one("#log-search", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        event.input.display = False
+        self.query_one("#full-log").focus()
+        self.pattern, self.at = event.value.lower(), -1
+        self.action_match(1)
+
+    def action_match(self, step: int) -> None:
+        """Show the next (1) or previous (-1) line that matches, wrapping around."""
+        log = self.query_one("#full-log", LogView)
+        found = [i for i, line in enumerate(log.lines) if self.pattern in line.lower()]
+        if not self.pattern or not found:
+            self.notify(f"no line holds {self.pattern!r}" if self.pattern else "nothing to find")
+            return
+        later = [i for i in found if (i - self.at) * step > 0]
+        self.at = (later[0] if step > 0 else later[-1]) if later else found[0 if step > 0 else -1]
+        log.auto_scroll = False  # stay on the match while the log grows
+        log.scroll_to(y=self.at, animate=False)
+        self.notify(f"match {found.index(self.at) + 1} of {len(found)}: line {self.at + 1}")
