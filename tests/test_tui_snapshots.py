@@ -48,6 +48,12 @@ def test_events_screen(app, snap_compare):
     assert snap_compare(app, terminal_size=SIZE, run_before=_loaded)
 
 
+def test_events_screen_at_80_columns(app, snap_compare):
+    """A narrow terminal keeps the state, the duration and the error: the id is cut with an
+    ellipsis, the attempts are left out, the time is the time of day."""
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_loaded)
+
+
 def test_events_filtered_by_state_and_text(app, snap_compare):
     async def run_before(pilot) -> None:
         await _loaded(pilot)

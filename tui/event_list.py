@@ -10,6 +10,7 @@ stays where it is on screen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from rich.segment import Segment
 from rich.style import Style
@@ -23,23 +24,33 @@ from textual.strip import Strip
 
 from daemon.eventdb import Key
 from daemon.model import State
-from tui.format import clock, duration, state_class
+from tui.format import clock, duration, state_class, time_of_day
 from tui.overlay import Row
 from tui.reader import Show, WindowRead
 
-#: (title, width) of the fixed columns; the error takes what is left
-COLUMNS = (
-    ("ID", 36),
-    ("FUNCTION", 14),
-    ("STATE", 10),
-    ("ATT", 3),
-    ("ENQUEUED", 14),
-    ("DURATION", 9),
-)
+
+class Widths(NamedTuple):
+    """The fixed columns' widths (0: not shown); the error takes what is left."""
+
+    id: int
+    function: int
+    attempts: int
+    enqueued: int  # 14: `MM-DD HH:MM:SS`, 8: `HH:MM:SS`
+    duration: int
+    min_error: int
+
+    @property
+    def fixed(self) -> int:
+        """The width before the error column, gaps included."""
+        shown = [self.id, self.function, STATE_WIDTH, self.attempts, self.enqueued, self.duration]
+        return sum(w + len(_GAP) for w in shown if w)
+
+
+STATE_WIDTH = 10
 _GAP = "  "
-FIXED_WIDTH = sum(w + len("  ") for _, w in COLUMNS)
-SHORT_ID = 20  # the id column in a narrow terminal: its first 19 characters and "…"
-MIN_ERROR_WIDTH = 30
+WIDE = Widths(id=36, function=14, attempts=3, enqueued=14, duration=9, min_error=30)
+#: 80 columns: the id's first 17 characters, no attempts, the time of day, the error kept
+NARROW = Widths(id=18, function=12, attempts=0, enqueued=8, duration=8, min_error=10)
 
 
 def _cell(text: str, width: int, right: bool = False) -> str:
@@ -93,7 +104,7 @@ class EventList(ScrollView, can_focus=True):
         self.cursor = 0  # position of the selection (0 = newest)
         self.selected: Row | None = None
         self.empty_text = ""  # what an empty list says
-        self.id_width = 36
+        self.widths = WIDE
         self._asked: tuple[object, ...] | None = None
         self._waiting = False  # the last window asked for has not come yet
 
@@ -171,8 +182,8 @@ class EventList(ScrollView, can_focus=True):
 
     def _resize_virtual(self) -> None:
         room = self.scrollable_content_region.width
-        self.id_width = 36 if room >= FIXED_WIDTH + MIN_ERROR_WIDTH else SHORT_ID
-        width = max(self._fixed() + MIN_ERROR_WIDTH, room)
+        self.widths = WIDE if room >= WIDE.fixed + WIDE.min_error else NARROW
+        width = max(self.widths.fixed + self.widths.min_error, room)
         self.virtual_size = Size(width, self.count + 1)
 
     def on_mount(self) -> None:
@@ -276,32 +287,40 @@ class EventList(ScrollView, can_focus=True):
     def _style(self, name: str) -> Style:
         return self.get_component_rich_style(f"event-list--{name}")
 
-    def _fixed(self) -> int:
-        return FIXED_WIDTH - 36 + self.id_width
-
     def _error_width(self) -> int:
-        return max(MIN_ERROR_WIDTH, self.virtual_size.width - self._fixed())
+        return max(self.widths.min_error, self.virtual_size.width - self.widths.fixed)
 
     def _header(self) -> Strip:
-        text = _GAP.join(
-            _cell(t, self.id_width if t == "ID" else w, right=t in ("ATT", "DURATION"))
-            for t, w in COLUMNS
-        )
-        return Strip([Segment(f"{text}{_GAP}ERROR", self._style("header"))])
+        w = self.widths
+        titles = [
+            ("ID", w.id, False),
+            ("FUNCTION", w.function, False),
+            ("STATE", STATE_WIDTH, False),
+            ("ATT", w.attempts, True),
+            ("ENQUEUED", w.enqueued, False),
+            ("DURATION", w.duration, True),
+        ]
+        text = "".join(_cell(t, n, right) + _GAP for t, n, right in titles if n)
+        return Strip([Segment(f"{text}ERROR", self._style("header"))])
 
     def _line(self, row: Row) -> Strip:
         muted = self._style("muted")
         error = ""
         if row.error is not None and row.state is not State.SUCCEEDED:
             error = f"{row.error.type}: {row.error.message}"
-        return Strip(
-            [
-                Segment(_cell(row.id, self.id_width) + _GAP),
-                Segment(_cell(row.function, 14) + _GAP),
-                Segment(_cell(row.state.value, 10), self._style(state_class(row.state))),
-                Segment(_GAP + _cell(str(row.attempts), 3, right=True) + _GAP),
-                Segment(_cell(clock(row.enqueued_at), 14) + _GAP, muted),
-                Segment(_cell(duration(row.duration_ms), 9, right=True) + _GAP),
-                Segment(_cell(error.replace("\n", " "), self._error_width()), self._style("error")),
-            ]
-        )
+        w = self.widths
+        enqueued = clock(row.enqueued_at) if w.enqueued >= 14 else time_of_day(row.enqueued_at)
+        segments = [
+            Segment(_cell(row.id, w.id) + _GAP),
+            Segment(_cell(row.function, w.function) + _GAP),
+            Segment(_cell(row.state.value, STATE_WIDTH), self._style(state_class(row.state))),
+            Segment(_GAP),
+        ]
+        if w.attempts:
+            segments.append(Segment(_cell(str(row.attempts), w.attempts, right=True) + _GAP))
+        segments += [
+            Segment(_cell(enqueued, w.enqueued) + _GAP, muted),
+            Segment(_cell(duration(row.duration_ms), w.duration, right=True) + _GAP),
+            Segment(_cell(error.replace("\n", " "), self._error_width()), self._style("error")),
+        ]
+        return Strip(segments)

@@ -47,6 +47,13 @@ def clock(ts: float | None) -> str:
     return time.strftime("%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def time_of_day(ts: float | None) -> str:
+    """A time as a narrow list shows it: local `HH:MM:SS`."""
+    if ts is None or math.isnan(ts):
+        return "-"
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
 def stamp(ts: float | None) -> str:
     """A time in full: local, with milliseconds and the offset from UTC (as the CLI shows it)."""
     return shown(ts)
