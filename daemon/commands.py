@@ -367,6 +367,8 @@ def _print_event(event: Event, view: dict[str, Any]) -> None:
         if view.get(key) is not None:
             value = shown(getattr(event, key)) if key in _TIMES else view[key]
             print(f"{key + ':':13} {value}")
+    if not event.ended and event.started_at is not None:
+        print(f"{'running for:':13} {time.time() - event.started_at:.1f} s so far")
     print(f"{'payload:':13} {json.dumps(view['payload'])}")
     if view["result"] is not None:
         print(f"{'result:':13} {json.dumps(view['result'])}")

@@ -6,12 +6,13 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import PATIENCE, drop, events, fnspool, wait_for, wait_for_async
+from conftest import PATIENCE, drop, events, fnspool, fnspool_json, wait_for, wait_for_async
 from textual.widgets import DataTable
 from tui_journal import T0, append_records, event_id, history, index_journal, write_journal
 
@@ -23,7 +24,7 @@ from daemon.reads import EventReads
 from daemon.spool import Spool
 from tui.app import FnspoolApp
 from tui.detail import DetailScreen, LogScreen
-from tui.event_list import EventList
+from tui.event_list import EventList, duration_shown
 from tui.events import FilterInput
 from tui.functions import FunctionsScreen
 from tui.listing import Slicer
@@ -489,3 +490,28 @@ async def test_the_full_log_is_searched_with_slash_and_n(tmp_path):
         assert screen.at == 150
         await pilot.press("escape")
         assert isinstance(app.screen, DetailScreen)
+
+
+async def test_a_running_event_shows_how_long_it_has_run(spool, daemon, monkeypatch):
+    from tui import format as formatting
+
+    daemon.start()
+    fnspool(spool, "invoke", "sleeper", "--id", "long", "--payload", '{"first_sleep": 60}')
+    started = wait_for(
+        lambda: (
+            (e := fnspool_json(spool, "events", "get", "long"))["state"] == "Running"
+            and e["started_at"]
+        ),
+        30,
+        "the event to run",
+    )
+    text = fnspool(spool, "events", "get", "long").stdout
+    assert "running for:" in text and "s so far" in text
+    at = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+    monkeypatch.setattr(formatting, "now", lambda: at + 75.5)  # the ISO time is to the ms
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 1), "the event")
+        events = app.screen.query_one(EventList)
+        row = events.row_at(events.start)
+        assert row is not None and duration_shown(row) == "1m15s…"

@@ -10,9 +10,10 @@ import time
 
 import pytest
 from conftest import wait_for_async
-from tui_journal import index_journal, write_journal
+from tui_journal import T0, index_journal, write_journal
 
 from daemon.spool import Spool
+from tui import format as formatting
 from tui.app import FnspoolApp
 from tui.detail import DetailScreen
 from tui.functions import FunctionsScreen
@@ -25,6 +26,7 @@ def app(tmp_path, monkeypatch):
     """The dashboard over 40 events, in UTC, with the spool shown as `spool`."""
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
+    monkeypatch.setattr(formatting, "now", lambda: T0 + 3600)  # running times that do not move
     monkeypatch.chdir(tmp_path)
     write_journal(tmp_path / "spool", 40, snapshot_upto=30)
     index_journal(tmp_path / "spool")  # as the daemon's indexer leaves it: the snapshot's 30

@@ -37,6 +37,7 @@ from daemon.model import (
     has_raw,
 )
 from daemon.reads import EventReads
+from tui import format as formatting
 from tui.format import duration, stamp, state_markup
 
 LOG_POLL = 0.2
@@ -104,12 +105,18 @@ def attempts_markup(event: Event) -> str:
     return "\n".join(lines) or "[$text-muted]no attempt yet[/]"
 
 
+def _duration_so_far(event: Event) -> str:
+    if event.ended or event.started_at is None:
+        return duration(event.duration_ms)
+    return f"{duration((formatting.now() - event.started_at) * 1000)} so far"
+
+
 def summary_markup(event: Event) -> str:
     """Who, what, when: the head of the detail view."""
     rows = [
         f"[b]{escape(event.id)}[/]  {escape(event.function)}  {state_markup(event.state)}",
         f"enqueued {stamp(event.enqueued_at)}   started {stamp(event.started_at)}"
-        f"   ended {stamp(event.ended_at)}   duration {duration(event.duration_ms)}"
+        f"   ended {stamp(event.ended_at)}   duration {_duration_so_far(event)}"
         f"   attempts {event.attempts}",
     ]
     if event.retry_of:
@@ -225,6 +232,12 @@ class DetailScreen(Screen[None]):
         ):
             self.query_one(f"#detail-{name}").border_title = title
         self.load()
+        self.set_interval(1.0, self._tick)
+
+    def _tick(self) -> None:
+        """A running event's duration so far moves on."""
+        if self.event is not None and not self.event.ended:
+            self.query_one("#detail-summary", Static).update(summary_markup(self.event))
 
     def running(self) -> bool:
         """Whether the event may still write to its log (thread-safe enough: one bool read)."""

@@ -24,6 +24,7 @@ from textual.strip import Strip
 
 from daemon.eventdb import Key
 from daemon.model import State
+from tui import format as formatting
 from tui.format import clock, duration, state_class, time_of_day
 from tui.overlay import Row
 from tui.reader import Show, WindowRead
@@ -51,6 +52,12 @@ _GAP = "  "
 WIDE = Widths(id=36, function=14, attempts=3, enqueued=14, duration=9, min_error=30)
 #: 80 columns: the id's first 17 characters, no attempts, the time of day, the error kept
 NARROW = Widths(id=18, function=12, attempts=0, enqueued=8, duration=8, min_error=10)
+
+
+def duration_shown(row: Row) -> str:
+    """An ended event's duration; a running one's time so far, marked with `…`."""
+    so_far = row.running_for(formatting.now())
+    return duration(row.duration_ms) if so_far is None else duration(so_far) + "…"
 
 
 def _cell(text: str, width: int, right: bool = False) -> str:
@@ -188,6 +195,7 @@ class EventList(ScrollView, can_focus=True):
 
     def on_mount(self) -> None:
         self.ask(force=True)
+        self.set_interval(1.0, self.refresh)  # Running rows show how long they have run
 
     def on_resize(self) -> None:
         self._resize_virtual()
@@ -320,7 +328,7 @@ class EventList(ScrollView, can_focus=True):
             segments.append(Segment(_cell(str(row.attempts), w.attempts, right=True) + _GAP))
         segments += [
             Segment(_cell(enqueued, w.enqueued) + _GAP, muted),
-            Segment(_cell(duration(row.duration_ms), w.duration, right=True) + _GAP),
+            Segment(_cell(duration_shown(row), w.duration, right=True) + _GAP),
             Segment(_cell(error.replace("\n", " "), self._error_width()), self._style("error")),
         ]
         return Strip(segments)

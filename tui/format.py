@@ -47,6 +47,11 @@ def clock(ts: float | None) -> str:
     return time.strftime("%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def now() -> float:
+    """The wall clock, for times that move on screen (tests set it still)."""
+    return time.time()
+
+
 def time_of_day(ts: float | None) -> str:
     """A time as a narrow list shows it: local `HH:MM:SS`."""
     if ts is None or math.isnan(ts):

@@ -40,6 +40,13 @@ class Row(msgspec.Struct, frozen=True):
     attempts: int = 0
     duration_ms: float | None = None
     error: ErrorInfo | None = None
+    started_at: float | None = None
+
+    def running_for(self, now: float) -> float | None:
+        """Milliseconds since a Running (or Stopping) event's first attempt started, else None."""
+        if self.state not in (State.RUNNING, State.STOPPING) or self.started_at is None:
+            return None
+        return (now - self.started_at) * 1000
 
     @property
     def key(self) -> Key:
@@ -60,6 +67,7 @@ def row_of(event: Event) -> Row:
         attempts=event.attempts,
         duration_ms=event.duration_ms,
         error=event.error,
+        started_at=event.started_at,
     )
 
 
