@@ -125,18 +125,37 @@ def test_port_and_invoke_path_are_checked(tmp_path: Path) -> None:
             load_function(path)
 
 
-def test_without_namespaces_functions_list_says_one_at_a_time(
+def test_without_namespaces_one_at_a_time_on_the_hosts_port(
     spool: Path, daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    with listening_on_host() as held:
+        one_at_a_time_on_the_host(spool, daemon, monkeypatch, held)
+
+
+def one_at_a_time_on_the_host(
+    spool: Path, daemon, monkeypatch: pytest.MonkeyPatch, held: int
+) -> None:
     port = free_host_port()
-    (spool / "functions" / "fixed.toml").write_text(
-        f'runtime = "http"\ncode = "{Path(__file__).parent / "functions" / "http_runtime"}"\n'
-        f'command = ["python3", "-u", "server.py"]\nport = {port}\nmax_instances = 3\n'
-    )
+    code = Path(__file__).parent / "functions" / "http_runtime"
+    for name, on in (("fixed", port), ("held", held)):
+        (spool / "functions" / f"{name}.toml").write_text(
+            f'runtime = "http"\ncode = "{code}"\ncommand = ["python3", "-u", "server.py"]\n'
+            f"port = {on}\nmax_instances = 3\n[async]\nmax_retries = 0\n"
+        )
     monkeypatch.setenv(isolation.NO_NETNS_TEST_ONLY, "1")
     d = daemon.start()
     drop(spool, "fixed", "a.json", {"echo": 1})
+    drop(spool, "held", "b.json", {"echo": 1})
     done = wait_for(lambda: events(spool, "--status", "Succeeded"), 60, "the event")
+    failed = wait_for(
+        lambda: [
+            e for e in events(spool, "--function", "held") if e["state"] in ("Failed", "Invalid")
+        ],
+        60,
+        "the other",
+    )
+    error = fnspool_json(spool, "events", "get", failed[0]["id"])["error"]
+    assert f"port {held} is in use on this host by another process" in error["message"], error
     assert fnspool_json(spool, "events", "get", done[0]["id"])["result"]["ports"] == [str(port)] * 2
     row = next(r for r in fnspool_json(spool, "functions", "list") if r["name"] == "fixed")
     assert row["max_instances"] == 1
