@@ -516,6 +516,7 @@ def functions_list(args: argparse.Namespace) -> int:
                 "command": d.command or None,
                 "timeout": d.timeout,
                 "max_instances": d.max_instances,
+                "one_at_a_time": d.one_at_a_time or None,
                 "user": d.user or default_user or None,
                 "implicit_root": name in implicit_root,
                 "error": None,
@@ -552,6 +553,8 @@ def functions_list(args: argparse.Namespace) -> int:
             elif row["user"]:
                 line += f"  as {row['user']}"
             print(line)
+            if row["one_at_a_time"]:
+                print(f"{'':20}        {row['one_at_a_time']}")
             if row["missing_code_folder"]:
                 folder = row["missing_code_folder"]
                 print(f"{'':20}        its code folder {folder} is missing: its events will fail")

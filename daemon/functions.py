@@ -52,6 +52,8 @@ class FunctionDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     timeout: float = 60.0
     memory_mb: int = 512
     concurrency: int = 1
+    port: int = 0  # http: the server's fixed port (0: a free one, in FC_SERVER_PORT)
+    invoke_path: str = "/invoke"  # http: the path each event is POSTed to (SCF: /event-invoke)
     max_instances: int = 4
     idle_timeout: float = 300.0
     min_instances: int = 0
@@ -67,6 +69,8 @@ class FunctionDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     path: str = ""
     code_dir: str = ""
     interpreter: str = ""
+    #: why a fixed-port server runs one instance at a time ("" when each gets a namespace)
+    one_at_a_time: str = ""
 
 
 class DefinitionError(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +118,18 @@ def _check_values(d: FunctionDef) -> None:
         )
     for key in ("on_success", "on_failure"):
         _check_destination(f"async.{key}", getattr(d.async_, key))
+    _check_http(d)
+
+
+def _check_http(d: FunctionDef) -> None:
+    """`port` and `invoke_path` are the http runtime's, and must make sense."""
+    if d.runtime != "http" and (d.port or d.invoke_path != "/invoke"):
+        key = "port" if d.port else "invoke_path"
+        raise ValueError(f"`{key}` is for the http runtime, not {d.runtime}")
+    if not 0 <= d.port <= 65535:
+        raise ValueError(f"`port` must be from 1 to 65535 (0: a free one), got {d.port}")
+    if not d.invoke_path.startswith("/") or any(c.isspace() for c in d.invoke_path):
+        raise ValueError(f"`invoke_path` must be a path starting with /, got {d.invoke_path!r}")
 
 
 FUNCTION_PREFIX = "function:"  # a destination that is another function
@@ -154,7 +170,7 @@ def load_function(path: Path) -> FunctionDef:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"not valid TOML: {exc}") from None
-    for key in ("name", "path", "code_dir", "interpreter"):
+    for key in ("name", "path", "code_dir", "interpreter", "one_at_a_time"):
         if key in data:
             raise ValueError(f"Object contains unknown field `{key}`")
     try:
@@ -167,8 +183,24 @@ def load_function(path: Path) -> FunctionDef:
     interpreter = d.python or sys.executable
     if not os.path.isabs(interpreter):
         raise ValueError(f"`python` must be an absolute path, got {interpreter!r}")
-    return msgspec.structs.replace(
+    d = msgspec.structs.replace(
         d, name=name, path=str(path), code_dir=str(code_dir), interpreter=interpreter
+    )
+    return _shared_port_limit(d)
+
+
+def _shared_port_limit(d: FunctionDef) -> FunctionDef:
+    """A fixed-port server that cannot have a network namespace shares the host's port: one
+    instance at a time, and `one_at_a_time` says why."""
+    if not d.port:
+        return d
+    from daemon.isolation import one_at_a_time_reason  # runs a probe: only when it matters
+
+    why = one_at_a_time_reason(d.port)
+    if not why:
+        return d
+    return msgspec.structs.replace(
+        d, max_instances=1, min_instances=min(d.min_instances, 1), one_at_a_time=why
     )
 
 

@@ -342,6 +342,7 @@ class Daemon:
         # a definition others may change is refused, and no last good one of it kept
         self.catalog = keep_last_good(loaded, trust.screen(loaded, previous))
         self._flag_implicit_root(previous)
+        self._flag_one_at_a_time(previous)
         for name in self.catalog.functions:
             self.spool.make_drop_folder(name)
         self.dispatcher.reconcile(self.catalog)
@@ -365,6 +366,12 @@ class Daemon:
                     "has no --run-as",
                     name,
                 )
+
+    def _flag_one_at_a_time(self, previous: Catalog) -> None:
+        """Say why a fixed-port function runs one instance at a time, once per new definition."""
+        for name, d in self.catalog.functions.items():
+            if d.one_at_a_time and previous.functions.get(name) != d:
+                log.warning("function %s: %s", name, d.one_at_a_time)
 
     def write_status(self, stopped: bool = False) -> None:
         """Write run/status.json atomically: the heartbeat the CLI and the TUI read."""

@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from daemon import isolation
 from daemon.functions import FunctionDef, run_folder
 from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
+from daemon.runtimes.account import check_usable
 from daemon.runtimes.base import (
     HOOK_LABELS,
     LOG_CAP,
@@ -47,6 +50,7 @@ from daemon.runtimes.command import (
 from daemon.runtimes.http_client import (
     HOOK_REQUESTS,
     Response,
+    claim_host_port,
     free_port,
     invoke_error,
     load_aiohttp,
@@ -56,8 +60,10 @@ from daemon.runtimes.http_client import (
     status_error,
     wait_listening,
 )
+from daemon.runtimes.netns import SocketMaker
 from daemon.runtimes.pipes import OutputRouter
 from daemon.supervise import Child, ExitStatus, MemoryWatch, peak_memory_mb, spawn
+from daemon.users import R, X
 
 if TYPE_CHECKING:
     import aiohttp
@@ -65,6 +71,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed group leader to be reaped
+CHANNEL_FD = 3  # the socket maker's end of the daemon's channel, in an isolated server
 HANG_UP_GRACE = 0.2  # seconds a server that hung up is given to show that it is exiting
 
 
@@ -97,6 +104,7 @@ class HttpInstance(InstanceBase):
         self._child: Child | None = None
         self._output: OutputRouter | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._maker: SocketMaker | None = None  # set when the server has a namespace of its own
         self._in_flight = 0  # events being served
         self._watch: MemoryWatch | None = None  # the server's memory, while it serves events
         self._memory_used: float | None = None  # set when the memory watch killed the server
@@ -116,7 +124,8 @@ class HttpInstance(InstanceBase):
             self._spawn()
             await load_aiohttp()  # while the server starts
             await self._listening()
-            self._session = new_session(self.port)
+            factory = self._maker.take if self._maker is not None else None
+            self._session = new_session(self.port, factory)
         except BaseException:
             await self.stop()
             raise
@@ -125,12 +134,13 @@ class HttpInstance(InstanceBase):
         self.state = "idle"
         self.started_at = time.time()
         self.last_used = time.monotonic()
-        log.debug("instance %s listening on port %d", self.id, self.port)
+        where = "in a network namespace of its own" if self._maker is not None else "on the host"
+        log.debug("instance %s listening on port %d %s", self.id, self.port, where)
 
     async def invoke(
         self, request_id: str, payload: msgspec.Raw, attempt: int, timeout: float, log_path: Path
     ) -> Outcome:
-        """POST the payload to /invoke; the server's output goes to the event's log."""
+        """POST the payload to the invoke path; the server's output goes to the event's log."""
         if self.state not in ("idle", "busy") or self._in_flight >= self.function.concurrency:
             return self._unavailable(request_id)
         self._in_flight += 1
@@ -140,15 +150,16 @@ class HttpInstance(InstanceBase):
         event_log = self._event_log(log_path)
         event_log.platform(f"FC Invoke Start RequestId: {request_id}")
         token = self._attach(event_log)
+        path = self.function.invoke_path
         headers = {
-            **self._headers(request_id, "/invoke"),
+            **self._headers(request_id, path),
             "content-type": "application/octet-stream",
             "x-fnspool-attempt": str(attempt),
             "x-fnspool-timeout-ms": str(int(timeout * 1000)),
         }
         began, cpu_before = time.monotonic(), self._cpu_ms()
         try:
-            reply = await self._call("POST", "/invoke", headers, bytes(payload), timeout)
+            reply = await self._call("POST", path, headers, bytes(payload), timeout)
             outcome = await self._outcome(reply, began, cpu_before, timeout)
         except asyncio.CancelledError:
             self._kill()  # the attempt is cut off: so is the server's work on it
@@ -182,8 +193,6 @@ class HttpInstance(InstanceBase):
         error: ErrorInfo | None = None
         try:
             headers = self._headers(rid, path)
-            if hook == "initializer":
-                headers["x-fc-initialization-timeout"] = str(int(timeout))
             reply = await self._call(method, path, headers, None, timeout)
             error, lost = await self._hook_error(reply, f"{method} {path}", label, timeout)
         finally:
@@ -210,6 +219,9 @@ class HttpInstance(InstanceBase):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        maker, self._maker = self._maker, None
+        if maker is not None:
+            maker.close()
         if self._output is not None:
             self._output.close()
             self._output = None
@@ -224,35 +236,65 @@ class HttpInstance(InstanceBase):
 
     def _spawn(self) -> None:
         fn = self.function
-        argv = command_argv(fn)
-        account = command_account(fn, argv)
-        self.port = free_port()
+        command = command_argv(fn)
+        account = command_account(fn, command)
+        argv = bound_to_daemon(command)
+        self.port = self._take_port()
         port = str(self.port)
         env = command_env(fn, self.id, {"FC_SERVER_PORT": port, "PORT": port}, account)
         # one pipe for stdout and stderr: their lines stay in order, and one read drains both
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         fds = {1: out_w, 2: out_w}
+        if self._isolated:
+            check_usable(account, {"the namespace helper": (str(isolation.ENTRY), R),
+                                   "the daemon's python": (sys.executable, X)})  # fmt: skip
+            self._maker, fds[CHANNEL_FD] = SocketMaker.pair()
+            argv = isolation.isolated_argv(CHANNEL_FD, argv)
         try:
-            self._child = spawn(bound_to_daemon(argv), env, fds, cwd=run_folder(fn), user=account)
+            self._child = spawn(argv, env, fds, cwd=run_folder(fn), user=account)
         except OSError as exc:
             os.close(out_r)
             message = f"cannot start {argv[0]}: {exc.strerror or exc}"
             raise InstanceStartError(ErrorInfo(type="SpawnError", message=message)) from exc
         finally:
             os.close(out_w)
+            if CHANNEL_FD in fds:
+                os.close(fds[CHANNEL_FD])
         self.pid = self._child.pid
         self._output = OutputRouter({out_r: "output"}, self.id)
         self._output.attach(next(iter(self._logs.values()), None))
         self._child.exited.add_done_callback(self._on_exit)
         log.debug("instance %s spawned (pid %d, port %d)", self.id, self.pid, self.port)
 
+    @property
+    def _isolated(self) -> bool:
+        """Whether the server gets a network namespace: a fixed port, where one can be made."""
+        return bool(self.function.port) and not self.function.one_at_a_time
+
+    def _take_port(self) -> int:
+        """The server's port: a free one, the fixed one in its namespace, or the fixed one on
+        the host when no namespace can be made (if no other process holds it)."""
+        port = self.function.port
+        if not port:
+            return free_port()
+        if not self._isolated:
+            claim_host_port(port)
+        return port
+
     async def _listening(self) -> None:
         """Wait until the server accepts connections on its port; InstanceStartError if it exits
         or time runs out first."""
         child = self._child
         assert child is not None
-        if await wait_listening(self.port, child.exited, self.start_timeout):
-            return
+        make = self._maker.make if self._maker is not None else None
+        try:
+            if await wait_listening(self.port, child.exited, self.start_timeout, make):
+                return
+        except OSError as exc:  # the socket maker is gone: the server's start failed
+            await asyncio.wait([child.exited], timeout=HANG_UP_GRACE)
+            if child.status is None:
+                message = f"the server's network namespace cannot be reached: {exc}"
+                raise InstanceStartError(ErrorInfo(type="SpawnError", message=message)) from exc
         if child.status is not None:
             raise InstanceStartError(self._early_exit(child.status))
         message = (
@@ -271,15 +313,25 @@ class HttpInstance(InstanceBase):
     # -- requests --------------------------------------------------------------------------------
 
     def _headers(self, request_id: str, control_path: str) -> dict[str, str]:
-        fn = self.function
-        return {
+        fn, hooks = self.function, self.function.lifecycle
+        headers = {
             "x-fc-request-id": request_id,
             "x-fc-function-name": fn.name,
             "x-fc-function-handler": fn.handler,
             "x-fc-function-memory": str(fn.memory_mb),
+            "x-fc-function-timeout": str(int(fn.timeout)),
+            # every fnspool function is its own latest code: FC's qualifier for it
+            "x-fc-qualifier": "LATEST",
+            "x-fc-version-id": "LATEST",
             "x-fc-control-path": control_path,
             "x-fnspool-instance-id": self.id,
         }
+        for hook, header in _HOOK_HEADERS.items():
+            if getattr(hooks, hook):
+                headers[header] = _handler_name(getattr(hooks, hook))
+        if hooks.initializer:
+            headers["x-fc-initialization-timeout"] = str(int(hooks.initializer_timeout))
+        return headers
 
     async def _call(
         self, method: str, path: str, headers: dict[str, str], body: bytes | None, timeout: float
@@ -290,6 +342,13 @@ class HttpInstance(InstanceBase):
             return ErrorInfo(type="InstanceUnavailable", message=f"instance {self.id} is stopped")
         if child.status is not None:
             return child.status
+        if self._maker is not None:
+            try:  # the connection's socket, made in the server's namespace
+                await asyncio.wait_for(self._maker.prepare(), timeout)
+            except (OSError, TimeoutError) as exc:
+                why = str(exc) or type(exc).__name__
+                message = f"{method} {path} failed: no socket from the server's namespace: {why}"
+                return child.status or ErrorInfo(type="InstanceUnreachable", message=message)
         call = asyncio.ensure_future(request(session, method, path, headers, body))
         either: list[asyncio.Future[Any]] = [call, child.exited]
         try:
@@ -339,7 +398,7 @@ class HttpInstance(InstanceBase):
         memory = peak_memory_mb(self.pid) if self.pid is not None else None
         usage = Usage(duration_ms=duration, cpu_ms=cpu, max_memory_mb=memory)
         self.events_served += 1
-        error = invoke_error(response)
+        error = invoke_error(response, self.function.invoke_path)
         if error is None:
             return Outcome(ok=True, result=as_result(response.body), usage=usage)
         lost = response.status >= 500
@@ -437,6 +496,19 @@ class HttpInstance(InstanceBase):
         if last_line is not None:
             event_log.platform(last_line)
         event_log.close()
+
+
+#: lifecycle hook -> FC's header naming its handler, sent on every request when it is on
+_HOOK_HEADERS = {
+    "initializer": "x-fc-function-initializer",
+    "pre_freeze": "x-fc-instance-lifecycle-pre-freeze-handler",
+    "pre_stop": "x-fc-instance-lifecycle-pre-stop-handler",
+}
+
+
+def _handler_name(value: str | bool) -> str:
+    """A hook's handler as defined: its name, or "true" for `hook = true`."""
+    return value if isinstance(value, str) else "true"
 
 
 def _cpu_delta(status: ExitStatus | None, before: float | None) -> float | None:

@@ -9,6 +9,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from daemon.limits import MAX_VALUE_BYTES, result_too_large
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     import aiohttp
 
 HOST = "127.0.0.1"
+
+SocketFactory = Callable[[Any], socket.socket]  # aiohttp's: an address info -> a socket
 
 #: hook name -> the request FC's custom runtime contract makes for it
 HOOK_REQUESTS = {
@@ -51,14 +54,17 @@ async def load_aiohttp() -> None:
         await asyncio.to_thread(importlib.import_module, "aiohttp")
 
 
-def new_session(port: int) -> aiohttp.ClientSession:
-    """A session for one server on the loopback; every call brings its own deadline."""
+def new_session(port: int, socket_factory: SocketFactory | None = None) -> aiohttp.ClientSession:
+    """A session for one server on the loopback; every call brings its own deadline.
+    `socket_factory` makes its sockets (those of a server's own network namespace)."""
     import aiohttp  # loaded by load_aiohttp
 
     # one connection per request: a kept-alive connection may be closed by the server just as it
     # is reused (a thawed server expiring its idle connections), which would look like a crash;
     # and the close pushes out a small answer that Nagle would otherwise hold for a delayed ACK
-    connector = aiohttp.TCPConnector(force_close=True, limit=0, use_dns_cache=False)
+    connector = aiohttp.TCPConnector(
+        force_close=True, limit=0, use_dns_cache=False, socket_factory=socket_factory
+    )
     return aiohttp.ClientSession(
         base_url=f"http://{HOST}:{port}",
         connector=connector,
@@ -98,10 +104,10 @@ async def read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, int]:
     return b"".join(chunks), size
 
 
-def invoke_error(response: Response) -> ErrorInfo | None:
-    """Why an answer to POST /invoke fails the attempt, or None when it succeeded."""
+def invoke_error(response: Response, path: str = "/invoke") -> ErrorInfo | None:
+    """Why an answer to POST `path` (an event) fails the attempt, or None when it succeeded."""
     if not 200 <= response.status < 300:
-        return status_error("POST /invoke", response)
+        return status_error(f"POST {path}", response)
     if response.fc_status not in (None, "200"):
         # FC's custom runtimes report a function error with a 2xx and `x-fc-status: 404`
         start = text_start(response.body)
@@ -150,19 +156,44 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def claim_host_port(port: int) -> None:
+    """Take the fixed `port` on the host for one server (no network namespace to give it):
+    InstanceStartError when another process of the machine, or another instance, holds it."""
+    holder = "another instance of this daemon" if port in _ports_in_use else ""
+    if not holder:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # as servers do: a connection of an ended server in TIME_WAIT is no holder
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError as exc:
+                holder = f"another process ({exc.strerror or exc})"
+    if holder:
+        message = f"port {port} is in use on this host by {holder}: the server cannot start"
+        raise InstanceStartError(ErrorInfo(type="SpawnError", message=message))
+    _ports_in_use.add(port)
+
+
 def release_port(port: int) -> None:
     """The instance given `port` is gone: the port may be handed out again."""
     _ports_in_use.discard(port)
 
 
-async def wait_listening(port: int, exited: asyncio.Future[Any], timeout: float) -> bool:
+async def wait_listening(
+    port: int,
+    exited: asyncio.Future[Any],
+    timeout: float,
+    make_socket: Callable[[], Awaitable[socket.socket]] | None = None,
+) -> bool:
     """Wait until something accepts connections on `port`: True, or False when `exited` is done
-    or `timeout` seconds passed first."""
+    or `timeout` seconds passed first. `make_socket` makes the probes (in the server's network
+    namespace); OSError when it cannot."""
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + timeout
     pause = _PROBE_FIRST
     while not exited.done():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        made = await make_socket() if make_socket is not None else None
+        with made or socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.setblocking(False)
             try:
                 await loop.sock_connect(probe, (HOST, port))

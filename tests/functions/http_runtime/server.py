@@ -108,6 +108,9 @@ class Handler(BaseHTTPRequestHandler):
                 "timeout_ms": self.headers.get("x-fnspool-timeout-ms"),
                 "control_path": self.headers.get("x-fc-control-path"),
                 "content_type": self.headers.get("content-type"),
+                "fc_headers": {
+                    k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-fc-")
+                },
                 "initialized": initialized,
                 "served": served,
             }
