@@ -57,7 +57,9 @@ from daemon.runtimes.http_client import (
     wait_listening,
 )
 from daemon.runtimes.pipes import OutputRouter
-from daemon.supervise import Child, ExitStatus, MemoryWatch, peak_memory_mb, spawn
+from daemon.supervise.child import Child, ExitStatus
+from daemon.supervise.memory import MemoryWatch, peak_memory_mb
+from daemon.supervise.supervisor import Supervisor
 
 if TYPE_CHECKING:
     import aiohttp
@@ -89,8 +91,10 @@ class HttpInstance(InstanceBase):
         start_timeout: float = 30.0,
         on_exit: Callable[[HttpInstance], None] | None = None,
         logs: LogSink | None = None,
+        supervisor: Supervisor,
     ) -> None:
         super().__init__(function, log_cap=log_cap, logs=logs)
+        self._supervisor = supervisor  # spawns the server
         self.port = 0
         self.start_timeout = start_timeout
         self.on_exit = on_exit  # called once when the server dies on its own
@@ -233,7 +237,8 @@ class HttpInstance(InstanceBase):
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         fds = {1: out_w, 2: out_w}
         try:
-            self._child = spawn(bound_to_daemon(argv), env, fds, cwd=run_folder(fn), user=account)
+            bound = bound_to_daemon(argv)
+            self._child = self._supervisor.spawn(bound, env, fds, cwd=run_folder(fn), user=account)
         except OSError as exc:
             os.close(out_r)
             message = f"cannot start {argv[0]}: {exc.strerror or exc}"
