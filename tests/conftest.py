@@ -315,7 +315,7 @@ def process_state(pid: int) -> str | None:
     """The state letter of `pid` in /proc (R, S, T, Z...), or None once it is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # reaped between open and read
         return None
 
 
