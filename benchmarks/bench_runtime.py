@@ -32,8 +32,9 @@ from daemon.runtimes.exec import ExecInstance  # noqa: E402
 from daemon.runtimes.http import HttpInstance  # noqa: E402
 from daemon.runtimes.http_client import new_session  # noqa: E402
 from daemon.runtimes.python import PythonInstance  # noqa: E402
-from daemon.supervise import spawn  # noqa: E402
+from daemon.supervise.supervisor import Supervisor  # noqa: E402
 
+SUPERVISOR = Supervisor()  # a tool's: no subreaper, no cgroups
 NOOP = "def handler(event, context):\n    return None\n"
 
 HTTP_NOOP = """
@@ -79,14 +80,14 @@ def percentile(samples: list[float], q: float) -> float:
 async def bare_start() -> float:
     """Seconds to spawn `python -c pass` and reap it."""
     began = time.perf_counter()
-    child = spawn([sys.executable, "-c", "pass"], os.environ, {})
+    child = SUPERVISOR.spawn([sys.executable, "-c", "pass"], os.environ, {})
     await child.wait()
     return time.perf_counter() - began
 
 
 async def instance_start(definition: FunctionDef) -> float:
     """Seconds from spawning an instance to its ready frame."""
-    instance = PythonInstance(definition)
+    instance = PythonInstance(definition, supervisor=SUPERVISOR)
     began = time.perf_counter()
     await instance.start()
     elapsed = time.perf_counter() - began
@@ -107,7 +108,7 @@ async def cold_start(definition: FunctionDef, runs: int) -> None:
 
 async def warm_invoke(definition: FunctionDef, events: int, logs: Path | None) -> list[float]:
     """Round trips of no-op events; each with a new log file in `logs`, or /dev/null if None."""
-    instance = PythonInstance(definition)
+    instance = PythonInstance(definition, supervisor=SUPERVISOR)
     await instance.start()
     payload = msgspec.Raw(b'{"n":1}')
     samples = []
@@ -128,7 +129,7 @@ async def bare_round_trips(events: int) -> list[float]:
     loop = asyncio.get_running_loop()
     to_r, to_w = os.pipe2(os.O_CLOEXEC)
     from_r, from_w = os.pipe2(os.O_CLOEXEC)
-    child = spawn([sys.executable, "-c", ECHO_CHILD], os.environ, {3: to_r, 4: from_w})
+    child = SUPERVISOR.spawn([sys.executable, "-c", ECHO_CHILD], os.environ, {3: to_r, 4: from_w})
     os.close(to_r)
     os.close(from_w)
     os.set_blocking(from_r, False)
@@ -202,9 +203,9 @@ async def http_and_exec(tmp: Path, events: int, starts: int) -> None:
     for _ in range(starts):
         bare.append(await bare_start())
         began = time.perf_counter()
-        await spawn([sys.executable, "-c", "import http.server"], os.environ, {}).wait()
+        await SUPERVISOR.spawn([sys.executable, "-c", "import http.server"], os.environ, {}).wait()
         imports.append(time.perf_counter() - began)
-        instance = HttpInstance(web)
+        instance = HttpInstance(web, supervisor=SUPERVISOR)
         began = time.perf_counter()
         await instance.start()
         ready.append(time.perf_counter() - began)
@@ -213,7 +214,7 @@ async def http_and_exec(tmp: Path, events: int, starts: int) -> None:
     print(f"http cold start over {starts} (medians): python -c pass {b:.1f} ms, ", end="")
     print(f"python -c 'import http.server' {i:.1f} ms, spawn->listening {r:.1f} ms; ", end="")
     print(f"ratio {r / i:.2f}x the import")
-    instance = HttpInstance(web)
+    instance = HttpInstance(web, supervisor=SUPERVISOR)
     await instance.start()
     session = new_session(instance.port)
     payload = msgspec.Raw(b'{"n":1}')
@@ -242,16 +243,16 @@ async def exec_events(tmp: Path, events: int) -> None:
     """An exec event (`cat`) against spawning and reaping `cat` with nothing around it, in the
     same folder (spawn changes folder through a shell, as posix_spawn cannot) and in ours."""
     cat = FunctionDef(name="cat", runtime="exec", command=["cat"], code_dir=str(tmp))
-    instance = ExecInstance(cat)
+    instance = ExecInstance(cat, supervisor=SUPERVISOR)
     await instance.start()
     payload = msgspec.Raw(b'{"n":1}')
     here, there, invokes = [], [], []
     for n in range(events):
         began = time.perf_counter()
-        await spawn(["cat"], os.environ, {}).wait()
+        await SUPERVISOR.spawn(["cat"], os.environ, {}).wait()
         here.append(time.perf_counter() - began)
         began = time.perf_counter()
-        await spawn(["cat"], os.environ, {}, cwd=str(tmp)).wait()
+        await SUPERVISOR.spawn(["cat"], os.environ, {}, cwd=str(tmp)).wait()
         there.append(time.perf_counter() - began)
         began = time.perf_counter()
         outcome = await instance.invoke(f"r{n}", payload, 1, 60.0, Path(os.devnull))

@@ -2,7 +2,7 @@
 
 `cgroup.kill` ends every process in a group at once, whatever it did to leave the instance's
 process tree: `setsid()`, double forks, a cleared environment. Where no writable cgroup v2 is
-found, nothing is done here and the process-tree kill in supervise.py stands alone.
+found, nothing is done here and the process-tree kill in daemon/supervise/ stands alone.
 """
 
 from __future__ import annotations

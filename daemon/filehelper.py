@@ -23,10 +23,11 @@ from pathlib import Path
 
 import msgspec
 
-from daemon import supervise
 from daemon.filework import ANSWERS, ENCODER, Append, Done, Remove, read_frame, write_frame
 from daemon.logfiles import LogWrite, append_all
 from daemon.spool import FileId, Key, remove_journaled
+from daemon.supervise.child import Child
+from daemon.supervise.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class FileHelper:
     writer, the ingestor's unlinker) and are served one at a time."""
 
     def __init__(self) -> None:
-        self._child: supervise.Child | None = None
+        self._child: Child | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._to = self._from = -1
         self._lock = threading.Lock()
@@ -53,7 +54,7 @@ class FileHelper:
         """Whether the work goes to the helper (else it is done in the daemon)."""
         return self._to >= 0
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor) -> None:
         """Start the process (from the event loop); on failure, work stays in-process."""
         to_r, to_w = os.pipe2(os.O_CLOEXEC)
         from_r, from_w = os.pipe2(os.O_CLOEXEC)
@@ -61,7 +62,7 @@ class FileHelper:
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         try:
-            self._child = supervise.spawn(
+            self._child = supervisor.spawn(
                 [sys.executable, "-m", "daemon.filework"], env, {0: to_r, 1: from_w, 2: 2}
             )
         except OSError as exc:

@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from daemon import supervise
+from daemon.supervise.child import Child
+from daemon.supervise.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class Indexing:
 
     def __init__(self, journal: Path) -> None:
         self.journal = journal
-        self._child: supervise.Child | None = None
+        self._child: Child | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -39,16 +40,16 @@ class Indexing:
         """The indexer's process id, while it runs."""
         return self._child.pid if self._child is not None else None
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor) -> None:
         """Start the indexer (from the event loop) and keep it running."""
-        self._watch = asyncio.get_running_loop().create_task(self._keep_running())
+        self._watch = asyncio.get_running_loop().create_task(self._keep_running(supervisor))
 
-    async def _keep_running(self) -> None:
+    async def _keep_running(self, supervisor: Supervisor) -> None:
         delay = RESTART_DELAY
         while not self._stopping:
             started = time.monotonic()
             try:
-                self._child = self._spawn()
+                self._child = self._spawn(supervisor)
             except OSError as exc:
                 log.error("cannot start the indexer (reads stay correct, slower): %s", exc)
             else:
@@ -63,12 +64,12 @@ class Indexing:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_DELAY_MAX)
 
-    def _spawn(self) -> supervise.Child:
+    def _spawn(self, supervisor: Supervisor) -> Child:
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         argv = [sys.executable, "-m", "daemon.indexer", str(self.journal), str(os.getpid())]
-        return supervise.spawn(argv, env, {1: 2, 2: 2})
+        return supervisor.spawn(argv, env, {1: 2, 2: 2})
 
     async def stop(self) -> None:
         """Let the indexer take in the last records and close the index; kill it if it lingers."""

@@ -12,8 +12,7 @@ import time
 
 import msgspec
 
-from daemon import heartbeat, lock, supervise, trust, users
-from daemon.cgroups import Cgroups
+from daemon import heartbeat, lock, trust, users
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher
 from daemon.filehelper import FileHelper
@@ -33,6 +32,8 @@ from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
 from daemon.spool import Spool
 from daemon.store import Store
+from daemon.supervise.supervisor import Supervisor
+from daemon.supervise.tokens import spool_mark
 
 log = logging.getLogger(__name__)
 
@@ -146,20 +147,16 @@ class Daemon:
         return 1 if self._fatal else 0
 
     async def _start(self) -> None:
-        # before any instance starts: its setsid() escapees and orphans come to the daemon
-        supervise.adopt_orphans(asyncio.get_running_loop())
+        # the one supervisor: every child below (helpers, instances) is spawned through it
+        self.supervisor = Supervisor.take_over(spool_mark(self.spool.root))
         root = os.stat(self.spool.root)
-        mark = f"{root.st_dev:x}.{root.st_ino:x}"
-        supervise.sweep_predecessors(mark)
-        self.cgroups = Cgroups.make(f"fnspool-{mark}")
-        supervise.use_cgroups(self.cgroups)
         state = recover(self.spool.journal)
         for damage in state.damages:
             log.error(
                 "journal damage: %s at offset %d: %s", damage.path, damage.offset, damage.reason
             )
-        self.files.start()
-        self.indexing.start()
+        self.files.start(self.supervisor)
+        self.indexing.start(self.supervisor)
         writer = JournalWriter(
             self.spool.journal,
             state.last_seq + 1,
@@ -170,9 +167,9 @@ class Daemon:
         self.store = Store(writer, state, self.spool.logs)
         logs = EventLogs(writer.write_log)
         factories: dict[str, InstanceFactory] = {
-            "python": functools.partial(PythonInstance, logs=logs),
-            "http": functools.partial(HttpInstance, logs=logs),
-            "exec": functools.partial(ExecInstance, logs=logs),
+            "python": functools.partial(PythonInstance, logs=logs, supervisor=self.supervisor),
+            "http": functools.partial(HttpInstance, logs=logs, supervisor=self.supervisor),
+            "exec": functools.partial(ExecInstance, logs=logs, supervisor=self.supervisor),
         }
         self.destinations = Destinations(
             self.spool.root,
@@ -278,7 +275,7 @@ class Daemon:
             await self.store.writer.close()
         await self.files.stop()
         await self.indexing.stop()
-        await supervise.release_cgroups()
+        await self.supervisor.release()
         heartbeat.cancel()
         self.write_status(stopped=True)
         self._watchdog.cancel()

@@ -104,6 +104,14 @@ def cgroup_names(spools: Iterable[Path]) -> list[str]:
     return names
 
 
+def sweep_left_running(spool: Path) -> None:
+    """Kill what the daemons of `spool` left running, as the next daemon on it would."""
+    from daemon.supervise.sweep import sweep_predecessors
+    from daemon.supervise.tokens import Tokens, spool_mark
+
+    sweep_predecessors(Tokens(spool_mark(spool)))
+
+
 def remove_cgroups(names: Iterable[str]) -> None:
     """Once the daemons whose cgroup folders are `names` are stopped (names taken while their
     spools were there): kill what the folders still hold, as the next daemon on the spool would,
@@ -266,10 +274,7 @@ def daemon(spool: Path) -> Iterator[DaemonProcess]:
     if started and spool.is_dir():
         # a daemon killed with -9 leaves what its handlers started: kill it as the next daemon
         # on this spool would, so that no test leaves a process running
-        from daemon import supervise
-
-        root = spool.stat()
-        supervise.sweep_predecessors(f"{root.st_dev:x}.{root.st_ino:x}")
+        sweep_left_running(spool)
         remove_cgroups(cgroup_names([spool]))
 
 
@@ -310,7 +315,7 @@ def process_state(pid: int) -> str | None:
     """The state letter of `pid` in /proc (R, S, T, Z...), or None once it is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # reaped between open and read
         return None
 
 

@@ -21,6 +21,7 @@ from daemon.journal import MAX_RECORD_BYTES, encode_record
 from daemon.limits import MAX_ERROR_CHARS, MAX_VALUE_BYTES, bounded_error
 from daemon.model import ErrorInfo, State, Transition
 from daemon.runtimes.http import HttpInstance
+from daemon.supervise.supervisor import Supervisor
 
 ENDED = "Succeeded,Failed,Expired,Invalid,Stopped"
 
@@ -176,7 +177,8 @@ async def test_an_http_answer_over_the_limit_fails_the_attempt(tmp_path: Path) -
     code = Path(__file__).parent / "functions" / "http_runtime"
     server = [sys.executable, "-u", "server.py"]
     instance = HttpInstance(
-        FunctionDef(name="custom", runtime="http", command=server, code_dir=str(code))
+        FunctionDef(name="custom", runtime="http", command=server, code_dir=str(code)),
+        supervisor=Supervisor(),
     )
     await instance.start()
     try:

@@ -17,6 +17,7 @@ from runtime_helpers import LINE_TIME, on_uvloop, raw, value
 from daemon.functions import FunctionDef
 from daemon.runtimes.base import InstanceStartError
 from daemon.runtimes.exec import ExecInstance
+from daemon.supervise.supervisor import Supervisor
 
 CODE = Path(__file__).parent / "functions" / "exec_runtime"
 
@@ -37,7 +38,7 @@ def sh(line: str, **changes: object) -> FunctionDef:
 
 
 async def started(definition: FunctionDef) -> ExecInstance:
-    instance = ExecInstance(definition)
+    instance = ExecInstance(definition, supervisor=Supervisor())
     await instance.start()
     return instance
 

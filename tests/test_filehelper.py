@@ -16,6 +16,7 @@ from runtime_helpers import on_uvloop
 from daemon.filehelper import FileHelper
 from daemon.logfiles import LogWrite
 from daemon.spool import ASIDE_PREFIX, FileId
+from daemon.supervise.supervisor import Supervisor
 
 
 def drop(folder: Path, name: str, text: str = "{}") -> FileId:
@@ -29,7 +30,7 @@ async def test_appends_in_order_and_removes_only_the_journaled_version(tmp_path:
     incoming = tmp_path / "incoming"
     (incoming / "echo").mkdir(parents=True)
     helper = FileHelper()
-    helper.start()
+    helper.start(Supervisor())
     try:
         assert helper.pid is not None and helper.pid != os.getpid()
         logs = tmp_path / "logs" / "echo"  # made on the way
@@ -69,7 +70,7 @@ async def test_the_work_goes_on_in_the_daemon_when_the_helper_dies(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     helper = FileHelper()
-    helper.start()
+    helper.start(Supervisor())
     assert helper.pid is not None
     os.kill(helper.pid, signal.SIGKILL)
     await wait_for_async(lambda: gone(helper.pid or 0))
@@ -89,7 +90,7 @@ async def test_the_work_goes_on_in_the_daemon_when_the_helper_dies(
 @on_uvloop
 async def test_exits_when_the_daemon_closes_its_pipes(tmp_path: Path) -> None:
     helper = FileHelper()
-    helper.start()
+    helper.start(Supervisor())
     pid = helper.pid
     assert pid is not None
     await helper.stop()

@@ -18,6 +18,7 @@ from daemon import isolation
 from daemon.functions import LifecycleConfig, load_function
 from daemon.runtimes.base import InstanceStartError
 from daemon.runtimes.http import HttpInstance
+from daemon.supervise.supervisor import Supervisor
 
 needs_netns = pytest.mark.skipif(
     bool(isolation.unavailable()), reason=f"no network namespace: {isolation.unavailable()}"
@@ -43,7 +44,7 @@ def free_host_port() -> int:
 @on_uvloop
 async def test_instances_on_one_fixed_port_run_at_once_in_namespaces(tmp_path: Path) -> None:
     with listening_on_host() as port:  # taken on the host: the servers must not need it
-        instances = [HttpInstance(function(port=port)) for _ in range(2)]
+        instances = [HttpInstance(function(port=port), supervisor=Supervisor()) for _ in range(2)]
         try:
             await asyncio.gather(*(i.start() for i in instances))
             calls = [
@@ -64,19 +65,19 @@ async def test_instances_on_one_fixed_port_run_at_once_in_namespaces(tmp_path: P
 async def test_without_a_namespace_the_hosts_port_is_used_only_when_free(tmp_path: Path) -> None:
     alone = "port on the host, one instance at a time"
     with listening_on_host() as port:
-        instance = HttpInstance(function(port=port, one_at_a_time=alone))
+        instance = HttpInstance(function(port=port, one_at_a_time=alone), supervisor=Supervisor())
         with pytest.raises(InstanceStartError) as caught:
             await instance.start()
         assert f"port {port} is in use on this host by another process" in str(
             caught.value.error.message
         )
     port = free_host_port()
-    instance = HttpInstance(function(port=port, one_at_a_time=alone))
+    instance = HttpInstance(function(port=port, one_at_a_time=alone), supervisor=Supervisor())
     await instance.start()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10):
             pass  # the server listens on the host's port itself
-        second = HttpInstance(function(port=port, one_at_a_time=alone))
+        second = HttpInstance(function(port=port, one_at_a_time=alone), supervisor=Supervisor())
         with pytest.raises(InstanceStartError, match="another instance of this daemon"):
             await second.start()
         outcome = await instance.invoke("r", raw(1), 1, 20.0, tmp_path / "r.log")
@@ -88,7 +89,9 @@ async def test_without_a_namespace_the_hosts_port_is_used_only_when_free(tmp_pat
 @on_uvloop
 async def test_events_go_to_the_invoke_path_with_fcs_headers(tmp_path: Path) -> None:
     hooks = LifecycleConfig(initializer="index.init", pre_stop=True, initializer_timeout=7)
-    instance = HttpInstance(function(invoke_path="/event-invoke", lifecycle=hooks, timeout=42))
+    instance = HttpInstance(
+        function(invoke_path="/event-invoke", lifecycle=hooks, timeout=42), supervisor=Supervisor()
+    )
     await instance.start()
     try:
         outcome = await instance.invoke("r", raw(1), 1, 20.0, tmp_path / "r.log")
@@ -97,7 +100,7 @@ async def test_events_go_to_the_invoke_path_with_fcs_headers(tmp_path: Path) -> 
     # tests/functions/http_runtime/server.py answers 404 on any path but /invoke
     assert outcome.error is not None
     assert outcome.error.message == "POST /event-invoke answered 404 Not Found: no such path"
-    instance = HttpInstance(function(lifecycle=hooks, timeout=42))
+    instance = HttpInstance(function(lifecycle=hooks, timeout=42), supervisor=Supervisor())
     await instance.start()
     try:
         outcome = await instance.invoke("r", raw(1), 1, 20.0, tmp_path / "r.log")

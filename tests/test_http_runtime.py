@@ -29,6 +29,7 @@ from daemon.functions import FunctionDef, LifecycleConfig
 from daemon.model import HookRun
 from daemon.runtimes.base import HOOK_LABELS, InstanceStartError
 from daemon.runtimes.http import HttpInstance
+from daemon.supervise.supervisor import Supervisor
 
 CODE = Path(__file__).parent / "functions" / "http_runtime"
 SERVER = [sys.executable, "-u", "server.py"]
@@ -48,7 +49,7 @@ def function(**changes: object) -> FunctionDef:
 @contextlib.asynccontextmanager
 async def running(**changes: object) -> AsyncIterator[HttpInstance]:
     """A started instance, stopped on the way out."""
-    instance = HttpInstance(function(**changes))
+    instance = HttpInstance(function(**changes), supervisor=Supervisor())
     await instance.start()
     try:
         yield instance
@@ -143,7 +144,7 @@ async def test_5xx_on_invoke_loses_the_instance(tmp_path: Path) -> None:
 @on_uvloop
 async def test_a_server_dying_mid_event_fails_it_as_fc_says(tmp_path: Path) -> None:
     exits: list[HttpInstance] = []
-    instance = HttpInstance(function(), on_exit=exits.append)
+    instance = HttpInstance(function(), on_exit=exits.append, supervisor=Supervisor())
     await instance.start()
     try:
         outcome = await instance.invoke("r", raw({"exit": 7}), 1, 10.0, tmp_path / "r.log")
@@ -258,7 +259,9 @@ async def test_5xx_hook_loses_the_instance_and_unset_hooks_do_nothing(tmp_path: 
 
 @on_uvloop
 async def test_a_server_that_exits_at_start_says_why(tmp_path: Path) -> None:
-    instance = HttpInstance(function(environment={"FAIL_AT_START": "no database"}))
+    instance = HttpInstance(
+        function(environment={"FAIL_AT_START": "no database"}), supervisor=Supervisor()
+    )
     with pytest.raises(InstanceStartError) as caught:
         await instance.start()
     assert caught.value.error.type == "ProcessExited"
@@ -270,7 +273,9 @@ async def test_a_server_that_exits_at_start_says_why(tmp_path: Path) -> None:
 
 @on_uvloop
 async def test_a_server_that_never_listens_times_out(tmp_path: Path) -> None:
-    instance = HttpInstance(function(environment={"START_DELAY": "30"}), start_timeout=0.5)
+    instance = HttpInstance(
+        function(environment={"START_DELAY": "30"}), start_timeout=0.5, supervisor=Supervisor()
+    )
     began = time.monotonic()
     with pytest.raises(InstanceStartError) as caught:
         await instance.start()
@@ -281,7 +286,7 @@ async def test_a_server_that_never_listens_times_out(tmp_path: Path) -> None:
 
 @on_uvloop
 async def test_a_missing_command_is_a_start_error(tmp_path: Path) -> None:
-    instance = HttpInstance(function(command=["./nowhere"]))
+    instance = HttpInstance(function(command=["./nowhere"]), supervisor=Supervisor())
     with pytest.raises(InstanceStartError) as caught:
         await instance.start()
     assert caught.value.error.type == "SpawnError"

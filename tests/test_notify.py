@@ -18,7 +18,8 @@ import pytest
 from conftest import PATIENCE, drop, events, fnspool, fnspool_json, wait_for, wait_for_async
 
 from daemon.notify import STUCK_LOOP_KNOB, Notifier, monotonic_usec
-from daemon.supervise import STRIPPED_ENV, child_env, spawn
+from daemon.supervise.spawn import STRIPPED_ENV, child_env
+from daemon.supervise.supervisor import Supervisor
 
 
 class Manager:
@@ -172,7 +173,7 @@ async def test_a_spawned_instance_process_does_not_inherit_them(tmp_path):
     env = {**os.environ, "NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "5", "WATCHDOG_PID": "7"}
     fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        child = spawn(["/usr/bin/env"], env, {1: fd})
+        child = Supervisor().spawn(["/usr/bin/env"], env, {1: fd})
     finally:
         os.close(fd)
     assert (await asyncio.wait_for(child.wait(), PATIENCE)).returncode == 0

@@ -21,6 +21,7 @@ from daemon.functions import FunctionDef, LifecycleConfig
 from daemon.pool import INIT_INSTANCES, FunctionPool
 from daemon.runtimes.base import HookOutcome, InstanceStartError
 from daemon.runtimes.python import PythonInstance
+from daemon.supervise.supervisor import Supervisor
 
 CODE = Path(__file__).parent / "functions" / "python_runtime"
 
@@ -39,7 +40,7 @@ def function(handler: str, **changes: object) -> FunctionDef:
 @contextlib.asynccontextmanager
 async def running(handler: str, **changes: object) -> AsyncIterator[PythonInstance]:
     """A started instance, stopped on the way out."""
-    instance = PythonInstance(function(handler, **changes))
+    instance = PythonInstance(function(handler, **changes), supervisor=Supervisor())
     await instance.start()
     try:
         yield instance
@@ -117,7 +118,9 @@ async def test_output_goes_to_its_own_event_log(tmp_path: Path) -> None:
 
 @on_uvloop
 async def test_log_is_capped_with_a_marker(tmp_path: Path) -> None:
-    instance = PythonInstance(function("handlers.big_output"), log_cap=1000)
+    instance = PythonInstance(
+        function("handlers.big_output"), log_cap=1000, supervisor=Supervisor()
+    )
     await instance.start()
     try:
         outcome = await instance.invoke("r", raw(200_000), 1, 10.0, tmp_path / "r.log")
@@ -193,7 +196,7 @@ async def test_exit_mid_event(tmp_path: Path) -> None:
 
 @on_uvloop
 async def test_import_error_fails_the_start(tmp_path: Path) -> None:
-    instance = PythonInstance(function("broken.handler"))
+    instance = PythonInstance(function("broken.handler"), supervisor=Supervisor())
     with pytest.raises(InstanceStartError) as caught:
         await instance.start(request_id="r", log_path=tmp_path / "r.log")
     assert caught.value.error.type == "ModuleNotFoundError"
@@ -205,7 +208,7 @@ async def test_import_error_fails_the_start(tmp_path: Path) -> None:
 
 @on_uvloop
 async def test_missing_handler_fails_the_start() -> None:
-    instance = PythonInstance(function("handlers.nope"))
+    instance = PythonInstance(function("handlers.nope"), supervisor=Supervisor())
     with pytest.raises(InstanceStartError) as caught:
         await instance.start()
     assert caught.value.error.type == "AttributeError"
@@ -213,7 +216,9 @@ async def test_missing_handler_fails_the_start() -> None:
 
 @on_uvloop
 async def test_missing_interpreter_fails_the_start() -> None:
-    instance = PythonInstance(function("handlers.echo", interpreter="/nonexistent/python"))
+    instance = PythonInstance(
+        function("handlers.echo", interpreter="/nonexistent/python"), supervisor=Supervisor()
+    )
     with pytest.raises(InstanceStartError) as caught:
         await instance.start()
     assert caught.value.error.type == "SpawnError"
@@ -299,7 +304,7 @@ async def started_by_pool(definition: FunctionDef, log: Path) -> Started:
     made: list[PythonInstance] = []
 
     def factory(d: FunctionDef) -> PythonInstance:
-        made.append(PythonInstance(d))
+        made.append(PythonInstance(d, supervisor=Supervisor()))
         return made[-1]
 
     hooks: list[HookOutcome] = []
@@ -396,7 +401,7 @@ async def test_death_while_idle_is_noticed() -> None:
 
 def test_plain_asyncio_loop_works_too(tmp_path: Path) -> None:
     async def scenario() -> object:
-        instance = PythonInstance(function("handlers.echo"))
+        instance = PythonInstance(function("handlers.echo"), supervisor=Supervisor())
         await instance.start()
         try:
             outcome = await instance.invoke("r", raw([1, 2]), 1, 10.0, tmp_path / "r.log")

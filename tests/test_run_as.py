@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DaemonProcess, fnspool, fnspool_json, journal_records, wait_for
+from conftest import (
+    DaemonProcess,
+    fnspool,
+    fnspool_json,
+    journal_records,
+    sweep_left_running,
+    wait_for,
+)
 
-from daemon import cli, commands, supervise
+from daemon import cli, commands
 from daemon.errors import FnspoolError
 from daemon.model import HookRun
 from daemon.users import Account, X, denied, lookup
@@ -144,8 +151,7 @@ def daemon(spool: Path) -> Iterator[Any]:
     yield Factory()
     for d in started:
         d.close()
-    root = spool.stat()
-    supervise.sweep_predecessors(f"{root.st_dev:x}.{root.st_ino:x}")
+    sweep_left_running(spool)
 
 
 # -- helpers ----------------------------------------------------------------------------------

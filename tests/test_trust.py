@@ -27,11 +27,11 @@ from conftest import (
     fnspool_json,
     journal_records,
     remove_cgroups,
+    sweep_left_running,
     wait_for,
 )
 from reliability.hostile_helpers import reasons
 
-from daemon import supervise
 from daemon.model import Request
 from daemon.spool import Spool
 
@@ -121,8 +121,7 @@ def served(shared: Path) -> Iterator[DaemonProcess]:
         yield d.start()
     finally:
         d.close()
-        root = shared.stat()
-        supervise.sweep_predecessors(f"{root.st_dev:x}.{root.st_ino:x}")
+        sweep_left_running(shared)
         remove_cgroups(cgroup_names([shared]))  # while the spool is there to name them
 
 

@@ -15,7 +15,7 @@ from daemon.functions import FunctionDef
 from daemon.limits import MAX_VALUE_BYTES, bounded_error, result_too_large
 from daemon.logfiles import DirectLogs, LogSink, is_journaled
 from daemon.model import ErrorInfo, Usage
-from daemon.supervise import ExitStatus
+from daemon.supervise.child import ExitStatus
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,9 @@ from daemon.runtimes.command import (
     command_env,
 )
 from daemon.runtimes.pipes import OutputRouter, read_some
-from daemon.supervise import Child, ExitStatus, MemoryWatch, spawn
+from daemon.supervise.child import Child, ExitStatus
+from daemon.supervise.memory import MemoryWatch
+from daemon.supervise.supervisor import Supervisor
 from daemon.users import Account
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,10 @@ class ExecInstance(InstanceBase):
         log_cap: int = LOG_CAP,
         on_exit: Callable[[ExecInstance], None] | None = None,
         logs: LogSink | None = None,
+        supervisor: Supervisor,
     ) -> None:
         super().__init__(function, log_cap=log_cap, logs=logs)
+        self._supervisor = supervisor  # spawns each attempt's process
         self.on_exit = on_exit  # never called: no process outlives its attempt
         self._argv: list[str] = []
         self._account: Account | None = None  # who the command runs as (None: the daemon)
@@ -86,7 +90,7 @@ class ExecInstance(InstanceBase):
         began = time.monotonic()
         try:
             run = _Run(self._argv, self._env(request_id, attempt, timeout), payload, event_log)
-            run.spawn(run_folder(self.function), self._account)
+            run.spawn(self._supervisor, run_folder(self.function), self._account)
         except OSError as exc:
             event_log.platform(f"FC Invoke End RequestId: {request_id}")
             event_log.close()
@@ -172,7 +176,7 @@ class _Run:
         self.memory_used: float | None = None  # set when the memory watch killed it
         self._watch: MemoryWatch | None = None
 
-    def spawn(self, cwd: str, user: Account | None) -> None:
+    def spawn(self, supervisor: Supervisor, cwd: str, user: Account | None) -> None:
         """Start the process (as `user` when given); OSError if it cannot be."""
         # a memory file rather than a pipe: nothing to feed while the process runs, and a
         # program that never reads its stdin cannot block the daemon or get SIGPIPE
@@ -185,7 +189,8 @@ class _Run:
                 view = view[os.write(stdin, view) :]
             os.lseek(stdin, 0, os.SEEK_SET)
             fds = {0: stdin, 1: out_w, 2: err_w}
-            self.child = spawn(bound_to_daemon(self.argv), self.env, fds, cwd=cwd, user=user)
+            bound = bound_to_daemon(self.argv)
+            self.child = supervisor.spawn(bound, self.env, fds, cwd=cwd, user=user)
         except BaseException:
             os.close(out_r)
             os.close(err_r)

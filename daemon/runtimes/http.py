@@ -62,7 +62,9 @@ from daemon.runtimes.http_client import (
 )
 from daemon.runtimes.netns import SocketMaker
 from daemon.runtimes.pipes import OutputRouter
-from daemon.supervise import Child, ExitStatus, MemoryWatch, peak_memory_mb, spawn
+from daemon.supervise.child import Child, ExitStatus
+from daemon.supervise.memory import MemoryWatch, peak_memory_mb
+from daemon.supervise.supervisor import Supervisor
 from daemon.users import R, X
 
 if TYPE_CHECKING:
@@ -96,8 +98,10 @@ class HttpInstance(InstanceBase):
         start_timeout: float = 30.0,
         on_exit: Callable[[HttpInstance], None] | None = None,
         logs: LogSink | None = None,
+        supervisor: Supervisor,
     ) -> None:
         super().__init__(function, log_cap=log_cap, logs=logs)
+        self._supervisor = supervisor  # spawns the server
         self.port = 0
         self.start_timeout = start_timeout
         self.on_exit = on_exit  # called once when the server dies on its own
@@ -251,7 +255,7 @@ class HttpInstance(InstanceBase):
             self._maker, fds[CHANNEL_FD] = SocketMaker.pair()
             argv = isolation.isolated_argv(CHANNEL_FD, argv)
         try:
-            self._child = spawn(argv, env, fds, cwd=run_folder(fn), user=account)
+            self._child = self._supervisor.spawn(argv, env, fds, cwd=run_folder(fn), user=account)
         except OSError as exc:
             os.close(out_r)
             message = f"cannot start {argv[0]}: {exc.strerror or exc}"

@@ -45,7 +45,10 @@ from daemon.runtimes.python_protocol import (
     WorkerFrame,
     encode_frame,
 )
-from daemon.supervise import Child, ExitStatus, MemoryWatch, child_env, spawn
+from daemon.supervise.child import Child, ExitStatus
+from daemon.supervise.memory import MemoryWatch
+from daemon.supervise.spawn import child_env
+from daemon.supervise.supervisor import Supervisor
 from daemon.users import Account, R, X
 
 log = logging.getLogger(__name__)
@@ -80,8 +83,10 @@ class PythonInstance(InstanceBase):
         start_timeout: float = 30.0,
         on_exit: Callable[[PythonInstance], None] | None = None,
         logs: LogSink | None = None,
+        supervisor: Supervisor,
     ) -> None:
         super().__init__(function, log_cap=log_cap, logs=logs)
+        self._supervisor = supervisor  # spawns the worker
         self.start_timeout = start_timeout
         self.on_exit = on_exit  # called once when the worker dies on its own
         self._child: Child | None = None
@@ -209,7 +214,7 @@ class PythonInstance(InstanceBase):
         fds = {1: out_w, 2: out_w, CTL_IN: ctl_in_r, CTL_OUT: ctl_out_w, CTL_STOP: stop_r}
         try:
             argv = [fn.interpreter, "-u", str(BOOTSTRAP)]
-            self._child = spawn(argv, env, fds, user=account)
+            self._child = self._supervisor.spawn(argv, env, fds, user=account)
         except OSError as exc:
             for fd in ours:
                 os.close(fd)

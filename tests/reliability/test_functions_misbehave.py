@@ -23,7 +23,7 @@ from conftest import PATIENCE, fnspool, gone, wait_for
 from daemon.cgroups import NO_CGROUPS_TEST_ONLY
 from daemon.model import State, Transition
 from daemon.runtimes.base import LOG_CAP
-from daemon.supervise import TOKEN_VAR
+from daemon.supervise.tokens import TOKEN_VAR
 from reliability.hostile_helpers import (
     Journal,
     Probe,
