@@ -198,7 +198,9 @@ class FakeInstance(InstanceBase):
             self.call = None
             if self.state == "busy":
                 self.state = "idle"
-        if not outcome.instance_lost:
+        if outcome.instance_lost:
+            self.state = "dead"  # its process died, or was killed by its runtime
+        else:
             self.events_served += 1
         return outcome
 
@@ -216,8 +218,8 @@ class FakeInstance(InstanceBase):
         )
 
     async def stop(self) -> None:
-        """SIGKILL: a held call ends as killed; idempotent."""
-        if self.state != "dead":
+        """SIGKILL to its process group (dead or not): a held call ends as killed; idempotent."""
+        if not self.killed:
             self.killed = True
             self._did("kill")
         self.state = "dead"
@@ -237,8 +239,6 @@ class FakeInstance(InstanceBase):
         elif sig == signal.SIGTERM and self.call is not None:
             outcome = self.runtime.on_sigterm(self.call)
             if outcome is not None:
-                if outcome.instance_lost:
-                    self.state = "dead"
                 self.call.answer(outcome)
         return True
 

@@ -244,7 +244,7 @@ async def test_a_graceful_stop_of_a_handler_killed_by_sigterm_is_code_439(
     assert [r.reason for r in records[-2:]] == ["graceful", "graceful"]
     error = records[-1].error
     assert error is not None and (error.type, error.code) == ("UserProcessExit", 439)
-    assert runtime.did(call.instance)[-1] == "SIGTERM"
+    assert runtime.did(call.instance)[-2:] == ["SIGTERM", "kill"]
     log = (tmp_path / "logs" / "fn" / f"{event.id}.log").read_text()
     assert "[PLATFORM] Signal received successfully." in log
 
