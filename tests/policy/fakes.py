@@ -43,6 +43,7 @@ class FakeClock:
     def __init__(self) -> None:
         self.wall = time.time()
         self.mono = time.monotonic()
+        self.looks = 0  # readings of the monotonic clock: a timer loop shows it went round
 
     def time(self) -> float:
         """The wall clock."""
@@ -50,6 +51,7 @@ class FakeClock:
 
     def monotonic(self) -> float:
         """The monotonic clock."""
+        self.looks += 1
         return self.mono
 
     def advance(self, seconds: float) -> None:

@@ -278,9 +278,12 @@ async def test_a_graceful_stop_is_forced_once_the_grace_has_passed(
     async with running(tmp_path, runtime, define()) as policy:
         event = await policy.submit("hold")
         call = await held(runtime, event)
+        looks = clock.looks
         policy.dispatcher.stop(event.id, graceful=True, grace=10.0)
         await wait_for_async(lambda: signal.SIGTERM in call.instance.signals, what="SIGTERM")
-        assert not event.ended
+        # the grace is set, looked at, waited for, and looked at again: not over, no force
+        await wait_for_async(lambda: clock.looks >= looks + 3, what="the grace looked at twice")
+        assert not event.ended and not call.instance.killed
         clock.advance(10.5)
         await ended(event)
         records = await policy.records(event.id)
