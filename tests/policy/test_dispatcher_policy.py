@@ -308,6 +308,9 @@ async def test_a_stop_is_refused_for_an_event_ended_or_being_stopped(
         await held(runtime, stopping)
         policy.dispatcher.stop(stopping.id, graceful=True)
         with pytest.raises(Refused, match="already being stopped"):
+            policy.dispatcher.stop(stopping.id, graceful=True)
+        policy.dispatcher.stop(stopping.id, graceful=False)  # escalates the graceful stop
+        with pytest.raises(Refused, match=r"already being stopped \(forced\)"):
             policy.dispatcher.stop(stopping.id, graceful=False)
 
 
