@@ -28,7 +28,7 @@ from daemon.journal import Damage, JournalTail, Outrun
 from daemon.model import TERMINAL_STATES, Event, JournalRecord, Request, State
 from daemon.query import Filter
 from daemon.reads import EventReads
-from daemon.refusals import reinvoke_refusal, stop_refusal
+from daemon.refusals import reinvoke_refusal, stop_in_progress, stop_refusal
 from daemon.spool import Spool
 
 POLL = 0.02
@@ -102,7 +102,8 @@ def events_stop(args: argparse.Namespace) -> int:
     """Stop an event: at once if not running, else forced (PreStop, kill) or gracefully."""
     spool = _spool(args)
     event = _find(_reads(spool), args.id)
-    if refusal := stop_refusal(event.id, event.state):
+    how = stop_in_progress(event)
+    if refusal := stop_refusal(event.id, event.state, graceful=args.graceful, stopping=how):
         raise FnspoolError(refusal, title="cannot stop", exit_code=EXIT_REFUSED)
     stop = control.StopRequest(id=event.id, graceful=args.graceful)
     follower, [pending] = _submit_all(spool, [stop])

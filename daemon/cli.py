@@ -261,7 +261,11 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     elogs.add_argument("--follow", "-f", action="store_true", help="follow until the event ends")
     elogs.set_defaults(run=_command("commands.events_logs"))
 
-    estop = esub.add_parser("stop", parents=[common], help="stop an event (forced by default)")
+    estop = esub.add_parser(
+        "stop",
+        parents=[common],
+        help="stop an event (forced by default; forces a graceful stop in progress)",
+    )
     estop.add_argument("id", type=request_id, help=ID_HELP)
     estop.add_argument(
         "--graceful", action="store_true", help="SIGTERM first; forced after the grace period"

@@ -18,6 +18,7 @@ from daemon import heartbeat, lock
 from daemon.atomic import write_durable
 from daemon.errors import FnspoolError
 from daemon.eventlog import LogReader
+from daemon.fcrecord import condition_of
 from daemon.heartbeat import Heartbeat
 from daemon.model import Event, State
 from daemon.query import (
@@ -315,15 +316,18 @@ def _full_view(event: Event, spool: Spool) -> dict[str, Any]:
 
 def _destination(event: Event, spool: Spool) -> dict[str, Any] | None:
     """Whether and where the event's destination record went; None when it owes none."""
+    tries = _tries(event)
     if event.delivery is not None:
         d = event.delivery
         return {"delivered": True, "to": d.destination, "record": d.target,
-                "condition": d.condition, "at": iso(d.at)}  # fmt: skip
+                "condition": d.condition, "at": iso(d.at), **tries}  # fmt: skip
     if event.delivered:  # journaled before deliveries said where
         return {"delivered": True, "to": None, "record": None, "condition": None, "at": None}
     if not event.ended:
         return None
-    from daemon.fcrecord import condition_of
+    if event.delivery_tries is not None and event.delivery_tries.given_up:
+        return {"delivered": False, "to": event.delivery_tries.destination, "record": None,
+                "condition": condition_of(event), "at": None, **tries}  # fmt: skip
     from daemon.functions import load_function, owed_destination
 
     try:  # as the daemon does: a function it cannot load has the default destinations
@@ -334,18 +338,33 @@ def _destination(event: Event, spool: Spool) -> dict[str, Any] | None:
     if not to:
         return None
     return {"delivered": False, "to": to, "record": None, "condition": condition_of(event),
-            "at": None}  # fmt: skip
+            "at": None, **tries}  # fmt: skip
+
+
+def _tries(event: Event) -> dict[str, Any]:
+    """The failed tries of a URL destination, as `events get --json` shows them (none: {})."""
+    t = event.delivery_tries
+    if t is None:
+        return {}
+    return {"failed_tries": t.tries, "last_error": t.error, "next_try_at": iso(t.next_at),
+            "given_up": t.given_up}  # fmt: skip
 
 
 def _destination_text(d: dict[str, Any] | None) -> str:
     if d is None:
         return "none"
+    tried = ""
+    if d.get("failed_tries"):
+        tried = f"; {d['failed_tries']} tries failed, the last: {d['last_error']}"
+    if d.get("given_up"):
+        return f"given up: not delivered to {d['to']} ({d['condition']}){tried}"
     if not d["delivered"]:
-        return f"not delivered yet: to {d['to']} ({d['condition']})"
+        due = f"; next try at {d['next_try_at']}" if d.get("next_try_at") else ""
+        return f"not delivered yet: to {d['to']} ({d['condition']}){tried}{due}"
     if d["to"] is None:
         return "delivered"
     at = datetime.fromisoformat(d["at"].replace("Z", "+00:00")).timestamp() if d["at"] else None
-    return f"delivered to {d['record'] or d['to']} ({d['condition']}) at {shown(at)}"
+    return f"delivered to {d['record'] or d['to']} ({d['condition']}) at {shown(at)}{tried}"
 
 
 _TIMES = ("enqueued_at", "started_at", "ended_at")  # shown local: `events get` for people

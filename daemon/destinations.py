@@ -3,6 +3,8 @@
 A record goes out only after the event's terminal state is durable. Delivery is idempotent (a
 folder record is never rewritten, a `function:OTHER` event has an id derived from the event's),
 and journaled as `Delivered`, so a crash between the two delivers again harmlessly at start-up.
+A URL is POSTed the record by daemon/webhooks.py, retried until `destination_max_age`: there,
+at least once (a receiver drops a repeat by its request id).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from daemon.fcrecord import build_record, condition_of, encode_within
 from daemon.functions import (
     DAEMON_FOLDERS,
     FUNCTION_PREFIX,
+    URL_PREFIXES,
+    AsyncConfig,
     Catalog,
     owed_destination,
 )
 from daemon.ids import check_id, derived_id
 from daemon.model import Event, Source
 from daemon.text import printable
+from daemon.webhooks import MarkFailed, UrlSender
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +73,23 @@ class Destinations:
         sync: Callable[[], Any],
         enqueue: Enqueue,
         mark_delivered: MarkDelivered,
+        mark_failed: MarkFailed,
     ) -> None:
         self.root = root
         self._catalog = catalog
         self._sync = sync
         self._enqueue = enqueue
         self._mark = mark_delivered
+        self._urls = UrlSender(mark_delivered, mark_failed)
         self._pending: list[Event] = []
         self._task: asyncio.Task[None] | None = None
 
     def owes(self, event: Event) -> bool:
-        """Whether an ended event still has a record to deliver."""
-        return not event.delivered and bool(self._destination(event))
+        """Whether an ended event still has a record to deliver (one given up owes nothing)."""
+        tried = event.delivery_tries
+        if event.delivered or (tried is not None and tried.given_up):
+            return False
+        return bool(self._destination(event))
 
     def ended(self, event: Event) -> None:
         """An event reached a terminal state (its record may not be durable yet)."""
@@ -108,6 +118,11 @@ class Destinations:
                 await asyncio.wait_for(asyncio.shield(self._task), left)
             except TimeoutError:
                 continue
+        # retries of URLs waiting for their time are left owed; POSTs under way get what is left
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if len(self._urls):
+            log.info("%d records owed to URLs are left for the next start", len(self._urls))
+        await self._urls.close(left)
 
     def _destination(self, event: Event) -> str:
         return owed_destination(self._catalog().functions.get(event.function), event)
@@ -131,6 +146,12 @@ class Destinations:
     async def _deliver(self, event: Event) -> None:
         destination = self._destination(event)
         condition = condition_of(event)
+        if destination.startswith(URL_PREFIXES):
+            definition = self._catalog().functions.get(event.function)
+            config = definition.async_ if definition is not None else AsyncConfig()
+            record = msgspec.json.encode(build_record(event))
+            self._urls.send(event, destination, condition, record, config)
+            return  # journaled by the sender, once the URL took it (or gave up)
         if destination.startswith(FUNCTION_PREFIX):
             # the record becomes an event's payload, journaled: held to the limit of a payload
             record = encode_within(build_record(event))

@@ -9,7 +9,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -527,11 +527,21 @@ class Dispatcher:
 
     def stop(self, request_id: str, *, graceful: bool, grace: float = 10.0) -> str:
         """Stop an event (TerminateAsyncEvent); what was done, in words. Refused if it has
-        already ended, is being stopped, or is unknown."""
+        already ended, is unknown, or is being stopped (unless a forced stop escalates a
+        graceful one in progress)."""
         event = self.store.get(request_id)
-        refuse_if(stop_refusal(request_id, event.state if event is not None else None))
-        assert event is not None
         running = self.attempts.get(request_id)
+        how = running.stop if running is not None else None
+        state = event.state if event is not None else None
+        refuse_if(
+            stop_refusal(request_id, state, graceful=graceful, stopping=how or BEFORE_RUNNING)
+        )
+        assert event is not None
+        if running is not None and running.stop is StopMode.GRACEFUL:
+            running.stop = StopMode.FORCED  # a second forced request is refused from now on
+            self._spawn(self._force(running))
+            log.info("event %s: graceful stop forced by request", event.id)
+            return "forcing the graceful stop now"
         if running is None:  # Enqueued, Dequeued, Retrying: never runs again
             was = event.state.value
             self.store.transition(event, State.STOPPING, reason=BEFORE_RUNNING)
@@ -539,11 +549,14 @@ class Dispatcher:
             return f"stopped while {was}"
         running.stop = StopMode.GRACEFUL if graceful else StopMode.FORCED
         self.store.transition(event, State.STOPPING, reason=running.stop)
-        task = self._force(running) if not graceful else self._terminate(running, grace)
-        t = asyncio.get_running_loop().create_task(task)
-        self._running.add(t)
-        t.add_done_callback(self._running.discard)
+        self._spawn(self._force(running) if not graceful else self._terminate(running, grace))
         return f"stopping ({running.stop})"
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run stop work beside the attempt; a shutdown waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _force(self, running: Attempt) -> None:
         """PreStop on the event's instance, then its process group killed (the attempt ends)."""

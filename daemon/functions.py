@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +29,8 @@ class AsyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_interruptions: int = 5  # attempts cut off by the daemon's end run again; then Failed
     on_success: str = ""
     on_failure: str = "destinations/dead-letter"
+    #: seconds after the event's end during which a URL destination is tried again
+    destination_max_age: float = 86400.0
 
 
 class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -107,6 +110,8 @@ def _check_values(d: FunctionDef) -> None:
     for key in ("max_retries", "max_interruptions"):
         if getattr(d.async_, key) < 0:
             raise ValueError(f"`async.{key}` must not be negative")
+    if not d.async_.destination_max_age > 0:
+        raise ValueError("`async.destination_max_age` must be positive")
     if d.runtime in ("http", "exec") and not d.command:
         raise ValueError(f"`command` is required for the {d.runtime} runtime")
     if d.runtime == "python" and "." not in d.handler:
@@ -134,13 +139,37 @@ def _check_http(d: FunctionDef) -> None:
 
 FUNCTION_PREFIX = "function:"  # a destination that is another function
 
+#: a destination starting so is a URL the record is POSTed to
+URL_PREFIXES = ("http://", "https://")
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a URL destination, or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "it holds a space or a control character"
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return "it names no host"
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return "its port is not a number from 0 to 65535"
+    if parts.fragment:
+        return "a fragment (#...) is never sent"
+    return None
+
+
 #: folders the daemon reads or owns: a record written there would be taken as input
 DAEMON_FOLDERS = frozenset({"incoming", "control", "tmp", "journal", "run", "functions"})
 
 
 def _check_destination(key: str, value: str) -> None:
-    """A destination is "", `function:NAME` or a relative folder inside the spool."""
-    if value.startswith(FUNCTION_PREFIX):
+    """A destination is "", `function:NAME`, an http(s) URL or a relative folder inside the
+    spool."""
+    if value.startswith(URL_PREFIXES):
+        if (why := url_problem(value)) is not None:
+            raise ValueError(f"`{key}` is not a URL to POST to: {why}: {value!r}")
+    elif value.startswith(FUNCTION_PREFIX):
         if not NAME_RE.match(value.removeprefix("function:")):
             raise ValueError(f"`{key}` names a bad function: {value!r}")
     elif value and (os.path.isabs(value) or ".." in Path(value).parts):

@@ -34,7 +34,9 @@ from daemon.journal import (
 )
 from daemon.logsetup import log_to_stderr
 from daemon.model import (
+    DELIVERY_RECORDS,
     Delivered,
+    DeliveryFailed,
     Event,
     IllegalTransition,
     JournalRecord,
@@ -139,7 +141,7 @@ class Indexer:
     def _fold(self, records: list[JournalRecord]) -> tuple[dict[str, Event], Placed]:
         """The events these records change, and what their rows held before (live events are
         written as they are: their rows hold their present state)."""
-        wanted = {r.id for r in records if isinstance(r, Transition | Delivered)}
+        wanted = {r.id for r in records if isinstance(r, Transition | Delivered | DeliveryFailed)}
         missing = [i for i in wanted if i not in self.live]
         known = {**self.db.events(missing), **self.live} if missing else dict(self.live)
         placed = {i: (known[i].function, known[i].state.value) for i in wanted if i in known}
@@ -155,7 +157,7 @@ class Indexer:
                     log.error("index: the journal holds an %s", exc)
                     continue
                 changed[event.id] = self.live[event.id] = event
-            elif isinstance(rec, Delivered) and (event := known.get(rec.id)) is not None:
+            elif isinstance(rec, DELIVERY_RECORDS) and (event := known.get(rec.id)) is not None:
                 mark_delivered(event, rec)
                 changed[event.id] = event
         return changed, placed

@@ -23,7 +23,7 @@ import msgspec
 
 from daemon.atomic import fsync_dir
 from daemon.model import (
-    Delivered,
+    DELIVERY_RECORDS,
     Event,
     IllegalTransition,
     JournalRecord,
@@ -442,7 +442,7 @@ def fold(state: JournalState, rec: JournalRecord) -> bool:
         except IllegalTransition as exc:  # an impossible transition on disk: report, never apply
             state.illegal.append(str(exc))
             log.error("journal holds an %s", exc)
-    elif isinstance(rec, Delivered):
+    elif isinstance(rec, DELIVERY_RECORDS):
         delivered = state.events.get(rec.id)
         if delivered is not None:
             mark_delivered(delivered, rec)

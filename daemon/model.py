@@ -195,7 +195,21 @@ class Delivered(Record, tag="delivered", frozen=True):
     target: str | None = None  # the record's file (relative to the spool), or the event it became
 
 
-JournalRecord = Transition | HookRun | Request | Delivered
+class DeliveryFailed(Record, tag="delivery_failed", frozen=True):
+    """A try to deliver an ended event's record failed (a URL destination): it is tried again at
+    `next_at`, or, when `next_at` is None, given up (older than destination_max_age)."""
+
+    id: str
+    destination: str
+    condition: str
+    tries: int  # tries made so far
+    error: str  # what the last one met: an HTTP status, a refused connection, a timeout
+    next_at: float | None = None  # wall-clock time of the next try; None: given up
+
+
+JournalRecord = Transition | HookRun | Request | Delivered | DeliveryFailed
+#: the records that change an event's delivery
+DELIVERY_RECORDS = (Delivered, DeliveryFailed)
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -219,6 +233,21 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     target: str | None = None
 
 
+class DeliveryTries(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The failed tries to deliver an event's record (from its DeliveryFailed records)."""
+
+    destination: str
+    tries: int
+    error: str
+    at: float  # when the last try failed
+    next_at: float | None = None  # when the next is due; None: given up
+
+    @property
+    def given_up(self) -> bool:
+        """Whether no try follows (the record is older than destination_max_age)."""
+        return self.next_at is None
+
+
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The folded state of one event: what snapshots hold and readers show."""
 
@@ -240,6 +269,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     seq: int = 0  # the last record applied
     delivered: bool = False  # its destination record is written (see Delivered)
     delivery: Delivery | None = None  # where it went (None in records older than this field)
+    delivery_tries: DeliveryTries | None = None  # failed tries of a URL destination, if any
 
     @property
     def ended(self) -> bool:
@@ -267,8 +297,14 @@ def apply(events: dict[str, Event], rec: Transition) -> Event:
     return event
 
 
-def mark_delivered(event: Event, rec: Delivered) -> None:
-    """Fold a Delivered record into its event."""
+def mark_delivered(event: Event, rec: Delivered | DeliveryFailed) -> None:
+    """Fold a Delivered (or DeliveryFailed) record into its event."""
+    if isinstance(rec, DeliveryFailed):
+        event.delivery_tries = DeliveryTries(
+            destination=rec.destination, tries=rec.tries, error=rec.error, at=rec.at,
+            next_at=rec.next_at,
+        )  # fmt: skip
+        return
     event.delivered = True
     event.delivery = Delivery(
         destination=rec.destination, condition=rec.condition, at=rec.at, target=rec.target

@@ -131,6 +131,10 @@ class FunctionPool:
                 self._frozen.discard(instance.id)
                 instance.signal(signal.SIGCONT)
             return Lease(self, instance)
+        if self._settling:
+            # an instance running PreFreeze is free in a moment: wait for it rather than
+            # cold-start another (three back-to-back invokes made three instances)
+            return None
         if not self.closed and len(self.instances) + self._reserved < self.definition.max_instances:
             self._reserved += 1
             return Lease(self, None)
@@ -273,14 +277,17 @@ class FunctionPool:
     async def _pre_freeze(self, instance: Instance) -> None:
         try:
             outcome = await self._hook(instance, "pre_freeze", None, None)
-            if outcome.instance_lost:
-                self._forget(instance)
-                await self._destroy(instance)
-                return
-            self._freeze(instance)
         finally:
+            # whatever became of it, an event waiting for it is served (by it, or another)
             self._settling.discard(instance.id)
+            self.loop.call_soon(self._hand_over)
+        if outcome.instance_lost:
+            self._forget(instance)
+            await self._destroy(instance)
+            return
         if instance.id in self._load and instance.id not in self._retiring and not self.closed:
+            if not self._waiters:  # an event waits for it: it is not frozen only to be thawed
+                self._freeze(instance)
             self._free.extend([instance] * self.slots)
             self._hand_over()
 

@@ -24,7 +24,16 @@ from daemon.journal import (
     JournalTail,
     Outrun,
 )
-from daemon.model import Delivered, Event, IllegalTransition, Transition, apply, mark_delivered
+from daemon.model import (
+    DELIVERY_RECORDS,
+    Delivered,
+    DeliveryFailed,
+    Event,
+    IllegalTransition,
+    Transition,
+    apply,
+    mark_delivered,
+)
 from daemon.query import Filter
 
 _ATTEMPTS = 3  # reads raced by a compaction are tried again from a fresh cursor
@@ -53,7 +62,7 @@ class Following:
     def read_on(self, index: IndexDB) -> Tail:
         """Fold the records appended since the last read; Outrun when compaction removed them."""
         records = list(self._journal.read())
-        ids = {r.id for r in records if isinstance(r, Transition | Delivered)}
+        ids = {r.id for r in records if isinstance(r, Transition | Delivered | DeliveryFailed)}
         known = index.events(ids - self.events.keys())
         known.update(self.events)
         for rec in records:
@@ -65,7 +74,7 @@ class Following:
                     self.events[rec.id] = apply(known, rec)
                 except IllegalTransition:
                     continue  # gone by retention, or damage the daemon reports
-            elif isinstance(rec, Delivered) and (event := known.get(rec.id)) is not None:
+            elif isinstance(rec, DELIVERY_RECORDS) and (event := known.get(rec.id)) is not None:
                 mark_delivered(event, rec)
                 self.events[rec.id] = event
         return Tail(self.events, self._journal.cursor, self.damages)

@@ -3,22 +3,37 @@ the request), the CLI and the dashboard (which refuse before sending it)."""
 
 from __future__ import annotations
 
-from daemon.model import State
+from daemon.model import Event, State
+
+#: the reason of a Stopping record whose stop can still be forced (dispatcher.StopMode.GRACEFUL)
+GRACEFUL = "graceful"
 
 
 class Refused(ValueError):
     """A request that cannot be applied to its event as the event is: answered `refused`."""
 
 
-def stop_refusal(event_id: str, state: State | None) -> str | None:
-    """Why the event cannot be stopped, or None when it can (`state` None: no such event)."""
+def stop_refusal(
+    event_id: str, state: State | None, *, graceful: bool = False, stopping: str | None = None
+) -> str | None:
+    """Why the event cannot be stopped (gracefully or not), or None when it can (`state` None:
+    no such event). An event being stopped gracefully can still be forced; `stopping` is how its
+    stop goes (see `stop_in_progress`), None when the asker cannot tell (the daemon then does)."""
     if state is None:
         return f"no event with id {event_id!r}"
     if state.terminal:
         return f"event {event_id} has already ended: {state.value}"
-    if state is State.STOPPING:
-        return f"event {event_id} is already being stopped"
+    if state is State.STOPPING and (graceful or stopping not in (None, GRACEFUL)):
+        how = f" ({stopping})" if stopping else ""
+        return f"event {event_id} is already being stopped{how}"
     return None
+
+
+def stop_in_progress(event: Event) -> str | None:
+    """How the stop of a Stopping event goes, from its history: the reason of its Stopping."""
+    if event.state is not State.STOPPING:
+        return None
+    return next((h.reason for h in reversed(event.history) if h.state is State.STOPPING), None)
 
 
 def reinvoke_refusal(event_id: str, state: State | None) -> str | None:

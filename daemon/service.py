@@ -177,6 +177,7 @@ class Daemon:
             self.store.sync,
             self._enqueue_destination,
             self.store.mark_delivered,
+            self.store.mark_delivery_failed,
         )
         self.dispatcher = Dispatcher(
             self.store,

@@ -35,6 +35,7 @@ from daemon.lookups import Lookups
 from daemon.model import (
     NO_RAW,
     Delivered,
+    DeliveryFailed,
     ErrorInfo,
     Event,
     JournalRecord,
@@ -200,6 +201,18 @@ class Store:
         rec = Delivered(
             at=time.time(), id=event.id, destination=destination, condition=condition, target=target
         )
+        self.note(rec)
+        mark_delivered(event, rec)
+
+    def mark_delivery_failed(
+        self, event: Event, destination: str, condition: str, tries: int, error: str,
+        next_at: float | None,
+    ) -> None:  # fmt: skip
+        """Journal a failed try to deliver the event's record: the next at `next_at`, or none."""
+        rec = DeliveryFailed(
+            at=time.time(), id=event.id, destination=destination, condition=condition,
+            tries=tries, error=error, next_at=next_at,
+        )  # fmt: skip
         self.note(rec)
         mark_delivered(event, rec)
 

@@ -98,6 +98,26 @@ def test_graceful_stop_is_forced_after_the_grace_period(spool, daemon):
     assert done["duration_ms"] < 10_000
 
 
+def test_a_forced_stop_escalates_a_graceful_one_in_progress(spool, daemon):
+    daemon.start()
+    ev = running(spool, "patient", {"sleep": 600})  # SIGTERM ignored, a grace of 600 s
+    wait_for(lambda: "ignoring SIGTERM" in Path(ev["log_path"]).read_text(), what="the handler")
+    fnspool(spool, "events", "stop", ev["id"], "--graceful")
+    wait_for(lambda: state_of(spool, ev["id"]) == "Stopping", what="the graceful stop")
+    again = fnspool(spool, "events", "stop", ev["id"], "--graceful", check=False)
+    assert again.returncode == 1 and "already being stopped (graceful)" in again.stderr
+    out = fnspool(spool, "events", "stop", ev["id"], "--wait")
+    assert "forcing the graceful stop now" in out.stdout and f"{ev['id']} Stopped" in out.stdout
+    done = event(spool, ev["id"])
+    assert [(h["state"], h.get("reason")) for h in done["history"]][-2:] == [
+        ("Stopping", "graceful"),
+        ("Stopped", "forced"),
+    ]
+    assert done["error"]["type"] == "Stopped"
+    asked = [(r.graceful, r.outcome) for r in journal_records(spool, Request) if r.id == ev["id"]]
+    assert asked == [(True, "applied"), (False, "applied")]  # the refused one never reached it
+
+
 def test_stop_before_running_and_while_retrying(spool, daemon):
     daemon.start()
     out = fnspool(spool, "invoke", "echo", "--payload", "{}", "--delay", "60")

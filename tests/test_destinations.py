@@ -25,7 +25,10 @@ def _destinations(root: Path, sync, delivered: list[str]) -> Destinations:
     def enqueue(function: str, payload: object, request_id: str, source: Source) -> bool:
         return True
 
-    return Destinations(root, Catalog, sync, enqueue, mark)
+    def failed(*_args: object) -> None:
+        raise AssertionError("no URL destination here")
+
+    return Destinations(root, Catalog, sync, enqueue, mark, failed)
 
 
 async def test_a_shutdown_leaves_a_stuck_backlog_owed_and_the_next_start_delivers_it(tmp_path):

@@ -209,3 +209,16 @@ def test_a_changed_definition_replaces_its_instances_prestop_first(spool, daemon
     newest = max(done, key=lambda e: e["enqueued_at"])
     new_pid = fnspool_json(spool, "events", "get", newest["id"])["result"]["pid"]
     assert new_pid != old_pid and gone(old_pid)
+
+
+def test_back_to_back_invokes_wait_for_the_instance_in_prefreeze(spool, daemon):
+    daemon.start()
+    pids = []
+    for n in range(3):  # each arrives while the instance runs the last one's PreFreeze
+        out = fnspool(spool, "invoke", "settler", "--payload", json.dumps({"n": n}), "--wait",
+                      "--json")  # fmt: skip
+        done = json.loads(out.stdout)
+        assert done["state"] == "Succeeded"
+        pids.append(done["result"]["pid"])
+    assert len(set(pids)) == 1  # one warm instance, not three
+    wait_for(lambda: len(instances(spool, "settler")) == 1, what="status: the instance")

@@ -18,7 +18,7 @@ from tui_journal import T0, append_records, event_id, history, index_journal, wr
 
 from daemon.control import DECODER, ReinvokeRequest, StopRequest
 from daemon.journal import list_archives, list_segments
-from daemon.model import State
+from daemon.model import State, Transition
 from daemon.query import Filter
 from daemon.reads import EventReads
 from daemon.spool import Spool
@@ -128,6 +128,24 @@ async def test_filters_text_states_function_and_clear(tmp_path, monkeypatch):
         await pilot.press("escape")
         await pilot.press("slash", *"xyz", "escape")  # esc in the input clears the text
         assert len(shown(app)) == 30 and not app.filtered
+
+
+async def test_a_graceful_stop_in_progress_is_forced_from_the_stop_dialog(tmp_path):
+    spool = tmp_path / "spool"
+    records = write_journal(spool, 10)  # the newest, 9, is Running
+    graceful = Transition(
+        id=event_id(9), function="echo", state=State.STOPPING, at=T0 + 20, reason="graceful"
+    )
+    append_records(spool, [msgspec.structs.replace(graceful, seq=records[-1].seq + 1)])
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 10), "the events")
+        await until(pilot, lambda: shown(app)[0][2] == "Stopping", "event 9 Stopping")
+        await pilot.press("x")
+        assert isinstance(app.screen, ConfirmStop) and app.screen.escalate
+        await pilot.press("g", "enter")  # g cannot make it graceful: one runs already
+        assert control_requests(spool) == [StopRequest(id=event_id(9), graceful=False)]
+        assert any("forced stop of" in n for n in notices(app))
 
 
 async def test_actions_while_the_daemon_is_down_queue_requests(tmp_path):

@@ -26,7 +26,7 @@ from daemon.logfiles import event_log_path
 from daemon.model import Event, Request, State
 from daemon.query import Filter, zone
 from daemon.reads import EventReads
-from daemon.refusals import reinvoke_refusal, stop_refusal
+from daemon.refusals import reinvoke_refusal, stop_in_progress, stop_refusal
 from daemon.spool import Spool
 from tui.actions import Notice, Requests
 from tui.detail import DetailScreen, LogScreen
@@ -302,6 +302,12 @@ class FnspoolApp(App[None]):
         selected = lists.first().selected if lists else None
         return selected.state if selected is not None and selected.id == event_id else None
 
+    def _stop_in_progress(self) -> str | None:
+        screen = self.screen
+        if isinstance(screen, DetailScreen) and screen.event is not None:
+            return stop_in_progress(screen.event)
+        return None
+
     def _written(self, what: str) -> None:
         if self.status.running:
             self.notify(f"{what}: request sent, waiting for the daemon", timeout=3)
@@ -317,7 +323,10 @@ class FnspoolApp(App[None]):
         if event_id is None:
             return
         state = self._state(event_id)
-        if refusal := stop_refusal(event_id, state):
+        how = self._stop_in_progress()
+        # the list cannot tell how a Stopping event is being stopped: it offers to force it
+        # and the daemon refuses if that stop is forced already
+        if refusal := stop_refusal(event_id, state, stopping=how):
             self.notify(refusal, title="cannot stop", severity="error")
             return
         assert state is not None
@@ -330,7 +339,8 @@ class FnspoolApp(App[None]):
             except OSError as exc:
                 self.notify(f"cannot write the request: {exc}", severity="error")
                 return
-            self._written(f"{'graceful stop' if choice.graceful else 'stop'} of {event_id}")
+            what = "graceful stop" if choice.graceful else "stop"
+            self._written(f"{'forced stop' if state is State.STOPPING else what} of {event_id}")
             self._tell(early)
 
         self.push_screen(ConfirmStop(event_id, state), confirmed)

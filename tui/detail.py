@@ -124,7 +124,25 @@ def summary_markup(event: Event) -> str:
     if event.source is not None and event.source.path:
         who = f" by uid {event.source.uid}" if event.source.uid is not None else ""
         rows.append(f"[$text-muted]from {escape(event.source.path)}{who} ({event.source.via})[/]")
+    if (delivery := delivery_markup(event)) is not None:
+        rows.append(delivery)
     return "\n".join(rows)
+
+
+def delivery_markup(event: Event) -> str | None:
+    """Where its destination record went, or why it has not yet (None: nothing known)."""
+    tried = event.delivery_tries
+    fails = f"; {tried.tries} tries failed, the last: {escape(tried.error)}" if tried else ""
+    if event.delivery is not None:
+        d = event.delivery
+        to = escape(d.target or d.destination)
+        return f"destination: delivered to {to} ({d.condition}) {stamp(d.at)}{fails}"
+    if tried is None:
+        return None
+    if tried.given_up:
+        return f"[$error]destination: given up on {escape(tried.destination)}{fails}[/]"
+    due = f"; next try {stamp(tried.next_at)}" if tried.next_at is not None else ""
+    return f"[$warning]destination: not delivered yet to {escape(tried.destination)}{fails}{due}[/]"
 
 
 @dataclass

@@ -25,7 +25,8 @@ class StopChoice:
 
 
 class ConfirmStop(ModalScreen[StopChoice | None]):
-    """Stop an event: enter stops (forced), `g` switches to graceful (SIGTERM first)."""
+    """Stop an event: enter stops (forced), `g` switches to graceful (SIGTERM first). An event
+    being stopped already can only be forced: its graceful stop escalated at once."""
 
     BINDINGS = [
         Binding("enter", "confirm", "Stop", priority=True),
@@ -37,31 +38,35 @@ class ConfirmStop(ModalScreen[StopChoice | None]):
         super().__init__()
         self.event_id, self.state = event_id, state
         self.graceful = False
+        self.escalate = state is State.STOPPING
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"Stop event {self.event_id}?", classes="title")
+            verb = "Force the stop of" if self.escalate else "Stop"
+            yield Label(f"{verb} event {self.event_id}?", classes="title")
             yield Static(f"It is {state_markup(self.state)}.", id="stop-state")
             yield Static(id="stop-mode")
-            yield Static(
-                "[b]enter[/] stop   [b]g[/] forced ↔ graceful   [b]esc[/] cancel", classes="keys"
-            )
+            keys = "force now" if self.escalate else "stop   [b]g[/] forced ↔ graceful"
+            yield Static(f"[b]enter[/] {keys}   [b]esc[/] cancel", classes="keys")
 
     def on_mount(self) -> None:
         self._show_mode()
 
     def _show_mode(self) -> None:
-        text = (
-            "[b]graceful[/]: SIGTERM to the handler; it may return, else forced after a grace"
-            " period"
-            if self.graceful
-            else "[b]forced[/]: PreStop, then the instance is killed"
-        )
+        if self.escalate:
+            text = "[b]forced[/] now: PreStop, then the instance is killed (no more grace)"
+        elif self.graceful:
+            text = (
+                "[b]graceful[/]: SIGTERM to the handler; it may return, else forced after a"
+                " grace period"
+            )
+        else:
+            text = "[b]forced[/]: PreStop, then the instance is killed"
         self.query_one("#stop-mode", Static).update(text)
 
     def action_toggle_graceful(self) -> None:
         """Switch between a forced and a graceful stop."""
-        self.graceful = not self.graceful
+        self.graceful = not self.graceful and not self.escalate
         self._show_mode()
 
     def action_confirm(self) -> None:
@@ -240,7 +245,7 @@ HELP = """\
   [b]/[/]        filter text: id prefix, function, error (enter applies, esc clears)
   [b]s[/]        states       [b]F[/]    function           [b]t[/]    time range
 [b]Actions[/] (each asks first: enter confirms, esc cancels)
-  [b]x[/]        stop (g in the dialog: graceful)
+  [b]x[/]        stop (g in the dialog: graceful; x again forces it)
   [b]r[/]        re-invoke the event    [b]R[/]  re-invoke every ended event the filter shows
   [b]c[/]        copy the payload (OSC 52)    [b]o[/]  open the full log
 [b]Views[/]

@@ -22,6 +22,11 @@ def pre_freeze(context):
     _mark("pre_freeze", context)
 
 
+def slow_pre_freeze(context):
+    _mark("pre_freeze", context)
+    time.sleep(2)  # long enough for the next event to arrive meanwhile
+
+
 def pre_stop(context):
     print("pre-stop: flushing")
     _mark("pre_stop", context)
