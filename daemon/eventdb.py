@@ -363,6 +363,15 @@ def _by_state(flt: Filter) -> list[Filter]:
     return [msgspec.structs.replace(flt, states={s}) for s in sorted(flt.states)]
 
 
+#: a filter's time bounds, and the condition each puts on a row
+_TIME_BOUNDS = (
+    ("since", "enqueued_at >= ?"),
+    ("until", "enqueued_at <= ?"),
+    ("ended_since", "ended_at >= ?"),
+    ("ended_until", "ended_at <= ?"),
+)
+
+
 def _where(flt: Filter, *, by_id: bool = True) -> tuple[str, list[object]]:
     """The SQL condition for a filter (the same rules as Filter.matches); `by_id=False` keeps
     SQLite from reading an id prefix through the id index."""
@@ -377,18 +386,10 @@ def _where(flt: Filter, *, by_id: bool = True) -> tuple[str, list[object]]:
     if flt.id_prefix is not None:
         clauses.append("id >= ? AND id < ?" if by_id else "+id >= ? AND +id < ?")
         params += [flt.id_prefix, flt.id_prefix + "\U0010ffff"]
-    if flt.since is not None:
-        clauses.append("enqueued_at >= ?")
-        params.append(flt.since)
-    if flt.until is not None:
-        clauses.append("enqueued_at <= ?")
-        params.append(flt.until)
-    if flt.ended_since is not None:
-        clauses.append("ended_at >= ?")
-        params.append(flt.ended_since)
-    if flt.ended_until is not None:
-        clauses.append("ended_at <= ?")
-        params.append(flt.ended_until)
+    for bound, clause in _TIME_BOUNDS:
+        if (value := getattr(flt, bound)) is not None:
+            clauses.append(clause)
+            params.append(value)
     if flt.text is not None:
         text = flt.text.lower()
         clauses.append("(substr(id, 1, ?) = ? OR instr(lower(function), ?) OR instr(error, ?))")
