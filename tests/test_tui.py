@@ -533,3 +533,20 @@ async def test_a_running_event_shows_how_long_it_has_run(spool, daemon, monkeypa
         events = app.screen.query_one(EventList)
         row = events.row_at(events.start)
         assert row is not None and duration_shown(row) == "1m15s…"
+
+
+async def test_the_stop_dialog_of_a_queued_event_says_it_never_runs(tmp_path):
+    spool = tmp_path / "spool"
+    write_journal(spool, 10)  # the one before the newest is Enqueued
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 10), "the events")
+        await pilot.press("j", "x")
+        dialog = app.screen
+        assert isinstance(dialog, ConfirmStop) and dialog.queued
+        said = _text(dialog.query_one("#stop-mode"))
+        assert "never runs" in said and "killed" not in said
+        await pilot.press("g")  # nothing to choose: no instance to signal
+        assert not dialog.graceful
+        await pilot.press("enter")
+        assert control_requests(spool) == [StopRequest(id=event_id(8), graceful=False)]

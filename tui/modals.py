@@ -24,6 +24,10 @@ class StopChoice:
     graceful: bool
 
 
+#: states of an event that waits to run: a stop touches no instance
+QUEUED = frozenset({State.ENQUEUED, State.DEQUEUED, State.RETRYING})
+
+
 class ConfirmStop(ModalScreen[StopChoice | None]):
     """Stop an event: enter stops (forced), `g` switches to graceful (SIGTERM first). An event
     being stopped already can only be forced: its graceful stop escalated at once."""
@@ -39,6 +43,7 @@ class ConfirmStop(ModalScreen[StopChoice | None]):
         self.event_id, self.state = event_id, state
         self.graceful = False
         self.escalate = state is State.STOPPING
+        self.queued = state in QUEUED  # it never ran on an instance: nothing to kill
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -46,14 +51,22 @@ class ConfirmStop(ModalScreen[StopChoice | None]):
             yield Label(f"{verb} event {self.event_id}?", classes="title")
             yield Static(f"It is {state_markup(self.state)}.", id="stop-state")
             yield Static(id="stop-mode")
-            keys = "force now" if self.escalate else "stop   [b]g[/] forced ↔ graceful"
+            keys = (
+                "force now"
+                if self.escalate
+                else "stop"
+                if self.queued
+                else "stop   [b]g[/] forced ↔ graceful"
+            )
             yield Static(f"[b]enter[/] {keys}   [b]esc[/] cancel", classes="keys")
 
     def on_mount(self) -> None:
         self._show_mode()
 
     def _show_mode(self) -> None:
-        if self.escalate:
+        if self.queued:
+            text = "it has not started: it goes Stopping, then Stopped, and never runs"
+        elif self.escalate:
             text = "[b]forced[/] now: PreStop, then the instance is killed (no more grace)"
         elif self.graceful:
             text = (
@@ -66,7 +79,7 @@ class ConfirmStop(ModalScreen[StopChoice | None]):
 
     def action_toggle_graceful(self) -> None:
         """Switch between a forced and a graceful stop."""
-        self.graceful = not self.graceful and not self.escalate
+        self.graceful = not self.graceful and not self.escalate and not self.queued
         self._show_mode()
 
     def action_confirm(self) -> None:
