@@ -550,3 +550,31 @@ async def test_the_stop_dialog_of_a_queued_event_says_it_never_runs(tmp_path):
         assert not dialog.graceful
         await pilot.press("enter")
         assert control_requests(spool) == [StopRequest(id=event_id(8), graceful=False)]
+
+
+async def test_rejected_files_are_listed_with_their_reasons_and_submitted_again(spool, daemon):
+    from tui.rejected import RejectedScreen
+
+    (spool / "functions" / "later.toml").unlink(missing_ok=True)
+    daemon.start()
+    (spool / "incoming" / "later.json").write_text('{"function": "later", "payload": 1}')
+    wait_for(lambda: list((spool / "rejected").glob("later.json*.reason.json")), what="rejected")
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.total is not None, "the list")
+        await pilot.press("3")
+        screen = app.screen
+        assert isinstance(screen, RejectedScreen)
+        (item,) = screen.items
+        assert item.file == "incoming/later.json" and item.reason == "unknown_function"
+        (spool / "functions" / "later.toml").write_text(
+            'handler = "index.handler"\ncode = "echo"\n'
+        )  # the function is defined now: the same file is taken
+        wait_for(lambda: "later" in fnspool(spool, "functions", "list").stdout, what="defined")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert any("submitted again as incoming/later.json" in n for n in notices(app)), notices(
+            app
+        )
+    ran = wait_for(lambda: events(spool, "--function", "later"), 30, "it to be taken")
+    assert ran[0]["state"] in ("Enqueued", "Dequeued", "Running", "Succeeded"), ran

@@ -46,6 +46,7 @@ from tui.modals import (
     TimeRange,
 )
 from tui.reader import Changed, Reader, SetFilter, Show, WindowRead
+from tui.rejected import RejectedScreen
 from tui.tail import DaemonStatus, StatusChanged
 
 NO_FILTER_TEXT = (
@@ -479,6 +480,11 @@ class FnspoolApp(App[None]):
         """The functions and their instances."""
         if not isinstance(self.screen, FunctionsScreen):
             self.push_screen(FunctionsScreen())
+
+    def action_rejected(self) -> None:
+        """The files set aside in rejected/, with their reasons."""
+        if not isinstance(self.screen, RejectedScreen):
+            self.push_screen(RejectedScreen(self.spool))
 
     def action_help(self) -> None:
         """The keys."""

@@ -41,6 +41,7 @@ class EventsScreen(Screen[None]):
         Binding("c", "app.copy", "Copy"),
         Binding("o", "app.open_log", "Log", show=False),
         Binding("2", "app.functions", "Functions"),
+        Binding("3", "app.rejected", "Rejected"),
         Binding("escape", "app.clear_filters", "Clear filters", show=False),
     ]
 
