@@ -239,19 +239,27 @@ async def test_an_instance_is_recycled_after_max_events_per_instance(
 
 
 @on_uvloop
-async def test_an_instance_lost_mid_event_is_discarded_and_the_retry_gets_a_new_one(
+async def test_an_instance_lost_mid_event_is_discarded_at_once_without_prestop(
     tmp_path: Path, clock: FakeClock
 ):
-    runtime = FakeRuntime(lambda c: died(signal.SIGKILL) if c.attempt == 1 else succeeded())
-    fn = define(lifecycle=PRE_STOP, async_={"backoff": 0.001})
+    runtime = FakeRuntime(lambda c: died(signal.SIGKILL) if c.payload == "die" else succeeded())
+    fn = define(lifecycle=PRE_STOP, async_={"max_retries": 0})
     async with running(tmp_path, runtime, fn) as policy:
-        event = await policy.submit("x")
-        await ended(event)
-        records = await policy.records(event.id)
+        first = await policy.submit("die")
+        await ended(first)
+        [lost] = runtime.instances
+        pool = policy.dispatcher.pools["fn"]
+        await wait_for_async(
+            lambda: lost.killed and not pool.instances, what="the lost instance discarded"
+        )
+        second = await policy.submit("next")
+        await ended(second)
         hooks = await policy.hook_runs()
+        records = [*await policy.records(first.id), *await policy.records(second.id)]
     lost, fresh = runtime.instances
-    assert runtime.did(lost) == ["start", f"invoke {event.id}", "kill"]  # no PreStop: it is dead
+    assert runtime.did(lost) == ["start", f"invoke {first.id}", "kill"]  # no PreStop: it is dead
     assert [r.instance for r in records if r.state is State.RUNNING] == [lost.id, fresh.id]
+    assert [r.state for r in records if r.state.terminal] == [State.FAILED, State.SUCCEEDED]
     assert hooks == []
 
 
