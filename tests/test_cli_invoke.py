@@ -58,7 +58,7 @@ def test_a_negative_delay_and_a_broken_definition_are_refused_before_anything_is
 
 
 def test_a_bulk_reinvoke_shows_what_it_would_touch_before_it_asks(monkeypatch, capsys):
-    from daemon import actions
+    from daemon.cli import requests as actions
     from daemon.model import Event, State, raw_json
 
     chosen = [
@@ -106,7 +106,7 @@ def test_a_delay_takes_units():
 
     import pytest
 
-    from daemon.cli import delay
+    from daemon.cli.parser import delay
 
     assert [delay(t) for t in ("30", "90s", "5m", "2h", "1.5d")] == [30, 90, 300, 7200, 129600]
     for bad in ("-1", "5x", "inf", "nan", "m", ""):
@@ -117,7 +117,7 @@ def test_a_delay_takes_units():
 def test_every_option_and_argument_says_what_it_is():
     import argparse
 
-    from daemon.cli import _parser
+    from daemon.cli.parser import _parser
 
     def walk(parser: argparse.ArgumentParser, path: str):
         for action in parser._actions:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, fnspool_json, wait_for
 
-from daemon import install
+from daemon.cli import systemd as install
 
 SYSTEMD = Path("/usr/lib/systemd/systemd")
 RUNTIME_DIR = "/run/user/0"  # inside the manager's mount namespace

@@ -21,7 +21,7 @@ import pytest
 from conftest import EXAMPLES, drop, fnspool_json, wait_for
 from test_systemd_integration import UserManager, _ended, open_installation, pytestmark  # noqa: F401 - same skips
 
-from daemon import install
+from daemon.cli import systemd as install
 
 SPOOL = "/var/spool/fnspool"
 OPEN_DIR = "/mnt"  # world-writable in the namespace: the sandbox alone must keep it read-only

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 from test_systemd_integration import open_installation
 
-from daemon import install
+from daemon.cli import systemd as install
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
@@ -64,7 +64,7 @@ def test_an_installed_wheel_carries_the_units(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("fnspool-*.whl")
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True, timeout=300)
-    probe = "from daemon import install; print(install.UNITS_SOURCE, *install.rendered_units(True))"
+    probe = "from daemon.cli import systemd as s; print(s.UNITS_SOURCE, *s.rendered_units(True))"
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run(
         [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True

@@ -1,21 +1,14 @@
-"""The `fnspool` command: argument parsing, errors for people, the one place the loop is made.
-
-A command's module is imported only when it runs: every `events get` or `events list` starts a
-Python process, and the modules of the other commands (the install's subprocess and shutil, the
-control requests' ids, the definitions' TOML parser) would cost it a fifth of its time.
-"""
+"""The CLI's arguments: every command, option and help text (the commands themselves are in
+this package, one module each, imported only when their command runs)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from daemon.errors import FnspoolError
 from daemon.ids import BadId, check_id
 from daemon.limits import MAX_VALUE_BYTES
 from daemon.spool import SYSTEM_SPOOL
@@ -29,7 +22,7 @@ def _command(target: str) -> Callable[[argparse.Namespace], int]:
 
     def run(args: argparse.Namespace) -> int:
         function: Callable[[argparse.Namespace], int] = getattr(
-            importlib.import_module(f"daemon.{module}"), name
+            importlib.import_module(f"daemon.cli.{module}"), name
         )
         return function(args)
 
@@ -132,10 +125,10 @@ def _parser() -> argparse.ArgumentParser:
         "(default: $FNSPOOL_RUN_AS, else the daemon's own user)",
     )
     daemon.add_argument("-v", "--verbose", action="store_true", help="log debug lines too")
-    daemon.set_defaults(run=_command("commands.daemon"))
+    daemon.set_defaults(run=_command("run.daemon"))
 
     tui = sub.add_parser("tui", parents=[common], help="the dashboard")
-    tui.set_defaults(run=_command("commands.tui"))
+    tui.set_defaults(run=_command("run.tui"))
 
     invoke = sub.add_parser("invoke", parents=[common], help="submit an event")
     invoke.add_argument("function", metavar="NAME", help="the function to run")
@@ -152,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--wait", action="store_true", help="wait until the event ends")
     invoke.add_argument("--json", action="store_true", help=JSON_HELP)
-    invoke.set_defaults(run=_command("commands.invoke"))
+    invoke.set_defaults(run=_command("invoke.invoke"))
 
     _events_parser(sub, common)
 
@@ -160,29 +153,29 @@ def _parser() -> argparse.ArgumentParser:
     fsub = functions.add_subparsers(dest="action", required=True, metavar="ACTION")
     flist = fsub.add_parser("list", parents=[common], help="definitions, errors and instances")
     flist.add_argument("--json", action="store_true", help=JSON_HELP)
-    flist.set_defaults(run=_command("commands.functions_list"))
+    flist.set_defaults(run=_command("status.functions_list"))
 
     status = sub.add_parser("status", parents=[common], help="daemon health (exit 3 when down)")
     status.add_argument("--json", action="store_true", help=JSON_HELP)
-    status.set_defaults(run=_command("commands.status"))
+    status.set_defaults(run=_command("status.status"))
 
     metrics = sub.add_parser(
         "metrics", parents=[common], help="the daemon's figures, as Prometheus scrapes them"
     )
-    metrics.set_defaults(run=_command("commands.metrics"))
+    metrics.set_defaults(run=_command("status.metrics"))
 
     completion = sub.add_parser(
         "completion", parents=[common], help="the shell completion script (bash, zsh, fish)"
     )
     completion.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell it is for")
-    completion.set_defaults(run=_command("commands.completion"))
+    completion.set_defaults(run=_command("completion.completion"))
 
     _systemd_parser(sub, common)
     return parser
 
 
 def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """`fnspool systemd install|uninstall|reload` (daemon/install.py does them)."""
+    """`fnspool systemd install|uninstall|reload` (daemon/cli/systemd.py does them)."""
     systemd = sub.add_parser("systemd", help="install the systemd units")
     ssub = systemd.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (
@@ -199,7 +192,7 @@ def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
         p.add_argument("--user", action="store_true", help="for `systemctl --user`")
         p.add_argument("--unit-dir", metavar="DIR", help="write the units there instead")
         p.add_argument("--now", action="store_true", help="also run the systemctl commands")
-        p.set_defaults(run=_command(f"install.{name}"))
+        p.set_defaults(run=_command(f"systemd.{name}"))
     r = ssub.add_parser("reload", parents=[common], help="SIGHUP the daemon and wait (ExecReload)")
     r.add_argument("--pid", type=int, required=True, help="the daemon's pid ($MAINPID)")
     r.add_argument(
@@ -209,12 +202,15 @@ def _systemd_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
         metavar="S",
         help="wait this long for the reload to show in the heartbeat",
     )
-    r.set_defaults(run=_command("install.reload"))
+    r.set_defaults(run=_command("systemd.reload"))
 
 
 JSON_HELP = "print JSON (stable fields, for scripts; its times are always UTC)"
+
 UTC_HELP = "show times in UTC (default: local time, with its offset from UTC)"
+
 ID_HELP = "an event's id, or a unique start of it"
+
 LIST_LIMIT = 50  # events `events list` shows unless --limit or --all says otherwise
 
 
@@ -249,17 +245,17 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
         help=f"every event that matches (default: --limit {LIST_LIMIT})",
     )
     elist.add_argument("--json", action="store_true", help=JSON_HELP)
-    elist.set_defaults(run=_command("commands.events_list"))
+    elist.set_defaults(run=_command("events.events_list"))
 
     eget = esub.add_parser("get", parents=[common], help="one event in full")
     eget.add_argument("id", type=request_id, help=ID_HELP)
     eget.add_argument("--json", action="store_true", help=JSON_HELP)
-    eget.set_defaults(run=_command("commands.events_get"))
+    eget.set_defaults(run=_command("events.events_get"))
 
     elogs = esub.add_parser("logs", parents=[common], help="an event's log")
     elogs.add_argument("id", type=request_id, help=ID_HELP)
     elogs.add_argument("--follow", "-f", action="store_true", help="follow until the event ends")
-    elogs.set_defaults(run=_command("commands.events_logs"))
+    elogs.set_defaults(run=_command("events.events_logs"))
 
     estop = esub.add_parser(
         "stop",
@@ -271,7 +267,7 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
         "--graceful", action="store_true", help="SIGTERM first; forced after the grace period"
     )
     estop.add_argument("--wait", action="store_true", help="wait until the event has stopped")
-    estop.set_defaults(run=_command("actions.events_stop"))
+    estop.set_defaults(run=_command("requests.events_stop"))
 
     ereinvoke = esub.add_parser(
         "reinvoke",
@@ -286,48 +282,9 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     ereinvoke.add_argument("--yes", "-y", action="store_true", help="no confirmation")
     ereinvoke.add_argument("--wait", action="store_true", help="wait until the new events end")
     ereinvoke.add_argument("--json", action="store_true", help=JSON_HELP)
-    ereinvoke.set_defaults(run=_command("actions.events_reinvoke"))
+    ereinvoke.set_defaults(run=_command("requests.events_reinvoke"))
 
     ewait = esub.add_parser("wait", parents=[common], help="block until events end")
     ewait.add_argument("ids", nargs="+", metavar="ID", type=request_id, help=ID_HELP)
     ewait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
-    ewait.set_defaults(run=_command("commands.events_wait"))
-
-
-def _complete(words: list[str]) -> None:
-    """Print what may follow: `__complete INDEX WORD...` (the shell's words, the program first)."""
-    from daemon.completion import candidates
-
-    try:
-        current = int(words[0])
-    except (IndexError, ValueError):
-        sys.exit(2)
-    for word in candidates(_parser(), words[1:], current):
-        print(word)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the `fnspool` console script."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    if words[:1] == ["__complete"]:  # asked by the shell's completion script
-        _complete(words[1:])
-        return
-    args = _parser().parse_args(words)
-    if args.utc:  # one switch for every time shown, the dashboard's too
-        os.environ["TZ"] = "UTC"
-        time.tzset()
-    run: Callable[[argparse.Namespace], int] = args.run
-    try:
-        code = run(args)
-    except FnspoolError as exc:
-        print(
-            f"fnspool: {exc.title}: {exc.msg}" if exc.title else f"fnspool: {exc.msg}",
-            file=sys.stderr,
-        )
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        code = 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 1
-    sys.exit(code)
+    ewait.set_defaults(run=_command("events.events_wait"))

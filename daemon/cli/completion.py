@@ -117,3 +117,9 @@ def _ids(spool: str | None, typed: str) -> list[str]:
     if not journal.is_dir():
         return []
     return EventReads(journal).ids_with_prefix(typed, IDS_SHOWN)
+
+
+def completion(args: argparse.Namespace) -> int:
+    """Print the completion script for a shell (see the README for where it goes)."""
+    print(script(args.shell), end="")
+    return 0

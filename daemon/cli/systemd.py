@@ -31,7 +31,7 @@ from daemon.spool import DIR_MODE, SYSTEM_SPOOL, Spool, folder_mode
 def _units_source() -> Path:
     """The shipped units: inside the package when installed from a wheel (daemon/units), else
     the checkout's systemd/ folder (an editable install, or running from the checkout)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # daemon/, beside which systemd/ lies
     packaged = package / "units"
     return packaged if packaged.is_dir() else package.parent / "systemd"
 

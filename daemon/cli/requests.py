@@ -13,14 +13,14 @@ import time
 import msgspec
 
 from daemon import control, lock
-from daemon.commands import (
-    _filter,
-    _find,
-    _payload,
-    _print_json,
-    _reads,
-    _spool,
-    _wait_for,
+from daemon.cli.shared import (
+    filter_of,
+    find,
+    payload_of,
+    print_json,
+    reads_of,
+    spool_of,
+    wait_for_end,
 )
 from daemon.errors import FnspoolError
 from daemon.ids import new_request_id
@@ -100,8 +100,8 @@ def _say_queued(spool: Spool) -> None:
 
 def events_stop(args: argparse.Namespace) -> int:
     """Stop an event: at once if not running, else forced (PreStop, kill) or gracefully."""
-    spool = _spool(args)
-    event = _find(_reads(spool), args.id)
+    spool = spool_of(args)
+    event = find(reads_of(spool), args.id)
     how = stop_in_progress(event)
     if refusal := stop_refusal(event.id, event.state, graceful=args.graceful, stopping=how):
         raise FnspoolError(refusal, title="cannot stop", exit_code=EXIT_REFUSED)
@@ -117,7 +117,7 @@ def events_stop(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     if not args.wait:
         return 0
-    ended = _wait_for(spool, [event.id], timeout=None)[event.id]
+    ended = wait_for_end(spool, [event.id], timeout=None)[event.id]
     print(f"{event.id} {ended.state.value}")
     return 0 if ended.state is State.STOPPED else 1
 
@@ -130,9 +130,9 @@ def _print_answer(answer: Request) -> None:
 
 def events_reinvoke(args: argparse.Namespace) -> int:
     """Re-invoke one ended event, or every ended event the filters match (after a confirmation)."""
-    spool = _spool(args)
-    chosen = _chosen(args, _reads(spool))
-    payload = msgspec.Raw(msgspec.json.encode(_payload(args))) if _has_payload(args) else None
+    spool = spool_of(args)
+    chosen = _chosen(args, reads_of(spool))
+    payload = msgspec.Raw(msgspec.json.encode(payload_of(args))) if _has_payload(args) else None
     if len(chosen) > 1 or not args.id:
         if not chosen:
             raise FnspoolError("no ended event matches the filters", title="nothing to re-invoke")
@@ -152,11 +152,11 @@ def events_reinvoke(args: argparse.Namespace) -> int:
 
 def _chosen(args: argparse.Namespace, reads: EventReads) -> list[Event]:
     if args.id:
-        event = _find(reads, args.id)
+        event = find(reads, args.id)
         if refusal := reinvoke_refusal(event.id, event.state):
             raise FnspoolError(refusal, title="cannot re-invoke", exit_code=EXIT_REFUSED)
         return [event]
-    flt = _filter(args)
+    flt = filter_of(args)
     if flt == Filter():
         raise FnspoolError(
             "give an id or a filter (--status, --function, --id-prefix, --since, --until): "
@@ -198,10 +198,10 @@ def _report_reinvoked(spool: Spool, pending: list[Pending], args: argparse.Names
     for answer in refused:
         _print_answer(answer)
     if args.wait and new_ids:
-        ended = _wait_for(spool, new_ids, timeout=None)
+        ended = wait_for_end(spool, new_ids, timeout=None)
         results = {i: ended[i].state.value for i in new_ids}
         if args.json:
-            _print_json(
+            print_json(
                 [
                     {"id": i, "retry_of": _retry_of(pending, i), "state": s}
                     for i, s in results.items()
@@ -213,7 +213,7 @@ def _report_reinvoked(spool: Spool, pending: list[Pending], args: argparse.Names
         failed = any(s != State.SUCCEEDED.value for s in results.values())
         return 1 if refused or failed else 0
     if args.json:
-        _print_json([{"id": i, "retry_of": _retry_of(pending, i)} for i in new_ids])
+        print_json([{"id": i, "retry_of": _retry_of(pending, i)} for i in new_ids])
     else:
         for new_id in new_ids:
             print(new_id)
