@@ -117,7 +117,7 @@ def test_a_delay_takes_units():
 def test_every_option_and_argument_says_what_it_is():
     import argparse
 
-    from daemon.cli.parser import _parser
+    from daemon.cli.parser import build_parser
 
     def walk(parser: argparse.ArgumentParser, path: str):
         for action in parser._actions:
@@ -127,7 +127,7 @@ def test_every_option_and_argument_says_what_it_is():
             elif not isinstance(action, argparse._HelpAction):
                 yield path, action
 
-    silent = [f"{path} {a.option_strings or a.dest}" for path, a in walk(_parser(), "fnspool")
+    silent = [f"{path} {a.option_strings or a.dest}" for path, a in walk(build_parser(), "fnspool")
               if not a.help]  # fmt: skip
     assert not silent, silent
 

@@ -276,8 +276,8 @@ def test_run_as_applies_to_functions_without_a_user(spool, daemon, account):
 
 def test_run_as_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("FNSPOOL_RUN_AS", "someone")
-    assert cli._parser().parse_args(["daemon"]).run_as == "someone"
-    assert cli._parser().parse_args(["daemon", "--run-as", "other"]).run_as == "other"
+    assert cli.build_parser().parse_args(["daemon"]).run_as == "someone"
+    assert cli.build_parser().parse_args(["daemon", "--run-as", "other"]).run_as == "other"
 
 
 def test_an_unknown_run_as_user_is_refused():

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from daemon.cli.parser import _parser
+from daemon.cli.parser import build_parser
 from daemon.errors import FnspoolError
 
 
@@ -24,7 +24,7 @@ def _complete(words: list[str]) -> None:
         current = int(words[0])
     except (IndexError, ValueError):
         sys.exit(2)
-    for word in candidates(_parser(), words[1:], current):
+    for word in candidates(build_parser(), words[1:], current):
         print(word)
 
 
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if words[:1] == ["__complete"]:  # asked by the shell's completion script
         _complete(words[1:])
         return
-    args = _parser().parse_args(words)
+    args = build_parser().parse_args(words)
     if args.utc:  # one switch for every time shown, the dashboard's too
         os.environ["TZ"] = "UTC"
         time.tzset()

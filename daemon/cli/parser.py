@@ -79,7 +79,7 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     spool_help = "the spool (default: $FNSPOOL_SPOOL or ./spool)"
     common = argparse.ArgumentParser(add_help=False)
     # before or after the command; SUPPRESS: an absent one here keeps the one given before
