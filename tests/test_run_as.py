@@ -27,7 +27,8 @@ from conftest import (
     wait_for,
 )
 
-from daemon import cli, commands
+from daemon.cli import parser as cli
+from daemon.cli import run as commands
 from daemon.errors import FnspoolError
 from daemon.model import HookRun
 from daemon.users import Account, X, denied, lookup
