@@ -36,9 +36,12 @@ STOPPING, STOPPED = State.STOPPING, State.STOPPED
 QUICK = {"backoff": 0.001, "backoff_max": 0.003}
 
 
-async def ended(event: Event) -> None:
-    """Wait until `event` reaches a terminal state."""
-    await wait_for_async(lambda: event.ended, what=f"event {event.id} to end ({event.state})")
+async def ended(*events: Event) -> None:
+    """Wait until every one of `events` reaches a terminal state."""
+    await wait_for_async(
+        lambda: all(e.ended for e in events),
+        what=f"events {', '.join(e.id for e in events)} to end",
+    )
 
 
 async def held(runtime: FakeRuntime, event: Event) -> Call:
@@ -166,6 +169,26 @@ async def test_an_event_past_max_event_age_expires_before_its_retry(
     assert [r.state for r in records] == [ENQ, DEQ, RUN, RETRY, State.EXPIRED]
     assert records[-1].error is not None and records[-1].error.type == "EventExpired"
     assert len(runtime.calls) == 1
+
+
+@on_uvloop
+async def test_an_event_dequeued_ahead_expires_if_it_grows_too_old_waiting_for_an_instance(
+    tmp_path: Path, clock: FakeClock
+):
+    runtime = FakeRuntime(hold_first)
+    fn = define(max_instances=1, async_={"max_event_age": 10.0})
+    async with running(tmp_path, runtime, fn) as policy:
+        first = await policy.submit("hold")
+        call = await held(runtime, first)
+        second = await policy.submit("x")
+        await wait_for_async(lambda: second.state is DEQ, what="the second dequeued ahead")
+        clock.advance(11.0)  # the first attempt runs long
+        call.answer(succeeded())
+        await ended(first, second)
+        records = await policy.records(second.id)
+    assert first.state is State.SUCCEEDED
+    assert [r.state for r in records] == [ENQ, DEQ, State.EXPIRED]
+    assert [c.request_id for c in runtime.calls] == [first.id]
 
 
 # -- stops -------------------------------------------------------------------------------------
