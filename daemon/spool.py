@@ -233,7 +233,7 @@ def unlink_if_same(dir_fd: int, name: str, st: os.stat_result | FileId) -> bool:
     stem, dot, ext = name.rpartition(".")
     for n in range(10_000):
         candidate = name if n == 0 else f"{stem}.{n}{dot}{ext}" if dot else f"{name}.{n}"
-        if _rename_noreplace(dir_fd, aside, dir_fd, candidate):
+        if rename_noreplace(dir_fd, aside, dir_fd, candidate):
             return False
     raise OSError(errno.EEXIST, f"no free name to put back {printable(name)!r}")
 
@@ -396,7 +396,7 @@ def _move_unique(src_fd: int, name: str, dst_fd: int, base: str) -> str:
         candidate = base if n == 0 else f"{base}.{n}"
         if _exists(dst_fd, f"{candidate}.reason.json"):
             continue
-        if _rename_noreplace(src_fd, name, dst_fd, candidate):
+        if rename_noreplace(src_fd, name, dst_fd, candidate):
             return candidate
     raise OSError(errno.EEXIST, f"no free name in rejected/ for {base!r}")
 
@@ -435,7 +435,7 @@ except (OSError, AttributeError):
     _renameat2 = None
 
 
-def _rename_noreplace(src_fd: int, name: str, dst_fd: int, new: str) -> bool:
+def rename_noreplace(src_fd: int, name: str, dst_fd: int, new: str) -> bool:
     """Rename unless `new` exists (then False): a rejected file never replaces another."""
     if _renameat2 is not None:
         if _renameat2(src_fd, os.fsencode(name), dst_fd, os.fsencode(new), _RENAME_NOREPLACE) == 0:

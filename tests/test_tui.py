@@ -570,7 +570,9 @@ async def test_rejected_files_are_listed_with_their_reasons_and_submitted_again(
         (spool / "functions" / "later.toml").write_text(
             'handler = "index.handler"\ncode = "echo"\n'
         )  # the function is defined now: the same file is taken
-        wait_for(lambda: "later" in fnspool(spool, "functions", "list").stdout, what="defined")
+        # the daemon has loaded it once it made its drop folder (a file sent before is
+        # rejected again as unknown)
+        wait_for((spool / "incoming" / "later").is_dir, what="the daemon to load it")
         await pilot.press("enter")
         await pilot.pause()
         assert any("submitted again as incoming/later.json" in n for n in notices(app)), notices(

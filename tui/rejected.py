@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from daemon.spool import Spool
+from daemon.spool import Spool, rename_noreplace
 from daemon.text import printable
 from tui.format import stamp
 
@@ -66,12 +66,17 @@ def resubmit(spool: Spool, item: Rejected) -> str:
     spool.tmp.mkdir(parents=True, exist_ok=True)
     temp = spool.tmp / f".resubmit-{os.getpid()}-{Path(item.file).name}"
     temp.write_bytes(data)
+    target = spool.root / item.file
+    # renamed in whole (a hard link would be refused as one), never over a file dropped since
+    tmp_fd = os.open(spool.tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dst_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.link(temp, spool.root / item.file)  # never over a file dropped there since
-    except FileExistsError:
-        raise ValueError(f"{item.file} exists again: not replaced") from None
+        if not rename_noreplace(tmp_fd, temp.name, dst_fd, target.name):
+            os.unlink(temp)
+            raise ValueError(f"{item.file} exists again: not replaced")
     finally:
-        os.unlink(temp)
+        os.close(tmp_fd)
+        os.close(dst_fd)
     return item.file
 
 
