@@ -1,4 +1,5 @@
-"""Control requests (stop, re-invoke): the files the CLI and the TUI drop into `control/`.
+"""Control requests (stop, re-invoke, pause, resume): the files the CLI and the TUI drop into
+`control/`.
 
 Shared and light: only msgspec. A client writes a request under `tmp/` and renames it into
 `control/` (so the daemon never sees half a file), then follows the journal for the `Request`
@@ -41,13 +42,33 @@ class ReinvokeRequest(
     payload: msgspec.Raw = NO_RAW
 
 
-ControlRequest = StopRequest | ReinvokeRequest
+class PauseRequest(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="pause", tag_field="action"
+):
+    """Hold dispatch of one function (None: all): queued events wait, running ones finish."""
+
+    function: str | None = None
+
+
+class ResumeRequest(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="resume", tag_field="action"
+):
+    """Release dispatch of one function (None: all)."""
+
+    function: str | None = None
+
+
+ControlRequest = StopRequest | ReinvokeRequest | PauseRequest | ResumeRequest
+#: the requests that hold or release dispatch, rather than act on one event
+DISPATCH_REQUESTS = (PauseRequest, ResumeRequest)
 
 DECODER = msgspec.json.Decoder(ControlRequest)
 
 
 def check_ids(request: ControlRequest) -> None:
     """Raise BadId unless every id in `request` passes the id rule."""
+    if isinstance(request, DISPATCH_REQUESTS):
+        return
     check_id(request.id)
     if isinstance(request, ReinvokeRequest):
         check_id(request.new_id, "new_id")

@@ -24,6 +24,7 @@ from daemon.limits import bounded_error
 from daemon.logfiles import EventLogs, LogWrite, append_all
 from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State, Usage
+from daemon.pausing import paused_after, resumed_after
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
 from daemon.refusals import refuse_if, stop_refusal
@@ -259,7 +260,7 @@ class Dispatcher:
         queue, ready = self._queues[name], self._ready[name]
         loop = asyncio.get_running_loop()  # once: each look-up is a getpid() system call
         while True:
-            while not queue:
+            while not queue or self.store.paused.holds(name):  # paused: queued events wait
                 ready.clear()
                 await ready.wait()
             if not self.accepting:
@@ -275,6 +276,9 @@ class Dispatcher:
                 lease = await self._pool(definition).lease()
             except PoolClosed:
                 continue  # its definition changed meanwhile: wait in the new pool
+            if self.store.paused.holds(name):  # paused while waiting for an instance
+                lease.pool.give_back(lease)
+                continue
             event = self.store.get(queue.popleft()) if queue else None
             if event is None or event.ended or not self.accepting:
                 lease.pool.give_back(lease)
@@ -291,6 +295,8 @@ class Dispatcher:
         for event in events:
             definition = self._catalog().functions.get(event.function)
             if definition is None or event.not_before is not None:
+                continue
+            if self.store.paused.holds(event.function):
                 continue
             queued = len(self._queues.get(event.function, ())) + ahead[event.function]
             if queued < min(AHEAD_PER_INSTANCE * definition.max_instances, AHEAD_MAX):
@@ -522,6 +528,26 @@ class Dispatcher:
         self.log_sink.forget(event.id)
         if self.on_ended is not None:
             self.on_ended(event)
+
+    # -- pausing --------------------------------------------------------------------------
+
+    def pause(self, function: str | None) -> str:
+        """Hold dispatch of `function` (None: all): its queued events wait, running ones
+        finish. What was done, in words; Refused for an undefined function."""
+        paused, message = paused_after(self.store.paused, function, self._catalog().functions)
+        if paused != self.store.paused:
+            self.store.set_paused(paused)
+        return message
+
+    def resume(self, function: str | None) -> str:
+        """Release dispatch of `function` (None: all) and wake its queue; what was done."""
+        paused, message = resumed_after(self.store.paused, function, self._catalog().functions)
+        if paused != self.store.paused:
+            self.store.set_paused(paused)
+            for name, ready in self._ready.items():
+                if not paused.holds(name):
+                    ready.set()
+        return message
 
     # -- stopping -------------------------------------------------------------------------
 

@@ -54,6 +54,8 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     implicit_root: list[str] = []  # functions run as root only because none says who
     journal_damage: list[Damage] = []
     reloads: int = 0
+    paused: list[str] = []  # functions whose dispatch is held by name
+    paused_all: bool = False  # dispatch of every function is held
     file_helper: HelperView = HelperView()
     indexer: HelperView = HelperView()
 

@@ -27,6 +27,8 @@ from daemon.model import (
     Event,
     IllegalTransition,
     JournalRecord,
+    Paused,
+    PauseState,
     Transition,
     apply,
     mark_delivered,
@@ -57,6 +59,7 @@ class SnapshotHeader(msgspec.Struct, frozen=True, kw_only=True, tag="snapshot", 
     at: float
     count: int
     archived: dict[str, int] | None = None
+    paused: PauseState | None = None  # dispatch held at `seq` (None: nothing, or older version)
 
 
 class ArchiveHeader(msgspec.Struct, frozen=True, kw_only=True, tag="archive", tag_field="kind"):
@@ -276,9 +279,11 @@ def write_snapshot(
     at: float,
     events: list[Event],
     archived: dict[str, int] | None = None,
+    paused: PauseState | None = None,
 ) -> Path:
     """Write a snapshot durably (temp file, fsync, rename, directory fsync); return its path."""
-    header = SnapshotHeader(seq=seq, at=at, count=len(events), archived=archived)
+    held = paused if paused is not None and paused.any else None
+    header = SnapshotHeader(seq=seq, at=at, count=len(events), archived=archived, paused=held)
     return write_events_file(directory / snapshot_name(seq), header, events)
 
 
@@ -393,6 +398,7 @@ class JournalState(msgspec.Struct, kw_only=True):
     damages: list[Damage] = msgspec.field(default_factory=list)
     illegal: list[str] = msgspec.field(default_factory=list)
     archived: dict[str, int] | None = None  # the snapshot's count of archived events by state
+    paused: PauseState = PauseState()  # whose dispatch is held (the last Paused record)
 
 
 def load_snapshot(directory: Path, state: JournalState) -> None:
@@ -408,6 +414,7 @@ def load_snapshot(directory: Path, state: JournalState) -> None:
         state.events.update(events)
         state.last_seq = state.snapshot_seq = header.seq
         state.archived = dict(header.archived) if header.archived is not None else None
+        state.paused = header.paused or PauseState()
         return
 
 
@@ -446,6 +453,8 @@ def fold(state: JournalState, rec: JournalRecord) -> bool:
         delivered = state.events.get(rec.id)
         if delivered is not None:
             mark_delivered(delivered, rec)
+    elif isinstance(rec, Paused):
+        state.paused = rec.state
     return True
 
 

@@ -73,6 +73,7 @@ class Metrics:
         instances: Mapping[str, Iterable[InstanceView]],
         queue_depth: int,
         files: FileCounts,
+        paused: Mapping[str, bool] | None = None,
     ) -> str:
         """The whole file's text."""
         out: list[str] = []
@@ -99,6 +100,9 @@ class Metrics:
             states = collections.Counter(i.state for i in listed)
             for state_name, n in sorted(states.items()):
                 out.append(f'fnspool_instances{{function="{function}",state="{state_name}"}} {n}')
+        _family(out, "fnspool_paused", "gauge", "1 while a function's dispatch is held.")
+        for function, held in sorted((paused or {}).items()):
+            out.append(f'fnspool_paused{{function="{function}"}} {int(held)}')
         return "\n".join(out) + "\n"
 
 

@@ -174,7 +174,8 @@ class HookRun(Record, tag="hook", frozen=True):
 
 
 class Request(Record, tag="request", frozen=True):
-    """A control request (stop, re-invoke) was taken from control/, with who asked: the answer."""
+    """A control request (stop, re-invoke, pause, resume) was taken from control/, with who
+    asked: the answer."""
 
     action: str
     id: str
@@ -184,6 +185,7 @@ class Request(Record, tag="request", frozen=True):
     name: str | None = None  # the request's file name in control/, which the client waits for
     message: str | None = None  # why it was refused, or what was done
     new_id: str | None = None  # reinvoke: the new event
+    function: str | None = None  # pause, resume: the function (None: all)
 
 
 class Delivered(Record, tag="delivered", frozen=True):
@@ -207,7 +209,29 @@ class DeliveryFailed(Record, tag="delivery_failed", frozen=True):
     next_at: float | None = None  # wall-clock time of the next try; None: given up
 
 
-JournalRecord = Transition | HookRun | Request | Delivered | DeliveryFailed
+class PauseState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Whose dispatch is held: the functions paused by name, and whether all are."""
+
+    functions: tuple[str, ...] = ()
+    all: bool = False
+
+    def holds(self, function: str) -> bool:
+        """Whether `function`'s queued events wait."""
+        return self.all or function in self.functions
+
+    @property
+    def any(self) -> bool:
+        """Whether anything is paused."""
+        return self.all or bool(self.functions)
+
+
+class Paused(Record, tag="paused", frozen=True):
+    """Dispatch was paused or resumed: the whole paused state after the change."""
+
+    state: PauseState
+
+
+JournalRecord = Transition | HookRun | Request | Delivered | DeliveryFailed | Paused
 #: the records that change an event's delivery
 DELIVERY_RECORDS = (Delivered, DeliveryFailed)
 

@@ -22,7 +22,13 @@ from inotify_simple import INotify
 from inotify_simple import flags as F
 
 from daemon import control
-from daemon.control import ControlRequest, ReinvokeRequest, StopRequest
+from daemon.control import (
+    ControlRequest,
+    PauseRequest,
+    ReinvokeRequest,
+    ResumeRequest,
+    StopRequest,
+)
 from daemon.dispatcher import Dispatcher
 from daemon.ids import BadId
 from daemon.model import Request, Source, has_raw
@@ -282,6 +288,10 @@ class RequestIntake:
                     return Answer(outcome=control.APPLIED, message=message)
                 case ReinvokeRequest():
                     return self._reinvoke(request, uid)
+                case PauseRequest(function=function):
+                    return Answer(outcome=control.APPLIED, message=self.dispatcher.pause(function))
+                case ResumeRequest(function=function):
+                    return Answer(outcome=control.APPLIED, message=self.dispatcher.resume(function))
         except Refused as exc:
             return Answer(outcome=control.REFUSED, message=str(exc))
         raise AssertionError(f"unhandled request {request!r}")
@@ -310,23 +320,35 @@ class RequestIntake:
 
     def _answer(self, request: ControlRequest, name: str, uid: int | None, a: Answer) -> None:
         graceful = request.graceful if isinstance(request, StopRequest) else False
-        action = "stop" if isinstance(request, StopRequest) else "reinvoke"
+        action = _ACTIONS[type(request)]
+        match request:
+            case PauseRequest(function=function) | ResumeRequest(function=function):
+                rid, what = "", printable(function or "all")
+            case StopRequest(id=rid) | ReinvokeRequest(id=rid):
+                function, what = None, rid
         self.store.note(
             Request(
                 at=time.time(),
                 action=action,
-                id=request.id,
+                id=rid,
                 uid=uid,
                 graceful=graceful,
                 outcome=a.outcome,
                 name=name,
                 message=a.message,
                 new_id=a.new_id,
+                function=function,
             )
         )
-        log.info(
-            "control/%s: %s %s by uid %s: %s", printable(name), action, request.id, uid, a.message
-        )
+        log.info("control/%s: %s %s by uid %s: %s", printable(name), action, what, uid, a.message)
+
+
+_ACTIONS: dict[type, str] = {
+    StopRequest: "stop",
+    ReinvokeRequest: "reinvoke",
+    PauseRequest: "pause",
+    ResumeRequest: "resume",
+}
 
 
 def _open_control(spool: Spool) -> int:

@@ -392,6 +392,8 @@ class Daemon:
             implicit_root=self.implicit_root,
             journal_damage=self.store.damages[-20:],
             reloads=self.reloads,
+            paused=list(self.store.paused.functions),
+            paused_all=self.store.paused.all,
             file_helper=heartbeat.HelperView(pid=self.files.pid, running=self.files.running),
             indexer=heartbeat.HelperView(pid=self.indexing.pid),
         )
@@ -404,11 +406,21 @@ class Daemon:
             rejected=self.ingestor.stats.rejected + self.requests.set_aside,
         )
         metrics = self.dispatcher.metrics.render(
-            self.store.retained_counts(), instances, self.dispatcher.queue_depth, files
+            self.store.retained_counts(),
+            instances,
+            self.dispatcher.queue_depth,
+            files,
+            paused=self._paused_functions(),
         )
         self.run_files.write("metrics.prom", metrics.encode())
         if not stopped:
             self.notifier.status(self._status_line())
+
+    def _paused_functions(self) -> dict[str, bool]:
+        """Every defined or paused function, and whether its dispatch is held."""
+        paused = self.store.paused
+        names = set(self.catalog.functions) | set(paused.functions)
+        return {name: paused.holds(name) for name in sorted(names)}
 
     def _status_line(self) -> str:
         """One line for `systemctl status`: queue depth, running events, instances."""

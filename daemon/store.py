@@ -39,6 +39,8 @@ from daemon.model import (
     ErrorInfo,
     Event,
     JournalRecord,
+    Paused,
+    PauseState,
     Source,
     State,
     Transition,
@@ -84,6 +86,7 @@ class Store:
         self.needs_delivery: Callable[[Event], bool] = lambda _event: False
         self.starting = True  # files found at start may be from before the last compaction
         self._compacting: asyncio.Task[None] | None = None
+        self.paused = state.paused  # whose dispatch is held, as the journal says
         self._last_snapshot_seq = state.snapshot_seq
         self._last_compaction = time.monotonic()
 
@@ -190,6 +193,11 @@ class Store:
         self.counts[rec.state] += 1
         return event
 
+    def set_paused(self, paused: PauseState) -> None:
+        """Journal whose dispatch is held from now on (the whole state)."""
+        self.note(Paused(at=time.time(), state=paused))
+        self.paused = paused
+
     def note(self, rec: JournalRecord) -> JournalRecord:
         """Journal a record that changes no event (a hook run, a control request)."""
         return self.writer.append(rec)
@@ -258,7 +266,10 @@ class Store:
         if settled:
             await loop.run_in_executor(None, write_archive, directory, seq, now, settled)
         counts = {s.value: n for s, n in archived.items() if n}
-        await loop.run_in_executor(None, write_snapshot, directory, seq, now, kept, counts)
+        # the paused state now: a Paused record after `seq` holds the whole state too, so
+        # replaying it over this one gives the same
+        paused = self.paused
+        await loop.run_in_executor(None, write_snapshot, directory, seq, now, kept, counts, paused)
         self.archived_counts = archived
         self.archived.update((e.id, e) for e in settled)
         if settled:

@@ -444,6 +444,33 @@ async def test_the_header_says_draining_and_the_time_zone(tmp_path, monkeypatch)
         time.tzset()
 
 
+async def test_the_header_and_the_functions_view_say_what_is_paused(tmp_path):
+    from tui.tail import DaemonStatus
+
+    spool = tmp_path / "spool"
+    write_journal(spool, 3)
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 3), "the events")
+        name = next(f for f, _state in app.counts)
+        app.status = DaemonStatus(pid=4242, ready=True, paused=[name])
+        app._show_status()
+        assert f"paused: {name}" in app.status_markup
+        await pilot.press("2")
+        assert isinstance(app.screen, FunctionsScreen)
+        app.screen.refresh_tables()
+        functions = app.screen.query_one("#functions", DataTable)
+        marks = {
+            str(functions.get_row_at(i)[0]): str(functions.get_row_at(i)[-1])
+            for i in range(functions.row_count)
+        }
+        assert "paused" in marks[name]
+        assert not any("paused" in m for n, m in marks.items() if n != name)
+        app.status = DaemonStatus(pid=4242, ready=True, paused_all=True)
+        app._show_status()
+        assert "paused" in app.status_markup
+
+
 async def test_the_text_filter_applies_as_it_is_typed(tmp_path):
     spool = tmp_path / "spool"
     write_journal(spool, 30, snapshot_upto=10)

@@ -213,7 +213,7 @@ class FnspoolApp(App[None]):
         else:
             state = (
                 f"[$success]● daemon running[/] (pid {s.pid})  queue {s.queue_depth or 0}"
-                f"  running {s.running_events or 0}"
+                f"  running {s.running_events or 0}{_paused_markup(s)}"
             )
         errors = len([f for f in s.functions if f.error])
         extra = f"  [$error]{errors} bad definition(s): see 2[/]" if errors else ""
@@ -525,3 +525,12 @@ def _shown_path(path: Path) -> str:
 def run(spool: Spool) -> None:
     """Run the dashboard in this terminal until `q`."""
     FnspoolApp(spool).run()
+
+
+def _paused_markup(s: DaemonStatus) -> str:
+    """What the header says of dispatch held (fnspool pause), nothing when none is."""
+    if s.paused_all:
+        return "  [$warning]paused[/]"
+    if s.paused:
+        return f"  [$warning]paused: {escape(', '.join(s.paused))}[/]"
+    return ""

@@ -102,6 +102,8 @@ class FunctionsScreen(Screen[None]):
             error = status.definition_errors.get(name)
             if error and info is not None and not info.error:
                 definition = "[$error]error[/]"
+            if status.is_paused(name):
+                definition += "  [$warning]paused[/]"
             cells = [
                 f"[$error]{n:,}[/]"
                 if n and state.value in ("Failed", "Expired", "Invalid")

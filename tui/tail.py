@@ -40,6 +40,12 @@ class DaemonStatus:
     definition_errors: dict[str, str] = field(default_factory=dict)
     functions: list[FunctionInfo] = field(default_factory=list)
     journal_damage: list[dict[str, Any]] = field(default_factory=list)  # the daemon's own finds
+    paused: list[str] = field(default_factory=list)  # functions whose dispatch is held
+    paused_all: bool = False  # every function's dispatch is held
+
+    def is_paused(self, function: str) -> bool:
+        """Whether the daemon holds `function`'s queued events."""
+        return self.paused_all or function in self.paused
 
     @property
     def running(self) -> bool:
@@ -73,4 +79,6 @@ def read_status(spool: Spool) -> DaemonStatus:
         definition_errors=beat.definition_errors if beat is not None else {},
         functions=functions,
         journal_damage=msgspec.to_builtins(beat.journal_damage) if beat is not None else [],
+        paused=list(beat.paused) if beat is not None else [],
+        paused_all=beat is not None and beat.paused_all,
     )

@@ -159,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help=JSON_HELP)
     status.set_defaults(run=_command("status.status"))
 
+    for action, verb in (("pause", "hold"), ("resume", "release")):
+        p = sub.add_parser(
+            action,
+            parents=[common],
+            help=f"{verb} dispatch of one function or all (journaled; running events finish)",
+        )
+        p.add_argument("function", nargs="?", metavar="NAME", help="the function (default: all)")
+        p.set_defaults(run=_command(f"requests.{action}"))
+
     metrics = sub.add_parser(
         "metrics", parents=[common], help="the daemon's figures, as Prometheus scrapes them"
     )

@@ -1,4 +1,5 @@
-"""`fnspool events stop` and `events reinvoke`: write control requests, follow their answers.
+"""`fnspool events stop`, `events reinvoke`, `pause` and `resume`: write control requests, follow
+their answers.
 
 A request works while the daemon is down: it waits in control/ and is applied when the daemon
 starts. The answer is the journal's `Request` record naming the request's file.
@@ -12,7 +13,7 @@ import time
 
 import msgspec
 
-from daemon import control, lock
+from daemon import control, heartbeat, lock
 from daemon.cli.shared import (
     filter_of,
     find,
@@ -51,9 +52,19 @@ def _submit_all(
     damages: list[Damage] = []
     follower = JournalTail.from_end(spool.journal, damages)
     pending = [
-        Pending(name=control.submit(spool.root, request), id=request.id) for request in requests
+        Pending(name=control.submit(spool.root, request), id=_subject(request))
+        for request in requests
     ]
     return follower, pending
+
+
+def _subject(request: control.ControlRequest) -> str:
+    """What a request acts on: an event's id, or a function's name ("" for all)."""
+    match request:
+        case control.PauseRequest(function=function) | control.ResumeRequest(function=function):
+            return function or ""
+        case control.StopRequest(id=rid) | control.ReinvokeRequest(id=rid):
+            return rid
 
 
 def _await_answers(
@@ -125,7 +136,49 @@ def events_stop(args: argparse.Namespace) -> int:
 def _print_answer(answer: Request) -> None:
     stream = sys.stdout if answer.outcome == control.APPLIED else sys.stderr
     prefix = "" if answer.outcome == control.APPLIED else "fnspool: refused: "
-    print(f"{prefix}{answer.id}: {answer.message}", file=stream)
+    subject = answer.id if answer.action not in ("pause", "resume") else answer.function
+    said = f"{subject}: {answer.message}" if subject else str(answer.message)
+    print(prefix + said, file=stream)
+
+
+def pause(args: argparse.Namespace) -> int:
+    """Hold dispatch of one function or all: queued events wait, running ones finish."""
+    return _hold_or_release(args, control.PauseRequest(function=args.function))
+
+
+def resume(args: argparse.Namespace) -> int:
+    """Release dispatch of one function or all."""
+    return _hold_or_release(args, control.ResumeRequest(function=args.function))
+
+
+def _hold_or_release(
+    args: argparse.Namespace, request: control.PauseRequest | control.ResumeRequest
+) -> int:
+    spool = spool_of(args)
+    if request.function is not None and not _known_function(spool, request):
+        action = "pause" if isinstance(request, control.PauseRequest) else "resume"
+        raise FnspoolError(
+            f"no function named {request.function!r}", title=f"cannot {action}", exit_code=1
+        )
+    follower, [pending] = _submit_all(spool, [request])
+    if not _await_answers(spool, follower, [pending], ANSWER_WAIT):
+        _say_queued(spool)
+        return 0
+    assert pending.answer is not None
+    _print_answer(pending.answer)
+    return 0 if pending.answer.outcome == control.APPLIED else EXIT_REFUSED
+
+
+def _known_function(spool: Spool, request: control.PauseRequest | control.ResumeRequest) -> bool:
+    """Whether the function is defined (with errors too), or, to resume it, paused."""
+    from daemon.functions import load_catalog
+
+    catalog = load_catalog(spool.functions)
+    name = request.function
+    if name in catalog.functions or name in catalog.errors:
+        return True
+    beat = heartbeat.read(spool.run)
+    return isinstance(request, control.ResumeRequest) and beat is not None and name in beat.paused
 
 
 def events_reinvoke(args: argparse.Namespace) -> int:

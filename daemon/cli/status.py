@@ -49,6 +49,7 @@ def functions_list(args: argparse.Namespace) -> int:
                 if needs_code_folder(d) and not os.path.isdir(d.code_dir)
                 else None,
                 "instances": instances.get(name, []),
+                "paused": beat.paused_all or name in beat.paused,
             }
         )
     for name, err in sorted(catalog.errors.items()):
@@ -77,6 +78,8 @@ def functions_list(args: argparse.Namespace) -> int:
                 line += "  as ROOT (no user set)"
             elif row["user"]:
                 line += f"  as {row['user']}"
+            if row["paused"]:
+                line += "  paused"
             print(line)
             if row["one_at_a_time"]:
                 print(f"{'':20}        {row['one_at_a_time']}")
@@ -110,6 +113,8 @@ def status(args: argparse.Namespace) -> int:
         "file_helper": msgspec.to_builtins(live.file_helper) if live else None,
         "indexer": msgspec.to_builtins(live.indexer) if live else None,
         "heartbeat_age_s": last.age if last else None,
+        "paused": live.paused if live else [],
+        "paused_all": live.paused_all if live else False,
     }
     if args.json:
         print_json(view)
@@ -125,6 +130,10 @@ def status(args: argparse.Namespace) -> int:
         if running:
             print(f"queue depth {view['queue_depth']}, running {view['running_events']}")
             print("events: " + ", ".join(f"{k} {v}" for k, v in sorted(view["events"].items())))
+            if view["paused_all"]:
+                print("paused: all functions (fnspool resume)")
+            elif view["paused"]:
+                print("paused: " + ", ".join(view["paused"]))
             helper = view["file_helper"]
             if helper is not None and not helper.get("running"):
                 print("file helper: not running (the daemon writes logs and removes files itself)")
