@@ -3,11 +3,13 @@
 A journal line longer than 16 MiB reads back as damage (daemon/journal.py), which would leave an
 event Running for ever and run its handler again at every start. So whatever a function controls
 (a result, an error's text) or makes (a destination record enqueued as a payload) is held below
-that, with room for the record's other fields. Light: imports only the model.
+that, with room for the record's other fields. Light: imports only the model
+and the error catalogue.
 """
 
 from __future__ import annotations
 
+from daemon.errors import ErrorType, error
 from daemon.model import ErrorInfo
 
 #: bytes of a result (as JSON), of a payload, and of a destination record sent to a function
@@ -15,14 +17,13 @@ MAX_VALUE_BYTES = 8 << 20
 #: characters kept of an error's message, and of its traceback (JSON may escape one in 6 bytes)
 MAX_ERROR_CHARS = 64 << 10
 
-RESULT_TOO_LARGE = "ResultTooLarge"
 _MAX_TYPE_CHARS = 200  # an error type is a class name
 
 
 def result_too_large(what: str, size: int) -> ErrorInfo:
     """The error of an attempt whose result is over MAX_VALUE_BYTES; `what` names the result."""
     message = f"{what} is {size:,} bytes, over the {MAX_VALUE_BYTES:,}-byte limit for a result"
-    return ErrorInfo(type=RESULT_TOO_LARGE, message=message)
+    return error(ErrorType.RESULT_TOO_LARGE, message)
 
 
 def bounded_error(error: ErrorInfo) -> ErrorInfo:

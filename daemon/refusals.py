@@ -3,14 +3,20 @@ the request), the CLI and the dashboard (which refuse before sending it)."""
 
 from __future__ import annotations
 
+from daemon.errors import Refused
 from daemon.model import Event, State
+
+__all__ = [
+    "GRACEFUL",
+    "Refused",
+    "refuse_if",
+    "reinvoke_refusal",
+    "stop_in_progress",
+    "stop_refusal",
+]
 
 #: the reason of a Stopping record whose stop can still be forced (dispatcher.StopMode.GRACEFUL)
 GRACEFUL = "graceful"
-
-
-class Refused(ValueError):
-    """A request that cannot be applied to its event as the event is: answered `refused`."""
 
 
 def stop_refusal(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from daemon.errors import spawn_failed
 from daemon.functions import FunctionDef
-from daemon.model import ErrorInfo
 from daemon.runtimes.base import InstanceStartError
 from daemon.users import Account, R, X, denied, login_env, lookup, name_of
 
@@ -68,4 +68,4 @@ def base_env(account: Account | None) -> dict[str, str]:
 
 def start_error(message: str) -> InstanceStartError:
     """A start error of type SpawnError (the event becomes Invalid)."""
-    return InstanceStartError(ErrorInfo(type="SpawnError", message=message))
+    return InstanceStartError(spawn_failed(message))

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import msgspec
 
+from daemon.errors import describe
 from daemon.eventlog import stamp
 from daemon.functions import FunctionDef
 from daemon.limits import MAX_VALUE_BYTES, bounded_error, result_too_large
@@ -90,7 +91,7 @@ class InstanceStartError(Exception):
 
     def __init__(self, error: ErrorInfo) -> None:
         error = bounded_error(error)  # it is journaled, and may quote the function's output
-        super().__init__(f"{error.type}: {error.message}")
+        super().__init__(describe(error))
         self.error = error
 
 
@@ -176,25 +177,6 @@ class EventLog:
 
 
 # -- outcomes of a process that ended ------------------------------------------------------
-
-
-def describe_exit(status: ExitStatus) -> str:
-    """How a process ended, in words: `exit code N` or `signal N`."""
-    return f"exit code {status.exit_code}" if status.signal is None else f"signal {status.signal}"
-
-
-def exited_message(duration_ms: float, status: ExitStatus) -> str:
-    """FC's error message for an instance that died mid-event."""
-    return (
-        "Process exited unexpectedly before completing request "
-        f"(duration: {duration_ms:.2f}ms, maxMemoryUsage: {status.max_memory_mb:.2f}MB)"
-    )
-
-
-def memory_error(used_mb: float, limit_mb: int) -> ErrorInfo:
-    """The error of an attempt whose instance went over `memory_mb` and was killed."""
-    message = f"Memory limit exceeded: {used_mb:.0f}MB used, the limit is {limit_mb}MB"
-    return ErrorInfo(type="MemoryLimitExceeded", message=message)
 
 
 def lost_outcome(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import msgspec
 
+from daemon.errors import spawn_failed
 from daemon.functions import FunctionDef, needs_code_folder, run_folder
-from daemon.model import ErrorInfo
 from daemon.runtimes.account import base_env, check_usable, instance_account, needs
 from daemon.runtimes.base import InstanceStartError
 from daemon.users import Account, R, X
@@ -127,4 +127,4 @@ def text_start(data: bytes, limit: int = 500) -> str:
 
 
 def _start_error(message: str) -> InstanceStartError:
-    return InstanceStartError(ErrorInfo(type="SpawnError", message=message))
+    return InstanceStartError(spawn_failed(message))

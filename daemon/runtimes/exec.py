@@ -12,23 +12,29 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
+from daemon.errors import (
+    ErrorType,
+    cannot_start,
+    describe_exit,
+    error,
+    memory_exceeded,
+    timed_out,
+    unavailable,
+)
 from daemon.functions import FunctionDef, run_folder
 from daemon.limits import MAX_VALUE_BYTES, result_too_large
 from daemon.logfiles import LogSink
-from daemon.model import ErrorInfo, Usage
+from daemon.model import Usage
 from daemon.runtimes.base import (
     LOG_CAP,
     EventLog,
     HookOutcome,
     InstanceBase,
     Outcome,
-    describe_exit,
-    memory_error,
 )
 from daemon.runtimes.command import (
     as_result,
@@ -38,6 +44,7 @@ from daemon.runtimes.command import (
     command_env,
 )
 from daemon.runtimes.pipes import OutputRouter, read_some
+from daemon.runtimes.process import reaped
 from daemon.supervise.child import Child, ExitStatus
 from daemon.supervise.memory import MemoryWatch
 from daemon.supervise.supervisor import Supervisor
@@ -45,7 +52,6 @@ from daemon.users import Account
 
 log = logging.getLogger(__name__)
 
-REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed process to be reaped
 STDERR_TAIL = 1000  # characters of stderr quoted in a failed attempt's error
 _READ_SIZE = 1 << 16
 
@@ -60,13 +66,11 @@ class ExecInstance(InstanceBase):
         function: FunctionDef,
         *,
         log_cap: int = LOG_CAP,
-        on_exit: Callable[[ExecInstance], None] | None = None,
         logs: LogSink | None = None,
         supervisor: Supervisor,
     ) -> None:
         super().__init__(function, log_cap=log_cap, logs=logs)
         self._supervisor = supervisor  # spawns each attempt's process
-        self.on_exit = on_exit  # never called: no process outlives its attempt
         self._argv: list[str] = []
         self._account: Account | None = None  # who the command runs as (None: the daemon)
         self._running: set[Child] = set()
@@ -94,16 +98,15 @@ class ExecInstance(InstanceBase):
         except OSError as exc:
             event_log.platform(f"FC Invoke End RequestId: {request_id}")
             event_log.close()
-            message = f"cannot start {self._argv[0]}: {exc.strerror or exc}"
-            error = ErrorInfo(type="SpawnError", message=message)
-            return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0))
+            failed = cannot_start(self._argv[0], exc)
+            return Outcome(ok=False, error=failed, usage=Usage(duration_ms=0.0))
         assert run.child is not None
         self._running.add(run.child)
         self.pid, self.state = run.child.pid, "busy"
         if self.function.memory_mb > 0:
             run.watch_memory(self.function.memory_mb)
         try:
-            status, timed_out = await run.wait(timeout)
+            status, deadline_passed = await run.wait(timeout)
         except asyncio.CancelledError:
             run.child.kill_group(signal.SIGKILL)  # the attempt is cut off, and its processes
             raise
@@ -117,7 +120,7 @@ class ExecInstance(InstanceBase):
                 self.pid, self.state = None, "idle"
         self.events_served += 1
         duration = round((time.monotonic() - began) * 1000, 3)
-        return _outcome(run, status, timed_out, duration, timeout, self.function.memory_mb)
+        return _outcome(run, status, deadline_passed, duration, timeout, self.function.memory_mb)
 
     async def run_hook(
         self, hook: str, *, request_id: str, log_path: Path | None = None
@@ -132,7 +135,7 @@ class ExecInstance(InstanceBase):
         for child in list(self._running):
             child.kill_group(signal.SIGKILL)
         for child in list(self._running):
-            await _reaped(child)
+            await reaped(child, f"instance {self.id}")
         self.state = "dead"
 
     def signal(self, sig: int) -> bool:
@@ -156,9 +159,10 @@ class ExecInstance(InstanceBase):
         log.error("instance %s asked to run %s while %s with %d attempts running",
                   self.id, request_id, self.state, len(self._running))  # fmt: skip
         message = f"instance {self.id} is {self.state} with {len(self._running)} attempts running"
-        error = ErrorInfo(type="InstanceUnavailable", message=message)
         lost = self.state not in ("idle", "busy")
-        return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0), instance_lost=lost)
+        return Outcome(
+            ok=False, error=unavailable(message), usage=Usage(duration_ms=0.0), instance_lost=lost
+        )
 
 
 class _Run:
@@ -223,7 +227,7 @@ class _Run:
             return await asyncio.wait_for(self.child.wait(), timeout), False
         except TimeoutError:
             self.child.kill_group(signal.SIGKILL)
-            return await _reaped(self.child), True
+            return await reaped(self.child, f"exec pid {self.child.pid}"), True
 
     def stderr_tail(self) -> str:
         """The end of what the process wrote to stderr."""
@@ -266,7 +270,7 @@ class _Run:
 def _outcome(
     run: _Run,
     status: ExitStatus | None,
-    timed_out: bool,
+    deadline_passed: bool,
     duration: float,
     timeout: float,
     memory_mb: int,
@@ -278,29 +282,18 @@ def _outcome(
         exit_code=status.exit_code if status else None,
         signal=status.signal if status else None,
     )
-    if timed_out:
-        message = f"Function timed out after {timeout:.2f} seconds"
-        return Outcome(ok=False, error=ErrorInfo(type="FunctionTimeout", message=message),
-                       usage=usage)  # fmt: skip
+    if deadline_passed:
+        return Outcome(ok=False, error=timed_out(timeout), usage=usage)
     if run.memory_used is not None:
-        error = memory_error(run.memory_used, memory_mb)
-        return Outcome(ok=False, error=error, usage=usage)
+        return Outcome(ok=False, error=memory_exceeded(run.memory_used, memory_mb), usage=usage)
     if status is None or status.returncode != 0:
         how = describe_exit(status) if status else "an unknown status"
         tail = run.stderr_tail()
         message = f"the command ended with {how}" + (f": {tail}" if tail else "")
         code = status.exit_code if status else None
-        return Outcome(ok=False, error=ErrorInfo(type="ExecError", message=message, code=code),
-                       usage=usage)  # fmt: skip
+        failed = error(ErrorType.EXEC_ERROR, message, code)
+        return Outcome(ok=False, error=failed, usage=usage)
     if run.stdout_size > MAX_VALUE_BYTES:
-        error = result_too_large("the command's stdout", run.stdout_size)
-        return Outcome(ok=False, error=error, usage=usage)
+        too_large = result_too_large("the command's stdout", run.stdout_size)
+        return Outcome(ok=False, error=too_large, usage=usage)
     return Outcome(ok=True, result=as_result(bytes(run.stdout)), usage=usage)
-
-
-async def _reaped(child: Child) -> ExitStatus | None:
-    try:
-        return await asyncio.wait_for(child.wait(), REAP_GRACE)
-    except TimeoutError:
-        log.error("pid %d not reaped %.0fs after SIGKILL", child.pid, REAP_GRACE)
-        return None

@@ -12,16 +12,23 @@ import asyncio
 import itertools
 import logging
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from daemon import isolation
+from daemon.errors import (
+    cannot_start,
+    describe,
+    process_exited,
+    spawn_failed,
+    start_timeout,
+    unavailable,
+    unreachable,
+)
 from daemon.functions import FunctionDef, run_folder
 from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
@@ -31,13 +38,9 @@ from daemon.runtimes.base import (
     LOG_CAP,
     EventLog,
     HookOutcome,
-    InstanceBase,
     InstanceStartError,
     Outcome,
-    describe_exit,
-    exited_message,
     lost_outcome,
-    memory_error,
 )
 from daemon.runtimes.command import (
     as_result,
@@ -62,8 +65,9 @@ from daemon.runtimes.http_client import (
 )
 from daemon.runtimes.netns import SocketMaker
 from daemon.runtimes.pipes import OutputRouter
-from daemon.supervise.child import Child, ExitStatus
-from daemon.supervise.memory import MemoryWatch, peak_memory_mb
+from daemon.runtimes.process import TIMED_OUT, ProcessInstance, TimedOut
+from daemon.supervise.child import ExitStatus
+from daemon.supervise.memory import peak_memory_mb
 from daemon.supervise.supervisor import Supervisor
 from daemon.users import R, X
 
@@ -72,20 +76,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed group leader to be reaped
 CHANNEL_FD = 3  # the socket maker's end of the daemon's channel, in an isolated server
 HANG_UP_GRACE = 0.2  # seconds a server that hung up is given to show that it is exiting
 
-
-class _Timeout:
-    """The reply when the deadline passed first."""
+Reply = Response | ExitStatus | TimedOut | ErrorInfo  # ErrorInfo: the server could not be reached
 
 
-TIMED_OUT = _Timeout()
-Reply = Response | ExitStatus | _Timeout | ErrorInfo  # ErrorInfo: the server could not be reached
-
-
-class HttpInstance(InstanceBase):
+class HttpInstance(ProcessInstance):
     """One running HTTP server of one function, serving up to `concurrency` events at once."""
 
     kind = "http"
@@ -96,22 +93,20 @@ class HttpInstance(InstanceBase):
         *,
         log_cap: int = LOG_CAP,
         start_timeout: float = 30.0,
-        on_exit: Callable[[HttpInstance], None] | None = None,
         logs: LogSink | None = None,
         supervisor: Supervisor,
     ) -> None:
-        super().__init__(function, log_cap=log_cap, logs=logs)
-        self._supervisor = supervisor  # spawns the server
+        super().__init__(
+            function,
+            log_cap=log_cap,
+            logs=logs,
+            supervisor=supervisor,
+            start_timeout=start_timeout,
+        )
         self.port = 0
-        self.start_timeout = start_timeout
-        self.on_exit = on_exit  # called once when the server dies on its own
-        self._child: Child | None = None
-        self._output: OutputRouter | None = None
         self._session: aiohttp.ClientSession | None = None
         self._maker: SocketMaker | None = None  # set when the server has a namespace of its own
         self._in_flight = 0  # events being served
-        self._watch: MemoryWatch | None = None  # the server's memory, while it serves events
-        self._memory_used: float | None = None  # set when the memory watch killed the server
         # logs of the calls in flight, oldest first: the server's output goes to the first one
         self._logs: dict[int, EventLog] = {}
         self._tokens = itertools.count()
@@ -170,9 +165,8 @@ class HttpInstance(InstanceBase):
             raise
         finally:
             self._in_flight -= 1
-            if not self._in_flight and self._watch is not None:
-                self._watch.stop()
-                self._watch = None
+            if not self._in_flight:
+                self._unwatch_memory()
             self._detach(token, event_log, f"FC Invoke End RequestId: {request_id}")
             self.last_used = time.monotonic()
         if self.state == "busy" and not self._in_flight:
@@ -201,7 +195,7 @@ class HttpInstance(InstanceBase):
             error, lost = await self._hook_error(reply, f"{method} {path}", label, timeout)
         finally:
             if event_log is not None and error is not None:
-                event_log.platform(f"{label} Error RequestId: {rid} {error.type}: {error.message}")
+                event_log.platform(f"{label} Error RequestId: {rid} {describe(error)}")
             self._detach(token, event_log, f"{label} End RequestId: {rid}")
         if error is not None:
             log.warning("instance %s: %s %s failed: %s", self.id, hook, rid, error.message)
@@ -212,29 +206,17 @@ class HttpInstance(InstanceBase):
             error=error, instance_lost=lost, retry_same=refused,
         )  # fmt: skip
 
-    async def stop(self) -> None:
-        """Kill the server's process group, reap it and let go of its port; idempotent."""
-        if self.state != "dead":
-            self.state = "stopping"
-        child = self._child
-        if child is not None and child.status is None:
-            child.kill_group(signal.SIGKILL)
-            await self._reaped(child)
+    async def _release(self) -> None:
+        """Close the session and the socket maker, let go of the port."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()
         maker, self._maker = self._maker, None
         if maker is not None:
             maker.close()
-        if self._output is not None:
-            self._output.close()
-            self._output = None
+        await super()._release()
+        self._output = None
         release_port(self.port)
-        self.state = "dead"
-
-    def signal(self, sig: int) -> bool:
-        """Send `sig` to the server's process group; False if it is gone."""
-        return self._child.kill_group(sig) if self._child is not None else False
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -255,19 +237,17 @@ class HttpInstance(InstanceBase):
             self._maker, fds[CHANNEL_FD] = SocketMaker.pair()
             argv = isolation.isolated_argv(CHANNEL_FD, argv)
         try:
-            self._child = self._supervisor.spawn(argv, env, fds, cwd=run_folder(fn), user=account)
+            child = self._supervisor.spawn(argv, env, fds, cwd=run_folder(fn), user=account)
         except OSError as exc:
             os.close(out_r)
-            message = f"cannot start {argv[0]}: {exc.strerror or exc}"
-            raise InstanceStartError(ErrorInfo(type="SpawnError", message=message)) from exc
+            raise InstanceStartError(cannot_start(argv[0], exc)) from exc
         finally:
             os.close(out_w)
             if CHANNEL_FD in fds:
                 os.close(fds[CHANNEL_FD])
-        self.pid = self._child.pid
-        self._output = OutputRouter({out_r: "output"}, self.id)
-        self._output.attach(next(iter(self._logs.values()), None))
-        self._child.exited.add_done_callback(self._on_exit)
+        output = OutputRouter({out_r: "output"}, self.id)
+        output.attach(next(iter(self._logs.values()), None))
+        self._started(child, output)
         log.debug("instance %s spawned (pid %d, port %d)", self.id, self.pid, self.port)
 
     @property
@@ -298,21 +278,14 @@ class HttpInstance(InstanceBase):
             await asyncio.wait([child.exited], timeout=HANG_UP_GRACE)
             if child.status is None:
                 message = f"the server's network namespace cannot be reached: {exc}"
-                raise InstanceStartError(ErrorInfo(type="SpawnError", message=message)) from exc
+                raise InstanceStartError(spawn_failed(message)) from exc
         if child.status is not None:
-            raise InstanceStartError(self._early_exit(child.status))
+            before = "server exited before it listened"
+            raise InstanceStartError(self._early_exit(before, child.status, 1000))
         message = (
             f"the server did not listen on port {self.port} within {self.start_timeout:.2f} seconds"
         )
-        raise InstanceStartError(ErrorInfo(type="StartTimeout", message=message))
-
-    def _early_exit(self, status: ExitStatus) -> ErrorInfo:
-        if self._output is not None:
-            self._output.drain()
-        tail = self._output.tail()[-1000:] if self._output is not None else ""
-        how = describe_exit(status)
-        message = f"the server exited before it listened ({how})" + (f": {tail}" if tail else "")
-        return ErrorInfo(type="ProcessExited", message=message)
+        raise InstanceStartError(start_timeout(message))
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -343,7 +316,7 @@ class HttpInstance(InstanceBase):
         """Make one request; its answer, the server's exit, TIMED_OUT, or why it failed."""
         child, session = self._child, self._session
         if child is None or session is None:
-            return ErrorInfo(type="InstanceUnavailable", message=f"instance {self.id} is stopped")
+            return unavailable(f"instance {self.id} is stopped")
         if child.status is not None:
             return child.status
         if self._maker is not None:
@@ -352,7 +325,7 @@ class HttpInstance(InstanceBase):
             except (OSError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
                 message = f"{method} {path} failed: no socket from the server's namespace: {why}"
-                return child.status or ErrorInfo(type="InstanceUnreachable", message=message)
+                return child.status or unreachable(message)
         call = asyncio.ensure_future(request(session, method, path, headers, body))
         either: list[asyncio.Future[Any]] = [call, child.exited]
         try:
@@ -378,20 +351,14 @@ class HttpInstance(InstanceBase):
         match reply:
             case Response() as response:
                 return self._response_outcome(response, duration, cpu_before)
-            case _Timeout():
-                self._kill()
-                status = await self._reaped(self._child)
-                message = f"Function timed out after {timeout:.2f} seconds"
-                return lost_outcome(ErrorInfo(type="FunctionTimeout", message=message), duration,
-                                    status, _cpu_delta(status, cpu_before))  # fmt: skip
+            case TimedOut():
+                error, status = await self._timed_out(timeout)
+                return lost_outcome(error, duration, status, _cpu_delta(status, cpu_before))
             case ExitStatus() as status:
-                error = ErrorInfo(type="ProcessExited", message=exited_message(duration, status))
-                if self._memory_used is not None:
-                    error = memory_error(self._memory_used, self.function.memory_mb)
+                error = self._exit_error(duration, status)
                 return lost_outcome(error, duration, status, _cpu_delta(status, cpu_before))
             case ErrorInfo() as error:
-                self._kill()
-                return lost_outcome(error, duration, await self._reaped(self._child))
+                return lost_outcome(error, duration, await self._kill_and_reap())
         raise AssertionError(f"unexpected reply {reply!r}")
 
     def _response_outcome(
@@ -417,13 +384,11 @@ class HttpInstance(InstanceBase):
                 return None, False
             case Response() as response:
                 return status_error(request, response), response.status >= 500
-            case _Timeout():
-                self._kill()
-                await self._reaped(self._child)
-                message = f"{label} timed out after {timeout:.2f} seconds"
-                return ErrorInfo(type="FunctionTimeout", message=message), True
+            case TimedOut():
+                error, _ = await self._timed_out(timeout, label)
+                return error, True
             case ExitStatus() as status:
-                return ErrorInfo(type="ProcessExited", message=exited_message(0, status)), True
+                return process_exited(0, status), True
             case ErrorInfo() as error:
                 self._kill()
                 return error, True
@@ -433,48 +398,14 @@ class HttpInstance(InstanceBase):
         log.error("instance %s asked to run %s while %s with %d events in flight",
                   self.id, request_id, self.state, self._in_flight)  # fmt: skip
         message = f"instance {self.id} is {self.state} with {self._in_flight} events in flight"
-        error = ErrorInfo(type="InstanceUnavailable", message=message)
+        error = unavailable(message)
         lost = self.state not in ("idle", "busy")  # a full one keeps serving its other events
         return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0), instance_lost=lost)
 
     # -- process and output ------------------------------------------------------------------
 
-    def _watch_memory(self) -> None:
-        if self.function.memory_mb > 0 and self.pid is not None:
-            self._watch = MemoryWatch(self.pid, self.function.memory_mb, self._over_memory)
-
-    def _over_memory(self, used_mb: float) -> None:
-        log.warning("instance %s: %.0f MB resident, over memory_mb %d: killing it",
-                    self.id, used_mb, self.function.memory_mb)  # fmt: skip
-        self._memory_used, self._watch = used_mb, None
-        self._kill()
-
     def _cpu_ms(self) -> float | None:
         return process_cpu_ms(self.pid) if self.pid is not None else None
-
-    def _on_exit(self, exited: asyncio.Future[ExitStatus]) -> None:
-        status = exited.result()
-        if self._output is not None:
-            self._output.drain()
-        if self.state not in ("stopping", "dead"):
-            log.warning("instance %s exited on its own (%s)", self.id, describe_exit(status))
-            self.state = "dead"
-            if self.on_exit is not None:
-                self.on_exit(self)
-
-    def _kill(self) -> None:
-        if self._child is not None:
-            self._child.kill_group(signal.SIGKILL)
-
-    async def _reaped(self, child: Child | None) -> ExitStatus | None:
-        if child is None:
-            return None
-        try:
-            return await asyncio.wait_for(child.wait(), REAP_GRACE)
-        except TimeoutError:
-            log.error("instance %s: pid %d not reaped %.0fs after SIGKILL",
-                      self.id, child.pid, REAP_GRACE)  # fmt: skip
-            return None
 
     def _attach(self, event_log: EventLog | None) -> int | None:
         """Count `event_log` among the calls in flight; the server's output goes to the oldest."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from daemon.errors import ErrorType, error, spawn_failed, unreachable
 from daemon.limits import MAX_VALUE_BYTES, result_too_large
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import InstanceStartError
@@ -91,7 +92,7 @@ async def request(
             return Response(response.status, response.reason or "", fc_status, data, size)
     except (aiohttp.ClientError, OSError) as exc:
         message = f"{method} {path} failed: {exc or type(exc).__name__}"
-        return ErrorInfo(type="InstanceUnreachable", message=message)
+        return unreachable(message)
 
 
 async def read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, int]:
@@ -113,7 +114,7 @@ def invoke_error(response: Response, path: str = "/invoke") -> ErrorInfo | None:
         start = text_start(response.body)
         message = f"the function reported an error (x-fc-status {response.fc_status})"
         message += f": {start}" if start else ""
-        return ErrorInfo(type="UnhandledInvocationError", message=message)
+        return error(ErrorType.UNHANDLED_INVOCATION_ERROR, message)
     if response.size > MAX_VALUE_BYTES:
         return result_too_large("the server's answer", response.size)
     return None
@@ -123,8 +124,8 @@ def status_error(request: str, response: Response) -> ErrorInfo:
     """A non-2xx answer as an error carrying the status and the start of the body."""
     start = text_start(response.body)
     message = f"{request} answered {response.status} {response.reason}".rstrip()
-    return ErrorInfo(type="HTTPError", message=message + (f": {start}" if start else ""),
-                     code=response.status)  # fmt: skip
+    message += f": {start}" if start else ""
+    return error(ErrorType.HTTP_ERROR, message, response.status)
 
 
 def free_port() -> int:
@@ -145,7 +146,7 @@ def free_port() -> int:
         if port not in _ports_in_use:
             _ports_in_use.add(port)
             return port
-    raise InstanceStartError(ErrorInfo(type="SpawnError", message="no free TCP port"))
+    raise InstanceStartError(spawn_failed("no free TCP port"))
 
 
 def _ephemeral_low() -> int:
@@ -170,7 +171,7 @@ def claim_host_port(port: int) -> None:
                 holder = f"another process ({exc.strerror or exc})"
     if holder:
         message = f"port {port} is in use on this host by {holder}: the server cannot start"
-        raise InstanceStartError(ErrorInfo(type="SpawnError", message=message))
+        raise InstanceStartError(spawn_failed(message))
     _ports_in_use.add(port)
 
 

@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
+from daemon.errors import protocol_error
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import EventLog
 
@@ -118,7 +119,7 @@ class FrameReader(Generic[T]):
         self._buf.clear()
         if self.fd is not None:
             self._loop.remove_reader(self.fd)
-        self._on_frame(ErrorInfo(type="ProtocolError", message=message))
+        self._on_frame(protocol_error(message))
 
 
 class PipeWriter:

@@ -9,13 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
+from daemon.errors import (
+    ErrorType,
+    cannot_start,
+    describe,
+    error,
+    process_exited,
+    protocol_error,
+    start_timeout,
+    unavailable,
+)
 from daemon.functions import FunctionDef
 from daemon.limits import MAX_VALUE_BYTES
 from daemon.logfiles import LogSink
@@ -26,15 +34,12 @@ from daemon.runtimes.base import (
     LOG_CAP,
     EventLog,
     HookOutcome,
-    InstanceBase,
     InstanceStartError,
     Outcome,
-    describe_exit,
-    exited_message,
     lost_outcome,
-    memory_error,
 )
 from daemon.runtimes.pipes import FrameReader, OutputRouter, PipeWriter
+from daemon.runtimes.process import TIMED_OUT, ProcessInstance, TimedOut, settle
 from daemon.runtimes.python_protocol import (
     DECODER,
     Hook,
@@ -45,8 +50,7 @@ from daemon.runtimes.python_protocol import (
     WorkerFrame,
     encode_frame,
 )
-from daemon.supervise.child import Child, ExitStatus
-from daemon.supervise.memory import MemoryWatch
+from daemon.supervise.child import ExitStatus
 from daemon.supervise.spawn import child_env
 from daemon.supervise.supervisor import Supervisor
 from daemon.users import Account, R, X
@@ -55,22 +59,15 @@ log = logging.getLogger(__name__)
 
 BOOTSTRAP = Path(__file__).resolve().parent.parent / "worker" / "bootstrap.py"
 CTL_IN, CTL_OUT, CTL_STOP = 3, 4, 5  # the worker's fds for the control pipes (PreStop: its own)
-REAP_GRACE = 10.0  # seconds to wait for a SIGKILLed group leader to be reaped
 PIPE_CLOSED_GRACE = 0.5  # seconds between a worker's closed pipe and its kill, if it lives on
 
-
-class _Timeout:
-    """The reply slot's value when the deadline passed first."""
-
-
-TIMED_OUT = _Timeout()
-Reply = WorkerFrame | ExitStatus | _Timeout | ErrorInfo  # ErrorInfo: a protocol fault
+Reply = WorkerFrame | ExitStatus | TimedOut | ErrorInfo  # ErrorInfo: a protocol fault
 
 
 # -- the instance -----------------------------------------------------------------------------
 
 
-class PythonInstance(InstanceBase):
+class PythonInstance(ProcessInstance):
     """One warm worker process of one python function."""
 
     kind = "python"
@@ -81,23 +78,22 @@ class PythonInstance(InstanceBase):
         *,
         log_cap: int = LOG_CAP,
         start_timeout: float = 30.0,
-        on_exit: Callable[[PythonInstance], None] | None = None,
         logs: LogSink | None = None,
         supervisor: Supervisor,
     ) -> None:
-        super().__init__(function, log_cap=log_cap, logs=logs)
-        self._supervisor = supervisor  # spawns the worker
-        self.start_timeout = start_timeout
-        self.on_exit = on_exit  # called once when the worker dies on its own
-        self._child: Child | None = None
+        super().__init__(
+            function,
+            log_cap=log_cap,
+            logs=logs,
+            supervisor=supervisor,
+            start_timeout=start_timeout,
+        )
         self._reader: FrameReader[WorkerFrame] | None = None
         self._writer: PipeWriter | None = None
         self._stop_writer: PipeWriter | None = None
-        self._output: OutputRouter | None = None
         self._reply: asyncio.Future[Reply] | None = None
         self._stop_reply: asyncio.Future[Reply] | None = None
         self._cpu_reported = 0.0
-        self._memory_used: float | None = None  # set when the memory watch killed the worker
 
     # -- public ----------------------------------------------------------------------------
 
@@ -135,7 +131,7 @@ class PythonInstance(InstanceBase):
             payload=payload,
         )
         began = time.monotonic()
-        watch = self._watch_memory()
+        self._watch_memory()
         # the frame goes first so that the worker runs while the log is opened; its output
         # cannot be read before the await below, by which time the log is attached
         expected = self._expect(encode_frame(message), timeout)
@@ -150,29 +146,12 @@ class PythonInstance(InstanceBase):
             self._kill()
             raise
         finally:
-            if watch is not None:
-                watch.stop()
+            self._unwatch_memory()
             self._detach_log(event_log, f"FC Invoke End RequestId: {request_id}")
             self.last_used = time.monotonic()
         if self.state == "busy":
             self.state = "idle"
         return outcome
-
-    def _watch_memory(self) -> MemoryWatch | None:
-        self._memory_used = None
-        if self.function.memory_mb <= 0 or self.pid is None:
-            return None
-        return MemoryWatch(self.pid, self.function.memory_mb, self._over_memory)
-
-    def _over_memory(self, used_mb: float) -> None:
-        log.warning(
-            "instance %s: %.0f MB resident, over memory_mb %d: killing it",
-            self.id,
-            used_mb,
-            self.function.memory_mb,
-        )
-        self._memory_used = used_mb
-        self._kill()
 
     async def run_hook(
         self, hook: str, *, request_id: str, log_path: Path | None = None
@@ -183,21 +162,6 @@ class PythonInstance(InstanceBase):
             return await self._hook(hook, request_id, event_log)
         finally:
             self._detach_log(event_log)
-
-    async def stop(self) -> None:
-        """Kill the worker's process group, reap it and close the pipes; idempotent."""
-        child = self._child
-        if self.state != "dead":
-            self.state = "stopping"
-        if child is not None and child.status is None:
-            child.kill_group(signal.SIGKILL)
-            await self._reaped(child)
-        self._close_pipes()
-        self.state = "dead"
-
-    def signal(self, sig: int) -> bool:
-        """Send `sig` to the worker's process group; False if it is gone."""
-        return self._child.kill_group(sig) if self._child is not None else False
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -214,21 +178,18 @@ class PythonInstance(InstanceBase):
         fds = {1: out_w, 2: out_w, CTL_IN: ctl_in_r, CTL_OUT: ctl_out_w, CTL_STOP: stop_r}
         try:
             argv = [fn.interpreter, "-u", str(BOOTSTRAP)]
-            self._child = self._supervisor.spawn(argv, env, fds, user=account)
+            child = self._supervisor.spawn(argv, env, fds, user=account)
         except OSError as exc:
             for fd in ours:
                 os.close(fd)
-            message = f"cannot start {fn.interpreter}: {exc.strerror or exc}"
-            raise InstanceStartError(ErrorInfo(type="SpawnError", message=message)) from exc
+            raise InstanceStartError(cannot_start(fn.interpreter, exc)) from exc
         finally:
             for fd in theirs:
                 os.close(fd)
-        self.pid = self._child.pid
         self._reader = FrameReader(ctl_out_r, DECODER, self._on_frame, self._on_pipe_closed)
         self._writer = PipeWriter(ctl_in_w)
         self._stop_writer = PipeWriter(stop_w)
-        self._output = OutputRouter({out_r: "output"}, self.id)
-        self._child.exited.add_done_callback(self._on_exit)
+        self._started(child, OutputRouter({out_r: "output"}, self.id))
         log.debug("instance %s spawned (pid %d)", self.id, self.pid)
 
     def _account(self) -> Account | None:
@@ -265,21 +226,16 @@ class PythonInstance(InstanceBase):
                 return
             case Ready(error=ErrorInfo() as error):
                 raise InstanceStartError(error)
-            case _Timeout():
+            case TimedOut():
                 message = f"the worker was not ready within {self.start_timeout:.2f} seconds"
-                raise InstanceStartError(ErrorInfo(type="StartTimeout", message=message))
+                raise InstanceStartError(start_timeout(message))
             case ExitStatus() as status:
-                raise InstanceStartError(self._early_exit(status))
+                before = "worker exited before it was ready"
+                raise InstanceStartError(self._early_exit(before, status, None))
             case ErrorInfo() as error:
                 raise InstanceStartError(error)
             case _:
                 raise InstanceStartError(_unexpected(reply, "ready"))
-
-    def _early_exit(self, status: ExitStatus) -> ErrorInfo:
-        how = describe_exit(status)
-        tail = self._output.tail() if self._output is not None else ""
-        message = f"the worker exited before it was ready ({how})" + (f": {tail}" if tail else "")
-        return ErrorInfo(type="ProcessExited", message=message)
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -304,7 +260,7 @@ class PythonInstance(InstanceBase):
         duration = round((time.monotonic() - began) * 1000, 3)
         if event_log is not None:
             if error is not None:
-                event_log.platform(f"{label} Error RequestId: {rid} {error.type}: {error.message}")
+                event_log.platform(f"{label} Error RequestId: {rid} {describe(error)}")
             event_log.platform(f"{label} End RequestId: {rid}")
         if error is not None:
             log.warning("instance %s: %s %s failed: %s", self.id, hook, rid, error.message)
@@ -325,17 +281,15 @@ class PythonInstance(InstanceBase):
         match reply:
             case HookResult(ok=True):
                 return None, False
-            case HookResult(error=error):
-                return error or ErrorInfo(type="HookError", message=f"{label} failed"), False
-            case _Timeout():
-                self._kill()
-                await self._reaped(self._child)
-                message = f"{label} timed out after {timeout:.2f} seconds"
-                return ErrorInfo(type="FunctionTimeout", message=message), True
+            case HookResult(error=failed):
+                return failed or error(ErrorType.HOOK_ERROR, f"{label} failed"), False
+            case TimedOut():
+                timeout_error, _ = await self._timed_out(timeout, label)
+                return timeout_error, True
             case ExitStatus() as status:
-                return ErrorInfo(type="ProcessExited", message=exited_message(0, status)), True
-            case ErrorInfo() as error:
-                return error, True
+                return process_exited(0, status), True
+            case ErrorInfo() as fault:
+                return fault, True
             case _:
                 self._kill()
                 return _unexpected(reply, "hook_result"), True
@@ -349,20 +303,14 @@ class PythonInstance(InstanceBase):
         match reply:
             case Result(id=rid) if rid == request_id:
                 return self._result_outcome(reply, duration)
-            case _Timeout():
-                self._kill()
-                status = await self._reaped(self._child)
-                message = f"Function timed out after {timeout:.2f} seconds"
-                error = ErrorInfo(type="FunctionTimeout", message=message)
-                return lost_outcome(error, duration, status)
+            case TimedOut():
+                timeout_error, status = await self._timed_out(timeout)
+                return lost_outcome(timeout_error, duration, status)
             case ExitStatus() as status:
                 cpu = max(0.0, status.cpu_ms - self._cpu_reported)
-                error = ErrorInfo(type="ProcessExited", message=exited_message(duration, status))
-                if self._memory_used is not None:
-                    error = memory_error(self._memory_used, self.function.memory_mb)
-                return lost_outcome(error, duration, status, cpu)
-            case ErrorInfo() as error:
-                return lost_outcome(error, duration, None)
+                return lost_outcome(self._exit_error(duration, status), duration, status, cpu)
+            case ErrorInfo() as fault:
+                return lost_outcome(fault, duration, None)
             case _:
                 self._kill()
                 return lost_outcome(_unexpected(reply, f"result of {request_id}"), duration, None)
@@ -373,14 +321,15 @@ class PythonInstance(InstanceBase):
         usage = Usage(duration_ms=duration, cpu_ms=frame.cpu_ms, max_memory_mb=frame.max_memory_mb)
         if frame.ok:
             return Outcome(ok=True, result=frame.result, usage=usage)
-        error = frame.error or ErrorInfo(type="UnknownError", message="the handler failed")
-        return Outcome(ok=False, error=error, usage=usage, retry_delay=frame.retry_delay)
+        failed = frame.error or error(ErrorType.UNKNOWN_ERROR, "the handler failed")
+        return Outcome(ok=False, error=failed, usage=usage, retry_delay=frame.retry_delay)
 
     def _not_idle(self, request_id: str) -> Outcome:
         log.error("instance %s asked to run %s while %s", self.id, request_id, self.state)
         message = f"instance {self.id} is {self.state}, not idle"
-        error = ErrorInfo(type="InstanceUnavailable", message=message)
-        return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0), instance_lost=True)
+        return Outcome(
+            ok=False, error=unavailable(message), usage=Usage(duration_ms=0.0), instance_lost=True
+        )
 
     # -- the exchange -----------------------------------------------------------------------------
 
@@ -397,7 +346,7 @@ class PythonInstance(InstanceBase):
         self._reply = reply
         if frame is not None and self._writer is not None:
             self._writer.write(frame)
-        return reply, loop.call_later(timeout, _settle, reply, TIMED_OUT)
+        return reply, loop.call_later(timeout, settle, reply, TIMED_OUT)
 
     async def _reply_to(
         self, expected: tuple[asyncio.Future[Reply], asyncio.TimerHandle | None]
@@ -425,7 +374,7 @@ class PythonInstance(InstanceBase):
         reply: asyncio.Future[Reply] = loop.create_future()
         self._stop_reply = reply
         self._stop_writer.write(frame)
-        timer = loop.call_later(timeout, _settle, reply, TIMED_OUT)
+        timer = loop.call_later(timeout, settle, reply, TIMED_OUT)
         try:
             return await reply
         finally:
@@ -435,7 +384,7 @@ class PythonInstance(InstanceBase):
     def _on_frame(self, frame: WorkerFrame | ErrorInfo) -> None:
         stop_reply = self._stop_reply
         if isinstance(frame, HookResult) and frame.hook == "pre_stop" and stop_reply is not None:
-            _settle(stop_reply, frame)
+            settle(stop_reply, frame)
         elif self._reply is not None and not self._reply.done():
             self._reply.set_result(frame)
         elif isinstance(frame, ErrorInfo):
@@ -445,19 +394,12 @@ class PythonInstance(InstanceBase):
             log.warning("instance %s sent an unexpected %s frame", self.id, type(frame).__name__)
 
     def _on_exit(self, exited: asyncio.Future[ExitStatus]) -> None:
-        status = exited.result()
         if self._reader is not None:
             self._reader.drain()  # a reply written just before the exit still counts
-        if self._output is not None:
-            self._output.drain()
+        super()._on_exit(exited)
         for reply in (self._reply, self._stop_reply):
             if reply is not None:
-                _settle(reply, status)
-        if self.state not in ("stopping", "dead"):
-            log.warning("instance %s exited on its own (%s)", self.id, describe_exit(status))
-            self.state = "dead"
-            if self.on_exit is not None:
-                self.on_exit(self)
+                settle(reply, exited.result())
 
     def _on_pipe_closed(self) -> None:
         # a worker that exits closes its pipe too: give the exit a moment to be noticed first
@@ -467,21 +409,6 @@ class PythonInstance(InstanceBase):
         if self._child is not None and self._child.status is None and self.state != "dead":
             log.error("instance %s closed its pipe to the daemon but still runs: killed", self.id)
             self._kill()
-
-    def _kill(self) -> None:
-        if self._child is not None:
-            self._child.kill_group(signal.SIGKILL)
-
-    async def _reaped(self, child: Child | None) -> ExitStatus | None:
-        if child is None:
-            return None
-        try:
-            return await asyncio.wait_for(child.wait(), REAP_GRACE)
-        except TimeoutError:
-            log.error(
-                "instance %s: pid %d not reaped %.0fs after SIGKILL", self.id, child.pid, REAP_GRACE
-            )
-            return None
 
     def _detach_log(self, event_log: EventLog | None, last_line: str | None = None) -> None:
         if event_log is None:
@@ -493,20 +420,16 @@ class PythonInstance(InstanceBase):
             event_log.platform(last_line)
         event_log.close()
 
-    def _close_pipes(self) -> None:
-        for part in (self._reader, self._writer, self._stop_writer, self._output):
+    async def _release(self) -> None:
+        for part in (self._reader, self._writer, self._stop_writer):
             if part is not None:
                 part.close()
+        await super()._release()
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _settle(future: asyncio.Future[Reply], value: Reply) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
 def _unexpected(reply: object, wanted: str) -> ErrorInfo:
     message = f"the worker sent {type(reply).__name__} when {wanted} was expected"
-    return ErrorInfo(type="ProtocolError", message=message)
+    return protocol_error(message)
