@@ -25,7 +25,7 @@ from daemon.functions import (
     FUNCTION_PREFIX,
     URL_PREFIXES,
     AsyncConfig,
-    Catalog,
+    Definitions,
     owed_destination,
 )
 from daemon.ids import check_id, derived_id
@@ -69,14 +69,14 @@ class Destinations:
     def __init__(
         self,
         root: Path,
-        catalog: Callable[[], Catalog],
+        definitions: Definitions,
         sync: Callable[[], Any],
         enqueue: Enqueue,
         mark_delivered: MarkDelivered,
         mark_failed: MarkFailed,
     ) -> None:
         self.root = root
-        self._catalog = catalog
+        self._definitions = definitions
         self._sync = sync
         self._enqueue = enqueue
         self._mark = mark_delivered
@@ -125,7 +125,7 @@ class Destinations:
         await self._urls.close(left)
 
     def _destination(self, event: Event) -> str:
-        return owed_destination(self._catalog().functions.get(event.function), event)
+        return owed_destination(self._definitions.get(event.function), event)
 
     async def _deliver_pending(self) -> None:
         while self._pending:
@@ -147,7 +147,7 @@ class Destinations:
         destination = self._destination(event)
         condition = condition_of(event)
         if destination.startswith(URL_PREFIXES):
-            definition = self._catalog().functions.get(event.function)
+            definition = self._definitions.get(event.function)
             config = definition.async_ if definition is not None else AsyncConfig()
             record = msgspec.json.encode(build_record(event))
             self._urls.send(event, destination, condition, record, config)

@@ -12,18 +12,18 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from daemon.eventlog import INTERRUPTED, journal_lines
-from daemon.functions import AsyncConfig, Catalog, FunctionDef
+from daemon.functions import AsyncConfig, Definitions, FunctionDef
 from daemon.ids import id_problem
 from daemon.journal_writer import JournalFailed
 from daemon.limits import bounded_error
 from daemon.logfiles import EventLogs, LogWrite, append_all
 from daemon.metrics import Metrics
-from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, State, Usage
+from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, Source, State, Usage
 from daemon.pausing import paused_after, resumed_after
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
 from daemon.query import log_path
@@ -152,20 +152,31 @@ class FunctionQueue:
         return itertools.islice(self._ids, start, self._looked)
 
 
+class NewEvent(NamedTuple):
+    """An event to journal as Enqueued and run."""
+
+    function: str
+    payload: msgspec.Raw
+    request_id: str | None = None  # None: a new id
+    source: Source | None = None
+    retry_of: str | None = None
+    not_before: float | None = None  # wall clock
+
+
 class Dispatcher:
-    """Takes durable Enqueued events and drives each to a terminal state."""
+    """Journals new events and drives each to a terminal state."""
 
     def __init__(
         self,
         store: Store,
-        catalog: Callable[[], Catalog],
+        definitions: Definitions,
         factories: Mapping[str, InstanceFactory],
         logs_dir: Path,
         on_ended: Ended | None = None,
         log_sink: EventLogs | None = None,
     ) -> None:
         self.store = store
-        self._catalog = catalog
+        self.definitions = definitions
         self._factories = factories
         self.logs_dir = logs_dir
         self.on_ended = on_ended  # destinations: called once the terminal record is written
@@ -191,6 +202,28 @@ class Dispatcher:
         self._cutting = False  # shutting down: attempts cut off now stay Running (Interrupted)
 
     # -- queueing -------------------------------------------------------------------------
+
+    def enqueue(self, new: list[NewEvent], *, checked: bool = False) -> list[Event | None]:
+        """Journal new events as Enqueued, with the intent to run those next in line, and queue
+        each once its records are on disk (`store.sync()` says when). None for an id already
+        used (`checked`: the caller asked `store.taken` for these ids just now)."""
+        events = [
+            self.store.enqueue(
+                n.function,
+                n.payload,
+                request_id=n.request_id,
+                source=n.source,
+                retry_of=n.retry_of,
+                not_before=n.not_before,
+                checked=checked,
+            )
+            for n in new
+        ]
+        fresh = [e for e in events if e is not None]
+        self._dequeue_early(fresh)
+        for event in fresh:
+            self.submit(event)
+        return events
 
     def submit(self, event: Event) -> None:
         """Queue an event once its records are durable, now or when its `not_before` comes."""
@@ -265,7 +298,7 @@ class Dispatcher:
                 await ready.wait()
             if not self.accepting:
                 return
-            definition = self._catalog().functions.get(name)
+            definition = self.definitions.get(name)
             if definition is None:
                 self._invalidate(
                     queue.popleft(), "FunctionNotFound", f"function {name!r} is not defined"
@@ -287,13 +320,13 @@ class Dispatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    def dequeue_early(self, events: list[Event]) -> None:
+    def _dequeue_early(self, events: list[Event]) -> None:
         """Journal Dequeued now for new events that will be dispatched at once, so one fsync
         makes both their Enqueued and the intent to run them durable (an idle daemon then pays
         one fsync between a file's arrival and its handler's start, not two)."""
         ahead: collections.Counter[str] = collections.Counter()
         for event in events:
-            definition = self._catalog().functions.get(event.function)
+            definition = self.definitions.get(event.function)
             if definition is None or event.not_before is not None:
                 continue
             if self.store.paused.holds(event.function):
@@ -333,14 +366,14 @@ class Dispatcher:
         pool.keep_warm()
         return pool
 
-    def reconcile(self, catalog: Catalog) -> None:
+    def reconcile(self) -> None:
         """After a reload: replace the pools of changed definitions (PreStop first), close those
         of deleted ones, and start the warm instances (min_instances) of the rest."""
         for name, pool in list(self.pools.items()):
-            if catalog.functions.get(name) != pool.definition:
+            if self.definitions.get(name) != pool.definition:
                 del self.pools[name]
                 self._close_soon(pool)
-        for definition in catalog.functions.values():
+        for definition in self.definitions.functions.values():
             if definition.min_instances > 0 or definition.name in self.pools:
                 self._pool(definition)
 
@@ -534,14 +567,14 @@ class Dispatcher:
     def pause(self, function: str | None) -> str:
         """Hold dispatch of `function` (None: all): its queued events wait, running ones
         finish. What was done, in words; Refused for an undefined function."""
-        paused, message = paused_after(self.store.paused, function, self._catalog().functions)
+        paused, message = paused_after(self.store.paused, function, self.definitions.functions)
         if paused != self.store.paused:
             self.store.set_paused(paused)
         return message
 
     def resume(self, function: str | None) -> str:
         """Release dispatch of `function` (None: all) and wake its queue; what was done."""
-        paused, message = resumed_after(self.store.paused, function, self._catalog().functions)
+        paused, message = resumed_after(self.store.paused, function, self.definitions.functions)
         if paused != self.store.paused:
             self.store.set_paused(paused)
             for name, ready in self._ready.items():
@@ -634,7 +667,7 @@ class Dispatcher:
     def _interrupted_too_often(self, event: Event) -> bool:
         """End a Running event found at start-up as Failed once it has been cut off more often
         than its function allows (a handler that kills the daemon would run at every start)."""
-        definition = self._catalog().functions.get(event.function)
+        definition = self.definitions.get(event.function)
         limit = (definition.async_ if definition is not None else AsyncConfig()).max_interruptions
         count = interruptions(event) + 1
         if count <= limit:

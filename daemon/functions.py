@@ -93,6 +93,27 @@ class Catalog(msgspec.Struct, kw_only=True):
     kept: set[str] = msgspec.field(default_factory=set)
 
 
+class Definitions:
+    """The definitions in force, one object shared by every component: a reload replaces the
+    catalog inside, so nobody holds an old one."""
+
+    def __init__(self, catalog: Catalog | None = None) -> None:
+        self.catalog = catalog or Catalog()
+
+    @property
+    def functions(self) -> dict[str, FunctionDef]:
+        """The good definitions by name."""
+        return self.catalog.functions
+
+    def get(self, name: str) -> FunctionDef | None:
+        """The definition of `name`, or None."""
+        return self.catalog.functions.get(name)
+
+    def replace(self, catalog: Catalog) -> None:
+        """Put a newly loaded catalog in force."""
+        self.catalog = catalog
+
+
 _POSITIVE = ("timeout", "memory_mb", "concurrency", "max_instances", "stop_grace")
 _NOT_NEGATIVE = ("idle_timeout", "min_instances", "max_events_per_instance")
 

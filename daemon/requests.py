@@ -29,7 +29,7 @@ from daemon.control import (
     ResumeRequest,
     StopRequest,
 )
-from daemon.dispatcher import Dispatcher
+from daemon.dispatcher import Dispatcher, NewEvent
 from daemon.ids import BadId
 from daemon.model import Request, Source, has_raw
 from daemon.payload import is_ignored
@@ -305,16 +305,12 @@ class RequestIntake:
         refuse_if(reinvoke_refusal(request.id, old.state if old is not None else None))
         assert old is not None
         payload = request.payload if has_raw(request.payload) else old.payload
-        event = self.store.enqueue(
-            old.function,
-            payload,
-            request_id=request.new_id,
-            source=Source(via="reinvoke", uid=uid),
-            retry_of=old.id,
+        source = Source(via="reinvoke", uid=uid)
+        [event] = self.dispatcher.enqueue(
+            [NewEvent(old.function, payload, request.new_id, source, retry_of=old.id)]
         )
         if event is None:
             raise Refused(f"id {request.new_id!r} is already used by another event")
-        self.dispatcher.submit(event)
         log.info("event %s re-invoked as %s", old.id, event.id)
         return Answer(outcome=control.APPLIED, message=f"re-invoked as {event.id}", new_id=event.id)
 

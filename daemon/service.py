@@ -14,15 +14,15 @@ import msgspec
 
 from daemon import heartbeat, lock, trust, users
 from daemon.destinations import Destinations
-from daemon.dispatcher import Dispatcher
+from daemon.dispatcher import Dispatcher, NewEvent
 from daemon.filehelper import FileHelper
-from daemon.functions import Catalog, keep_last_good, load_catalog
+from daemon.functions import Catalog, Definitions, keep_last_good, load_catalog
 from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalFailed, JournalWriter, recover
 from daemon.logfiles import EventLogs
 from daemon.metrics import FileCounts
-from daemon.model import Event, Source
+from daemon.model import Source
 from daemon.notify import Notifier, install_stuck_loop_knob
 from daemon.pool import InstanceFactory
 from daemon.requests import RequestIntake, Submitters
@@ -59,7 +59,7 @@ class Daemon:
     def __init__(self, spool: Spool, settings: Settings | None = None) -> None:
         self.spool = spool
         self.settings = settings or Settings()
-        self.catalog = Catalog()
+        self.definitions = Definitions()
         self._definition_stamp: dict[str, tuple[int, int]] = {}
         self.implicit_root: list[str] = []  # functions run as root only because none says who
         self.user = users.name_of(os.geteuid())  # who the daemon runs as
@@ -77,6 +77,11 @@ class Daemon:
         self._sighup_while_starting = False
         self._compaction: asyncio.Task[None] | None = None
 
+    @property
+    def catalog(self) -> Catalog:
+        """The definitions in force, with the errors of the files that have some."""
+        return self.definitions.catalog
+
     # -- the ingestor's sink --------------------------------------------------------------
 
     def function_exists(self, name: str) -> bool:
@@ -89,36 +94,33 @@ class Daemon:
 
     async def accept(self, batch: list[Accepted]) -> list[str | None]:
         """Journal a batch of incoming files as Enqueued; queue them once that is durable."""
-        events: list[Event | None] = []
         taken = self.store.taken([item.id for item in batch if item.id is not None])
-        for item in batch:
-            if item.id in taken:
-                events.append(None)
-                continue
-            not_before = time.time() + item.delay if item.delay else None
-            event = self.store.enqueue(
-                item.function,
-                item.payload,
-                request_id=item.id,
-                source=item.source,
-                not_before=not_before,
+        fresh = [item for item in batch if item.id not in taken]
+        now = time.time()
+        events = iter(
+            self.dispatcher.enqueue(
+                [
+                    NewEvent(
+                        item.function,
+                        item.payload,
+                        request_id=item.id,
+                        source=item.source,
+                        not_before=now + item.delay if item.delay else None,
+                    )
+                    for item in fresh
+                ],
                 checked=True,
             )
-            events.append(event)
-        self.dispatcher.dequeue_early([e for e in events if e is not None])
-        await self.store.sync()  # an event never runs before its Enqueued is on disk
-        for event in events:
-            if event is not None and not event.ended:
-                self.dispatcher.submit(event)
-        return [e.id if e is not None else None for e in events]
+        )
+        await self.store.sync()  # the files may be removed once their events are on disk
+        accepted = [None if item.id in taken else next(events) for item in batch]
+        return [e.id if e is not None else None for e in accepted]
 
     def _enqueue_destination(
         self, function: str, payload: msgspec.Raw, request_id: str, source: Source
     ) -> bool:
         """Enqueue a destination record as an event of `function` (once: the id is derived)."""
-        event = self.store.enqueue(function, payload, request_id=request_id, source=source)
-        if event is not None:
-            self.dispatcher.submit(event)
+        [event] = self.dispatcher.enqueue([NewEvent(function, payload, request_id, source)])
         return event is not None
 
     def _stop_grace(self, function: str) -> float:
@@ -173,7 +175,7 @@ class Daemon:
         }
         self.destinations = Destinations(
             self.spool.root,
-            lambda: self.catalog,
+            self.definitions,
             self.store.sync,
             self._enqueue_destination,
             self.store.mark_delivered,
@@ -181,7 +183,7 @@ class Daemon:
         )
         self.dispatcher = Dispatcher(
             self.store,
-            lambda: self.catalog,
+            self.definitions,
             factories,
             self.spool.logs,
             on_ended=self.destinations.ended,
@@ -338,12 +340,12 @@ class Daemon:
         for error in loaded.errors.values():
             log.error("function definition %s: %s", error.path, error.message)
         # a definition others may change is refused, and no last good one of it kept
-        self.catalog = keep_last_good(loaded, trust.screen(loaded, previous))
+        self.definitions.replace(keep_last_good(loaded, trust.screen(loaded, previous)))
         self._flag_implicit_root(previous)
         self._flag_one_at_a_time(previous)
         for name in self.catalog.functions:
             self.spool.make_drop_folder(name)
-        self.dispatcher.reconcile(self.catalog)
+        self.dispatcher.reconcile()
         log.info(
             "definitions loaded: %s%s",
             ", ".join(sorted(self.catalog.functions)) or "none",

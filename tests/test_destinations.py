@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from daemon.destinations import Destinations
-from daemon.functions import Catalog
+from daemon.functions import Definitions
 from daemon.model import Event, Source, State, raw_json
 
 
@@ -28,7 +28,7 @@ def _destinations(root: Path, sync, delivered: list[str]) -> Destinations:
     def failed(*_args: object) -> None:
         raise AssertionError("no URL destination here")
 
-    return Destinations(root, Catalog, sync, enqueue, mark, failed)
+    return Destinations(root, Definitions(), sync, enqueue, mark, failed)
 
 
 async def test_a_shutdown_leaves_a_stuck_backlog_owed_and_the_next_start_delivers_it(tmp_path):

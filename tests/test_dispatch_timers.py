@@ -10,7 +10,7 @@ from conftest import wait_for_async
 from runtime_helpers import on_uvloop
 
 from daemon.dispatcher import Dispatcher
-from daemon.functions import Catalog
+from daemon.functions import Definitions
 from daemon.journal_writer import JournalWriter, recover
 from daemon.model import State, raw_json
 from daemon.store import Store
@@ -25,7 +25,7 @@ async def test_retries_due_within_half_a_millisecond_leave_no_later_retry_stuck(
     journal.mkdir()
     writer = JournalWriter(journal, 1)
     store = Store(writer, recover(journal), tmp_path / "logs")
-    dispatcher = Dispatcher(store, Catalog, {}, tmp_path / "logs")  # no function: Invalid
+    dispatcher = Dispatcher(store, Definitions(), {}, tmp_path / "logs")  # no function: Invalid
     soon = [store.enqueue("nothing", raw_json(i)) for i in range(20)]
     later = store.enqueue("nothing", raw_json("later"))
     await store.sync()

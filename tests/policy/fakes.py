@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 from conftest import journal_records
 
-from daemon.dispatcher import Dispatcher
-from daemon.functions import AsyncConfig, Catalog, FunctionDef, LifecycleConfig
+from daemon.dispatcher import Dispatcher, NewEvent
+from daemon.functions import AsyncConfig, Catalog, Definitions, FunctionDef, LifecycleConfig
 from daemon.journal_writer import JournalWriter, recover
 from daemon.logfiles import EventLogs
 from daemon.model import ErrorInfo, Event, HookRun, State, Transition, Usage, raw_json
@@ -282,12 +282,10 @@ class Policy:
         self.catalog = catalog
 
     async def submit(self, payload: Any = None, function: str = "fn", **kw: Any) -> Event:
-        """Journal an Enqueued event and hand it to the dispatcher once durable, as the
-        ingestor's batches are."""
-        event = self.store.enqueue(function, raw_json(payload), **kw)
+        """Enqueue an event as the ingestor does, and wait until its records are on disk."""
+        [event] = self.dispatcher.enqueue([NewEvent(function, raw_json(payload), **kw)])
         assert event is not None
         await self.store.sync()
-        self.dispatcher.submit(event)
         return event
 
     async def records(self, request_id: str) -> list[Transition]:
@@ -326,9 +324,9 @@ async def running(
     logs = EventLogs(writer.write_log)
     catalog = Catalog(functions={d.name: d for d in definitions})
     dispatcher = Dispatcher(
-        store, lambda: catalog, {"python": runtime}, root / "logs", log_sink=logs
+        store, Definitions(catalog), {"python": runtime}, root / "logs", log_sink=logs
     )
-    dispatcher.reconcile(catalog)
+    dispatcher.reconcile()
     dispatcher.recover()
     await store.sync()
     try:

@@ -12,7 +12,7 @@ from runtime_helpers import on_uvloop
 
 from daemon.journal import list_snapshots, read_snapshot
 from daemon.journal_writer import recover
-from daemon.model import Event, PauseState, State, raw_json
+from daemon.model import Event, PauseState, State
 from daemon.refusals import Refused
 from policy.fakes import FakeClock, FakeRuntime, Policy, define, running, succeeded
 
@@ -24,21 +24,10 @@ async def ended(event: Event) -> None:
     await wait_for_async(lambda: event.ended, what=f"event {event.id} to end ({event.state})")
 
 
-async def accept(policy: Policy, payload: object, function: str = "fn") -> Event:
-    """Journal an event as Daemon.accept does: Enqueued, its Dequeued at once when it will run
-    at once, then handed to the dispatcher once durable."""
-    event = policy.store.enqueue(function, raw_json(payload))
-    assert event is not None
-    policy.dispatcher.dequeue_early([event])
-    await policy.store.sync()
-    policy.dispatcher.submit(event)
-    return event
-
-
 async def waited_behind(policy: Policy, event: Event) -> None:
     """Let the dispatcher look at `event`'s queue: an event of another function, submitted after
     it, runs to its end (the paused queue had its turn meanwhile)."""
-    other = await accept(policy, "other", function="other")
+    other = await policy.submit("other", function="other")
     await ended(other)
     assert policy.dispatcher.queue_depth >= 1
 
@@ -48,7 +37,7 @@ async def test_a_paused_functions_events_stay_enqueued_and_run_when_resumed(tmp_
     runtime = FakeRuntime()
     async with running(tmp_path, runtime, define("fn"), define("other")) as policy:
         assert policy.dispatcher.pause("fn") == "function fn paused"
-        events = [await accept(policy, i) for i in range(3)]
+        events = [await policy.submit(i) for i in range(3)]
         await waited_behind(policy, events[0])
         for event in events:
             assert await policy.states(event.id) == [ENQ]  # no lease, no Dequeued ahead
@@ -66,7 +55,7 @@ async def test_pausing_all_holds_every_function_until_all_resume(tmp_path: Path)
     runtime = FakeRuntime()
     async with running(tmp_path, runtime, define("fn"), define("other")) as policy:
         assert policy.dispatcher.pause(None) == "all functions paused"
-        held = [await accept(policy, 1), await accept(policy, 2, function="other")]
+        held = [await policy.submit(1), await policy.submit(2, function="other")]
         with pytest.raises(Refused, match="all functions are paused"):
             policy.dispatcher.resume("fn")
         assert policy.dispatcher.queue_depth == 2
@@ -81,12 +70,12 @@ async def test_pausing_all_holds_every_function_until_all_resume(tmp_path: Path)
 async def test_a_running_event_finishes_while_its_function_is_paused(tmp_path: Path):
     runtime = FakeRuntime(lambda call: None if call.payload == "hold" else succeeded(call.payload))
     async with running(tmp_path, runtime, define("fn"), define("other")) as policy:
-        first = await accept(policy, "hold")
+        first = await policy.submit("hold")
         call = await wait_for_async(
             lambda: runtime.call_of(first.id), what="the first event to be running"
         )
         policy.dispatcher.pause("fn")
-        second = await accept(policy, "next")
+        second = await policy.submit("next")
         call.answer(succeeded("done"))
         await ended(first)
         assert await policy.states(first.id) == [ENQ, DEQ, RUN, OK]
@@ -104,7 +93,7 @@ async def test_an_event_past_max_event_age_expires_when_its_function_resumes(
     runtime = FakeRuntime()
     async with running(tmp_path, runtime, define(async_={"max_event_age": 10.0})) as policy:
         policy.dispatcher.pause("fn")
-        event = await accept(policy, "x")
+        event = await policy.submit("x")
         clock.advance(11.0)  # paused longer than it may wait
         policy.dispatcher.resume("fn")
         await ended(event)
@@ -127,7 +116,7 @@ async def test_the_paused_state_outlives_a_restart_and_a_compaction(tmp_path: Pa
     runtime = FakeRuntime()
     async with running(tmp_path, runtime, define("fn"), define("other")) as policy:
         policy.dispatcher.pause("fn")
-        event = await accept(policy, "x")
+        event = await policy.submit("x")
         if compact:
             await policy.store.compact()
     if compact:  # the snapshot carries it: the segments before it may go

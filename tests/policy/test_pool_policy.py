@@ -286,7 +286,7 @@ async def test_a_changed_definition_replaces_idle_instances_prestop_first(
         await ended(first)
         await settled(policy, *runtime.instances)
         policy.catalog.functions["fn"] = define(lifecycle=PRE_STOP, timeout=5.0)
-        policy.dispatcher.reconcile(policy.catalog)
+        policy.dispatcher.reconcile()
         second = await policy.submit(2)
         await ended(second)
         await wait_for_async(lambda: runtime.instances[0].killed, what="the old instance gone")
