@@ -103,8 +103,11 @@ def running_daemon(spool: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[
                 raise SystemExit(f"the daemon did not become ready: see {log.name}")
             time.sleep(0.005)
         startup = time.perf_counter() - started
-        if cli(spool, "status").returncode != 0:
-            raise SystemExit("`fnspool status` does not exit 0 on a ready daemon")
+        if (status_run := cli(spool, "status")).returncode != 0:
+            said = (status_run.stdout + status_run.stderr).decode(errors="replace")
+            raise SystemExit(
+                f"`fnspool status` exits {status_run.returncode} on a ready daemon:\n{said}"
+            )
         yield proc, startup
     finally:
         proc.send_signal(signal.SIGTERM)
