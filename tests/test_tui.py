@@ -444,6 +444,26 @@ async def test_the_header_says_draining_and_the_time_zone(tmp_path, monkeypatch)
         time.tzset()
 
 
+async def test_the_headers_running_and_queued_are_the_counts_lines(tmp_path):
+    """The status line's figures come from the journal's counts, as the counts line's do, not
+    from the heartbeat (a beat behind, and counting the daemon's tasks rather than events)."""
+    from tui.tail import DaemonStatus
+
+    spool = tmp_path / "spool"
+    write_journal(spool, 10)  # the newest Running, the one before it Enqueued
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 10), "the events")
+        app.status = DaemonStatus(pid=4242, ready=True)  # a heartbeat saying nothing runs
+        app._show_status()
+        assert "Running[/] 1" in app.counts_markup and "Enqueued[/] 1" in app.counts_markup
+        assert "queued 1  running 1" in app.status_markup
+        records = history(9, "notify", State.SUCCEEDED, T0 + 9)[-1:]
+        append_records(spool, [msgspec.structs.replace(records[0], seq=100)])
+        await until(pilot, lambda: "running 0" in app.status_markup, "the end, in the header")
+        assert "Running" not in app.counts_markup
+
+
 async def test_the_header_and_the_functions_view_say_what_is_paused(tmp_path):
     from tui.tail import DaemonStatus
 

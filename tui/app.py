@@ -32,7 +32,7 @@ from tui.actions import Notice, Requests
 from tui.detail import DetailScreen, LogScreen
 from tui.event_list import EventList
 from tui.events import EventsScreen
-from tui.format import by_state, counts_markup
+from tui.format import STATES, by_state, counts_markup
 from tui.functions import FunctionsScreen
 from tui.listing import ended_ids
 from tui.modals import (
@@ -174,6 +174,7 @@ class FnspoolApp(App[None]):
     def _show(self) -> None:
         self.counts_markup = counts_markup(by_state(self.counts))
         self._show_filter()
+        self._show_status()
 
     def _event_lists(self) -> list[EventList]:
         screens = [s for s in self.screen_stack if isinstance(s, EventsScreen)]
@@ -212,12 +213,18 @@ class FnspoolApp(App[None]):
             state = f"[$warning]● daemon starting[/] (pid {s.pid})"
         else:
             state = (
-                f"[$success]● daemon running[/] (pid {s.pid})  queue {s.queue_depth or 0}"
-                f"  running {s.running_events or 0}{_paused_markup(s)}"
+                f"[$success]● daemon running[/] (pid {s.pid})  {self._in_care()}{_paused_markup(s)}"
             )
         errors = len([f for f in s.functions if f.error])
         extra = f"  [$error]{errors} bad definition(s): see 2[/]" if errors else ""
         self.status_markup = f"[b]fnspool[/]  {state}{extra}  {where}"
+
+    def _in_care(self) -> str:
+        """Queued and running from the journal's counts, the ones the counts line shows: the
+        heartbeat's figures lag it by a beat, and its `running` counts the daemon's tasks."""
+        per_state = dict(zip(STATES, by_state(self.counts), strict=True))
+        queued = per_state[State.ENQUEUED] + per_state[State.DEQUEUED]
+        return f"queued {queued:,}  running {per_state[State.RUNNING]:,}"
 
     # -- filters ---------------------------------------------------------------------------
 

@@ -33,8 +33,6 @@ class DaemonStatus:
     pid: int | None = None
     ready: bool = False
     stopping: bool = False  # draining on its way out
-    queue_depth: int | None = None
-    running_events: int | None = None
     heartbeat_age: float | None = None
     instances: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     definition_errors: dict[str, str] = field(default_factory=dict)
@@ -72,8 +70,6 @@ def read_status(spool: Spool) -> DaemonStatus:
         pid=pid,
         ready=beat is not None and beat.ready,
         stopping=beat is not None and beat.stopping,
-        queue_depth=beat.queue_depth if beat is not None else None,
-        running_events=beat.running if beat is not None else None,
         heartbeat_age=beat.age if beat is not None else None,
         instances=msgspec.to_builtins(beat.instances) if beat is not None else {},
         definition_errors=beat.definition_errors if beat is not None else {},
