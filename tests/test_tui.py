@@ -627,3 +627,60 @@ async def test_rejected_files_are_listed_with_their_reasons_and_submitted_again(
         )
     ran = wait_for(lambda: events(spool, "--function", "later"), 30, "it to be taken")
     assert ran[0]["state"] in ("Enqueued", "Dequeued", "Running", "Succeeded"), ran
+
+
+async def test_pause_and_resume_from_the_functions_view_reach_the_daemon(spool, daemon):
+    from daemon import heartbeat
+    from tui.modals import Confirm
+
+    daemon.start()
+    app = FnspoolApp(Spool(spool))
+
+    def beat() -> Any:
+        return heartbeat.read(spool / "run")
+
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: "daemon running" in app.status_markup, "the heartbeat")
+        await pilot.press("2")
+        functions = app.screen.query_one("#functions", DataTable)
+        await until(pilot, lambda: functions.row_count >= 3, "the functions")
+        names = [str(functions.get_row_at(i)[0]) for i in range(functions.row_count)]
+        functions.move_cursor(row=names.index("echo"))
+        await pilot.press("p")
+        assert isinstance(app.screen, Confirm) and app.screen.title_text == "Pause function echo?"
+        await pilot.press("enter")
+        await until(pilot, lambda: beat().paused == ["echo"], "the daemon to hold echo")
+        told = "done: pause: function echo paused"
+        await until(pilot, lambda: told in notices(app), "the daemon's answer")
+        await until(pilot, lambda: "paused: echo" in app.status_markup, "the header to say so")
+        drop(spool, "echo", "held.json", {"i": 1})
+        drop(spool, "hello", "free.json", {"name": "x"})
+        held = "the other function's event to run while echo's waits"
+        await until(
+            pilot,
+            lambda: (
+                app.counts.get(("hello", State.SUCCEEDED))
+                and app.counts.get(("echo", State.ENQUEUED)) == 1
+            ),
+            held,
+        )
+
+        await pilot.press("p")  # echo is paused: p offers its resume
+        assert app.screen.title_text == "Resume function echo?"  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        ended = "the held event to run once resumed"
+        await until(pilot, lambda: app.counts.get(("echo", State.SUCCEEDED)) == 1, ended)
+        await until(pilot, lambda: beat().paused == [], "the daemon to say so")
+        await until(pilot, lambda: "paused" not in app.status_markup, "the header to say so")
+
+        await pilot.press("P", "enter")  # every function
+        await until(pilot, lambda: beat().paused_all, "the daemon to hold every function")
+        await until(pilot, lambda: "  [$warning]paused[/]" in app.status_markup, "the header")
+        await pilot.press("p")  # one function while all are paused: the daemon would refuse
+        assert not isinstance(app.screen, Confirm)
+        assert any("all functions are paused" in n for n in notices(app))
+        await pilot.press("P")
+        assert app.screen.title_text == "Resume all functions?"  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        await until(pilot, lambda: not beat().paused_all, "every function resumed")
+        assert not control_requests(spool)  # every request taken and answered

@@ -11,7 +11,14 @@ import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from daemon.control import APPLIED, ReinvokeRequest, StopRequest, submit
+from daemon.control import (
+    APPLIED,
+    PauseRequest,
+    ReinvokeRequest,
+    ResumeRequest,
+    StopRequest,
+    submit,
+)
 from daemon.ids import new_request_id
 from daemon.model import Request
 from daemon.spool import Spool
@@ -22,7 +29,7 @@ class Pending:
     """A request written and not yet answered."""
 
     what: str  # "stop of ID", for the notification
-    event_id: str
+    subject: str  # the event's id; for a pause or resume, the function's name ("": all)
     group: int | None = None  # one of many written at once: told together
 
 
@@ -68,14 +75,22 @@ class Requests:
         """Ask the daemon to stop an event."""
         name = submit(self.spool.root, StopRequest(id=event_id, graceful=graceful))
         mode = "graceful stop" if graceful else "stop"
-        return self._register(name, Pending(what=f"{mode} of {event_id}", event_id=event_id))
+        return self._register(name, Pending(what=f"{mode} of {event_id}", subject=event_id))
 
     def reinvoke(self, event_id: str, group: int | None = None) -> Notice | None:
         """Ask the daemon to run an ended event again as a new event."""
         request = ReinvokeRequest(id=event_id, new_id=new_request_id())
         name = submit(self.spool.root, request)
-        pending = Pending(what=f"re-invoke of {event_id}", event_id=event_id, group=group)
+        pending = Pending(what=f"re-invoke of {event_id}", subject=event_id, group=group)
         return self._register(name, pending)
+
+    def hold(self, function: str | None, pause: bool) -> Notice | None:
+        """Ask the daemon to pause (or resume) dispatch of one function (None: all)."""
+        request = PauseRequest(function=function) if pause else ResumeRequest(function=function)
+        name = submit(self.spool.root, request)
+        return self._register(
+            name, Pending(what="pause" if pause else "resume", subject=function or "")
+        )
 
     def open_group(self, what: str, total: int) -> int:
         """Start a group of `total` requests; its key."""

@@ -21,6 +21,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
+from daemon.errors import Refused
 from daemon.ids import BadId
 from daemon.logfiles import event_log_path
 from daemon.model import Event, Request, State
@@ -45,6 +46,7 @@ from tui.modals import (
     StopChoice,
     TimeRange,
 )
+from tui.pausing import hold_of
 from tui.reader import Changed, Reader, SetFilter, Show, WindowRead
 from tui.rejected import RejectedScreen
 from tui.tail import DaemonStatus, StatusChanged
@@ -353,6 +355,35 @@ class FnspoolApp(App[None]):
 
         self.push_screen(ConfirmStop(event_id, state), confirmed)
 
+    def ask_hold(self, function: str | None) -> None:
+        """Pause dispatch of one function (None: all), or resume it, after a confirmation."""
+        waiting = (State.ENQUEUED, State.DEQUEUED)
+        queued = sum(
+            n for (f, s), n in self.counts.items() if s in waiting and function in (None, f)
+        )
+        try:
+            hold = hold_of(self.status, function, queued)
+        except Refused as exc:
+            self.notify(escape(str(exc)), title="cannot pause or resume", severity="error")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                early = self.requests.hold(function, hold.pause)
+            except OSError as exc:
+                self.notify(f"cannot write the request: {exc}", severity="error")
+                return
+            self._written(f"{hold.verb} of {function or 'all functions'}")
+            self._tell(early)
+
+        self.push_screen(Confirm(hold.title, hold.body, hold.verb), confirmed)
+
+    def action_pause_all(self) -> None:
+        """Pause every function's dispatch, or resume it when all are paused."""
+        self.ask_hold(None)
+
     def action_reinvoke(self) -> None:
         """Run the current event again as a new event (after a confirmation)."""
         event_id = self.current_event()
@@ -515,6 +546,11 @@ class FnspoolApp(App[None]):
             ("Copy payload", "Copy the selected event's payload (OSC 52)", self.action_copy),
             ("Open log", "The selected event's whole log", self.action_open_log),
             ("Functions", "Functions, their counts and instances", self.action_functions),
+            (
+                "Pause or resume all",
+                "Hold or release every function's dispatch",
+                self.action_pause_all,
+            ),
             ("Help", "The keys", self.action_help),
         ]
         for title, help_text, callback in commands:

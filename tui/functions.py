@@ -43,6 +43,8 @@ class FunctionsScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape,1", "app.pop_screen", "Events"),
+        Binding("p", "pause", "Pause/resume"),
+        Binding("P", "app.pause_all", "Pause/resume all"),
         Binding("j", "cursor(1)", "Down", show=False),
         Binding("k", "cursor(-1)", "Up", show=False),
     ]
@@ -163,6 +165,15 @@ class FunctionsScreen(Screen[None]):
             return
         name = str(event.data_table.get_row_at(event.cursor_row)[0])
         self.app.show_function(name)  # type: ignore[attr-defined]
+
+    def action_pause(self) -> None:
+        """Pause the selected function's dispatch, or resume it when it is paused."""
+        grid = self.query_one("#functions", DataTable)
+        if grid.row_count == 0:
+            self.notify("no function to pause", severity="warning")
+            return
+        name = str(grid.get_row_at(grid.cursor_row)[0])
+        self.app.ask_hold(name)  # type: ignore[attr-defined]
 
     def action_cursor(self, delta: int) -> None:
         """Move in the focused table."""

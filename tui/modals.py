@@ -263,7 +263,8 @@ HELP = """\
   [b]c[/]        copy the payload (OSC 52)    [b]o[/]  open the full log
 [b]Views[/]
   [b]1[/] events   [b]2[/] functions and instances   [b]ctrl+p[/] commands   [b]q[/] quit
-The dashboard only reads the journal. Stop and re-invoke are requests in control/
+  in functions: [b]p[/] pause or resume the function   [b]P[/] pause or resume all
+The dashboard only reads the journal. Stop, re-invoke, pause are requests in control/
 that the daemon answers; while it is down they wait there.
 """
 

@@ -61,6 +61,8 @@ class StatusChanged(Message):
 def read_status(spool: Spool) -> DaemonStatus:
     """The daemon's status from its lock and heartbeat, and the definitions in functions/."""
     pid, beat = heartbeat.of_running_daemon(spool.run)
+    # what is paused outlives the daemon (journaled): while it is down, its last word says it
+    held = beat if pid is not None else heartbeat.read(spool.run)
     catalog = load_catalog(spool.functions)
     functions = [
         FunctionInfo(name=name, runtime=d.runtime, max_instances=d.max_instances)
@@ -75,6 +77,6 @@ def read_status(spool: Spool) -> DaemonStatus:
         definition_errors=beat.definition_errors if beat is not None else {},
         functions=functions,
         journal_damage=msgspec.to_builtins(beat.journal_damage) if beat is not None else [],
-        paused=list(beat.paused) if beat is not None else [],
-        paused_all=beat is not None and beat.paused_all,
+        paused=list(held.paused) if held is not None else [],
+        paused_all=held is not None and held.paused_all,
     )
