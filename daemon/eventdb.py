@@ -636,3 +636,30 @@ def unended(index: IndexDB) -> list[Event]:
     states = sorted(s.value for s in State if not s.terminal)
     sql = f"SELECT body FROM events WHERE state IN ({','.join('?' * len(states))})"
     return [_event_decoder.decode(r[0]) for r in index.db.execute(sql, states)]
+
+
+# -- a function's recent events, for the dashboard's pictures: bounded by a recent window ------
+
+
+def arrivals(index: IndexDB, function: str, since: float) -> list[tuple[int, int]]:
+    """(second, events of `function` enqueued in it) from `since` on, along its index alone."""
+    sql = (
+        "SELECT CAST(enqueued_at AS INTEGER), count(*) FROM events INDEXED BY events_by_function "
+        "WHERE function = ? AND enqueued_at >= ? GROUP BY 1"
+    )
+    return [(int(s), int(n)) for s, n in index.db.execute(sql, (function, since))]
+
+
+def recent_durations(
+    index: IndexDB, function: str, since: float, limit: int
+) -> list[tuple[float, float]]:
+    """(enqueued_at, duration_ms), newest first, of up to `limit` of `function`'s ended events
+    enqueued from `since` on (those that never ran have no duration and are left out)."""
+    states = sorted(s.value for s in _ENDED)
+    sql = (
+        "SELECT enqueued_at, json_extract(CAST(body AS TEXT), '$.duration_ms') "
+        "FROM events INDEXED BY events_by_function WHERE function = ? AND enqueued_at >= ? "
+        f"AND state IN ({','.join('?' * len(states))}) ORDER BY enqueued_at DESC LIMIT ?"
+    )
+    rows = index.db.execute(sql, (function, since, *states, limit))
+    return [(t, float(d)) for t, d in rows if d is not None]

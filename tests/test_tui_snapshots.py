@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import wait_for_async
-from tui_journal import T0, index_journal, write_journal
+from tui_journal import T0, index_journal, write_journal, write_timed
 
 from daemon.spool import Spool
 from tui import format as formatting
@@ -87,7 +87,12 @@ def test_functions_screen(app, snap_compare):
         await _loaded(pilot)
         await pilot.press("2")
         assert isinstance(pilot.app.screen, FunctionsScreen)
-        await pilot.pause()
+        await wait_for_async(  # nothing in the window: the run is an hour old
+            lambda: "no event" in str(pilot.app.screen.query_one("#percentiles").render()),
+            what="the pictures",
+            every=0.05,
+            pause=pilot.pause,
+        )
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
@@ -98,3 +103,35 @@ def test_stop_modal(app, snap_compare):
         await pilot.press("x", "g")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_functions_screen_pictures_at_80_columns(tmp_path, monkeypatch, snap_compare):
+    """The selected function's last minutes: events per second, the slowest per second, and
+    the histogram of durations with its percentiles, in an 80-column terminal."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    now = T0 + 400
+    monkeypatch.setattr(formatting, "now", lambda: now)
+    monkeypatch.chdir(tmp_path)
+    runs: list[tuple[str, float, float | None]] = [
+        ("echo", T0 + 2 * i + (i % 7) / 10, 5.0 * 1.07**i) for i in range(150)
+    ]
+    write_timed(tmp_path / "spool", runs)
+    index_journal(tmp_path / "spool")
+    app = FnspoolApp(Spool("spool"))
+
+    async def run_before(pilot) -> None:
+        await _loaded(pilot)
+        await pilot.press("2")
+        await wait_for_async(
+            lambda: "p50" in str(pilot.app.screen.query_one("#percentiles").render()),
+            what="the pictures",
+            every=0.05,
+            pause=pilot.pause,
+        )
+
+    try:
+        assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -112,3 +112,29 @@ def index_journal(spool: Path) -> None:
     while indexer.step():
         pass
     indexer.db.close_cleanly()
+
+
+def write_timed(spool: Path, runs: list[tuple[str, float, float | None]]) -> None:
+    """A journal of events (function, enqueued_at, duration in ms: None for one still
+    running), each started 20 ms after it was enqueued, numbered in the order given."""
+    journal = spool / "journal"
+    journal.mkdir(parents=True, exist_ok=True)
+    for sub in ("control", "tmp", "run", "logs", "incoming"):
+        (spool / sub).mkdir(exist_ok=True)
+    records: list[Transition] = []
+    for i, (function, at, ms) in enumerate(runs):
+        recs = history(i, function, State.RUNNING if ms is None else State.SUCCEEDED, at)
+        if ms is not None:
+            started = recs[2].at
+            recs[-1] = _at(recs[-1], started + ms / 1000)
+        records += recs
+    numbered = [_with_seq(rec, seq) for seq, rec in enumerate(records, start=1)]
+    with open(journal / segment_name(1), "wb") as f:
+        for rec in numbered:
+            f.write(encode_record(rec))
+
+
+def _at(rec: Transition, at: float) -> Transition:
+    import msgspec
+
+    return msgspec.structs.replace(rec, at=at)

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
+from textual.worker import get_current_worker
 
+from daemon.eventdb import IndexDB
 from daemon.model import State
+from tui import format as formatting
 from tui.format import STATE_COLOUR, STATES, age, by_state, rich_text
 from tui.header import StatusLine
+from tui.pictures import FunctionPictures
+from tui.recent import Recent, read_recent
 from tui.tail import DaemonStatus
 
 REFRESH = 0.5
+PICTURES_EVERY = 2.0  # seconds between two reads of the selected function's recent events
+PICTURES_SHARE = 0.1  # of the time at most spent reading them (a busy function reads more)
 _SHORT = {
     "Enqueued": "Enq",
     "Dequeued": "Deq",
@@ -52,12 +61,15 @@ class FunctionsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self._shown: dict[str | None, list[tuple[str, ...]]] = {}
+        self.pictured: str | None = None  # the function the pictures are of
+        self._pictures_due = 0.0  # monotonic time of the next read
 
     def compose(self) -> ComposeResult:
 
         yield StatusLine(id="status")
         with Vertical(id="functions-body"):
             yield DataTable(id="functions", cursor_type="row", zebra_stripes=True)
+            yield FunctionPictures(id="pictures")
             yield Static(id="definition-errors")
             yield Static(id="instances-title")
             yield DataTable(id="instances", cursor_type="row", zebra_stripes=True)
@@ -76,6 +88,7 @@ class FunctionsScreen(Screen[None]):
             instances.add_column(title)
         self.refresh_tables()
         self.set_interval(REFRESH, self.refresh_tables)
+        self.set_interval(PICTURES_EVERY / 4, self._pictures_tick)
 
     def refresh_tables(self) -> None:
         """Show the counts and instances as they are now."""
@@ -165,6 +178,54 @@ class FunctionsScreen(Screen[None]):
             return
         name = str(event.data_table.get_row_at(event.cursor_row)[0])
         self.app.show_function(name)  # type: ignore[attr-defined]
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The pictures follow the selected function."""
+        if event.data_table.id != "functions" or event.cursor_row < 0:
+            return
+        name = str(event.data_table.get_row_at(event.cursor_row)[0])
+        if name != self.pictured:
+            self.pictured = name
+            self._pictures_due = 0.0
+            self._pictures_tick()
+
+    def _pictures_tick(self) -> None:
+        if self.pictured is None or time.monotonic() < self._pictures_due:
+            return
+        self._pictures_due = float("inf")  # one read at a time: the read sets the next
+        self._read_pictures(self.pictured)
+
+    @work(thread=True, exclusive=True, group="pictures")
+    def _read_pictures(self, function: str) -> None:
+        """Read `function`'s recent events from the index, off the UI thread."""
+        started = time.monotonic()
+        spool = self.app.spool  # type: ignore[attr-defined]
+        index = IndexDB.open_readonly(spool.journal)
+        recent: Recent | str
+        if index is None:
+            recent = "no index yet: the pictures wait for the daemon's indexer"
+        else:
+            try:
+                with index.transaction():
+                    recent = read_recent(index, function, formatting.now())
+            except sqlite3.Error as exc:
+                recent = f"cannot read the index: {exc}"
+            finally:
+                index.close()
+        took = time.monotonic() - started
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._show_pictures, function, recent, took)
+
+    def _show_pictures(self, function: str, recent: Recent | str, took: float) -> None:
+        self._pictures_due = time.monotonic() + max(PICTURES_EVERY, took / PICTURES_SHARE)
+        if function != self.pictured:
+            self._pictures_due = 0.0  # another was selected meanwhile
+            return
+        pictures = self.query_one(FunctionPictures)
+        if isinstance(recent, str):
+            pictures.unavailable(function, recent)
+        else:
+            pictures.show(recent)
 
     def action_pause(self) -> None:
         """Pause the selected function's dispatch, or resume it when it is paused."""
