@@ -273,7 +273,7 @@ def test_requests_claim_early_answers_and_tell_a_group_once(tmp_path):
     early = submit(spool.root, StopRequest(id="e9"))
     stray = Request(action="stop", id="e9", name=early, outcome="applied", message="stopped")
     assert requests.answered(stray) is None
-    notice = requests._register(early, Pending(what="stop of e9", event_id="e9"))
+    notice = requests._register(early, Pending(what="stop of e9", subject="e9"))
     assert notice is not None and notice.message == "stop of e9: stopped"
 
 
