@@ -111,6 +111,22 @@ def test_windows_and_totals_agree_with_the_whole_journal(tmp_path, flt, indexed_
         assert _window(listing, start, count) == expected[start : start + count]
 
 
+@pytest.mark.parametrize("flt", [Filter(), Filter(text="bad input 1")], ids=repr)
+def test_a_far_window_over_more_overlay_rows_than_a_jump_is_read(
+    tmp_path, flt, small_slices, monkeypatch
+):
+    """A seek lands on the index's rows: when the overlay holds more rows than a jump (a long
+    queue, a lagging indexer) the window may still be far after it, and is read down to (it was
+    sought again and again: RecursionError, or a slice seek started anew each cycle)."""
+    monkeypatch.setattr(listing_module, "JUMP", 4)
+    spool = tmp_path / "spool"
+    _index_then_append(spool, write_journal(spool, 40))  # every event in the overlay
+    expected = _expected(spool, flt)
+    view = View(spool)
+    for start in (5, 12, max(0, len(expected) - 3)):
+        assert _window(view.listing(flt), start, 9) == expected[start : start + 9]
+
+
 def test_a_scan_shows_the_rows_it_has_found_before_it_ends(tmp_path, small_slices):
     spool = tmp_path / "spool"
     write_journal(spool, 40, snapshot_upto=40)

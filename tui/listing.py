@@ -77,6 +77,7 @@ class Listing:
         self._work: Iterator[None] | None = None  # a page or a seek, read in slices
         self._streaming = False  # the work is a scan down whose rows are shown as found
         self._counting: Iterator[None] | None = None
+        self._sought: int | None = None  # the position the last seek was for
         self.scanned, self.to_scan = 0, _from_counts(flt, counts)  # the count's progress
         self.held = self.scans and self._hold({f for f, _ in counts})
         if self.held:
@@ -169,6 +170,13 @@ class Listing:
         first = self.above + len(self.extra_keys) - hi
         return first, merged
 
+    def holds(self, key: Key) -> bool:
+        """Whether the row with `key` is held now: the overlay's, or a cached index row."""
+        if key in self.extra:
+            return True
+        at = _above(self.rows, key)
+        return at < len(self.rows) and self.rows[at].key == key
+
     def position(self, key: Key) -> int | None:
         """The position `key` has (or would have) in the list, when it lies in the cached range."""
         first, merged = self._cached()
@@ -185,14 +193,18 @@ class Listing:
             return []
         first, merged = self._cached()
         end = first + len(merged)
+        # a seek lands on the index's rows only: when the overlay holds more than JUMP rows the
+        # window may still lie further than JUMP, and is read down (or up) to, not sought again
         if start < first:
-            if first - start > JUMP:
+            if first - start > JUMP and start != self._sought:
+                self._sought = start
                 self._seek(start)
             else:
                 self._extend_up(first - start + count)
             return None if self._work is not None else self.window(start, count)
         if start + count > end and not self.reached_bottom:
-            if start - end > JUMP:
+            if start - end > JUMP and start != self._sought:
+                self._sought = start
                 self._seek(start)
             else:
                 self._extend_down(start + count - end + count)
