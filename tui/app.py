@@ -49,6 +49,7 @@ from tui.modals import (
 from tui.pausing import hold_of
 from tui.reader import Changed, Reader, SetFilter, Show, WindowRead
 from tui.rejected import RejectedScreen
+from tui.sorting import DEFAULT, SORTABLE, Order
 from tui.tail import DaemonStatus, StatusChanged
 
 NO_FILTER_TEXT = (
@@ -76,6 +77,7 @@ class FnspoolApp(App[None]):
         super().__init__()
         self.spool = spool
         self.flt = Filter()
+        self.order = DEFAULT
         self.generation = 0
         self.time_range = TimeRange(since=None, until=None)
         self.counts: dict[tuple[str, State], int] = {}
@@ -167,9 +169,10 @@ class FnspoolApp(App[None]):
         """Show the events passing the filter, from the newest (the reader reads them)."""
         self.generation += 1
         self.total, self.scanned = None, None
-        self.reader.requests.put(SetFilter(self.flt, self.generation))
+        self.reader.requests.put(SetFilter(self.flt, self.generation, self.order))
         empty = FILTERED_TEXT if self.filtered else NO_FILTER_TEXT
         for events in self._event_lists():
+            events.order = self.order
             events.reset(self.generation, empty)
         self._show()
 
@@ -200,6 +203,8 @@ class FnspoolApp(App[None]):
             parts.append(f"function [b]{escape(f.function)}[/]")
         if self.time_range.text:
             parts.append(f"enqueued {escape(self.time_range.text)}")
+        if self.order != DEFAULT:
+            parts.append(f"[b]{self.order.text}[/]")
         parts.append("[$accent]FOLLOW[/]" if self.follow else "[$text-muted]follow off (f)[/]")
         self.filter_markup = "  ·  ".join(parts)
 
@@ -208,7 +213,7 @@ class FnspoolApp(App[None]):
         spool = escape(_shown_path(self.spool.root))
         where = f"[$text-muted]spool {spool}  times {zone()}[/]"
         if not s.running:
-            state = "[$error]● daemon down[/]: read-only; stop and re-invoke wait in control/"
+            state = "[$error]● daemon down[/]: read-only; requests wait in control/"
         elif s.stopping:
             state = f"[$warning]● daemon stopping[/] (pid {s.pid}): draining"
         elif not s.ready:
@@ -285,6 +290,35 @@ class FnspoolApp(App[None]):
         self.refilter()
         while not isinstance(self.screen, EventsScreen):
             self.pop_screen()
+
+    def on_event_list_header_clicked(self, message: EventList.HeaderClicked) -> None:
+        self.sort_by(message.column)
+
+    def sort_by(self, column: str) -> None:
+        """Sort by `column` (again: the other way), when an index serves it."""
+        if column not in SORTABLE:
+            self.notify(
+                f"no index keeps events in {column} order, and sorting by it would read every"
+                f" event: sort by {', '.join(SORTABLE)} (click a title, or < >, I inverts)",
+                title=f"cannot sort by {column}",
+                severity="warning",
+            )
+            return
+        same = self.order.column == column
+        self.set_order(self.order.flipped() if same else Order(column, SORTABLE[column]))
+
+    def action_sort_next(self, step: int) -> None:
+        """Sort by the next sortable column (or the previous one)."""
+        self.set_order(self.order.moved(step))
+
+    def action_sort_flip(self) -> None:
+        """Sort the other way."""
+        self.set_order(self.order.flipped())
+
+    def set_order(self, order: Order) -> None:
+        """Show the list in `order`, from its top."""
+        self.order = order
+        self.refilter()
 
     def action_clear_filters(self) -> None:
         """Show every event again."""

@@ -28,6 +28,7 @@ from tui import format as formatting
 from tui.format import clock, duration, state_class, time_of_day
 from tui.overlay import Row
 from tui.reader import Show, WindowRead
+from tui.sorting import DEFAULT, Order
 
 
 class Widths(NamedTuple):
@@ -100,6 +101,12 @@ class EventList(ScrollView, can_focus=True):
 
         follow: bool
 
+    @dataclass
+    class HeaderClicked(Message):
+        """A click on a column's title: sort by it."""
+
+        column: str
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.generation = 0  # of the filter shown
@@ -112,6 +119,7 @@ class EventList(ScrollView, can_focus=True):
         self.selected: Row | None = None
         self.empty_text = ""  # what an empty list says
         self.widths = WIDE
+        self.order: Order = DEFAULT  # the sort the header marks
         self._asked: tuple[object, ...] | None = None
         self._waiting = False  # the last window asked for has not come yet
 
@@ -263,6 +271,11 @@ class EventList(ScrollView, can_focus=True):
         self.ask()
 
     def on_click(self, event: events.Click) -> None:
+        if event.y == 0:
+            column = self._column_at(int(self.scroll_x) + event.x)
+            if column is not None:
+                self.post_message(self.HeaderClicked(column))
+            return
         if event.y >= 1:
             self.move_to(int(self.scroll_y) + event.y - 1)
         if event.chain == 2:
@@ -298,18 +311,39 @@ class EventList(ScrollView, can_focus=True):
     def _error_width(self) -> int:
         return max(self.widths.min_error, self.virtual_size.width - self.widths.fixed)
 
-    def _header(self) -> Strip:
+    def _titles(self) -> list[tuple[str, str, int, bool]]:
+        """The fixed columns shown: (column, title, width, right-aligned)."""
         w = self.widths
         titles = [
-            ("ID", w.id, False),
-            ("FUNCTION", w.function, False),
-            ("STATE", STATE_WIDTH, False),
-            ("ATT", w.attempts, True),
-            ("ENQUEUED", w.enqueued, False),
-            ("DURATION", w.duration, True),
+            ("id", "ID", w.id, False),
+            ("function", "FUNCTION", w.function, False),
+            ("state", "STATE", STATE_WIDTH, False),
+            ("attempts", "ATT", w.attempts, True),
+            ("enqueued", "ENQUEUED", w.enqueued, False),
+            ("duration", "DURATION", w.duration, True),
         ]
-        text = "".join(_cell(t, n, right) + _GAP for t, n, right in titles if n)
-        return Strip([Segment(f"{text}ERROR", self._style("header"))])
+        return [t for t in titles if t[2]]
+
+    def _column_at(self, x: int) -> str | None:
+        """The column whose title is at `x` (a gap after a title counts as its own)."""
+        left = 0
+        for column, _title, width, _right in self._titles():
+            left += width + len(_GAP)
+            if x < left:
+                return column
+        return "error" if x >= 0 else None
+
+    def _header(self) -> Strip:
+        parts = []
+        for column, title, width, right in self._titles():
+            marked = f"{title} {self.order.arrow}"
+            if column != self.order.column:
+                parts.append(_cell(title, width, right) + _GAP)
+            elif len(marked) <= width:
+                parts.append(_cell(marked, width, right) + _GAP)
+            else:  # no room beside the title: the mark in the gap
+                parts.append(_cell(title, width, right) + self.order.arrow + _GAP[1:])
+        return Strip([Segment(f"{''.join(parts)}ERROR", self._style("header"))])
 
     def _line(self, row: Row) -> Strip:
         muted = self._style("muted")

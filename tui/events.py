@@ -43,6 +43,9 @@ class EventsScreen(Screen[None]):
         Binding("2", "app.functions", "Functions"),
         Binding("3", "app.rejected", "Rejected"),
         Binding("escape", "app.clear_filters", "Clear filters", show=False),
+        Binding("greater_than_sign", "app.sort_next(1)", "Sort"),
+        Binding("less_than_sign", "app.sort_next(-1)", "Sort back", show=False),
+        Binding("I", "app.sort_flip", "Invert sort", show=False),
     ]
 
     def __init__(self) -> None:

@@ -257,6 +257,8 @@ HELP = """\
   [b]enter[/]    detail       [b]f[/]    follow the newest   [b]esc[/]  clear filters
   [b]/[/]        filter text: id prefix, function, error (enter applies, esc clears)
   [b]s[/]        states       [b]F[/]    function           [b]t[/]    time range
+  [b]< >[/]      sort by the previous / next column, or click its title; [b]I[/] the other way
+           (by enqueue time, function or state: the columns the index keeps in order)
 [b]Actions[/] (each asks first: enter confirms, esc cancels)
   [b]x[/]        stop (g in the dialog: graceful; x again forces it)
   [b]r[/]        re-invoke the event    [b]R[/]  re-invoke every ended event the filter shows

@@ -35,6 +35,7 @@ from daemon.query import Filter
 from daemon.spool import Spool
 from tui.listing import Listing
 from tui.overlay import Overlay, Row
+from tui.sorting import DEFAULT, Grouped, Order, Reversed, listing_for
 from tui.tail import DaemonStatus, StatusChanged, read_status
 
 POLL = 0.1  # seconds between two looks at the journal: new events show within a tenth of a second
@@ -58,10 +59,11 @@ class Show:
 
 @dataclass
 class SetFilter:
-    """A new filter: the list starts again from the newest."""
+    """A new filter or sort: the list starts again from its top."""
 
     flt: Filter
     generation: int
+    order: Order = DEFAULT
 
 
 @dataclass
@@ -97,11 +99,12 @@ class Reader:
         self.spool, self.post, self.cancelled = spool, post, cancelled
         self.requests: queue.SimpleQueue[Show | SetFilter] = queue.SimpleQueue()
         self.flt = Filter()
+        self.order = DEFAULT
         self.generation = 0
         self.show: Show | None = None
         self.pending = False  # the window must be sent (again)
         self.index: IndexDB | None = None
-        self.listing: Listing | None = None
+        self.listing: Listing | Reversed | Grouped | None = None
         self.in_transaction = False
         self.damages: list[Damage] = []
         self.damages_sent = 0
@@ -174,7 +177,7 @@ class Reader:
 
     def _handle(self, request: Show | SetFilter) -> None:
         if isinstance(request, SetFilter):
-            self.flt, self.generation = request.flt, request.generation
+            self.flt, self.generation, self.order = request.flt, request.generation, request.order
             self._new_listing()
             self.show = None
         elif request.generation == self.generation:
@@ -229,7 +232,7 @@ class Reader:
     def _new_listing(self) -> None:
         if self.index is None:
             return
-        self.listing = Listing(self.index, self.flt, self.overlay, self.counts)
+        self.listing = listing_for(self.order, self.index, self.flt, self.overlay, self.counts)
         self.shift = 0
         self._send_changed([], [])
 
