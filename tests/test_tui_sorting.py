@@ -146,3 +146,24 @@ async def test_the_list_is_sorted_by_keys_and_by_clicking_a_title(tmp_path):
         await pilot.click(EventList, offset=(x + 1, 0))
         assert any("cannot sort by duration" in n for n in notices(app))
         assert app.order == Order("enqueued", descending=False)  # unchanged
+
+
+async def test_a_list_sorted_by_state_moves_an_event_as_its_state_changes(tmp_path):
+    spool = tmp_path / "spool"
+    recs = write_journal(spool, 30, snapshot_upto=20)
+    index_journal(spool)
+    app = FnspoolApp(Spool(spool))
+    by_state = Order("state", descending=True)  # Stopped .. Succeeded .. Running, Enqueued
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 30), "the events")
+        app.set_order(by_state)
+        want = _expected(spool, Filter(), by_state)
+        await until(pilot, lambda: [r[0] for r in shown(app)] == want, "sorted by state")
+        assert [r[2] for r in shown(app)][-2:] == ["Running", "Enqueued"]
+        ended = history(29, "notify", State.SUCCEEDED, T0 + 29)[-1]
+        append_records(spool, [msgspec.structs.replace(ended, seq=recs[-1].seq + 1)])
+        moved = _expected(spool, Filter(), by_state)
+        assert moved != want
+        await until(pilot, lambda: [r[0] for r in shown(app)] == moved, "it moved, live")
+        succeeded = [r for r in shown(app) if r[2] == "Succeeded"]
+        assert succeeded[0][0] == recs[-1].id  # the newest of its new state
