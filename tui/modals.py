@@ -253,21 +253,20 @@ class PickTimeRange(ModalScreen[TimeRange | None]):
 
 HELP = """\
 [b]Events[/]
-  [b]j k ↑ ↓[/]  move         [b]g G[/]  newest / oldest    [b]PgUp PgDn[/] page
-  [b]enter[/]    detail       [b]f[/]    follow the newest   [b]esc[/]  clear filters
-  [b]/[/]        filter text: id prefix, function, error (enter applies, esc clears)
-  [b]s[/]        states       [b]F[/]    function           [b]t[/]    time range
-  [b]< >[/]      sort by the previous / next column, or click its title; [b]I[/] the other way
-           (by enqueue time, function or state: the columns the index keeps in order)
+  [b]j k ↑ ↓[/]  move         [b]g G[/]  newest / oldest   [b]PgUp PgDn[/] page
+  [b]enter[/]    detail       [b]f[/]    follow the newest  [b]esc[/]  clear filters
+  [b]/[/]        filter text: id prefix, function, error (enter; esc clears)
+  [b]s[/]        states       [b]F[/]    function          [b]t[/]    time range
+  [b]< >[/]      sort by enqueue time, function or state (or click a title)
+  [b]I[/]        sort the other way (no index orders ids, attempts, durations)
 [b]Actions[/] (each asks first: enter confirms, esc cancels)
   [b]x[/]        stop (g in the dialog: graceful; x again forces it)
-  [b]r[/]        re-invoke the event    [b]R[/]  re-invoke every ended event the filter shows
-  [b]c[/]        copy the payload (OSC 52)    [b]o[/]  open the full log
+  [b]r[/]  re-invoke the event     [b]R[/]  every ended event the filter shows
+  [b]c[/]  copy the payload (OSC 52)     [b]o[/]  open the full log
 [b]Views[/]
-  [b]1[/] events   [b]2[/] functions and instances   [b]ctrl+p[/] commands   [b]q[/] quit
-  in functions: [b]p[/] pause or resume the function   [b]P[/] pause or resume all
-The dashboard only reads the journal. Stop, re-invoke, pause are requests in control/
-that the daemon answers; while it is down they wait there.
+  [b]1[/] events  [b]2[/] functions: [b]p[/] pause or resume one, [b]P[/] all
+  [b]3[/] rejected files   [b]ctrl+p[/] commands   [b]q[/] quit
+Requests go to control/ for the daemon; while it is down they wait there.
 """
 
 
