@@ -248,7 +248,8 @@ class Store:
             self.counts[event.state] -= 1
         elif self._settling.pop(event.id, None) is None:  # else counted when its archive is
             self.archived.pop(event.id, None)
-            self.archived_counts[event.state] -= 1
+            if self.archived_counts[event.state] > 0:  # a snapshot before counts counts none
+                self.archived_counts[event.state] -= 1
         if event.source is not None:
             self._identities.pop(identity(event.source), None)
 
