@@ -1,10 +1,11 @@
-"""Control requests (stop, re-invoke, pause, resume): the files the CLI and the TUI drop into
-`control/`.
+"""Control requests (stop, re-invoke, forget, pause, resume): the files the CLI and the TUI drop
+into `control/`.
 
 Shared and light: only msgspec. A client writes a request under `tmp/` and renames it into
 `control/` (so the daemon never sees half a file), then follows the journal for the `Request`
 record whose `name` is the request's file name: that record is the daemon's answer (load the
-journal before submitting, so that an answer given at once is not missed). A request
+journal before submitting, so that an answer given at once is not missed). A request naming
+several events (a stop or a forget with `ids`) gets one such record per event. A request
 written while the daemon is down waits in `control/` and is applied when it starts.
 """
 
@@ -20,11 +21,25 @@ from daemon.ids import check_id, new_request_id
 from daemon.model import NO_RAW
 
 
-class StopRequest(msgspec.Struct, frozen=True, kw_only=True, tag="stop", tag_field="action"):
-    """Stop an event: at once if it is not running, else forced or gracefully (SIGTERM)."""
+class StopRequest(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="stop", tag_field="action"
+):
+    """Stop an event (and those of `ids`, the same way): at once if it is not running, else
+    forced or gracefully (SIGTERM)."""
 
     id: str
     graceful: bool = False
+    ids: tuple[str, ...] = ()  # more events, each answered on its own
+
+
+class ForgetRequest(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="forget", tag_field="action"
+):
+    """Forget an ended event (and those of `ids`): gone from every read, dropped from the
+    journal's files at the next compaction, its log removed."""
+
+    id: str
+    ids: tuple[str, ...] = ()  # more events, each answered on its own
 
 
 class ReinvokeRequest(
@@ -58,18 +73,33 @@ class ResumeRequest(
     function: str | None = None
 
 
-ControlRequest = StopRequest | ReinvokeRequest | PauseRequest | ResumeRequest
+ControlRequest = StopRequest | ReinvokeRequest | ForgetRequest | PauseRequest | ResumeRequest
 #: the requests that hold or release dispatch, rather than act on one event
 DISPATCH_REQUESTS = (PauseRequest, ResumeRequest)
 
 DECODER = msgspec.json.Decoder(ControlRequest)
 
 
+#: ids one stop or forget request may name at most (the CLI sends more as several requests)
+MAX_IDS = 1000
+
+
+def targets(request: ControlRequest) -> tuple[str, ...]:
+    """The events a request acts on, each answered by its own record ("": a function, or all)."""
+    match request:
+        case StopRequest(id=rid, ids=more) | ForgetRequest(id=rid, ids=more):
+            return (rid, *more)
+        case ReinvokeRequest(id=rid):
+            return (rid,)
+    return ("",)
+
+
 def check_ids(request: ControlRequest) -> None:
     """Raise BadId unless every id in `request` passes the id rule."""
     if isinstance(request, DISPATCH_REQUESTS):
         return
-    check_id(request.id)
+    for rid in targets(request):
+        check_id(rid)
     if isinstance(request, ReinvokeRequest):
         check_id(request.new_id, "new_id")
 

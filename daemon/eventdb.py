@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS counts (
     PRIMARY KEY (function, state)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS archives (seq INTEGER PRIMARY KEY);
+-- events forgotten before the indexer marked their archive: left out when it does
+CREATE TABLE IF NOT EXISTS forgotten (
+    archive INTEGER NOT NULL, id TEXT NOT NULL, PRIMARY KEY (archive, id)
+) WITHOUT ROWID;
 -- the error texts by trigram, so a free text finds its few events without reading every row;
 -- kept by triggers that fire only where an event has an error (one event in ten, about)
 CREATE VIRTUAL TABLE IF NOT EXISTS errors USING fts5(
@@ -208,6 +212,11 @@ class IndexDB:
         """Those of `ids` that have a row."""
         return {r[0] for r in self._rows_by_id("id", ids)}
 
+    def archive_of(self, request_id: str) -> int | None:
+        """The archive the row of that id is marked with (None: none, or no row)."""
+        row = self.db.execute("SELECT archive FROM events WHERE id = ?", (request_id,)).fetchone()
+        return row[0] if row else None
+
     def has_source(self, key: str) -> bool:
         """Whether an event came from the file with this identity (see source_key_of)."""
         row = self.db.execute("SELECT 1 FROM events WHERE source_key = ? LIMIT 1", (key,))
@@ -337,6 +346,27 @@ class IndexDB:
         """Note that archive `seq` holds these events (they go when it goes)."""
         self.db.executemany("UPDATE events SET archive = ? WHERE id = ?", ((seq, i) for i in ids))
         self.db.execute("INSERT OR IGNORE INTO archives VALUES (?)", (seq,))
+
+    def drop(self, ids: Iterable[str]) -> None:
+        """Delete the rows of these events (forgotten) and keep the counts (in a transaction)."""
+        wanted = list(ids)
+        placed = self.placed(wanted)
+        delta: collections.Counter[tuple[str, str]] = collections.Counter()
+        for function_state in placed.values():
+            delta[function_state] -= 1
+        self._add_counts(delta)
+        self.db.executemany("DELETE FROM events WHERE id = ?", ((i,) for i in placed))
+
+    def hold_forgotten(self, pairs: Iterable[tuple[int, str]]) -> None:
+        """Note events forgotten whose archive is not marked yet: (archive, id)."""
+        self.db.executemany("INSERT OR IGNORE INTO forgotten VALUES (?, ?)", pairs)
+
+    def forgotten_in(self, seq: int) -> set[str]:
+        """The ids noted as forgotten in archive `seq`, let go of: the archive is marked now."""
+        rows = self.db.execute("SELECT id FROM forgotten WHERE archive = ?", (seq,))
+        found = {r[0] for r in rows}
+        self.db.execute("DELETE FROM forgotten WHERE archive = ?", (seq,))
+        return found
 
     def drop_archive(self, seq: int) -> int:
         """Forget the events of an archive that retention removed; return how many."""

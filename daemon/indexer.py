@@ -38,6 +38,7 @@ from daemon.model import (
     Delivered,
     DeliveryFailed,
     Event,
+    Forgotten,
     IllegalTransition,
     JournalRecord,
     Transition,
@@ -130,24 +131,45 @@ class Indexer:
         return len(records)
 
     def _apply(self, records: list[JournalRecord]) -> None:
-        changed, placed = self._fold(records)
+        changed, placed, gone = self._fold(records)
         with self.db.transaction():
+            if gone:
+                self._drop(gone)
+                placed = {i: p for i, p in placed.items() if i not in gone}  # rows deleted
             self.db.put(changed.values(), placed=placed)
             self.db.set_cursor(self.tail.cursor)
         for event in changed.values():
             if event.ended:
                 self.live.pop(event.id, None)
 
-    def _fold(self, records: list[JournalRecord]) -> tuple[dict[str, Event], Placed]:
-        """The events these records change, and what their rows held before (live events are
-        written as they are: their rows hold their present state)."""
+    def _drop(self, gone: dict[str, int | None]) -> None:
+        """Delete the rows of forgotten events; note those whose archive is not marked yet, so
+        that marking it leaves them out."""
+        self.db.drop(gone)
+        marked = self.db.archives()
+        unmarked = [(a, i) for i, a in gone.items() if a is not None and a not in marked]
+        self.db.hold_forgotten(unmarked)
+
+    def _fold(
+        self, records: list[JournalRecord]
+    ) -> tuple[dict[str, Event], Placed, dict[str, int | None]]:
+        """The events these records change, what their rows held before (live events are
+        written as they are: their rows hold their present state), and the events forgotten
+        (id: archive), whose rows go (an id taken again after is among the changed)."""
         wanted = {r.id for r in records if isinstance(r, Transition | Delivered | DeliveryFailed)}
         missing = [i for i in wanted if i not in self.live]
         known = {**self.db.events(missing), **self.live} if missing else dict(self.live)
         placed = {i: (known[i].function, known[i].state.value) for i in wanted if i in known}
         changed: dict[str, Event] = {}
+        gone: dict[str, int | None] = {}
         for rec in records:
-            if isinstance(rec, Transition):
+            if isinstance(rec, Forgotten):
+                for forgotten in rec.events:
+                    known.pop(forgotten.id, None)
+                    changed.pop(forgotten.id, None)
+                    self.live.pop(forgotten.id, None)
+                    gone[forgotten.id] = forgotten.archive
+            elif isinstance(rec, Transition):
                 event = known.get(rec.id)
                 if event is not None and rec.seq <= event.seq:
                     continue  # the row already holds it
@@ -160,7 +182,7 @@ class Indexer:
             elif isinstance(rec, DELIVERY_RECORDS) and (event := known.get(rec.id)) is not None:
                 mark_delivered(event, rec)
                 changed[event.id] = event
-        return changed, placed
+        return changed, placed, gone
 
     def _follow_archives(self) -> None:
         """Mark the events of new archives; forget those of archives retention removed."""
@@ -176,8 +198,10 @@ class Indexer:
                 log.error("index: archive %s not read: %s", on_disk[seq].name, exc)
                 continue
             with self.db.transaction():
-                self.db.put((e for e in events.values()), archive=seq)
-                self.db.mark_archive(seq, events)
+                left_out = self.db.forgotten_in(seq)  # forgotten before this look
+                kept = [e for i, e in events.items() if i not in left_out]
+                self.db.put(kept, archive=seq)
+                self.db.mark_archive(seq, (e.id for e in kept))
         for seq in marked - set(on_disk):
             with self.db.transaction():
                 gone = self.db.drop_archive(seq)

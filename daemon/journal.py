@@ -25,12 +25,14 @@ from daemon.atomic import fsync_dir
 from daemon.model import (
     DELIVERY_RECORDS,
     Event,
+    Forgotten,
     IllegalTransition,
     JournalRecord,
     Paused,
     PauseState,
     Transition,
     apply,
+    forget,
     mark_delivered,
 )
 
@@ -340,6 +342,26 @@ def read_archive_header(path: Path) -> ArchiveHeader:
         raise ValueError(f"{path}: damaged archive header: {exc!s:.200}") from None
 
 
+def drop_from_archive(directory: Path, seq: int, ids: set[str]) -> ArchiveHeader | None:
+    """Write archive `seq` again without the events `ids` (forgotten), whole or not at all;
+    remove it when none is left. Its header after, or None when it is gone (or was already:
+    retention removed it)."""
+    path = directory / archive_name(seq)
+    try:
+        header, events = read_archive(path)
+    except FileNotFoundError:
+        return None
+    if not ids & events.keys():
+        return header
+    kept = [e for i, e in events.items() if i not in ids]
+    if not kept:
+        path.unlink()
+        fsync_dir(directory)
+        return None
+    write_archive(directory, seq, header.at, kept)
+    return read_archive_header(path)
+
+
 class _EventName(msgspec.Struct):
     """An event line, read for its id and function only (the rest is skipped, never built)."""
 
@@ -399,6 +421,7 @@ class JournalState(msgspec.Struct, kw_only=True):
     illegal: list[str] = msgspec.field(default_factory=list)
     archived: dict[str, int] | None = None  # the snapshot's count of archived events by state
     paused: PauseState = PauseState()  # whose dispatch is held (the last Paused record)
+    forgotten: list[Forgotten] = msgspec.field(default_factory=list)  # the records folded
 
 
 def load_snapshot(directory: Path, state: JournalState) -> None:
@@ -455,6 +478,9 @@ def fold(state: JournalState, rec: JournalRecord) -> bool:
             mark_delivered(delivered, rec)
     elif isinstance(rec, Paused):
         state.paused = rec.state
+    elif isinstance(rec, Forgotten):
+        forget(state.events, rec)
+        state.forgotten.append(rec)
     return True
 
 

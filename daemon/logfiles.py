@@ -42,6 +42,8 @@ class LogWrite(msgspec.Struct, frozen=True, array_like=True):
     prefix: bytes | None = None
     #: written only if the file exists (a line readers otherwise render from the journal)
     if_exists: bool = False
+    #: not a write: the file is removed (its event was forgotten); `data` is empty
+    remove: bool = False
 
 
 class LogSink(Protocol):
@@ -123,7 +125,20 @@ def append_all(writes: list[LogWrite]) -> None:
     for w in writes:  # dicts keep insertion order: one file's writes stay in order
         by_file.setdefault(w.path, []).append(w)
     for path, file_writes in by_file.items():
-        _write_file(Path(path), file_writes)
+        start = 0
+        for at, w in enumerate(file_writes):
+            if w.remove:  # what came before it first, in order
+                _write_file(Path(path), file_writes[start:at])
+                _remove(Path(path))
+                start = at + 1
+        _write_file(Path(path), file_writes[start:])
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.error("event log %s: cannot remove it: %s", path, exc)
 
 
 def _write_file(path: Path, writes: list[LogWrite]) -> None:

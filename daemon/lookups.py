@@ -128,6 +128,21 @@ class Lookups:
         index = self._open()
         return key is not None and index is not None and index.has_source(key)
 
+    def archive_of(self, event: Event) -> int | None:
+        """The archive that holds an event the daemon let go of: the index says; else the first
+        archive at or after the event's last record that has its id (one, mostly)."""
+        index = self._open()
+        archive = index.archive_of(event.id) if index is not None else None
+        if archive is not None:
+            return archive
+        for seq, path in list_archives(self.directory):
+            try:
+                if seq >= event.seq and any(i == event.id for i, _f in archive_ids(path)):
+                    return seq
+            except FileNotFoundError:
+                continue  # removed by retention meanwhile
+        return None
+
     def archived(self, seq: int, events: list[Event]) -> None:
         """Note the archive a compaction wrote, until the index has it."""
         self._unindexed.hold(seq, (e.id for e in events))

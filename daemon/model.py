@@ -231,7 +231,23 @@ class Paused(Record, tag="paused", frozen=True):
     state: PauseState
 
 
-JournalRecord = Transition | HookRun | Request | Delivered | DeliveryFailed | Paused
+class ForgottenEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One event a forget dropped, with where its copies are: its log, and its archive."""
+
+    id: str
+    function: str
+    state: State
+    archive: int | None = None  # the archive holding it (None: it was not archived yet)
+
+
+class Forgotten(Record, tag="forgotten", frozen=True):
+    """Ended events were forgotten on request: gone from every read from this record on; the
+    next compaction drops them from their archives."""
+
+    events: tuple[ForgottenEvent, ...]
+
+
+JournalRecord = Transition | HookRun | Request | Delivered | DeliveryFailed | Paused | Forgotten
 #: the records that change an event's delivery
 DELIVERY_RECORDS = (Delivered, DeliveryFailed)
 
@@ -319,6 +335,17 @@ def apply(events: dict[str, Event], rec: Transition) -> Event:
         events[rec.id] = event
     _fold(event, rec)
     return event
+
+
+def forget(events: dict[str, Event], rec: Forgotten) -> list[Event]:
+    """Fold a Forgotten record: drop its events from `events` (only ended ones: an id used again
+    after the record is another event); return those dropped."""
+    dropped = []
+    for gone in rec.events:
+        event = events.get(gone.id)
+        if event is not None and event.ended and event.seq < rec.seq:
+            dropped.append(events.pop(gone.id))
+    return dropped
 
 
 def mark_delivered(event: Event, rec: Delivered | DeliveryFailed) -> None:

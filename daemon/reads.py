@@ -29,7 +29,9 @@ from daemon.model import (
     Delivered,
     DeliveryFailed,
     Event,
+    Forgotten,
     IllegalTransition,
+    State,
     Transition,
     apply,
     mark_delivered,
@@ -42,10 +44,21 @@ _ATTEMPTS = 3  # reads raced by a compaction are tried again from a fresh cursor
 class Tail:
     """The events changed after a cursor, folded on top of their indexed rows."""
 
-    def __init__(self, events: dict[str, Event], cursor: Cursor, damages: list[Damage]) -> None:
+    def __init__(
+        self,
+        events: dict[str, Event],
+        cursor: Cursor,
+        damages: list[Damage],
+        gone: set[str] | None = None,
+    ) -> None:
         self.events = events
         self.cursor = cursor
         self.damages = damages
+        self.gone = gone or set()  # forgotten: their rows, if any, are not to be shown
+
+    def hides(self, request_id: str) -> bool:
+        """Whether an indexed row with that id is forgotten (and not taken again)."""
+        return request_id in self.gone and request_id not in self.events
 
 
 class Following:
@@ -57,16 +70,24 @@ class Following:
         self.start = cursor
         self.damages: list[Damage] = []
         self.events: dict[str, Event] = {}  # those the records after `start` changed
+        self.gone: set[str] = set()  # those they forgot
         self._journal = JournalTail(directory, cursor, self.damages)
 
     def read_on(self, index: IndexDB) -> Tail:
         """Fold the records appended since the last read; Outrun when compaction removed them."""
         records = list(self._journal.read())
         ids = {r.id for r in records if isinstance(r, Transition | Delivered | DeliveryFailed)}
-        known = index.events(ids - self.events.keys())
+        known = index.events(ids - self.events.keys() - self.gone)
         known.update(self.events)
         for rec in records:
-            if isinstance(rec, Transition):
+            if isinstance(rec, Forgotten):
+                for gone in rec.events:
+                    known.pop(gone.id, None)
+                    self.events.pop(gone.id, None)
+                    self.gone.add(gone.id)
+            elif isinstance(rec, Transition):
+                if rec.state is State.ENQUEUED:
+                    self.gone.discard(rec.id)  # the id taken again
                 event = known.get(rec.id)
                 if event is not None and rec.seq <= event.seq:
                     continue
@@ -77,7 +98,7 @@ class Following:
             elif isinstance(rec, DELIVERY_RECORDS) and (event := known.get(rec.id)) is not None:
                 mark_delivered(event, rec)
                 self.events[rec.id] = event
-        return Tail(self.events, self._journal.cursor, self.damages)
+        return Tail(self.events, self._journal.cursor, self.damages, self.gone)
 
     def close(self) -> None:
         """Close the segment being read."""
@@ -147,6 +168,8 @@ class EventReads:
         def query(rows: Rows, tail: Tail) -> Event | None:
             if request_id in tail.events:
                 return _copy(tail.events[request_id])
+            if tail.hides(request_id):
+                return None
             return rows.events([request_id]).get(request_id)
 
         return self._read(query)
@@ -156,7 +179,7 @@ class EventReads:
         wanted = list(ids)
 
         def query(rows: Rows, tail: Tail) -> dict[str, Event]:
-            found = rows.events(i for i in wanted if i not in tail.events)
+            found = rows.events(i for i in wanted if i not in tail.events and not tail.hides(i))
             found.update((i, _copy(tail.events[i])) for i in wanted if i in tail.events)
             return found
 
@@ -166,9 +189,9 @@ class EventReads:
         """The events passing `flt` in time order, at most `limit`."""
 
         def query(rows: Rows, tail: Tail) -> list[Event]:
-            extra = len(tail.events)  # rows the tail may replace or remove
+            extra = len(tail.events) + len(tail.gone)  # rows the tail may replace or remove
             found = rows.select(flt, (limit or 1 << 62) + extra, newest_first=newest_first)
-            merged = {e.id: e for e in found}
+            merged = {e.id: e for e in found if not tail.hides(e.id)}
             merged.update(tail.events)
             chosen = by_time(merged.values(), flt, limit, newest_first)
             return [_copy(e) if e.id in tail.events else e for e in chosen]
@@ -179,7 +202,8 @@ class EventReads:
         """Up to `limit` retained ids starting with `prefix`, in order."""
 
         def query(rows: Rows, tail: Tail) -> list[str]:
-            found = set(rows.ids_with_prefix(prefix, limit))
+            found = set(rows.ids_with_prefix(prefix, limit + len(tail.gone)))
+            found = {i for i in found if not tail.hides(i)}
             found |= {i for i in tail.events if i.startswith(prefix)}
             return sorted(found)[:limit]
 

@@ -1,5 +1,5 @@
-"""Why a stop or a re-invoke is refused: one rule and one wording for the daemon (which answers
-the request), the CLI and the dashboard (which refuse before sending it)."""
+"""Why a stop, a re-invoke or a forget is refused: one rule and one wording for the daemon (which
+answers the request), the CLI and the dashboard (which refuse before sending it)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from daemon.model import Event, State
 __all__ = [
     "GRACEFUL",
     "Refused",
+    "forget_refusal",
     "refuse_if",
     "reinvoke_refusal",
     "stop_in_progress",
@@ -48,6 +49,18 @@ def reinvoke_refusal(event_id: str, state: State | None) -> str | None:
         return f"no event with id {event_id!r}"
     if not state.terminal:
         return f"event {event_id} has not ended: {state.value}"
+    return None
+
+
+def forget_refusal(event_id: str, state: State | None, *, owes_record: bool = False) -> str | None:
+    """Why the event cannot be forgotten, or None when it can: only an ended event can, and not
+    while its destination record is still to be delivered (`owes_record`; the daemon knows)."""
+    if state is None:
+        return f"no event with id {event_id!r}"
+    if not state.terminal:
+        return f"event {event_id} has not ended: {state.value}"
+    if owes_record:
+        return f"event {event_id} has ended, but its destination record is not delivered yet"
     return None
 
 

@@ -1,7 +1,8 @@
 """Control requests from `control/`: read safely, decode, authorise, apply, answer in the journal.
 
 Each request is answered by a `Request` record naming its file (with who asked: the uid owning
-the file); the file is removed only once that answer is durable. A request file that cannot be
+the file), one per event for a request naming several; the file is removed only once that
+answer is durable. A request file that cannot be
 read, decoded or authorised is set aside in `rejected/` with a reason, and answered as refused.
 Requests written while the daemon was down are applied at start-up, oldest first.
 """
@@ -24,6 +25,7 @@ from inotify_simple import flags as F
 from daemon import control
 from daemon.control import (
     ControlRequest,
+    ForgetRequest,
     PauseRequest,
     ReinvokeRequest,
     ResumeRequest,
@@ -31,9 +33,9 @@ from daemon.control import (
 )
 from daemon.dispatcher import Dispatcher, NewEvent
 from daemon.ids import BadId
-from daemon.model import Request, Source, has_raw
+from daemon.model import Event, Request, Source, has_raw
 from daemon.payload import is_ignored
-from daemon.refusals import Refused, refuse_if, reinvoke_refusal
+from daemon.refusals import Refused, forget_refusal, refuse_if, reinvoke_refusal
 from daemon.spool import Rejection, Spool, reject, safe_read, unlink_if_same
 from daemon.store import Store
 from daemon.strictjson import duplicate_key, too_deep
@@ -237,8 +239,8 @@ class RequestIntake:
             why = exc if isinstance(exc, Rejection) else Rejection("unreadable", str(exc))
             self._set_aside(dir_fd, name, why, uid)
             return None
-        answer = self._apply(request, uid)
-        self._answer(request, name, uid, answer)
+        for target, answer in self._apply(request, uid):
+            self._answer(request, name, uid, target, answer)
         return st
 
     def _decode(self, data: bytes) -> ControlRequest:
@@ -255,6 +257,8 @@ class RequestIntake:
             control.check_ids(request)
         except BadId as exc:
             raise Rejection("bad_id", str(exc)) from None
+        if len(control.targets(request)) > control.MAX_IDS:
+            raise Rejection("too_many_ids", f"more than {control.MAX_IDS} ids in one request")
         return request
 
     def _set_aside(self, dir_fd: int, name: str, why: Rejection, uid: int | None) -> None:
@@ -279,12 +283,18 @@ class RequestIntake:
 
     # -- applying -------------------------------------------------------------------------
 
-    def _apply(self, request: ControlRequest, uid: int | None) -> Answer:
+    def _apply(self, request: ControlRequest, uid: int | None) -> list[tuple[str, Answer]]:
+        """The answer for each event (or function) the request names."""
+        if isinstance(request, ForgetRequest):
+            return self._forget(control.targets(request))
+        return [(t, self._apply_one(request, t, uid)) for t in control.targets(request)]
+
+    def _apply_one(self, request: ControlRequest, target: str, uid: int | None) -> Answer:
         try:
             match request:
-                case StopRequest(id=rid, graceful=graceful):
-                    grace = self._grace(self._function_of(rid))
-                    message = self.dispatcher.stop(rid, graceful=graceful, grace=grace)
+                case StopRequest(graceful=graceful):
+                    grace = self._grace(self._function_of(target))
+                    message = self.dispatcher.stop(target, graceful=graceful, grace=grace)
                     return Answer(outcome=control.APPLIED, message=message)
                 case ReinvokeRequest():
                     return self._reinvoke(request, uid)
@@ -293,8 +303,29 @@ class RequestIntake:
                 case ResumeRequest(function=function):
                     return Answer(outcome=control.APPLIED, message=self.dispatcher.resume(function))
         except Refused as exc:
-            return Answer(outcome=control.REFUSED, message=str(exc))
+            return _refused(exc)
         raise AssertionError(f"unhandled request {request!r}")
+
+    def _forget(self, ids: tuple[str, ...]) -> list[tuple[str, Answer]]:
+        """Forget the ended events among `ids` with one record; refuse the others."""
+        answers: dict[str, Answer] = {}
+        chosen: dict[str, Event] = {}
+        for rid in ids:
+            event = chosen.get(rid) or self.store.get(rid)
+            state = event.state if event is not None else None
+            owes = event is not None and self.store.needs_delivery(event)
+            try:
+                refuse_if(forget_refusal(rid, state, owes_record=owes))
+            except Refused as exc:
+                answers[rid] = _refused(exc)
+                continue
+            assert event is not None
+            chosen[rid] = event
+            answers[rid] = Answer(outcome=control.APPLIED, message="forgotten")
+        if chosen:
+            self.store.forget(list(chosen.values()))
+            log.info("%d events forgotten", len(chosen))
+        return [(rid, answers[rid]) for rid in dict.fromkeys(ids)]
 
     def _function_of(self, request_id: str) -> str:
         event = self.store.get(request_id)
@@ -314,13 +345,15 @@ class RequestIntake:
         log.info("event %s re-invoked as %s", old.id, event.id)
         return Answer(outcome=control.APPLIED, message=f"re-invoked as {event.id}", new_id=event.id)
 
-    def _answer(self, request: ControlRequest, name: str, uid: int | None, a: Answer) -> None:
+    def _answer(
+        self, request: ControlRequest, name: str, uid: int | None, rid: str, a: Answer
+    ) -> None:
         graceful = request.graceful if isinstance(request, StopRequest) else False
         action = _ACTIONS[type(request)]
         match request:
             case PauseRequest(function=function) | ResumeRequest(function=function):
-                rid, what = "", printable(function or "all")
-            case StopRequest(id=rid) | ReinvokeRequest(id=rid):
+                what = printable(function or "all")
+            case _:
                 function, what = None, rid
         self.store.note(
             Request(
@@ -342,9 +375,14 @@ class RequestIntake:
 _ACTIONS: dict[type, str] = {
     StopRequest: "stop",
     ReinvokeRequest: "reinvoke",
+    ForgetRequest: "forget",
     PauseRequest: "pause",
     ResumeRequest: "resume",
 }
+
+
+def _refused(exc: Refused) -> Answer:
+    return Answer(outcome=control.REFUSED, message=str(exc))
 
 
 def _open_control(spool: Spool) -> int:

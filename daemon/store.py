@@ -1,7 +1,7 @@
 """The daemon's event store: every state change is checked, journaled, then folded in memory.
 
 Also owns compaction: archives of ended events and snapshots of the rest, which let old segments
-go, and retention, which drops whole archives.
+go, retention, which drops whole archives, and forgets, which drop events before retention does.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgspec
 
+from daemon.forgetting import Forgetting, drop_all
 from daemon.ids import BadId, new_request_id
 from daemon.journal import (
     ArchiveHeader,
@@ -29,8 +30,8 @@ from daemon.journal import (
     write_archive,
     write_snapshot,
 )
-from daemon.journal_writer import JournalWriter
-from daemon.logfiles import event_log_path
+from daemon.journal_writer import JournalFailed, JournalWriter
+from daemon.logfiles import LogWrite, event_log_path
 from daemon.lookups import Lookups
 from daemon.model import (
     NO_RAW,
@@ -38,6 +39,8 @@ from daemon.model import (
     DeliveryFailed,
     ErrorInfo,
     Event,
+    Forgotten,
+    ForgottenEvent,
     JournalRecord,
     Paused,
     PauseState,
@@ -82,7 +85,14 @@ class Store:
         self.counts: collections.Counter[State] = collections.Counter(
             e.state for e in self.events.values()
         )
-        self.archived_counts = _counter(state.archived or {})
+        # what forgets left to do; the archives on disk still count what they still hold
+        self.forgetting = Forgetting.recovered(state.forgotten, self.events, state.snapshot_seq)
+        self.archived_counts = _counter(state.archived or {}) - self.forgetting.pending_counts()
+        for rec in state.forgotten:  # their logs, again: the last start may not have got to it
+            self._remove_logs([g for g in rec.events if g.id not in self.events])
+        self._log_removals: set[asyncio.Task[None]] = set()
+        self._settling: dict[str, Event] = {}  # being archived by the compaction at...
+        self._settling_seq = 0  # ...this seq
         self.needs_delivery: Callable[[Event], bool] = lambda _event: False
         self.starting = True  # files found at start may be from before the last compaction
         self._compacting: asyncio.Task[None] | None = None
@@ -96,19 +106,29 @@ class Store:
 
     def get(self, request_id: str) -> Event | None:
         """The event with that id, if retained."""
-        event = self.events.get(request_id) or self.archived.get(request_id)
-        return event if event is not None else self.index.get(request_id)
+        event = self._held(request_id)
+        if event is not None or self.forgetting.is_hidden(request_id):
+            return event
+        return self.index.get(request_id)
+
+    def _held(self, request_id: str) -> Event | None:
+        """The event with that id in memory (in care, being archived, or archived lately)."""
+        for events in (self.events, self._settling, self.archived):
+            if (event := events.get(request_id)) is not None:
+                return event
+        return None
 
     def taken(self, ids: list[str]) -> set[str]:
         """Those of `ids` already used by a retained event (one index query for a batch)."""
-        held = {i for i in ids if i in self.events or i in self.archived}
-        return held | self.index.archived_ids([i for i in ids if i not in held])
+        held = {i for i in ids if self._held(i) is not None}
+        looked = [i for i in ids if i not in held and not self.forgetting.is_hidden(i)]
+        return held | self.index.archived_ids(looked)
 
     def known(self, request_id: str) -> bool:
         """Whether an event with that id is retained."""
-        return (
-            request_id in self.events or request_id in self.archived or self.index.has(request_id)
-        )
+        if self._held(request_id) is not None:
+            return True
+        return not self.forgetting.is_hidden(request_id) and self.index.has(request_id)
 
     def already_journaled(self, source: Source) -> bool:
         """Whether an incoming file with this identity was already accepted (with no path: at
@@ -152,6 +172,7 @@ class Store:
         )
         if source is not None:
             self._identities[identity(source)] = rid
+        self.forgetting.reused(rid)
         return event
 
     def transition(
@@ -197,6 +218,53 @@ class Store:
         """Journal whose dispatch is held from now on (the whole state)."""
         self.note(Paused(at=time.time(), state=paused))
         self.paused = paused
+
+    def forget(self, events: list[Event]) -> Forgotten:
+        """Journal that these ended events are forgotten and let them go: gone from every read
+        at once, their logs removed once the record is on disk, their archives' copies dropped
+        at the next compaction."""
+        gone = tuple(
+            ForgottenEvent(id=e.id, function=e.function, state=e.state, archive=self._archive_of(e))
+            for e in events
+        )
+        rec = self.writer.append(Forgotten(at=time.time(), events=gone))
+        for event in events:
+            self._let_go(event)
+        self.forgetting.note(rec)
+        task = asyncio.get_running_loop().create_task(self._remove_logs_when_durable(rec))
+        self._log_removals.add(task)
+        task.add_done_callback(self._log_removals.discard)
+        return rec
+
+    def _archive_of(self, event: Event) -> int | None:
+        if event.id in self.events:
+            return None  # never archived now
+        if event.id in self._settling:
+            return self._settling_seq
+        return self.index.archive_of(event)
+
+    def _let_go(self, event: Event) -> None:
+        if self.events.pop(event.id, None) is not None:
+            self.counts[event.state] -= 1
+        elif self._settling.pop(event.id, None) is None:  # else counted when its archive is
+            self.archived.pop(event.id, None)
+            if self.archived_counts[event.state] > 0:  # a snapshot before counts counts none
+                self.archived_counts[event.state] -= 1
+        if event.source is not None:
+            self._identities.pop(identity(event.source), None)
+
+    async def _remove_logs_when_durable(self, rec: Forgotten) -> None:
+        """Hand the logs' removal to the writer once the record is on disk: after every write
+        handed before, so before any line of a new event with the same id."""
+        with contextlib.suppress(JournalFailed):  # the record may not be on disk: logs stay
+            await self.sync(rec.seq)
+            self._remove_logs(list(rec.events))
+
+    def _remove_logs(self, gone: list[ForgottenEvent]) -> None:
+        for event in gone:
+            with contextlib.suppress(BadId):  # a journal from before ids were checked
+                path = event_log_path(self.logs_dir, event.function, event.id)
+                self.writer.write_log(LogWrite(str(path), b"", remove=True))
 
     def note(self, rec: JournalRecord) -> JournalRecord:
         """Journal a record that changes no event (a hook run, a control request)."""
@@ -248,17 +316,11 @@ class Store:
     async def _compact(self, retention: float) -> None:
         loop = asyncio.get_running_loop()
         directory = self.writer.directory
+        await self._drop_forgotten()  # first: the snapshot covers the records that forgot them
         cutoff = time.time() - retention
         kept_archives, expired = await loop.run_in_executor(None, sort_archives, directory, cutoff)
         seq = await self.writer.rotate() - 1
-        settled = [
-            e
-            for e in self.events.values()
-            if e.ended and e.seq <= seq and not self.needs_delivery(e)
-        ]
-        for event in settled:
-            del self.events[event.id]
-            self.counts[event.state] -= 1
+        settled = self._settle(seq)
         kept = list(self.events.values())  # each whole: its `seq` says what it holds
         archived = sum((_counter(h.counts) for h in kept_archives), _counter({}))
         archived.update(e.state for e in settled)
@@ -270,8 +332,11 @@ class Store:
         # replaying it over this one gives the same
         paused = self.paused
         await loop.run_in_executor(None, write_snapshot, directory, seq, now, kept, counts, paused)
-        self.archived_counts = archived
-        self.archived.update((e.id, e) for e in settled)
+        self.forgetting.archives_gone(header.seq for header, _path in expired)
+        # the archives count what they hold; the forgotten events among that are not retained
+        self.archived_counts = archived - self.forgetting.pending_counts()
+        self.archived.update(self._settling)  # those not forgotten meanwhile
+        self._settling = {}
         if settled:
             self.index.archived(seq, settled)
         self._forget_identities(settled)
@@ -280,6 +345,7 @@ class Store:
         self._last_compaction = time.monotonic()
         indexed = self.index.indexed_seq()
         self.archived = {i: e for i, e in self.archived.items() if e.seq > indexed}
+        self.forgetting.settle(indexed)
         covered = min(previous, indexed)
         await loop.run_in_executor(
             None, _delete_covered, directory, covered, expired, self.logs_dir
@@ -291,6 +357,32 @@ class Store:
             len(settled),
             len(expired),
         )
+
+    async def _drop_forgotten(self) -> None:
+        """Drop from their archives the events forgotten (once their records are on disk), and
+        let the removal of their logs be handed over."""
+        if self._log_removals:
+            await asyncio.gather(*self._log_removals, return_exceptions=True)
+        due = self.forgetting.due(self.writer.durable_seq)
+        if due:
+            await asyncio.get_running_loop().run_in_executor(
+                None, drop_all, self.writer.directory, due
+            )
+            self.forgetting.dropped(due)
+
+    def _settle(self, seq: int) -> list[Event]:
+        """Take out of care the ended events up to `seq` that owe no record: the compaction at
+        `seq` archives them (a forget meanwhile finds them in `_settling`)."""
+        settled = [
+            e
+            for e in self.events.values()
+            if e.ended and e.seq <= seq and not self.needs_delivery(e)
+        ]
+        for event in settled:
+            del self.events[event.id]
+            self.counts[event.state] -= 1
+        self._settling, self._settling_seq = {e.id: e for e in settled}, seq
+        return settled
 
     def _forget_identities(self, events: list[Event]) -> None:
         for event in events:

@@ -58,7 +58,8 @@ def test_a_negative_delay_and_a_broken_definition_are_refused_before_anything_is
 
 
 def test_a_bulk_reinvoke_shows_what_it_would_touch_before_it_asks(monkeypatch, capsys):
-    from daemon.cli import requests as actions
+    from daemon.cli.bulk import confirm
+    from daemon.cli.requests import REINVOKE
     from daemon.model import Event, State, raw_json
 
     chosen = [
@@ -67,7 +68,7 @@ def test_a_bulk_reinvoke_shows_what_it_would_touch_before_it_asks(monkeypatch, c
     ]
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     monkeypatch.setattr("builtins.input", lambda prompt: print(prompt) or "n")
-    assert actions._confirm(chosen) is False
+    assert confirm(chosen, REINVOKE) is False
     shown = capsys.readouterr().out.splitlines()
     assert shown[0].split() == ["e0", "fail", "Failed"] and len(shown) == 12
     assert shown[-2] == "  ... and 2 more" and shown[-1] == "Re-invoke 12 events? [y/N] "

@@ -421,6 +421,27 @@ async def test_retention_under_an_open_dashboard_leaves_no_ghosts(spool, daemon)
     assert d.stop() == 0
 
 
+async def test_forgotten_events_leave_an_open_dashboard(spool, daemon):
+    d = daemon.start()
+    for i in range(10):
+        drop(spool, "echo", f"ok{i}.json", {"i": i})
+    for i in range(5):
+        drop(spool, "fail", f"bad{i}.json", {"i": i})
+    wait_for(lambda: len(events(spool, "--status", "Succeeded,Failed")) == 15, 60, "the events")
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 15), "every event listed")
+        fnspool(spool, "events", "forget", "--function", "fail", "--yes")
+        kept = {e["id"] for e in events(spool)}
+        await until(
+            pilot,
+            lambda: loaded(app, 10) and {r[0] for r in shown(app)} == kept,
+            "the list without the forgotten events",
+        )
+        assert sum(app.counts.values()) == 10 and ("fail", State.FAILED) not in app.counts
+    assert d.stop() == 0
+
+
 async def test_the_header_says_draining_and_the_time_zone(tmp_path, monkeypatch):
     from tui.tail import DaemonStatus
 

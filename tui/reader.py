@@ -30,7 +30,7 @@ from textual.message import Message
 
 from daemon.eventdb import INDEX_NAME, IndexDB, Key, unended
 from daemon.journal import Cursor, Damage, JournalFollower, JournalTail, Outrun
-from daemon.model import Request, State, Transition
+from daemon.model import Forgotten, Request, State, Transition
 from daemon.query import Filter
 from daemon.spool import Spool
 from tui.listing import Listing
@@ -113,6 +113,7 @@ class Reader:
         self.source = "index"
         self.inode: int | None = None  # of the index file read (None: a replay in memory)
         self.shift = 0  # positions moved above the selection since the last window sent
+        self.forgot_at = 0  # the last Forgotten record seen: once indexed, the list is read anew
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -278,8 +279,10 @@ class Reader:
             self._reopen()
             return False
         archives = self.index.archives()
-        if self.archives - archives:  # retention dropped events: positions are counted anew
+        forgotten = 0 < self.forgot_at <= cursor.seq  # the index dropped forgotten events
+        if self.archives - archives or forgotten:  # dropped events: positions counted anew
             self.archives = archives
+            self.forgot_at = 0
             self._reopen()
             return False
         self.archives = archives
@@ -300,6 +303,8 @@ class Reader:
             return False
         if not records and len(self.damages) == self.damages_sent:
             return True
+        forgets = [r.seq for r in records if isinstance(r, Forgotten)]
+        self.forgot_at = max([self.forgot_at, *forgets])
         show = self.show
         before = self.listing.position(show.cursor) if show and show.cursor else None
         folded = self.overlay.fold(records)

@@ -269,14 +269,32 @@ def _events_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     estop = esub.add_parser(
         "stop",
         parents=[common],
-        help="stop an event (forced by default; forces a graceful stop in progress)",
+        help="stop events, or every event not ended the filters match (forced by default; "
+        "forces a graceful stop in progress)",
     )
-    estop.add_argument("id", type=request_id, help=ID_HELP)
+    estop.add_argument(
+        "ids", nargs="*", metavar="ID", type=request_id, help="the events (or use the filters)"
+    )
+    _filter_arguments(estop)
     estop.add_argument(
         "--graceful", action="store_true", help="SIGTERM first; forced after the grace period"
     )
-    estop.add_argument("--wait", action="store_true", help="wait until the event has stopped")
+    estop.add_argument("--yes", "-y", action="store_true", help="no confirmation")
+    estop.add_argument("--wait", action="store_true", help="wait until the events have stopped")
     estop.set_defaults(run=_command("requests.events_stop"))
+
+    eforget = esub.add_parser(
+        "forget",
+        parents=[common],
+        help="forget ended events, or every ended event the filters match, before retention "
+        "does (journaled; their logs go too)",
+    )
+    eforget.add_argument(
+        "ids", nargs="*", metavar="ID", type=request_id, help="the events (or use the filters)"
+    )
+    _filter_arguments(eforget)
+    eforget.add_argument("--yes", "-y", action="store_true", help="no confirmation")
+    eforget.set_defaults(run=_command("requests.events_forget"))
 
     ereinvoke = esub.add_parser(
         "reinvoke",

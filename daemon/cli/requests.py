@@ -1,8 +1,9 @@
-"""`fnspool events stop`, `events reinvoke`, `pause` and `resume`: write control requests, follow
-their answers.
+"""`fnspool events stop`, `events reinvoke`, `events forget`, `pause` and `resume`: write control
+requests, follow their answers.
 
 A request works while the daemon is down: it waits in control/ and is applied when the daemon
-starts. The answer is the journal's `Request` record naming the request's file.
+starts. The answer is the journal's `Request` record naming the request's file (one per event,
+for a stop or a forget of several events: up to control.MAX_IDS go in one request).
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import time
 import msgspec
 
 from daemon import control, heartbeat, lock
+from daemon.cli.bulk import Action, asked, chosen
 from daemon.cli.shared import (
-    filter_of,
-    find,
     payload_of,
     print_json,
     reads_of,
@@ -27,9 +27,7 @@ from daemon.errors import FnspoolError
 from daemon.ids import new_request_id
 from daemon.journal import Damage, JournalTail, Outrun
 from daemon.model import TERMINAL_STATES, Event, JournalRecord, Request, State
-from daemon.query import Filter
-from daemon.reads import EventReads
-from daemon.refusals import reinvoke_refusal, stop_in_progress, stop_refusal
+from daemon.refusals import forget_refusal, reinvoke_refusal, stop_in_progress, stop_refusal
 from daemon.spool import Spool
 
 POLL = 0.02
@@ -41,8 +39,25 @@ class Pending(msgspec.Struct, kw_only=True):
     """A request written, and what became of it."""
 
     name: str
-    id: str
-    answer: Request | None = None
+    ids: tuple[str, ...]  # the events it acts on ("": a function, or all)
+    answers: dict[str, Request] = msgspec.field(default_factory=dict)
+
+    @property
+    def answered(self) -> bool:
+        """Whether the daemon has answered for every event."""
+        return all(i in self.answers for i in self.ids)
+
+    @property
+    def answer(self) -> Request | None:
+        """The answer for its first event (the only one, but for a stop or a forget)."""
+        return self.answers.get(self.ids[0])
+
+    def take(self, rec: Request) -> None:
+        """Note an answer: for one event, or, for a request set aside whole, for all."""
+        if rec.action == "invalid":
+            self.answers.update(dict.fromkeys(self.ids, rec))
+        else:
+            self.answers[rec.id] = rec
 
 
 def _submit_all(
@@ -52,34 +67,27 @@ def _submit_all(
     damages: list[Damage] = []
     follower = JournalTail.from_end(spool.journal, damages)
     pending = [
-        Pending(name=control.submit(spool.root, request), id=_subject(request))
+        Pending(name=control.submit(spool.root, request), ids=control.targets(request))
         for request in requests
     ]
     return follower, pending
-
-
-def _subject(request: control.ControlRequest) -> str:
-    """What a request acts on: an event's id, or a function's name ("" for all)."""
-    match request:
-        case control.PauseRequest(function=function) | control.ResumeRequest(function=function):
-            return function or ""
-        case control.StopRequest(id=rid) | control.ReinvokeRequest(id=rid):
-            return rid
 
 
 def _await_answers(
     spool: Spool, follower: JournalTail, pending: list[Pending], timeout: float | None
 ) -> bool:
     """Follow the journal until every request is answered; False when the daemon is down or
-    the time is up (the requests then wait in control/)."""
+    no answer came for `timeout` seconds (the requests then wait in control/)."""
     pending_by_name = {p.name: p for p in pending}
     deadline = None if timeout is None else time.monotonic() + timeout
     warned = False
-    while any(p.answer is None for p in pending):
+    while not all(p.answered for p in pending):
         for rec in _new_records(follower):
             if isinstance(rec, Request) and rec.name in pending_by_name:
-                pending_by_name[rec.name].answer = rec
-        if all(p.answer is not None for p in pending):
+                pending_by_name[rec.name].take(rec)
+                if timeout is not None:  # answers are coming: a long list is not a dead daemon
+                    deadline = time.monotonic() + timeout
+        if all(p.answered for p in pending):
             break
         if lock.holder(spool.run) is None:
             if timeout is not None:
@@ -109,28 +117,97 @@ def _say_queued(spool: Spool) -> None:
     )
 
 
+STOP = Action(
+    verb="stop",
+    done="stopped",
+    states=frozenset(s for s in State if not s.terminal),
+    which="event that can be stopped",
+    unchosen="every event not ended would be stopped",
+)
+FORGET = Action(
+    verb="forget",
+    done="forgotten",
+    states=TERMINAL_STATES,
+    which="ended event",
+    unchosen="every ended event would be forgotten",
+)
+REINVOKE = Action(
+    verb="re-invoke",
+    done="re-invoked",
+    states=TERMINAL_STATES,
+    which="ended event",
+    unchosen="every ended event would run again, those that succeeded too",
+)
+
+
 def events_stop(args: argparse.Namespace) -> int:
-    """Stop an event: at once if not running, else forced (PreStop, kill) or gracefully."""
+    """Stop events (by id, or those not ended that the filters match, after a confirmation): at
+    once if not running, else forced (PreStop, kill) or gracefully."""
     spool = spool_of(args)
-    event = find(reads_of(spool), args.id)
-    how = stop_in_progress(event)
-    if refusal := stop_refusal(event.id, event.state, graceful=args.graceful, stopping=how):
-        raise FnspoolError(refusal, title="cannot stop", exit_code=EXIT_REFUSED)
-    stop = control.StopRequest(id=event.id, graceful=args.graceful)
-    follower, [pending] = _submit_all(spool, [stop])
-    answered = _await_answers(spool, follower, [pending], None if args.wait else ANSWER_WAIT)
-    if not answered:
+
+    def refusal(event: Event) -> str | None:
+        how = stop_in_progress(event)
+        return stop_refusal(event.id, event.state, graceful=args.graceful, stopping=how)
+
+    events = chosen(args, reads_of(spool), args.ids, STOP, refusal)
+    if not asked(events, STOP, args, by_filter=not args.ids):
+        return EXIT_REFUSED
+    requests = [
+        control.StopRequest(id=first, ids=tuple(more), graceful=args.graceful)
+        for first, *more in _chunks([e.id for e in events])
+    ]
+    follower, pending = _submit_all(spool, list(requests))
+    if not _await_answers(spool, follower, pending, None if args.wait else ANSWER_WAIT):
         _say_queued(spool)
         return 0
-    assert pending.answer is not None
-    _print_answer(pending.answer)
-    if pending.answer.outcome != control.APPLIED:
+    applied = _print_answers(pending)
+    everyone = len(applied) == len(events)
+    if not args.wait or not applied:
+        return 0 if everyone else EXIT_REFUSED
+    ended = wait_for_end(spool, applied, timeout=None)
+    for request_id in applied:
+        print(f"{request_id} {ended[request_id].state.value}")
+    stopped = all(ended[i].state is State.STOPPED for i in applied)
+    return 0 if everyone and stopped else 1
+
+
+def events_forget(args: argparse.Namespace) -> int:
+    """Forget ended events (by id, or those the filters match, after a confirmation): gone from
+    every read at once, their logs removed, their records dropped at the next compaction."""
+    spool = spool_of(args)
+
+    def refusal(event: Event) -> str | None:
+        return forget_refusal(event.id, event.state)  # a record owed: the daemon knows
+
+    events = chosen(args, reads_of(spool), args.ids, FORGET, refusal)
+    if not asked(events, FORGET, args, by_filter=not args.ids):
         return EXIT_REFUSED
-    if not args.wait:
+    requests = [
+        control.ForgetRequest(id=first, ids=tuple(more))
+        for first, *more in _chunks([e.id for e in events])
+    ]
+    follower, pending = _submit_all(spool, list(requests))
+    if not _await_answers(spool, follower, pending, ANSWER_WAIT):
+        _say_queued(spool)
         return 0
-    ended = wait_for_end(spool, [event.id], timeout=None)[event.id]
-    print(f"{event.id} {ended.state.value}")
-    return 0 if ended.state is State.STOPPED else 1
+    applied = _print_answers(pending)
+    return 0 if len(applied) == len(events) else EXIT_REFUSED
+
+
+def _chunks(ids: list[str]) -> list[tuple[str, ...]]:
+    """The ids, as many to a request as one may name."""
+    size = control.MAX_IDS
+    return [tuple(ids[start : start + size]) for start in range(0, len(ids), size)]
+
+
+def _print_answers(pending: list[Pending]) -> list[str]:
+    """Print every answer, each once; the ids of the events it was applied to."""
+    applied = []
+    for p in pending:
+        for answer in dict.fromkeys(p.answers[i] for i in p.ids if i in p.answers):
+            _print_answer(answer)
+        applied += [i for i in p.ids if p.answers[i].outcome == control.APPLIED]
+    return applied
 
 
 def _print_answer(answer: Request) -> None:
@@ -184,16 +261,13 @@ def _known_function(spool: Spool, request: control.PauseRequest | control.Resume
 def events_reinvoke(args: argparse.Namespace) -> int:
     """Re-invoke one ended event, or every ended event the filters match (after a confirmation)."""
     spool = spool_of(args)
-    chosen = _chosen(args, reads_of(spool))
+    ids = [args.id] if args.id else []
+    events = chosen(args, reads_of(spool), ids, REINVOKE, lambda e: reinvoke_refusal(e.id, e.state))
     payload = msgspec.Raw(msgspec.json.encode(payload_of(args))) if _has_payload(args) else None
-    if len(chosen) > 1 or not args.id:
-        if not chosen:
-            raise FnspoolError("no ended event matches the filters", title="nothing to re-invoke")
-        if not args.yes and not _confirm(chosen):
-            print("fnspool: nothing re-invoked", file=sys.stderr)
-            return 1
+    if not asked(events, REINVOKE, args, by_filter=not ids):
+        return EXIT_REFUSED
     given = {"payload": payload} if payload is not None else {}  # else the old event's
-    requests = [control.ReinvokeRequest(id=e.id, new_id=new_request_id(), **given) for e in chosen]
+    requests = [control.ReinvokeRequest(id=e.id, new_id=new_request_id(), **given) for e in events]
     follower, pending = _submit_all(spool, list(requests))
     if not _await_answers(spool, follower, pending, None if args.wait else ANSWER_WAIT):
         _say_queued(spool)
@@ -203,45 +277,8 @@ def events_reinvoke(args: argparse.Namespace) -> int:
     return _report_reinvoked(spool, pending, args)
 
 
-def _chosen(args: argparse.Namespace, reads: EventReads) -> list[Event]:
-    if args.id:
-        event = find(reads, args.id)
-        if refusal := reinvoke_refusal(event.id, event.state):
-            raise FnspoolError(refusal, title="cannot re-invoke", exit_code=EXIT_REFUSED)
-        return [event]
-    flt = filter_of(args)
-    if flt == Filter():
-        raise FnspoolError(
-            "give an id or a filter (--status, --function, --id-prefix, --since, --until): "
-            "without one every ended event would run again, those that succeeded too",
-            title="nothing chosen",
-            exit_code=2,
-        )
-    flt.states = (flt.states or set(TERMINAL_STATES)) & TERMINAL_STATES
-    return reads.select(flt, limit=args.limit, newest_first=False) if flt.states else []
-
-
 def _has_payload(args: argparse.Namespace) -> bool:
     return args.payload is not None or args.payload_file is not None
-
-
-SHOWN = 10  # events listed before a bulk re-invoke asks
-
-
-def _confirm(chosen: list[Event]) -> bool:
-    count = len(chosen)
-    if not sys.stdin.isatty():
-        raise FnspoolError(
-            f"{count} events match: add --yes to re-invoke them without a terminal to confirm",
-            title="confirmation needed",
-            exit_code=2,
-        )
-    for event in chosen[:SHOWN]:
-        print(f"  {event.id}  {event.function}  {event.state.value}")
-    if count > SHOWN:
-        print(f"  ... and {count - SHOWN} more")
-    reply = input(f"Re-invoke {count} events? [y/N] ")
-    return reply.strip().lower() in ("y", "yes")
 
 
 def _report_reinvoked(spool: Spool, pending: list[Pending], args: argparse.Namespace) -> int:
@@ -274,4 +311,4 @@ def _report_reinvoked(spool: Spool, pending: list[Pending], args: argparse.Names
 
 
 def _retry_of(pending: list[Pending], new_id: str) -> str | None:
-    return next((p.id for p in pending if p.answer and p.answer.new_id == new_id), None)
+    return next((p.ids[0] for p in pending if p.answer and p.answer.new_id == new_id), None)
