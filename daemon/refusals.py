@@ -52,11 +52,27 @@ def reinvoke_refusal(event_id: str, state: State | None) -> str | None:
     return None
 
 
-def forget_refusal(event_id: str, state: State | None, *, owes_record: bool = False) -> str | None:
+def forget_refusal(
+    event_id: str,
+    state: State | None,
+    *,
+    owes_record: bool = False,
+    asker: int | None = None,
+    submitter: int | None = None,
+    administrator: int | None = None,
+) -> str | None:
     """Why the event cannot be forgotten, or None when it can: only an ended event can, and not
-    while its destination record is still to be delivered (`owes_record`; the daemon knows)."""
+    while its destination record is still to be delivered (`owes_record`; the daemon knows).
+    Forgetting erases history, so a member of the spool group (`asker`, a uid) may forget only
+    the events they submitted; the administrator (the spool's owner, or root) any, as `lprm`."""
     if state is None:
         return f"no event with id {event_id!r}"
+    if asker is not None and asker not in (0, administrator) and submitter != asker:
+        by = f"uid {submitter}" if submitter is not None else "the daemon"
+        return (
+            f"event {event_id} was submitted by {by}: only its submitter or the administrator "
+            "may forget it"
+        )
     if not state.terminal:
         return f"event {event_id} has not ended: {state.value}"
     if owes_record:

@@ -286,7 +286,7 @@ class RequestIntake:
     def _apply(self, request: ControlRequest, uid: int | None) -> list[tuple[str, Answer]]:
         """The answer for each event (or function) the request names."""
         if isinstance(request, ForgetRequest):
-            return self._forget(control.targets(request))
+            return self._forget(control.targets(request), uid)
         return [(t, self._apply_one(request, t, uid)) for t in control.targets(request)]
 
     def _apply_one(self, request: ControlRequest, target: str, uid: int | None) -> Answer:
@@ -306,8 +306,9 @@ class RequestIntake:
             return _refused(exc)
         raise AssertionError(f"unhandled request {request!r}")
 
-    def _forget(self, ids: tuple[str, ...]) -> list[tuple[str, Answer]]:
-        """Forget the ended events among `ids` with one record; refuse the others."""
+    def _forget(self, ids: tuple[str, ...], uid: int | None) -> list[tuple[str, Answer]]:
+        """Forget the ended events among `ids` that `uid` may forget, with one record; refuse
+        the others."""
         answers: dict[str, Answer] = {}
         chosen: dict[str, Event] = {}
         for rid in ids:
@@ -315,7 +316,17 @@ class RequestIntake:
             state = event.state if event is not None else None
             owes = event is not None and self.store.needs_delivery(event)
             try:
-                refuse_if(forget_refusal(rid, state, owes_record=owes))
+                submitter = event.source.uid if event is not None and event.source else None
+                refuse_if(
+                    forget_refusal(
+                        rid,
+                        state,
+                        owes_record=owes,
+                        asker=uid,
+                        submitter=submitter,
+                        administrator=_OWN_UID,
+                    )
+                )
             except Refused as exc:
                 answers[rid] = _refused(exc)
                 continue

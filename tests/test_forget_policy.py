@@ -61,6 +61,19 @@ def test_only_an_ended_event_with_its_record_delivered_may_be_forgotten():
     assert forget_refusal("a", State.SUCCEEDED) is None
 
 
+def test_a_group_member_forgets_only_what_they_submitted_the_administrator_anything():
+    ended = State.SUCCEEDED
+    assert forget_refusal("a", ended, asker=1001, submitter=1001, administrator=999) is None
+    theirs = forget_refusal("a", ended, asker=1001, submitter=1002, administrator=999)
+    assert theirs == (
+        "event a was submitted by uid 1002: only its submitter or the administrator may forget it"
+    )
+    daemons = forget_refusal("a", ended, asker=1001, submitter=None, administrator=999)
+    assert daemons is not None and "submitted by the daemon" in daemons
+    for admin in (999, 0):
+        assert forget_refusal("a", ended, asker=admin, submitter=1002, administrator=999) is None
+
+
 async def test_a_forgotten_event_is_gone_at_once_and_compaction_drops_it_from_its_archive(
     tmp_path,
 ):

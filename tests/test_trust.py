@@ -273,6 +273,29 @@ def test_a_member_drops_payloads_envelopes_and_requests(shared, people, served):
 
 
 @needs_root
+def test_a_member_forgets_only_the_events_they_submitted(shared, people, served):
+    """Forgetting erases history: a member may forget their own ended events, not another's;
+    the administrator (root here) may forget any."""
+    works(people.member, shared, put("incoming/echo/mine.json", '{"n": 1}'))
+    drop(shared, "echo", "roots.json", {"n": 2})  # by root
+    wait_for(lambda: len(fnspool_json(shared, "events", "list", "--status", "Succeeded")) == 2)
+    by_path = {r.source.path: r.id for r in journal_records(shared) if getattr(r, "source", None)}
+    mine, roots = by_path["incoming/echo/mine.json"], by_path["incoming/echo/roots.json"]
+    forget = {"action": "forget", "id": mine, "ids": [roots]}
+    works(people.member, shared, put("control/forget.json", json.dumps(forget)))
+    wait_for(
+        lambda: len([r for r in journal_records(shared, Request) if r.name == "forget.json"]) == 2
+    )
+    answers = {r.id: r for r in journal_records(shared, Request) if r.name == "forget.json"}
+    assert answers[mine].outcome == "applied", answers[mine]
+    assert answers[roots].outcome == "refused"
+    assert "only its submitter or the administrator" in answers[roots].message
+    assert [e["id"] for e in fnspool_json(shared, "events", "list")] == [roots]
+    fnspool(shared, "events", "forget", roots, "--yes")
+    assert fnspool_json(shared, "events", "list") == []
+
+
+@needs_root
 def test_someone_outside_the_group_can_do_nothing(shared, people, served):
     drop(shared, "echo", "first.json", {"n": 1})
     wait_for(lambda: fnspool_json(shared, "events", "list", "--status", "Succeeded"))

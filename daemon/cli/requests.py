@@ -9,6 +9,7 @@ for a stop or a forget of several events: up to control.MAX_IDS go in one reques
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -176,8 +177,18 @@ def events_forget(args: argparse.Namespace) -> int:
     every read at once, their logs removed, their records dropped at the next compaction."""
     spool = spool_of(args)
 
+    administrator = os.stat(spool.root).st_uid  # the daemon's user owns the spool
+
     def refusal(event: Event) -> str | None:
-        return forget_refusal(event.id, event.state)  # a record owed: the daemon knows
+        submitter = event.source.uid if event.source is not None else None
+        # a record still owed: only the daemon knows
+        return forget_refusal(
+            event.id,
+            event.state,
+            asker=os.getuid(),
+            submitter=submitter,
+            administrator=administrator,
+        )
 
     events = chosen(args, reads_of(spool), args.ids, FORGET, refusal)
     if not asked(events, FORGET, args, by_filter=not args.ids):
