@@ -71,8 +71,11 @@ def children(pid: int) -> dict[str, int]:
             command = Path(f"/proc/{entry}/cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        for name in ("filework", "indexer"):
-            if ppid == pid and f"daemon.{name}".encode() in command:
+        for name, module in (
+            ("filework", b"daemon.files.filework"),
+            ("indexer", b"daemon.indexer"),
+        ):
+            if ppid == pid and module in command:
                 found[name] = int(entry)
     return found
 

@@ -96,7 +96,7 @@ def cpu_split(pid: int) -> dict[str, float]:
             continue
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            helper = b"daemon.filework" in Path(f"/proc/{entry}/cmdline").read_bytes()
+            helper = b"daemon.files.filework" in Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
         if int(fields[1]) == pid:

@@ -16,12 +16,12 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from daemon.eventlog import INTERRUPTED, journal_lines
+from daemon.files.eventlog import INTERRUPTED, journal_lines
+from daemon.files.logfiles import EventLogs, LogWrite, append_all
 from daemon.functions import AsyncConfig, Definitions, FunctionDef
 from daemon.ids import id_problem
 from daemon.journal_writer import JournalFailed
 from daemon.limits import bounded_error
-from daemon.logfiles import EventLogs, LogWrite, append_all
 from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, Source, State, Usage
 from daemon.pausing import paused_after, resumed_after

@@ -21,6 +21,7 @@ import msgspec
 
 from daemon.atomic import fsync_dir
 from daemon.errors import FnspoolError
+from daemon.files.logfiles import LogWrite, append_all
 from daemon.journal import (
     MAX_RECORD_BYTES,
     Damage,
@@ -34,7 +35,6 @@ from daemon.journal import (
     load_snapshot,
     segment_name,
 )
-from daemon.logfiles import LogWrite, append_all
 from daemon.model import Record
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.logfiles import event_log_path
+from daemon.files.logfiles import event_log_path
 from daemon.model import Event, State, has_raw
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")

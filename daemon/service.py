@@ -15,12 +15,12 @@ import msgspec
 from daemon import heartbeat, lock, trust, users
 from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher, NewEvent
-from daemon.filehelper import FileHelper
+from daemon.files.filehelper import FileHelper
+from daemon.files.logfiles import EventLogs
 from daemon.functions import Catalog, Definitions, keep_last_good, load_catalog
 from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalFailed, JournalWriter, recover
-from daemon.logfiles import EventLogs
 from daemon.metrics import FileCounts
 from daemon.model import Source
 from daemon.notify import Notifier, install_stuck_loop_knob

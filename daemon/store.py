@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgspec
 
+from daemon.files.logfiles import LogWrite, event_log_path
 from daemon.forgetting import Forgetting, drop_all
 from daemon.ids import BadId, new_request_id
 from daemon.journal import (
@@ -31,7 +32,6 @@ from daemon.journal import (
     write_snapshot,
 )
 from daemon.journal_writer import JournalFailed, JournalWriter
-from daemon.logfiles import LogWrite, event_log_path
 from daemon.lookups import Lookups
 from daemon.model import (
     NO_RAW,

@@ -421,7 +421,7 @@ def _file_helper_of(daemon_pid: int) -> int | None:
             command = Path(f"/proc/{entry}/cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == daemon_pid and b"daemon.filework" in command:
+        if ppid == daemon_pid and b"daemon.files.filework" in command:
             return int(entry)
     return None
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import gone, wait_for_async
 from runtime_helpers import on_uvloop
 
-from daemon.filehelper import FileHelper
-from daemon.logfiles import LogWrite
+from daemon.files.filehelper import FileHelper
+from daemon.files.logfiles import LogWrite
 from daemon.spool import ASIDE_PREFIX, FileId
 from daemon.supervise.supervisor import Supervisor
 
@@ -75,7 +75,7 @@ async def test_the_work_goes_on_in_the_daemon_when_the_helper_dies(
     os.kill(helper.pid, signal.SIGKILL)
     await wait_for_async(lambda: gone(helper.pid or 0))
     log = tmp_path / "logs" / "e.log"
-    with caplog.at_level(logging.ERROR, logger="daemon.filehelper"):
+    with caplog.at_level(logging.ERROR, logger="daemon.files.filehelper"):
         await asyncio.to_thread(helper.append, [LogWrite(str(log), b"still written\n")])
     assert log.read_bytes() == b"still written\n"
     assert "the file helper failed" in caplog.text

@@ -12,9 +12,9 @@ import pytest
 from conftest import fnspool, fnspool_json, journal_records, wait_for
 from tui_journal import T0
 
+from daemon.files.logfiles import event_log_path
 from daemon.ids import MAX_ID_LENGTH, BadId, check_id, derived_id, new_request_id
 from daemon.journal import encode_record, segment_name
-from daemon.logfiles import event_log_path
 from daemon.model import Request, State, Transition, raw_json
 from daemon.text import printable
 

@@ -73,6 +73,10 @@ def test_an_installed_wheel_carries_the_units(tmp_path):
     where, *units = out.stdout.split()
     assert Path(where) == site / "daemon" / "units"
     assert units == list(install.USER_UNITS)
+    found = [*(REPO / "daemon").rglob("__init__.py"), *(REPO / "tui").rglob("__init__.py")]
+    packages = [p.parent.relative_to(REPO) for p in found]
+    missing = [str(p) for p in packages if not (site / p / "__init__.py").exists()]
+    assert not missing, f"packages left out of the wheel (pyproject.toml): {missing}"
 
 
 def test_rendering_uses_this_installation_and_the_chosen_spool(tmp_path):

@@ -22,8 +22,8 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from daemon.errors import Refused
+from daemon.files.logfiles import event_log_path
 from daemon.ids import BadId
-from daemon.logfiles import event_log_path
 from daemon.model import Event, Request, State
 from daemon.query import Filter, zone
 from daemon.reads import EventReads

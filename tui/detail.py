@@ -24,9 +24,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Log, Static
 from textual.worker import get_current_worker
 
-from daemon.eventlog import LogReader
+from daemon.files.eventlog import LogReader
+from daemon.files.logfiles import event_log_path
 from daemon.ids import BadId
-from daemon.logfiles import event_log_path
 from daemon.model import (
     Event,
     HistoryEntry,
@@ -153,7 +153,7 @@ class LogText(Message):
 
 
 class LogView(Log):
-    """An event's log (daemon/eventlog.py: its file, or the lines its records imply), followed
+    """An event's log (daemon/files/eventlog.py: its file, or the lines its records imply), followed
     in a worker while `live()` says the event runs; `event()` gives the event as last read."""
 
     def __init__(

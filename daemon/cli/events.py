@@ -21,8 +21,8 @@ from daemon.cli.shared import (
     wait_for_end,
 )
 from daemon.errors import FnspoolError
-from daemon.eventlog import LogReader
 from daemon.fcrecord import condition_of
+from daemon.files.eventlog import LogReader
 from daemon.model import Event, State
 from daemon.query import detail, iso, log_path, shown, summary
 from daemon.spool import Spool

@@ -11,10 +11,10 @@ from typing import Protocol
 import msgspec
 
 from daemon.errors import describe
-from daemon.eventlog import stamp
+from daemon.files.eventlog import stamp
+from daemon.files.logfiles import DirectLogs, LogSink, is_journaled
 from daemon.functions import FunctionDef
 from daemon.limits import MAX_VALUE_BYTES, bounded_error, result_too_large
-from daemon.logfiles import DirectLogs, LogSink, is_journaled
 from daemon.model import ErrorInfo, Usage
 from daemon.supervise.child import ExitStatus
 
@@ -138,7 +138,7 @@ def iso_now() -> str:
 class EventLog:
     """The log of one event while it runs: platform lines and capped function output, handed to
     a sink at once and in order (the journal's writer thread in the daemon, which makes no file
-    for the lines readers render from the journal: see daemon/eventlog.py)."""
+    for the lines readers render from the journal: see daemon/files/eventlog.py)."""
 
     def __init__(self, path: Path | None, cap: int = LOG_CAP, sink: LogSink = _DIRECT) -> None:
         self.path = path

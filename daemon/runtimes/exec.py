@@ -25,9 +25,9 @@ from daemon.errors import (
     timed_out,
     unavailable,
 )
+from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef, run_folder
 from daemon.limits import MAX_VALUE_BYTES, result_too_large
-from daemon.logfiles import LogSink
 from daemon.model import Usage
 from daemon.runtimes.base import (
     LOG_CAP,

@@ -29,8 +29,8 @@ from daemon.errors import (
     unavailable,
     unreachable,
 )
+from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef, run_folder
-from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.account import check_usable
 from daemon.runtimes.base import (

@@ -10,8 +10,8 @@ import signal
 from typing import TypeVar
 
 from daemon.errors import describe_exit, exited_early, memory_exceeded, process_exited, timed_out
+from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
-from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import InstanceBase
 from daemon.runtimes.pipes import OutputRouter

@@ -24,9 +24,9 @@ from daemon.errors import (
     start_timeout,
     unavailable,
 )
+from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
 from daemon.limits import MAX_VALUE_BYTES
-from daemon.logfiles import LogSink
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.account import base_env, check_usable, instance_account, needs
 from daemon.runtimes.base import (

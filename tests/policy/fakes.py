@@ -20,9 +20,9 @@ import msgspec
 from conftest import journal_records
 
 from daemon.dispatcher import Dispatcher, NewEvent
+from daemon.files.logfiles import EventLogs
 from daemon.functions import AsyncConfig, Catalog, Definitions, FunctionDef, LifecycleConfig
 from daemon.journal_writer import JournalWriter, recover
-from daemon.logfiles import EventLogs
 from daemon.model import ErrorInfo, Event, HookRun, State, Transition, Usage, raw_json
 from daemon.runtimes.base import (
     LOG_CAP,

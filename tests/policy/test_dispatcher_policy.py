@@ -11,7 +11,7 @@ from conftest import wait_for_async
 from runtime_helpers import on_uvloop
 
 from daemon.dispatcher import BEFORE_RUNNING, MAY_HAVE_STARTED
-from daemon.eventlog import INTERRUPTED
+from daemon.files.eventlog import INTERRUPTED
 from daemon.model import Event, State, raw_json
 from daemon.refusals import Refused
 from daemon.runtimes.base import Outcome

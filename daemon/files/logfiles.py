@@ -1,10 +1,10 @@
 """Event log files: their writes go through the journal's writer thread, which hands them to the
-file helper process (daemon/filework.py) in batches before writing the records that follow, so
+file helper process (daemon/files/filework.py) in batches before writing the records that follow, so
 a log is on file before the record that shows it. Never written on the event loop: a new file
 costs tens of microseconds in the kernel here, and up to 700 on a churned disk.
 
 An event's file is made only at its first line that the journal does not already hold (see
-daemon/eventlog.py): `EventLogs` keeps, per event in care, whether its file exists yet.
+daemon/files/eventlog.py): `EventLogs` keeps, per event in care, whether its file exists yet.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Protocol
 
 import msgspec
 
-from daemon.eventlog import JOURNALED
+from daemon.files.eventlog import JOURNALED
 from daemon.ids import NAME_RE, BadId, check_id
 from daemon.text import printable
 

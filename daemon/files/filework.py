@@ -1,8 +1,8 @@
 """The file helper process: event log appends and removals of journaled incoming files, asked
-for by the daemon (daemon/filehelper.py) over a pipe. Light on purpose: it imports neither asyncio
-nor the supervisor.
+for by the daemon (daemon/files/filehelper.py) over a pipe. Light on purpose: it imports neither
+asyncio nor the supervisor.
 
-Run as `python -m daemon.filework`: requests on stdin, answers on stdout, until stdin ends.
+Run as `python -m daemon.files.filework`: requests on stdin, answers on stdout, until stdin ends.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import msgspec
 
-from daemon.logfiles import LogWrite, append_all
+from daemon.files.logfiles import LogWrite, append_all
 from daemon.logsetup import log_to_stderr
 from daemon.spool import FileId, Key, remove_journaled
 

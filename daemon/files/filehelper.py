@@ -7,7 +7,7 @@ process of its own they cost the daemon two pipe operations per batch. Calls blo
 a worker thread) until the work is done, so an event's log is written before the record that
 shows it. If the helper cannot start or dies, the work is done in the calling thread.
 
-The process itself is daemon/filework.py.
+The process itself is daemon/files/filework.py.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.filework import ANSWERS, ENCODER, Append, Done, Remove, read_frame, write_frame
-from daemon.logfiles import LogWrite, append_all
+from daemon.files.filework import ANSWERS, ENCODER, Append, Done, Remove, read_frame, write_frame
+from daemon.files.logfiles import LogWrite, append_all
 from daemon.spool import FileId, Key, remove_journaled
 from daemon.supervise.child import Child
 from daemon.supervise.supervisor import Supervisor
@@ -59,11 +59,11 @@ class FileHelper:
         to_r, to_w = os.pipe2(os.O_CLOEXEC)
         from_r, from_w = os.pipe2(os.O_CLOEXEC)
         env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])  # beside daemon/
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         try:
             self._child = supervisor.spawn(
-                [sys.executable, "-m", "daemon.filework"], env, {0: to_r, 1: from_w, 2: 2}
+                [sys.executable, "-m", "daemon.files.filework"], env, {0: to_r, 1: from_w, 2: 2}
             )
         except OSError as exc:
             log.error("cannot start the file helper, file work stays in the daemon: %s", exc)
