@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from daemon import lock
+from daemon.instances import InstanceState
 from daemon.journal import Damage
 
 STATUS_NAME = "status.json"
@@ -21,7 +22,8 @@ class InstanceView(msgspec.Struct, frozen=True, kw_only=True):
 
     id: str
     pid: int | None = None
-    state: str = "starting"  # starting | busy | idle | frozen | stopping | dead
+    #: an InstanceState, as shown (a str: a reader takes a state a newer daemon adds)
+    state: str = InstanceState.STARTING
     started_at: float = 0.0
     events_served: int = 0
     running: int = 0  # events it serves now

@@ -17,6 +17,7 @@ import msgspec
 from daemon.functions import FunctionDef
 from daemon.heartbeat import InstanceView
 from daemon.ids import new_request_id
+from daemon.instances import POOL_MOVES, SERVING, IllegalMove, InstanceState
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import HookOutcome, Instance, InstanceStartError
 
@@ -48,6 +49,14 @@ class PoolClosed(Exception):
     """The pool was replaced (its definition changed) while waiting for a place in it."""
 
 
+class Member(msgspec.Struct):
+    """The pool's record of one instance: the one owner of its state in the pool."""
+
+    instance: Instance
+    state: InstanceState = InstanceState.BUSY  # made with its first event
+    load: int = 1  # events running on it
+
+
 class Lease:
     """A reserved place in a pool: a free instance to reuse, or the right to start one."""
 
@@ -71,12 +80,10 @@ class FunctionPool:
         self._factory = factory
         self._record_hook = record_hook
         self._logs_dir = logs_dir
-        self.instances: list[Instance] = []
+        self._members: dict[str, Member] = {}  # by instance id, in the order they started
+        # indexes kept by _move and the leases, for speed: the state is the member's
         self._free: list[Instance] = []  # one entry per free slot, most recently freed last
-        self._load: dict[str, int] = {}  # events running on each instance
-        self._frozen: set[str] = set()
-        self._settling: set[str] = set()  # running PreFreeze: not to be taken meanwhile
-        self._retiring: set[str] = set()
+        self._freezing = 0  # members running PreFreeze: an event waits for one of them
         self._reserved = 0  # leases holding the right to start an instance
         self._waiters: collections.deque[asyncio.Future[Lease]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -96,9 +103,14 @@ class FunctionPool:
         return max(1, self.definition.concurrency) if self.definition.runtime == "http" else 1
 
     @property
+    def instances(self) -> list[Instance]:
+        """The pool's instances, in the order they started."""
+        return [m.instance for m in self._members.values()]
+
+    @property
     def busy(self) -> int:
         """Instances serving an event, or about to."""
-        return sum(1 for n in self._load.values() if n) + self._reserved
+        return sum(1 for m in self._members.values() if m.load) + self._reserved
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -122,20 +134,17 @@ class FunctionPool:
     def _try_lease(self) -> Lease | None:
         while self._free:
             instance = self._free.pop()
-            if instance.state == "dead":  # died while idle: it serves nobody
+            if instance.state is InstanceState.DEAD:  # died while idle: it serves nobody
                 self._forget(instance)
                 self._spawn(self._destroy(instance))
                 continue
-            self._load[instance.id] += 1
-            if instance.id in self._frozen:
-                self._frozen.discard(instance.id)
-                instance.signal(signal.SIGCONT)
+            self._take(self._members[instance.id])
             return Lease(self, instance)
-        if self._settling:
+        if self._freezing:
             # an instance running PreFreeze is free in a moment: wait for it rather than
             # cold-start another (three back-to-back invokes made three instances)
             return None
-        if not self.closed and len(self.instances) + self._reserved < self.definition.max_instances:
+        if not self.closed and len(self._members) + self._reserved < self.definition.max_instances:
             self._reserved += 1
             return Lease(self, None)
         return None
@@ -162,8 +171,7 @@ class FunctionPool:
             self._hand_over()
             raise
         self._reserved -= 1
-        self.instances.append(instance)
-        self._load[instance.id] = 1
+        self._members[instance.id] = Member(instance)
         self._free.extend([instance] * (self.slots - 1))
         lease.instance = instance
         log.info(
@@ -226,9 +234,10 @@ class FunctionPool:
     def release(self, instance: Instance, *, lost: bool) -> None:
         """An event ended on `instance`: keep it warm (frozen when idle), or let it go when it is
         lost, recycled or its pool closed."""
-        if instance.id not in self._load:
+        member = self._members.get(instance.id)
+        if member is None:
             return  # already destroyed (a forced stop, a shutdown)
-        self._load[instance.id] -= 1
+        self._leave(member)
         limit = self.definition.max_events_per_instance
         if lost:
             self._forget(instance)
@@ -236,64 +245,89 @@ class FunctionPool:
             return
         if (
             self.closed
-            or instance.id in self._retiring
+            or member.state is InstanceState.STOPPING
             or (limit and instance.events_served >= limit)
         ):
             self._drop_slots(instance)
-            if self._load[instance.id] == 0:
+            if member.load == 0:
                 self._spawn(self.retire(instance, "recycled" if not self.closed else "replaced"))
             return
         instance.last_used = time.monotonic()
         self._free.append(instance)
         if self._waiters:
             self._hand_over()  # straight to the next event: no PreFreeze, no freeze
-        elif self._load[instance.id] == 0:
+        elif member.load == 0:
             # idle once the callbacks already due have run: in a burst, the queue's runner
             # (woken by another instance's release) takes this one there, unfrozen
             self.loop.call_soon(self._idle_if_free, instance)
 
     def _idle_if_free(self, instance: Instance) -> None:
-        if (
-            self._load.get(instance.id) == 0  # still here, and still without an event
-            and instance.id not in self._retiring
-            and instance.id not in self._settling
-            and instance.id not in self._frozen
-            and not self.closed
-        ):
-            self._go_idle(instance)
+        member = self._members.get(instance.id)
+        # still here, still without an event, neither freezing, frozen nor retiring
+        if member is not None and member.state is InstanceState.IDLE and not self.closed:
+            self._go_idle(member)
+
+    # -- states ---------------------------------------------------------------------------
+
+    def _move(self, member: Member, state: InstanceState) -> None:
+        """The one place a member's state changes (POOL_MOVES), keeping the indexes."""
+        if state not in POOL_MOVES[member.state]:
+            raise IllegalMove(member.instance.id, member.state, state)
+        self._freezing += (state is InstanceState.FREEZING) - (
+            member.state is InstanceState.FREEZING
+        )
+        member.state = state
+
+    def _take(self, member: Member) -> None:
+        """One more event on the member (thawed if frozen)."""
+        member.load += 1
+        if member.state is InstanceState.FROZEN:
+            member.instance.signal(signal.SIGCONT)
+        if member.state is not InstanceState.BUSY:
+            self._move(member, InstanceState.BUSY)
+
+    def _leave(self, member: Member) -> None:
+        """One event less on the member: idle after its last (unless retiring)."""
+        member.load -= 1
+        if member.load == 0 and member.state is InstanceState.BUSY:
+            self._move(member, InstanceState.IDLE)
 
     # -- freezing -------------------------------------------------------------------------
 
-    def _go_idle(self, instance: Instance) -> None:
+    def _go_idle(self, member: Member) -> None:
         """The instance has no event left: PreFreeze (if set), then SIGSTOP its group until its
         next event. Its places are taken away while PreFreeze runs."""
         if not self.definition.lifecycle.pre_freeze:
-            self._freeze(instance)
+            self._freeze(member)
             return
-        self._drop_slots(instance)
-        self._settling.add(instance.id)
-        self._spawn(self._pre_freeze(instance))
+        self._drop_slots(member.instance)
+        self._move(member, InstanceState.FREEZING)
+        self._spawn(self._pre_freeze(member))
 
-    async def _pre_freeze(self, instance: Instance) -> None:
+    async def _pre_freeze(self, member: Member) -> None:
+        instance = member.instance
         try:
             outcome = await self._hook(instance, "pre_freeze", None, None)
         finally:
             # whatever became of it, an event waiting for it is served (by it, or another)
-            self._settling.discard(instance.id)
+            if member.state is InstanceState.FREEZING:  # not retired meanwhile
+                self._move(member, InstanceState.IDLE)
             self.loop.call_soon(self._hand_over)
         if outcome.instance_lost:
             self._forget(instance)
             await self._destroy(instance)
             return
-        if instance.id in self._load and instance.id not in self._retiring and not self.closed:
+        if self._members.get(instance.id) is member and member.state is InstanceState.IDLE:
+            if self.closed:
+                return
             if not self._waiters:  # an event waits for it: it is not frozen only to be thawed
-                self._freeze(instance)
+                self._freeze(member)
             self._free.extend([instance] * self.slots)
             self._hand_over()
 
-    def _freeze(self, instance: Instance) -> None:
-        if self.definition.freeze and instance.signal(signal.SIGSTOP):
-            self._frozen.add(instance.id)
+    def _freeze(self, member: Member) -> None:
+        if self.definition.freeze and member.instance.signal(signal.SIGSTOP):
+            self._move(member, InstanceState.FROZEN)
 
     # -- ending instances -----------------------------------------------------------------
 
@@ -306,15 +340,15 @@ class FunctionPool:
         log_path: Path | None = None,
     ) -> None:
         """PreStop (bounded by its timeout; a failure is logged, never blocks), then destroy."""
-        if instance.id in self._retiring or instance.id not in self._load:
+        member = self._members.get(instance.id)
+        if member is None or member.state is InstanceState.STOPPING:
             return
-        self._retiring.add(instance.id)
+        if member.state is InstanceState.FROZEN:
+            instance.signal(signal.SIGCONT)
+        self._move(member, InstanceState.STOPPING)
         self._drop_slots(instance)
         log.info("instance %s of %s: stopping (%s)", instance.id, self.definition.name, why)
-        if instance.id in self._frozen:
-            self._frozen.discard(instance.id)
-            instance.signal(signal.SIGCONT)
-        if self.definition.lifecycle.pre_stop and instance.state != "dead":
+        if self.definition.lifecycle.pre_stop and instance.state is not InstanceState.DEAD:
             timeout = self.definition.lifecycle.pre_stop_timeout + RETIRE_SLACK
             try:
                 await asyncio.wait_for(
@@ -334,14 +368,12 @@ class FunctionPool:
         ones."""
         timeout = self.definition.idle_timeout
         idle = [
-            i
-            for i in self.instances
-            if not self._load.get(i.id)
-            and i.id not in self._settling
-            and i.id not in self._retiring
-            and now - i.last_used >= timeout
+            m.instance
+            for m in self._members.values()
+            if m.state in (InstanceState.IDLE, InstanceState.FROZEN)
+            and now - m.instance.last_used >= timeout
         ]
-        excess = len(self.instances) - self.definition.min_instances
+        excess = len(self._members) - self.definition.min_instances
         for instance in idle[: max(0, excess)]:
             await self.retire(instance, f"idle for {timeout:.0f}s")
         self.keep_warm()
@@ -350,8 +382,8 @@ class FunctionPool:
         """Start instances until min_instances are up (Initializer included)."""
         while (
             not self.closed
-            and len(self.instances) + self._reserved < self.definition.min_instances
-            and len(self.instances) + self._reserved < self.definition.max_instances
+            and len(self._members) + self._reserved < self.definition.min_instances
+            and len(self._members) + self._reserved < self.definition.max_instances
         ):
             self._reserved += 1
             self._spawn(self._warm_one())
@@ -372,7 +404,7 @@ class FunctionPool:
             if not waiter.done():
                 waiter.set_exception(PoolClosed(self.definition.name))
         self._waiters.clear()
-        idle = [i for i in self.instances if not self._load.get(i.id)]
+        idle = [m.instance for m in self._members.values() if not m.load]
         await asyncio.gather(*(self.retire(i, "replaced or shut down") for i in idle))
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -383,11 +415,9 @@ class FunctionPool:
 
     def _forget(self, instance: Instance) -> None:
         self._drop_slots(instance)
-        if instance in self.instances:
-            self.instances.remove(instance)
-        self._load.pop(instance.id, None)
-        self._frozen.discard(instance.id)
-        self._retiring.discard(instance.id)
+        member = self._members.pop(instance.id, None)
+        if member is not None and member.state is InstanceState.FREEZING:
+            self._freezing -= 1
 
     def _drop_slots(self, instance: Instance) -> None:
         self._free = [i for i in self._free if i is not instance]
@@ -418,26 +448,25 @@ class FunctionPool:
 
     # -- views ----------------------------------------------------------------------------
 
-    def state_of(self, instance: Instance) -> str:
-        """starting | busy | idle | frozen | stopping | dead, as status.json shows it."""
-        if instance.id in self._retiring:
-            return "stopping"
-        if instance.id in self._frozen:
-            return "frozen"
-        if self._load.get(instance.id) or instance.id in self._settling:
-            return "busy"
-        return "idle" if instance.state in ("idle", "busy") else instance.state
+    def state_of(self, instance: Instance) -> InstanceState:
+        """The pool's state of the instance, or its process's when that died (or is stopping)
+        while the pool held it idle."""
+        member = self._members.get(instance.id)
+        state = member.state if member is not None else InstanceState.IDLE
+        if state is InstanceState.IDLE and instance.state not in SERVING:
+            return instance.state
+        return state
 
     def snapshot(self) -> list[InstanceView]:
         """The instances as status.json shows them."""
         return [
             InstanceView(
-                id=i.id,
-                pid=i.pid,
-                state=self.state_of(i),
-                started_at=i.started_at,
-                events_served=i.events_served,
-                running=self._load.get(i.id, 0),
+                id=m.instance.id,
+                pid=m.instance.pid,
+                state=self.state_of(m.instance).shown,
+                started_at=m.instance.started_at,
+                events_served=m.instance.events_served,
+                running=m.load,
             )
-            for i in self.instances
+            for m in self._members.values()
         ]

@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
 from daemon.eventdb import IndexDB
+from daemon.instances import InstanceState
 from daemon.model import State
 from tui import format as formatting
 from tui.format import STATE_COLOUR, STATES, age, by_state, rich_text
@@ -38,12 +39,12 @@ _SHORT = {
     "Invalid": "Inv",
     "Stopped": "Stop",
 }
-_INSTANCE_COLOUR = {
-    "starting": "$accent",
-    "busy": "$warning",
-    "idle": "$success",
-    "frozen": "$secondary",
-    "stopping": "$error",
+_INSTANCE_COLOUR: dict[str, str] = {  # by InstanceState, as shown
+    InstanceState.STARTING: "$accent",
+    InstanceState.BUSY: "$warning",
+    InstanceState.IDLE: "$success",
+    InstanceState.FROZEN: "$secondary",
+    InstanceState.STOPPING: "$error",
 }
 
 

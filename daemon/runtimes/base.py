@@ -14,6 +14,7 @@ from daemon.errors import describe
 from daemon.files.eventlog import stamp
 from daemon.files.logfiles import DirectLogs, LogSink, is_journaled
 from daemon.functions import FunctionDef
+from daemon.instances import InstanceState
 from daemon.limits import MAX_VALUE_BYTES, bounded_error, result_too_large
 from daemon.model import ErrorInfo, Usage
 from daemon.supervise.child import ExitStatus
@@ -75,7 +76,7 @@ class InstanceBase:
         self.function = function
         self.id = f"{self.kind}-{function.name}-{secrets.token_hex(4)}"
         self.pid: int | None = None
-        self.state = "starting"
+        self.state = InstanceState.STARTING
         self.events_served = 0
         self.started_at = 0.0  # wall clock
         self.last_used = time.monotonic()
@@ -101,7 +102,7 @@ class Instance(Protocol):
     id: str
     function: FunctionDef
     pid: int | None
-    state: str  # starting | idle | busy | stopping | dead
+    state: InstanceState  # starting, idle, busy, stopping, dead: what the process can do
     events_served: int
     started_at: float  # wall clock
     last_used: float  # monotonic

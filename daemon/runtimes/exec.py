@@ -27,6 +27,7 @@ from daemon.errors import (
 )
 from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef, run_folder
+from daemon.instances import SERVING, InstanceState
 from daemon.limits import MAX_VALUE_BYTES, result_too_large
 from daemon.model import Usage
 from daemon.runtimes.base import (
@@ -79,7 +80,7 @@ class ExecInstance(InstanceBase):
         """Check that the command can run (InstanceStartError if not); no process starts."""
         self._argv = command_argv(self.function)
         self._account = command_account(self.function, self._argv)
-        self.state = "idle"
+        self.state = InstanceState.IDLE
         self.started_at = time.time()
         self.last_used = time.monotonic()
 
@@ -87,7 +88,7 @@ class ExecInstance(InstanceBase):
         self, request_id: str, payload: msgspec.Raw, attempt: int, timeout: float, log_path: Path
     ) -> Outcome:
         """Run the command once with the payload on stdin; stderr goes to the event's log."""
-        if self.state not in ("idle", "busy") or len(self._running) >= self.function.concurrency:
+        if self.state not in SERVING or len(self._running) >= self.function.concurrency:
             return self._unavailable(request_id)
         event_log = self._event_log(log_path)
         event_log.platform(f"FC Invoke Start RequestId: {request_id}")
@@ -102,7 +103,7 @@ class ExecInstance(InstanceBase):
             return Outcome(ok=False, error=failed, usage=Usage(duration_ms=0.0))
         assert run.child is not None
         self._running.add(run.child)
-        self.pid, self.state = run.child.pid, "busy"
+        self.pid, self.state = run.child.pid, InstanceState.BUSY
         if self.function.memory_mb > 0:
             run.watch_memory(self.function.memory_mb)
         try:
@@ -116,8 +117,8 @@ class ExecInstance(InstanceBase):
             event_log.platform(f"FC Invoke End RequestId: {request_id}")
             event_log.close()
             self.last_used = time.monotonic()
-            if not self._running and self.state == "busy":
-                self.pid, self.state = None, "idle"
+            if not self._running and self.state is InstanceState.BUSY:
+                self.pid, self.state = None, InstanceState.IDLE
         self.events_served += 1
         duration = round((time.monotonic() - began) * 1000, 3)
         return _outcome(run, status, deadline_passed, duration, timeout, self.function.memory_mb)
@@ -130,13 +131,13 @@ class ExecInstance(InstanceBase):
 
     async def stop(self) -> None:
         """Kill every attempt still running and wait for them; idempotent."""
-        if self.state != "dead":
-            self.state = "stopping"
+        if self.state is not InstanceState.DEAD:
+            self.state = InstanceState.STOPPING
         for child in list(self._running):
             child.kill_group(signal.SIGKILL)
         for child in list(self._running):
             await reaped(child, f"instance {self.id}")
-        self.state = "dead"
+        self.state = InstanceState.DEAD
 
     def signal(self, sig: int) -> bool:
         """Send `sig` to the process group of every running attempt; False if there is none."""
@@ -159,7 +160,7 @@ class ExecInstance(InstanceBase):
         log.error("instance %s asked to run %s while %s with %d attempts running",
                   self.id, request_id, self.state, len(self._running))  # fmt: skip
         message = f"instance {self.id} is {self.state} with {len(self._running)} attempts running"
-        lost = self.state not in ("idle", "busy")
+        lost = self.state not in SERVING
         return Outcome(
             ok=False, error=unavailable(message), usage=Usage(duration_ms=0.0), instance_lost=lost
         )

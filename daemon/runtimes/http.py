@@ -31,6 +31,7 @@ from daemon.errors import (
 )
 from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef, run_folder
+from daemon.instances import SERVING, InstanceState
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.account import check_usable
 from daemon.runtimes.base import (
@@ -130,7 +131,7 @@ class HttpInstance(ProcessInstance):
             raise
         finally:
             self._detach(token, event_log)
-        self.state = "idle"
+        self.state = InstanceState.IDLE
         self.started_at = time.time()
         self.last_used = time.monotonic()
         where = "in a network namespace of its own" if self._maker is not None else "on the host"
@@ -140,10 +141,10 @@ class HttpInstance(ProcessInstance):
         self, request_id: str, payload: msgspec.Raw, attempt: int, timeout: float, log_path: Path
     ) -> Outcome:
         """POST the payload to the invoke path; the server's output goes to the event's log."""
-        if self.state not in ("idle", "busy") or self._in_flight >= self.function.concurrency:
+        if self.state not in SERVING or self._in_flight >= self.function.concurrency:
             return self._unavailable(request_id)
         self._in_flight += 1
-        self.state = "busy"
+        self.state = InstanceState.BUSY
         if self._in_flight == 1:
             self._watch_memory()
         event_log = self._event_log(log_path)
@@ -169,8 +170,8 @@ class HttpInstance(ProcessInstance):
                 self._unwatch_memory()
             self._detach(token, event_log, f"FC Invoke End RequestId: {request_id}")
             self.last_used = time.monotonic()
-        if self.state == "busy" and not self._in_flight:
-            self.state = "idle"
+        if self.state is InstanceState.BUSY and not self._in_flight:
+            self.state = InstanceState.IDLE
         return outcome
 
     async def run_hook(
@@ -399,7 +400,7 @@ class HttpInstance(ProcessInstance):
                   self.id, request_id, self.state, self._in_flight)  # fmt: skip
         message = f"instance {self.id} is {self.state} with {self._in_flight} events in flight"
         error = unavailable(message)
-        lost = self.state not in ("idle", "busy")  # a full one keeps serving its other events
+        lost = self.state not in SERVING  # a full one keeps serving its other events
         return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0), instance_lost=lost)
 
     # -- process and output ------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import TypeVar
 from daemon.errors import describe_exit, exited_early, memory_exceeded, process_exited, timed_out
 from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
+from daemon.instances import InstanceState
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import InstanceBase
 from daemon.runtimes.pipes import OutputRouter
@@ -73,14 +74,14 @@ class ProcessInstance(InstanceBase):
 
     async def stop(self) -> None:
         """Kill the process group, reap it and release the rest; idempotent."""
-        if self.state != "dead":
-            self.state = "stopping"
+        if self.state is not InstanceState.DEAD:
+            self.state = InstanceState.STOPPING
         child = self._child
         if child is not None and child.status is None:
             child.kill_group(signal.SIGKILL)
             await reaped(child, f"instance {self.id}")
         await self._release()
-        self.state = "dead"
+        self.state = InstanceState.DEAD
 
     def signal(self, sig: int) -> bool:
         """Send `sig` to the process group; False if it is gone."""
@@ -99,10 +100,10 @@ class ProcessInstance(InstanceBase):
     def _on_exit(self, exited: asyncio.Future[ExitStatus]) -> None:
         if self._output is not None:
             self._output.drain()
-        if self.state not in ("stopping", "dead"):
+        if self.state not in (InstanceState.STOPPING, InstanceState.DEAD):
             status = exited.result()
             log.warning("instance %s exited on its own (%s)", self.id, describe_exit(status))
-            self.state = "dead"
+            self.state = InstanceState.DEAD
 
     def _kill(self) -> None:
         if self._child is not None:

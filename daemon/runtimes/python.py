@@ -26,6 +26,7 @@ from daemon.errors import (
 )
 from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
+from daemon.instances import InstanceState
 from daemon.limits import MAX_VALUE_BYTES
 from daemon.model import ErrorInfo, Usage
 from daemon.runtimes.account import base_env, check_usable, instance_account, needs
@@ -112,7 +113,7 @@ class PythonInstance(ProcessInstance):
             raise
         finally:
             self._detach_log(event_log)
-        self.state = "idle"
+        self.state = InstanceState.IDLE
         self.started_at = time.time()
         self.last_used = time.monotonic()
 
@@ -120,9 +121,9 @@ class PythonInstance(ProcessInstance):
         self, request_id: str, payload: msgspec.Raw, attempt: int, timeout: float, log_path: Path
     ) -> Outcome:
         """Run one attempt; the function's output goes to `log_path` between Start/End lines."""
-        if self.state != "idle":
+        if self.state is not InstanceState.IDLE:
             return self._not_idle(request_id)
-        self.state = "busy"
+        self.state = InstanceState.BUSY
         message = Invoke(
             id=request_id,
             function=self.function.name,
@@ -149,8 +150,8 @@ class PythonInstance(ProcessInstance):
             self._unwatch_memory()
             self._detach_log(event_log, f"FC Invoke End RequestId: {request_id}")
             self.last_used = time.monotonic()
-        if self.state == "busy":
-            self.state = "idle"
+        if self.state is InstanceState.BUSY:
+            self.state = InstanceState.IDLE
         return outcome
 
     async def run_hook(
@@ -252,9 +253,9 @@ class PythonInstance(ProcessInstance):
         if hook == "pre_stop":  # on its own pipe and thread: it may run beside a stopped event
             reply = await self._stop_exchange(frame, timeout)
         else:
-            previous, self.state = self.state, "busy"
+            previous, self.state = self.state, InstanceState.BUSY
             reply = await self._exchange(frame, timeout)
-            if self.state == "busy":
+            if self.state is InstanceState.BUSY:
                 self.state = previous
         error, lost = await self._hook_error(reply, label, timeout)
         duration = round((time.monotonic() - began) * 1000, 3)
@@ -406,7 +407,11 @@ class PythonInstance(ProcessInstance):
         asyncio.get_running_loop().call_later(PIPE_CLOSED_GRACE, self._kill_if_mute)
 
     def _kill_if_mute(self) -> None:
-        if self._child is not None and self._child.status is None and self.state != "dead":
+        if (
+            self._child is not None
+            and self._child.status is None
+            and self.state is not InstanceState.DEAD
+        ):
             log.error("instance %s closed its pipe to the daemon but still runs: killed", self.id)
             self._kill()
 

@@ -22,6 +22,7 @@ from conftest import journal_records
 from daemon.dispatcher import Dispatcher, NewEvent
 from daemon.files.logfiles import EventLogs
 from daemon.functions import AsyncConfig, Catalog, Definitions, FunctionDef, LifecycleConfig
+from daemon.instances import InstanceState
 from daemon.journal_writer import JournalWriter, recover
 from daemon.model import ErrorInfo, Event, HookRun, State, Transition, Usage, raw_json
 from daemon.runtimes.base import (
@@ -130,6 +131,8 @@ class FakeRuntime:
         self.on_sigterm: OnSigterm = lambda _call: died(signal.SIGTERM)
         self.start_error: ErrorInfo | None = None
         self.failing_hooks: dict[str, ErrorInfo] = {}
+        #: hooks that, once begun, wait for their gate to be set
+        self.gates: dict[str, asyncio.Event] = {}
         self.instances: list[FakeInstance] = []
         self.calls: list[Call] = []
         #: what each instance was asked to do, in order: (instance id, what)
@@ -154,7 +157,7 @@ class FakeRuntime:
 
     def alive(self) -> list[FakeInstance]:
         """The instances started and not stopped."""
-        return [i for i in self.instances if i.state != "dead"]
+        return [i for i in self.instances if i.state is not InstanceState.DEAD]
 
 
 class FakeInstance(InstanceBase):
@@ -173,9 +176,9 @@ class FakeInstance(InstanceBase):
     async def start(self, *, request_id: str | None = None, log_path: Path | None = None) -> None:
         """Ready at once, or InstanceStartError when the runtime says so."""
         if self.runtime.start_error is not None:
-            self.state = "dead"
+            self.state = InstanceState.DEAD
             raise InstanceStartError(self.runtime.start_error)
-        self.state = "idle"
+        self.state = InstanceState.IDLE
         self.started_at = time.time()
         self._did("start")
 
@@ -183,11 +186,11 @@ class FakeInstance(InstanceBase):
         self, request_id: str, payload: msgspec.Raw, attempt: int, timeout: float, log_path: Path
     ) -> Outcome:
         """Run the script on the call; a frozen or busy instance cannot take it."""
-        if self.state != "idle" or self.frozen:
+        if self.state is not InstanceState.IDLE or self.frozen:
             why = "frozen" if self.frozen else self.state
             error = ErrorInfo(type="InstanceUnavailable", message=f"{self.id} is {why}")
             return Outcome(ok=False, error=error, usage=Usage(duration_ms=0.0), instance_lost=True)
-        self.state = "busy"
+        self.state = InstanceState.BUSY
         self.call = call = Call(self, request_id, payload, attempt)
         self.runtime.calls.append(call)
         self._did(f"invoke {request_id}")
@@ -198,10 +201,10 @@ class FakeInstance(InstanceBase):
             outcome = await call.reply
         finally:
             self.call = None
-            if self.state == "busy":
-                self.state = "idle"
+            if self.state is InstanceState.BUSY:
+                self.state = InstanceState.IDLE
         if outcome.instance_lost:
-            self.state = "dead"  # its process died, or was killed by its runtime
+            self.state = InstanceState.DEAD  # its process died, or was killed by its runtime
         else:
             self.events_served += 1
         return outcome
@@ -214,6 +217,10 @@ class FakeInstance(InstanceBase):
         if not getattr(self.function.lifecycle, hook, ""):
             return HookOutcome(hook=hook, ok=True, started=started, duration_ms=0.0)
         self._did(hook)
+        gate = self.runtime.gates.get(hook)
+        if gate is not None:
+            await gate.wait()
+            self._did(f"{hook} let go")
         error = self.runtime.failing_hooks.get(hook)
         return HookOutcome(
             hook=hook, ok=error is None, started=started, duration_ms=0.0, error=error
@@ -224,13 +231,18 @@ class FakeInstance(InstanceBase):
         if not self.killed:
             self.killed = True
             self._did("kill")
-        self.state = "dead"
+        self.state = InstanceState.DEAD
         if self.call is not None:
             self.call.answer(died(signal.SIGKILL))
 
+    def die(self) -> None:
+        """Its process exits on its own, between events (as a runtime's reaper marks it)."""
+        self.state = InstanceState.DEAD
+        self._did("died")
+
     def signal(self, sig: int) -> bool:
         """Deliver `sig`: SIGSTOP/SIGCONT freeze and thaw, SIGTERM goes to the held call."""
-        if self.state == "dead":
+        if self.state is InstanceState.DEAD:
             return False
         self.signals.append(sig)
         self._did(signal.Signals(sig).name)
@@ -332,6 +344,8 @@ async def running(
     try:
         yield Policy(root, store, dispatcher, catalog)
     finally:
+        for gate in runtime.gates.values():  # a test that failed holding a hook ends all the same
+            gate.set()
         try:
             await dispatcher.drain(0)
         finally:
