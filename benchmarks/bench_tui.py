@@ -44,7 +44,6 @@ from daemon.model import (  # noqa: E402
     HistoryEntry,
     Source,
     State,
-    Transition,
     Usage,
     raw_json,
 )
@@ -54,13 +53,7 @@ SEGMENT_EVENTS = 1000  # the newest events, still in a segment
 ARCHIVE_EVENTS = 100_000  # events per archive (the daemon writes one per compaction)
 
 
-def uuid7(ms: int, n: int) -> str:
-    """A UUIDv7-shaped id for millisecond `ms`, made unique by `n`."""
-    h = f"{ms:012x}7{n >> 48 & 0xFFF:03x}{0x8000 | (n >> 36) & 0x3FFF:04x}{n & 0xFFFFFFFFF:012x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
-
-
-def _event(i: int, at: float) -> Event:
+def _event(i: int, at: float, event_id: str) -> Event:
     function = FUNCTIONS[i % len(FUNCTIONS)]
     failed = i % 10 == 3
     state = State.FAILED if failed else State.SUCCEEDED
@@ -68,7 +61,7 @@ def _event(i: int, at: float) -> Event:
     instance = f"python-{function}-{i % 4}"
     usage = Usage(duration_ms=48.0, cpu_ms=3.1, max_memory_mb=21.5)
     return Event(
-        id=uuid7(int(at * 1000), i),
+        id=event_id,
         function=function,
         state=state,
         enqueued_at=at,
@@ -92,39 +85,25 @@ def _event(i: int, at: float) -> Event:
     )
 
 
-def _records(event: Event, seq: int) -> list[Transition]:
-    """The transitions that fold into `event`, numbered from `seq`."""
-    return [
-        Transition(
-            seq=seq + k,
-            at=h.at,
-            id=event.id,
-            function=event.function,
-            state=h.state,
-            attempt=h.attempt,
-            instance=h.instance,
-            payload=event.payload if h.state is State.ENQUEUED else NO_RAW,
-            result=event.result if h.state is State.SUCCEEDED else NO_RAW,
-            error=h.error,
-            usage=h.usage,
-        )
-        for k, h in enumerate(event.history)
-    ]
-
-
 def build_spool(root: Path, events: int) -> None:
     """A spool as the daemon leaves it after `events` ended: archives, snapshot, segment."""
+    # imported here, not by the measured process (whose start the first screen's time counts)
+    from growth_spool import records_of, uuid7
+
     journal = root / "journal"
     journal.mkdir(parents=True)
     for sub in ("functions", "control", "tmp", "incoming", "logs", "run"):
         (root / sub).mkdir()
     archived = max(0, events - SEGMENT_EVENTS)
     start = time.time() - events * 0.05  # one event every 50 ms, ending now
+
+    def event(i: int) -> Event:
+        at = start + i * 0.05
+        return _event(i, at, uuid7(int(at * 1000), i))
+
     counts: dict[str, int] = {}
     for first in range(0, archived, ARCHIVE_EVENTS):
-        batch = [
-            _event(i, start + i * 0.05) for i in range(first, min(archived, first + ARCHIVE_EVENTS))
-        ]
+        batch = [event(i) for i in range(first, min(archived, first + ARCHIVE_EVENTS))]
         for e in batch:
             counts[e.state.value] = counts.get(e.state.value, 0) + 1
         write_archive(journal, batch[-1].seq, batch[-1].ended_at or 0.0, batch)
@@ -132,7 +111,7 @@ def build_spool(root: Path, events: int) -> None:
     write_snapshot(journal, last_seq, time.time(), [], archived=counts)
     with open(journal / segment_name(last_seq + 1), "wb") as out:
         for i in range(archived, events):
-            for rec in _records(_event(i, start + i * 0.05), 4 * i + 1):
+            for rec in records_of(event(i)):
                 out.write(encode_record(rec))
 
 
