@@ -273,9 +273,10 @@ class FunctionPool:
         """The one place a member's state changes (POOL_MOVES), keeping the indexes."""
         if state not in POOL_MOVES[member.state]:
             raise IllegalMove(member.instance.id, member.state, state)
-        self._freezing += (state is InstanceState.FREEZING) - (
-            member.state is InstanceState.FREEZING
-        )
+        if member.state is InstanceState.FREEZING:
+            self._freezing -= 1
+        if state is InstanceState.FREEZING:
+            self._freezing += 1
         member.state = state
 
     def _take(self, member: Member) -> None:
