@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from daemon.errors import ErrorType, error
 from daemon.files.eventlog import INTERRUPTED, journal_lines
 from daemon.files.logfiles import EventLogs, LogWrite, append_all
 from daemon.functions import AsyncConfig, Definitions, FunctionDef
@@ -46,8 +47,8 @@ MAY_HAVE_STARTED = "dequeued before a crash: it may have started"
 # crash, these may show an Interrupted attempt they never started (not held against the bound)
 AHEAD_PER_INSTANCE = 16
 AHEAD_MAX = 256
-USER_EXIT = ErrorInfo(type="UserProcessExit", message="User process exit when running", code=439)
-STOPPED_ERROR = ErrorInfo(type="Stopped", message="stopped by request")
+USER_EXIT = error(ErrorType.USER_PROCESS_EXIT, "User process exit when running", code=439)
+STOPPED_ERROR = error(ErrorType.STOPPED, "stopped by request")
 
 Ended = Callable[[Event], None]
 
@@ -78,7 +79,7 @@ def too_many_interruptions(count: int, limit: int) -> ErrorInfo:
         f"the daemon ended during {count} attempts of this event, more than "
         f"async.max_interruptions ({limit}): it is not run again"
     )
-    return ErrorInfo(type="TooManyInterruptions", message=message)
+    return error(ErrorType.TOO_MANY_INTERRUPTIONS, message)
 
 
 def failed_attempts(event: Event) -> int:
@@ -301,7 +302,9 @@ class Dispatcher:
             definition = self.definitions.get(name)
             if definition is None:
                 self._invalidate(
-                    queue.popleft(), "FunctionNotFound", f"function {name!r} is not defined"
+                    queue.popleft(),
+                    ErrorType.FUNCTION_NOT_FOUND,
+                    f"function {name!r} is not defined",
                 )
                 continue
             self._dequeue_ahead(queue, definition)
@@ -406,16 +409,16 @@ class Dispatcher:
             self._end(event, State.STOPPED, reason=message)
             log.warning("event %s Stopped: %s", printable(event.id), message)
         else:
-            self._invalidate(event.id, "InvalidRequestId", message)
+            self._invalidate(event.id, ErrorType.INVALID_REQUEST_ID, message)
 
-    def _invalidate(self, request_id: str, kind: str, message: str) -> None:
+    def _invalidate(self, request_id: str, kind: ErrorType, message: str) -> None:
         event = self.store.get(request_id)
         if event is None or event.ended:
             return
         if event.state is State.ENQUEUED:
             event = self.store.transition(event, State.DEQUEUED)
         if event.state is State.DEQUEUED:
-            self._end(event, State.INVALID, error=ErrorInfo(type=kind, message=message))
+            self._end(event, State.INVALID, error=error(kind, message))
             log.warning("event %s Invalid: %s", printable(request_id), message)
 
     # -- one event ------------------------------------------------------------------------
@@ -441,7 +444,7 @@ class Dispatcher:
         if age > definition.async_.max_event_age:
             limit = definition.async_.max_event_age
             message = f"event is {age:.0f}s old, older than max_event_age {limit:.0f}s"
-            self._end(event, State.EXPIRED, error=ErrorInfo(type="EventExpired", message=message))
+            self._end(event, State.EXPIRED, error=error(ErrorType.EVENT_EXPIRED, message))
             log.info("event %s Expired", event.id)
             return False
         return True

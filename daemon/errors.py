@@ -68,6 +68,10 @@ class ErrorType(StrEnum):
     TOO_MANY_INTERRUPTIONS = "TooManyInterruptions"
     #: the event waited past its maximum age
     EVENT_EXPIRED = "EventExpired"
+    #: the event's function is not defined (any more)
+    FUNCTION_NOT_FOUND = "FunctionNotFound"
+    #: the event's id breaks the id rule (only a journal older than the rule can hold one)
+    INVALID_REQUEST_ID = "InvalidRequestId"
 
 
 def error(kind: ErrorType, message: str, code: int | None = None) -> ErrorInfo:
