@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 #: where the cluster's address is read when --ray-address is not given, in this order
 ADDRESS_VARS = ("FNSPOOL_RAY_ADDRESS", "RAY_ADDRESS")
 MIB = 1 << 20
+PROBE_TIMEOUT = 5.0  # seconds to reach the cluster's address before Ray's own, much longer, tries
 
 
 class EngineError(Exception):
@@ -97,6 +98,7 @@ class RayEngine:
             raise EngineError(
                 "Ray is not installed where the daemon runs: pip install 'fnspool[ray]'"
             ) from None
+        _probe(self.address)
         try:
             ray.init(
                 address=self.address,
@@ -153,6 +155,18 @@ class RayEngine:
             )
         except Exception as exc:
             raise EngineError(f"Ray refused the actor of {instance_id}: {exc}") from None
+
+
+def _probe(address: str) -> None:
+    """EngineError at once when nothing answers at a `host:port` address (ray.init would try
+    for minutes); `auto` and `ray://` addresses are Ray's to resolve."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT).close()
+    except OSError as exc:
+        raise EngineError(f"cannot reach the Ray cluster at {address}: {exc}") from None
 
 
 def _shipped(code_dir: str) -> dict[str, Any]:

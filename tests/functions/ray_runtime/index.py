@@ -1,0 +1,34 @@
+"""Handlers for tests/test_ray.py, run by fnspool python workers beside their Ray actors."""
+
+import os
+import time
+
+inits = 0
+
+
+def init(context):
+    global inits
+    inits += 1
+    print(f"initializing {context.request_id}", flush=True)
+
+
+def where(event, context):
+    print(f"running {event} in {os.getcwd()}", flush=True)
+    return {"cwd": os.getcwd(), "inits": inits, "pid": os.getpid()}
+
+
+def flaky(event, context):
+    if context.attempt < 3:
+        raise ConnectionError(f"flaky on attempt {context.attempt}")
+    print(f"attempt {context.attempt} speaks", flush=True)
+    return {"attempt": context.attempt}
+
+
+def slow(event, context):
+    print("slow start", flush=True)
+    time.sleep(event.get("sleep", 30))
+    return "slept"
+
+
+def pre_stop(context):
+    print("pre-stop: flushing", flush=True)

@@ -1,0 +1,214 @@
+"""Functions placed on Ray (`[placement] engine = "ray"`), through the real daemon and a real Ray
+cluster of three nodes on this machine: a head that takes no instance, and two workers, each with
+a custom resource of its own to pin a function to it. Small on purpose (the machine is shared):
+one cluster for the module, 80 MB of object store per node."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from conftest import REPO, drop, events, fnspool, fnspool_json, gone, journal_records, wait_for
+
+from daemon.model import HookRun
+
+pytest.importorskip("ray", reason="Ray is not installed: pip install 'fnspool[ray]'")
+
+CODE = REPO / "tests" / "functions" / "ray_runtime"
+STORE = 80 << 20  # bytes of object store per node: the least Ray takes
+
+
+class Nodes(NamedTuple):
+    """The cluster's address and the ids of its two worker nodes."""
+
+    address: str
+    a: str  # has the resource node_a
+    b: str  # has the resource node_b
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Nodes]:
+    """A head and two worker nodes, shut down after the module's tests."""
+    from ray.cluster_utils import Cluster
+
+    ray_cluster = Cluster()
+    try:
+        ray_cluster.add_node(num_cpus=0, object_store_memory=STORE, include_dashboard=False)
+        a = ray_cluster.add_node(num_cpus=2, resources={"node_a": 4}, object_store_memory=STORE)
+        b = ray_cluster.add_node(num_cpus=2, resources={"node_b": 4}, object_store_memory=STORE)
+        yield Nodes(ray_cluster.address, a.node_id, b.node_id)
+    finally:
+        ray_cluster.shutdown()
+
+
+def on_ray(spool: Path, name: str, body: str, resource: str = "", code: str = "") -> None:
+    """Define `name` placed on Ray (pinned to the node with `resource`, if given)."""
+    if code == "":
+        shutil.copytree(CODE, spool / "functions" / name)
+    else:
+        body = f'code = "{code}"\n{body}'
+    pin = f"resources = {{ {resource} = 1 }}\n" if resource else ""
+    table = f'[placement]\nengine = "ray"\nnum_cpus = 0.5\n{pin}'
+    (spool / "functions" / f"{name}.toml").write_text(f"memory_mb = 128\n{body}\n{table}")
+
+
+def place_example(spool: Path, name: str, resource: str = "") -> None:
+    """Put an existing definition on Ray, unchanged otherwise."""
+    path = spool / "functions" / f"{name}.toml"
+    pin = f"resources = {{ {resource} = 1 }}\n" if resource else ""
+    path.write_text(f'{path.read_text()}\n[placement]\nengine = "ray"\nnum_cpus = 0.5\n{pin}')
+
+
+def event(spool: Path, request_id: str) -> dict:
+    return fnspool_json(spool, "events", "get", request_id)
+
+
+def invoked(spool: Path, function: str, payload: str = "{}") -> dict:
+    """Invoke and wait for the end; the event."""
+    args = ("invoke", function, "--payload", payload, "--wait", "--json")
+    out = fnspool(spool, *args, check=False, timeout=180)
+    return event(spool, json.loads(out.stdout)["id"])
+
+
+def running(spool: Path, function: str, payload: object) -> dict:
+    """Drop an event and wait until its handler has printed its first line."""
+    drop(spool, function, f"{function}.json", payload)
+    found = wait_for(lambda: events(spool, "--function", function), 120, "the event")
+    request_id = found[0]["id"]
+    path = spool / "logs" / function / f"{request_id}.log"
+    wait_for(lambda: path.exists() and "slow start" in path.read_text(), 120, "the handler")
+    return event(spool, request_id)
+
+
+def ran_on(ev: dict) -> list[str]:
+    """The node of each ended attempt of an event."""
+    return [h["usage"]["node"] for h in ev["history"] if "usage" in h]
+
+
+def test_a_function_placed_by_resource_runs_on_that_node(spool, daemon, cluster):
+    init = '[lifecycle]\ninitializer = "index.init"'
+    on_ray(spool, "on_b", f'handler = "index.where"\n{init}', "node_b")
+    on_ray(spool, "on_a", 'handler = "index.where"', "node_a")
+    d = daemon.start("--ray-address", cluster.address)
+    first, second = invoked(spool, "on_b", '{"n": 1}'), invoked(spool, "on_b", '{"n": 2}')
+    assert (first["state"], second["state"]) == ("Succeeded", "Succeeded")
+    assert ran_on(first) == ran_on(second) == [cluster.b]
+    assert ran_on(invoked(spool, "on_a")) == [cluster.a]
+    # the code folder was shipped: the handler runs in Ray's copy of it, not in the spool
+    assert "_ray_pkg_" in second["result"]["cwd"]
+    assert not second["result"]["cwd"].startswith(str(spool))
+    # one instance, one Initializer, journaled; its lines in the first event's log
+    assert second["result"]["inits"] == 1
+    assert first["history"][2]["instance"] == second["history"][2]["instance"]
+    inits = [h for h in journal_records(spool, HookRun) if h.function == "on_b"]
+    assert [(h.hook, h.request_id, h.ok) for h in inits] == [("initializer", first["id"], True)]
+    log = Path(first["log_path"]).read_text()
+    lines = [re.sub(r"^\S+Z (?=\[PLATFORM\])", "", line) for line in log.splitlines()]
+    assert lines == [
+        f"[PLATFORM] FC Initialize Start RequestId: {first['id']}",
+        f"initializing {first['id']}",
+        f"[PLATFORM] FC Initialize End RequestId: {first['id']}",
+        f"[PLATFORM] FC Invoke Start RequestId: {first['id']}",
+        f"running {{'n': 1}} in {first['result']['cwd']}",
+        f"[PLATFORM] FC Invoke End RequestId: {first['id']}",
+    ], log
+    shown = fnspool(spool, "events", "get", second["id"]).stdout
+    assert f"on Ray node {cluster.b}" in shown
+    assert d.stop() == 0
+
+
+def test_a_failed_attempt_is_retried_on_ray(spool, daemon, cluster):
+    body = 'handler = "index.flaky"\n[async]\nmax_retries = 3\nbackoff = 0.05'
+    on_ray(spool, "flaky_ray", body)
+    d = daemon.start("--ray-address", cluster.address)
+    done = invoked(spool, "flaky_ray")
+    assert done["state"] == "Succeeded" and done["attempts"] == 3
+    assert done["result"] == {"attempt": 3}
+    retried = [h for h in done["history"] if h["state"] == "Retrying"]
+    assert [h["error"]["type"] for h in retried] == ["ConnectionError", "ConnectionError"]
+    assert len(ran_on(done)) == 3 and set(ran_on(done)) <= {cluster.a, cluster.b}
+    assert "attempt 3 speaks" in Path(done["log_path"]).read_text()
+    assert d.stop() == 0
+
+
+def test_a_timeout_on_ray_kills_the_handler_and_its_instance(spool, daemon, cluster):
+    body = 'handler = "index.slow"\ntimeout = 1\n[async]\nmax_retries = 0'
+    on_ray(spool, "late", body, "node_a")
+    d = daemon.start("--ray-address", cluster.address)
+    done = invoked(spool, "late", '{"sleep": 600}')
+    assert done["state"] == "Failed"
+    assert done["error"]["type"] == "FunctionTimeout"
+    assert done["error"]["message"] == "Function timed out after 1.00 seconds"
+    assert ran_on(done) == [cluster.a]
+    assert "slow start" in Path(done["log_path"]).read_text()
+    again = invoked(spool, "late", '{"sleep": 600}')  # on a new instance: the old one was lost
+    assert again["history"][2]["instance"] != done["history"][2]["instance"]
+    assert d.stop() == 0
+
+
+def test_a_forced_stop_on_ray_runs_prestop_then_kills(spool, daemon, cluster):
+    body = 'handler = "index.slow"\n[async]\nmax_retries = 0\n'
+    body += '[lifecycle]\npre_stop = "index.pre_stop"'
+    on_ray(spool, "held", body, "node_b")
+    d = daemon.start("--ray-address", cluster.address)
+    ev = running(spool, "held", {"sleep": 600})
+    pid = wait_for(lambda: _instance_pid(spool, "held"), what="the instance in status")
+    fnspool(spool, "events", "stop", ev["id"], "--wait", timeout=120)
+    done = event(spool, ev["id"])
+    assert [h["state"] for h in done["history"]][-2:] == ["Stopping", "Stopped"]
+    assert done["error"]["type"] == "Stopped"
+    assert ran_on(done) == [cluster.b]
+    hooks = [h for h in journal_records(spool, HookRun) if h.hook == "pre_stop"]
+    assert [(h.request_id, h.ok) for h in hooks] == [(ev["id"], True)]
+    log = Path(done["log_path"]).read_text()
+    assert f"FC PreStop Start RequestId: {ev['id']}" in log and "pre-stop: flushing" in log
+    wait_for(lambda: gone(pid), what="the handler's process on the node to be killed")
+    assert d.stop() == 0
+
+
+def test_a_graceful_stop_on_ray_reaches_the_handler(spool, daemon, cluster):
+    place_example(spool, "graceful", "node_a")  # SCF's sample: returns "END" on SIGTERM
+    d = daemon.start("--ray-address", cluster.address)
+    drop(spool, "graceful", "g.json", {})
+    found = wait_for(lambda: events(spool, "--function", "graceful"), 120, "the event")
+    request_id = found[0]["id"]
+    path = spool / "logs" / "graceful" / f"{request_id}.log"
+    wait_for(lambda: path.exists() and "False" in path.read_text(), 120, "the handler's loop")
+    fnspool(spool, "events", "stop", request_id, "--graceful", "--wait", timeout=120)
+    done = event(spool, request_id)
+    assert done["state"] == "Stopped" and done["result"] == "END"
+    assert ran_on(done) == [cluster.a]
+    log = path.read_text()
+    assert "[PLATFORM] Signal received successfully." in log
+    assert "do something before shutdown." in log and "Graceful shutdown." in log
+    assert d.stop() == 0
+
+
+def test_a_graceful_stop_on_ray_of_a_handler_dying_of_sigterm_is_439(spool, daemon, cluster):
+    on_ray(spool, "plain", 'handler = "index.slow"\n[async]\nmax_retries = 0', "node_b")
+    d = daemon.start("--ray-address", cluster.address)
+    ev = running(spool, "plain", {"sleep": 600})
+    fnspool(spool, "events", "stop", ev["id"], "--graceful", "--wait", timeout=120)
+    done = event(spool, ev["id"])
+    assert done["state"] == "Stopped"
+    assert done["error"] == {
+        "type": "UserProcessExit",
+        "message": "User process exit when running",
+        "code": 439,
+    }
+    assert done["history"][-1]["usage"]["signal"] == signal.SIGTERM
+    assert done["history"][-1]["usage"]["node"] == cluster.b
+    assert "[PLATFORM] Signal received successfully." in Path(done["log_path"]).read_text()
+    assert d.stop() == 0
+
+
+def _instance_pid(spool: Path, function: str) -> int | None:
+    status = json.loads((spool / "run" / "status.json").read_text())
+    found = status["instances"].get(function)
+    return found[0]["pid"] if found else None
