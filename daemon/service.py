@@ -354,6 +354,7 @@ class Daemon:
         for name in self.catalog.functions:
             self.spool.make_drop_folder(name)
         self.dispatcher.reconcile()
+        self.ray.connect_soon(self.catalog.functions.values())
         log.info(
             "definitions loaded: %s%s",
             ", ".join(sorted(self.catalog.functions)) or "none",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import fnspool
 
 from daemon.functions import load_function
 from daemon.placement import Placement
@@ -74,8 +75,6 @@ def test_a_bad_placement_is_shown_by_functions_list(spool):
     (spool / "functions" / "placed.toml").write_text(
         'handler = "index.handler"\n[placement]\nengine = "ray"\nnum_gpus = -1\n'
     )
-    from tests.conftest import fnspool
-
     listed = fnspool(spool, "functions", "list", check=False)
     assert "placed" in listed.stdout
     assert "`placement.num_gpus` must not be negative" in listed.stdout
@@ -89,3 +88,12 @@ def test_reading_definitions_never_imports_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_daemon_with_only_local_functions_never_loads_ray(spool, daemon):
+    d = daemon.start()
+    out = fnspool(spool, "invoke", "echo", "--payload", '{"n": 1}', "--wait")
+    assert "Succeeded" in out.stdout
+    maps = Path(f"/proc/{d.pid}/maps").read_text()
+    assert "_raylet" not in maps and "/ray/" not in maps
+    assert d.stop() == 0

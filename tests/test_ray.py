@@ -208,6 +208,47 @@ def test_a_graceful_stop_on_ray_of_a_handler_dying_of_sigterm_is_439(spool, daem
     assert d.stop() == 0
 
 
+def test_a_daemon_killed_with_9_leaves_nothing_on_ray_and_the_event_runs_again(
+    spool, daemon, cluster
+):
+    on_ray(spool, "cut", 'handler = "index.slow"', "node_a")
+    first = daemon.start("--ray-address", cluster.address)
+    ev = running(spool, "cut", {"sleep": 600})
+    pid = wait_for(lambda: _instance_pid(spool, "cut"), what="the instance in status")
+    first.kill()
+    # Ray ends the actors of a driver that died, and the handler's process dies with its actor
+    wait_for(lambda: gone(pid), 120, "the handler's process on the node to end")
+    second = daemon.start("--ray-address", cluster.address)
+    wait_for(lambda: event(spool, ev["id"])["state"] == "Succeeded", 120, "the run again")
+    done = event(spool, ev["id"])
+    assert [(h["state"], h.get("reason")) for h in done["history"]][3:5] == [
+        ("Retrying", "Interrupted"),
+        ("Running", None),
+    ]
+    assert ran_on(done) == [cluster.a]
+    assert second.stop() == 0
+
+
+def test_a_starting_daemon_kills_the_actors_left_in_its_spools_namespace(spool, daemon, cluster):
+    import ray
+
+    from daemon.runtimes.ray_engine import namespace_of
+
+    namespace = namespace_of(spool)
+    ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
+    try:
+        leftover = ray.remote(type("Leftover", (), {"ping": lambda self: "pong"}))
+        actor = leftover.options(name="ray-gone-0badcafe", lifetime="detached", num_cpus=0).remote()
+        assert ray.get(actor.ping.remote(), timeout=120) == "pong"
+        on_ray(spool, "any", 'handler = "index.where"')  # defined: the daemon connects at once
+        d = daemon.start("--ray-address", cluster.address)
+        wait_for(lambda: "ray-gone-0badcafe" not in ray.util.list_named_actors(), 120, "the sweep")
+        assert "killed Ray actor ray-gone-0badcafe, left by a previous daemon" in d.log_text()
+        assert d.stop() == 0
+    finally:
+        ray.shutdown()
+
+
 def _instance_pid(spool: Path, function: str) -> int | None:
     status = json.loads((spool / "run" / "status.json").read_text())
     found = status["instances"].get(function)

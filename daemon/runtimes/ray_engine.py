@@ -1,6 +1,7 @@
-"""The daemon's link to a Ray cluster: where it is, the connection (made once, off the event loop,
-when the first instance placed on Ray starts), and the actors of instances: made with what their
-placement asks for and their code folder shipped, killed, and those a predecessor left swept.
+"""The daemon's link to a Ray cluster: where it is; the connection, made once, off the event
+loop, when a function placed on Ray is defined (else at its first instance's start); and the
+actors of instances: made with what their placement asks for and their code folder shipped,
+killed, and those a predecessor left swept.
 
 `ray` is imported here only once a function placed on Ray needs it: a daemon with only local
 functions never loads it.
@@ -14,6 +15,7 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,23 @@ class RayEngine:
         self._connected = False
         self._lock = asyncio.Lock()
         self._actor_class: Any = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    def connect_soon(self, functions: Iterable[FunctionDef]) -> None:
+        """Connect in the background once a function placed on Ray is defined (so that a
+        predecessor's actors are swept at start, and an unreachable cluster is logged early)."""
+        placed = sorted(f.name for f in functions if f.placement.remote)
+        if placed and not self._connected and self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect_early(placed))
+
+    async def _connect_early(self, placed: list[str]) -> None:
+        try:
+            await self._connect()
+        except EngineError as exc:
+            log.warning("%s (functions placed on Ray: %s): tried again at their next start",
+                        exc, ", ".join(placed))  # fmt: skip
+        finally:
+            self._connecting = None
 
     async def actor(self, instance_id: str, function: FunctionDef) -> Any:
         """A new actor for the instance `instance_id` of `function` (placed by Ray once a node
