@@ -14,9 +14,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import REPO, drop, events, fnspool, fnspool_json, gone, journal_records, wait_for
+from conftest import (
+    REPO,
+    drop,
+    events,
+    fnspool,
+    fnspool_json,
+    gone,
+    journal_records,
+    process_state,
+    wait_for,
+)
 
-from daemon.model import HookRun
+from daemon.model import HookRun, State, Transition
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install 'fnspool[ray]'")
 
@@ -208,6 +218,72 @@ def test_a_graceful_stop_on_ray_of_a_handler_dying_of_sigterm_is_439(spool, daem
     assert d.stop() == 0
 
 
+def test_an_idle_instance_on_ray_is_prefrozen_then_frozen_and_thawed(spool, daemon, cluster):
+    place_example(spool, "lifecycle", "node_b")  # Initializer, PreFreeze, PreStop, freeze
+    d = daemon.start("--ray-address", cluster.address)
+    pids = set()
+    for n in range(2):
+        done = invoked(spool, "lifecycle", f'{{"n": {n}}}')
+        assert done["state"] == "Succeeded" and ran_on(done) == [cluster.b]
+        pid = done["result"]["pid"]
+        pids.add(pid)
+        # idle now: PreFreeze ran on the node, then the process is stopped (T) until its next event
+        wait_for(lambda pid=pid: process_state(pid) == "T", 60, "the instance to be frozen")
+        wait_for(lambda: _instance_states(spool, "lifecycle") == ["frozen"], 60, "frozen")
+    assert len(pids) == 1
+    wait_for(lambda: len(_hooks(spool, "lifecycle")) == 3, 60, "every hook record")
+    hooks = _hooks(spool, "lifecycle")
+    assert [h.hook for h in hooks] == ["initializer", "pre_freeze", "pre_freeze"]
+    assert all(h.ok and h.instance.startswith("ray-lifecycle-") for h in hooks)
+    assert all(h.request_id is None and h.invocation_id for h in hooks[1:])
+    assert d.stop() == 0
+    stops = [h for h in _hooks(spool, "lifecycle") if h.hook == "pre_stop"]
+    assert [h.ok for h in stops] == [True]  # at shutdown
+    assert gone(next(iter(pids)))
+
+
+def test_going_over_memory_mb_on_ray_is_memory_limit_exceeded(spool, daemon, cluster):
+    place_example(spool, "hog", "node_a")  # memory_mb = 100, the handler touches 300 MB
+    d = daemon.start("--ray-address", cluster.address)
+    done = invoked(spool, "hog", '{"hog_mb": 300}')
+    assert done["state"] == "Failed"
+    assert done["error"]["type"] == "MemoryLimitExceeded"
+    assert "the limit is 100MB" in done["error"]["message"]
+    usage = done["history"][-1]["usage"]
+    assert (usage["signal"], usage["node"]) == (signal.SIGKILL, cluster.a)
+    assert d.stop() == 0
+
+
+def test_warm_instances_on_ray_and_recycling(spool, daemon, cluster):
+    place_example(spool, "warm")  # min_instances 1, recycled after 2 events, no freeze
+    d = daemon.start("--ray-address", cluster.address)
+    warm = wait_for(lambda: _instances(spool, "warm"), 120, "a warm instance before any event")
+    first_pid = warm[0]["pid"]
+    pids = [invoked(spool, "warm")["result"]["pid"] for _ in range(3)]
+    assert pids[0] == pids[1] == first_pid
+    assert pids[2] != first_pid  # recycled after 2 events, PreStop first
+    wait_for(lambda: gone(first_pid), 60, "the recycled instance's process to be gone")
+    stops = [h for h in _hooks(spool, "warm") if h.hook == "pre_stop"]
+    assert stops and stops[0].ok
+    assert d.stop() == 0
+
+
+def test_retry_with_a_delay_on_ray(spool, daemon, cluster):
+    on_ray(spool, "later", 'handler = "index.later"')
+    d = daemon.start("--ray-address", cluster.address)
+    done = invoked(spool, "later")
+    assert done["state"] == "Succeeded" and done["result"] == {"attempt": 2}
+    [retrying] = [
+        r
+        for r in journal_records(spool, Transition)
+        if r.id == done["id"] and r.state is State.RETRYING
+    ]
+    assert retrying.error.type == "Retry" and retrying.not_before is not None
+    assert abs(retrying.not_before - retrying.at - 1.5) < 0.5  # the handler's delay, not backoff
+    assert len(ran_on(done)) == 2
+    assert d.stop() == 0
+
+
 def test_a_daemon_killed_with_9_leaves_nothing_on_ray_and_the_event_runs_again(
     spool, daemon, cluster
 ):
@@ -249,7 +325,19 @@ def test_a_starting_daemon_kills_the_actors_left_in_its_spools_namespace(spool, 
         ray.shutdown()
 
 
-def _instance_pid(spool: Path, function: str) -> int | None:
+def _instances(spool: Path, function: str) -> list[dict]:
     status = json.loads((spool / "run" / "status.json").read_text())
-    found = status["instances"].get(function)
+    return status["instances"].get(function, [])
+
+
+def _instance_pid(spool: Path, function: str) -> int | None:
+    found = _instances(spool, function)
     return found[0]["pid"] if found else None
+
+
+def _instance_states(spool: Path, function: str) -> list[str]:
+    return [i["state"] for i in _instances(spool, function)]
+
+
+def _hooks(spool: Path, function: str) -> list[HookRun]:
+    return [h for h in journal_records(spool, HookRun) if h.function == function]

@@ -3,6 +3,8 @@
 import os
 import time
 
+from fnspool_runtime import Retry
+
 inits = 0
 
 
@@ -21,6 +23,12 @@ def flaky(event, context):
     if context.attempt < 3:
         raise ConnectionError(f"flaky on attempt {context.attempt}")
     print(f"attempt {context.attempt} speaks", flush=True)
+    return {"attempt": context.attempt}
+
+
+def later(event, context):
+    if context.attempt == 1:
+        raise Retry("not yet", delay=1.5)
     return {"attempt": context.attempt}
 
 
