@@ -132,9 +132,9 @@ class InstanceHost:
         new ones or the instance died, or after PULL_WAIT seconds."""
         self._sink.acknowledge(written)
         if self._sink.last <= written and self._made().state != "dead":
+            self._sink.changed.clear()  # news from before are in this answer, or were sent
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sink.changed.wait(), PULL_WAIT)
-        self._sink.changed.clear()
         return self._reply()
 
     def _thaw(self) -> None:
