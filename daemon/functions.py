@@ -147,7 +147,7 @@ def _check_values(d: FunctionDef) -> None:
     for key in ("on_success", "on_failure"):
         _check_destination(f"async.{key}", getattr(d.async_, key))
     _check_http(d)
-    check_placement(d.placement, runtime=d.runtime, port=d.port)
+    check_placement(d.placement, port=d.port)
 
 
 def _check_http(d: FunctionDef) -> None:

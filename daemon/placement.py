@@ -8,8 +8,6 @@ import math
 import msgspec
 
 ENGINES = ("local", "ray")
-#: the runtimes an instance placed on Ray can have so far
-RAY_RUNTIMES = ("python",)
 #: Ray's own resource names: asked through num_cpus, num_gpus and memory_mb, never `resources`
 RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 
@@ -43,7 +41,7 @@ def check_resources_table(table: object) -> None:
             )
 
 
-def check_placement(p: Placement, *, runtime: str, port: int) -> None:
+def check_placement(p: Placement, *, port: int) -> None:
     """Range checks msgspec's types cannot express; ValueError naming the key."""
     if p.engine not in ENGINES:
         raise ValueError(f'`placement.engine` must be "local" or "ray", got {p.engine!r}')
@@ -60,10 +58,6 @@ def check_placement(p: Placement, *, runtime: str, port: int) -> None:
         _check_amount(f"placement.resources.{name}", amount)
     if not p.remote:
         return
-    if runtime not in RAY_RUNTIMES:
-        raise ValueError(
-            f'`placement.engine = "ray"` is not available for the {runtime} runtime yet'
-        )
     if port:
         raise ValueError('`port` is for instances on this machine, not `placement.engine = "ray"`')
 

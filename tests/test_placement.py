@@ -64,11 +64,12 @@ def test_bad_placements_are_errors_naming_the_key(tmp_path, table, message):
     assert message in str(caught.value)
 
 
-def test_ray_placement_is_refused_where_it_is_not_built_yet(tmp_path):
-    with pytest.raises(ValueError, match='"ray"` is not available for the exec runtime yet'):
-        _load(tmp_path, 'engine = "ray"', 'runtime = "exec"\ncommand = ["cat"]\n')
-    # a local exec function may carry the amounts it would ask of Ray
-    assert _load(tmp_path, "num_cpus = 2", 'runtime = "exec"\ncommand = ["cat"]\n')
+def test_a_fixed_port_server_is_not_placed_on_ray(tmp_path):
+    head = 'runtime = "http"\ncommand = ["./server"]\nport = 9000\n'
+    with pytest.raises(ValueError, match="`port` is for instances on this machine, not `placement"):
+        _load(tmp_path, 'engine = "ray"', head)
+    # a local server may carry the amounts it would ask of Ray
+    assert _load(tmp_path, "num_cpus = 2", head).placement.num_cpus == 2
 
 
 def test_a_bad_placement_is_shown_by_functions_list(spool):

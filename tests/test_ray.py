@@ -284,6 +284,25 @@ def test_retry_with_a_delay_on_ray(spool, daemon, cluster):
     assert d.stop() == 0
 
 
+def test_exec_and_http_functions_on_ray(spool, daemon, cluster):
+    place_example(spool, "shout", "node_a")  # exec: a process per event, its code folder shipped
+    place_example(spool, "web", "node_b")  # http: a server per instance, its hooks over HTTP
+    d = daemon.start("--ray-address", cluster.address)
+    shouted = invoked(spool, "shout", '{"say": "hello"}')
+    assert shouted["state"] == "Succeeded" and shouted["result"] == {"SAY": "HELLO"}
+    assert ran_on(shouted) == [cluster.a]
+    assert f"shouted for {shouted['id']}" in Path(shouted["log_path"]).read_text()
+    served = [invoked(spool, "web", f'{{"name": "n{n}"}}') for n in range(2)]
+    assert [e["state"] for e in served] == ["Succeeded", "Succeeded"]
+    assert [ran_on(e) for e in served] == [[cluster.b], [cluster.b]]
+    assert served[0]["history"][2]["instance"] == served[1]["history"][2]["instance"]
+    log = Path(served[0]["log_path"]).read_text()
+    assert "FC Initialize Start" in log and "FC Invoke End" in log
+    hooks = [h.hook for h in _hooks(spool, "web")]
+    assert hooks.count("initializer") == 1
+    assert d.stop() == 0
+
+
 def test_a_daemon_killed_with_9_leaves_nothing_on_ray_and_the_event_runs_again(
     spool, daemon, cluster
 ):

@@ -1,9 +1,9 @@
 """The node's side of an instance placed on Ray: the body of its actor, which runs the local
-runtime's own instance there (the same spawn, process group, signals, pipes, memory watch and
-timeouts as on the daemon's machine) and answers the daemon's calls.
+runtime's own instance there, python, http or exec (the same spawn, process group, signals,
+pipes, memory watch and timeouts as on the daemon's machine), and answers the daemon's calls.
 
 Runs in the actor's process on the node (an async actor: one event loop, on a thread of Ray's);
-imports no ray, so it is also usable, and tested, without a cluster.
+imports ray only to learn its node's id, so it is also usable, and tested, without a cluster.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
-from daemon.runtimes.base import LOG_CAP, InstanceStartError
+from daemon.runtimes.base import Instance, InstanceStartError
+from daemon.runtimes.exec import ExecInstance
+from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
 from daemon.runtimes.ray_wire import HostReply, RelaySink, encode_reply
 from daemon.supervise.child import ExitStatus
@@ -32,23 +33,32 @@ log = logging.getLogger(__name__)
 PULL_WAIT = 5.0  # seconds a pull waits for news before it answers anyway (the daemon asks again)
 
 
-class HostedPython(PythonInstance):
-    """The python runtime's instance, telling its host when its process ends on its own."""
+class _ExitNews:
+    """Mixed into a runtime's instance of one long-lived process: tells the host at once when
+    that process ends on its own (the daemon learns it with the next answer)."""
 
-    def __init__(
-        self,
-        function: FunctionDef,
-        *,
-        on_exit: asyncio.Event,
-        logs: LogSink,
-        supervisor: Supervisor,
-    ) -> None:
-        super().__init__(function, log_cap=LOG_CAP, logs=logs, supervisor=supervisor)
-        self._exit_news = on_exit
+    exit_news: asyncio.Event | None = None
 
     def _on_exit(self, exited: asyncio.Future[ExitStatus]) -> None:
-        super()._on_exit(exited)
-        self._exit_news.set()
+        super()._on_exit(exited)  # type: ignore[misc]
+        if self.exit_news is not None:
+            self.exit_news.set()
+
+
+class HostedPython(_ExitNews, PythonInstance):
+    """The python runtime's instance, on a node."""
+
+
+class HostedHttp(_ExitNews, HttpInstance):
+    """The http runtime's instance, on a node."""
+
+
+#: the instance of each runtime as a host runs it (exec has no process between attempts)
+HOSTED: dict[str, type[HostedPython | HostedHttp | ExecInstance]] = {
+    "python": HostedPython,
+    "http": HostedHttp,
+    "exec": ExecInstance,
+}
 
 
 def on_node(function: FunctionDef, shipped: bool) -> FunctionDef:
@@ -72,20 +82,19 @@ class InstanceHost:
         self._id = instance_id
         self._node = node if node is not None else _ray_node_id()
         self._sink = RelaySink()
-        self._instance: HostedPython | None = None  # made by start, on the actor's event loop
+        self._instance: Instance | None = None  # made by start, on the actor's event loop
         self._frozen = False
 
-    def _made(self) -> HostedPython:
+    def _made(self) -> Instance:
         """The instance, made at the first call (Ray builds the actor off its event loop)."""
         if self._instance is None:
             supervisor = Supervisor(reaper=Reaper.adopt_orphans(asyncio.get_running_loop()))
-            self._instance = HostedPython(
-                self._function,
-                on_exit=self._sink.changed,
-                logs=self._sink,
-                supervisor=supervisor,
-            )
-            self._instance.id = self._id  # its lines in the node's log name the daemon's id
+            kind = HOSTED[self._function.runtime]
+            instance = kind(self._function, logs=self._sink, supervisor=supervisor)
+            if isinstance(instance, _ExitNews):
+                instance.exit_news = self._sink.changed
+            instance.id = self._id  # its lines in the node's log name the daemon's id
+            self._instance = instance
         return self._instance
 
     async def start(self, request_id: str | None, log_path: str | None) -> bytes:

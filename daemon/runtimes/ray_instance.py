@@ -74,6 +74,7 @@ class RayInstance(InstanceBase):
         self._relay = LogRelay(self.logs)
         self._follower: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Future[Any]] = set()  # calls whose answers are awaited
+        self._in_flight = 0  # attempts running on the node
 
     # -- the Instance protocol ---------------------------------------------------------------
 
@@ -107,10 +108,12 @@ class RayInstance(InstanceBase):
     async def invoke(
         self, request_id: str, payload: msgspec.Raw, attempt: int, timeout: float, log_path: Path
     ) -> Outcome:
-        """Run one attempt on the node; an actor lost meanwhile fails it and loses the instance."""
-        if self.state != "idle" or self._actor is None:
+        """Run one attempt on the node; an actor lost meanwhile fails it and loses the instance.
+        An http server serves up to `concurrency` at once, python and exec one."""
+        if self._actor is None or self.state not in ("idle", "busy") or self._full():
             message = f"instance {self.id} is {self.state}, not idle"
             return lost_outcome(unavailable(message), 0.0, None)
+        self._in_flight += 1
         self.state = "busy"
         began = time.monotonic()
         ref = self._actor.invoke.remote(request_id, bytes(payload), attempt, timeout, str(log_path))
@@ -123,11 +126,16 @@ class RayInstance(InstanceBase):
             duration = round((time.monotonic() - began) * 1000, 3)
             return self._on_node(lost_outcome(unreachable(str(exc)), duration, None))
         finally:
+            self._in_flight -= 1
             self.last_used = time.monotonic()
-        if self.state == "busy":
-            self.state = "idle" if reply.state != "dead" else "dead"
+            if self._in_flight == 0 and self.state == "busy":
+                self.state = "idle"
         assert reply.outcome is not None, "an invoke's answer carries its outcome"
         return self._on_node(reply.outcome)
+
+    def _full(self) -> bool:
+        slots = self.function.concurrency if self.function.runtime == "http" else 1
+        return self._in_flight >= max(1, slots)
 
     async def run_hook(
         self, hook: str, *, request_id: str, log_path: Path | None = None
