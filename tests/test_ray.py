@@ -130,6 +130,13 @@ def test_a_function_placed_by_resource_runs_on_that_node(spool, daemon, cluster)
     ], log
     shown = fnspool(spool, "events", "get", second["id"]).stdout
     assert f"on Ray node {cluster.b}" in shown
+    # metrics.prom counts the attempts per node
+    prom = spool / "run" / "metrics.prom"
+    counted = [
+        f'fnspool_node_attempts_total{{node="{node}",outcome="Succeeded"}} {n}'
+        for node, n in ((cluster.a, 1), (cluster.b, 2))
+    ]
+    wait_for(lambda: all(c in prom.read_text() for c in counted), what="metrics.prom per node")
     assert d.stop() == 0
 
 
