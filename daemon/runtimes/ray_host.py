@@ -107,19 +107,29 @@ class InstanceHost:
         return self._reply()
 
     async def invoke(
-        self, request_id: str, payload: bytes, attempt: int, timeout: float, log_path: str
+        self,
+        request_id: str,
+        payload: bytes,
+        attempt: int,
+        timeout: float,
+        log_path: str,
+        written: int = 0,
     ) -> bytes:
-        """Run one attempt; the outcome, with the log writes not yet acknowledged."""
+        """Run one attempt; the outcome, with the log writes not yet acknowledged (the daemon
+        has those up to `written`)."""
+        self._sink.acknowledge(written)
         self._thaw()
         outcome = await self._made().invoke(
             request_id, msgspec.Raw(payload), attempt, timeout, Path(log_path)
         )
         return self._reply(outcome=outcome)
 
-    async def run_hook(self, hook: str, request_id: str, log_path: str | None) -> bytes:
-        """Run a lifecycle hook of the function's."""
-        if hook != "pre_stop":  # PreStop may run beside a stopped event: leave it as it is
-            self._thaw()
+    async def run_hook(
+        self, hook: str, request_id: str, log_path: str | None, written: int = 0
+    ) -> bytes:
+        """Run a lifecycle hook of the function's (the daemon has the writes up to `written`)."""
+        self._sink.acknowledge(written)
+        self._thaw()
         path = Path(log_path) if log_path is not None else None
         outcome = await self._made().run_hook(hook, request_id=request_id, log_path=path)
         return self._reply(hook=outcome)
@@ -147,8 +157,8 @@ class InstanceHost:
         return self._reply()
 
     def _thaw(self) -> None:
-        """A SIGCONT the daemon sent may come after the call it preceded: the instance is
-        never left stopped under an event."""
+        """A frozen instance is thawed by its next call (the daemon sends no SIGCONT: a round
+        trip less between an event's arrival and its start)."""
         if self._frozen:
             self.signal(signal.SIGCONT)
 

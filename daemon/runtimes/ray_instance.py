@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,7 +117,9 @@ class RayInstance(InstanceBase):
         self._in_flight += 1
         self.state = "busy"
         began = time.monotonic()
-        ref = self._actor.invoke.remote(request_id, bytes(payload), attempt, timeout, str(log_path))
+        ref = self._actor.invoke.remote(
+            request_id, bytes(payload), attempt, timeout, str(log_path), self._relay.written
+        )
         try:
             reply = await self._call(ref, timeout + ANSWER_SLACK)
         except asyncio.CancelledError:
@@ -147,7 +150,7 @@ class RayInstance(InstanceBase):
         try:
             if self._actor is None:
                 raise ActorLost(f"instance {self.id} is {self.state}")
-            ref = self._actor.run_hook.remote(hook, request_id, path)
+            ref = self._actor.run_hook.remote(hook, request_id, path, self._relay.written)
             reply = await self._call(ref, timeout + ANSWER_SLACK)
         except ActorLost as exc:
             return HookOutcome(
@@ -162,7 +165,8 @@ class RayInstance(InstanceBase):
         False if the instance is gone."""
         if self._actor is None or self.state == "dead":
             return False
-        self._actor.signal.remote(sig)
+        if sig != signal.SIGCONT:  # the node thaws a frozen instance at its next call
+            self._actor.signal.remote(sig)
         return True
 
     async def stop(self) -> None:

@@ -77,7 +77,8 @@ class RelaySink:
         """Keep one write for the daemon."""
         self.last += 1
         self._kept.append(LogChunk(seq=self.last, path=str(path), data=data, journaled=journaled))
-        self.changed.set()
+        if not journaled:  # Start and End lines ride with the attempt's answer: no round trip
+            self.changed.set()
 
     def acknowledge(self, upto: int) -> None:
         """The daemon has written everything up to `upto`: forget it."""
