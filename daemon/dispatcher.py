@@ -506,7 +506,9 @@ class Dispatcher:
         """Journal how the attempt ended and decide what follows (no await: cannot be cut off)."""
         if event.state is State.STOPPING:
             self._stopped(event, running, attempt, o)
-            self.metrics.attempt_ended(event.function, State.STOPPED, o.usage.duration_ms)
+            self.metrics.attempt_ended(
+                event.function, State.STOPPED, o.usage.duration_ms, o.usage.node
+            )
             return
         state, not_before = State.SUCCEEDED, None
         if not o.ok:
@@ -527,7 +529,7 @@ class Dispatcher:
             self.submit(event)
         else:
             self._end(event, state, result=_result(o), error=o.error, **fields)
-        self.metrics.attempt_ended(event.function, state, o.usage.duration_ms)
+        self.metrics.attempt_ended(event.function, state, o.usage.duration_ms, o.usage.node)
         # a success is the common case, and the journal has it: the daemon log keeps the rest
         level = logging.DEBUG if state is State.SUCCEEDED else logging.INFO
         log.log(level, "event %s %s (attempt %d)", event.id, state.value, attempt)

@@ -15,6 +15,7 @@ import msgspec
 from daemon import users
 from daemon.ids import NAME_RE
 from daemon.model import Event, State
+from daemon.placement import Placement, check_placement, check_resources_table
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class FunctionDef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     user: str = ""  # the account instances run as ("": the daemon's --run-as, else its own)
     async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
     lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
+    placement: Placement = msgspec.field(default_factory=Placement)
     # filled in by load_function, never read from the file
     name: str = ""
     path: str = ""
@@ -145,6 +147,7 @@ def _check_values(d: FunctionDef) -> None:
     for key in ("on_success", "on_failure"):
         _check_destination(f"async.{key}", getattr(d.async_, key))
     _check_http(d)
+    check_placement(d.placement, port=d.port)
 
 
 def _check_http(d: FunctionDef) -> None:
@@ -223,6 +226,7 @@ def load_function(path: Path) -> FunctionDef:
     for key in ("name", "path", "code_dir", "interpreter", "one_at_a_time"):
         if key in data:
             raise ValueError(f"Object contains unknown field `{key}`")
+    check_resources_table(data.get("placement"))
     try:
         d = msgspec.convert(data, FunctionDef)
     except msgspec.ValidationError as exc:

@@ -57,11 +57,18 @@ class Metrics:
         self.attempts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.durations: collections.defaultdict[str, Histogram] = collections.defaultdict(Histogram)
         self.cold_starts: collections.Counter[str] = collections.Counter()
+        #: attempts that ran on a Ray node, by node and outcome
+        self.on_nodes: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    def attempt_ended(self, function: str, outcome: State, duration_ms: float) -> None:
-        """One attempt of `function` ended as `outcome` after `duration_ms`."""
+    def attempt_ended(
+        self, function: str, outcome: State, duration_ms: float, node: str | None = None
+    ) -> None:
+        """One attempt of `function` ended as `outcome` after `duration_ms` (on the Ray `node`,
+        if it ran on one)."""
         self.attempts[function, outcome.value] += 1
         self.durations[function].observe(duration_ms / 1000)
+        if node is not None:
+            self.on_nodes[node, outcome.value] += 1
 
     def cold_start(self, function: str) -> None:
         """An event of `function` waited for a new instance."""
@@ -88,6 +95,10 @@ class Metrics:
         _family(out, "fnspool_attempts_total", "counter", "Attempts ended, by outcome.")
         for (function, outcome), n in sorted(self.attempts.items()):
             out.append(f'fnspool_attempts_total{{function="{function}",outcome="{outcome}"}} {n}')
+        if self.on_nodes:
+            _family(out, "fnspool_node_attempts_total", "counter", "Attempts ended on Ray nodes.")
+        for (node, outcome), n in sorted(self.on_nodes.items()):
+            out.append(f'fnspool_node_attempts_total{{node="{node}",outcome="{outcome}"}} {n}')
         name = "fnspool_attempt_duration_seconds"
         _family(out, name, "histogram", "Attempt wall time.")
         for function, histogram in sorted(self.durations.items()):

@@ -120,6 +120,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     max_memory_mb: float | None = None
     exit_code: int | None = None
     signal: int | None = None
+    node: str | None = None  # the Ray node it ran on (placement engine "ray")
 
 
 class Source(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

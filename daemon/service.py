@@ -30,6 +30,8 @@ from daemon.runfiles import RunFiles
 from daemon.runtimes.exec import ExecInstance
 from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
+from daemon.runtimes.ray_engine import RayEngine, namespace_of, ray_address
+from daemon.runtimes.ray_instance import RayInstance, by_placement
 from daemon.spool import Spool
 from daemon.store import Store
 from daemon.supervise.supervisor import Supervisor
@@ -51,6 +53,7 @@ class Settings(msgspec.Struct, kw_only=True):
     scan_interval: float = 5.0
     settle: float = 2.0
     run_as: str = ""  # the user of every function that names none ("": the daemon's own)
+    ray_address: str = ""  # the Ray cluster of functions placed on Ray ("": from the environment)
 
 
 class Daemon:
@@ -168,11 +171,15 @@ class Daemon:
         )
         self.store = Store(writer, state, self.spool.logs)
         logs = EventLogs(writer.write_log)
-        factories: dict[str, InstanceFactory] = {
+        local: dict[str, InstanceFactory] = {
             "python": functools.partial(PythonInstance, logs=logs, supervisor=self.supervisor),
             "http": functools.partial(HttpInstance, logs=logs, supervisor=self.supervisor),
             "exec": functools.partial(ExecInstance, logs=logs, supervisor=self.supervisor),
         }
+        # instances of functions placed on Ray: the cluster is reached at the first one's start
+        self.ray = RayEngine(ray_address(self.settings.ray_address), namespace_of(self.spool.root))
+        remote = functools.partial(RayInstance, engine=self.ray, logs=logs)
+        factories = {name: by_placement(f, remote) for name, f in local.items()}
         self.destinations = Destinations(
             self.spool.root,
             self.definitions,
@@ -269,6 +276,7 @@ class Daemon:
         self.requests.stop()
         drain_until = time.monotonic() + self.settings.drain_timeout
         await self.dispatcher.drain(0 if self._fatal else self.settings.drain_timeout)
+        await self.ray.close()
         if self._compaction is not None:
             await asyncio.gather(self._compaction, return_exceptions=True)
         if self._fatal is None:
@@ -346,6 +354,7 @@ class Daemon:
         for name in self.catalog.functions:
             self.spool.make_drop_folder(name)
         self.dispatcher.reconcile()
+        self.ray.connect_soon(self.catalog.functions.values())
         log.info(
             "definitions loaded: %s%s",
             ", ".join(sorted(self.catalog.functions)) or "none",

@@ -194,7 +194,8 @@ def _error_text(error: dict[str, Any]) -> str:
 
 
 def _usage_text(usage: dict[str, Any]) -> str:
-    """An attempt's cost in words: wall time, CPU time, peak memory, how the process ended."""
+    """An attempt's cost in words: wall time, CPU time, peak memory, how the process ended,
+    the Ray node it ran on."""
     parts = [f"wall {usage['duration_ms']:.1f}ms"]
     if usage.get("cpu_ms") is not None:
         parts.append(f"cpu {usage['cpu_ms']:.1f}ms")
@@ -204,6 +205,8 @@ def _usage_text(usage: dict[str, Any]) -> str:
         parts.append(f"killed by signal {usage['signal']}")
     elif usage.get("exit_code") is not None:
         parts.append(f"exit code {usage['exit_code']}")
+    if usage.get("node") is not None:
+        parts.append(printable(f"on Ray node {usage['node']}"))
     return ", ".join(parts)
 
 

@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the instances of functions that set no `user` as USER "
         "(default: $FNSPOOL_RUN_AS, else the daemon's own user)",
     )
+    daemon.add_argument(
+        "--ray-address",
+        default="",
+        metavar="ADDR",
+        help="the Ray cluster of functions placed on Ray (default: $FNSPOOL_RAY_ADDRESS, "
+        "else $RAY_ADDRESS, else a cluster started on this machine)",
+    )
     daemon.add_argument("-v", "--verbose", action="store_true", help="log debug lines too")
     daemon.set_defaults(run=_command("run.daemon"))
 

@@ -30,6 +30,7 @@ def daemon(args: argparse.Namespace) -> int:
         snapshot_every=args.snapshot_every,
         segment_bytes=args.segment_bytes,
         run_as=_run_as(args.run_as),
+        ray_address=args.ray_address,
     )
     try:
         return uvloop.run(Daemon(spool_of(args), settings).run())

@@ -1,0 +1,183 @@
+"""The node's side of an instance placed on Ray: the body of its actor, which runs the local
+runtime's own instance there, python, http or exec (the same spawn, process group, signals,
+pipes, memory watch and timeouts as on the daemon's machine), and answers the daemon's calls.
+
+Runs in the actor's process on the node (an async actor: one event loop, on a thread of Ray's);
+imports ray only to learn its node's id, so it is also usable, and tested, without a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import msgspec
+
+from daemon.functions import FunctionDef
+from daemon.runtimes.base import Instance, InstanceStartError
+from daemon.runtimes.exec import ExecInstance
+from daemon.runtimes.http import HttpInstance
+from daemon.runtimes.python import PythonInstance
+from daemon.runtimes.ray_wire import HostReply, RelaySink, encode_reply
+from daemon.supervise.child import ExitStatus
+from daemon.supervise.reaper import Reaper
+from daemon.supervise.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+PULL_WAIT = 5.0  # seconds a pull waits for news before it answers anyway (the daemon asks again)
+
+
+class _ExitNews:
+    """Mixed into a runtime's instance of one long-lived process: tells the host at once when
+    that process ends on its own (the daemon learns it with the next answer)."""
+
+    exit_news: asyncio.Event | None = None
+
+    def _on_exit(self, exited: asyncio.Future[ExitStatus]) -> None:
+        super()._on_exit(exited)  # type: ignore[misc]
+        if self.exit_news is not None:
+            self.exit_news.set()
+
+
+class HostedPython(_ExitNews, PythonInstance):
+    """The python runtime's instance, on a node."""
+
+
+class HostedHttp(_ExitNews, HttpInstance):
+    """The http runtime's instance, on a node."""
+
+
+#: the instance of each runtime as a host runs it (exec has no process between attempts)
+HOSTED: dict[str, type[HostedPython | HostedHttp | ExecInstance]] = {
+    "python": HostedPython,
+    "http": HostedHttp,
+    "exec": ExecInstance,
+}
+
+
+def on_node(function: FunctionDef, shipped: bool) -> FunctionDef:
+    """The definition as it runs on this node: its code in the folder Ray unpacked (the actor's
+    working directory), the node's interpreter unless `python` names one, no account switch."""
+    return msgspec.structs.replace(
+        function,
+        code_dir=os.getcwd() if shipped else function.code_dir,
+        interpreter=function.python or sys.executable,
+        user="",
+    )
+
+
+class InstanceHost:
+    """One instance on one node: the actor's class (the daemon wraps it with `ray.remote`)."""
+
+    def __init__(
+        self, definition: bytes, instance_id: str, *, shipped: bool, node: str | None = None
+    ) -> None:
+        self._function = on_node(msgspec.json.decode(definition, type=FunctionDef), shipped)
+        self._id = instance_id
+        self._node = node if node is not None else _ray_node_id()
+        self._sink = RelaySink()
+        self._instance: Instance | None = None  # made by start, on the actor's event loop
+        self._frozen = False
+
+    def _made(self) -> Instance:
+        """The instance, made at the first call (Ray builds the actor off its event loop)."""
+        if self._instance is None:
+            supervisor = Supervisor(reaper=Reaper.adopt_orphans(asyncio.get_running_loop()))
+            kind = HOSTED[self._function.runtime]
+            instance = kind(self._function, logs=self._sink, supervisor=supervisor)
+            if isinstance(instance, _ExitNews):
+                instance.exit_news = self._sink.changed
+            instance.id = self._id  # its lines in the node's log name the daemon's id
+            self._instance = instance
+        return self._instance
+
+    async def start(self, request_id: str | None, log_path: str | None) -> bytes:
+        """Spawn the function's process and wait until it is ready."""
+        path = Path(log_path) if log_path is not None else None
+        try:
+            await self._made().start(request_id=request_id, log_path=path)
+        except InstanceStartError as exc:
+            return self._reply(start_error=exc.error)
+        return self._reply()
+
+    async def invoke(
+        self,
+        request_id: str,
+        payload: bytes,
+        attempt: int,
+        timeout: float,
+        log_path: str,
+        written: int = 0,
+    ) -> bytes:
+        """Run one attempt; the outcome, with the log writes not yet acknowledged (the daemon
+        has those up to `written`)."""
+        self._sink.acknowledge(written)
+        self._thaw()
+        outcome = await self._made().invoke(
+            request_id, msgspec.Raw(payload), attempt, timeout, Path(log_path)
+        )
+        return self._reply(outcome=outcome)
+
+    async def run_hook(
+        self, hook: str, request_id: str, log_path: str | None, written: int = 0
+    ) -> bytes:
+        """Run a lifecycle hook of the function's (the daemon has the writes up to `written`)."""
+        self._sink.acknowledge(written)
+        self._thaw()
+        path = Path(log_path) if log_path is not None else None
+        outcome = await self._made().run_hook(hook, request_id=request_id, log_path=path)
+        return self._reply(hook=outcome)
+
+    def signal(self, sig: int) -> bool:
+        """Send `sig` to the function's process group; False if it is gone."""
+        if sig in (signal.SIGSTOP, signal.SIGCONT):
+            self._frozen = sig == signal.SIGSTOP
+        return self._made().signal(sig)
+
+    async def stop(self) -> bytes:
+        """Kill the function's process group and reap it."""
+        await self._made().stop()
+        self._sink.changed.set()
+        return self._reply()
+
+    async def pull(self, written: int) -> bytes:
+        """Forget the log writes up to `written` (the daemon has them); answer once there are
+        new ones or the instance died, or after PULL_WAIT seconds."""
+        self._sink.acknowledge(written)
+        if self._sink.last <= written and self._made().state != "dead":
+            self._sink.changed.clear()  # news from before are in this answer, or were sent
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sink.changed.wait(), PULL_WAIT)
+        return self._reply()
+
+    def _thaw(self) -> None:
+        """A frozen instance is thawed by its next call (the daemon sends no SIGCONT: a round
+        trip less between an event's arrival and its start)."""
+        if self._frozen:
+            self.signal(signal.SIGCONT)
+
+    def _reply(self, **result: object) -> bytes:
+        instance = self._made()
+        return encode_reply(
+            HostReply(
+                state=instance.state,
+                node=self._node,
+                pid=instance.pid,
+                events_served=instance.events_served,
+                chunks=self._sink.unacknowledged(),
+                **result,  # type: ignore[arg-type]
+            )
+        )
+
+
+def _ray_node_id() -> str:
+    """The id of the Ray node this actor runs on."""
+    import ray  # only ever on a node, inside an actor
+
+    return ray.get_runtime_context().get_node_id()
