@@ -24,6 +24,7 @@ import msgspec
 from daemon.errors import start_timeout, unavailable, unreachable
 from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
+from daemon.instances import InstanceState
 from daemon.runtimes.base import (
     LOG_CAP,
     HookOutcome,
@@ -100,7 +101,7 @@ class RayInstance(InstanceBase):
         if reply.start_error is not None:
             await self.stop()
             raise InstanceStartError(reply.start_error)
-        self.state = "idle"
+        self.state = InstanceState.IDLE
         self.started_at = time.time()
         self.last_used = time.monotonic()
         self._follower = asyncio.get_running_loop().create_task(self._follow())
@@ -111,11 +112,15 @@ class RayInstance(InstanceBase):
     ) -> Outcome:
         """Run one attempt on the node; an actor lost meanwhile fails it and loses the instance.
         An http server serves up to `concurrency` at once, python and exec one."""
-        if self._actor is None or self.state not in ("idle", "busy") or self._full():
+        if (
+            self._actor is None
+            or self.state not in (InstanceState.IDLE, InstanceState.BUSY)
+            or self._full()
+        ):
             message = f"instance {self.id} is {self.state}, not idle"
             return lost_outcome(unavailable(message), 0.0, None)
         self._in_flight += 1
-        self.state = "busy"
+        self.state = InstanceState.BUSY
         began = time.monotonic()
         ref = self._actor.invoke.remote(
             request_id, bytes(payload), attempt, timeout, str(log_path), self._relay.written
@@ -131,8 +136,8 @@ class RayInstance(InstanceBase):
         finally:
             self._in_flight -= 1
             self.last_used = time.monotonic()
-            if self._in_flight == 0 and self.state == "busy":
-                self.state = "idle"
+            if self._in_flight == 0 and self.state is InstanceState.BUSY:
+                self.state = InstanceState.IDLE
         assert reply.outcome is not None, "an invoke's answer carries its outcome"
         return self._on_node(reply.outcome)
 
@@ -163,7 +168,7 @@ class RayInstance(InstanceBase):
     def signal(self, sig: int) -> bool:
         """Send `sig` to the function's process group on its node (the call is not awaited);
         False if the instance is gone."""
-        if self._actor is None or self.state == "dead":
+        if self._actor is None or self.state is InstanceState.DEAD:
             return False
         if sig != signal.SIGCONT:  # the node thaws a frozen instance at its next call
             self._actor.signal.remote(sig)
@@ -171,8 +176,8 @@ class RayInstance(InstanceBase):
 
     async def stop(self) -> None:
         """Stop the function's process on its node, then end the actor; idempotent."""
-        if self.state != "dead":
-            self.state = "stopping"
+        if self.state is not InstanceState.DEAD:
+            self.state = InstanceState.STOPPING
         actor, self._actor = self._actor, None
         if self._follower is not None:
             self._follower.cancel()
@@ -183,7 +188,7 @@ class RayInstance(InstanceBase):
             if self._calls:
                 await asyncio.wait(set(self._calls), timeout=STOP_TIME)
             self._engine.kill(actor)
-        self.state = "dead"
+        self.state = InstanceState.DEAD
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -200,7 +205,7 @@ class RayInstance(InstanceBase):
             message = f"instance {self.id}: its Ray actor gave no answer in {timeout:.0f}s"
             raise ActorLost(message) from None
         except RayActorError as exc:
-            self.state = "dead"
+            self.state = InstanceState.DEAD
             raise ActorLost(f"instance {self.id}: its Ray actor died: {_first_line(exc)}") from None
         except RayTaskError as exc:  # a fault of fnspool's own on the node: the instance is lost
             log.error("instance %s: the call failed on its node: %s", self.id, exc)
@@ -219,20 +224,26 @@ class RayInstance(InstanceBase):
         """Write the answer's log writes and keep what it says of the instance."""
         self._relay.take(reply.chunks)
         self.node, self.pid, self.events_served = reply.node, reply.pid, reply.events_served
-        if reply.state == "dead" and self.state not in ("stopping", "dead"):
+        if reply.state == InstanceState.DEAD and self.state not in (
+            InstanceState.STOPPING,
+            InstanceState.DEAD,
+        ):
             log.warning("instance %s: its process on Ray node %s ended", self.id, self.node)
-            self.state = "dead"
+            self.state = InstanceState.DEAD
         return reply
 
     async def _follow(self) -> None:
         """Fetch the function's output while the instance lives (a long poll)."""
-        while self._actor is not None and self.state not in ("stopping", "dead"):
+        while self._actor is not None and self.state not in (
+            InstanceState.STOPPING,
+            InstanceState.DEAD,
+        ):
             try:
                 await self._call(self._actor.pull.remote(self._relay.written), ANSWER_SLACK)
             except ActorLost as exc:
-                if self.state not in ("stopping", "dead"):
+                if self.state not in (InstanceState.STOPPING, InstanceState.DEAD):
                     log.warning("%s", exc)
-                    self.state = "dead"
+                    self.state = InstanceState.DEAD
                 return
 
     def _on_node(self, outcome: Outcome) -> Outcome:
