@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from daemon.journal import Cursor
-from daemon.model import Event, Source, State
+from daemon.model import ErrorInfo, Event, Source, State
 from daemon.query import Filter
 
 INDEX_NAME = "index.sqlite"
@@ -101,15 +101,19 @@ def source_key_of(source: Source | None) -> str | None:
     return f"{source.inode}:{source.size}:{source.mtime_ns}"
 
 
+def error_text(error: ErrorInfo | None) -> str | None:
+    """What the `error` column holds of an error: `type message`, lower-cased."""
+    return f"{error.type} {error.message}".lower() if error is not None else None
+
+
 def _row(event: Event, archive: int | None) -> tuple[object, ...]:
-    error = f"{event.error.type} {event.error.message}".lower() if event.error else None
     return (
         event.id,
         event.function,
         event.state.value,
         event.enqueued_at,
         event.ended_at,
-        error,
+        error_text(event.error),
         event.seq,
         archive,
         source_key_of(event.source),
@@ -188,6 +192,10 @@ class IndexDB:
             event = _event_decoder.decode(body)
             found[event.id] = event
         return found
+
+    def bodies(self, ids: Iterable[str]) -> list[bytes]:
+        """The bodies of the rows with these ids (in no particular order)."""
+        return [r[0] for r in self._rows_by_id("body", list(ids))]
 
     def _rows_by_id(self, column: str, ids: list[str]) -> Iterator[tuple[Any, ...]]:
         for start in range(0, len(ids), _PARAMS_PER_QUERY):
@@ -516,6 +524,19 @@ def state_branches(flt: Filter, counts: dict[tuple[str, State], int]) -> list[Br
     return branches
 
 
+def once_branches(flt: Filter, counts: dict[tuple[str, State], int]) -> tuple[list[Branch], int]:
+    """Branches that find every ended row of a filter once, along the fewest index entries (by
+    the counts): the function's index, or one state's index per state; and how many entries."""
+    states = ended_states(flt)
+    along_states = sum(n for (_f, s), n in counts.items() if s.value in states)
+    if flt.function is not None:
+        along_function = sum(n for (f, _s), n in counts.items() if f == flt.function)
+        if along_function <= along_states:
+            eq = {"function": flt.function}
+            return [_branch("events_by_function", eq, flt, states)], along_function
+    return [_branch("events_by_state", {"state": s}, flt, None) for s in states], along_states
+
+
 def scan_branch(flt: Filter) -> Branch:
     """The ended events of a filter along one index, in list order (for filters that must look
     at every row, such as free text)."""
@@ -596,6 +617,26 @@ def slice_count(
     """The rows of the slice from `bound` to `floor` that pass the branch."""
     sql, params = _in_slice(branch, bound, floor, descending)
     return int(index.db.execute(f"SELECT count(*) {sql}", params).fetchone()[0])
+
+
+#: what a row sorts by, per list column no index orders (a missing value is NULL)
+SORT_VALUES = {
+    "id": "id",
+    "attempts": "coalesce(json_extract(CAST(body AS TEXT), '$.attempts'), 0)",
+    "duration": "json_extract(CAST(body AS TEXT), '$.duration_ms')",
+    "error": "error",
+}
+
+
+def slice_values(
+    index: IndexDB, branch: Branch, bound: Key, floor: float, column: str
+) -> list[tuple[str, float, Any]]:
+    """(id, enqueued_at, value to sort by) of the rows of the slice from `bound` down to `floor`
+    that pass the branch; `column` is one of SORT_VALUES."""
+    sql, params = _in_slice(branch, bound, floor, True)
+    return index.db.execute(
+        f"SELECT id, enqueued_at, {SORT_VALUES[column]} {sql}", params
+    ).fetchall()
 
 
 def times_at(index: IndexDB, branches: list[Branch], offset: int, limit: int) -> list[float]:

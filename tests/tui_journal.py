@@ -138,3 +138,69 @@ def _at(rec: Transition, at: float) -> Transition:
     import msgspec
 
     return msgspec.structs.replace(rec, at=at)
+
+
+#: the errors of write_varied: equal texts (ties), and texts equal but for case
+VARIED_ERRORS = (
+    ErrorInfo(type="ValueError", message="bad input"),
+    ErrorInfo(type="KeyError", message="'size'"),
+    ErrorInfo(type="valueError", message="Bad input"),
+    ErrorInfo(type="TimeoutError", message="took too long"),
+)
+
+
+def varied_history(i: int, function: str, at: float) -> list[Transition]:
+    """Event `i`'s transitions, one of six kinds by `i % 6`: succeeded, failed, succeeded at the
+    second attempt, stopped before it ran (no duration), failed at the third attempt, expired
+    (no duration); durations of a few values, so that many are equal."""
+    common = {"id": event_id(i), "function": function}
+    kind = i % 6
+    error = VARIED_ERRORS[i // 4 % len(VARIED_ERRORS)]  # the same for events enqueued together
+    recs = [Transition(**common, state=State.ENQUEUED, at=at, payload=raw_json({"n": i}))]
+    if kind == 3:
+        return [*recs, Transition(**common, state=State.STOPPED, at=at + 0.01)]
+    recs.append(Transition(**common, state=State.DEQUEUED, at=at + 0.01))
+    if kind == 5:
+        return [*recs, Transition(**common, state=State.EXPIRED, at=at + 0.02)]
+    attempts = {0: 1, 1: 1, 2: 2, 4: 3}[kind]
+    t = at + 0.02
+    for attempt in range(1, attempts):
+        recs.append(Transition(**common, state=State.RUNNING, at=t, attempt=attempt))
+        recs.append(Transition(**common, state=State.RETRYING, at=t + 0.01, error=error))
+        t += 0.02
+    recs.append(Transition(**common, state=State.RUNNING, at=t, attempt=attempts))
+    end = t + (i * 7 % 5) * 0.25  # five durations, each shared by many
+    if kind in (1, 4):
+        recs.append(Transition(**common, state=State.FAILED, at=end, attempt=attempts, error=error))
+    else:
+        recs.append(Transition(**common, state=State.SUCCEEDED, at=end, attempt=attempts))
+    return recs
+
+
+def write_varied(spool: Path, n: int, live: int = 0) -> list[Transition]:
+    """A journal of `n` varied events (see varied_history), four at each enqueue time; the
+    last `live` of them not ended yet (two in three still queued, the third running)."""
+    journal = spool / "journal"
+    journal.mkdir(parents=True, exist_ok=True)
+    for sub in ("control", "tmp", "run", "logs", "incoming"):
+        (spool / sub).mkdir(exist_ok=True)
+    records: list[Transition] = []
+    for i in range(n):
+        at = T0 + i // 4
+        recs = varied_history(i, FUNCTIONS[i // 4 % len(FUNCTIONS)], at)
+        if i >= n - live:  # still queued, or running its first attempt
+            recs = recs[:1] if i % 3 else [*recs[:1], *_running(recs[0], at)]
+        records += recs
+    numbered = [_with_seq(rec, seq) for seq, rec in enumerate(records, start=1)]
+    with open(journal / segment_name(1), "wb") as f:
+        for rec in numbered:
+            f.write(encode_record(rec))
+    return numbered
+
+
+def _running(first: Transition, at: float) -> list[Transition]:
+    common = {"id": first.id, "function": first.function}
+    return [
+        Transition(**common, state=State.DEQUEUED, at=at + 0.01),
+        Transition(**common, state=State.RUNNING, at=at + 0.02, attempt=1),
+    ]

@@ -47,7 +47,8 @@ from tui.modals import (
     TimeRange,
 )
 from tui.pausing import hold_of
-from tui.reader import Changed, Reader, SetFilter, Show, WindowRead
+from tui.ranked import RANKED, sortable, too_many_text
+from tui.reader import Changed, Reader, SetFilter, Show, SortRefused, WindowRead
 from tui.rejected import RejectedScreen
 from tui.sorting import DEFAULT, SORTABLE, Order
 from tui.tail import DaemonStatus, StatusChanged
@@ -78,6 +79,8 @@ class FnspoolApp(App[None]):
         self.spool = spool
         self.flt = Filter()
         self.order = DEFAULT
+        self.served = DEFAULT  # the last order the index serves (tui/sorting.py), to fall back on
+        self.refused: tuple[Filter, int] | None = None  # a filter too big to sort, its total
         self.generation = 0
         self.time_range = TimeRange(since=None, until=None)
         self.counts: dict[tuple[str, State], int] = {}
@@ -295,29 +298,54 @@ class FnspoolApp(App[None]):
         self.sort_by(message.column)
 
     def sort_by(self, column: str) -> None:
-        """Sort by `column` (again: the other way), when an index serves it."""
-        if column not in SORTABLE:
-            self.notify(
-                f"no index keeps events in {column} order, and sorting by it would read every"
-                f" event: sort by {', '.join(SORTABLE)} (click a title, or < >, I inverts)",
-                title=f"cannot sort by {column}",
-                severity="warning",
-            )
-            return
+        """Sort by `column` (again: the other way)."""
         same = self.order.column == column
         self.set_order(self.order.flipped() if same else Order(column, SORTABLE[column]))
 
     def action_sort_next(self, step: int) -> None:
-        """Sort by the next sortable column (or the previous one)."""
-        self.set_order(self.order.moved(step))
+        """Sort by the next column (or the previous one), past those the filter matches too
+        many events to sort by."""
+        order = self.order.moved(step)
+        while order.column in RANKED and self._too_many() is not None:
+            order = order.moved(step)
+        self.set_order(order)
 
     def action_sort_flip(self) -> None:
         """Sort the other way."""
         self.set_order(self.order.flipped())
 
     def set_order(self, order: Order) -> None:
-        """Show the list in `order`, from its top."""
+        """Show the list in `order`, from its top (unless the filter matches too many events to
+        sort by its column: then the list stays as it is, and says so)."""
+        total = self._too_many()
+        if order.column in RANKED and total is not None:
+            self._refuse(order, total)
+            return
+        if order.column not in RANKED:
+            self.served = order
         self.order = order
+        self.refilter()
+
+    def _too_many(self) -> int | None:
+        """The events the filter matches when known to be more than can be sorted in memory."""
+        if self.total is not None:
+            return None if sortable(self.total) else self.total
+        if self.refused is not None and self.refused[0] == self.flt:
+            return self.refused[1]
+        return None
+
+    def _refuse(self, order: Order, total: int) -> None:
+        self.notify(
+            too_many_text(order.column, total), title="too many events to sort", severity="warning"
+        )
+
+    def on_sort_refused(self, message: SortRefused) -> None:
+        """The reader counted more events than can be sorted: back to the order served before."""
+        if message.generation != self.generation:
+            return
+        self.refused = (self.flt, message.total)
+        self._refuse(message.order, message.total)
+        self.order = self.served
         self.refilter()
 
     def action_clear_filters(self) -> None:

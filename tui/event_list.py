@@ -343,7 +343,8 @@ class EventList(ScrollView, can_focus=True):
                 parts.append(_cell(marked, width, right) + _GAP)
             else:  # no room beside the title: the mark in the gap
                 parts.append(_cell(title, width, right) + self.order.arrow + _GAP[1:])
-        return Strip([Segment(f"{''.join(parts)}ERROR", self._style("header"))])
+        error = f"ERROR {self.order.arrow}" if self.order.column == "error" else "ERROR"
+        return Strip([Segment(f"{''.join(parts)}{error}", self._style("header"))])
 
     def _line(self, row: Row) -> Strip:
         muted = self._style("muted")

@@ -78,13 +78,13 @@ class Listing:
         self._streaming = False  # the work is a scan down whose rows are shown as found
         self._counting: Iterator[None] | None = None
         self._sought: int | None = None  # the position the last seek was for
-        self.scanned, self.to_scan = 0, _from_counts(flt, counts)  # the count's progress
+        self.scanned, self.to_scan = 0, from_counts(flt, counts)  # the count's progress
         self.held = self.scans and self._hold({f for f, _ in counts})
         if self.held:
             return
         timed = (flt.since, flt.until, flt.ended_since, flt.ended_until) != (None,) * 4
         if not timed and not self.scans:
-            self.total_indexed = _from_counts(flt, counts)
+            self.total_indexed = from_counts(flt, counts)
         else:
             self._counting = self._count()
 
@@ -325,17 +325,7 @@ class Listing:
     # -- sliced work (generators: one slice per `next`) -------------------------------------
 
     def _slices(self, branch: Branch, bound: Key, descending: bool = True) -> Iterator[float]:
-        """Successive slice floors from `bound` along `branch`."""
-        while True:
-            started = time.perf_counter()
-            floor = eventdb.slice_floor(
-                self.index, branch, bound, self.slicer.size, descending=descending
-            )
-            if floor is None:
-                return
-            yield floor
-            self.slicer.timed(started)
-            bound = (floor, "") if descending else (floor, MAX_ID)
+        return slices(self.index, self.slicer, branch, bound, descending)
 
     def _count(self) -> Iterator[None]:
         branches = [eventdb.scan_branch(self.flt)] if self.scans else self.branches
@@ -400,6 +390,20 @@ class Listing:
         self.total_indexed = seen
 
 
+def slices(
+    index: IndexDB, slicer: Slicer, branch: Branch, bound: Key, descending: bool = True
+) -> Iterator[float]:
+    """Successive slice floors from `bound` along `branch`, each slice sized by `slicer`."""
+    while True:
+        started = time.perf_counter()
+        floor = eventdb.slice_floor(index, branch, bound, slicer.size, descending=descending)
+        if floor is None:
+            return
+        yield floor
+        slicer.timed(started)
+        bound = (floor, "") if descending else (floor, MAX_ID)
+
+
 def ended_ids(directory: Path, flt: Filter, page_size: int = 1000) -> Iterator[str]:
     """The ids of every ended event passing `flt`, newest first, read a page at a time (with
     what the index has not taken in yet folded on top, as reads.py does)."""
@@ -457,7 +461,7 @@ def _above(rows: list[Row], key: Key) -> int:
     return lo
 
 
-def _from_counts(flt: Filter, counts: dict[tuple[str, State], int]) -> int:
+def from_counts(flt: Filter, counts: dict[tuple[str, State], int]) -> int:
     """The indexed rows passing the filter's states and function (for a text or a time range:
     the rows it looks through)."""
     states = set(eventdb.ended_states(flt))

@@ -15,6 +15,7 @@ from textual.widgets.selection_list import Selection
 from daemon.model import State
 from daemon.query import parse_time
 from tui.format import STATES, state_markup
+from tui.ranked import BOUND
 
 
 @dataclass
@@ -251,14 +252,15 @@ class PickTimeRange(ModalScreen[TimeRange | None]):
         self.dismiss(None)
 
 
-HELP = """\
+HELP = f"""\
 [b]Events[/]
   [b]j k ↑ ↓[/]  move         [b]g G[/]  newest / oldest   [b]PgUp PgDn[/] page
   [b]enter[/]    detail       [b]f[/]    follow the newest  [b]esc[/]  clear filters
   [b]/[/]        filter text: id prefix, function, error (enter; esc clears)
   [b]s[/]        states       [b]F[/]    function          [b]t[/]    time range
-  [b]< >[/]      sort by enqueue time, function or state (or click a title)
-  [b]I[/]        sort the other way (no index orders ids, attempts, durations)
+  [b]< > I[/]    sort by another column, the other way (or click its title)
+           id, attempts, duration, error: a filter of up to {BOUND:,} events;
+           no duration (not ended) or no error: last, either way
 [b]Actions[/] (each asks first: enter confirms, esc cancels)
   [b]x[/]        stop (g in the dialog: graceful; x again forces it)
   [b]r[/]  re-invoke the event     [b]R[/]  every ended event the filter shows
@@ -266,7 +268,7 @@ HELP = """\
 [b]Views[/]
   [b]1[/] events  [b]2[/] functions: [b]p[/] pause or resume one, [b]P[/] all
   [b]3[/] rejected files   [b]ctrl+p[/] commands   [b]q[/] quit
-Requests go to control/ for the daemon; while it is down they wait there.
+Requests go to control/ for the daemon; while it is down they wait there.\
 """
 
 
@@ -278,7 +280,7 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog help"):
             yield Label("fnspool dashboard: keys", classes="title")
-            yield Static(HELP)
+            yield Static(HELP, id="help-keys")
 
     def action_close(self) -> None:
         """Back."""

@@ -33,9 +33,9 @@ from daemon.journal import Cursor, Damage, JournalFollower, JournalTail, Outrun
 from daemon.model import Forgotten, Request, State, Transition
 from daemon.query import Filter
 from daemon.spool import Spool
-from tui.listing import Listing
 from tui.overlay import Overlay, Row
-from tui.sorting import DEFAULT, Grouped, Order, Reversed, listing_for
+from tui.ranked import Ranked
+from tui.sorting import DEFAULT, AnyListing, Order, listing_for
 from tui.tail import DaemonStatus, StatusChanged, read_status
 
 POLL = 0.1  # seconds between two looks at the journal: new events show within a tenth of a second
@@ -80,6 +80,15 @@ class WindowRead(Message):
 
 
 @dataclass
+class SortRefused(Message):
+    """The filter matches too many events to sort by the order's column (tui/ranked.py)."""
+
+    generation: int
+    order: Order
+    total: int
+
+
+@dataclass
 class Changed(Message):
     """What the journal brought: counts, transitions for the detail view, answers, damage."""
 
@@ -104,7 +113,8 @@ class Reader:
         self.show: Show | None = None
         self.pending = False  # the window must be sent (again)
         self.index: IndexDB | None = None
-        self.listing: Listing | Reversed | Grouped | None = None
+        self.listing: AnyListing | None = None
+        self.refusal_told = -1  # the generation whose sort was last refused
         self.in_transaction = False
         self.damages: list[Damage] = []
         self.damages_sent = 0
@@ -157,6 +167,7 @@ class Reader:
             elif counting and now >= self.next_progress:
                 self.next_progress = now + PROGRESS_EVERY
                 self._send_changed([], [])
+        self._tell_refusal()
         self._answer()
         if not self.listing.busy:
             self.index.db.execute("COMMIT")
@@ -340,6 +351,14 @@ class Reader:
                 scanned=listing.progress,
             )
         )
+
+    def _tell_refusal(self) -> None:
+        listing = self.listing
+        if not isinstance(listing, Ranked) or listing.too_many is None:
+            return
+        if self.refusal_told != self.generation:
+            self.refusal_told = self.generation
+            self.post(SortRefused(self.generation, self.order, listing.too_many))
 
     def _answer(self) -> None:
         show, listing = self.show, self.listing

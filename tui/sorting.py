@@ -1,7 +1,7 @@
-"""The event list's sort orders, each served by the index's own order (never by reading every row).
+"""The event list's sort orders: those the index's own orders serve, and the others.
 
 The index keeps events in enqueue order along each of its indexes: by time, by (function, time)
-and by (state, time). So the list can be:
+and by (state, time). So the list can be, reading no more than it shows:
 
 - by enqueue time, newest first (tui/listing.py) or oldest first (the same list read from its
   end: `Reversed`);
@@ -9,15 +9,16 @@ and by (state, time). So the list can be:
   function or state, one after the other, each read along its own index; a group's place is the
   sum of the totals before it, known from the counts).
 
-The id, the attempts, the duration and the error have no index to be read in order by, so the
-list cannot be sorted by them (it says so when asked): sorting ten million rows by a column no
-index holds means reading them all.
+The id, the attempts, the duration and the error have no index to be read in order by: the list
+is sorted by them in memory, for a filter that matches at most tui.ranked.BOUND events
+(`Ranked`), since sorting ten million rows by a column no index holds means reading them all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from msgspec.structs import replace
 
@@ -26,11 +27,18 @@ from daemon.model import Event, State
 from daemon.query import Filter
 from tui.listing import Listing
 from tui.overlay import Overlay, Row
+from tui.ranked import RANKED, Ranked
 
 #: the columns the list can be sorted by, in the list's order, and the direction each starts in
-SORTABLE: dict[str, bool] = {"function": False, "state": False, "enqueued": True}
-#: the list's columns that no index serves
-UNSORTABLE = ("id", "attempts", "duration", "error")
+SORTABLE: dict[str, bool] = {
+    "id": False,
+    "function": False,
+    "state": False,
+    "attempts": True,
+    "enqueued": True,
+    "duration": True,
+    "error": False,
+}
 STATE_ORDER: tuple[State, ...] = tuple(State)  # the lifecycle's order, as the counts line's
 
 
@@ -255,15 +263,20 @@ class Grouped:
         return rows
 
 
+AnyListing: TypeAlias = Listing | Reversed | Grouped | Ranked
+
+
 def listing_for(
     order: Order,
     index: IndexDB,
     flt: Filter,
     overlay: Overlay,
     counts: dict[tuple[str, State], int],
-) -> Listing | Reversed | Grouped:
+) -> AnyListing:
     """The list for a filter in `order`."""
     if order.column in ("function", "state"):
         return Grouped(index, flt, overlay, counts, order)
+    if order.column in RANKED:
+        return Ranked(index, flt, overlay, counts, order.column, order.descending)
     listing = Listing(index, flt, overlay, counts)
     return listing if order.descending else Reversed(listing)
