@@ -25,7 +25,7 @@ from daemon.query import Filter
 from tui.listing import HELD_ROWS, Slicer, from_counts, slices
 from tui.overlay import Overlay, Row, row_decoder, row_of
 
-BOUND = 50_000  # events sorted at most (their keys take about 15 MiB)
+BOUND = 50_000  # events sorted at most (their keys take 12 MiB: benchmarks/bench_tui_sort.py)
 CACHE_ROWS = 5000  # index rows kept for windows at most
 #: the list's columns no index orders, read and sorted in memory
 RANKED = ("id", "attempts", "duration", "error")
