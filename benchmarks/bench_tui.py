@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,8 +86,9 @@ def _event(i: int, at: float, event_id: str) -> Event:
     )
 
 
-def build_spool(root: Path, events: int) -> None:
-    """A spool as the daemon leaves it after `events` ended: archives, snapshot, segment."""
+def build_spool(root: Path, events: int, make: Callable[[int, float, str], Event] = _event) -> None:
+    """A spool as the daemon leaves it after `events` ended: archives, snapshot, segment (each
+    event made by `make(i, enqueued_at, id)`, with four records and seq 4 i + 4)."""
     # imported here, not by the measured process (whose start the first screen's time counts)
     from growth_spool import records_of, uuid7
 
@@ -99,7 +101,7 @@ def build_spool(root: Path, events: int) -> None:
 
     def event(i: int) -> Event:
         at = start + i * 0.05
-        return _event(i, at, uuid7(int(at * 1000), i))
+        return make(i, at, uuid7(int(at * 1000), i))
 
     counts: dict[str, int] = {}
     for first in range(0, archived, ARCHIVE_EVENTS):

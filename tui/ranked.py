@@ -1,7 +1,7 @@
 """The event list sorted by a column no index orders: the id, the attempts, the duration, the error.
 
-No index keeps events in those orders, so sorting by one means reading every event sorted: done
-only for the events the filter matches, when they are at most BOUND. Their (id, enqueued_at,
+No index keeps events in those orders, so sorting by one means reading every event it sorts: it
+is done only for the events the filter matches, when they are at most BOUND. Their (id, enqueued_at,
 value) are read along the index in slices, never their bodies, and sorted in memory; a window
 reads its rows by id. Above the bound the list says so (`too_many`) and the dashboard keeps the
 order it had. Live changes touch only the overlay's events (ended rows never change): each is put
@@ -25,7 +25,7 @@ from daemon.query import Filter
 from tui.listing import HELD_ROWS, Slicer, from_counts, slices
 from tui.overlay import Overlay, Row, row_decoder, row_of
 
-BOUND = 50_000  # events sorted at most (their keys take about 15 MiB)
+BOUND = 50_000  # events sorted at most (their keys take 12 MiB: benchmarks/bench_tui_sort.py)
 CACHE_ROWS = 5000  # index rows kept for windows at most
 #: the list's columns no index orders, read and sorted in memory
 RANKED = ("id", "attempts", "duration", "error")
@@ -69,7 +69,7 @@ def placing(column: str, descending: bool) -> Placing:
         )
     if column == "error":
         return Placing(lambda i, t, v: (-1, "", t, i) if v is None else (0, v, t, i), True)
-    sign = 1.0 if descending else -1.0  # shown from the end: the smallest value first if negated
+    sign = 1.0 if descending else -1.0  # shown from the end: the largest first, unless negated
     return Placing(lambda i, t, v: (-1, 0.0, t, i) if v is None else (0, sign * v, t, i), True)
 
 
