@@ -54,36 +54,50 @@ SEGMENT_EVENTS = 1000  # the newest events, still in a segment
 ARCHIVE_EVENTS = 100_000  # events per archive (the daemon writes one per compaction)
 
 
-def _event(i: int, at: float, event_id: str) -> Event:
-    function = FUNCTIONS[i % len(FUNCTIONS)]
-    failed = i % 10 == 3
-    state = State.FAILED if failed else State.SUCCEEDED
-    error = ErrorInfo(type="ValueError", message=f"bad input {i % 97}") if failed else None
+def ended_event(
+    i: int,
+    at: float,
+    event_id: str,
+    function: str,
+    *,
+    duration_ms: float = 48.0,
+    attempts: int = 1,
+    error: ErrorInfo | None = None,
+) -> Event:
+    """Event `i`, enqueued at `at`, ended (Failed when it has an `error`) after `duration_ms`."""
+    state = State.FAILED if error is not None else State.SUCCEEDED
     instance = f"python-{function}-{i % 4}"
-    usage = Usage(duration_ms=48.0, cpu_ms=3.1, max_memory_mb=21.5)
+    started, ended = at + 0.002, at + 0.002 + duration_ms / 1000
+    usage = Usage(duration_ms=duration_ms, cpu_ms=3.1, max_memory_mb=21.5)
     return Event(
         id=event_id,
         function=function,
         state=state,
         enqueued_at=at,
         payload=raw_json({"n": i, "user": f"user{i % 1000}@example.com", "size": [640, 480]}),
-        attempts=1,
-        started_at=at + 0.002,
-        ended_at=at + 0.05,
-        duration_ms=48.0,
-        result=NO_RAW if failed else raw_json({"ok": True}),
+        attempts=attempts,
+        started_at=started,
+        ended_at=ended,
+        duration_ms=duration_ms,
+        result=NO_RAW if error is not None else raw_json({"ok": True}),
         error=error,
         source=Source(path=f"incoming/{function}/{i}.json", uid=1000, size=60),
         history=[
             HistoryEntry(state=State.ENQUEUED, at=at),
             HistoryEntry(state=State.DEQUEUED, at=at + 0.001),
-            HistoryEntry(state=State.RUNNING, at=at + 0.002, attempt=1, instance=instance),
+            HistoryEntry(state=State.RUNNING, at=started, attempt=attempts, instance=instance),
             HistoryEntry(
-                state=state, at=at + 0.05, attempt=1, instance=instance, error=error, usage=usage
+                state=state, at=ended, attempt=attempts, instance=instance, error=error, usage=usage
             ),
         ],
         seq=4 * i + 4,
     )
+
+
+def _event(i: int, at: float, event_id: str) -> Event:
+    failed = i % 10 == 3
+    error = ErrorInfo(type="ValueError", message=f"bad input {i % 97}") if failed else None
+    return ended_event(i, at, event_id, FUNCTIONS[i % len(FUNCTIONS)], error=error)
 
 
 def build_spool(root: Path, events: int, make: Callable[[int, float, str], Event] = _event) -> None:
@@ -160,7 +174,7 @@ async def measure(spool: Path, spawned_at: float) -> dict[str, float]:
         figures["rows_in_first_window"] = len(events.rows)
         figures["events"] = events.total or 0
         newest = events.rows[0]
-        rss_first = _rss_mib()
+        rss_first = rss_mib()
 
         async def shown(generation: int, counted: bool) -> None:
             while events.generation != generation or not events.loaded:
@@ -206,17 +220,18 @@ async def measure(spool: Path, spawned_at: float) -> dict[str, float]:
             await asyncio.sleep(0.002)
         figures["20 x PgDn (ms)"] = (time.perf_counter() - t) * 1000
         figures["rss_after_first_screen_mib"] = rss_first
-        figures["rss_at_end_mib"] = _rss_mib()
-    figures["peak_rss_mib"] = _peak_rss_mib()
+        figures["rss_at_end_mib"] = rss_mib()
+    figures["peak_rss_mib"] = peak_rss_mib()
     return figures
 
 
-def _rss_mib() -> float:
+def rss_mib() -> float:
+    """This process's resident set, MiB."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """This process's peak (getrusage's would carry the builder's over the exec)."""
     with open("/proc/self/status") as f:
         for line in f:

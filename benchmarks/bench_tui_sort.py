@@ -33,22 +33,17 @@ sys.path.insert(0, str(REPO))
 
 from bench_tui import (  # noqa: E402
     FUNCTIONS,
-    _peak_rss_mib,
-    _rss_mib,
     build_index,
     build_spool,
+    ended_event,
     index_current,
+    peak_rss_mib,
+    rss_mib,
 )
 
 from daemon.model import (  # noqa: E402
-    NO_RAW,
     ErrorInfo,
     Event,
-    HistoryEntry,
-    Source,
-    State,
-    Usage,
-    raw_json,
 )
 
 RARE = "rare"  # one event in twenty
@@ -56,37 +51,15 @@ RARE = "rare"  # one event in twenty
 
 def sort_event(i: int, at: float, event_id: str) -> Event:
     """Event `i`: `rare` one in twenty, a duration of 1 ms to 1 s, a second attempt one in seven."""
-    function = RARE if i % 20 == 7 else FUNCTIONS[i % len(FUNCTIONS)]
     failed = i % 10 == 3
-    error = ErrorInfo(type="ValueError", message=f"bad input {i % 397}") if failed else None
-    ms = round(1.0 + (i * 7919 % 99_991) / 100, 3)
-    attempts = 2 if i % 7 == 0 else 1
-    instance = f"python-{function}-{i % 4}"
-    state = State.FAILED if failed else State.SUCCEEDED
-    started, ended = at + 0.002, at + 0.002 + ms / 1000
-    usage = Usage(duration_ms=ms, cpu_ms=3.1, max_memory_mb=21.5)
-    return Event(
-        id=event_id,
-        function=function,
-        state=state,
-        enqueued_at=at,
-        payload=raw_json({"n": i, "user": f"user{i % 1000}@example.com", "size": [640, 480]}),
-        attempts=attempts,
-        started_at=started,
-        ended_at=ended,
-        duration_ms=ms,
-        result=NO_RAW if failed else raw_json({"ok": True}),
-        error=error,
-        source=Source(path=f"incoming/{function}/{i}.json", uid=1000, size=60),
-        history=[
-            HistoryEntry(state=State.ENQUEUED, at=at),
-            HistoryEntry(state=State.DEQUEUED, at=at + 0.001),
-            HistoryEntry(state=State.RUNNING, at=started, attempt=attempts, instance=instance),
-            HistoryEntry(
-                state=state, at=ended, attempt=attempts, instance=instance, error=error, usage=usage
-            ),
-        ],
-        seq=4 * i + 4,
+    return ended_event(
+        i,
+        at,
+        event_id,
+        RARE if i % 20 == 7 else FUNCTIONS[i % len(FUNCTIONS)],
+        duration_ms=round(1.0 + (i * 7919 % 99_991) / 100, 3),
+        attempts=2 if i % 7 == 0 else 1,
+        error=ErrorInfo(type="ValueError", message=f"bad input {i % 397}") if failed else None,
     )
 
 
@@ -120,7 +93,7 @@ async def measure(spool: Path) -> dict[str, float]:
         await shown()
         figures[f"function {RARE}: first rows by enqueue time (ms)"] = _ms(t)
         figures[f"function {RARE}: events"] = events.total or 0
-        figures["rss_before_sorts_mib"] = _rss_mib()
+        figures["rss_before_sorts_mib"] = rss_mib()
         for column in ("id", "attempts", "duration", "error"):
             t = time.perf_counter()
             app.set_order(Order(column, SORTABLE[column]))
@@ -140,7 +113,7 @@ async def measure(spool: Path) -> dict[str, float]:
             while events.row_at(events.cursor) is None:
                 await asyncio.sleep(0.002)
             figures[f"sorted by {order.column}: 20 x PgDn (ms)"] = _ms(t)
-        figures["rss_after_sorts_mib"] = _rss_mib()
+        figures["rss_after_sorts_mib"] = rss_mib()
         app.flt = Filter()
         app.set_order(Order())
         await shown()
@@ -154,7 +127,7 @@ async def measure(spool: Path) -> dict[str, float]:
             while len(app._notifications) == told:
                 await asyncio.sleep(0.001)
             figures["every event, sort by duration: refused (ms)"] = _ms(t)
-    figures["peak_rss_mib"] = _peak_rss_mib()
+    figures["peak_rss_mib"] = peak_rss_mib()
     return figures
 
 
