@@ -3,6 +3,8 @@
 import os
 import time
 
+from fnspool_runtime import Retry
+
 
 def _mark(what, context):
     # a path from the definition: on Ray the code folder is a copy on the node
@@ -80,4 +82,10 @@ def quiet_then_loud(event, context):
     if context.attempt < 3:
         raise ConnectionError("failed without a word")
     print(f"attempt {context.attempt} speaks", flush=True)
+    return {"attempt": context.attempt}
+
+
+def retry_later(event, context):
+    if context.attempt == 1:
+        raise Retry("not yet", delay=1.5)
     return {"attempt": context.attempt}
