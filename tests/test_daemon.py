@@ -367,6 +367,13 @@ def test_an_attempt_past_its_timeout_fails_and_its_processes_are_gone(spool, pla
     assert said, "the handler's line in its log"
     grandchild = int(said[1])
     wait_for(lambda: gone(grandchild), what="the instance's grandchild to die with it")
+    drop(spool, "hang", "again.json", {})  # on a new instance: the timed-out one was killed
+    again = max(
+        wait_for(lambda: ended(spool, 2), what="the second event"), key=lambda e: e["enqueued_at"]
+    )
+    instances = [fnspool_json(spool, "events", "get", e["id"])["history"][2]["instance"]
+                 for e in (full, again)]  # fmt: skip
+    assert instances[0] != instances[1]
 
 
 def test_metrics_file_in_prometheus_text_format(spool, daemon):
