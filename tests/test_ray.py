@@ -106,6 +106,25 @@ def test_a_function_placed_by_resource_runs_on_that_node(spool, daemon, ray_clus
     assert d.stop() == 0
 
 
+def test_functions_list_shows_the_node_of_each_instance(spool, daemon, ray_cluster):
+    on_ray(spool, "pinned", 'handler = "index.where"\nmin_instances = 1', "node_b")
+    d = daemon.start("--ray-address", ray_cluster.address)  # "warm" is local, min_instances 1
+
+    def listed() -> dict[str, dict] | None:
+        rows = {row["name"]: row for row in fnspool_json(spool, "functions", "list")}
+        placed = [i for i in rows["pinned"]["instances"] if i["node"]]
+        return rows if placed and rows["warm"]["instances"] else None
+
+    rows = wait_for(listed, 120, "a warm instance of each, the one on Ray placed")
+    assert [i["node"] for i in rows["pinned"]["instances"]] == [ray_cluster.b]  # the whole id
+    assert [i["node"] for i in rows["warm"]["instances"]] == [None]  # this machine
+    lines = fnspool(spool, "functions", "list", check=False).stdout.splitlines()
+    at = next(n for n, line in enumerate(lines) if line.startswith("pinned "))
+    assert lines[at + 1].split() == ["instances", "on", "Ray", "nodes", ray_cluster.b[:8], "(1)"]
+    assert sum("on Ray nodes" in line for line in lines) == 1  # none for local instances
+    assert d.stop() == 0
+
+
 def test_a_daemon_killed_with_9_leaves_nothing_on_ray_and_the_event_runs_again(
     spool, daemon, ray_cluster
 ):
