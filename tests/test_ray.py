@@ -1,6 +1,7 @@
 """What only functions placed on Ray (`[placement] engine = "ray"`) have, through the real daemon
 and the session's Ray cluster (tests/ray_cluster.py): placement by resource, the code folder
-shipped, a daemon killed with -9, the sweep of a predecessor's actors. What local instances do
+shipped, each instance's node in `functions list`, a daemon killed with -9, the sweep of a
+predecessor's actors. What local instances do
 too (hooks, stops, timeouts, memory, retries, warm instances) is tested with both placements
 where it is tested for local instances (the `placement` fixture)."""
 
