@@ -27,6 +27,7 @@ class InstanceView(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float = 0.0
     events_served: int = 0
     running: int = 0  # events it serves now
+    node: str | None = None  # the Ray node it runs on (its whole id); None: this machine
 
 
 class HelperView(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,6 +8,8 @@ import math
 import msgspec
 
 ENGINES = ("local", "ray")
+#: characters of a Ray node id shown where space is short (the id is 56 hexadecimal digits)
+SHORT_NODE = 8
 #: Ray's own resource names: asked through num_cpus, num_gpus and memory_mb, never `resources`
 RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 
@@ -26,6 +28,12 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     def remote(self) -> bool:
         """Whether the instances run on a Ray cluster."""
         return self.engine == "ray"
+
+
+def short_node(node: str | None) -> str:
+    """An instance's node as the dashboard and `functions list` show it: the start of its Ray
+    node id (the id `ray list nodes` shows begins so), or `local` for this machine."""
+    return node[:SHORT_NODE] if node else "local"
 
 
 def check_resources_table(table: object) -> None:

@@ -464,6 +464,7 @@ class FunctionPool:
             InstanceView(
                 id=m.instance.id,
                 pid=m.instance.pid,
+                node=m.instance.node,
                 state=self.state_of(m.instance).shown,
                 started_at=m.instance.started_at,
                 events_served=m.instance.events_served,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from ray_cluster import NO_RAY, Nodes, placement_table, ray_cluster_nodes
 
 if TYPE_CHECKING:
     from daemon.cgroups import Cgroups
@@ -276,6 +277,75 @@ def daemon(spool: Path) -> Iterator[DaemonProcess]:
         # on this spool would, so that no test leaves a process running
         sweep_left_running(spool)
         remove_cgroups(cgroup_names([spool]))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on Ray run last, together: the session's cluster (a gigabyte of memory, a few
+    percent of a core while idle) starts at the first of them and is up only while they run."""
+    items.sort(key=_on_ray)  # stable: every other test keeps its place
+
+
+def _on_ray(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("placement") == "ray":
+        return True
+    return "ray_cluster" in getattr(item, "fixturenames", ())
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Nodes]:
+    """The session's Ray cluster (tests/ray_cluster.py), started by the first test that needs
+    it; every Ray test shares it."""
+    pytest.importorskip("ray", reason=NO_RAY)
+    with ray_cluster_nodes() as nodes:
+        yield nodes
+
+
+class Placement:
+    """Where a test's functions run: on this machine, or placed on the session's Ray cluster."""
+
+    def __init__(self, spool: Path, daemon: Any, nodes: Nodes | None) -> None:
+        self.spool = spool
+        self.nodes = nodes
+        self.engine = "local" if nodes is None else "ray"
+        self._daemon = daemon
+
+    def place(self, *functions: str) -> None:
+        """Put the spool's definitions of `functions` on this placement (local: as they are)."""
+        if self.nodes is None:
+            return
+        for name in functions:
+            path = self.spool / "functions" / f"{name}.toml"
+            path.write_text(path.read_text() + placement_table())
+
+    def start(self, *functions: str) -> DaemonProcess:
+        """Place `functions`, then start the daemon (for Ray, pointed at the cluster)."""
+        self.place(*functions)
+        extra = () if self.nodes is None else ("--ray-address", self.nodes.address)
+        return self._daemon.start(*extra)  # type: ignore[no-any-return]
+
+    def kind(self, runtime: str) -> str:
+        """How the ids of a `runtime` function's instances begin on this placement."""
+        return runtime if self.nodes is None else "ray"
+
+    def nodes_of(self, event: dict[str, Any]) -> set[str | None]:
+        """The nodes the ended attempts of `event` (from `events get --json`) ran on."""
+        return {h["usage"].get("node") for h in event["history"] if "usage" in h}
+
+    @property
+    def where(self) -> set[str | None]:
+        """The nodes an attempt may run on: none recorded on this machine, else a worker's."""
+        return {None} if self.nodes is None else {self.nodes.a, self.nodes.b}
+
+
+@pytest.fixture(params=["local", "ray"])
+def placement(request: pytest.FixtureRequest, spool: Path, daemon: Any) -> Placement:
+    """A test that takes it runs twice: its functions on this machine, then placed on the
+    session's Ray cluster (skipped, saying why, where Ray cannot be imported)."""
+    if request.param == "local":
+        return Placement(spool, daemon, None)
+    pytest.importorskip("ray", reason=NO_RAY)
+    return Placement(spool, daemon, request.getfixturevalue("ray_cluster"))
 
 
 def drop(spool: Path, function: str, name: str, payload: Any) -> Path:

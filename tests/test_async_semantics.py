@@ -1,5 +1,6 @@
 """Stop (forced, graceful), re-invoke, destinations, expiry and durable requests, through the
-real daemon and the CLI."""
+real daemon and the CLI; stops and retries with the functions on this machine and placed on Ray
+(`placement`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import drop, events, fnspool, fnspool_json, gone, journal_records, wait_for
 
-from daemon.model import HookRun, Request
+from daemon.model import HookRun, Request, State, Transition
 
 
 def newest(spool: Path, function: str) -> dict | None:
@@ -41,8 +42,8 @@ def pid_of_instance(spool: Path, function: str) -> int | None:
     return found[0]["pid"] if found else None
 
 
-def test_forced_stop_runs_prestop_beside_the_handler_then_kills(spool, daemon):
-    daemon.start()
+def test_forced_stop_runs_prestop_beside_the_handler_then_kills(spool, placement):
+    placement.start("sleeper")
     ev = running(spool, "sleeper", {"sleep": 30})
     pid = wait_for(lambda: pid_of_instance(spool, "sleeper"), what="the instance in status")
     out = fnspool(spool, "events", "stop", ev["id"], "--wait")
@@ -50,6 +51,7 @@ def test_forced_stop_runs_prestop_beside_the_handler_then_kills(spool, daemon):
     done = event(spool, ev["id"])
     assert [h["state"] for h in done["history"]][-2:] == ["Stopping", "Stopped"]
     assert done["error"]["type"] == "Stopped"
+    assert placement.nodes_of(done) <= placement.where
     wait_for(lambda: gone(pid), what="the instance to be killed")
     hooks = [h for h in journal_records(spool, HookRun) if h.hook == "pre_stop"]
     assert [(h.request_id, h.ok) for h in hooks] == [(ev["id"], True)]
@@ -63,19 +65,23 @@ def test_forced_stop_runs_prestop_beside_the_handler_then_kills(spool, daemon):
     assert json.loads(record["responsePayload"]) == {"errorMessage": "stopped by request"}
 
 
-def test_graceful_stop_keeps_the_handlers_return_value(spool, daemon):
-    daemon.start()
+def test_graceful_stop_keeps_the_handlers_return_value(spool, placement):
+    placement.start("graceful")
     ev = running(spool, "graceful", {})
+    # the handler sets its SIGTERM handler first, then prints in its loop
+    log_path = Path(ev["log_path"])
+    wait_for(lambda: log_path.exists() and "False" in log_path.read_text(), what="its loop")
     fnspool(spool, "events", "stop", ev["id"], "--graceful", "--wait")
     done = event(spool, ev["id"])
     assert done["state"] == "Stopped" and done["result"] == "END"
+    assert placement.nodes_of(done) <= placement.where
     log = Path(done["log_path"]).read_text()
     assert "[PLATFORM] Signal received successfully." in log
-    assert "Graceful shutdown." in log
+    assert "do something before shutdown." in log and "Graceful shutdown." in log
 
 
-def test_graceful_stop_of_a_handler_that_dies_of_sigterm_is_439(spool, daemon):
-    daemon.start()
+def test_graceful_stop_of_a_handler_that_dies_of_sigterm_is_439(spool, placement):
+    placement.start("sleeper")
     ev = running(spool, "sleeper", {"sleep": 30})
     fnspool(spool, "events", "stop", ev["id"], "--graceful", "--wait")
     done = event(spool, ev["id"])
@@ -86,10 +92,12 @@ def test_graceful_stop_of_a_handler_that_dies_of_sigterm_is_439(spool, daemon):
         "code": 439,
     }
     assert done["history"][-1]["usage"]["signal"] == signal.SIGTERM
+    assert placement.nodes_of(done) <= placement.where
+    assert "[PLATFORM] Signal received successfully." in Path(done["log_path"]).read_text()
 
 
-def test_graceful_stop_is_forced_after_the_grace_period(spool, daemon):
-    daemon.start()
+def test_graceful_stop_is_forced_after_the_grace_period(spool, placement):
+    placement.start("deaf")
     ev = running(spool, "deaf", {"sleep": 30})
     wait_for(lambda: "ignoring SIGTERM" in Path(ev["log_path"]).read_text(), what="the handler")
     fnspool(spool, "events", "stop", ev["id"], "--graceful", "--wait")
@@ -98,8 +106,8 @@ def test_graceful_stop_is_forced_after_the_grace_period(spool, daemon):
     assert done["duration_ms"] < 10_000
 
 
-def test_a_forced_stop_escalates_a_graceful_one_in_progress(spool, daemon):
-    daemon.start()
+def test_a_forced_stop_escalates_a_graceful_one_in_progress(spool, placement):
+    placement.start("patient")
     ev = running(spool, "patient", {"sleep": 600})  # SIGTERM ignored, a grace of 600 s
     wait_for(lambda: "ignoring SIGTERM" in Path(ev["log_path"]).read_text(), what="the handler")
     fnspool(spool, "events", "stop", ev["id"], "--graceful")
@@ -300,8 +308,8 @@ def test_an_event_older_than_max_event_age_expires_instead_of_running(spool, dae
     assert record["requestContext"]["condition"] == "EventAgeExceeded"
 
 
-def test_a_flaky_handler_succeeds_on_its_third_attempt(spool, daemon):
-    daemon.start()
+def test_a_flaky_handler_succeeds_on_its_third_attempt(spool, placement):
+    placement.start("flaky")
     drop(spool, "flaky", "a.json", {})
     ev = wait_for(lambda: newest(spool, "flaky"), what="the event")
     wait_for(lambda: state_of(spool, ev["id"]) == "Succeeded", what="success")
@@ -312,6 +320,29 @@ def test_a_flaky_handler_succeeds_on_its_third_attempt(spool, daemon):
         "Succeeded",
     ]  # fmt: skip
     assert done["history"][3]["error"]["type"] == "ConnectionError"
+    # each attempt's wall time, CPU time and peak memory, and where it ran
+    usages = [h["usage"] for h in done["history"] if "usage" in h]
+    assert len(usages) == 3
+    assert all(u["duration_ms"] > 0 and u["cpu_ms"] >= 0 and u["max_memory_mb"] > 0 for u in usages)
+    assert placement.nodes_of(done) <= placement.where
+
+
+def test_a_handler_asking_for_a_retry_later_runs_again_after_its_delay(spool, placement):
+    placement.start("delayed")  # Retry("not yet", delay=1.5) on the first attempt; backoff 60 s
+    drop(spool, "delayed", "a.json", {})
+    ev = wait_for(lambda: newest(spool, "delayed"), what="the event")
+    wait_for(lambda: state_of(spool, ev["id"]) == "Succeeded", what="the second attempt")
+    done = event(spool, ev["id"])
+    assert done["attempts"] == 2 and done["result"] == {"attempt": 2}
+    [retrying] = [
+        r
+        for r in journal_records(spool, Transition)
+        if r.id == ev["id"] and r.state is State.RETRYING
+    ]
+    assert (retrying.error.type, retrying.error.message) == ("Retry", "not yet")
+    assert retrying.not_before is not None
+    assert abs(retrying.not_before - retrying.at - 1.5) < 0.5  # the handler's delay, not backoff
+    assert placement.nodes_of(done) <= placement.where
 
 
 def test_retries_exhausted_after_three_attempts_with_one_dead_letter(spool, daemon):
@@ -353,8 +384,8 @@ def test_an_event_expires_while_the_only_instance_is_busy(spool, daemon):
     assert event(spool, second["id"])["attempts"] == 0
 
 
-def test_forced_stop_of_an_endless_loop(spool, daemon):
-    daemon.start()
+def test_forced_stop_of_an_endless_loop(spool, placement):
+    placement.start("spinner")
     ev = running(spool, "spinner", {})
     wait_for(lambda: "spinning" in Path(ev["log_path"]).read_text(), what="the loop")
     pid = wait_for(lambda: pid_of_instance(spool, "spinner"), what="the instance")

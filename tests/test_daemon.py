@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, drop, events, fnspool, fnspool_json, journal_records, wait_for
+from conftest import REPO, drop, events, fnspool, fnspool_json, gone, journal_records, wait_for
 
 from daemon import lock
 from daemon.journal import encode_record, list_segments, segment_name
@@ -353,24 +354,26 @@ def test_compaction_snapshots_the_journal_and_drops_expired_events(spool, daemon
     assert len(list_segments(spool / "journal")) <= 3
 
 
-def test_an_attempt_past_its_timeout_fails_and_its_processes_are_gone(spool, daemon):
-    daemon.start()
+def test_an_attempt_past_its_timeout_fails_and_its_processes_are_gone(spool, placement):
+    placement.start("hang")
     drop(spool, "hang", "h.json", {})
     (event,) = wait_for(lambda: ended(spool, 1), what="the hanging event to time out")
     full = fnspool_json(spool, "events", "get", event["id"])
     assert full["state"] == "Failed"
     assert full["error"]["type"] == "FunctionTimeout"
-    assert "hanging" in Path(full["log_path"]).read_text()
-    sleepers = subprocess.run(["pgrep", "-f", "sleep 1000"], capture_output=True, text=True)
-    mine = [p for p in sleepers.stdout.split() if _in_spool(p, spool)]
-    assert not mine, "the instance's grandchild outlived it"
-
-
-def _in_spool(pid, spool):
-    try:
-        return str(spool) in os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return False
+    assert full["error"]["message"] == "Function timed out after 0.50 seconds"
+    assert placement.nodes_of(full) <= placement.where
+    said = re.search(r"hanging; grandchild (\d+)", Path(full["log_path"]).read_text())
+    assert said, "the handler's line in its log"
+    grandchild = int(said[1])
+    wait_for(lambda: gone(grandchild), what="the instance's grandchild to die with it")
+    drop(spool, "hang", "again.json", {})  # on a new instance: the timed-out one was killed
+    again = max(
+        wait_for(lambda: ended(spool, 2), what="the second event"), key=lambda e: e["enqueued_at"]
+    )
+    instances = [fnspool_json(spool, "events", "get", e["id"])["history"][2]["instance"]
+                 for e in (full, again)]  # fmt: skip
+    assert instances[0] != instances[1]
 
 
 def test_metrics_file_in_prometheus_text_format(spool, daemon):

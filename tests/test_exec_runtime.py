@@ -178,7 +178,7 @@ async def test_stop_kills_a_running_attempt(tmp_path: Path) -> None:
 # -- through the daemon ---------------------------------------------------------------------------
 
 
-def test_through_the_daemon(spool: Path, daemon) -> None:
+def test_through_the_daemon(spool: Path, placement) -> None:
     (spool / "functions" / "upper.toml").write_text(
         'runtime = "exec"\ncode = "."\ncommand = ["tr", "a-z", "A-Z"]\n'
     )
@@ -187,7 +187,7 @@ def test_through_the_daemon(spool: Path, daemon) -> None:
         f'runtime = "exec"\ncode = "."\ncommand = ["sh", "-c", {line}]\n'
         "[async]\nmax_retries = 1\nbackoff = 0.1\n"
     )
-    daemon.start()
+    placement.start("upper", "flaky")
     drop(spool, "upper", "one.json", {"say": "hi"})
     drop(spool, "flaky", "two.json", {})
     done = wait_for(
@@ -199,6 +199,7 @@ def test_through_the_daemon(spool: Path, daemon) -> None:
     by_function = {e["function"]: e for e in done}
     upper = fnspool_json(spool, "events", "get", by_function["upper"]["id"])
     assert upper["state"] == "Succeeded" and upper["result"] == {"SAY": "HI"}
+    assert placement.nodes_of(upper) <= placement.where
     flaky = fnspool_json(spool, "events", "get", by_function["flaky"]["id"])
     assert flaky["state"] == "Failed" and flaky["attempts"] == 2
     assert flaky["error"]["message"] == "the command ended with exit code 2: no luck on attempt 2"
@@ -206,7 +207,7 @@ def test_through_the_daemon(spool: Path, daemon) -> None:
     assert "no luck on attempt 1" in log and "no luck on attempt 2" in log
 
 
-def test_graceful_and_forced_stops(spool: Path, daemon) -> None:
+def test_graceful_and_forced_stops(spool: Path, placement) -> None:
     line = json.dumps(
         'trap "echo stopped cleanly; exit 0" TERM; echo ready >&2; sleep 30 & wait; echo late'
     )
@@ -216,7 +217,7 @@ def test_graceful_and_forced_stops(spool: Path, daemon) -> None:
     (spool / "functions" / "stuck.toml").write_text(
         'runtime = "exec"\ncode = "."\ncommand = ["sleep", "30"]\ntimeout = 60\n'
     )
-    daemon.start()
+    placement.start("polite", "stuck")
     drop(spool, "polite", "a.json", {})
     drop(spool, "stuck", "b.json", {})
     running = wait_for(
@@ -237,3 +238,4 @@ def test_graceful_and_forced_stops(spool: Path, daemon) -> None:
     assert polite["result"] == "stopped cleanly" and polite["error"] is None
     stuck = fnspool_json(spool, "events", "get", ids["stuck"])
     assert stuck["error"]["type"] == "Stopped"
+    assert placement.nodes_of(polite) | placement.nodes_of(stuck) <= placement.where

@@ -309,7 +309,7 @@ def ended(spool: Path, count: int, function: str) -> list[dict] | None:
     return found if len(found) >= count else None
 
 
-def test_through_the_daemon_with_hooks(spool: Path, daemon, tmp_path: Path) -> None:
+def test_through_the_daemon_with_hooks(spool: Path, placement, tmp_path: Path) -> None:
     hooks = tmp_path / "hooks"
     http_function(
         spool,
@@ -319,7 +319,7 @@ def test_through_the_daemon_with_hooks(spool: Path, daemon, tmp_path: Path) -> N
         "[async]\nmax_retries = 1\nbackoff = 0.1\n"
         "[lifecycle]\ninitializer = true\npre_stop = true\n",
     )
-    d = daemon.start()
+    d = placement.start("custom")
     for n in range(3):
         drop(spool, "custom", f"{n}.json", {"echo": n, "print": f"event {n}"})
     done = wait_for(lambda: ended(spool, 3, "custom"), what="three http events")
@@ -328,6 +328,7 @@ def test_through_the_daemon_with_hooks(spool: Path, daemon, tmp_path: Path) -> N
     pids = {r["result"]["pid"] for r in results}
     assert len(pids) == 1, "one instance served every event"
     assert {r["result"]["initialized"] for r in results} == {1}
+    assert set.union(*(placement.nodes_of(r) for r in results)) <= placement.where
     first = min(results, key=lambda r: r["id"])
     log = Path(first["log_path"]).read_text()
     assert "[PLATFORM] FC Initialize Start RequestId:" in log
@@ -439,7 +440,9 @@ def test_the_event_is_invalid_only_when_the_bounded_tries_are_spent(
     assert letter["requestContext"]["condition"] == "InvalidInvocation"
 
 
-def test_frozen_between_events_and_stopped_when_idle(spool: Path, daemon, tmp_path: Path) -> None:
+def test_frozen_between_events_and_stopped_when_idle(
+    spool: Path, placement, tmp_path: Path
+) -> None:
     hooks = tmp_path / "hooks"
     http_function(
         spool,
@@ -448,7 +451,7 @@ def test_frozen_between_events_and_stopped_when_idle(spool: Path, daemon, tmp_pa
         f"environment = {{ HOOK_LOG = {json.dumps(str(hooks))} }}\n"
         "[lifecycle]\npre_freeze = true\npre_stop = true\n",
     )
-    daemon.start()
+    placement.start("sleepy")
     pids = set()
     for n in range(2):
         drop(spool, "sleepy", f"{n}.json", {"echo": n})
@@ -496,7 +499,7 @@ def test_the_examples_run(spool: Path, daemon) -> None:
 
 
 def test_a_forced_stop_runs_prestop_and_kills_the_server(
-    spool: Path, daemon, tmp_path: Path
+    spool: Path, placement, tmp_path: Path
 ) -> None:
     hooks = tmp_path / "hooks"
     http_function(
@@ -504,7 +507,7 @@ def test_a_forced_stop_runs_prestop_and_kills_the_server(
         "slow",
         f"environment = {{ HOOK_LOG = {json.dumps(str(hooks))} }}\n[lifecycle]\npre_stop = true\n",
     )
-    daemon.start()
+    placement.start("slow")
     drop(spool, "slow", "a.json", {"sleep": 30})
     (event,) = wait_for(lambda: events(spool, "--status", "Running"), what="the event to run")
     log = spool / "logs" / "slow" / f"{event['id']}.log"
@@ -520,15 +523,16 @@ def test_a_forced_stop_runs_prestop_and_kills_the_server(
     assert "[PLATFORM] FC PreStop Start RequestId: " + event["id"] in text
 
 
-def test_one_server_serves_concurrency_events_at_once(spool: Path, daemon) -> None:
+def test_one_server_serves_concurrency_events_at_once(spool: Path, placement) -> None:
     http_function(spool, "wide", "concurrency = 3\nmax_instances = 1\n")
-    daemon.start()
+    placement.start("wide")
     for n in range(3):
         drop(spool, "wide", f"{n}.json", {"sleep": 1, "echo": n})
     done = wait_for(lambda: ended(spool, 3, "wide"), what="three concurrent events")
     full = [fnspool_json(spool, "events", "get", e["id"]) for e in done]
     assert {e["state"] for e in full} == {"Succeeded"}
     assert len({e["result"]["pid"] for e in full}) == 1
+    assert set.union(*(placement.nodes_of(e) for e in full)) <= placement.where
     starts = sorted(e["started_at"] for e in full)
     ends = sorted(e["ended_at"] for e in full)
     assert starts[-1] < ends[0], "all three ran side by side on one server"

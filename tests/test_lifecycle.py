@@ -1,5 +1,6 @@
 """The instance lifecycle through the real daemon: Initializer, PreFreeze and freezing, PreStop,
-warm pools, recycling, replacement on a definition change, and the memory limit."""
+warm pools, recycling, replacement on a definition change, and the memory limit; each test with
+its functions on this machine and placed on Ray (`placement`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import (
     drop,
     events,
@@ -23,9 +25,19 @@ from conftest import (
 from daemon.model import HookRun
 
 
+@pytest.fixture(autouse=True)
+def _marks_outside_the_code_folder(spool: Path) -> None:
+    """The hooks write their marks where the test reads them: on Ray, the code folder the
+    function runs in is a copy on its node."""
+    for path in (spool / "functions").glob("*.toml"):
+        text = path.read_text()
+        if path.stem == "lifecycle" or 'code = "lifecycle"' in text:
+            path.write_text(f'{text}\n[environment]\nMARKS = "{spool.parent / "marks.log"}"\n')
+
+
 def marks(spool: Path, function: str | None = None) -> list[list[str]]:
     """The lines the test functions' hooks wrote: [what, pid, request id], of one function."""
-    path = spool / "functions" / "lifecycle" / "marks.log"
+    path = spool.parent / "marks.log"
     lines = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
     return [line[:3] for line in lines if function in (None, line[3])]
 
@@ -51,14 +63,16 @@ def instance_states(spool: Path, function: str) -> list[str]:
     return [i["state"] for i in instances(spool, function)]
 
 
-def test_initializer_once_then_prefreeze_and_frozen_between_events(spool, daemon):
-    daemon.start()
+def test_initializer_once_then_prefreeze_and_frozen_between_events(spool, placement):
+    placement.start("lifecycle")
     pids = set()
     for n in range(4):
         drop(spool, "lifecycle", f"{n}.json", {})
         done = wait_for(lambda n=n: ended(spool, "lifecycle", n + 1), what=f"event {n}")
         assert {e["state"] for e in done} == {"Succeeded"}
-        pid = fnspool_json(spool, "events", "get", done[0]["id"])["result"]["pid"]
+        newest = fnspool_json(spool, "events", "get", done[0]["id"])
+        assert placement.nodes_of(newest) <= placement.where
+        pid = newest["result"]["pid"]
         pids.add(pid)
         # idle now: PreFreeze ran, then the whole process is stopped (T) until the next event
         wait_for(lambda pid=pid: process_state(pid) == "T", what="the instance to be frozen")
@@ -73,7 +87,8 @@ def test_initializer_once_then_prefreeze_and_frozen_between_events(spool, daemon
     hooks = hook_records(spool, "lifecycle")
     assert [h.hook for h in hooks].count("initializer") == 1
     assert [h.hook for h in hooks].count("pre_freeze") == 4
-    assert all(h.ok and h.instance.startswith("python-lifecycle-") for h in hooks)
+    kind = placement.kind("python")
+    assert all(h.ok and h.instance.startswith(f"{kind}-lifecycle-") for h in hooks)
     # PreFreeze runs for no event: it has its own invocation id, which context.request_id holds
     freezes = [h for h in hooks if h.hook == "pre_freeze"]
     assert all(h.request_id is None and h.invocation_id for h in freezes)
@@ -90,8 +105,8 @@ def test_initializer_once_then_prefreeze_and_frozen_between_events(spool, daemon
     assert log.index("FC Initialize End") < log.index("FC Invoke Start")
 
 
-def test_prestop_runs_on_idle_timeout_and_the_process_is_gone(spool, daemon):
-    daemon.start()
+def test_prestop_runs_on_idle_timeout_and_the_process_is_gone(spool, placement):
+    placement.start("idler")
     drop(spool, "idler", "a.json", {})
     done = wait_for(lambda: ended(spool, "idler", 1), what="the event")
     pid = fnspool_json(spool, "events", "get", done[0]["id"])["result"]["pid"]
@@ -110,8 +125,8 @@ def test_prestop_runs_on_idle_timeout_and_the_process_is_gone(spool, daemon):
     assert f"[PLATFORM] FC PreStop End RequestId: {rid}\n" in log
 
 
-def test_shutdown_runs_prestop_and_a_hanging_one_is_cut_at_its_timeout(spool, daemon):
-    d = daemon.start()
+def test_shutdown_runs_prestop_and_a_hanging_one_is_cut_at_its_timeout(spool, placement):
+    d = placement.start("lifecycle", "stubborn")
     drop(spool, "lifecycle", "a.json", {})
     drop(spool, "stubborn", "b.json", {})
     wait_for(lambda: ended(spool, "lifecycle", 1) and ended(spool, "stubborn", 1), what="events")
@@ -134,8 +149,8 @@ def test_shutdown_runs_prestop_and_a_hanging_one_is_cut_at_its_timeout(spool, da
     assert not stops["stubborn"].ok and stops["stubborn"].error.type == "FunctionTimeout"
 
 
-def test_a_failing_initializer_makes_the_event_invalid_with_its_error(spool, daemon):
-    daemon.start()
+def test_a_failing_initializer_makes_the_event_invalid_with_its_error(spool, placement):
+    placement.start("badinit")
     drop(spool, "badinit", "a.json", {})
     done = wait_for(lambda: ended(spool, "badinit", 1), what="the event")
     event = fnspool_json(spool, "events", "get", done[0]["id"])
@@ -148,8 +163,8 @@ def test_a_failing_initializer_makes_the_event_invalid_with_its_error(spool, dae
     wait_for(lambda: not instances(spool, "badinit"), what="the instance to be discarded")
 
 
-def test_going_over_memory_mb_is_memory_limit_exceeded(spool, daemon):
-    daemon.start()
+def test_going_over_memory_mb_is_memory_limit_exceeded(spool, placement):
+    placement.start("hog")
     drop(spool, "hog", "a.json", {"hog_mb": 300})
     done = wait_for(lambda: ended(spool, "hog", 1), what="the event")
     event = fnspool_json(spool, "events", "get", done[0]["id"])
@@ -158,13 +173,14 @@ def test_going_over_memory_mb_is_memory_limit_exceeded(spool, daemon):
     assert "the limit is 100MB" in event["error"]["message"]
     usage = event["history"][-1]["usage"]
     assert usage["signal"] == signal.SIGKILL
+    assert placement.nodes_of(event) <= placement.where
     text = fnspool(spool, "events", "get", done[0]["id"]).stdout
     assert "error:        MemoryLimitExceeded: Memory limit exceeded" in text
     assert re.search(r"wall [\d.]+ms, .*peak memory [\d.]+MB, killed by signal 9", text)
 
 
-def test_min_instances_kept_warm_and_recycled_after_max_events(spool, daemon):
-    daemon.start()
+def test_min_instances_kept_warm_and_recycled_after_max_events(spool, placement):
+    placement.start("warm")
     warm = wait_for(lambda: instances(spool, "warm"), what="a warm instance before any event")
     first_pid = warm[0]["pid"]
     assert warm[0]["events_served"] == 0
@@ -192,8 +208,8 @@ def test_min_instances_kept_warm_and_recycled_after_max_events(spool, daemon):
     assert process_state(instances(spool, "warm")[0]["pid"]) in ("S", "R")
 
 
-def test_a_changed_definition_replaces_its_instances_prestop_first(spool, daemon):
-    daemon.start()
+def test_a_changed_definition_replaces_its_instances_prestop_first(spool, placement):
+    placement.start("lifecycle")
     drop(spool, "lifecycle", "a.json", {})
     done = wait_for(lambda: ended(spool, "lifecycle", 1), what="the first event")
     old_pid = fnspool_json(spool, "events", "get", done[0]["id"])["result"]["pid"]
@@ -211,8 +227,8 @@ def test_a_changed_definition_replaces_its_instances_prestop_first(spool, daemon
     assert new_pid != old_pid and gone(old_pid)
 
 
-def test_back_to_back_invokes_wait_for_the_instance_in_prefreeze(spool, daemon):
-    daemon.start()
+def test_back_to_back_invokes_wait_for_the_instance_in_prefreeze(spool, placement):
+    placement.start("settler")
     pids = []
     for n in range(3):  # each arrives while the instance runs the last one's PreFreeze
         out = fnspool(spool, "invoke", "settler", "--payload", json.dumps({"n": n}), "--wait",

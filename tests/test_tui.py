@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import PATIENCE, drop, events, fnspool, fnspool_json, wait_for, wait_for_async
+from ray_cluster import placement_table
 from textual.widgets import DataTable
 from tui_journal import T0, append_records, event_id, history, index_journal, write_journal
 
@@ -300,6 +301,50 @@ async def test_events_appear_live_from_a_running_daemon_and_functions_show_insta
         await pilot.press("enter")  # a function's events
         assert app.screen.query_one(EventList) and app.flt.function == "fail"
         assert [f for _, f, _ in shown(app)] == ["fail"]
+
+
+async def test_the_functions_view_shows_the_node_of_each_instance(spool, daemon, ray_cluster):
+    pinned = 'code = "lifecycle"\nhandler = "index.handler"\nmin_instances = 1\n'
+    (spool / "functions" / "pinned.toml").write_text(pinned + placement_table("node_b"))
+    daemon.start("--ray-address", ray_cluster.address)  # "warm" is local, min_instances 1
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        assert isinstance(app.screen, FunctionsScreen)
+        instances = app.screen.query_one("#instances", DataTable)
+        titles = [str(c.label) for c in instances.columns.values()]
+        assert titles[:4] == ["FUNCTION", "INSTANCE", "NODE", "PID"]
+
+        def nodes() -> dict[str, str]:
+            rows = [instances.get_row_at(i) for i in range(instances.row_count)]
+            return {str(row[0]): str(row[2]) for row in rows}
+
+        wanted = {"pinned": ray_cluster.b[:8], "warm": "local"}
+        await until(pilot, lambda: nodes() == wanted, "each instance's node", timeout=120)
+
+
+async def test_an_instance_on_ray_is_shown_on_ray_until_a_node_takes_it(tmp_path):
+    from tui.tail import DaemonStatus, FunctionInfo
+
+    node = "5c8d2e1a" + "0" * 48  # a Ray node id is 56 hexadecimal digits
+    instances = {
+        "far": [{"id": "ray-far-1", "node": node}, {"id": "ray-far-2", "node": None}],
+        "near": [{"id": "python-near-1", "node": None}],
+    }
+    functions = [FunctionInfo(name="far", engine="ray"), FunctionInfo(name="near")]
+    app = FnspoolApp(Spool(tmp_path / "spool"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        assert isinstance(app.screen, FunctionsScreen)
+        app.status = DaemonStatus(pid=4242, ready=True, instances=instances, functions=functions)
+        app.screen.refresh_tables()
+        grid = app.screen.query_one("#instances", DataTable)
+        rows = [grid.get_row_at(i) for i in range(grid.row_count)]
+        assert [(str(r[1]), str(r[2])) for r in rows] == [
+            ("ray-far-1", "5c8d2e1a"),
+            ("ray-far-2", "ray"),  # placed, no node has taken it yet
+            ("python-near-1", "local"),
+        ]
 
 
 async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool, daemon):

@@ -17,6 +17,7 @@ from textual.worker import get_current_worker
 from daemon.eventdb import IndexDB
 from daemon.instances import InstanceState
 from daemon.model import State
+from daemon.placement import short_node
 from tui import format as formatting
 from tui.format import STATE_COLOUR, STATES, age, by_state, rich_text
 from tui.header import StatusLine
@@ -49,7 +50,8 @@ _INSTANCE_COLOUR: dict[str, str] = {  # by InstanceState, as shown
 
 
 class FunctionsScreen(Screen[None]):
-    """Functions with their counts and errors; instances with pid, state, age, events served."""
+    """Functions with their counts and errors; instances with node, pid, state, age, events
+    served."""
 
     BINDINGS = [
         Binding("escape,1", "app.pop_screen", "Events"),
@@ -85,7 +87,7 @@ class FunctionsScreen(Screen[None]):
             functions.add_column(_SHORT[state.value], key=state.value)
         functions.add_column("DEFINITION")
         instances = self.query_one("#instances", DataTable)
-        for title in ("FUNCTION", "INSTANCE", "PID", "STATE", "AGE", "SERVED"):
+        for title in ("FUNCTION", "INSTANCE", "NODE", "PID", "STATE", "AGE", "SERVED"):
             instances.add_column(title)
         self.refresh_tables()
         self.set_interval(REFRESH, self.refresh_tables)
@@ -140,6 +142,7 @@ class FunctionsScreen(Screen[None]):
         grid = self.query_one("#instances", DataTable)
         now = time.time()
         rows: list[tuple[str, ...]] = []
+        engines = {f.name: f.engine for f in status.functions}
         for name, instances in sorted(status.instances.items()):
             for i in instances:
                 state = str(i.get("state", "?"))
@@ -148,6 +151,7 @@ class FunctionsScreen(Screen[None]):
                     (
                         name,
                         str(i.get("id", "")),
+                        _node(i.get("node"), engines.get(name, "local")),
                         str(i.get("pid") or "-"),  # exec: a process only while an event runs
                         f"[{colour}]{state}[/]",
                         age(i.get("started_at"), now),
@@ -242,3 +246,11 @@ class FunctionsScreen(Screen[None]):
         focused = self.focused
         if isinstance(focused, DataTable):
             focused.move_cursor(row=focused.cursor_row + delta)
+
+
+def _node(node: object, engine: str) -> str:
+    """The NODE cell: the short id of the Ray node an instance runs on; `ray` while a node is
+    yet to take it; `local` on this machine (both muted)."""
+    if isinstance(node, str) and node:
+        return escape(short_node(node))
+    return f"[$text-muted]{'ray' if engine == 'ray' else 'local'}[/]"

@@ -23,6 +23,7 @@ class FunctionInfo:
     name: str
     runtime: str = ""
     max_instances: int = 0
+    engine: str = "local"  # where its instances run: local | ray
     error: str | None = None
 
 
@@ -65,7 +66,12 @@ def read_status(spool: Spool) -> DaemonStatus:
     held = beat if pid is not None else heartbeat.read(spool.run)
     catalog = load_catalog(spool.functions)
     functions = [
-        FunctionInfo(name=name, runtime=d.runtime, max_instances=d.max_instances)
+        FunctionInfo(
+            name=name,
+            runtime=d.runtime,
+            max_instances=d.max_instances,
+            engine=d.placement.engine,
+        )
         for name, d in sorted(catalog.functions.items())
     ] + [FunctionInfo(name=name, error=e.message) for name, e in sorted(catalog.errors.items())]
     return DaemonStatus(

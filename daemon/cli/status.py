@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 
 import msgspec
 
@@ -16,6 +17,7 @@ from daemon.cli.shared import (
     spool_of,
 )
 from daemon.errors import FnspoolError
+from daemon.placement import short_node
 
 
 def functions_list(args: argparse.Namespace) -> int:
@@ -83,11 +85,20 @@ def functions_list(args: argparse.Namespace) -> int:
             print(line)
             if row["one_at_a_time"]:
                 print(f"{'':20}        {row['one_at_a_time']}")
+            if nodes := on_nodes(row["instances"]):
+                print(f"{'':20}        instances on Ray nodes {nodes}")
             if row["missing_code_folder"]:
                 folder = row["missing_code_folder"]
                 print(f"{'':20}        its code folder {folder} is missing: its events will fail")
     missing = any(row.get("missing_code_folder") for row in rows)
     return 1 if catalog.errors or missing else 0
+
+
+def on_nodes(instances: list[dict]) -> str:
+    """Where a function's instances on Ray run: each node, shortened, with how many ("" when
+    none runs on Ray)."""
+    counts = Counter(short_node(i["node"]) for i in instances if i.get("node"))
+    return ", ".join(f"{node} ({n})" for node, n in sorted(counts.items()))
 
 
 def status(args: argparse.Namespace) -> int:

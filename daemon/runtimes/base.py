@@ -76,6 +76,7 @@ class InstanceBase:
         self.function = function
         self.id = f"{self.kind}-{function.name}-{secrets.token_hex(4)}"
         self.pid: int | None = None
+        self.node: str | None = None  # the Ray node it runs on; None: this machine
         self.state = InstanceState.STARTING
         self.events_served = 0
         self.started_at = 0.0  # wall clock
@@ -102,6 +103,7 @@ class Instance(Protocol):
     id: str
     function: FunctionDef
     pid: int | None
+    node: str | None  # the Ray node it runs on; None: this machine
     state: InstanceState  # starting, idle, busy, stopping, dead: what the process can do
     events_served: int
     started_at: float  # wall clock

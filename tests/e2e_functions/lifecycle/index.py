@@ -3,9 +3,12 @@
 import os
 import time
 
+from fnspool_runtime import Retry
+
 
 def _mark(what, context):
-    with open("marks.log", "a") as f:
+    # a path from the definition: on Ray the code folder is a copy on the node
+    with open(os.environ.get("MARKS", "marks.log"), "a") as f:
         f.write(f"{what} {os.getpid()} {context.request_id or '-'} {context.function_name}\n")
 
 
@@ -79,4 +82,10 @@ def quiet_then_loud(event, context):
     if context.attempt < 3:
         raise ConnectionError("failed without a word")
     print(f"attempt {context.attempt} speaks", flush=True)
+    return {"attempt": context.attempt}
+
+
+def retry_later(event, context):
+    if context.attempt == 1:
+        raise Retry("not yet", delay=1.5)
     return {"attempt": context.attempt}
