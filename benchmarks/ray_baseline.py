@@ -1,0 +1,99 @@
+"""Ray's own cost on this machine, to set fnspool's figures against: raw calls to no-op async
+actors from a fresh driver (a process like the daemon), on the cluster bench_ray.py starts.
+
+- `paired`: 2 actors, one call in flight on each, the next sent when the answer is in: the shape
+  of a burst through 2 instances (python runs one event at a time); calls/s and the median round
+  trip.
+- `pipelined`: the same 2 actors, up to 64 calls in flight on each: Ray's throughput ceiling here.
+
+Prints one JSON line. Usage: python benchmarks/ray_baseline.py ADDRESS [--calls 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import time
+from typing import Any
+
+ACTORS = 2
+PIPELINE = 64
+ANSWER = b"x" * 160  # about the size of an instance's answer to a no-op event
+
+
+class Echo:
+    """A no-op async actor answering bytes, as an instance's actor does."""
+
+    async def call(self, request: bytes) -> bytes:
+        """The answer, at once."""
+        return ANSWER
+
+
+async def paired(actors: list[Any], calls: int) -> tuple[float, float]:
+    """Calls/s and the median round trip in ms, one call in flight per actor."""
+    trips: list[float] = []
+
+    async def one_actor(actor: Any, count: int) -> None:
+        for _ in range(count):
+            sent = time.perf_counter()
+            await actor.call.remote(b"{}")
+            trips.append(time.perf_counter() - sent)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_actor(a, calls // len(actors)) for a in actors))
+    elapsed = time.perf_counter() - start
+    return len(trips) / elapsed, statistics.median(trips) * 1000
+
+
+async def pipelined(actors: list[Any], calls: int) -> float:
+    """Calls/s with up to PIPELINE calls in flight per actor."""
+    per_actor = calls // len(actors)
+
+    async def one_actor(actor: Any) -> None:
+        window = asyncio.Semaphore(PIPELINE)
+
+        async def one() -> None:
+            async with window:
+                await actor.call.remote(b"{}")
+
+        await asyncio.gather(*(one() for _ in range(per_actor)))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_actor(a) for a in actors))
+    return per_actor * len(actors) / (time.perf_counter() - start)
+
+
+async def measure(calls: int) -> dict[str, float]:
+    """Both figures, after a warm-up."""
+    import ray
+
+    cls: Any = ray.remote(Echo)
+    actors = [cls.options(num_cpus=0.5).remote() for _ in range(ACTORS)]
+    await asyncio.gather(*(a.call.remote(b"{}") for a in actors))
+    await paired(actors, 200)
+    rate, trip = await paired(actors, calls)
+    ceiling = await pipelined(actors, calls)
+    for actor in actors:
+        ray.kill(actor)
+    return {"paired_calls_s": rate, "round_trip_ms": trip, "pipelined_calls_s": ceiling}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("address")
+    parser.add_argument("--calls", type=int, default=4000)
+    args = parser.parse_args()
+    import ray
+
+    ray.init(address=args.address, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        print(json.dumps(asyncio.run(measure(args.calls))))
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
