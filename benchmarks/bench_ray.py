@@ -16,6 +16,9 @@ Targets (issue 12), on this 2-CPU machine: >= 1,000 events/s through Ray instanc
 
 - Raw Ray: calls to no-op async actors from a fresh driver, on the same cluster, each round
   (ray_baseline.py): what Ray itself costs here, so that fnspool-on-Ray / raw Ray is visible.
+- CPU per event in a burst: the daemon's, and all of this bench's process tree's (the client,
+  the cluster, the daemons, actors and functions), which the other engineers' load on the
+  machine does not change as much as the rates.
 - --against CHECKOUT: a second daemon, of another checkout (e.g. a worktree of main), over its
   own spool on the same cluster, measured in alternating rounds: ratios this / against.
 
@@ -46,6 +49,7 @@ from daemon.model import State, Transition
 
 FUNCTIONS = ("noop", "noop_ray")
 STORE = 80 << 20  # bytes of object store per node
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -113,6 +117,29 @@ def burst(spool: Path, proc: subprocess.Popen[bytes], function: str, count: int,
     return count / wait_ended(ends, count, start, proc)
 
 
+def cpu_seconds(daemon: int) -> tuple[float, float]:
+    """CPU seconds used so far by the daemon, and by this bench and all its descendants (the
+    client dropping files, the cluster, daemons, actors and functions; not the processes of
+    other engineers on the machine)."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = (Path("/proc") / entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # ended meanwhile
+            parents[int(entry)] = int(fields[1])
+            used[int(entry)] = (int(fields[11]) + int(fields[12])) / TICK
+    bench, total = os.getpid(), 0.0
+    for pid, seconds in used.items():
+        ancestor = pid
+        while ancestor > 1 and ancestor != bench:
+            ancestor = parents.get(ancestor, 0)
+        total += seconds if ancestor == bench else 0.0
+    return used.get(daemon, 0.0), total
+
+
 def idle_latency(spool: Path, proc: subprocess.Popen[bytes], function: str, tag: str) -> float:
     """Milliseconds from one file's rename to its handler's start, the instances idle."""
     time.sleep(0.3)  # idle: its instances frozen
@@ -152,13 +179,18 @@ class Figures:
         self.name = name
         self.rates: dict[str, list[float]] = {f: [] for f in FUNCTIONS}
         self.latencies: dict[str, list[float]] = {f: [] for f in FUNCTIONS}
+        self.cpu: dict[str, list[tuple[float, float]]] = {f: [] for f in FUNCTIONS}
 
     def run_round(self, spool: Path, proc: subprocess.Popen[bytes], r: int, args: Any) -> str:
         """One round: a burst then idle samples, for each function; the round's line."""
         line = f"  {self.name:<7}"
         for function in FUNCTIONS:
+            before = cpu_seconds(proc.pid)
             rate = burst(spool, proc, function, args.events, f"r{r}{function}")
             self.rates[function].append(rate)
+            after = cpu_seconds(proc.pid)
+            used = [(a - b) / args.events * 1000 for a, b in zip(after, before, strict=True)]
+            self.cpu[function].append((used[0], used[1]))
             samples = [
                 idle_latency(spool, proc, function, f"l{r}{function}{i}")
                 for i in range(args.samples)
@@ -166,6 +198,7 @@ class Figures:
             self.latencies[function] += samples
             line += (
                 f"   {function:<8} {rate:>6,.0f} events/s"
+                f" (CPU ms/event {used[1]:.2f}, daemon {used[0]:.2f})"
                 f", idle start {statistics.median(samples):.2f} ms"
             )
         return line
@@ -217,7 +250,9 @@ def main() -> None:
             print(
                 f"  raw Ray  {raw[-1]['paired_calls_s']:>6,.0f} calls/s (1 in flight x 2 actors,"
                 f" round trip {raw[-1]['round_trip_ms']:.2f} ms)"
-                f", {raw[-1]['pipelined_calls_s']:,.0f} calls/s pipelined",
+                f", {raw[-1]['pipelined_calls_s']:,.0f} calls/s pipelined; CPU per call"
+                f" {raw[-1]['driver_cpu_ms']:.2f} ms in the driver"
+                f", {raw[-1]['actor_cpu_ms']:.2f} ms in the actor",
                 flush=True,
             )
     report(figures, raw)
@@ -230,8 +265,11 @@ def report(figures: dict[str, Figures], raw: list[dict[str, float]]) -> None:
           f", pipelined {spread([r['pipelined_calls_s'] for r in raw])}")  # fmt: skip
     for fig in figures.values():
         for function in FUNCTIONS:
+            cpu = fig.cpu[function]
             print(
                 f"{fig.name:<7} {function:<8} burst {spread(fig.rates[function])} events/s"
+                f"   CPU ms/event {spread([c[1] for c in cpu], '.2f')}"
+                f" (daemon {spread([c[0] for c in cpu], '.2f')})"
                 f"   idle drop-to-start median {statistics.median(fig.latencies[function]):.2f} ms"
                 f" ({len(fig.latencies[function])} samples)"
             )

@@ -5,6 +5,7 @@ actors from a fresh driver (a process like the daemon), on the cluster bench_ray
   of a burst through 2 instances (python runs one event at a time); calls/s and the median round
   trip.
 - `pipelined`: the same 2 actors, up to 64 calls in flight on each: Ray's throughput ceiling here.
+- CPU per paired call, in the driver's process and in the actor's (all their threads).
 
 Prints one JSON line. Usage: python benchmarks/ray_baseline.py ADDRESS [--calls 4000]
 """
@@ -30,6 +31,10 @@ class Echo:
     async def call(self, request: bytes) -> bytes:
         """The answer, at once."""
         return ANSWER
+
+    async def cpu(self) -> float:
+        """Seconds of CPU this actor's process used so far (all its threads)."""
+        return time.process_time()
 
 
 async def paired(actors: list[Any], calls: int) -> tuple[float, float]:
@@ -74,11 +79,24 @@ async def measure(calls: int) -> dict[str, float]:
     actors = [cls.options(num_cpus=0.5).remote() for _ in range(ACTORS)]
     await asyncio.gather(*(a.call.remote(b"{}") for a in actors))
     await paired(actors, 200)
+    before, driver = await actors_cpu(actors), time.process_time()
     rate, trip = await paired(actors, calls)
+    driver, after = time.process_time() - driver, await actors_cpu(actors)
     ceiling = await pipelined(actors, calls)
     for actor in actors:
         ray.kill(actor)
-    return {"paired_calls_s": rate, "round_trip_ms": trip, "pipelined_calls_s": ceiling}
+    return {
+        "paired_calls_s": rate,
+        "round_trip_ms": trip,
+        "pipelined_calls_s": ceiling,
+        "driver_cpu_ms": driver / calls * 1000,
+        "actor_cpu_ms": (after - before) / calls * 1000,
+    }
+
+
+async def actors_cpu(actors: list[Any]) -> float:
+    """Seconds of CPU all the actors' processes used so far."""
+    return sum(await asyncio.gather(*(a.cpu.remote() for a in actors)))
 
 
 def main() -> None:
