@@ -252,7 +252,8 @@ def main() -> None:
                 f" round trip {raw[-1]['round_trip_ms']:.2f} ms)"
                 f", {raw[-1]['pipelined_calls_s']:,.0f} calls/s pipelined; CPU per call"
                 f" {raw[-1]['driver_cpu_ms']:.2f} ms in the driver"
-                f", {raw[-1]['actor_cpu_ms']:.2f} ms in the actor",
+                f", {raw[-1]['actor_cpu_ms']:.2f} ms in the actor"
+                f"; idle call one way {raw[-1]['idle_one_way_ms']:.2f} ms",
                 flush=True,
             )
     report(figures, raw)
@@ -261,8 +262,10 @@ def main() -> None:
 def report(figures: dict[str, Figures], raw: list[dict[str, float]]) -> None:
     """The summary: min / median / max per daemon, and the ratios that matter."""
     paired = [r["paired_calls_s"] for r in raw]
+    one_way = statistics.median(r["idle_one_way_ms"] for r in raw)
     print(f"raw Ray        {spread(paired)} calls/s paired (min / median / max)"
-          f", pipelined {spread([r['pipelined_calls_s'] for r in raw])}")  # fmt: skip
+          f", pipelined {spread([r['pipelined_calls_s'] for r in raw])}"
+          f"; idle call one way median {one_way:.2f} ms")  # fmt: skip
     for fig in figures.values():
         for function in FUNCTIONS:
             cpu = fig.cpu[function]

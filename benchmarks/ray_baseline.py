@@ -6,6 +6,8 @@ actors from a fresh driver (a process like the daemon), on the cluster bench_ray
   trip.
 - `pipelined`: the same 2 actors, up to 64 calls in flight on each: Ray's throughput ceiling here.
 - CPU per paired call, in the driver's process and in the actor's (all their threads).
+- `idle one way`: from sending a call to an actor idle for 0.3 s to its start there: what Ray
+  alone adds to an idle instance's drop-to-start latency.
 
 Prints one JSON line. Usage: python benchmarks/ray_baseline.py ADDRESS [--calls 4000]
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 ACTORS = 2
 PIPELINE = 64
+IDLE_SAMPLES = 20
 ANSWER = b"x" * 160  # about the size of an instance's answer to a no-op event
 
 
@@ -31,6 +34,10 @@ class Echo:
     async def call(self, request: bytes) -> bytes:
         """The answer, at once."""
         return ANSWER
+
+    async def started(self, request: bytes) -> float:
+        """When this call began here (time.monotonic: the nodes share this machine's clock)."""
+        return time.monotonic()
 
     async def cpu(self) -> float:
         """Seconds of CPU this actor's process used so far (all its threads)."""
@@ -51,6 +58,17 @@ async def paired(actors: list[Any], calls: int) -> tuple[float, float]:
     await asyncio.gather(*(one_actor(a, calls // len(actors)) for a in actors))
     elapsed = time.perf_counter() - start
     return len(trips) / elapsed, statistics.median(trips) * 1000
+
+
+async def idle_one_way(actors: list[Any], samples: int) -> float:
+    """The median ms from sending a call to an idle actor (0.3 s without a call, as an idle
+    instance between events) to the call's start there."""
+    trips = []
+    for i in range(samples):
+        await asyncio.sleep(0.3)
+        sent = time.monotonic()
+        trips.append(await actors[i % len(actors)].started.remote(b"{}") - sent)
+    return statistics.median(trips) * 1000
 
 
 async def pipelined(actors: list[Any], calls: int) -> float:
@@ -83,12 +101,14 @@ async def measure(calls: int) -> dict[str, float]:
     rate, trip = await paired(actors, calls)
     driver, after = time.process_time() - driver, await actors_cpu(actors)
     ceiling = await pipelined(actors, calls)
+    one_way = await idle_one_way(actors, IDLE_SAMPLES)
     for actor in actors:
         ray.kill(actor)
     return {
         "paired_calls_s": rate,
         "round_trip_ms": trip,
         "pipelined_calls_s": ceiling,
+        "idle_one_way_ms": one_way,
         "driver_cpu_ms": driver / calls * 1000,
         "actor_cpu_ms": (after - before) / calls * 1000,
     }
