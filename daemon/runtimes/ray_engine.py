@@ -162,6 +162,10 @@ class RayEngine:
             "num_gpus": placement.num_gpus,
             "memory": function.memory_mb * MIB,
             "max_restarts": 0,  # a dead instance is a lost instance: the pool starts another
+            # no record of each call in Ray's task table (its dashboard and `ray list tasks`):
+            # the journal has each attempt, and the records cost the daemon, the actor and
+            # Ray's control store CPU at every event
+            "enable_task_events": False,
         }
         if placement.resources:
             options["resources"] = dict(placement.resources)

@@ -23,7 +23,7 @@ from daemon.runtimes.base import Instance, InstanceStartError
 from daemon.runtimes.exec import ExecInstance
 from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
-from daemon.runtimes.ray_wire import HostReply, RelaySink, encode_reply
+from daemon.runtimes.ray_wire import HostReply, RelaySink, decode_call, encode_reply
 from daemon.supervise.child import ExitStatus
 from daemon.supervise.reaper import Reaper
 from daemon.supervise.supervisor import Supervisor
@@ -84,6 +84,7 @@ class InstanceHost:
         self._sink = RelaySink()
         self._instance: Instance | None = None  # made by start, on the actor's event loop
         self._frozen = False
+        self._begun = 0  # the daemon's number of the newest invoke or hook begun here
 
     def _made(self) -> Instance:
         """The instance, made at the first call (Ray builds the actor off its event loop)."""
@@ -106,36 +107,34 @@ class InstanceHost:
             return self._reply(start_error=exc.error)
         return self._reply()
 
-    async def invoke(
-        self,
-        request_id: str,
-        payload: bytes,
-        attempt: int,
-        timeout: float,
-        log_path: str,
-        written: int = 0,
-    ) -> bytes:
-        """Run one attempt; the outcome, with the log writes not yet acknowledged (the daemon
-        has those up to `written`)."""
-        self._sink.acknowledge(written)
-        self._thaw()
+    async def invoke(self, call: bytes) -> bytes:
+        """Run one attempt (an InvokeCall); the outcome, with the log writes not yet
+        acknowledged."""
+        attempt = decode_call(call)
+        self._begin(attempt.seq, attempt.written)
         outcome = await self._made().invoke(
-            request_id, msgspec.Raw(payload), attempt, timeout, Path(log_path)
+            attempt.request_id,
+            attempt.payload,
+            attempt.attempt,
+            attempt.timeout,
+            Path(attempt.log_path),
         )
         return self._reply(outcome=outcome)
 
     async def run_hook(
-        self, hook: str, request_id: str, log_path: str | None, written: int = 0
+        self, hook: str, request_id: str, log_path: str | None, written: int = 0, seq: int = 0
     ) -> bytes:
         """Run a lifecycle hook of the function's (the daemon has the writes up to `written`)."""
-        self._sink.acknowledge(written)
-        self._thaw()
+        self._begin(seq, written)
         path = Path(log_path) if log_path is not None else None
         outcome = await self._made().run_hook(hook, request_id=request_id, log_path=path)
         return self._reply(hook=outcome)
 
-    def signal(self, sig: int) -> bool:
-        """Send `sig` to the function's process group; False if it is gone."""
+    def signal(self, sig: int, seq: int = 0) -> bool:
+        """Send `sig` to the function's process group; False if it is gone. A freeze the daemon
+        sent before a call that has begun here already is dropped (see _begin)."""
+        if sig == signal.SIGSTOP and 0 < seq < self._begun:
+            return True
         if sig in (signal.SIGSTOP, signal.SIGCONT):
             self._frozen = sig == signal.SIGSTOP
         return self._made().signal(sig)
@@ -156,9 +155,18 @@ class InstanceHost:
                 await asyncio.wait_for(self._sink.changed.wait(), PULL_WAIT)
         return self._reply()
 
-    def _thaw(self) -> None:
-        """A frozen instance is thawed by its next call (the daemon sends no SIGCONT: a round
-        trip less between an event's arrival and its start)."""
+    def _begin(self, seq: int, written: int) -> None:
+        """A call that needs the instance running begins: note its number, forget the log writes
+        the daemon has, thaw a frozen instance (the daemon sends no SIGCONT: a round trip less
+        between an event's arrival and its start).
+
+        The daemon sends a freeze (SIGSTOP) without waiting for it, and this is an async actor:
+        Ray runs its calls concurrently and does not keep their order (only a synchronous,
+        single-threaded actor runs one caller's calls in the order sent). A freeze may thus
+        arrive after the attempt the daemon sent next, which would then hang frozen: so every
+        call is numbered by the daemon, and a freeze older than a call begun here is dropped."""
+        self._begun = max(self._begun, seq)
+        self._sink.acknowledge(written)
         if self._frozen:
             self.signal(signal.SIGCONT)
 
