@@ -135,3 +135,24 @@ async def test_a_freeze_overtaken_by_the_next_attempt_does_not_stop_it(tmp_path)
     answer = decode_reply(await host.invoke(attempt(5, "e2")))
     assert answer.outcome is not None and answer.outcome.ok, answer.outcome
     decode_reply(await host.stop())
+
+
+async def test_output_of_an_attempt_rides_with_its_answer_and_wakes_no_pull(tmp_path):
+    # a pull per printing event would double the calls to the actor
+    shutil.copytree(CODE, tmp_path / "where")
+    toml = tmp_path / "where.toml"
+    toml.write_text('handler = "index.where"\n')
+    function = msgspec.json.encode(load_function(toml))
+    host = InstanceHost(function, "ray-where-2", shipped=False, node="n1")
+    host.live_delay = 30.0  # output waits that long for the attempt's answer to carry it
+    decode_reply(await host.start(None, None))
+    pull = asyncio.ensure_future(host.pull(0))
+    call = InvokeCall(
+        seq=1, request_id="e1", payload=msgspec.Raw(b'{"n": 1}'), attempt=1, timeout=30.0,
+        log_path=str(tmp_path / "e1.log"),
+    )  # fmt: skip
+    answer = decode_reply(await host.invoke(encode_call(call)))
+    assert b"running {'n': 1}" in b"".join(c.data for c in answer.chunks)
+    assert not pull.done()
+    decode_reply(await host.stop())
+    assert decode_reply(await pull).chunks == answer.chunks  # woken by the death, nothing new

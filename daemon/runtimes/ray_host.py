@@ -31,6 +31,7 @@ from daemon.supervise.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 PULL_WAIT = 5.0  # seconds a pull waits for news before it answers anyway (the daemon asks again)
+LIVE_DELAY = 0.05  # seconds output waits for an attempt's answer before a pull brings it
 
 
 class _ExitNews:
@@ -85,6 +86,8 @@ class InstanceHost:
         self._instance: Instance | None = None  # made by start, on the actor's event loop
         self._frozen = False
         self._begun = 0  # the daemon's number of the newest invoke or hook begun here
+        self._carried = 0  # the newest log write an answer carried
+        self.live_delay = LIVE_DELAY
 
     def _made(self) -> Instance:
         """The instance, made at the first call (Ray builds the actor off its event loop)."""
@@ -146,14 +149,25 @@ class InstanceHost:
         return self._reply()
 
     async def pull(self, written: int) -> bytes:
-        """Forget the log writes up to `written` (the daemon has them); answer once there are
-        new ones or the instance died, or after PULL_WAIT seconds."""
+        """Forget the log writes up to `written` (the daemon has them); answer once the instance
+        died or wrote what no answer has carried yet, or after PULL_WAIT seconds. Output waits
+        `live_delay` seconds first: an attempt ending meanwhile carries it in its own answer,
+        so a short attempt that prints costs no second call."""
         self._sink.acknowledge(written)
-        if self._sink.last <= written and self._made().state != "dead":
-            self._sink.changed.clear()  # news from before are in this answer, or were sent
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PULL_WAIT
+        while not self._news(written) and (left := deadline - loop.time()) > 0:
+            self._sink.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sink.changed.wait(), PULL_WAIT)
+                await asyncio.wait_for(self._sink.changed.wait(), left)
+            if self._news(written) and self._made().state != "dead":
+                await asyncio.sleep(self.live_delay)
         return self._reply()
+
+    def _news(self, written: int) -> bool:
+        """Whether a pull has something to tell: a death, or output no answer carried (a Start
+        or End line is carried by its attempt's answer)."""
+        return self._made().state == "dead" or self._sink.last_output > max(written, self._carried)
 
     def _begin(self, seq: int, written: int) -> None:
         """A call that needs the instance running begins: note its number, forget the log writes
@@ -172,6 +186,7 @@ class InstanceHost:
 
     def _reply(self, **result: object) -> bytes:
         instance = self._made()
+        self._carried = self._sink.last
         return encode_reply(
             HostReply(
                 state=instance.state,

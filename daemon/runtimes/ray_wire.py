@@ -95,6 +95,7 @@ class RelaySink:
 
     def __init__(self) -> None:
         self.last = 0  # the number of the newest write
+        self.last_output = 0  # the number of the newest write of output (not a journaled line)
         self._kept: list[LogChunk] = []
         self.changed = asyncio.Event()  # a write or a change of state to tell the daemon
 
@@ -103,6 +104,7 @@ class RelaySink:
         self.last += 1
         self._kept.append(LogChunk(seq=self.last, path=str(path), data=data, journaled=journaled))
         if not journaled:  # Start and End lines ride with the attempt's answer: no round trip
+            self.last_output = self.last
             self.changed.set()
 
     def acknowledge(self, upto: int) -> None:
@@ -121,11 +123,14 @@ class LogRelay:
     def __init__(self, sink: LogSink) -> None:
         self.written = 0  # the number of the newest write made here
         self._sink = sink
+        self._path_text, self._path = "", Path()
 
     def take(self, chunks: list[LogChunk]) -> None:
         """Write the chunks not written yet (a reply repeats what the daemon has not
         acknowledged, so it starts at or before the first one missing here)."""
         for chunk in chunks:
             if chunk.seq > self.written:
-                self._sink.write_log(Path(chunk.path), chunk.data, journaled=chunk.journaled)
+                if chunk.path != self._path_text:  # an attempt's writes share one path
+                    self._path_text, self._path = chunk.path, Path(chunk.path)
+                self._sink.write_log(self._path, chunk.data, journaled=chunk.journaled)
                 self.written = chunk.seq
