@@ -166,6 +166,11 @@ class RayEngine:
             # the journal has each attempt, and the records cost the daemon, the actor and
             # Ray's control store CPU at every event
             "enable_task_events": False,
+            # max_concurrency is left at Ray's default for an async actor (1,000 calls at once):
+            # the daemon sends one attempt at a time to a python or exec instance and at most
+            # `concurrency` to an http one (RayInstance._full), and the other calls (pull,
+            # signal, hook, stop) must never queue behind a running attempt: the SIGTERM of a
+            # graceful stop would wait for the very attempt it stops
         }
         if placement.resources:
             options["resources"] = dict(placement.resources)
