@@ -253,7 +253,11 @@ def main() -> None:
                 f", {raw[-1]['pipelined_calls_s']:,.0f} calls/s pipelined; CPU per call"
                 f" {raw[-1]['driver_cpu_ms']:.2f} ms in the driver"
                 f", {raw[-1]['actor_cpu_ms']:.2f} ms in the actor"
-                f"; idle call one way {raw[-1]['idle_one_way_ms']:.2f} ms",
+                f"; idle call one way {raw[-1]['idle_one_way_ms']:.2f} ms"
+                f"\n  raw Ray, synchronous actors: {raw[-1]['sync_paired_calls_s']:,.0f} calls/s"
+                f", CPU per call {raw[-1]['sync_driver_cpu_ms']:.2f} ms in the driver"
+                f", {raw[-1]['sync_actor_cpu_ms']:.2f} ms in the actor"
+                f"; idle call one way {raw[-1]['sync_idle_one_way_ms']:.2f} ms",
                 flush=True,
             )
     report(figures, raw)

@@ -8,6 +8,9 @@ actors from a fresh driver (a process like the daemon), on the cluster bench_ray
 - CPU per paired call, in the driver's process and in the actor's (all their threads).
 - `idle one way`: from sending a call to an actor idle for 0.3 s to its start there: what Ray
   alone adds to an idle instance's drop-to-start latency.
+- The actors are made with the options of an instance's (no task events recorded). The same
+  figures for synchronous actors (`sync_...`), which Ray runs without a hop to an event loop
+  thread: what the instances' async actors cost beyond them.
 
 Prints one JSON line. Usage: python benchmarks/ray_baseline.py ADDRESS [--calls 4000]
 """
@@ -41,6 +44,22 @@ class Echo:
 
     async def cpu(self) -> float:
         """Seconds of CPU this actor's process used so far (all its threads)."""
+        return time.process_time()
+
+
+class SyncEcho:
+    """The same, as a synchronous actor (its calls run on Ray's own thread)."""
+
+    def call(self, request: bytes) -> bytes:
+        """The answer, at once."""
+        return ANSWER
+
+    def started(self, request: bytes) -> float:
+        """When this call began here."""
+        return time.monotonic()
+
+    def cpu(self) -> float:
+        """Seconds of CPU this actor's process used so far."""
         return time.process_time()
 
 
@@ -90,28 +109,35 @@ async def pipelined(actors: list[Any], calls: int) -> float:
 
 
 async def measure(calls: int) -> dict[str, float]:
-    """Both figures, after a warm-up."""
+    """Every figure, for async then synchronous actors."""
+    figures = await measure_actors(Echo, calls, with_ceiling=True)
+    sync = await measure_actors(SyncEcho, calls, with_ceiling=False)
+    return figures | {f"sync_{name}": value for name, value in sync.items()}
+
+
+async def measure_actors(kind: type, calls: int, *, with_ceiling: bool) -> dict[str, float]:
+    """The figures of two actors of `kind`, after a warm-up."""
     import ray
 
-    cls: Any = ray.remote(Echo)
-    actors = [cls.options(num_cpus=0.5).remote() for _ in range(ACTORS)]
+    cls: Any = ray.remote(kind)
+    actors = [cls.options(num_cpus=0.5, enable_task_events=False).remote() for _ in range(ACTORS)]
     await asyncio.gather(*(a.call.remote(b"{}") for a in actors))
     await paired(actors, 200)
     before, driver = await actors_cpu(actors), time.process_time()
     rate, trip = await paired(actors, calls)
     driver, after = time.process_time() - driver, await actors_cpu(actors)
-    ceiling = await pipelined(actors, calls)
-    one_way = await idle_one_way(actors, IDLE_SAMPLES)
-    for actor in actors:
-        ray.kill(actor)
-    return {
+    figures = {
         "paired_calls_s": rate,
         "round_trip_ms": trip,
-        "pipelined_calls_s": ceiling,
-        "idle_one_way_ms": one_way,
+        "idle_one_way_ms": await idle_one_way(actors, IDLE_SAMPLES),
         "driver_cpu_ms": driver / calls * 1000,
         "actor_cpu_ms": (after - before) / calls * 1000,
     }
+    if with_ceiling:
+        figures["pipelined_calls_s"] = await pipelined(actors, calls)
+    for actor in actors:
+        ray.kill(actor)
+    return figures
 
 
 async def actors_cpu(actors: list[Any]) -> float:
