@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 from pathlib import Path
 
 import msgspec
-from conftest import REPO
+from conftest import REPO, wait_for_async
 
 from daemon.functions import load_function
 from daemon.runtimes.ray_host import InstanceHost
-from daemon.runtimes.ray_wire import LogChunk, LogRelay, RelaySink, decode_reply
+from daemon.runtimes.ray_wire import (
+    InvokeCall,
+    LogChunk,
+    LogRelay,
+    RelaySink,
+    decode_reply,
+    encode_call,
+)
 
 CODE = REPO / "tests" / "functions" / "ray_runtime"
 
@@ -62,7 +70,11 @@ async def test_the_actors_body_runs_the_python_runtime_and_answers_with_its_outp
     assert started.start_error is None and started.node == "n1" and started.state == "idle"
     hook = decode_reply(await host.run_hook("initializer", "e1", str(log)))
     assert hook.hook is not None and hook.hook.ok
-    answer = decode_reply(await host.invoke("e1", b'{"n": 1}', 1, 30.0, str(log)))
+    call = InvokeCall(
+        seq=2, request_id="e1", payload=msgspec.Raw(b'{"n": 1}'), attempt=1, timeout=30.0,
+        log_path=str(log),
+    )  # fmt: skip
+    answer = decode_reply(await host.invoke(encode_call(call)))
     assert answer.outcome is not None and answer.outcome.ok
     result = msgspec.json.decode(answer.outcome.result or b"null")
     assert result["inits"] == 1 and result["pid"] == answer.pid
@@ -77,3 +89,70 @@ async def test_the_actors_body_runs_the_python_runtime_and_answers_with_its_outp
     stopped = decode_reply(await host.stop())
     assert stopped.state == "dead"
     assert decode_reply(await pull).chunks == []
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+async def test_a_freeze_overtaken_by_the_next_attempt_does_not_stop_it(tmp_path):
+    # Ray does not keep the order of an async actor's calls: the freeze the daemon sent when the
+    # instance went idle may arrive after the attempt it sent next has begun
+    shutil.copytree(CODE, tmp_path / "held")
+    toml = tmp_path / "held.toml"
+    toml.write_text('handler = "index.held"\n')
+    function = msgspec.json.encode(load_function(toml))
+    host = InstanceHost(function, "ray-held-1", shipped=False, node="n1")
+    log = str(tmp_path / "e.log")
+    pid = decode_reply(await host.start(None, None)).pid
+    assert pid is not None
+    gate = tmp_path / "gate"
+
+    def attempt(seq: int, request_id: str) -> bytes:
+        payload = msgspec.json.encode({"gate": str(gate)})
+        return encode_call(
+            InvokeCall(
+                seq=seq,
+                request_id=request_id,
+                payload=msgspec.Raw(payload),
+                attempt=1,
+                timeout=20.0,
+                log_path=log,
+            )
+        )
+
+    running = asyncio.ensure_future(host.invoke(attempt(3, "e1")))
+    seen = b""
+    while b"holding" not in seen:  # the handler runs
+        seen += b"".join(c.data for c in decode_reply(await host.pull(0)).chunks)
+    assert host.signal(signal.SIGSTOP, 2)  # sent before the attempt, arriving after it began
+    gate.touch()
+    answer = decode_reply(await running)
+    assert answer.outcome is not None and answer.outcome.ok, answer.outcome
+    # a freeze sent after every call begun here freezes; the next attempt thaws
+    assert host.signal(signal.SIGSTOP, 4)
+    await wait_for_async(lambda: _state(pid) == "T", what="the handler's process stopped")
+    answer = decode_reply(await host.invoke(attempt(5, "e2")))
+    assert answer.outcome is not None and answer.outcome.ok, answer.outcome
+    decode_reply(await host.stop())
+
+
+async def test_output_of_an_attempt_rides_with_its_answer_and_wakes_no_pull(tmp_path):
+    # a pull per printing event would double the calls to the actor
+    shutil.copytree(CODE, tmp_path / "where")
+    toml = tmp_path / "where.toml"
+    toml.write_text('handler = "index.where"\n')
+    function = msgspec.json.encode(load_function(toml))
+    host = InstanceHost(function, "ray-where-2", shipped=False, node="n1")
+    host.live_delay = 30.0  # output waits that long for the attempt's answer to carry it
+    decode_reply(await host.start(None, None))
+    pull = asyncio.ensure_future(host.pull(0))
+    call = InvokeCall(
+        seq=1, request_id="e1", payload=msgspec.Raw(b'{"n": 1}'), attempt=1, timeout=30.0,
+        log_path=str(tmp_path / "e1.log"),
+    )  # fmt: skip
+    answer = decode_reply(await host.invoke(encode_call(call)))
+    assert b"running {'n': 1}" in b"".join(c.data for c in answer.chunks)
+    assert not pull.done()
+    decode_reply(await host.stop())
+    assert decode_reply(await pull).chunks == answer.chunks  # woken by the death, nothing new

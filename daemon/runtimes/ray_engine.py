@@ -162,6 +162,15 @@ class RayEngine:
             "num_gpus": placement.num_gpus,
             "memory": function.memory_mb * MIB,
             "max_restarts": 0,  # a dead instance is a lost instance: the pool starts another
+            # no record of each call in Ray's task table (its dashboard and `ray list tasks`):
+            # the journal has each attempt, and the records cost the daemon, the actor and
+            # Ray's control store CPU at every event
+            "enable_task_events": False,
+            # max_concurrency is left at Ray's default for an async actor (1,000 calls at once):
+            # the daemon sends one attempt at a time to a python or exec instance and at most
+            # `concurrency` to an http one (RayInstance._full), and the other calls (pull,
+            # signal, hook, stop) must never queue behind a running attempt: the SIGTERM of a
+            # graceful stop would wait for the very attempt it stops
         }
         if placement.resources:
             options["resources"] = dict(placement.resources)

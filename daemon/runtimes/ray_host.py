@@ -23,7 +23,7 @@ from daemon.runtimes.base import Instance, InstanceStartError
 from daemon.runtimes.exec import ExecInstance
 from daemon.runtimes.http import HttpInstance
 from daemon.runtimes.python import PythonInstance
-from daemon.runtimes.ray_wire import HostReply, RelaySink, encode_reply
+from daemon.runtimes.ray_wire import HostReply, RelaySink, decode_call, encode_reply
 from daemon.supervise.child import ExitStatus
 from daemon.supervise.reaper import Reaper
 from daemon.supervise.supervisor import Supervisor
@@ -31,6 +31,7 @@ from daemon.supervise.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 PULL_WAIT = 5.0  # seconds a pull waits for news before it answers anyway (the daemon asks again)
+LIVE_DELAY = 0.05  # seconds output waits for an attempt's answer before a pull brings it
 
 
 class _ExitNews:
@@ -84,6 +85,9 @@ class InstanceHost:
         self._sink = RelaySink()
         self._instance: Instance | None = None  # made by start, on the actor's event loop
         self._frozen = False
+        self._begun = 0  # the daemon's number of the newest invoke or hook begun here
+        self._carried = 0  # the newest log write an answer carried
+        self.live_delay = LIVE_DELAY
 
     def _made(self) -> Instance:
         """The instance, made at the first call (Ray builds the actor off its event loop)."""
@@ -106,36 +110,34 @@ class InstanceHost:
             return self._reply(start_error=exc.error)
         return self._reply()
 
-    async def invoke(
-        self,
-        request_id: str,
-        payload: bytes,
-        attempt: int,
-        timeout: float,
-        log_path: str,
-        written: int = 0,
-    ) -> bytes:
-        """Run one attempt; the outcome, with the log writes not yet acknowledged (the daemon
-        has those up to `written`)."""
-        self._sink.acknowledge(written)
-        self._thaw()
+    async def invoke(self, call: bytes) -> bytes:
+        """Run one attempt (an InvokeCall); the outcome, with the log writes not yet
+        acknowledged."""
+        attempt = decode_call(call)
+        self._begin(attempt.seq, attempt.written)
         outcome = await self._made().invoke(
-            request_id, msgspec.Raw(payload), attempt, timeout, Path(log_path)
+            attempt.request_id,
+            attempt.payload,
+            attempt.attempt,
+            attempt.timeout,
+            Path(attempt.log_path),
         )
         return self._reply(outcome=outcome)
 
     async def run_hook(
-        self, hook: str, request_id: str, log_path: str | None, written: int = 0
+        self, hook: str, request_id: str, log_path: str | None, written: int = 0, seq: int = 0
     ) -> bytes:
         """Run a lifecycle hook of the function's (the daemon has the writes up to `written`)."""
-        self._sink.acknowledge(written)
-        self._thaw()
+        self._begin(seq, written)
         path = Path(log_path) if log_path is not None else None
         outcome = await self._made().run_hook(hook, request_id=request_id, log_path=path)
         return self._reply(hook=outcome)
 
-    def signal(self, sig: int) -> bool:
-        """Send `sig` to the function's process group; False if it is gone."""
+    def signal(self, sig: int, seq: int = 0) -> bool:
+        """Send `sig` to the function's process group; False if it is gone. A freeze the daemon
+        sent before a call that has begun here already is dropped (see _begin)."""
+        if sig == signal.SIGSTOP and 0 < seq < self._begun:
+            return True
         if sig in (signal.SIGSTOP, signal.SIGCONT):
             self._frozen = sig == signal.SIGSTOP
         return self._made().signal(sig)
@@ -147,23 +149,44 @@ class InstanceHost:
         return self._reply()
 
     async def pull(self, written: int) -> bytes:
-        """Forget the log writes up to `written` (the daemon has them); answer once there are
-        new ones or the instance died, or after PULL_WAIT seconds."""
+        """Forget the log writes up to `written` (the daemon has them); answer once the instance
+        died or wrote what no answer has carried yet, or after PULL_WAIT seconds. Output waits
+        `live_delay` seconds first: an attempt ending meanwhile carries it in its own answer,
+        so a short attempt that prints costs no second call."""
         self._sink.acknowledge(written)
-        if self._sink.last <= written and self._made().state != "dead":
-            self._sink.changed.clear()  # news from before are in this answer, or were sent
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PULL_WAIT
+        while not self._news(written) and (left := deadline - loop.time()) > 0:
+            self._sink.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sink.changed.wait(), PULL_WAIT)
+                await asyncio.wait_for(self._sink.changed.wait(), left)
+            if self._news(written) and self._made().state != "dead":
+                await asyncio.sleep(self.live_delay)
         return self._reply()
 
-    def _thaw(self) -> None:
-        """A frozen instance is thawed by its next call (the daemon sends no SIGCONT: a round
-        trip less between an event's arrival and its start)."""
+    def _news(self, written: int) -> bool:
+        """Whether a pull has something to tell: a death, or output no answer carried (a Start
+        or End line is carried by its attempt's answer)."""
+        return self._made().state == "dead" or self._sink.last_output > max(written, self._carried)
+
+    def _begin(self, seq: int, written: int) -> None:
+        """A call that needs the instance running begins: note its number, forget the log writes
+        the daemon has, thaw a frozen instance (the daemon sends no SIGCONT: a round trip less
+        between an event's arrival and its start).
+
+        The daemon sends a freeze (SIGSTOP) without waiting for it, and this is an async actor:
+        Ray runs its calls concurrently and does not keep their order (only a synchronous,
+        single-threaded actor runs one caller's calls in the order sent). A freeze may thus
+        arrive after the attempt the daemon sent next, which would then hang frozen: so every
+        call is numbered by the daemon, and a freeze older than a call begun here is dropped."""
+        self._begun = max(self._begun, seq)
+        self._sink.acknowledge(written)
         if self._frozen:
             self.signal(signal.SIGCONT)
 
     def _reply(self, **result: object) -> bytes:
         instance = self._made()
+        self._carried = self._sink.last
         return encode_reply(
             HostReply(
                 state=instance.state,

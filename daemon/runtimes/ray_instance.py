@@ -35,7 +35,7 @@ from daemon.runtimes.base import (
     lost_outcome,
 )
 from daemon.runtimes.ray_engine import EngineError, RayEngine
-from daemon.runtimes.ray_wire import HostReply, LogRelay, decode_reply
+from daemon.runtimes.ray_wire import HostReply, InvokeCall, LogRelay, decode_reply, encode_call
 
 InstanceFactory = Callable[[FunctionDef], Instance]
 
@@ -77,6 +77,7 @@ class RayInstance(InstanceBase):
         self._follower: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Future[Any]] = set()  # calls whose answers are awaited
         self._in_flight = 0  # attempts running on the node
+        self._sent = 0  # calls numbered so far (_number)
 
     # -- the Instance protocol ---------------------------------------------------------------
 
@@ -122,9 +123,11 @@ class RayInstance(InstanceBase):
         self._in_flight += 1
         self.state = InstanceState.BUSY
         began = time.monotonic()
-        ref = self._actor.invoke.remote(
-            request_id, bytes(payload), attempt, timeout, str(log_path), self._relay.written
-        )
+        call = InvokeCall(
+            seq=self._number(), request_id=request_id, payload=payload, attempt=attempt,
+            timeout=timeout, log_path=str(log_path), written=self._relay.written,
+        )  # fmt: skip
+        ref = self._actor.invoke.remote(encode_call(call))
         try:
             reply = await self._call(ref, timeout + ANSWER_SLACK)
         except asyncio.CancelledError:
@@ -155,7 +158,8 @@ class RayInstance(InstanceBase):
         try:
             if self._actor is None:
                 raise ActorLost(f"instance {self.id} is {self.state}")
-            ref = self._actor.run_hook.remote(hook, request_id, path, self._relay.written)
+            written, seq = self._relay.written, self._number()
+            ref = self._actor.run_hook.remote(hook, request_id, path, written, seq)
             reply = await self._call(ref, timeout + ANSWER_SLACK)
         except ActorLost as exc:
             return HookOutcome(
@@ -171,8 +175,14 @@ class RayInstance(InstanceBase):
         if self._actor is None or self.state is InstanceState.DEAD:
             return False
         if sig != signal.SIGCONT:  # the node thaws a frozen instance at its next call
-            self._actor.signal.remote(sig)
+            self._actor.signal.remote(sig, self._number())
         return True
+
+    def _number(self) -> int:
+        """The number of the next call to the actor (the actor drops a freeze sent before a call
+        it has begun: Ray does not keep the order of an async actor's calls)."""
+        self._sent += 1
+        return self._sent
 
     async def stop(self) -> None:
         """Stop the function's process on its node, then end the actor; idempotent."""
@@ -197,10 +207,10 @@ class RayInstance(InstanceBase):
         did not answer within `timeout` seconds."""
         from ray.exceptions import RayActorError, RayTaskError
 
-        future = asyncio.ensure_future(ref)  # an ObjectRef is awaitable on any loop
+        future = asyncio.wrap_future(ref.future())  # its answer, set from a thread of Ray's
         self._calls.add(future)
         try:
-            data = await asyncio.wait_for(asyncio.shield(future), timeout)
+            data = await _within(future, timeout)
         except TimeoutError:
             message = f"instance {self.id}: its Ray actor gave no answer in {timeout:.0f}s"
             raise ActorLost(message) from None
@@ -258,6 +268,15 @@ class RayInstance(InstanceBase):
         for name, amount in sorted(p.resources.items()):
             asks += f", {name}={amount:g}"
         return f"{exc} (no Ray node took it, or it did not start; it asks for {asks})"
+
+
+async def _within(answer: asyncio.Future[bytes], timeout: float) -> bytes:
+    """The answer, or TimeoutError after `timeout` seconds. One timer and no task: a caller
+    cancelled meanwhile leaves the answer to come (stop waits for those in `_calls`)."""
+    done, _ = await asyncio.wait((answer,), timeout=timeout)
+    if not done:
+        raise TimeoutError
+    return answer.result()
 
 
 def _first_line(exc: BaseException) -> str:

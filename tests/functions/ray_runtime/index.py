@@ -41,3 +41,11 @@ def slow(event, context):
 
 def pre_stop(context):
     print("pre-stop: flushing", flush=True)
+
+
+def held(event, context):
+    print("holding", flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(event["gate"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return {"released": os.path.exists(event["gate"])}
