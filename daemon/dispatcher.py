@@ -62,8 +62,9 @@ def backoff_delay(definition: FunctionDef, failures: int) -> float:
 
 def interruptions(event: Event) -> int:
     """Attempts cut off by the daemon's end (a crash, or a shutdown past its drain timeout)
-    after their start was on disk: an event dequeued ahead that may not even have started is
-    not held against the bound (a crash loop would fail the innocent events next in line)."""
+    after their start was on disk, or by the loss of their Ray node: an event dequeued ahead
+    that may not even have started is not held against the bound (a crash loop would fail the
+    innocent events next in line)."""
     return sum(
         1
         for before, after in itertools.pairwise(event.history)
@@ -76,8 +77,8 @@ def interruptions(event: Event) -> int:
 def too_many_interruptions(count: int, limit: int) -> ErrorInfo:
     """The error of an event ended because its attempts keep being cut off."""
     message = (
-        f"the daemon ended during {count} attempts of this event, more than "
-        f"async.max_interruptions ({limit}): it is not run again"
+        f"the daemon ended (or a Ray node was lost) during {count} attempts of this event, "
+        f"more than async.max_interruptions ({limit}): it is not run again"
     )
     return error(ErrorType.TOO_MANY_INTERRUPTIONS, message)
 
@@ -510,6 +511,9 @@ class Dispatcher:
                 event.function, State.STOPPED, o.usage.duration_ms, o.usage.node
             )
             return
+        if o.interrupted:
+            self._interrupted(event, definition, running, attempt, o)
+            return
         state, not_before = State.SUCCEEDED, None
         if not o.ok:
             failures = failed_attempts(event) + 1
@@ -533,6 +537,26 @@ class Dispatcher:
         # a success is the common case, and the journal has it: the daemon log keeps the rest
         level = logging.DEBUG if state is State.SUCCEEDED else logging.INFO
         log.log(level, "event %s %s (attempt %d)", event.id, state.value, attempt)
+
+    def _interrupted(
+        self, event: Event, definition: FunctionDef, running: Attempt, attempt: int, o: Outcome
+    ) -> None:
+        """An attempt cut off by the loss of its node: Retrying (Interrupted) at once, as after a
+        crash, no retry spent; Failed once cut off more often than max_interruptions."""
+        fields: dict[str, Any] = {"attempt": attempt, "instance": running.instance.id}
+        count, limit = interruptions(event) + 1, definition.async_.max_interruptions
+        state = State.RETRYING if count <= limit else State.FAILED
+        if state is State.RETRYING:
+            self.store.transition(
+                event, state, reason=INTERRUPTED, error=o.error, usage=o.usage,
+                not_before=time.time(), **fields,
+            )  # fmt: skip
+            self.submit(event)
+        else:
+            error = too_many_interruptions(count, limit)
+            self._end(event, state, reason=INTERRUPTED, error=error, usage=o.usage, **fields)
+        self.metrics.attempt_ended(event.function, state, o.usage.duration_ms, o.usage.node)
+        log.warning("event %s %s: %s", event.id, state.value, o.error.message if o.error else "")
 
     def _stopped(self, event: Event, running: Attempt, attempt: int, o: Outcome) -> None:
         """A stopped attempt ended: its return value is kept; death by SIGTERM is code 439."""

@@ -41,6 +41,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage
     retry_delay: float | None = None
     instance_lost: bool = False  # the instance is dead or must be discarded
+    #: cut off by the loss of the machine it ran on (a Ray node): the attempt is Interrupted,
+    #: as by a crash of the daemon, and runs again without spending a retry
+    interrupted: bool = False
 
 
 def bounded(o: Outcome) -> Outcome:

@@ -4,8 +4,9 @@ runtime's instance on its node. The function's output comes back as the actor's 
 writes, through a long poll while the instance lives and with every answer (ray_wire.py).
 
 What Ray adds and the local runtimes do not have: an actor that cannot be placed (no node has
-room) is a start that times out; an actor that dies (its node lost, its process killed) loses
-the instance, as a dead process does.
+room) is a start that times out; an actor that dies loses the instance, as a dead process does;
+one whose node is lost (ray_fate.py) also loses the instance, and cuts its attempt off as a
+crash of the daemon would: the attempt is Interrupted and runs again without spending a retry.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.errors import start_timeout, unavailable, unreachable
+from daemon.errors import node_lost, start_timeout, unavailable, unreachable
 from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
 from daemon.instances import InstanceState
@@ -35,6 +36,7 @@ from daemon.runtimes.base import (
     lost_outcome,
 )
 from daemon.runtimes.ray_engine import EngineError, RayEngine
+from daemon.runtimes.ray_fate import lost_node
 from daemon.runtimes.ray_wire import HostReply, LogRelay, decode_reply
 
 InstanceFactory = Callable[[FunctionDef], Instance]
@@ -52,6 +54,10 @@ STOP_TIME = 30.0  # seconds the node has to stop the function's process before i
 
 class ActorLost(Exception):
     """The actor died or did not answer in time; the message says which."""
+
+
+class NodeLost(ActorLost):
+    """The actor was lost with its node; the message names the node."""
 
 
 class RayInstance(InstanceBase):
@@ -77,6 +83,7 @@ class RayInstance(InstanceBase):
         self._follower: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Future[Any]] = set()  # calls whose answers are awaited
         self._in_flight = 0  # attempts running on the node
+        self._fate: asyncio.Future[str | None] | None = None  # how its node died, once lost
 
     # -- the Instance protocol ---------------------------------------------------------------
 
@@ -130,6 +137,10 @@ class RayInstance(InstanceBase):
         except asyncio.CancelledError:
             self._cancel(ref)  # the node kills the function's process, as a local cut does
             raise
+        except NodeLost as exc:  # cut off: Interrupted, as by a crash
+            duration = round((time.monotonic() - began) * 1000, 3)
+            lost = lost_outcome(node_lost(str(exc)), duration, None)
+            return self._on_node(msgspec.structs.replace(lost, interrupted=True))
         except ActorLost as exc:
             duration = round((time.monotonic() - began) * 1000, 3)
             return self._on_node(lost_outcome(unreachable(str(exc)), duration, None))
@@ -206,13 +217,28 @@ class RayInstance(InstanceBase):
             raise ActorLost(message) from None
         except RayActorError as exc:
             self.state = InstanceState.DEAD
-            raise ActorLost(f"instance {self.id}: its Ray actor died: {_first_line(exc)}") from None
+            raise await self._lost(exc) from None
         except RayTaskError as exc:  # a fault of fnspool's own on the node: the instance is lost
             log.error("instance %s: the call failed on its node: %s", self.id, exc)
             raise ActorLost(f"instance {self.id}: {_first_line(exc)}") from None
         finally:
             self._calls.discard(future)
         return self._take(decode_reply(data))
+
+    async def _lost(self, exc: Exception) -> ActorLost:
+        """Why the actor was lost, once the cluster can tell (its node, or itself); asked once
+        per instance, however many calls were waiting on it."""
+        from ray.exceptions import ActorDiedError
+
+        if self._fate is None:
+            died = isinstance(exc, ActorDiedError)
+            self._fate = asyncio.ensure_future(
+                asyncio.to_thread(lost_node, self._actor, self.node, died)
+            )
+        death = await asyncio.shield(self._fate)
+        if death is not None:
+            return NodeLost(f"instance {self.id}: its Ray node {self.node} was lost ({death})")
+        return ActorLost(f"instance {self.id}: its Ray actor died: {_first_line(exc)}")
 
     def _cancel(self, ref: Any) -> None:
         import ray

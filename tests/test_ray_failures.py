@@ -1,0 +1,139 @@
+"""Failures of a Ray cluster under functions placed on it, through the real daemon: a node lost
+in the middle of an event (its attempt is Interrupted and the event runs again on another node,
+no retry spent, run to completion once), and a cluster that cannot be reached (the events wait,
+Enqueued, with the reason shown, and run once it is back). Small clusters on this machine, 80 MB
+of object store per node, each test with clusters of its own making or the module's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, drop, events, fnspool, fnspool_json, gone, wait_for
+
+pytest.importorskip("ray", reason="Ray is not installed: pip install 'fnspool[ray]'")
+
+CODE = REPO / "tests" / "functions" / "ray_failures"
+STORE = 80 << 20  # bytes of object store per node: the least Ray takes
+PIN = "shared_pin"  # the custom resource both worker nodes have
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A head that takes no instance and two worker nodes that both have the resource PIN."""
+    from ray.cluster_utils import Cluster
+
+    ray_cluster = Cluster()
+    try:
+        ray_cluster.add_node(num_cpus=0, object_store_memory=STORE, include_dashboard=False)
+        for _ in range(2):
+            ray_cluster.add_node(num_cpus=1, resources={PIN: 2}, object_store_memory=STORE)
+        yield ray_cluster
+    finally:
+        ray_cluster.shutdown()
+
+
+def on_ray(spool: Path, name: str, handler: str, extra: str = "") -> None:
+    """Define `name` placed on Ray, pinned to the nodes that have PIN."""
+    shutil.copytree(CODE, spool / "functions" / name)
+    table = f'[placement]\nengine = "ray"\nnum_cpus = 0.5\nresources = {{ {PIN} = 1 }}\n'
+    body = f'memory_mb = 128\nhandler = "{handler}"\n{extra}\n{table}'
+    (spool / "functions" / f"{name}.toml").write_text(body)
+
+
+def event(spool: Path, request_id: str) -> dict:
+    return fnspool_json(spool, "events", "get", request_id)
+
+
+def parent_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+def node_running(cluster: Any, pid: int) -> Any:
+    """The cluster's worker node whose raylet is an ancestor of process `pid`."""
+    from ray._private import ray_constants
+
+    raylets = {
+        node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid: node
+        for node in cluster.worker_nodes
+    }
+    while pid > 1:
+        if pid in raylets:
+            return raylets[pid]
+        pid = parent_of(pid)
+    raise AssertionError("the handler runs on none of the cluster's worker nodes")
+
+
+def sleeping(spool: Path, marker: Path) -> tuple[str, int]:
+    """Drop an event for `pinned` and wait until its handler sleeps; its id and handler's pid."""
+    drop(spool, "pinned", "e.json", {"marker": str(marker), "sleep": 120})
+    request_id = wait_for(lambda: events(spool, "--function", "pinned"), 120, "the event")[0]["id"]
+    path = spool / "logs" / "pinned" / f"{request_id}.log"
+    wait_for(lambda: path.exists() and "slow start 1 pid" in path.read_text(), 120, "the handler")
+    return request_id, int(path.read_text().split("slow start 1 pid ")[1].split()[0])
+
+
+def ended(spool: Path, request_id: str) -> dict:
+    """The event once it has ended."""
+    return wait_for(
+        lambda: (e := event(spool, request_id))["state"] in ("Succeeded", "Failed") and e,
+        180,
+        "the event to end",
+    )
+
+
+def test_a_node_lost_mid_event_interrupts_the_attempt_and_the_event_runs_again_elsewhere(
+    spool, daemon, cluster, tmp_path
+):
+    on_ray(spool, "pinned", "index.once")
+    marker = tmp_path / "completions"
+    d = daemon.start("--ray-address", cluster.address)
+    request_id, pid = sleeping(spool, marker)
+    lost = node_running(cluster, pid)
+    cluster.remove_node(lost, allow_graceful=False)
+    wait_for(lambda: gone(pid), 60, "the handler on the lost node to die with it")
+    ended_event = ended(spool, request_id)
+    assert ended_event["state"] == "Succeeded", ended_event
+    retrying = [h for h in ended_event["history"] if h["state"] == "Retrying"]
+    # one Retrying, Interrupted: no failed attempt, no retry spent
+    assert [h.get("reason") for h in retrying] == ["Interrupted"], retrying
+    assert lost.node_id in json.dumps(retrying[0]), retrying
+    assert retrying[0]["error"]["type"] == "NodeLost"
+    nodes = [h["usage"]["node"] for h in ended_event["history"] if "usage" in h]
+    assert nodes[-1] != lost.node_id and nodes[-1] is not None, nodes
+    assert marker.read_text().splitlines() == [f"{request_id} 2"]
+    shown = fnspool(spool, "events", "get", request_id).stdout
+    assert lost.node_id in shown, shown
+    assert d.stop() == 0
+    # the cluster gets a node with PIN again, for the module's other tests
+    cluster.add_node(num_cpus=1, resources={PIN: 2}, object_store_memory=STORE)
+
+
+def test_an_actor_that_dies_on_a_live_node_is_a_lost_instance_and_a_failed_attempt(
+    spool, daemon, cluster, tmp_path
+):
+    on_ray(spool, "pinned", "index.once", "[async]\nmax_retries = 1\nbackoff = 0.1")
+    marker = tmp_path / "completions"
+    d = daemon.start("--ray-address", cluster.address)
+    request_id, pid = sleeping(spool, marker)
+    actor = parent_of(pid)  # the instance's actor, on its node: killed as a process may die
+    os.kill(actor, signal.SIGKILL)
+    ended_event = ended(spool, request_id)
+    assert ended_event["state"] == "Succeeded", ended_event
+    retrying = [h for h in ended_event["history"] if h["state"] == "Retrying"]
+    assert [h.get("reason") for h in retrying] == [None], retrying  # a retry spent
+    assert retrying[0]["error"]["type"] == "InstanceUnreachable", retrying
+    assert "its Ray actor died" in retrying[0]["error"]["message"], retrying
+    running = [h["instance"] for h in ended_event["history"] if h["state"] == "Running"]
+    assert running[0] != running[1]  # a new instance
+    assert marker.read_text().splitlines() == [f"{request_id} 2"]
+    assert d.stop() == 0
