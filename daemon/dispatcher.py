@@ -35,6 +35,7 @@ from daemon.runtimes.base import (
     Instance,
     InstanceStartError,
     Outcome,
+    PlaceUnavailable,
     bounded,
 )
 from daemon.store import Store
@@ -51,6 +52,8 @@ USER_EXIT = error(ErrorType.USER_PROCESS_EXIT, "User process exit when running",
 STOPPED_ERROR = error(ErrorType.STOPPED, "stopped by request")
 
 Ended = Callable[[Event], None]
+#: why a function's events wait for now (its Ray cluster cannot be reached); None: they run
+Held = Callable[[FunctionDef], str | None]
 
 
 def backoff_delay(definition: FunctionDef, failures: int) -> float:
@@ -147,6 +150,11 @@ class FunctionQueue:
         self._looked = max(0, self._looked - 1)
         return self._ids.popleft()
 
+    def put_back(self, request_id: str) -> None:
+        """Queue an id taken from the head at the head again (it was looked at)."""
+        self._ids.appendleft(request_id)
+        self._looked += 1
+
     def not_looked_at(self, depth: int) -> Iterator[str]:
         """The ids among the first `depth` not yet looked at (they are now)."""
         start = self._looked
@@ -176,12 +184,14 @@ class Dispatcher:
         logs_dir: Path,
         on_ended: Ended | None = None,
         log_sink: EventLogs | None = None,
+        held: Held | None = None,
     ) -> None:
         self.store = store
         self.definitions = definitions
         self._factories = factories
         self.logs_dir = logs_dir
         self.on_ended = on_ended  # destinations: called once the terminal record is written
+        self.held = held or (lambda _definition: None)
         # where the instances write event logs too
         self.log_sink = log_sink or EventLogs(_write_now)
         self.pools: dict[str, FunctionPool] = {}
@@ -295,7 +305,7 @@ class Dispatcher:
         queue, ready = self._queues[name], self._ready[name]
         loop = asyncio.get_running_loop()  # once: each look-up is a getpid() system call
         while True:
-            while not queue or self.store.paused.holds(name):  # paused: queued events wait
+            while not queue or self._holds(name):  # paused or held: queued events wait
                 ready.clear()
                 await ready.wait()
             if not self.accepting:
@@ -313,7 +323,7 @@ class Dispatcher:
                 lease = await self._pool(definition).lease()
             except PoolClosed:
                 continue  # its definition changed meanwhile: wait in the new pool
-            if self.store.paused.holds(name):  # paused while waiting for an instance
+            if self._holds(name):  # paused or held while waiting for an instance
                 lease.pool.give_back(lease)
                 continue
             event = self.store.get(queue.popleft()) if queue else None
@@ -333,7 +343,7 @@ class Dispatcher:
             definition = self.definitions.get(event.function)
             if definition is None or event.not_before is not None:
                 continue
-            if self.store.paused.holds(event.function):
+            if self._holds(event.function):
                 continue
             queued = len(self._queues.get(event.function, ())) + ahead[event.function]
             if queued < min(AHEAD_PER_INSTANCE * definition.max_instances, AHEAD_MAX):
@@ -348,6 +358,18 @@ class Dispatcher:
             event = self.store.get(request_id)
             if event is not None and event.state is State.ENQUEUED:
                 self._dequeue(event, definition)  # an event too old ends Expired here
+
+    def _holds(self, name: str) -> bool:
+        """Whether the function's queued events wait: paused, or held (its place is down)."""
+        if self.store.paused.holds(name):
+            return True
+        definition = self.definitions.get(name)
+        return definition is not None and self.held(definition) is not None
+
+    def wake(self) -> None:
+        """Look at every queue again (a function's events are no longer held)."""
+        for ready in self._ready.values():
+            ready.set()
 
     def _pool(self, definition: FunctionDef) -> FunctionPool:
         pool = self.pools.get(definition.name)
@@ -492,6 +514,10 @@ class Dispatcher:
         await self.store.sync()
 
     def _start_failed(self, event: Event, exc: InstanceStartError) -> None:
+        if isinstance(exc, PlaceUnavailable):  # it waits, first in line, where it was
+            log.info("event %s waits: %s", event.id, exc.error.message)
+            self._put_back(event)
+            return
         log.warning("event %s: instance could not start: %s", event.id, exc.error.message)
         if event.state is State.RETRYING:
             # a retry whose new instance failed to start: the attempt fails (Invalid is for
@@ -500,6 +526,11 @@ class Dispatcher:
             self._end(event, State.FAILED, error=exc.error)
         elif event.state is State.DEQUEUED:
             self._end(event, State.INVALID, error=exc.error)
+
+    def _put_back(self, event: Event) -> None:
+        """Queue an event whose instance could not start for now at the head of its queue."""
+        self._queues[event.function].put_back(event.id)
+        self._ready[event.function].set()
 
     def _finish(
         self, event: Event, definition: FunctionDef, running: Attempt, attempt: int, o: Outcome

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,10 +41,12 @@ def cluster() -> Iterator[Any]:
         ray_cluster.shutdown()
 
 
-def on_ray(spool: Path, name: str, handler: str, extra: str = "") -> None:
-    """Define `name` placed on Ray, pinned to the nodes that have PIN."""
+def on_ray(spool: Path, name: str, handler: str, extra: str = "", pin: bool = True) -> None:
+    """Define `name` placed on Ray, pinned to the nodes that have PIN (if `pin`)."""
     shutil.copytree(CODE, spool / "functions" / name)
-    table = f'[placement]\nengine = "ray"\nnum_cpus = 0.5\nresources = {{ {PIN} = 1 }}\n'
+    table = '[placement]\nengine = "ray"\nnum_cpus = 0.5\n'
+    if pin:
+        table += f"resources = {{ {PIN} = 1 }}\n"
     body = f'memory_mb = 128\nhandler = "{handler}"\n{extra}\n{table}'
     (spool / "functions" / f"{name}.toml").write_text(body)
 
@@ -136,4 +140,78 @@ def test_an_actor_that_dies_on_a_live_node_is_a_lost_instance_and_a_failed_attem
     running = [h["instance"] for h in ended_event["history"] if h["state"] == "Running"]
     assert running[0] != running[1]  # a new instance
     assert marker.read_text().splitlines() == [f"{request_id} 2"]
+    assert d.stop() == 0
+
+
+RAY_PATIENCE = 10  # seconds Ray lets the daemon live without its cluster's GCS, in this test
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def head_at(port: int) -> Any:
+    """A cluster of one node (1 CPU) whose GCS listens at `port`."""
+    from ray.cluster_utils import Cluster
+
+    return Cluster(
+        initialize_head=True,
+        head_node_args={
+            "gcs_server_port": port,
+            "num_cpus": 1,
+            "object_store_memory": STORE,
+            "include_dashboard": False,
+        },
+    )
+
+
+def held(spool: Path, function: str) -> str | None:
+    """Why the daemon says the function's events wait (status.json), if it does."""
+    return fnspool_json(spool, "status").get("held", {}).get(function)
+
+
+def test_events_wait_enqueued_while_the_cluster_is_down_and_run_when_it_is_back(
+    spool, daemon, tmp_path, monkeypatch
+):
+    from ray.util import get_node_ip_address
+
+    # Ray ends a driver (the daemon) whose GCS is gone this long: short, to show it lives on
+    monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", str(RAY_PATIENCE))
+    port = free_port()
+    address = f"{get_node_ip_address()}:{port}"
+    on_ray(spool, "later", "index.quick", pin=False)
+    d = daemon.start("--ray-address", address)
+    why = wait_for(lambda: held(spool, "later"), 60, "the function to be held")
+    assert f"cannot reach the Ray cluster at {address}" in why
+    drop(spool, "later", "first.json", {})
+    first = wait_for(lambda: events(spool, "--function", "later"), 60, "the event")[0]["id"]
+    assert event(spool, first)["state"] == "Enqueued"
+    shown = fnspool(spool, "status").stdout
+    assert f"held: later: its events wait: cannot reach the Ray cluster at {address}" in shown
+    listed = fnspool(spool, "functions", "list").stdout
+    assert "its events wait: cannot reach the Ray cluster" in listed, listed
+    cluster = head_at(port)
+    try:
+        done = wait_for(lambda: event(spool, first)["state"] == "Succeeded", 180, "the event")
+        assert done and held(spool, "later") is None
+        states = [h["state"] for h in event(spool, first)["history"]]
+        assert states == ["Enqueued", "Dequeued", "Running", "Succeeded"], states
+        # the cluster goes: the daemon lets go of it, and outlives Ray's patience
+        cluster.shutdown()
+        why = wait_for(lambda: held(spool, "later"), 60, "the function to be held again")
+        assert "stopped answering" in why, why
+        drop(spool, "later", "second.json", {})
+        found = wait_for(lambda: len(events(spool, "--function", "later")) == 2, 60, "the event")
+        assert found
+        second = next(e["id"] for e in events(spool, "--function", "later") if e["id"] != first)
+        past = time.monotonic() + RAY_PATIENCE + 5  # a wait on purpose: Ray's timeout passes
+        wait_for(lambda: d.ready() and time.monotonic() > past, 60, "Ray's patience to pass")
+        assert event(spool, second)["state"] == "Enqueued"
+        cluster = head_at(port)
+        done = wait_for(lambda: event(spool, second)["state"] == "Succeeded", 180, "the event")
+        assert done and d.ready()
+    finally:
+        cluster.shutdown()
     assert d.stop() == 0

@@ -99,6 +99,11 @@ class InstanceStartError(Exception):
         self.error = error
 
 
+class PlaceUnavailable(InstanceStartError):
+    """Where the instance runs (a Ray cluster) cannot be reached for now: the event is not
+    ended but waits, as a paused function's events do, until it can."""
+
+
 class Instance(Protocol):
     """One instance of a function, whatever its runtime."""
 

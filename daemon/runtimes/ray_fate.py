@@ -29,7 +29,12 @@ def node_death(node_id: str | None) -> str | None:
 
     if node_id is None:
         return None
-    for node in ray.nodes():
+    try:
+        nodes = ray.nodes()
+    except Exception as exc:  # disconnected: the engine says why
+        log.info("the Ray node table cannot be read: %s", exc)
+        return None
+    for node in nodes:
         if node.get("NodeID") == node_id:
             if node.get("Alive", True):
                 return None
@@ -39,7 +44,16 @@ def node_death(node_id: str | None) -> str | None:
 
 def lost_node(actor: Any, node_id: str | None, died: bool) -> str | None:
     """How the node of a lost actor died, if that is why it was lost; None if the actor died
-    (`died`: Ray said so) or is alive on a live node (its call failed for another reason)."""
+    (`died`: Ray said so) or is alive on a live node (its call failed for another reason), or
+    if Ray cannot tell (disconnected from the cluster: the engine says why)."""
+    try:
+        return _lost_node(actor, node_id, died)
+    except Exception as exc:
+        log.info("cannot tell why a Ray actor was lost: %s", exc)
+        return None
+
+
+def _lost_node(actor: Any, node_id: str | None, died: bool) -> str | None:
     import ray
     from ray.exceptions import ActorUnavailableError, RayActorError
 

@@ -33,9 +33,10 @@ from daemon.runtimes.base import (
     InstanceBase,
     InstanceStartError,
     Outcome,
+    PlaceUnavailable,
     lost_outcome,
 )
-from daemon.runtimes.ray_engine import EngineError, RayEngine
+from daemon.runtimes.ray_engine import ClusterDown, EngineError, RayEngine
 from daemon.runtimes.ray_fate import lost_node
 from daemon.runtimes.ray_wire import HostReply, LogRelay, decode_reply
 
@@ -84,6 +85,16 @@ class RayInstance(InstanceBase):
         self._calls: set[asyncio.Future[Any]] = set()  # calls whose answers are awaited
         self._in_flight = 0  # attempts running on the node
         self._fate: asyncio.Future[str | None] | None = None  # how its node died, once lost
+        self._generation = -1  # the engine's connection its actor was made in
+
+    def cluster_gone(self) -> None:
+        """The daemon disconnected from the cluster its actor was in: the instance is lost."""
+        if self.state is not InstanceState.STOPPING:
+            self.state = InstanceState.DEAD
+
+    def _stale(self) -> bool:
+        """Whether its actor was made in an earlier connection (Ray knows it no more)."""
+        return self._actor is not None and self._generation != self._engine.generation
 
     # -- the Instance protocol ---------------------------------------------------------------
 
@@ -92,6 +103,10 @@ class RayInstance(InstanceBase):
         the cluster cannot be reached, no node takes it in time, or the process fails."""
         try:
             self._actor = await self._engine.actor(self.id, self.function)
+            self._generation = self._engine.generation
+            self._engine.track(self)
+        except ClusterDown as exc:
+            raise PlaceUnavailable(unavailable(str(exc))) from None
         except EngineError as exc:
             raise InstanceStartError(unavailable(str(exc))) from None
         path = str(log_path) if log_path is not None else None
@@ -101,6 +116,8 @@ class RayInstance(InstanceBase):
             )
         except ActorLost as exc:
             await self.stop()
+            if self._engine.down is not None:  # the cluster went meanwhile
+                raise PlaceUnavailable(unavailable(self._engine.down)) from None
             raise InstanceStartError(start_timeout(self._not_started(exc))) from None
         except BaseException:
             await self.stop()
@@ -164,7 +181,7 @@ class RayInstance(InstanceBase):
         path = str(log_path) if log_path is not None else None
         started = time.time()
         try:
-            if self._actor is None:
+            if self._actor is None or self._stale():
                 raise ActorLost(f"instance {self.id} is {self.state}")
             ref = self._actor.run_hook.remote(hook, request_id, path, self._relay.written)
             reply = await self._call(ref, timeout + ANSWER_SLACK)
@@ -189,10 +206,11 @@ class RayInstance(InstanceBase):
         """Stop the function's process on its node, then end the actor; idempotent."""
         if self.state is not InstanceState.DEAD:
             self.state = InstanceState.STOPPING
+        stale = self._stale()  # its cluster is gone: nothing to stop there
         actor, self._actor = self._actor, None
         if self._follower is not None:
             self._follower.cancel()
-        if actor is not None:
+        if actor is not None and not stale:
             with contextlib.suppress(ActorLost):
                 await self._call(actor.stop.remote(), STOP_TIME)
             # an attempt's answer is on its way once its process is reaped: let it arrive
@@ -235,7 +253,11 @@ class RayInstance(InstanceBase):
             self._fate = asyncio.ensure_future(
                 asyncio.to_thread(lost_node, self._actor, self.node, died)
             )
-        death = await asyncio.shield(self._fate)
+        while not self._fate.done() and self._engine.down is None:
+            await asyncio.wait({self._fate}, timeout=1.0)
+        death = self._fate.result() if self._fate.done() else None
+        if self._engine.down is not None:  # the whole cluster went: as good as a lost node
+            return NodeLost(f"instance {self.id}: {self._engine.down}")
         if death is not None:
             return NodeLost(f"instance {self.id}: its Ray node {self.node} was lost ({death})")
         return ActorLost(f"instance {self.id}: its Ray actor died: {_first_line(exc)}")
