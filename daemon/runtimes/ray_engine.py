@@ -141,7 +141,7 @@ class RayEngine:
             if task is not None:
                 task.cancel()
         if self._connected:
-            await self._disconnect()
+            await self._disconnect("the daemon is shutting down")
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -205,16 +205,17 @@ class RayEngine:
         self._watching = None
         why = f"the Ray cluster's control store at {gcs} stopped answering"
         async with self._lock:
-            await self._disconnect()
+            await self._disconnect(why)
         self._went_down(why)
 
-    async def _disconnect(self) -> None:
+    async def _disconnect(self, why: str) -> None:
+        """ray.shutdown; the instances of this connection are lost (`why`)."""
         import ray
 
         self._connected = False
         self.generation += 1  # the actors made so far are gone
         for instance in list(self._placed):
-            instance.cluster_gone()
+            instance.cluster_gone(why)
         self._placed.clear()
         try:
             await asyncio.wait_for(asyncio.to_thread(ray.shutdown), DISCONNECT_TIME)

@@ -86,11 +86,16 @@ class RayInstance(InstanceBase):
         self._in_flight = 0  # attempts running on the node
         self._fate: asyncio.Future[str | None] | None = None  # how its node died, once lost
         self._generation = -1  # the engine's connection its actor was made in
+        self._cut: str | None = None  # why the daemon let go of its cluster, if it did
 
-    def cluster_gone(self) -> None:
-        """The daemon disconnected from the cluster its actor was in: the instance is lost."""
+    def cluster_gone(self, why: str) -> None:
+        """The daemon disconnected from the cluster its actor was in (`why`): the instance is
+        lost, and the calls it waits on end now (Ray would never answer them)."""
+        self._cut = why
         if self.state is not InstanceState.STOPPING:
             self.state = InstanceState.DEAD
+        for future in self._calls:
+            future.cancel()
 
     def _stale(self) -> bool:
         """Whether its actor was made in an earlier connection (Ray knows it no more)."""
@@ -116,8 +121,8 @@ class RayInstance(InstanceBase):
             )
         except ActorLost as exc:
             await self.stop()
-            if self._engine.down is not None:  # the cluster went meanwhile
-                raise PlaceUnavailable(unavailable(self._engine.down)) from None
+            if self._cut is not None or self._engine.down is not None:  # the cluster went
+                raise PlaceUnavailable(unavailable(self._cut or str(self._engine.down))) from None
             raise InstanceStartError(start_timeout(self._not_started(exc))) from None
         except BaseException:
             await self.stop()
@@ -239,6 +244,10 @@ class RayInstance(InstanceBase):
         except RayTaskError as exc:  # a fault of fnspool's own on the node: the instance is lost
             log.error("instance %s: the call failed on its node: %s", self.id, exc)
             raise ActorLost(f"instance {self.id}: {_first_line(exc)}") from None
+        except asyncio.CancelledError:
+            if self._cut is None or not future.cancelled():
+                raise
+            raise NodeLost(f"instance {self.id}: {self._cut}") from None  # cluster_gone
         finally:
             self._calls.discard(future)
         return self._take(decode_reply(data))
@@ -256,8 +265,9 @@ class RayInstance(InstanceBase):
         while not self._fate.done() and self._engine.down is None:
             await asyncio.wait({self._fate}, timeout=1.0)
         death = self._fate.result() if self._fate.done() else None
-        if self._engine.down is not None:  # the whole cluster went: as good as a lost node
-            return NodeLost(f"instance {self.id}: {self._engine.down}")
+        gone = self._cut or self._engine.down
+        if gone is not None:  # the whole cluster went: as good as a lost node
+            return NodeLost(f"instance {self.id}: {gone}")
         if death is not None:
             return NodeLost(f"instance {self.id}: its Ray node {self.node} was lost ({death})")
         return ActorLost(f"instance {self.id}: its Ray actor died: {_first_line(exc)}")
