@@ -50,6 +50,9 @@ AHEAD_PER_INSTANCE = 16
 AHEAD_MAX = 256
 USER_EXIT = error(ErrorType.USER_PROCESS_EXIT, "User process exit when running", code=439)
 STOPPED_ERROR = error(ErrorType.STOPPED, "stopped by request")
+#: seconds before an event whose instance's place was down is tried again, when its function is
+#: not held (the place came back, or never said it was down)
+PLACE_RETRY = 1.0
 
 Ended = Callable[[Event], None]
 #: why a function's events wait for now (its Ray cluster cannot be reached); None: they run
@@ -528,9 +531,22 @@ class Dispatcher:
             self._end(event, State.INVALID, error=exc.error)
 
     def _put_back(self, event: Event) -> None:
-        """Queue an event whose instance could not start for now at the head of its queue."""
-        self._queues[event.function].put_back(event.id)
-        self._ready[event.function].set()
+        """Queue an event whose instance could not start for now at the head of its queue: at
+        once if its function is held (it waits there), else after a while (no busy loop)."""
+        if self._holds(event.function):
+            self._to_head(None, event.id)
+            return
+        number = next(self._timer_numbers)
+        loop = asyncio.get_running_loop()
+        self._timers[number] = loop.call_later(PLACE_RETRY, self._to_head, number, event.id)
+
+    def _to_head(self, number: int | None, request_id: str) -> None:
+        if number is not None:
+            self._timers.pop(number, None)
+        event = self.store.get(request_id)
+        if event is not None and not event.ended and self.accepting:
+            self._queues[event.function].put_back(event.id)
+            self._ready[event.function].set()
 
     def _finish(
         self, event: Event, definition: FunctionDef, running: Attempt, attempt: int, o: Outcome
