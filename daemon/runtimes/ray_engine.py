@@ -94,6 +94,7 @@ class RayEngine:
         self._watching: asyncio.Task[None] | None = None
         self._retrying: asyncio.Task[None] | None = None
         self._closed = False
+        self._gone = asyncio.Event()  # set when the daemon lets go of the cluster
 
     def connect_soon(self, functions: Iterable[FunctionDef]) -> None:
         """Connect in the background once a function placed on Ray is defined (so that a
@@ -119,7 +120,18 @@ class RayEngine:
         if self.down is not None:
             raise ClusterDown(self.down)
         await self._connect()
-        return await asyncio.to_thread(self._make, instance_id, function)
+        gone = asyncio.ensure_future(self._gone.wait())
+        making = asyncio.ensure_future(asyncio.to_thread(self._make, instance_id, function))
+        try:
+            # Ray blocks the making of an actor while the cluster's GCS does not answer: the
+            # start is cut when the daemon lets go of the cluster (its thread ends when it can)
+            await asyncio.wait({making, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not making.done():
+            making.add_done_callback(_forget)
+            raise ClusterDown(self.down or "the Ray cluster went while an actor was made")
+        return making.result()
 
     def track(self, instance: Any) -> None:
         """Tell `instance` (its `cluster_gone()`) when the daemon disconnects from the cluster."""
@@ -157,6 +169,7 @@ class RayEngine:
             finally:
                 _own_signals()
             self._connected = True
+            self._gone = asyncio.Event()
             self.generation += 1
             self._watching = asyncio.get_running_loop().create_task(self._watch())
 
@@ -205,14 +218,15 @@ class RayEngine:
         self._watching = None
         why = f"the Ray cluster's control store at {gcs} stopped answering"
         async with self._lock:
+            self._went_down(why)  # its new tries wait for the lock
             await self._disconnect(why)
-        self._went_down(why)
 
     async def _disconnect(self, why: str) -> None:
         """ray.shutdown; the instances of this connection are lost (`why`)."""
         import ray
 
         self._connected = False
+        self._gone.set()
         self.generation += 1  # the actors made so far are gone
         for instance in list(self._placed):
             instance.cluster_gone(why)
@@ -292,6 +306,12 @@ class RayEngine:
             )
         except Exception as exc:
             raise EngineError(f"Ray refused the actor of {instance_id}: {exc}") from None
+
+
+def _forget(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of work given up on (an actor made for a cluster gone meanwhile)."""
+    if not future.cancelled() and future.exception() is not None:
+        log.info("Ray actor not made: %s", future.exception())
 
 
 def _own_signals() -> None:
