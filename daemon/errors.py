@@ -128,6 +128,13 @@ def cannot_start(program: str, exc: OSError) -> ErrorInfo:
     return spawn_failed(f"cannot start {program}: {exc.strerror or exc}")
 
 
+def actor_died(duration_ms: float, message: str) -> ErrorInfo:
+    """FC's error of an instance that died mid-event, for one on Ray whose actor died (no exit
+    status comes back from the node)."""
+    text = f"Process exited unexpectedly before completing request (duration: {duration_ms:.2f}ms)"
+    return error(ErrorType.PROCESS_EXITED, f"{text}: {message}")
+
+
 def node_lost(message: str) -> ErrorInfo:
     """The error of an attempt cut off by the loss of its instance's Ray node."""
     return error(ErrorType.NODE_LOST, message)

@@ -135,7 +135,7 @@ def test_an_actor_that_dies_on_a_live_node_is_a_lost_instance_and_a_failed_attem
     assert ended_event["state"] == "Succeeded", ended_event
     retrying = [h for h in ended_event["history"] if h["state"] == "Retrying"]
     assert [h.get("reason") for h in retrying] == [None], retrying  # a retry spent
-    assert retrying[0]["error"]["type"] == "InstanceUnreachable", retrying
+    assert retrying[0]["error"]["type"] == "ProcessExited", retrying  # as a local process
     assert "its Ray actor died" in retrying[0]["error"]["message"], retrying
     running = [h["instance"] for h in ended_event["history"] if h["state"] == "Running"]
     assert running[0] != running[1]  # a new instance

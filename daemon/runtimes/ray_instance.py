@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.errors import node_lost, start_timeout, unavailable, unreachable
+from daemon.errors import actor_died, node_lost, start_timeout, unavailable, unreachable
 from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
 from daemon.instances import InstanceState
@@ -59,6 +59,10 @@ class ActorLost(Exception):
 
 class NodeLost(ActorLost):
     """The actor was lost with its node; the message names the node."""
+
+
+class ActorDied(ActorLost):
+    """The actor died on a node that lives (its process killed, out of memory)."""
 
 
 class RayInstance(InstanceBase):
@@ -165,7 +169,9 @@ class RayInstance(InstanceBase):
             return self._on_node(msgspec.structs.replace(lost, interrupted=True))
         except ActorLost as exc:
             duration = round((time.monotonic() - began) * 1000, 3)
-            return self._on_node(lost_outcome(unreachable(str(exc)), duration, None))
+            died = isinstance(exc, ActorDied)  # as a local instance whose process dies
+            why = actor_died(duration, str(exc)) if died else unreachable(str(exc))
+            return self._on_node(lost_outcome(why, duration, None))
         finally:
             self._in_flight -= 1
             self.last_used = time.monotonic()
@@ -270,7 +276,7 @@ class RayInstance(InstanceBase):
             return NodeLost(f"instance {self.id}: {gone}")
         if death is not None:
             return NodeLost(f"instance {self.id}: its Ray node {self.node} was lost ({death})")
-        return ActorLost(f"instance {self.id}: its Ray actor died: {_first_line(exc)}")
+        return ActorDied(f"instance {self.id}: its Ray actor died: {_first_line(exc)}")
 
     def _cancel(self, ref: Any) -> None:
         import ray
