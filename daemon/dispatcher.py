@@ -35,6 +35,7 @@ from daemon.runtimes.base import (
     Instance,
     InstanceStartError,
     Outcome,
+    PlaceUnavailable,
     bounded,
 )
 from daemon.store import Store
@@ -49,8 +50,13 @@ AHEAD_PER_INSTANCE = 16
 AHEAD_MAX = 256
 USER_EXIT = error(ErrorType.USER_PROCESS_EXIT, "User process exit when running", code=439)
 STOPPED_ERROR = error(ErrorType.STOPPED, "stopped by request")
+#: seconds before an event whose instance's place was down is tried again, when its function is
+#: not held (the place came back, or never said it was down)
+PLACE_RETRY = 1.0
 
 Ended = Callable[[Event], None]
+#: why a function's events wait for now (its Ray cluster cannot be reached); None: they run
+Held = Callable[[FunctionDef], str | None]
 
 
 def backoff_delay(definition: FunctionDef, failures: int) -> float:
@@ -62,8 +68,9 @@ def backoff_delay(definition: FunctionDef, failures: int) -> float:
 
 def interruptions(event: Event) -> int:
     """Attempts cut off by the daemon's end (a crash, or a shutdown past its drain timeout)
-    after their start was on disk: an event dequeued ahead that may not even have started is
-    not held against the bound (a crash loop would fail the innocent events next in line)."""
+    after their start was on disk, or by the loss of their Ray node: an event dequeued ahead
+    that may not even have started is not held against the bound (a crash loop would fail the
+    innocent events next in line)."""
     return sum(
         1
         for before, after in itertools.pairwise(event.history)
@@ -76,8 +83,8 @@ def interruptions(event: Event) -> int:
 def too_many_interruptions(count: int, limit: int) -> ErrorInfo:
     """The error of an event ended because its attempts keep being cut off."""
     message = (
-        f"the daemon ended during {count} attempts of this event, more than "
-        f"async.max_interruptions ({limit}): it is not run again"
+        f"the daemon ended (or a Ray node was lost) during {count} attempts of this event, "
+        f"more than async.max_interruptions ({limit}): it is not run again"
     )
     return error(ErrorType.TOO_MANY_INTERRUPTIONS, message)
 
@@ -146,6 +153,11 @@ class FunctionQueue:
         self._looked = max(0, self._looked - 1)
         return self._ids.popleft()
 
+    def put_back(self, request_id: str) -> None:
+        """Queue an id taken from the head at the head again (it was looked at)."""
+        self._ids.appendleft(request_id)
+        self._looked += 1
+
     def not_looked_at(self, depth: int) -> Iterator[str]:
         """The ids among the first `depth` not yet looked at (they are now)."""
         start = self._looked
@@ -175,12 +187,14 @@ class Dispatcher:
         logs_dir: Path,
         on_ended: Ended | None = None,
         log_sink: EventLogs | None = None,
+        held: Held | None = None,
     ) -> None:
         self.store = store
         self.definitions = definitions
         self._factories = factories
         self.logs_dir = logs_dir
         self.on_ended = on_ended  # destinations: called once the terminal record is written
+        self.held = held or (lambda _definition: None)
         # where the instances write event logs too
         self.log_sink = log_sink or EventLogs(_write_now)
         self.pools: dict[str, FunctionPool] = {}
@@ -294,7 +308,7 @@ class Dispatcher:
         queue, ready = self._queues[name], self._ready[name]
         loop = asyncio.get_running_loop()  # once: each look-up is a getpid() system call
         while True:
-            while not queue or self.store.paused.holds(name):  # paused: queued events wait
+            while not queue or self._holds(name):  # paused or held: queued events wait
                 ready.clear()
                 await ready.wait()
             if not self.accepting:
@@ -312,7 +326,7 @@ class Dispatcher:
                 lease = await self._pool(definition).lease()
             except PoolClosed:
                 continue  # its definition changed meanwhile: wait in the new pool
-            if self.store.paused.holds(name):  # paused while waiting for an instance
+            if self._holds(name):  # paused or held while waiting for an instance
                 lease.pool.give_back(lease)
                 continue
             event = self.store.get(queue.popleft()) if queue else None
@@ -332,7 +346,7 @@ class Dispatcher:
             definition = self.definitions.get(event.function)
             if definition is None or event.not_before is not None:
                 continue
-            if self.store.paused.holds(event.function):
+            if self._holds(event.function):
                 continue
             queued = len(self._queues.get(event.function, ())) + ahead[event.function]
             if queued < min(AHEAD_PER_INSTANCE * definition.max_instances, AHEAD_MAX):
@@ -347,6 +361,18 @@ class Dispatcher:
             event = self.store.get(request_id)
             if event is not None and event.state is State.ENQUEUED:
                 self._dequeue(event, definition)  # an event too old ends Expired here
+
+    def _holds(self, name: str) -> bool:
+        """Whether the function's queued events wait: paused, or held (its place is down)."""
+        if self.store.paused.holds(name):
+            return True
+        definition = self.definitions.get(name)
+        return definition is not None and self.held(definition) is not None
+
+    def wake(self) -> None:
+        """Look at every queue again (a function's events are no longer held)."""
+        for ready in self._ready.values():
+            ready.set()
 
     def _pool(self, definition: FunctionDef) -> FunctionPool:
         pool = self.pools.get(definition.name)
@@ -491,6 +517,10 @@ class Dispatcher:
         await self.store.sync()
 
     def _start_failed(self, event: Event, exc: InstanceStartError) -> None:
+        if isinstance(exc, PlaceUnavailable):  # it waits, first in line, where it was
+            log.info("event %s waits: %s", event.id, exc.error.message)
+            self._put_back(event)
+            return
         log.warning("event %s: instance could not start: %s", event.id, exc.error.message)
         if event.state is State.RETRYING:
             # a retry whose new instance failed to start: the attempt fails (Invalid is for
@@ -499,6 +529,24 @@ class Dispatcher:
             self._end(event, State.FAILED, error=exc.error)
         elif event.state is State.DEQUEUED:
             self._end(event, State.INVALID, error=exc.error)
+
+    def _put_back(self, event: Event) -> None:
+        """Queue an event whose instance could not start for now at the head of its queue: at
+        once if its function is held (it waits there), else after a while (no busy loop)."""
+        if self._holds(event.function):
+            self._to_head(None, event.id)
+            return
+        number = next(self._timer_numbers)
+        loop = asyncio.get_running_loop()
+        self._timers[number] = loop.call_later(PLACE_RETRY, self._to_head, number, event.id)
+
+    def _to_head(self, number: int | None, request_id: str) -> None:
+        if number is not None:
+            self._timers.pop(number, None)
+        event = self.store.get(request_id)
+        if event is not None and not event.ended and self.accepting:
+            self._queues[event.function].put_back(event.id)
+            self._ready[event.function].set()
 
     def _finish(
         self, event: Event, definition: FunctionDef, running: Attempt, attempt: int, o: Outcome
@@ -509,6 +557,9 @@ class Dispatcher:
             self.metrics.attempt_ended(
                 event.function, State.STOPPED, o.usage.duration_ms, o.usage.node
             )
+            return
+        if o.interrupted:
+            self._interrupted(event, definition, running, attempt, o)
             return
         state, not_before = State.SUCCEEDED, None
         if not o.ok:
@@ -533,6 +584,26 @@ class Dispatcher:
         # a success is the common case, and the journal has it: the daemon log keeps the rest
         level = logging.DEBUG if state is State.SUCCEEDED else logging.INFO
         log.log(level, "event %s %s (attempt %d)", event.id, state.value, attempt)
+
+    def _interrupted(
+        self, event: Event, definition: FunctionDef, running: Attempt, attempt: int, o: Outcome
+    ) -> None:
+        """An attempt cut off by the loss of its node: Retrying (Interrupted) at once, as after a
+        crash, no retry spent; Failed once cut off more often than max_interruptions."""
+        fields: dict[str, Any] = {"attempt": attempt, "instance": running.instance.id}
+        count, limit = interruptions(event) + 1, definition.async_.max_interruptions
+        state = State.RETRYING if count <= limit else State.FAILED
+        if state is State.RETRYING:
+            self.store.transition(
+                event, state, reason=INTERRUPTED, error=o.error, usage=o.usage,
+                not_before=time.time(), **fields,
+            )  # fmt: skip
+            self.submit(event)
+        else:
+            error = too_many_interruptions(count, limit)
+            self._end(event, state, reason=INTERRUPTED, error=error, usage=o.usage, **fields)
+        self.metrics.attempt_ended(event.function, state, o.usage.duration_ms, o.usage.node)
+        log.warning("event %s %s: %s", event.id, state.value, o.error.message if o.error else "")
 
     def _stopped(self, event: Event, running: Attempt, attempt: int, o: Outcome) -> None:
         """A stopped attempt ended: its return value is kept; death by SIGTERM is code 439."""

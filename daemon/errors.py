@@ -64,7 +64,9 @@ class ErrorType(StrEnum):
     USER_PROCESS_EXIT = "UserProcessExit"
     #: the event was stopped by request
     STOPPED = "Stopped"
-    #: the event's attempts were interrupted by too many daemon restarts
+    #: the Ray node of the attempt's instance was lost while it ran (the attempt is Interrupted)
+    NODE_LOST = "NodeLost"
+    #: the event's attempts were interrupted by too many daemon restarts or lost Ray nodes
     TOO_MANY_INTERRUPTIONS = "TooManyInterruptions"
     #: the event waited past its maximum age
     EVENT_EXPIRED = "EventExpired"
@@ -124,6 +126,18 @@ def spawn_failed(message: str) -> ErrorInfo:
 def cannot_start(program: str, exc: OSError) -> ErrorInfo:
     """The error of a `program` the kernel would not start."""
     return spawn_failed(f"cannot start {program}: {exc.strerror or exc}")
+
+
+def actor_died(duration_ms: float, message: str) -> ErrorInfo:
+    """FC's error of an instance that died mid-event, for one on Ray whose actor died (no exit
+    status comes back from the node)."""
+    text = f"Process exited unexpectedly before completing request (duration: {duration_ms:.2f}ms)"
+    return error(ErrorType.PROCESS_EXITED, f"{text}: {message}")
+
+
+def node_lost(message: str) -> ErrorInfo:
+    """The error of an attempt cut off by the loss of its instance's Ray node."""
+    return error(ErrorType.NODE_LOST, message)
 
 
 def start_timeout(message: str) -> ErrorInfo:

@@ -59,6 +59,8 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     reloads: int = 0
     paused: list[str] = []  # functions whose dispatch is held by name
     paused_all: bool = False  # dispatch of every function is held
+    #: functions whose events wait for now, with why (their Ray cluster cannot be reached)
+    held: dict[str, str] = {}
     file_helper: HelperView = HelperView()
     indexer: HelperView = HelperView()
 

@@ -19,7 +19,7 @@ from daemon.heartbeat import InstanceView
 from daemon.ids import new_request_id
 from daemon.instances import POOL_MOVES, SERVING, IllegalMove, InstanceState
 from daemon.model import ErrorInfo
-from daemon.runtimes.base import HookOutcome, Instance, InstanceStartError
+from daemon.runtimes.base import HookOutcome, Instance, InstanceStartError, PlaceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +393,8 @@ class FunctionPool:
         lease = Lease(self, None)
         try:
             instance = await self.start(lease, None, None)
+        except PlaceUnavailable:
+            return  # said once by its engine; tried again at the next round
         except InstanceStartError as exc:
             log.warning("warm instance of %s failed to start: %s", self.definition.name, exc)
             return

@@ -17,7 +17,7 @@ from daemon.destinations import Destinations
 from daemon.dispatcher import Dispatcher, NewEvent
 from daemon.files.filehelper import FileHelper
 from daemon.files.logfiles import EventLogs
-from daemon.functions import Catalog, Definitions, keep_last_good, load_catalog
+from daemon.functions import Catalog, Definitions, FunctionDef, keep_last_good, load_catalog
 from daemon.indexing import Indexing
 from daemon.ingest import Accepted, Ingestor
 from daemon.journal_writer import JournalFailed, JournalWriter, recover
@@ -195,7 +195,9 @@ class Daemon:
             self.spool.logs,
             on_ended=self.destinations.ended,
             log_sink=logs,
+            held=self._held,
         )
+        self.ray.on_change = self._cluster_changed
         self.store.needs_delivery = self.destinations.owes
         self._reload_definitions()
         self.dispatcher.recover()
@@ -405,6 +407,7 @@ class Daemon:
             reloads=self.reloads,
             paused=list(self.store.paused.functions),
             paused_all=self.store.paused.all,
+            held=self._held_functions(),
             file_helper=heartbeat.HelperView(pid=self.files.pid, running=self.files.running),
             indexer=heartbeat.HelperView(pid=self.indexing.pid),
         )
@@ -426,6 +429,23 @@ class Daemon:
         self.run_files.write("metrics.prom", metrics.encode())
         if not stopped:
             self.notifier.status(self._status_line())
+
+    def _held(self, definition: FunctionDef) -> str | None:
+        """Why the events of `definition` wait for now: its Ray cluster cannot be reached."""
+        return self.ray.down if definition.placement.remote else None
+
+    def _held_functions(self) -> dict[str, str]:
+        """The defined functions whose events wait for now, with why."""
+        return {
+            name: why
+            for name, d in sorted(self.catalog.functions.items())
+            if (why := self._held(d)) is not None
+        }
+
+    def _cluster_changed(self) -> None:
+        """The Ray cluster went or came back: show it now, and run what it held."""
+        self.dispatcher.wake()
+        self.write_status()
 
     def _paused_functions(self) -> dict[str, bool]:
         """Every defined or paused function, and whether its dispatch is held."""

@@ -557,6 +557,33 @@ async def test_the_header_and_the_functions_view_say_what_is_paused(tmp_path):
         assert "paused" in app.status_markup
 
 
+async def test_the_functions_view_says_which_functions_are_held_and_why(tmp_path):
+    from textual.widgets import Static
+
+    from tui.tail import DaemonStatus
+
+    spool = tmp_path / "spool"
+    write_journal(spool, 3)
+    app = FnspoolApp(Spool(spool))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: loaded(app, 3), "the events")
+        name = next(f for f, _state in app.counts)
+        why = "cannot reach the Ray cluster at 10.0.0.9:6379"
+        app.status = DaemonStatus(pid=4242, ready=True, held={name: why})
+        await pilot.press("2")
+        assert isinstance(app.screen, FunctionsScreen)
+        app.screen.refresh_tables()
+        functions = app.screen.query_one("#functions", DataTable)
+        marks = {
+            str(functions.get_row_at(i)[0]): str(functions.get_row_at(i)[-1])
+            for i in range(functions.row_count)
+        }
+        assert "held" in marks[name]
+        assert not any("held" in m for n, m in marks.items() if n != name)
+        box = app.screen.query_one("#definition-errors", Static)
+        assert box.display and f"{name}: its events wait: {why}" in str(box.render())
+
+
 async def test_the_text_filter_applies_as_it_is_typed(tmp_path):
     spool = tmp_path / "spool"
     write_journal(spool, 30, snapshot_upto=10)

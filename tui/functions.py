@@ -122,6 +122,8 @@ class FunctionsScreen(Screen[None]):
                 definition = "[$error]error[/]"
             if status.is_paused(name):
                 definition += "  [$warning]paused[/]"
+            if name in status.held:
+                definition += "  [$warning]held[/]"
             cells = [
                 f"[$error]{n:,}[/]"
                 if n and state.value in ("Failed", "Expired", "Invalid")
@@ -133,9 +135,15 @@ class FunctionsScreen(Screen[None]):
         errors = {f.name: f.error for f in status.functions if f.error}
         errors.update({n: e for n, e in status.definition_errors.items() if n not in errors})
         box = self.query_one("#definition-errors", Static)
-        box.display = bool(errors)
+        box.display = bool(errors or status.held)
         box.update(
-            "\n".join(f"[$error]{escape(n)}: {escape(e)}[/]" for n, e in sorted(errors.items()))
+            "\n".join(
+                [f"[$error]{escape(n)}: {escape(e)}[/]" for n, e in sorted(errors.items())]
+                + [
+                    f"[$warning]{escape(n)}: its events wait: {escape(why)}[/]"
+                    for n, why in sorted(status.held.items())
+                ]
+            )
         )
 
     def _fill_instances(self, status: DaemonStatus) -> None:

@@ -41,6 +41,8 @@ class DaemonStatus:
     journal_damage: list[dict[str, Any]] = field(default_factory=list)  # the daemon's own finds
     paused: list[str] = field(default_factory=list)  # functions whose dispatch is held
     paused_all: bool = False  # every function's dispatch is held
+    #: functions whose events wait for now, with why (their Ray cluster cannot be reached)
+    held: dict[str, str] = field(default_factory=dict)
 
     def is_paused(self, function: str) -> bool:
         """Whether the daemon holds `function`'s queued events."""
@@ -85,4 +87,5 @@ def read_status(spool: Spool) -> DaemonStatus:
         journal_damage=msgspec.to_builtins(beat.journal_damage) if beat is not None else [],
         paused=list(held.paused) if held is not None else [],
         paused_all=held is not None and held.paused_all,
+        held=dict(beat.held) if beat is not None else {},
     )

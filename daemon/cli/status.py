@@ -52,6 +52,7 @@ def functions_list(args: argparse.Namespace) -> int:
                 else None,
                 "instances": instances.get(name, []),
                 "paused": beat.paused_all or name in beat.paused,
+                "held": beat.held.get(name),
             }
         )
     for name, err in sorted(catalog.errors.items()):
@@ -83,6 +84,8 @@ def functions_list(args: argparse.Namespace) -> int:
             if row["paused"]:
                 line += "  paused"
             print(line)
+            if row["held"]:
+                print(f"{'':20}        its events wait: {row['held']}")
             if row["one_at_a_time"]:
                 print(f"{'':20}        {row['one_at_a_time']}")
             if nodes := on_nodes(row["instances"]):
@@ -126,6 +129,7 @@ def status(args: argparse.Namespace) -> int:
         "heartbeat_age_s": last.age if last else None,
         "paused": live.paused if live else [],
         "paused_all": live.paused_all if live else False,
+        "held": live.held if live else {},
     }
     if args.json:
         print_json(view)
@@ -145,6 +149,8 @@ def status(args: argparse.Namespace) -> int:
                 print("paused: all functions (fnspool resume)")
             elif view["paused"]:
                 print("paused: " + ", ".join(view["paused"]))
+            for name, why in view["held"].items():
+                print(f"held: {name}: its events wait: {why}")
             helper = view["file_helper"]
             if helper is not None and not helper.get("running"):
                 print("file helper: not running (the daemon writes logs and removes files itself)")

@@ -41,6 +41,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage
     retry_delay: float | None = None
     instance_lost: bool = False  # the instance is dead or must be discarded
+    #: cut off by the loss of the machine it ran on (a Ray node): the attempt is Interrupted,
+    #: as by a crash of the daemon, and runs again without spending a retry
+    interrupted: bool = False
 
 
 def bounded(o: Outcome) -> Outcome:
@@ -95,6 +98,11 @@ class InstanceStartError(Exception):
         error = bounded_error(error)  # it is journaled, and may quote the function's output
         super().__init__(describe(error))
         self.error = error
+
+
+class PlaceUnavailable(InstanceStartError):
+    """Where the instance runs (a Ray cluster) cannot be reached for now: the event is not
+    ended but waits, as a paused function's events do, until it can."""
 
 
 class Instance(Protocol):

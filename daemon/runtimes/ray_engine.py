@@ -1,7 +1,13 @@
-"""The daemon's link to a Ray cluster: where it is; the connection, made once, off the event
-loop, when a function placed on Ray is defined (else at its first instance's start); and the
-actors of instances: made with what their placement asks for and their code folder shipped,
-killed, and those a predecessor left swept.
+"""The daemon's link to a Ray cluster: where it is; the connection, made off the event loop
+when a function placed on Ray is defined (else at its first instance's start), watched, and
+made again when the cluster returns; and the actors of instances: made with what their
+placement asks for and their code folder shipped, killed, and those a predecessor left swept.
+
+A cluster that cannot be reached is `down`, with the reason: the daemon holds the events of the
+functions placed on it (they wait as a paused function's do) and tries again with a backoff.
+While connected, the cluster's control store (GCS) is watched: Ray ends a driver whose GCS is
+gone for gcs_rpc_server_reconnect_timeout_s (60 s), and the driver is the daemon, so the daemon
+disconnects (ray.shutdown) as soon as the GCS stops answering, and connects anew once it does.
 
 `ray` is imported here only once a function placed on Ray needs it: a daemon with only local
 functions never loads it.
@@ -13,9 +19,12 @@ import asyncio
 import inspect
 import logging
 import os
+import signal
 import socket
 import tempfile
-from collections.abc import Iterable
+import threading
+import weakref
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +39,23 @@ log = logging.getLogger(__name__)
 ADDRESS_VARS = ("FNSPOOL_RAY_ADDRESS", "RAY_ADDRESS")
 MIB = 1 << 20
 PROBE_TIMEOUT = 5.0  # seconds to reach the cluster's address before Ray's own, much longer, tries
+WATCH_EVERY = 2.0  # seconds between two looks at the GCS of the cluster connected to
+WATCH_MISSES = 3  # looks in a row that find no GCS before the cluster is taken for gone
+RECONNECT_FIRST = 1.0  # seconds before the first new try to connect; doubled at each failure
+RECONNECT_MAX = 30.0  # the longest wait between two tries
+DISCONNECT_TIME = 30.0  # seconds ray.shutdown may take when the cluster is gone (5 s here)
+#: Ray's setting of how long a driver lives on without its GCS, raised (unless set already) so
+#: that the watch above always disconnects first
+RECONNECT_VAR = "RAY_gcs_rpc_server_reconnect_timeout_s"
+GCS_PATIENCE = 600
 
 
 class EngineError(Exception):
     """The cluster cannot be reached, or refused an actor; the message says which and why."""
+
+
+class ClusterDown(EngineError):
+    """The cluster cannot be reached now; the engine tries again on its own."""
 
 
 def ray_address(option: str = "") -> str:
@@ -54,13 +76,25 @@ def namespace_of(spool_root: Path) -> str:
 class RayEngine:
     """One daemon's connection to one Ray cluster, in one namespace."""
 
-    def __init__(self, address: str, namespace: str) -> None:
+    def __init__(
+        self, address: str, namespace: str, on_change: Callable[[], None] | None = None
+    ) -> None:
         self.address = address
         self.namespace = namespace
+        #: why the cluster cannot be reached now; None while it can (or was not tried yet)
+        self.down: str | None = None
+        self.on_change = on_change  # called when `down` changes
+        #: counts the connections made: an actor of an earlier one is gone with its cluster
+        self.generation = 0
+        self._placed: weakref.WeakSet[Any] = weakref.WeakSet()  # instances with an actor
         self._connected = False
         self._lock = asyncio.Lock()
         self._actor_class: Any = None
         self._connecting: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
+        self._retrying: asyncio.Task[None] | None = None
+        self._closed = False
+        self._gone = asyncio.Event()  # set when the daemon lets go of the cluster
 
     def connect_soon(self, functions: Iterable[FunctionDef]) -> None:
         """Connect in the background once a function placed on Ray is defined (so that a
@@ -72,18 +106,36 @@ class RayEngine:
     async def _connect_early(self, placed: list[str]) -> None:
         try:
             await self._connect()
+        except ClusterDown:
+            pass  # said, and tried again
         except EngineError as exc:
-            log.warning("%s (functions placed on Ray: %s): tried again at their next start",
-                        exc, ", ".join(placed))  # fmt: skip
+            log.warning("%s (functions placed on Ray: %s)", exc, ", ".join(placed))
         finally:
             self._connecting = None
 
     async def actor(self, instance_id: str, function: FunctionDef) -> Any:
         """A new actor for the instance `instance_id` of `function` (placed by Ray once a node
-        has room: its calls wait for it); EngineError if the cluster cannot be reached or
-        refuses it."""
+        has room: its calls wait for it); ClusterDown if the cluster cannot be reached (tried
+        again in the background, not here), EngineError if it refuses the actor."""
+        if self.down is not None:
+            raise ClusterDown(self.down)
         await self._connect()
-        return await asyncio.to_thread(self._make, instance_id, function)
+        gone = asyncio.ensure_future(self._gone.wait())
+        making = asyncio.ensure_future(asyncio.to_thread(self._make, instance_id, function))
+        try:
+            # Ray blocks the making of an actor while the cluster's GCS does not answer: the
+            # start is cut when the daemon lets go of the cluster (its thread ends when it can)
+            await asyncio.wait({making, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not making.done():
+            making.add_done_callback(_forget)
+            raise ClusterDown(self.down or "the Ray cluster went while an actor was made")
+        return making.result()
+
+    def track(self, instance: Any) -> None:
+        """Tell `instance` (its `cluster_gone()`) when the daemon disconnects from the cluster."""
+        self._placed.add(instance)
 
     def kill(self, actor: Any) -> None:
         """End an actor and its process at once (its instance is stopped already)."""
@@ -96,19 +148,98 @@ class RayEngine:
 
     async def close(self) -> None:
         """Disconnect (at the daemon's shutdown, once every instance is stopped)."""
+        self._closed = True
+        for task in (self._watching, self._connecting, self._retrying):
+            if task is not None:
+                task.cancel()
         if self._connected:
-            import ray
-
-            await asyncio.to_thread(ray.shutdown)
-            self._connected = False
+            await self._disconnect("the daemon is shutting down")
 
     # -- connecting ---------------------------------------------------------------------------
 
     async def _connect(self) -> None:
         async with self._lock:
-            if not self._connected:
+            if self._connected:
+                return
+            try:
                 await asyncio.to_thread(self._init)
-                self._connected = True
+            except ClusterDown as exc:
+                self._went_down(str(exc))
+                raise
+            finally:
+                _own_signals()
+            self._connected = True
+            self._gone = asyncio.Event()
+            self.generation += 1
+            self._watching = asyncio.get_running_loop().create_task(self._watch())
+
+    def _went_down(self, why: str) -> None:
+        """Hold the functions placed on Ray, and try to connect again in the background."""
+        first = self.down is None
+        self.down = why
+        if first:
+            log.warning("Ray cluster unreachable, events of functions placed on it wait: %s", why)
+            self._notify()
+        if self._retrying is None and not self._closed:
+            self._retrying = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Try to connect again, waiting longer after each failure, until it works."""
+        wait = RECONNECT_FIRST
+        try:
+            while True:
+                await asyncio.sleep(wait)
+                try:
+                    await self._connect()
+                except ClusterDown:
+                    wait = min(wait * 2, RECONNECT_MAX)
+                    continue
+                except EngineError as exc:  # reached, but Ray failed otherwise: keep trying
+                    self.down = str(exc)
+                    wait = min(wait * 2, RECONNECT_MAX)
+                    continue
+                self.down = None
+                log.warning("Ray cluster at %s reachable again: held events run", self.address)
+                self._notify()
+                return
+        finally:
+            self._retrying = None
+
+    async def _watch(self) -> None:
+        """Disconnect as soon as the cluster's GCS stops answering (before Ray would end the
+        daemon for it), and start connecting again."""
+        import ray
+
+        gcs = ray.get_runtime_context().gcs_address
+        misses = 0
+        while misses < WATCH_MISSES:
+            await asyncio.sleep(WATCH_EVERY)
+            misses = 0 if await _answers(gcs) else misses + 1
+        self._watching = None
+        why = f"the Ray cluster's control store at {gcs} stopped answering"
+        async with self._lock:
+            self._went_down(why)  # its new tries wait for the lock
+            await self._disconnect(why)
+
+    async def _disconnect(self, why: str) -> None:
+        """ray.shutdown; the instances of this connection are lost (`why`)."""
+        import ray
+
+        self._connected = False
+        self._gone.set()
+        self.generation += 1  # the actors made so far are gone
+        for instance in list(self._placed):
+            instance.cluster_gone(why)
+        self._placed.clear()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(ray.shutdown), DISCONNECT_TIME)
+        except TimeoutError:
+            log.error("ray.shutdown did not end in %.0fs", DISCONNECT_TIME)
+        _own_signals()
+
+    def _notify(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _init(self) -> None:
         try:
@@ -118,6 +249,7 @@ class RayEngine:
                 "Ray is not installed where the daemon runs: pip install 'fnspool[ray]'"
             ) from None
         _probe(self.address)
+        os.environ.setdefault(RECONNECT_VAR, str(GCS_PATIENCE))
         try:
             ray.init(
                 address=self.address,
@@ -127,7 +259,7 @@ class RayEngine:
                 ignore_reinit_error=True,
             )
         except Exception as exc:
-            raise EngineError(f"cannot reach the Ray cluster at {self.address}: {exc}") from None
+            raise ClusterDown(f"cannot reach the Ray cluster at {self.address}: {exc}") from None
         log.info("connected to the Ray cluster at %s (namespace %s)", self.address, self.namespace)
         self._sweep()
 
@@ -185,6 +317,23 @@ class RayEngine:
             raise EngineError(f"Ray refused the actor of {instance_id}: {exc}") from None
 
 
+def _forget(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of work given up on (an actor made for a cluster gone meanwhile)."""
+    if not future.cancelled() and future.exception() is not None:
+        log.info("Ray actor not made: %s", future.exception())
+
+
+def _own_signals() -> None:
+    """Put the daemon's own SIGTERM handler back in the kernel: each ray.init installs Ray's
+    failure handler over it, and after a ray.shutdown and a new ray.init that one ends the
+    daemon on SIGTERM instead of letting it drain."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is not None:
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _probe(address: str) -> None:
     """EngineError at once when nothing answers at a `host:port` address (ray.init would try
     for minutes); `auto` and `ray://` addresses are Ray's to resolve."""
@@ -194,7 +343,20 @@ def _probe(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT).close()
     except OSError as exc:
-        raise EngineError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+        raise ClusterDown(f"cannot reach the Ray cluster at {address}: {exc}") from None
+
+
+async def _answers(address: str) -> bool:
+    """Whether something accepts a connection at `host:port` within PROBE_TIMEOUT."""
+    host, _, port = address.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), PROBE_TIMEOUT
+        )
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    return True
 
 
 def _shipped(code_dir: str) -> dict[str, Any]:

@@ -4,8 +4,9 @@ runtime's instance on its node. The function's output comes back as the actor's 
 writes, through a long poll while the instance lives and with every answer (ray_wire.py).
 
 What Ray adds and the local runtimes do not have: an actor that cannot be placed (no node has
-room) is a start that times out; an actor that dies (its node lost, its process killed) loses
-the instance, as a dead process does.
+room) is a start that times out; an actor that dies loses the instance, as a dead process does;
+one whose node is lost (ray_fate.py) also loses the instance, and cuts its attempt off as a
+crash of the daemon would: the attempt is Interrupted and runs again without spending a retry.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.errors import start_timeout, unavailable, unreachable
+from daemon.errors import actor_died, node_lost, start_timeout, unavailable, unreachable
 from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
 from daemon.instances import InstanceState
@@ -32,9 +33,11 @@ from daemon.runtimes.base import (
     InstanceBase,
     InstanceStartError,
     Outcome,
+    PlaceUnavailable,
     lost_outcome,
 )
-from daemon.runtimes.ray_engine import EngineError, RayEngine
+from daemon.runtimes.ray_engine import ClusterDown, EngineError, RayEngine
+from daemon.runtimes.ray_fate import lost_node
 from daemon.runtimes.ray_wire import HostReply, InvokeCall, LogRelay, decode_reply, encode_call
 
 InstanceFactory = Callable[[FunctionDef], Instance]
@@ -52,6 +55,14 @@ STOP_TIME = 30.0  # seconds the node has to stop the function's process before i
 
 class ActorLost(Exception):
     """The actor died or did not answer in time; the message says which."""
+
+
+class NodeLost(ActorLost):
+    """The actor was lost with its node; the message names the node."""
+
+
+class ActorDied(ActorLost):
+    """The actor died on a node that lives (its process killed, out of memory)."""
 
 
 class RayInstance(InstanceBase):
@@ -78,6 +89,22 @@ class RayInstance(InstanceBase):
         self._calls: set[asyncio.Future[Any]] = set()  # calls whose answers are awaited
         self._in_flight = 0  # attempts running on the node
         self._sent = 0  # calls numbered so far (_number)
+        self._fate: asyncio.Future[str | None] | None = None  # how its node died, once lost
+        self._generation = -1  # the engine's connection its actor was made in
+        self._cut: str | None = None  # why the daemon let go of its cluster, if it did
+
+    def cluster_gone(self, why: str) -> None:
+        """The daemon disconnected from the cluster its actor was in (`why`): the instance is
+        lost, and the calls it waits on end now (Ray would never answer them)."""
+        self._cut = why
+        if self.state is not InstanceState.STOPPING:
+            self.state = InstanceState.DEAD
+        for future in self._calls:
+            future.cancel()
+
+    def _stale(self) -> bool:
+        """Whether its actor was made in an earlier connection (Ray knows it no more)."""
+        return self._actor is not None and self._generation != self._engine.generation
 
     # -- the Instance protocol ---------------------------------------------------------------
 
@@ -86,6 +113,10 @@ class RayInstance(InstanceBase):
         the cluster cannot be reached, no node takes it in time, or the process fails."""
         try:
             self._actor = await self._engine.actor(self.id, self.function)
+            self._generation = self._engine.generation
+            self._engine.track(self)
+        except ClusterDown as exc:
+            raise PlaceUnavailable(unavailable(str(exc))) from None
         except EngineError as exc:
             raise InstanceStartError(unavailable(str(exc))) from None
         path = str(log_path) if log_path is not None else None
@@ -95,6 +126,8 @@ class RayInstance(InstanceBase):
             )
         except ActorLost as exc:
             await self.stop()
+            if self._cut is not None or self._engine.down is not None:  # the cluster went
+                raise PlaceUnavailable(unavailable(self._cut or str(self._engine.down))) from None
             raise InstanceStartError(start_timeout(self._not_started(exc))) from None
         except BaseException:
             await self.stop()
@@ -133,9 +166,15 @@ class RayInstance(InstanceBase):
         except asyncio.CancelledError:
             self._cancel(ref)  # the node kills the function's process, as a local cut does
             raise
+        except NodeLost as exc:  # cut off: Interrupted, as by a crash
+            duration = round((time.monotonic() - began) * 1000, 3)
+            lost = lost_outcome(node_lost(str(exc)), duration, None)
+            return self._on_node(msgspec.structs.replace(lost, interrupted=True))
         except ActorLost as exc:
             duration = round((time.monotonic() - began) * 1000, 3)
-            return self._on_node(lost_outcome(unreachable(str(exc)), duration, None))
+            died = isinstance(exc, ActorDied)  # as a local instance whose process dies
+            why = actor_died(duration, str(exc)) if died else unreachable(str(exc))
+            return self._on_node(lost_outcome(why, duration, None))
         finally:
             self._in_flight -= 1
             self.last_used = time.monotonic()
@@ -156,7 +195,7 @@ class RayInstance(InstanceBase):
         path = str(log_path) if log_path is not None else None
         started = time.time()
         try:
-            if self._actor is None:
+            if self._actor is None or self._stale():
                 raise ActorLost(f"instance {self.id} is {self.state}")
             written, seq = self._relay.written, self._number()
             ref = self._actor.run_hook.remote(hook, request_id, path, written, seq)
@@ -188,10 +227,11 @@ class RayInstance(InstanceBase):
         """Stop the function's process on its node, then end the actor; idempotent."""
         if self.state is not InstanceState.DEAD:
             self.state = InstanceState.STOPPING
+        stale = self._stale()  # its cluster is gone: nothing to stop there
         actor, self._actor = self._actor, None
         if self._follower is not None:
             self._follower.cancel()
-        if actor is not None:
+        if actor is not None and not stale:
             with contextlib.suppress(ActorLost):
                 await self._call(actor.stop.remote(), STOP_TIME)
             # an attempt's answer is on its way once its process is reaped: let it arrive
@@ -216,13 +256,37 @@ class RayInstance(InstanceBase):
             raise ActorLost(message) from None
         except RayActorError as exc:
             self.state = InstanceState.DEAD
-            raise ActorLost(f"instance {self.id}: its Ray actor died: {_first_line(exc)}") from None
+            raise await self._lost(exc) from None
         except RayTaskError as exc:  # a fault of fnspool's own on the node: the instance is lost
             log.error("instance %s: the call failed on its node: %s", self.id, exc)
             raise ActorLost(f"instance {self.id}: {_first_line(exc)}") from None
+        except asyncio.CancelledError:
+            if self._cut is None or not future.cancelled():
+                raise
+            raise NodeLost(f"instance {self.id}: {self._cut}") from None  # cluster_gone
         finally:
             self._calls.discard(future)
         return self._take(decode_reply(data))
+
+    async def _lost(self, exc: Exception) -> ActorLost:
+        """Why the actor was lost, once the cluster can tell (its node, or itself); asked once
+        per instance, however many calls were waiting on it."""
+        from ray.exceptions import ActorDiedError
+
+        if self._fate is None:
+            died = isinstance(exc, ActorDiedError)
+            self._fate = asyncio.ensure_future(
+                asyncio.to_thread(lost_node, self._actor, self.node, died)
+            )
+        while not self._fate.done() and self._engine.down is None:
+            await asyncio.wait({self._fate}, timeout=1.0)
+        death = self._fate.result() if self._fate.done() else None
+        gone = self._cut or self._engine.down
+        if gone is not None:  # the whole cluster went: as good as a lost node
+            return NodeLost(f"instance {self.id}: {gone}")
+        if death is not None:
+            return NodeLost(f"instance {self.id}: its Ray node {self.node} was lost ({death})")
+        return ActorDied(f"instance {self.id}: its Ray actor died: {_first_line(exc)}")
 
     def _cancel(self, ref: Any) -> None:
         import ray

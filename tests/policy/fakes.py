@@ -31,6 +31,7 @@ from daemon.runtimes.base import (
     InstanceBase,
     InstanceStartError,
     Outcome,
+    PlaceUnavailable,
 )
 from daemon.store import Store
 
@@ -130,6 +131,7 @@ class FakeRuntime:
         self.script: Script = script or (lambda call: succeeded(call.payload))
         self.on_sigterm: OnSigterm = lambda _call: died(signal.SIGTERM)
         self.start_error: ErrorInfo | None = None
+        self.place_down = False  # the start error is PlaceUnavailable (a Ray cluster down)
         self.failing_hooks: dict[str, ErrorInfo] = {}
         #: hooks that, once begun, wait for their gate to be set
         self.gates: dict[str, asyncio.Event] = {}
@@ -177,7 +179,8 @@ class FakeInstance(InstanceBase):
         """Ready at once, or InstanceStartError when the runtime says so."""
         if self.runtime.start_error is not None:
             self.state = InstanceState.DEAD
-            raise InstanceStartError(self.runtime.start_error)
+            failure = PlaceUnavailable if self.runtime.place_down else InstanceStartError
+            raise failure(self.runtime.start_error)
         self.state = InstanceState.IDLE
         self.started_at = time.time()
         self._did("start")

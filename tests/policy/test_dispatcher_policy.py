@@ -12,7 +12,7 @@ from runtime_helpers import on_uvloop
 
 from daemon.dispatcher import BEFORE_RUNNING, MAY_HAVE_STARTED
 from daemon.files.eventlog import INTERRUPTED
-from daemon.model import Event, State, raw_json
+from daemon.model import ErrorInfo, Event, State, Usage, raw_json
 from daemon.refusals import Refused
 from daemon.runtimes.base import Outcome
 from daemon.store import Store
@@ -465,3 +465,47 @@ async def test_a_shutdown_cuts_a_running_attempt_which_runs_again_after_the_star
         (RUN, 2, None),
         (State.SUCCEEDED, 2, None),
     ]
+
+
+def node_lost(node: str) -> Outcome:
+    """The attempt was cut off by the loss of its instance's Ray node."""
+    error = ErrorInfo(type="NodeLost", message=f"its Ray node {node} was lost")
+    usage = Usage(duration_ms=1.0, node=node)
+    return Outcome(ok=False, error=error, usage=usage, instance_lost=True, interrupted=True)
+
+
+@on_uvloop
+async def test_an_attempt_cut_off_by_a_lost_node_runs_again_without_using_a_retry(
+    tmp_path: Path, clock: FakeClock
+):
+    runtime = FakeRuntime(lambda call: node_lost("n1") if call.attempt == 1 else succeeded())
+    async with running(tmp_path, runtime, define(async_={"max_retries": 0})) as policy:
+        event = await policy.submit("x")
+        await ended(event)
+        records = await policy.records(event.id)
+    assert [(r.state, r.attempt, r.reason) for r in records[2:]] == [
+        (RUN, 1, None),
+        (RETRY, 1, INTERRUPTED),
+        (RUN, 2, None),
+        (State.SUCCEEDED, 2, None),
+    ]
+    cut = records[3]
+    assert cut.error is not None and cut.error.type == "NodeLost" and "n1" in cut.error.message
+    assert cut.usage is not None and cut.usage.node == "n1"
+    assert cut.not_before == clock.wall  # at once: no backoff
+    assert runtime.did(runtime.calls[0].instance)[-1] == "kill"  # a lost instance
+
+
+@on_uvloop
+async def test_attempts_cut_off_by_lost_nodes_count_against_max_interruptions(
+    tmp_path: Path, clock: FakeClock
+):
+    runtime = FakeRuntime(lambda call: node_lost(f"n{call.attempt}"))
+    async with running(tmp_path, runtime, define(async_={"max_interruptions": 2})) as policy:
+        event = await policy.submit("x")
+        await ended(event)
+        records = await policy.records(event.id)
+    assert [r.state for r in records[2:]] == [RUN, RETRY, RUN, RETRY, RUN, State.FAILED]
+    assert records[-1].reason == INTERRUPTED
+    assert records[-1].error is not None and records[-1].error.type == "TooManyInterruptions"
+    assert len(runtime.calls) == 3
