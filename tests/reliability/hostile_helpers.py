@@ -147,7 +147,9 @@ class Probe:
         journal = Journal(self.spool)
         n = 0
         try:
-            while not self._stop.is_set():
+            # at least one probe, however soon the test stops it (a fast intake did before this
+            # thread ran: no probe at all)
+            while n == 0 or not self._stop.is_set():
                 n += 1
                 rid = f"probe-{os.getpid()}-{n}-{time.monotonic_ns()}"
                 started = time.monotonic()
