@@ -18,6 +18,7 @@ from daemon.cli.shared import (
 )
 from daemon.errors import FnspoolError
 from daemon.placement import short_node
+from daemon.text import printable
 
 
 def functions_list(args: argparse.Namespace) -> int:
@@ -70,7 +71,8 @@ def functions_list(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         if row["error"]:
-            print(f"{row['name']:20} ERROR  {row['path']}: {row['error']}")
+            problem = printable(f"{row['path']}: {row['error']}")
+            print(f"{row['name']:20} ERROR  {problem}")
             if row["last_good_in_use"]:
                 print(f"{'':20}        the daemon runs its last good definition until it is fixed")
         else:
@@ -85,7 +87,7 @@ def functions_list(args: argparse.Namespace) -> int:
                 line += "  paused"
             print(line)
             if row["held"]:
-                print(f"{'':20}        its events wait: {row['held']}")
+                print(f"{'':20}        its events wait: {printable(row['held'])}")
             if row["one_at_a_time"]:
                 print(f"{'':20}        {row['one_at_a_time']}")
             if nodes := on_nodes(row["instances"]):
@@ -150,7 +152,7 @@ def status(args: argparse.Namespace) -> int:
             elif view["paused"]:
                 print("paused: " + ", ".join(view["paused"]))
             for name, why in view["held"].items():
-                print(f"held: {name}: its events wait: {why}")
+                print(f"held: {name}: its events wait: {printable(why)}")
             helper = view["file_helper"]
             if helper is not None and not helper.get("running"):
                 print("file helper: not running (the daemon writes logs and removes files itself)")
@@ -160,9 +162,10 @@ def status(args: argparse.Namespace) -> int:
         for name, message in view["definition_errors"].items():
             kept = name in view["last_good_definitions"]
             note = " (its last good definition stays in use)" if kept else ""
-            print(f"definition error: {name}: {message}{note}")
+            print(f"definition error: {name}: {printable(message)}{note}")
         for damage in view["journal_damage"]:
-            print(f"journal damage: {damage['path']} at {damage['offset']}: {damage['reason']}")
+            where = f"{damage['path']} at {damage['offset']}"
+            print(printable(f"journal damage: {where}: {damage['reason']}"))
     return 0 if running else EXIT_NOT_RUNNING
 
 
