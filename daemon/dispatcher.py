@@ -18,7 +18,7 @@ import msgspec
 
 from daemon.errors import ErrorType, error
 from daemon.files.eventlog import INTERRUPTED, journal_lines
-from daemon.files.logfiles import EventLogs, LogWrite, append_all
+from daemon.files.logfiles import EventLogs, LogPaths, LogWrite, append_all
 from daemon.functions import AsyncConfig, Definitions, FunctionDef
 from daemon.ids import id_problem
 from daemon.journal_writer import JournalFailed
@@ -27,7 +27,6 @@ from daemon.metrics import Metrics
 from daemon.model import NO_RAW, ErrorInfo, Event, HookRun, Source, State, Usage
 from daemon.pausing import paused_after, resumed_after
 from daemon.pool import FunctionPool, InstanceFactory, Lease, PoolClosed
-from daemon.query import log_path
 from daemon.refusals import refuse_if, stop_refusal
 from daemon.runtimes.base import (
     EventLog,
@@ -193,6 +192,7 @@ class Dispatcher:
         self.definitions = definitions
         self._factories = factories
         self.logs_dir = logs_dir
+        self._log_paths = LogPaths(logs_dir)
         self.on_ended = on_ended  # destinations: called once the terminal record is written
         self.held = held or (lambda _definition: None)
         # where the instances write event logs too
@@ -476,7 +476,7 @@ class Dispatcher:
         return True
 
     async def _attempt(self, event: Event, definition: FunctionDef, lease: Lease) -> None:
-        path = log_path(self.logs_dir, event)
+        path = self._log_paths.of(event.function, event.id)
         self.log_sink.track(event.id, path, lambda: journal_lines(event), _log_made(event))
         instance = lease.instance
         if instance is None:

@@ -142,3 +142,36 @@ def test_events_get_shows_the_error_with_its_traceback(spool, daemon):
     text = fnspool(spool, "events", "get", event["id"]).stdout
     error_at = text.index("error:        ValueError: bad input {'n': 2}")
     assert text.index("Traceback (most recent call last):", error_at) < text.index("history:")
+
+
+def test_a_start_or_end_line_is_formatted_only_when_a_file_will_hold_it(tmp_path, monkeypatch):
+    """The sink drops a journaled line while its event has no file (readers render it): the
+    instance does not format it for nothing; when written, the line is the same bytes."""
+    from daemon.files.logfiles import EventLogs, LogWrite
+    from daemon.runtimes import base
+
+    formatted: list[str] = []
+    format_line = base.platform_line
+    monkeypatch.setattr(
+        base, "platform_line", lambda at, text: formatted.append(text) or format_line(at, text)
+    )
+    writes: list[LogWrite] = []
+    sink = EventLogs(writes.append)
+    path = tmp_path / "echo" / "r1.log"
+    sink.track("r1", path, lambda: b"RENDERED\n", exists=False)
+    log = base.EventLog(path, sink=sink)
+    log.platform("FC Invoke Start RequestId: r1")
+    assert (formatted, writes) == ([], [])
+    log.write(b"out\n")  # the first line the journal does not hold makes the file
+    log.platform("FC Invoke End RequestId: r1")
+    assert formatted == ["FC Invoke End RequestId: r1"]
+    assert [(w.data, w.prefix) for w in writes[:1]] == [(b"out\n", b"RENDERED\n")]
+    assert LINE.fullmatch(writes[1].data.decode().rstrip("\n"))
+    assert writes[1].data.endswith(b" [PLATFORM] FC Invoke End RequestId: r1\n")
+    assert not writes[1].if_exists
+
+    sink.track("r2", tmp_path / "echo" / "r2.log", lambda: b"", exists=None)  # after a restart
+    base.EventLog(tmp_path / "echo" / "r2.log", sink=sink).platform("FC Invoke Start RequestId: r2")
+    assert writes[2].if_exists and writes[2].data.endswith(b"FC Invoke Start RequestId: r2\n")
+    base.EventLog(tmp_path / "own.log", sink=sink).platform("FC Invoke Start RequestId: r3")
+    assert writes[3].path == str(tmp_path / "own.log")  # not an event in care: every line

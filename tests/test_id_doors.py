@@ -12,7 +12,7 @@ import pytest
 from conftest import fnspool, fnspool_json, journal_records, wait_for
 from tui_journal import T0
 
-from daemon.files.logfiles import event_log_path
+from daemon.files.logfiles import LogPaths, event_log_path
 from daemon.ids import MAX_ID_LENGTH, BadId, check_id, derived_id, new_request_id
 from daemon.journal import encode_record, segment_name
 from daemon.model import Request, State, Transition, raw_json
@@ -98,9 +98,13 @@ def test_a_derived_id_stays_within_the_rule_and_is_the_same_at_every_delivery():
 def test_a_log_path_is_only_built_from_a_valid_id_and_function_name(tmp_path):
     logs = tmp_path / "logs"
     assert event_log_path(logs, "echo", "a.b") == logs / "echo" / "a.b.log"
+    paths = LogPaths(logs)  # the dispatcher's: each function's folder checked once
+    assert paths.of("echo", "a.b") == logs / "echo" / "a.b.log"
     for function, rid in [("echo", "../../x"), ("echo", "/abs/x"), ("echo\n", "ok"), ("..", "ok")]:
         with pytest.raises(BadId):
             event_log_path(logs, function, rid)
+        with pytest.raises(BadId):
+            paths.of(function, rid)
 
 
 def test_printable_leaves_no_control_character_for_a_terminal():

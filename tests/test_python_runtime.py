@@ -90,6 +90,22 @@ async def test_one_instance_serves_100_events(tmp_path: Path) -> None:
 
 
 @on_uvloop
+async def test_an_event_makes_no_look_up_of_the_running_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each look-up is a getpid() system call: the instance keeps the loop it started on
+    async with running("handlers.echo") as instance:
+        assert instance.function.memory_mb > 0  # the memory watch is made for each event too
+        looked_up = []
+        real = asyncio.get_running_loop
+        monkeypatch.setattr(asyncio, "get_running_loop", lambda: looked_up.append(1) or real())
+        for n in range(3):
+            outcome = await instance.invoke(f"r{n}", raw(n), 1, 10.0, tmp_path / f"r{n}.log")
+            assert outcome.ok
+        assert looked_up == []
+
+
+@on_uvloop
 async def test_large_payload_round_trip(tmp_path: Path) -> None:
     async with running("handlers.echo") as instance:
         payload = {"blob": "y" * (3 << 20)}  # far more than a pipe holds

@@ -28,9 +28,29 @@ log = logging.getLogger(__name__)
 def event_log_path(logs_dir: Path, function: str, request_id: str) -> Path:
     """`logs/FUNCTION/ID.log`, built only from a valid id and function name (so never a path out
     of logs/); BadId otherwise (only a journal written before ids were checked can hold one)."""
+    return _folder(logs_dir, function) / f"{check_id(request_id)}.log"
+
+
+def _folder(logs_dir: Path, function: str) -> Path:
     if not NAME_RE.match(function):
         raise BadId(f'bad function name "{printable(function)}"')
-    return logs_dir / function / f"{check_id(request_id)}.log"
+    return logs_dir / function
+
+
+class LogPaths:
+    """`event_log_path` under one logs/ folder, each function's folder checked and joined once
+    (the dispatcher asks for one path per attempt: two pathlib joins cost more than the rest)."""
+
+    def __init__(self, logs_dir: Path) -> None:
+        self.logs_dir = logs_dir
+        self._folders: dict[str, Path] = {}
+
+    def of(self, function: str, request_id: str) -> Path:
+        """The log path of an event, as `event_log_path` gives it."""
+        folder = self._folders.get(function)
+        if folder is None:
+            folder = self._folders[function] = _folder(self.logs_dir, function)
+        return folder / f"{check_id(request_id)}.log"
 
 
 class LogWrite(msgspec.Struct, frozen=True, array_like=True):
@@ -97,6 +117,12 @@ class EventLogs:
     def tracked(self, path: Path) -> bool:
         """Whether `path` is the log of an event in care."""
         return path in self._files
+
+    def drops(self, path: Path) -> bool:
+        """Whether a journaled line written to `path` now would be dropped (its event's file
+        is not made: readers render the line from the journal)."""
+        t = self._files.get(path)
+        return t is not None and t.exists is False
 
     def write_log(self, path: Path, data: bytes, *, journaled: bool = False) -> None:
         """Hand over one write, made to fit what readers render (see the class)."""

@@ -11,8 +11,8 @@ from typing import Protocol
 import msgspec
 
 from daemon.errors import describe
-from daemon.files.eventlog import stamp
-from daemon.files.logfiles import DirectLogs, LogSink, is_journaled
+from daemon.files.eventlog import platform_line
+from daemon.files.logfiles import DirectLogs, EventLogs, LogSink, is_journaled
 from daemon.functions import FunctionDef
 from daemon.instances import InstanceState
 from daemon.limits import MAX_VALUE_BYTES, bounded_error, result_too_large
@@ -141,11 +141,6 @@ class Instance(Protocol):
         ...
 
 
-def iso_now() -> str:
-    """The wall-clock time as an ISO 8601 UTC string with milliseconds."""
-    return stamp(time.time())
-
-
 class EventLog:
     """The log of one event while it runs: platform lines and capped function output, handed to
     a sink at once and in order (the journal's writer thread in the daemon, which makes no file
@@ -165,9 +160,13 @@ class EventLog:
 
     def platform(self, text: str) -> None:
         """Add one `[PLATFORM]` line (never counted against the cap)."""
-        if self._open and self.path is not None:
-            line = f"{iso_now()} [PLATFORM] {text}\n".encode()
-            self._sink.write_log(self.path, line, journaled=is_journaled(text))
+        if not self._open or self.path is None:
+            return
+        journaled = is_journaled(text)
+        # not formatted for nothing: the sink drops a Start or End line while no file is made
+        if journaled and isinstance(self._sink, EventLogs) and self._sink.drops(self.path):
+            return
+        self._sink.write_log(self.path, platform_line(time.time(), text), journaled=journaled)
 
     def write(self, data: bytes) -> None:
         """Append the function's output, up to the cap; mark the cut once."""

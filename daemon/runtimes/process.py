@@ -71,6 +71,14 @@ class ProcessInstance(InstanceBase):
         self._output: OutputRouter | None = None  # the process's stdout and stderr
         self._watch: MemoryWatch | None = None  # while it serves events, if memory_mb is set
         self._memory_used: float | None = None  # set when the memory watch killed it
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once (each look-up is a getpid() system call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def stop(self) -> None:
         """Kill the process group, reap it and release the rest; idempotent."""
@@ -136,7 +144,9 @@ class ProcessInstance(InstanceBase):
     def _watch_memory(self) -> None:
         self._memory_used = None
         if self.function.memory_mb > 0 and self.pid is not None:
-            self._watch = MemoryWatch(self.pid, self.function.memory_mb, self._over_memory)
+            self._watch = MemoryWatch(
+                self.pid, self.function.memory_mb, self._over_memory, loop=self.loop
+            )
 
     def _unwatch_memory(self) -> None:
         watch, self._watch = self._watch, None

@@ -338,7 +338,7 @@ class PythonInstance(ProcessInstance):
         self, frame: bytearray | None, timeout: float
     ) -> tuple[asyncio.Future[Reply], asyncio.TimerHandle | None]:
         """Send `frame` (if any); the future gets the next reply, the worker's exit or TIMED_OUT."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         reply: asyncio.Future[Reply] = loop.create_future()
         child = self._child
         if child is None or child.status is not None:

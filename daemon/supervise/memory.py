@@ -46,12 +46,19 @@ class MemoryWatch:
 
     interval = 0.05  # seconds
 
-    def __init__(self, pid: int, limit_mb: float, on_exceed: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        pid: int,
+        limit_mb: float,
+        on_exceed: Callable[[float], None],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,  # the running one, if the caller has it
+    ) -> None:
         self.pid = pid
         self.limit_mb = limit_mb
         self.on_exceed = on_exceed
         self.peak_mb = 0.0
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         # the first look after one interval: most events end sooner and cost nothing here
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(self.interval, self._check)
 
