@@ -18,6 +18,7 @@ from daemon.functions import FunctionDef
 from daemon.heartbeat import InstanceView
 from daemon.ids import new_request_id
 from daemon.instances import POOL_MOVES, SERVING, IllegalMove, InstanceState
+from daemon.loops import LoopOnce
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import HookOutcome, Instance, InstanceStartError, PlaceUnavailable
 
@@ -65,7 +66,7 @@ class Lease:
         self.instance = instance
 
 
-class FunctionPool:
+class FunctionPool(LoopOnce):
     """The warm instances of one function definition."""
 
     def __init__(
@@ -88,14 +89,6 @@ class FunctionPool:
         self._waiters: collections.deque[asyncio.Future[Lease]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop, looked up once (each look-up is a getpid() system call)."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
 
     @property
     def slots(self) -> int:

@@ -13,6 +13,7 @@ from daemon.errors import describe_exit, exited_early, memory_exceeded, process_
 from daemon.files.logfiles import LogSink
 from daemon.functions import FunctionDef
 from daemon.instances import InstanceState
+from daemon.loops import LoopOnce
 from daemon.model import ErrorInfo
 from daemon.runtimes.base import InstanceBase
 from daemon.runtimes.pipes import OutputRouter
@@ -52,7 +53,7 @@ def settle(future: asyncio.Future[T], value: T) -> None:
         future.set_result(value)
 
 
-class ProcessInstance(InstanceBase):
+class ProcessInstance(InstanceBase, LoopOnce):
     """An instance that is one long-lived process group: started once, killed once."""
 
     def __init__(
@@ -71,14 +72,6 @@ class ProcessInstance(InstanceBase):
         self._output: OutputRouter | None = None  # the process's stdout and stderr
         self._watch: MemoryWatch | None = None  # while it serves events, if memory_mb is set
         self._memory_used: float | None = None  # set when the memory watch killed it
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop, looked up once (each look-up is a getpid() system call)."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
 
     async def stop(self) -> None:
         """Kill the process group, reap it and release the rest; idempotent."""
