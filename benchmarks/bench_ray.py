@@ -14,13 +14,16 @@ drop-to-start latency, for `engine = "local"` and `engine = "ray"`, rounds alter
 Targets (issue 12), on this 2-CPU machine: >= 1,000 events/s through Ray instances, and at most
 2 ms added to the idle drop-to-start latency at the median.
 
-- Raw Ray: calls to no-op async actors from a fresh driver, on the same cluster, each round
-  (ray_baseline.py): what Ray itself costs here, so that fnspool-on-Ray / raw Ray is visible.
+- Raw Ray: calls to no-op actors (async, synchronous, threaded, threaded handing each call to
+  an event loop of its own: the instances' kind) from a fresh driver, on the same cluster, each
+  round (ray_baseline.py): what Ray itself costs here, so that fnspool-on-Ray / raw Ray is
+  visible.
 - CPU per event in a burst: the daemon's, and all of this bench's process tree's (the client,
   the cluster, the daemons, actors and functions), which the other engineers' load on the
   machine does not change as much as the rates.
 - --against CHECKOUT: a second daemon, of another checkout (e.g. a worktree of main), over its
-  own spool on the same cluster, measured in alternating rounds: ratios this / against.
+  own spool on the same cluster, measured in alternating rounds: ratios this / against of the
+  burst rates and CPU per event, and the idle latency added per round, min / median / max.
 
 Usage: python benchmarks/bench_ray.py [--events 2000] [--rounds 3] [--samples 50]
        [--against /path/to/checkout]

@@ -114,7 +114,7 @@ def _state(pid: int) -> str:
 
 
 async def test_a_freeze_overtaken_by_the_next_attempt_does_not_stop_it(tmp_path, hosts):
-    # Ray does not keep the order of an async actor's calls: the freeze the daemon sent when the
+    # Ray does not keep the order of a threaded actor's calls: the freeze the daemon sent when the
     # instance went idle may arrive after the attempt it sent next has begun
     shutil.copytree(CODE, tmp_path / "held")
     toml = tmp_path / "held.toml"
