@@ -102,7 +102,7 @@ async def test_the_actors_body_runs_the_python_runtime_and_answers_with_its_outp
     assert text.index("FC Invoke Start") < text.index("running") < text.index("FC Invoke End")
     # the daemon acknowledges what it wrote: a pull then waits for news (here: the stop's)
     pull = asyncio.ensure_future(asyncio.to_thread(host.pull, answer.chunks[-1].seq))
-    await asyncio.sleep(0.05)
+    await wait_for_async(lambda: host.body.pulling, what="the pull waiting")
     assert not pull.done()
     stopped = decode_reply(await asyncio.to_thread(host.stop))
     assert stopped.state == "dead"
@@ -165,6 +165,7 @@ async def test_output_of_an_attempt_rides_with_its_answer_and_wakes_no_pull(tmp_
     host.body.live_delay = 30.0  # output waits that long for the attempt's answer to carry it
     decode_reply(await asyncio.to_thread(host.start, None, None))
     pull = asyncio.ensure_future(asyncio.to_thread(host.pull, 0))
+    await wait_for_async(lambda: host.body.pulling, what="the pull waiting")  # threads race
     call = InvokeCall(
         seq=1, request_id="e1", payload=msgspec.Raw(b'{"n": 1}'), attempt=1, timeout=30.0,
         log_path=str(tmp_path / "e1.log"),

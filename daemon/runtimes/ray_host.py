@@ -170,6 +170,7 @@ class HostedInstance:
         self._attempts: dict[int, asyncio.Task[Any]] = {}  # running, by number
         self._cancelled: set[int] = set()  # numbers of attempts cancelled before they began
         self.live_delay = LIVE_DELAY
+        self.pulling = 0  # pulls waiting for news here (the daemon sends one at a time)
 
     def _made(self) -> Instance:
         """The instance, made at the first call, on the instance's loop."""
@@ -252,6 +253,13 @@ class HostedInstance:
 
     async def pull(self, written: int) -> bytes:
         """InstanceHost.pull, on the loop."""
+        self.pulling += 1
+        try:
+            return await self._pull(written)
+        finally:
+            self.pulling -= 1
+
+    async def _pull(self, written: int) -> bytes:
         self._sink.acknowledge(written)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PULL_WAIT
