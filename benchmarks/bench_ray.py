@@ -14,13 +14,16 @@ drop-to-start latency, for `engine = "local"` and `engine = "ray"`, rounds alter
 Targets (issue 12), on this 2-CPU machine: >= 1,000 events/s through Ray instances, and at most
 2 ms added to the idle drop-to-start latency at the median.
 
-- Raw Ray: calls to no-op async actors from a fresh driver, on the same cluster, each round
-  (ray_baseline.py): what Ray itself costs here, so that fnspool-on-Ray / raw Ray is visible.
+- Raw Ray: calls to no-op actors (async, synchronous, threaded, threaded handing each call to
+  an event loop of its own: the instances' kind) from a fresh driver, on the same cluster, each
+  round (ray_baseline.py): what Ray itself costs here, so that fnspool-on-Ray / raw Ray is
+  visible.
 - CPU per event in a burst: the daemon's, and all of this bench's process tree's (the client,
   the cluster, the daemons, actors and functions), which the other engineers' load on the
   machine does not change as much as the rates.
 - --against CHECKOUT: a second daemon, of another checkout (e.g. a worktree of main), over its
-  own spool on the same cluster, measured in alternating rounds: ratios this / against.
+  own spool on the same cluster, measured in alternating rounds: ratios this / against of the
+  burst rates and CPU per event, and the idle latency added per round, min / median / max.
 
 Usage: python benchmarks/bench_ray.py [--events 2000] [--rounds 3] [--samples 50]
        [--against /path/to/checkout]
@@ -180,10 +183,12 @@ class Figures:
         self.rates: dict[str, list[float]] = {f: [] for f in FUNCTIONS}
         self.latencies: dict[str, list[float]] = {f: [] for f in FUNCTIONS}
         self.cpu: dict[str, list[tuple[float, float]]] = {f: [] for f in FUNCTIONS}
+        self.added: list[float] = []  # per round: ray - local median idle drop-to-start, ms
 
     def run_round(self, spool: Path, proc: subprocess.Popen[bytes], r: int, args: Any) -> str:
         """One round: a burst then idle samples, for each function; the round's line."""
         line = f"  {self.name:<7}"
+        medians = []
         for function in FUNCTIONS:
             before = cpu_seconds(proc.pid)
             rate = burst(spool, proc, function, args.events, f"r{r}{function}")
@@ -196,11 +201,13 @@ class Figures:
                 for i in range(args.samples)
             ]
             self.latencies[function] += samples
+            medians.append(statistics.median(samples))
             line += (
                 f"   {function:<8} {rate:>6,.0f} events/s"
                 f" (CPU ms/event {used[1]:.2f}, daemon {used[0]:.2f})"
                 f", idle start {statistics.median(samples):.2f} ms"
             )
+        self.added.append(medians[1] - medians[0])
         return line
 
     def added_ms(self) -> float:
@@ -254,13 +261,28 @@ def main() -> None:
                 f" {raw[-1]['driver_cpu_ms']:.2f} ms in the driver"
                 f", {raw[-1]['actor_cpu_ms']:.2f} ms in the actor"
                 f"; idle call one way {raw[-1]['idle_one_way_ms']:.2f} ms"
-                f"\n  raw Ray, synchronous actors: {raw[-1]['sync_paired_calls_s']:,.0f} calls/s"
-                f", CPU per call {raw[-1]['sync_driver_cpu_ms']:.2f} ms in the driver"
-                f", {raw[-1]['sync_actor_cpu_ms']:.2f} ms in the actor"
-                f"; idle call one way {raw[-1]['sync_idle_one_way_ms']:.2f} ms",
+                + "".join(_raw_kind(raw[-1], prefix, name) for prefix, name in RAW_KINDS),
                 flush=True,
             )
     report(figures, raw)
+
+
+#: the other kinds of raw actors ray_baseline.py measures: their prefix and how they are named
+RAW_KINDS = (
+    ("sync_", "synchronous actors"),
+    ("threaded_", "threaded actors (max_concurrency 4)"),
+    ("handoff_", "threaded actors handing each call to their own event loop"),
+)
+
+
+def _raw_kind(raw: dict[str, float], prefix: str, name: str) -> str:
+    """One line of raw figures for the actors of one kind."""
+    return (
+        f"\n  raw Ray, {name}: {raw[prefix + 'paired_calls_s']:,.0f} calls/s"
+        f", CPU per call {raw[prefix + 'driver_cpu_ms']:.2f} ms in the driver"
+        f", {raw[prefix + 'actor_cpu_ms']:.2f} ms in the actor"
+        f"; idle call one way {raw[prefix + 'idle_one_way_ms']:.2f} ms"
+    )
 
 
 def report(figures: dict[str, Figures], raw: list[dict[str, float]]) -> None:
@@ -290,7 +312,17 @@ def report(figures: dict[str, Figures], raw: list[dict[str, float]]) -> None:
             ratios = [
                 a / b for a, b in zip(this.rates[function], other.rates[function], strict=True)
             ]
-            print(f"this / against {function:<8} burst, per round: {spread(ratios, '.2f')}")
+            cpu_ratios = [
+                a[1] / b[1] for a, b in zip(this.cpu[function], other.cpu[function], strict=True)
+            ]
+            print(
+                f"this / against {function:<8} burst, per round: {spread(ratios, '.2f')}"
+                f"; CPU ms/event {spread(cpu_ratios, '.2f')}"
+            )
+        print(
+            f"ray - local idle drop-to-start per round, ms: this {spread(this.added, '+.2f')}"
+            f", against {spread(other.added, '+.2f')}"
+        )
 
 
 if __name__ == "__main__":

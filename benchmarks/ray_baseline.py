@@ -9,8 +9,11 @@ actors from a fresh driver (a process like the daemon), on the cluster bench_ray
 - `idle one way`: from sending a call to an actor idle for 0.3 s to its start there: what Ray
   alone adds to an idle instance's drop-to-start latency.
 - The actors are made with the options of an instance's (no task events recorded). The same
-  figures for synchronous actors (`sync_...`), which Ray runs without a hop to an event loop
-  thread: what the instances' async actors cost beyond them.
+  figures for synchronous actors (`sync_...`), which Ray runs on its own thread without a hop to
+  an event loop thread; for threaded ones (`threaded_...`: synchronous, max_concurrency 4),
+  which Ray runs on a pool of threads; for threaded ones whose calls each hand a coroutine to a
+  private event loop in a thread of the actor and wait for it (`handoff_...`: what an instance's
+  actor would cost as a threaded actor, since its instance needs a running loop between calls).
 
 Prints one JSON line. Usage: python benchmarks/ray_baseline.py ADDRESS [--calls 4000]
 """
@@ -22,13 +25,16 @@ import asyncio
 import json
 import logging
 import statistics
+import threading
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 ACTORS = 2
 PIPELINE = 64
 IDLE_SAMPLES = 20
 ANSWER = b"x" * 160  # about the size of an instance's answer to a no-op event
+T = TypeVar("T")
 
 
 class Echo:
@@ -61,6 +67,46 @@ class SyncEcho:
     def cpu(self) -> float:
         """Seconds of CPU this actor's process used so far."""
         return time.process_time()
+
+
+class Handoff:
+    """A threaded actor whose calls run as coroutines on its own event loop, in a thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def call(self, request: bytes) -> bytes:
+        """The answer, from the loop."""
+        return self._run(_answer())
+
+    def started(self, request: bytes) -> float:
+        """When this call began on the loop."""
+        return self._run(_now())
+
+    def cpu(self) -> float:
+        """Seconds of CPU this actor's process used so far."""
+        return time.process_time()
+
+
+async def _answer() -> bytes:
+    return ANSWER
+
+
+async def _now() -> float:
+    return time.monotonic()
+
+
+#: each kind of actor measured: its class and the options beyond an instance's, by prefix
+KINDS: dict[str, tuple[type, dict[str, Any]]] = {
+    "": (Echo, {}),
+    "sync_": (SyncEcho, {}),
+    "threaded_": (SyncEcho, {"max_concurrency": 4}),
+    "handoff_": (Handoff, {"max_concurrency": 4}),
+}
 
 
 async def paired(actors: list[Any], calls: int) -> tuple[float, float]:
@@ -109,18 +155,23 @@ async def pipelined(actors: list[Any], calls: int) -> float:
 
 
 async def measure(calls: int) -> dict[str, float]:
-    """Every figure, for async then synchronous actors."""
-    figures = await measure_actors(Echo, calls, with_ceiling=True)
-    sync = await measure_actors(SyncEcho, calls, with_ceiling=False)
-    return figures | {f"sync_{name}": value for name, value in sync.items()}
+    """Every figure, for each kind of actor (KINDS)."""
+    figures: dict[str, float] = {}
+    for prefix, (kind, options) in KINDS.items():
+        own = await measure_actors(kind, options, calls, with_ceiling=not prefix)
+        figures |= {f"{prefix}{name}": value for name, value in own.items()}
+    return figures
 
 
-async def measure_actors(kind: type, calls: int, *, with_ceiling: bool) -> dict[str, float]:
+async def measure_actors(
+    kind: type, options: dict[str, Any], calls: int, *, with_ceiling: bool
+) -> dict[str, float]:
     """The figures of two actors of `kind`, after a warm-up."""
     import ray
 
     cls: Any = ray.remote(kind)
-    actors = [cls.options(num_cpus=0.5, enable_task_events=False).remote() for _ in range(ACTORS)]
+    options = {"num_cpus": 0.5, "enable_task_events": False} | options
+    actors = [cls.options(**options).remote() for _ in range(ACTORS)]
     await asyncio.gather(*(a.call.remote(b"{}") for a in actors))
     await paired(actors, 200)
     before, driver = await actors_cpu(actors), time.process_time()

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 #: where the cluster's address is read when --ray-address is not given, in this order
 ADDRESS_VARS = ("FNSPOOL_RAY_ADDRESS", "RAY_ADDRESS")
 MIB = 1 << 20
+#: threads of an instance's actor beyond those of its attempts: a pull, a signal, a cancel and a
+#: stop may all be running while an attempt runs
+CONTROL_THREADS = 4
 PROBE_TIMEOUT = 5.0  # seconds to reach the cluster's address before Ray's own, much longer, tries
 WATCH_EVERY = 2.0  # seconds between two looks at the GCS of the cluster connected to
 WATCH_MISSES = 3  # looks in a row that find no GCS before the cluster is taken for gone
@@ -298,11 +301,12 @@ class RayEngine:
             # the journal has each attempt, and the records cost the daemon, the actor and
             # Ray's control store CPU at every event
             "enable_task_events": False,
-            # max_concurrency is left at Ray's default for an async actor (1,000 calls at once):
-            # the daemon sends one attempt at a time to a python or exec instance and at most
-            # `concurrency` to an http one (RayInstance._full), and the other calls (pull,
-            # signal, hook, stop) must never queue behind a running attempt: the SIGTERM of a
-            # graceful stop would wait for the very attempt it stops
+            # a threaded actor (a synchronous call costs Ray less than an async one): one thread
+            # per attempt it may run, one attempt at a time for python and exec, `concurrency`
+            # for http (the daemon's to keep, RayInstance._full), and threads for the other calls
+            # (pull, signal, cancel, hook, stop), which must never queue behind a running
+            # attempt: the SIGTERM of a graceful stop would wait for the very attempt it stops
+            "max_concurrency": _attempts(function) + CONTROL_THREADS,
         }
         if placement.resources:
             options["resources"] = dict(placement.resources)
@@ -315,6 +319,11 @@ class RayEngine:
             )
         except Exception as exc:
             raise EngineError(f"Ray refused the actor of {instance_id}: {exc}") from None
+
+
+def _attempts(function: FunctionDef) -> int:
+    """How many attempts an instance of `function` runs at once."""
+    return max(1, function.concurrency) if function.runtime == "http" else 1
 
 
 def _forget(future: asyncio.Future[Any]) -> None:

@@ -156,15 +156,16 @@ class RayInstance(InstanceBase):
         self._in_flight += 1
         self.state = InstanceState.BUSY
         began = time.monotonic()
+        actor, seq = self._actor, self._number()
         call = InvokeCall(
-            seq=self._number(), request_id=request_id, payload=payload, attempt=attempt,
+            seq=seq, request_id=request_id, payload=payload, attempt=attempt,
             timeout=timeout, log_path=str(log_path), written=self._relay.written,
         )  # fmt: skip
-        ref = self._actor.invoke.remote(encode_call(call))
+        ref = actor.invoke.remote(encode_call(call))
         try:
             reply = await self._call(ref, timeout + ANSWER_SLACK)
         except asyncio.CancelledError:
-            self._cancel(ref)  # the node kills the function's process, as a local cut does
+            actor.cancel.remote(seq)  # the node kills the function's process, as a local cut does
             raise
         except NodeLost as exc:  # cut off: Interrupted, as by a crash
             duration = round((time.monotonic() - began) * 1000, 3)
@@ -219,7 +220,7 @@ class RayInstance(InstanceBase):
 
     def _number(self) -> int:
         """The number of the next call to the actor (the actor drops a freeze sent before a call
-        it has begun: Ray does not keep the order of an async actor's calls)."""
+        it has begun: Ray does not keep the order of a threaded actor's calls)."""
         self._sent += 1
         return self._sent
 
@@ -287,12 +288,6 @@ class RayInstance(InstanceBase):
         if death is not None:
             return NodeLost(f"instance {self.id}: its Ray node {self.node} was lost ({death})")
         return ActorDied(f"instance {self.id}: its Ray actor died: {_first_line(exc)}")
-
-    def _cancel(self, ref: Any) -> None:
-        import ray
-
-        with contextlib.suppress(Exception):
-            ray.cancel(ref)
 
     def _take(self, reply: HostReply) -> HostReply:
         """Write the answer's log writes and keep what it says of the instance."""
