@@ -163,7 +163,9 @@ def test_a_starting_daemon_kills_the_actors_left_in_its_spools_namespace(
         on_ray(spool, "any", 'handler = "index.where"')  # defined: the daemon connects at once
         d = daemon.start("--ray-address", ray_cluster.address)
         wait_for(lambda: "ray-gone-0badcafe" not in ray.util.list_named_actors(), 120, "the sweep")
-        assert "killed Ray actor ray-gone-0badcafe, left by a previous daemon" in d.log_text()
+        # the actor is gone as soon as it is killed, a moment before the daemon logs it
+        said = "killed Ray actor ray-gone-0badcafe, left by a previous daemon"
+        wait_for(lambda: said in d.log_text(), 30, "the sweep in the daemon's log")
         assert d.stop() == 0
     finally:
         ray.shutdown()
