@@ -347,6 +347,21 @@ async def test_an_instance_on_ray_is_shown_on_ray_until_a_node_takes_it(tmp_path
         ]
 
 
+async def test_pictures_read_after_their_screen_is_taken_down_are_dropped(tmp_path):
+    """The pictures are read in a thread: one that ends while the functions view is being taken
+    down (the dashboard quitting) is dropped, not an error that ends the dashboard."""
+    from tui.pictures import FunctionPictures
+
+    app = FnspoolApp(Spool(tmp_path / "spool"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        screen = app.screen
+        assert isinstance(screen, FunctionsScreen)
+        await screen.query_one(FunctionPictures).remove()
+        screen.pictured = "far"
+        screen._show_pictures("far", "no index yet", 0.0)
+
+
 async def test_stop_and_reinvoke_through_the_modals_with_a_running_daemon(spool, daemon):
     daemon.start()
     app = FnspoolApp(Spool(spool))

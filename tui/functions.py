@@ -9,6 +9,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
@@ -234,7 +235,10 @@ class FunctionsScreen(Screen[None]):
         if function != self.pictured:
             self._pictures_due = 0.0  # another was selected meanwhile
             return
-        pictures = self.query_one(FunctionPictures)
+        try:
+            pictures = self.query_one(FunctionPictures)
+        except NoMatches:  # the read ended while the screen was being taken down
+            return
         if isinstance(recent, str):
             pictures.unavailable(function, recent)
         else:
