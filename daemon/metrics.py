@@ -81,6 +81,7 @@ class Metrics:
         queue_depth: int,
         files: FileCounts,
         paused: Mapping[str, bool] | None = None,
+        held: Mapping[str, bool] | None = None,
     ) -> str:
         """The whole file's text."""
         out: list[str] = []
@@ -112,8 +113,13 @@ class Metrics:
             for state_name, n in sorted(states.items()):
                 out.append(f'fnspool_instances{{function="{function}",state="{state_name}"}} {n}')
         _family(out, "fnspool_paused", "gauge", "1 while a function's dispatch is held.")
-        for function, held in sorted((paused or {}).items()):
-            out.append(f'fnspool_paused{{function="{function}"}} {int(held)}')
+        for function, holds in sorted((paused or {}).items()):
+            out.append(f'fnspool_paused{{function="{function}"}} {int(holds)}')
+        if held:
+            why = "1 while a function's events wait for its place (its Ray cluster is down)."
+            _family(out, "fnspool_held", "gauge", why)
+        for function, waits in sorted((held or {}).items()):
+            out.append(f'fnspool_held{{function="{function}"}} {int(waits)}')
         return "\n".join(out) + "\n"
 
 

@@ -425,6 +425,11 @@ class Daemon:
             self.dispatcher.queue_depth,
             files,
             paused=self._paused_functions(),
+            held={
+                name: self._held(d) is not None
+                for name, d in sorted(self.catalog.functions.items())
+                if d.placement.remote
+            },
         )
         self.run_files.write("metrics.prom", metrics.encode())
         if not stopped:

@@ -196,10 +196,13 @@ def test_events_wait_enqueued_while_the_cluster_is_down_and_run_when_it_is_back(
     assert f"held: later: its events wait: cannot reach the Ray cluster at {address}" in shown
     listed = fnspool(spool, "functions", "list").stdout
     assert "its events wait: cannot reach the Ray cluster" in listed, listed
+    assert 'fnspool_held{function="later"} 1' in (spool / "run" / "metrics.prom").read_text()
     cluster = head_at(port)
     try:
         done = wait_for(lambda: event(spool, first)["state"] == "Succeeded", 180, "the event")
         assert done and held(spool, "later") is None
+        metrics = spool / "run" / "metrics.prom"
+        wait_for(lambda: 'fnspool_held{function="later"} 0' in metrics.read_text(), 30, "0")
         states = [h["state"] for h in event(spool, first)["history"]]
         assert states == ["Enqueued", "Dequeued", "Running", "Succeeded"], states
         # the cluster goes, with an attempt running: the daemon lets go of it, and outlives
