@@ -387,6 +387,7 @@ class Daemon:
     def write_status(self, stopped: bool = False) -> None:
         """Write run/status.json atomically: the heartbeat the CLI and the TUI read."""
         instances = {name: pool.snapshot() for name, pool in self.dispatcher.pools.items()}
+        held = self._held_functions()
         beat = heartbeat.Heartbeat(
             pid=os.getpid(),
             started_at=self.started_at,
@@ -407,7 +408,7 @@ class Daemon:
             reloads=self.reloads,
             paused=list(self.store.paused.functions),
             paused_all=self.store.paused.all,
-            held=self._held_functions(),
+            held=held,
             file_helper=heartbeat.HelperView(pid=self.files.pid, running=self.files.running),
             indexer=heartbeat.HelperView(pid=self.indexing.pid),
         )
@@ -426,7 +427,7 @@ class Daemon:
             files,
             paused=self._paused_functions(),
             held={
-                name: self._held(d) is not None
+                name: name in held
                 for name, d in sorted(self.catalog.functions.items())
                 if d.placement.remote
             },
